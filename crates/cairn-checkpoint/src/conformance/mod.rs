@@ -1,0 +1,1 @@
+//! The conformance kit: one suite every backend runs. (Being written.)

@@ -1,0 +1,355 @@
+//! The in-memory saver: the reference model every other backend is checked against.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::RwLock;
+
+use async_trait::async_trait;
+
+use crate::checkpoint::{
+    write_index, Checkpoint, CheckpointConfig, CheckpointMetadata, CheckpointTuple, ListQuery,
+    PendingWrite,
+};
+use crate::error::{Error, Result};
+use crate::saver::{CheckpointSaver, PruneStrategy};
+use crate::value::TypedValue;
+use crate::version::ChannelVersions;
+
+/// A checkpoint as kept in memory: without its values, which live in `blobs`.
+#[derive(Debug, Clone)]
+struct StoredCheckpoint {
+    checkpoint: Checkpoint,
+    metadata: CheckpointMetadata,
+    parent_id: Option<String>,
+}
+
+/// `(channel, version)` → value.
+type Blobs = HashMap<(String, String), TypedValue>;
+/// `(task_id, index)` → write.
+type Writes = BTreeMap<(String, i64), PendingWrite>;
+
+#[derive(Debug, Default, Clone)]
+struct Namespace {
+    checkpoints: BTreeMap<String, StoredCheckpoint>,
+    blobs: Blobs,
+    writes: HashMap<String, Writes>,
+}
+
+/// thread id → namespace → data.
+type Threads = BTreeMap<String, BTreeMap<String, Namespace>>;
+
+/// Keeps checkpoints in process memory. Fast, lost when the process ends: for tests,
+/// development and as the model other savers are checked against.
+///
+/// ```
+/// use cairn_checkpoint::*;
+/// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+/// let saver = InMemorySaver::new();
+/// let codec = ValueCodec::default();
+/// let mut checkpoint = Checkpoint::new();
+/// checkpoint.channel_values.insert("count".into(), codec.encode(&1)?);
+/// let version = saver.get_next_version(None);
+/// checkpoint.channel_versions.insert("count".into(), version.clone());
+/// let config = saver
+///     .put(&CheckpointConfig::thread("t1"), checkpoint,
+///          CheckpointMetadata::new(CheckpointSource::Input, -1),
+///          [("count".to_string(), version)].into())
+///     .await?;
+/// let tuple = saver.get_tuple(&CheckpointConfig::thread("t1")).await?.expect("stored");
+/// assert_eq!(tuple.config, config);
+/// assert_eq!(tuple.channel_value::<i32>(&codec, "count")?, Some(1));
+/// assert_eq!(saver.list(&ListQuery::thread("t1")).await?.len(), 1);
+/// # Ok::<(), Error>(()) }).unwrap();
+/// ```
+#[derive(Debug, Default)]
+pub struct InMemorySaver {
+    threads: RwLock<Threads>,
+}
+
+impl InMemorySaver {
+    /// An empty saver.
+    pub fn new() -> Self {
+        InMemorySaver::default()
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Threads> {
+        // A panic while holding the lock cannot leave a half-applied change: every mutation
+        // below is computed first and then inserted, so a poisoned lock is still consistent.
+        self.threads.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Threads> {
+        self.threads.write().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+fn build_tuple(
+    thread_id: &str,
+    ns_name: &str,
+    ns: &Namespace,
+    stored: &StoredCheckpoint,
+) -> CheckpointTuple {
+    let mut checkpoint = stored.checkpoint.clone();
+    checkpoint.channel_values = checkpoint
+        .channel_versions
+        .iter()
+        .filter_map(|(channel, version)| {
+            let value = ns
+                .blobs
+                .get(&(channel.clone(), version.to_storage_string()))?;
+            (!value.is_empty_marker()).then(|| (channel.clone(), value.clone()))
+        })
+        .collect();
+    // `writes` is keyed by (task_id, index); the contract orders by task path first.
+    let mut indexed: Vec<(&String, &String, i64, &PendingWrite)> = ns
+        .writes
+        .get(&checkpoint.id)
+        .map(|w| {
+            w.iter()
+                .map(|((task, idx), pw)| (&pw.task_path, task, *idx, pw))
+                .collect()
+        })
+        .unwrap_or_default();
+    indexed.sort_by(|a, b| (a.0, a.1, a.2).cmp(&(b.0, b.1, b.2)));
+    let pending_writes = indexed
+        .into_iter()
+        .map(|(_, _, _, pw)| pw.clone())
+        .collect();
+    let config = CheckpointConfig {
+        thread_id: thread_id.to_owned(),
+        checkpoint_ns: ns_name.to_owned(),
+        checkpoint_id: Some(checkpoint.id.clone()),
+    };
+    let parent_config = stored.parent_id.as_ref().map(|id| CheckpointConfig {
+        checkpoint_id: Some(id.clone()),
+        ..config.clone()
+    });
+    CheckpointTuple {
+        config,
+        checkpoint,
+        metadata: stored.metadata.clone(),
+        parent_config,
+        pending_writes,
+    }
+}
+
+/// Drops stored values that no remaining checkpoint of the namespace refers to.
+fn reclaim_unreferenced_blobs(ns: &mut Namespace) {
+    let referenced: HashSet<(String, String)> = ns
+        .checkpoints
+        .values()
+        .flat_map(|s| {
+            s.checkpoint
+                .channel_versions
+                .iter()
+                .map(|(c, v)| (c.clone(), v.to_storage_string()))
+        })
+        .collect();
+    ns.blobs.retain(|key, _| referenced.contains(key));
+}
+
+#[async_trait]
+impl CheckpointSaver for InMemorySaver {
+    async fn get_tuple(&self, config: &CheckpointConfig) -> Result<Option<CheckpointTuple>> {
+        let threads = self.read();
+        let Some(ns) = threads
+            .get(&config.thread_id)
+            .and_then(|t| t.get(&config.checkpoint_ns))
+        else {
+            return Ok(None);
+        };
+        let stored = match &config.checkpoint_id {
+            Some(id) => ns.checkpoints.get(id),
+            None => ns.checkpoints.values().next_back(),
+        };
+        Ok(stored.map(|s| build_tuple(&config.thread_id, &config.checkpoint_ns, ns, s)))
+    }
+
+    async fn list(&self, query: &ListQuery) -> Result<Vec<CheckpointTuple>> {
+        let threads = self.read();
+        let mut found: Vec<(&str, &str, &Namespace, &StoredCheckpoint)> = Vec::new();
+        for (thread_id, namespaces) in threads.iter() {
+            if query.thread_id.as_ref().is_some_and(|t| t != thread_id) {
+                continue;
+            }
+            for (ns_name, ns) in namespaces {
+                if query.checkpoint_ns.as_ref().is_some_and(|n| n != ns_name) {
+                    continue;
+                }
+                for (id, stored) in &ns.checkpoints {
+                    if query.checkpoint_id.as_ref().is_some_and(|c| c != id)
+                        || query.before.as_ref().is_some_and(|b| id >= b)
+                        || !stored.metadata.matches(&query.filter)
+                    {
+                        continue;
+                    }
+                    found.push((thread_id, ns_name, ns, stored));
+                }
+            }
+        }
+        found.sort_by(|a, b| (&b.3.checkpoint.id, b.0, b.1).cmp(&(&a.3.checkpoint.id, a.0, a.1)));
+        let limit = query.limit.unwrap_or(usize::MAX);
+        Ok(found
+            .into_iter()
+            .take(limit)
+            .map(|(t, n, ns, s)| build_tuple(t, n, ns, s))
+            .collect())
+    }
+
+    async fn put(
+        &self,
+        config: &CheckpointConfig,
+        checkpoint: Checkpoint,
+        metadata: CheckpointMetadata,
+        new_versions: ChannelVersions,
+    ) -> Result<CheckpointConfig> {
+        let mut checkpoint = checkpoint;
+        let values = std::mem::take(&mut checkpoint.channel_values);
+        let mut threads = self.write();
+        let ns = threads
+            .entry(config.thread_id.clone())
+            .or_default()
+            .entry(config.checkpoint_ns.clone())
+            .or_default();
+        for (channel, version) in new_versions {
+            let value = values
+                .get(&channel)
+                .cloned()
+                .unwrap_or_else(TypedValue::empty);
+            ns.blobs
+                .insert((channel, version.to_storage_string()), value);
+        }
+        let id = checkpoint.id.clone();
+        ns.checkpoints.insert(
+            id.clone(),
+            StoredCheckpoint {
+                checkpoint,
+                metadata,
+                parent_id: config.checkpoint_id.clone(),
+            },
+        );
+        Ok(CheckpointConfig {
+            thread_id: config.thread_id.clone(),
+            checkpoint_ns: config.checkpoint_ns.clone(),
+            checkpoint_id: Some(id),
+        })
+    }
+
+    async fn put_writes(
+        &self,
+        config: &CheckpointConfig,
+        writes: Vec<(String, TypedValue)>,
+        task_id: &str,
+        task_path: &str,
+    ) -> Result<()> {
+        let Some(checkpoint_id) = &config.checkpoint_id else {
+            return Err(Error::InvalidArgument(
+                "put_writes needs a config with a checkpoint_id: writes belong to a checkpoint"
+                    .into(),
+            ));
+        };
+        let mut threads = self.write();
+        let stored = threads
+            .entry(config.thread_id.clone())
+            .or_default()
+            .entry(config.checkpoint_ns.clone())
+            .or_default()
+            .writes
+            .entry(checkpoint_id.clone())
+            .or_default();
+        for (position, (channel, value)) in writes.into_iter().enumerate() {
+            let idx = write_index(&channel, position);
+            let key = (task_id.to_owned(), idx);
+            if idx >= 0 && stored.contains_key(&key) {
+                continue;
+            }
+            stored.insert(
+                key,
+                PendingWrite {
+                    task_id: task_id.to_owned(),
+                    channel,
+                    value,
+                    task_path: task_path.to_owned(),
+                },
+            );
+        }
+        Ok(())
+    }
+
+    async fn delete_thread(&self, thread_id: &str) -> Result<()> {
+        self.write().remove(thread_id);
+        Ok(())
+    }
+
+    async fn copy_thread(&self, source_thread_id: &str, target_thread_id: &str) -> Result<()> {
+        let mut threads = self.write();
+        let Some(source) = threads.get(source_thread_id).cloned() else {
+            return Ok(());
+        };
+        let target = threads.entry(target_thread_id.to_owned()).or_default();
+        for (ns_name, ns) in source {
+            let into = target.entry(ns_name).or_default();
+            into.checkpoints.extend(ns.checkpoints);
+            into.blobs.extend(ns.blobs);
+            for (checkpoint_id, writes) in ns.writes {
+                into.writes.entry(checkpoint_id).or_default().extend(writes);
+            }
+        }
+        Ok(())
+    }
+
+    async fn prune(&self, thread_ids: &[String], strategy: PruneStrategy) -> Result<()> {
+        let mut threads = self.write();
+        for thread_id in thread_ids {
+            match strategy {
+                PruneStrategy::Delete => {
+                    threads.remove(thread_id);
+                }
+                PruneStrategy::KeepLatest => {
+                    let Some(namespaces) = threads.get_mut(thread_id) else {
+                        continue;
+                    };
+                    for ns in namespaces.values_mut() {
+                        let Some(latest) = ns.checkpoints.keys().next_back().cloned() else {
+                            continue;
+                        };
+                        ns.checkpoints.retain(|id, _| *id == latest);
+                        ns.writes.retain(|id, _| *id == latest);
+                        reclaim_unreferenced_blobs(ns);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn delete_for_runs(&self, run_ids: &[String]) -> Result<()> {
+        if run_ids.is_empty() {
+            return Ok(());
+        }
+        let mut threads = self.write();
+        for namespaces in threads.values_mut() {
+            for ns in namespaces.values_mut() {
+                let doomed: Vec<String> = ns
+                    .checkpoints
+                    .iter()
+                    .filter(|(_, s)| {
+                        s.metadata
+                            .run_id
+                            .as_ref()
+                            .is_some_and(|r| run_ids.contains(r))
+                    })
+                    .map(|(id, _)| id.clone())
+                    .collect();
+                if doomed.is_empty() {
+                    continue;
+                }
+                for id in &doomed {
+                    ns.checkpoints.remove(id);
+                    ns.writes.remove(id);
+                }
+                reclaim_unreferenced_blobs(ns);
+            }
+        }
+        Ok(())
+    }
+}
