@@ -1,1 +1,101 @@
-//! Work in progress.
+//! # cairn-postgres
+//!
+//! A [`CheckpointSaver`](cairn_checkpoint::CheckpointSaver) that keeps Cairn's checkpoints in
+//! PostgreSQL, for many worker processes sharing one database.
+//!
+//! ```no_run
+//! use cairn_checkpoint::*;
+//! use cairn_postgres::PostgresSaver;
+//! # async fn demo() -> cairn_checkpoint::Result<()> {
+//! // Connects, creates or upgrades the tables, and pools connections.
+//! let saver = PostgresSaver::connect("postgres://postgres@127.0.0.1:5432/app").await?;
+//! let codec = ValueCodec::default();
+//!
+//! let mut checkpoint = Checkpoint::new();
+//! let version = saver.get_next_version(None);
+//! checkpoint.channel_values.insert("messages".into(), codec.encode(&["hi"])?);
+//! checkpoint.channel_versions.insert("messages".into(), version.clone());
+//! let stored = saver
+//!     .put(&CheckpointConfig::thread("chat-42"), checkpoint,
+//!          CheckpointMetadata::new(CheckpointSource::Input, -1).with_run_id("run-1"),
+//!          [("messages".to_string(), version)].into())
+//!     .await?;
+//!
+//! let latest = saver.get_tuple(&CheckpointConfig::thread("chat-42")).await?.expect("stored");
+//! assert_eq!(latest.config, stored);
+//! assert_eq!(latest.channel_value::<Vec<String>>(&codec, "messages")?, Some(vec!["hi".into()]));
+//! # Ok(()) }
+//! ```
+//!
+//! ## Connecting
+//! [`PostgresSaver::connect`] takes a URL, `postgres://user:password@host:5432/database`
+//! (parameters after `?`, such as `application_name=worker-1` or `connect_timeout=5`), or a
+//! libpq key/value string, `host=127.0.0.1 user=postgres dbname=app` (`host=/run/postgresql`
+//! for a Unix socket). [`PostgresOptions`] sets everything else:
+//!
+//! * **Pool**: [`max_size`](PostgresOptions::max_size) connections (default 16), opened on
+//!   demand; [`connect_timeout`](PostgresOptions::connect_timeout) (10 s) bounds opening one,
+//!   [`wait_timeout`](PostgresOptions::wait_timeout) (30 s) bounds waiting for a free one.
+//! * **Lost connections**: a server restart, failover or `pg_terminate_backend` fails the
+//!   calls in flight with [`Error::Backend`](cairn_checkpoint::Error::Backend) (backend
+//!   `"postgres"`, message saying the connection was lost). The broken connection is
+//!   discarded and pooled connections are checked before reuse
+//!   ([`verify_connections`](PostgresOptions::verify_connections)), so the next call works
+//!   as soon as the server is reachable. Every write is idempotent, so retrying is safe.
+//! * **PgBouncer**: in transaction pooling mode, set
+//!   [`prepared_statements(false)`](PostgresOptions::prepared_statements). Statements are
+//!   then sent unnamed with their parameter types (`tokio-postgres`'s `query_typed`) and
+//!   migrations use the simple query protocol, so no named prepared statement is created.
+//!   Advisory locks are transaction-scoped, which transaction pooling allows.
+//! * **TLS**: [`PostgresOptions::connect`] connects without TLS.
+//!   [`PostgresOptions::connect_with_tls`] takes any `tokio-postgres` TLS connector
+//!   (`postgres-native-tls` or `tokio-postgres-rustls` from crates.io) with `sslmode=require`
+//!   in the URL; this crate bundles neither, to keep OpenSSL and rustls out of builds that do
+//!   not need them.
+//!
+//! ## Tables
+//! Created by versioned migrations recorded in `cairn_migrations` (current version:
+//! [`SCHEMA_VERSION`]). Migrations run on connect inside a transaction holding
+//! `pg_advisory_xact_lock`, so any number of processes can start at once. By default the
+//! tables go into the connection's search path; [`PostgresOptions::schema`] puts them into a
+//! schema of their own (created if missing) — use one if LangGraph's saver shares the
+//! database, since its tables have the same names.
+//!
+//! | table | key | holds |
+//! |---|---|---|
+//! | `checkpoints` | thread, ns, checkpoint id | parent id, the checkpoint header as `jsonb` (everything but the values: versions keep their type, `7` stays an integer), metadata as `jsonb` |
+//! | `checkpoint_blobs` | thread, ns, channel, version | one channel value: type tag and bytes. Stored once per version; a `put` writes only the channels in `new_versions` |
+//! | `checkpoint_writes` | thread, ns, checkpoint id, task id, index | pending writes with their task path |
+//!
+//! Key columns use the `"C"` collation, so ordering is byte order, as in every other Cairn
+//! saver. `metadata` has a GIN index (listing filters use `metadata @> $filter`) and an index
+//! on `metadata->>'run_id'` for [`delete_for_runs`](cairn_checkpoint::CheckpointSaver::delete_for_runs).
+//!
+//! ## Round trips
+//! `put` and `put_writes` are one statement each (batched `INSERT ... SELECT FROM unnest(...)`
+//! in data-modifying CTEs), hence atomic without an explicit transaction. Regular writes are
+//! insert-if-absent; special channels (negative index) replace. `get_tuple` and `list` are
+//! one query for the checkpoint rows and two more, pipelined, for all their values and all
+//! their writes, whatever the number of rows. `delete_thread`, `copy_thread` (`INSERT ...
+//! SELECT`), `prune` and `delete_for_runs` are one statement each; the latter two reclaim
+//! values no remaining checkpoint refers to.
+//!
+//! Damaged rows (a header that is not a checkpoint, metadata of the wrong shape) are reported
+//! as [`Error::Corrupt`](cairn_checkpoint::Error::Corrupt) naming thread, namespace and
+//! checkpoint.
+
+#![warn(missing_docs)]
+
+mod error;
+mod options;
+mod saver;
+mod schema;
+
+pub use options::PostgresOptions;
+pub use saver::PostgresSaver;
+pub use schema::SCHEMA_VERSION;
+
+/// The `tokio-postgres` and `deadpool-postgres` versions this crate is built on, for TLS
+/// connectors and direct use of [`PostgresSaver::pool`].
+pub use deadpool_postgres;
+pub use tokio_postgres;

@@ -1,0 +1,573 @@
+//! [`PostgresSaver`]: the [`CheckpointSaver`] over a pool of PostgreSQL connections.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use cairn_checkpoint::{
+    write_index, Checkpoint, CheckpointConfig, CheckpointMetadata, CheckpointSaver,
+    CheckpointTuple, ChannelVersions, DataLocation, Error, ListQuery, PendingWrite,
+    PruneStrategy, Result, TypedValue,
+};
+use deadpool_postgres::{ClientWrapper, Pool};
+use tokio_postgres::types::{ToSql, Type};
+use tokio_postgres::Row;
+
+use crate::error::{check_json, check_text, pg_error, pool_error};
+use crate::options::PostgresOptions;
+use crate::schema::{Statements, CHECKPOINT_COLUMNS};
+
+/// One statement parameter and its PostgreSQL type (the type is needed up front when no
+/// statement is prepared).
+type Param<'a> = (&'a (dyn ToSql + Sync), Type);
+
+/// A [`CheckpointSaver`] storing checkpoints in PostgreSQL.
+///
+/// Cheap to clone: clones share the connection pool. See the [crate docs](crate) for the
+/// tables, the statement modes and the connection handling.
+#[derive(Clone)]
+pub struct PostgresSaver {
+    pool: Pool,
+    sql: Arc<Statements>,
+    prepared: bool,
+    schema: Option<String>,
+}
+
+impl std::fmt::Debug for PostgresSaver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostgresSaver")
+            .field("schema", &self.schema)
+            .field("prepared_statements", &self.prepared)
+            .field("pool", &self.pool.status())
+            .finish()
+    }
+}
+
+/// A checkpoint row, decoded, before its values and writes are attached.
+struct StoredRow {
+    thread_id: String,
+    checkpoint_ns: String,
+    parent_id: Option<String>,
+    checkpoint: Checkpoint,
+    metadata: CheckpointMetadata,
+}
+
+/// `(thread, ns, channel, version)` of a stored channel value.
+type BlobKey = (String, String, String, String);
+/// `(thread, ns, checkpoint id)` of a checkpoint.
+type CheckpointKey = (String, String, String);
+
+fn location(thread_id: &str, ns: &str, checkpoint_id: &str, channel: Option<&str>) -> DataLocation {
+    DataLocation {
+        thread_id: thread_id.to_owned(),
+        checkpoint_ns: ns.to_owned(),
+        checkpoint_id: Some(checkpoint_id.to_owned()),
+        channel: channel.map(str::to_owned),
+    }
+}
+
+impl PostgresSaver {
+    /// Connects to `url` with the default [`PostgresOptions`] and runs migrations.
+    pub async fn connect(url: impl Into<String>) -> Result<PostgresSaver> {
+        PostgresOptions::new(url).connect().await
+    }
+
+    pub(crate) fn from_parts(
+        pool: Pool,
+        sql: Arc<Statements>,
+        prepared: bool,
+        schema: Option<String>,
+    ) -> Self {
+        PostgresSaver {
+            pool,
+            sql,
+            prepared,
+            schema,
+        }
+    }
+
+    /// The connection pool, for running your own queries next to the saver's.
+    pub fn pool(&self) -> &Pool {
+        &self.pool
+    }
+
+    /// The schema holding the tables (`None`: the connection's search path).
+    pub fn schema(&self) -> Option<&str> {
+        self.schema.as_deref()
+    }
+
+    async fn client(&self) -> Result<deadpool_postgres::Object> {
+        self.pool.get().await.map_err(pool_error)
+    }
+
+    /// Runs one statement: prepared and cached per connection, or unnamed with typed
+    /// parameters (PgBouncer transaction mode).
+    async fn query(
+        &self,
+        client: &ClientWrapper,
+        context: &str,
+        sql: &str,
+        params: &[Param<'_>],
+    ) -> Result<Vec<Row>> {
+        let result = if self.prepared {
+            let types: Vec<Type> = params.iter().map(|(_, t)| t.clone()).collect();
+            match client.prepare_typed_cached(sql, &types).await {
+                Ok(statement) => {
+                    let values: Vec<&(dyn ToSql + Sync)> = params.iter().map(|(v, _)| *v).collect();
+                    client.query(&statement, &values).await
+                }
+                Err(e) => Err(e),
+            }
+        } else {
+            client.query_typed(sql, params).await
+        };
+        result.map_err(|e| pg_error(context, e))
+    }
+
+    fn decode_checkpoint_row(row: &Row) -> Result<StoredRow> {
+        let text = |i: usize| -> Result<String> {
+            row.try_get::<_, String>(i)
+                .map_err(|e| pg_error("reading a checkpoint row", e))
+        };
+        let thread_id = text(0)?;
+        let checkpoint_ns = text(1)?;
+        let checkpoint_id = text(2)?;
+        let here = || location(&thread_id, &checkpoint_ns, &checkpoint_id, None);
+        let parent_id: Option<String> = row
+            .try_get(3)
+            .map_err(|e| Error::corrupt(here(), format!("unreadable parent id: {e}")))?;
+        let header: serde_json::Value = row
+            .try_get(4)
+            .map_err(|e| Error::corrupt(here(), format!("unreadable checkpoint header: {e}")))?;
+        let metadata: serde_json::Value = row
+            .try_get(5)
+            .map_err(|e| Error::corrupt(here(), format!("unreadable metadata: {e}")))?;
+        let checkpoint: Checkpoint = serde_json::from_value(header)
+            .map_err(|e| Error::corrupt(here(), format!("invalid checkpoint header: {e}")))?;
+        if checkpoint.id != checkpoint_id {
+            return Err(Error::corrupt(
+                here(),
+                format!(
+                    "the stored header names checkpoint {:?}, not the row's id",
+                    checkpoint.id
+                ),
+            ));
+        }
+        let metadata: CheckpointMetadata = serde_json::from_value(metadata)
+            .map_err(|e| Error::corrupt(here(), format!("invalid metadata: {e}")))?;
+        Ok(StoredRow {
+            thread_id,
+            checkpoint_ns,
+            parent_id,
+            checkpoint,
+            metadata,
+        })
+    }
+
+    /// Attaches values and pending writes to checkpoint rows: two statements, sent together
+    /// on one connection, whatever the number of rows.
+    async fn load(&self, client: &ClientWrapper, rows: Vec<Row>) -> Result<Vec<CheckpointTuple>> {
+        let stored = rows
+            .iter()
+            .map(Self::decode_checkpoint_row)
+            .collect::<Result<Vec<_>>>()?;
+        if stored.is_empty() {
+            return Ok(Vec::new());
+        }
+
+        // Distinct (thread, ns, channel, version) keys: checkpoints of one thread share most
+        // of their values, and each is fetched once.
+        let mut blob_keys: HashSet<(&str, &str, &str, String)> = HashSet::new();
+        for s in &stored {
+            for (channel, version) in &s.checkpoint.channel_versions {
+                blob_keys.insert((
+                    &s.thread_id,
+                    &s.checkpoint_ns,
+                    channel,
+                    version.to_storage_string(),
+                ));
+            }
+        }
+        let (mut bt, mut bn, mut bc, mut bv) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for (t, n, c, v) in &blob_keys {
+            bt.push(*t);
+            bn.push(*n);
+            bc.push(*c);
+            bv.push(v.as_str());
+        }
+        let wt: Vec<&str> = stored.iter().map(|s| s.thread_id.as_str()).collect();
+        let wn: Vec<&str> = stored.iter().map(|s| s.checkpoint_ns.as_str()).collect();
+        let wi: Vec<&str> = stored.iter().map(|s| s.checkpoint.id.as_str()).collect();
+
+        let blob_params: [Param<'_>; 4] = [
+            (&bt, Type::TEXT_ARRAY),
+            (&bn, Type::TEXT_ARRAY),
+            (&bc, Type::TEXT_ARRAY),
+            (&bv, Type::TEXT_ARRAY),
+        ];
+        let write_params: [Param<'_>; 3] = [
+            (&wt, Type::TEXT_ARRAY),
+            (&wn, Type::TEXT_ARRAY),
+            (&wi, Type::TEXT_ARRAY),
+        ];
+        let blobs_query = async {
+            if blob_keys.is_empty() {
+                Ok(Vec::new())
+            } else {
+                self.query(client, "loading channel values", &self.sql.blobs, &blob_params)
+                    .await
+            }
+        };
+        let writes_query = self.query(
+            client,
+            "loading pending writes",
+            &self.sql.writes,
+            &write_params,
+        );
+        // Polled together, the two statements are pipelined on the connection.
+        let (blob_rows, write_rows) = futures::try_join!(blobs_query, writes_query)?;
+
+        let mut blobs: HashMap<BlobKey, TypedValue> = HashMap::with_capacity(blob_rows.len());
+        for row in &blob_rows {
+            let key: BlobKey = (
+                row.try_get(0).map_err(|e| pg_error("reading a value", e))?,
+                row.try_get(1).map_err(|e| pg_error("reading a value", e))?,
+                row.try_get(2).map_err(|e| pg_error("reading a value", e))?,
+                row.try_get(3).map_err(|e| pg_error("reading a value", e))?,
+            );
+            let type_tag: String = row.try_get(4).map_err(|e| pg_error("reading a value", e))?;
+            let data: Vec<u8> = row.try_get(5).map_err(|e| pg_error("reading a value", e))?;
+            blobs.insert(key, TypedValue::new(type_tag, data));
+        }
+
+        let mut writes: HashMap<CheckpointKey, Vec<PendingWrite>> = HashMap::new();
+        for row in &write_rows {
+            let get = |i: usize| -> Result<String> {
+                row.try_get(i).map_err(|e| pg_error("reading a pending write", e))
+            };
+            let key: CheckpointKey = (get(0)?, get(1)?, get(2)?);
+            let data: Vec<u8> = row
+                .try_get(6)
+                .map_err(|e| pg_error("reading a pending write", e))?;
+            let write = PendingWrite {
+                task_id: get(3)?,
+                channel: get(4)?,
+                value: TypedValue::new(get(5)?, data),
+                task_path: get(7)?,
+            };
+            writes.entry(key).or_default().push(write);
+        }
+
+        Ok(stored
+            .into_iter()
+            .map(|s| {
+                let mut checkpoint = s.checkpoint;
+                let mut values = BTreeMap::new();
+                for (channel, version) in &checkpoint.channel_versions {
+                    let key = (
+                        s.thread_id.clone(),
+                        s.checkpoint_ns.clone(),
+                        channel.clone(),
+                        version.to_storage_string(),
+                    );
+                    if let Some(value) = blobs.get(&key) {
+                        if !value.is_empty_marker() {
+                            values.insert(channel.clone(), value.clone());
+                        }
+                    }
+                }
+                checkpoint.channel_values = values;
+                let pending_writes = writes
+                    .remove(&(
+                        s.thread_id.clone(),
+                        s.checkpoint_ns.clone(),
+                        checkpoint.id.clone(),
+                    ))
+                    .unwrap_or_default();
+                let config = CheckpointConfig {
+                    thread_id: s.thread_id,
+                    checkpoint_ns: s.checkpoint_ns,
+                    checkpoint_id: Some(checkpoint.id.clone()),
+                };
+                let parent_config = s.parent_id.map(|id| CheckpointConfig {
+                    checkpoint_id: Some(id),
+                    ..config.clone()
+                });
+                CheckpointTuple {
+                    config,
+                    checkpoint,
+                    metadata: s.metadata,
+                    parent_config,
+                    pending_writes,
+                }
+            })
+            .collect())
+    }
+}
+
+#[async_trait]
+impl CheckpointSaver for PostgresSaver {
+    async fn get_tuple(&self, config: &CheckpointConfig) -> Result<Option<CheckpointTuple>> {
+        let client = self.client().await?;
+        let rows = match &config.checkpoint_id {
+            Some(id) => {
+                self.query(
+                    &client,
+                    "get_tuple",
+                    &self.sql.get_one,
+                    &[
+                        (&config.thread_id, Type::TEXT),
+                        (&config.checkpoint_ns, Type::TEXT),
+                        (id, Type::TEXT),
+                    ],
+                )
+                .await?
+            }
+            None => {
+                self.query(
+                    &client,
+                    "get_tuple",
+                    &self.sql.get_latest,
+                    &[
+                        (&config.thread_id, Type::TEXT),
+                        (&config.checkpoint_ns, Type::TEXT),
+                    ],
+                )
+                .await?
+            }
+        };
+        Ok(self.load(&client, rows).await?.into_iter().next())
+    }
+
+    async fn list(&self, query: &ListQuery) -> Result<Vec<CheckpointTuple>> {
+        if query.limit == Some(0) {
+            return Ok(Vec::new());
+        }
+        let filter_json = serde_json::Value::Object(
+            query
+                .filter
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+        );
+        let limit = query
+            .limit
+            .map(|l| i64::try_from(l).unwrap_or(i64::MAX));
+        let mut sql = format!(
+            "SELECT {CHECKPOINT_COLUMNS} FROM {}checkpoints WHERE TRUE",
+            self.sql.prefix
+        );
+        let mut params: Vec<Param<'_>> = Vec::new();
+        fn push<'a>(sql: &mut String, params: &mut Vec<Param<'a>>, clause: &str, p: Param<'a>) {
+            params.push(p);
+            sql.push_str(&clause.replace("$?", &format!("${}", params.len())));
+        }
+        if let Some(t) = &query.thread_id {
+            push(&mut sql, &mut params, " AND thread_id = $?", (t, Type::TEXT));
+        }
+        if let Some(n) = &query.checkpoint_ns {
+            push(&mut sql, &mut params, " AND checkpoint_ns = $?", (n, Type::TEXT));
+        }
+        if let Some(id) = &query.checkpoint_id {
+            push(&mut sql, &mut params, " AND checkpoint_id = $?", (id, Type::TEXT));
+        }
+        if let Some(before) = &query.before {
+            push(&mut sql, &mut params, " AND checkpoint_id < $?", (before, Type::TEXT));
+        }
+        if !query.filter.is_empty() {
+            check_json("metadata filter", &filter_json)?;
+            // Containment can use the GIN index; it is looser than equality for arrays and
+            // objects (a subset matches), so those keys are also compared exactly.
+            push(&mut sql, &mut params, " AND metadata @> $?", (&filter_json, Type::JSONB));
+            for (key, value) in &query.filter {
+                if value.is_array() || value.is_object() {
+                    push(&mut sql, &mut params, " AND metadata -> $?", (key, Type::TEXT));
+                    push(&mut sql, &mut params, " = $?", (value, Type::JSONB));
+                }
+            }
+        }
+        sql.push_str(" ORDER BY checkpoint_id DESC, thread_id DESC, checkpoint_ns DESC");
+        if let Some(limit) = &limit {
+            push(&mut sql, &mut params, " LIMIT $?", (limit, Type::INT8));
+        }
+        let client = self.client().await?;
+        let rows = self.query(&client, "list", &sql, &params).await?;
+        self.load(&client, rows).await
+    }
+
+    async fn put(
+        &self,
+        config: &CheckpointConfig,
+        checkpoint: Checkpoint,
+        metadata: CheckpointMetadata,
+        new_versions: ChannelVersions,
+    ) -> Result<CheckpointConfig> {
+        check_text("thread id", &config.thread_id)?;
+        check_text("checkpoint namespace", &config.checkpoint_ns)?;
+        check_text("checkpoint id", &checkpoint.id)?;
+        let mut checkpoint = checkpoint;
+        let values = std::mem::take(&mut checkpoint.channel_values);
+        let header = serde_json::to_value(&checkpoint).map_err(|e| Error::Encode {
+            format: "json",
+            message: format!("checkpoint header: {e}"),
+        })?;
+        check_json("checkpoint header", &header)?;
+        let metadata = serde_json::Value::Object(metadata.to_json());
+        check_json("metadata", &metadata)?;
+
+        let empty = TypedValue::empty();
+        let mut channels = Vec::with_capacity(new_versions.len());
+        let mut versions = Vec::with_capacity(new_versions.len());
+        let mut tags = Vec::with_capacity(new_versions.len());
+        let mut blobs: Vec<&[u8]> = Vec::with_capacity(new_versions.len());
+        for (channel, version) in &new_versions {
+            check_text("channel name", channel)?;
+            let value = values.get(channel).unwrap_or(&empty);
+            check_text("type tag", &value.type_tag)?;
+            channels.push(channel.as_str());
+            versions.push(version.to_storage_string());
+            tags.push(value.type_tag.as_str());
+            blobs.push(&value.data);
+        }
+        let client = self.client().await?;
+        self.query(
+            &client,
+            "put",
+            &self.sql.put,
+            &[
+                (&config.thread_id, Type::TEXT),
+                (&config.checkpoint_ns, Type::TEXT),
+                (&checkpoint.id, Type::TEXT),
+                (&config.checkpoint_id, Type::TEXT),
+                (&header, Type::JSONB),
+                (&channels, Type::TEXT_ARRAY),
+                (&versions, Type::TEXT_ARRAY),
+                (&tags, Type::TEXT_ARRAY),
+                (&blobs, Type::BYTEA_ARRAY),
+                (&metadata, Type::JSONB),
+            ],
+        )
+        .await?;
+        Ok(CheckpointConfig {
+            thread_id: config.thread_id.clone(),
+            checkpoint_ns: config.checkpoint_ns.clone(),
+            checkpoint_id: Some(checkpoint.id),
+        })
+    }
+
+    async fn put_writes(
+        &self,
+        config: &CheckpointConfig,
+        writes: Vec<(String, TypedValue)>,
+        task_id: &str,
+        task_path: &str,
+    ) -> Result<()> {
+        let Some(checkpoint_id) = &config.checkpoint_id else {
+            return Err(Error::InvalidArgument(
+                "put_writes needs a config with a checkpoint_id: writes belong to a checkpoint"
+                    .into(),
+            ));
+        };
+        if writes.is_empty() {
+            return Ok(());
+        }
+        check_text("task id", task_id)?;
+        check_text("task path", task_path)?;
+        // A special channel written twice in one call: the last write wins (one statement
+        // cannot update the same row twice).
+        let mut rows: Vec<(i64, &str, &TypedValue)> = Vec::with_capacity(writes.len());
+        for (position, (channel, value)) in writes.iter().enumerate() {
+            check_text("channel name", channel)?;
+            check_text("type tag", &value.type_tag)?;
+            let idx = write_index(channel, position);
+            if idx < 0 {
+                rows.retain(|(i, _, _)| *i != idx);
+            }
+            rows.push((idx, channel, value));
+        }
+        let idxs: Vec<i64> = rows.iter().map(|r| r.0).collect();
+        let channels: Vec<&str> = rows.iter().map(|r| r.1).collect();
+        let tags: Vec<&str> = rows.iter().map(|r| r.2.type_tag.as_str()).collect();
+        let blobs: Vec<&[u8]> = rows.iter().map(|r| &r.2.data[..]).collect();
+        let client = self.client().await?;
+        self.query(
+            &client,
+            "put_writes",
+            &self.sql.put_writes,
+            &[
+                (&config.thread_id, Type::TEXT),
+                (&config.checkpoint_ns, Type::TEXT),
+                (checkpoint_id, Type::TEXT),
+                (&task_id, Type::TEXT),
+                (&task_path, Type::TEXT),
+                (&idxs, Type::INT8_ARRAY),
+                (&channels, Type::TEXT_ARRAY),
+                (&tags, Type::TEXT_ARRAY),
+                (&blobs, Type::BYTEA_ARRAY),
+            ],
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn delete_thread(&self, thread_id: &str) -> Result<()> {
+        let ids = [thread_id];
+        let client = self.client().await?;
+        self.query(
+            &client,
+            "delete_thread",
+            &self.sql.delete_threads,
+            &[(&ids.as_slice(), Type::TEXT_ARRAY)],
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn copy_thread(&self, source_thread_id: &str, target_thread_id: &str) -> Result<()> {
+        if source_thread_id == target_thread_id {
+            return Ok(());
+        }
+        check_text("thread id", target_thread_id)?;
+        let client = self.client().await?;
+        self.query(
+            &client,
+            "copy_thread",
+            &self.sql.copy_thread,
+            &[
+                (&source_thread_id, Type::TEXT),
+                (&target_thread_id, Type::TEXT),
+            ],
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn prune(&self, thread_ids: &[String], strategy: PruneStrategy) -> Result<()> {
+        if thread_ids.is_empty() {
+            return Ok(());
+        }
+        let sql = match strategy {
+            PruneStrategy::KeepLatest => &self.sql.prune_keep_latest,
+            PruneStrategy::Delete => &self.sql.delete_threads,
+        };
+        let client = self.client().await?;
+        self.query(&client, "prune", sql, &[(&thread_ids, Type::TEXT_ARRAY)])
+            .await?;
+        Ok(())
+    }
+
+    async fn delete_for_runs(&self, run_ids: &[String]) -> Result<()> {
+        if run_ids.is_empty() {
+            return Ok(());
+        }
+        let client = self.client().await?;
+        self.query(
+            &client,
+            "delete_for_runs",
+            &self.sql.delete_for_runs,
+            &[(&run_ids, Type::TEXT_ARRAY)],
+        )
+        .await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,388 @@
+//! The tables, their versioned migrations, and the SQL text of every statement.
+
+use cairn_checkpoint::Error;
+use tokio_postgres::SimpleQueryMessage;
+
+use crate::error::{pg_error, BACKEND};
+
+/// First key of the advisory lock migrations hold ("CAIR"); the second is a hash of the
+/// schema name, so migrations of different schemas do not wait for each other.
+const MIGRATION_LOCK_CLASS: i32 = 0x4341_4952;
+
+/// One schema change, applied once, in order, and recorded in `cairn_migrations`.
+struct Migration {
+    version: i32,
+    description: &'static str,
+    /// SQL with `{s}` standing for the schema prefix (`"name".` or nothing).
+    sql: &'static str,
+}
+
+/// Every migration, oldest first. Never edit a released one: add a new one.
+const MIGRATIONS: &[Migration] = &[Migration {
+    version: 1,
+    description: "checkpoints, checkpoint_blobs and checkpoint_writes",
+    sql: r#"
+CREATE TABLE {s}checkpoints (
+    thread_id            text COLLATE "C" NOT NULL,
+    checkpoint_ns        text COLLATE "C" NOT NULL DEFAULT '',
+    checkpoint_id        text COLLATE "C" NOT NULL,
+    parent_checkpoint_id text COLLATE "C",
+    header               jsonb NOT NULL,
+    metadata             jsonb NOT NULL DEFAULT '{}',
+    created_at           timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (thread_id, checkpoint_ns, checkpoint_id)
+);
+CREATE INDEX checkpoints_checkpoint_id_idx ON {s}checkpoints (checkpoint_id DESC);
+CREATE INDEX checkpoints_run_id_idx ON {s}checkpoints ((metadata ->> 'run_id'));
+CREATE INDEX checkpoints_metadata_idx ON {s}checkpoints USING gin (metadata jsonb_path_ops);
+CREATE TABLE {s}checkpoint_blobs (
+    thread_id     text COLLATE "C" NOT NULL,
+    checkpoint_ns text COLLATE "C" NOT NULL DEFAULT '',
+    channel       text COLLATE "C" NOT NULL,
+    version       text COLLATE "C" NOT NULL,
+    type_tag      text NOT NULL,
+    blob          bytea NOT NULL,
+    PRIMARY KEY (thread_id, checkpoint_ns, channel, version)
+);
+CREATE TABLE {s}checkpoint_writes (
+    thread_id     text COLLATE "C" NOT NULL,
+    checkpoint_ns text COLLATE "C" NOT NULL DEFAULT '',
+    checkpoint_id text COLLATE "C" NOT NULL,
+    task_id       text COLLATE "C" NOT NULL,
+    idx           bigint NOT NULL,
+    channel       text NOT NULL,
+    type_tag      text NOT NULL,
+    blob          bytea NOT NULL,
+    task_path     text COLLATE "C" NOT NULL DEFAULT '',
+    PRIMARY KEY (thread_id, checkpoint_ns, checkpoint_id, task_id, idx)
+);
+"#,
+}];
+
+/// The schema version this build of Cairn reads and writes.
+pub const SCHEMA_VERSION: i32 = 1;
+
+/// Checks a schema name: letters, digits, `_`, `$` and `-`, at most 63 bytes. It is always
+/// double-quoted in SQL, so case is kept.
+pub(crate) fn validate_schema_name(name: &str) -> Result<(), Error> {
+    let ok = !name.is_empty()
+        && name.len() <= 63
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '$' || c == '-');
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::InvalidArgument(format!(
+            "schema name {name:?} must be 1 to 63 ASCII letters, digits, '_', '$' or '-'"
+        )))
+    }
+}
+
+/// Runs every migration the database lacks, under a transaction-scoped advisory lock so that
+/// processes starting at once apply each migration exactly once. Uses only the simple query
+/// protocol (no prepared statements), so it works through PgBouncer in transaction mode.
+pub(crate) async fn migrate(
+    client: &mut tokio_postgres::Client,
+    schema: Option<&str>,
+) -> Result<(), Error> {
+    let prefix = prefix(schema);
+    let lock_key = match schema {
+        // `schema` is validated: it holds no quote.
+        Some(name) => format!("hashtext('{name}')"),
+        None => "hashtext(coalesce(current_schema(), ''))".to_owned(),
+    };
+    let tx = client
+        .transaction()
+        .await
+        .map_err(|e| pg_error("migrations: BEGIN", e))?;
+    tx.batch_execute(&format!(
+        "SELECT pg_advisory_xact_lock({MIGRATION_LOCK_CLASS}, {lock_key})"
+    ))
+    .await
+    .map_err(|e| pg_error("migrations: taking the advisory lock", e))?;
+    if let Some(name) = schema {
+        // Checked first: CREATE SCHEMA IF NOT EXISTS needs the CREATE privilege even when
+        // the schema exists.
+        let rows = tx
+            .simple_query(&format!(
+                "SELECT 1 FROM pg_namespace WHERE nspname = '{name}'"
+            ))
+            .await
+            .map_err(|e| pg_error("migrations: looking up the schema", e))?;
+        if !rows.iter().any(|m| matches!(m, SimpleQueryMessage::Row(_))) {
+            tx.batch_execute(&format!("CREATE SCHEMA \"{name}\""))
+                .await
+                .map_err(|e| pg_error(&format!("migrations: creating schema {name:?}"), e))?;
+        }
+    }
+    tx.batch_execute(&format!(
+        "CREATE TABLE IF NOT EXISTS {prefix}cairn_migrations (
+             version integer PRIMARY KEY,
+             description text NOT NULL,
+             applied_at timestamptz NOT NULL DEFAULT now())"
+    ))
+    .await
+    .map_err(|e| pg_error("migrations: creating cairn_migrations", e))?;
+    let current = current_version(&tx, &prefix).await?;
+    if current > SCHEMA_VERSION {
+        return Err(Error::Backend {
+            backend: BACKEND,
+            message: format!(
+                "the database schema is at version {current}, newer than this Cairn build \
+                 knows ({SCHEMA_VERSION}); upgrade Cairn"
+            ),
+            source: None,
+        });
+    }
+    for m in MIGRATIONS.iter().filter(|m| m.version > current) {
+        tracing::info!(version = m.version, description = m.description, schema = ?schema, "applying migration");
+        tx.batch_execute(&m.sql.replace("{s}", &prefix))
+            .await
+            .map_err(|e| {
+                let mut err = pg_error(&format!("migration {} ({})", m.version, m.description), e);
+                if let Error::Backend { message, .. } = &mut err {
+                    if message.contains("42P07") {
+                        message.push_str(
+                            "; a table of that name already exists (LangGraph's Postgres saver \
+                             uses the same names): give Cairn its own schema with \
+                             PostgresOptions::schema",
+                        );
+                    }
+                }
+                err
+            })?;
+        tx.batch_execute(&format!(
+            "INSERT INTO {prefix}cairn_migrations (version, description) VALUES ({}, '{}')",
+            m.version,
+            m.description.replace('\'', "''")
+        ))
+        .await
+        .map_err(|e| pg_error("migrations: recording the version", e))?;
+    }
+    tx.commit()
+        .await
+        .map_err(|e| pg_error("migrations: COMMIT", e))
+}
+
+/// The highest applied migration, 0 when none (or when the table does not exist yet is an
+/// error of the caller's making: call after creating it).
+pub(crate) async fn current_version(
+    client: &tokio_postgres::Transaction<'_>,
+    prefix: &str,
+) -> Result<i32, Error> {
+    version_query(client.client(), prefix).await
+}
+
+/// The highest applied migration; an error naming the fix when the tables are missing.
+pub(crate) async fn version_query(
+    client: &tokio_postgres::Client,
+    prefix: &str,
+) -> Result<i32, Error> {
+    let rows = client
+        .simple_query(&format!(
+            "SELECT coalesce(max(version), 0) FROM {prefix}cairn_migrations"
+        ))
+        .await
+        .map_err(|e| pg_error("reading the schema version from cairn_migrations", e))?;
+    for message in rows {
+        if let SimpleQueryMessage::Row(row) = message {
+            let text = row.get(0).unwrap_or("0");
+            return text.parse().map_err(|_| Error::Backend {
+                backend: BACKEND,
+                message: format!("cairn_migrations holds a version that is not a number: {text:?}"),
+                source: None,
+            });
+        }
+    }
+    Ok(0)
+}
+
+/// `"name".` for a schema, nothing for the search path.
+pub(crate) fn prefix(schema: Option<&str>) -> String {
+    schema.map_or_else(String::new, |s| format!("\"{s}\"."))
+}
+
+/// The text of every fixed statement, with the schema filled in once.
+#[derive(Debug)]
+pub(crate) struct Statements {
+    pub prefix: String,
+    pub get_latest: String,
+    pub get_one: String,
+    pub blobs: String,
+    pub writes: String,
+    pub put: String,
+    pub put_writes: String,
+    pub delete_threads: String,
+    pub copy_thread: String,
+    pub prune_keep_latest: String,
+    pub delete_for_runs: String,
+}
+
+/// Columns of a checkpoint row, in the order [`crate::saver`] reads them.
+pub(crate) const CHECKPOINT_COLUMNS: &str =
+    "thread_id, checkpoint_ns, checkpoint_id, parent_checkpoint_id, header, metadata";
+
+/// The `channel_versions` object of a header, or `{}` when a damaged header has none.
+const CHANNEL_VERSIONS: &str = "CASE WHEN jsonb_typeof(c.header -> 'channel_versions') = 'object' \
+     THEN c.header -> 'channel_versions' ELSE '{}'::jsonb END";
+
+impl Statements {
+    pub(crate) fn new(schema: Option<&str>) -> Statements {
+        let p = prefix(schema);
+        let cols = CHECKPOINT_COLUMNS;
+        let cv = CHANNEL_VERSIONS;
+        Statements {
+            get_latest: format!(
+                "SELECT {cols} FROM {p}checkpoints WHERE thread_id = $1 AND checkpoint_ns = $2 \
+                 ORDER BY checkpoint_id DESC LIMIT 1"
+            ),
+            get_one: format!(
+                "SELECT {cols} FROM {p}checkpoints \
+                 WHERE thread_id = $1 AND checkpoint_ns = $2 AND checkpoint_id = $3"
+            ),
+            blobs: format!(
+                "SELECT b.thread_id, b.checkpoint_ns, b.channel, b.version, b.type_tag, b.blob \
+                 FROM unnest($1::text[], $2::text[], $3::text[], $4::text[]) \
+                      AS k(thread_id, checkpoint_ns, channel, version) \
+                 JOIN {p}checkpoint_blobs b ON b.thread_id = k.thread_id \
+                      AND b.checkpoint_ns = k.checkpoint_ns AND b.channel = k.channel \
+                      AND b.version = k.version"
+            ),
+            writes: format!(
+                "SELECT w.thread_id, w.checkpoint_ns, w.checkpoint_id, w.task_id, w.channel, \
+                        w.type_tag, w.blob, w.task_path \
+                 FROM unnest($1::text[], $2::text[], $3::text[]) \
+                      AS k(thread_id, checkpoint_ns, checkpoint_id) \
+                 JOIN {p}checkpoint_writes w ON w.thread_id = k.thread_id \
+                      AND w.checkpoint_ns = k.checkpoint_ns AND w.checkpoint_id = k.checkpoint_id \
+                 ORDER BY w.thread_id, w.checkpoint_ns, w.checkpoint_id, w.task_path, w.task_id, \
+                          w.idx"
+            ),
+            // One statement, so atomic without an explicit transaction (and one round trip).
+            put: format!(
+                "WITH blobs AS ( \
+                     INSERT INTO {p}checkpoint_blobs \
+                         (thread_id, checkpoint_ns, channel, version, type_tag, blob) \
+                     SELECT $1, $2, u.channel, u.version, u.type_tag, u.blob \
+                     FROM unnest($6::text[], $7::text[], $8::text[], $9::bytea[]) \
+                          AS u(channel, version, type_tag, blob) \
+                     ON CONFLICT (thread_id, checkpoint_ns, channel, version) \
+                     DO UPDATE SET type_tag = EXCLUDED.type_tag, blob = EXCLUDED.blob) \
+                 INSERT INTO {p}checkpoints \
+                     (thread_id, checkpoint_ns, checkpoint_id, parent_checkpoint_id, header, metadata) \
+                 VALUES ($1, $2, $3, $4, $5, $10) \
+                 ON CONFLICT (thread_id, checkpoint_ns, checkpoint_id) DO UPDATE SET \
+                     parent_checkpoint_id = EXCLUDED.parent_checkpoint_id, \
+                     header = EXCLUDED.header, metadata = EXCLUDED.metadata"
+            ),
+            put_writes: format!(
+                "WITH regular AS ( \
+                     INSERT INTO {p}checkpoint_writes (thread_id, checkpoint_ns, checkpoint_id, \
+                         task_id, task_path, idx, channel, type_tag, blob) \
+                     SELECT $1, $2, $3, $4, $5, u.idx, u.channel, u.type_tag, u.blob \
+                     FROM unnest($6::int8[], $7::text[], $8::text[], $9::bytea[]) \
+                          AS u(idx, channel, type_tag, blob) \
+                     WHERE u.idx >= 0 \
+                     ON CONFLICT (thread_id, checkpoint_ns, checkpoint_id, task_id, idx) \
+                     DO NOTHING) \
+                 INSERT INTO {p}checkpoint_writes (thread_id, checkpoint_ns, checkpoint_id, \
+                     task_id, task_path, idx, channel, type_tag, blob) \
+                 SELECT $1, $2, $3, $4, $5, u.idx, u.channel, u.type_tag, u.blob \
+                 FROM unnest($6::int8[], $7::text[], $8::text[], $9::bytea[]) \
+                      AS u(idx, channel, type_tag, blob) \
+                 WHERE u.idx < 0 \
+                 ON CONFLICT (thread_id, checkpoint_ns, checkpoint_id, task_id, idx) \
+                 DO UPDATE SET task_path = EXCLUDED.task_path, channel = EXCLUDED.channel, \
+                     type_tag = EXCLUDED.type_tag, blob = EXCLUDED.blob"
+            ),
+            delete_threads: format!(
+                "WITH c AS (DELETE FROM {p}checkpoints WHERE thread_id = ANY($1)), \
+                      b AS (DELETE FROM {p}checkpoint_blobs WHERE thread_id = ANY($1)) \
+                 DELETE FROM {p}checkpoint_writes WHERE thread_id = ANY($1)"
+            ),
+            copy_thread: format!(
+                "WITH c AS ( \
+                     INSERT INTO {p}checkpoints (thread_id, checkpoint_ns, checkpoint_id, \
+                         parent_checkpoint_id, header, metadata) \
+                     SELECT $2, checkpoint_ns, checkpoint_id, parent_checkpoint_id, header, \
+                         metadata \
+                     FROM {p}checkpoints WHERE thread_id = $1 \
+                     ON CONFLICT (thread_id, checkpoint_ns, checkpoint_id) DO UPDATE SET \
+                         parent_checkpoint_id = EXCLUDED.parent_checkpoint_id, \
+                         header = EXCLUDED.header, metadata = EXCLUDED.metadata), \
+                 b AS ( \
+                     INSERT INTO {p}checkpoint_blobs \
+                         (thread_id, checkpoint_ns, channel, version, type_tag, blob) \
+                     SELECT $2, checkpoint_ns, channel, version, type_tag, blob \
+                     FROM {p}checkpoint_blobs WHERE thread_id = $1 \
+                     ON CONFLICT (thread_id, checkpoint_ns, channel, version) \
+                     DO UPDATE SET type_tag = EXCLUDED.type_tag, blob = EXCLUDED.blob) \
+                 INSERT INTO {p}checkpoint_writes (thread_id, checkpoint_ns, checkpoint_id, \
+                     task_id, idx, channel, type_tag, blob, task_path) \
+                 SELECT $2, checkpoint_ns, checkpoint_id, task_id, idx, channel, type_tag, blob, \
+                     task_path \
+                 FROM {p}checkpoint_writes WHERE thread_id = $1 \
+                 ON CONFLICT (thread_id, checkpoint_ns, checkpoint_id, task_id, idx) \
+                 DO UPDATE SET channel = EXCLUDED.channel, type_tag = EXCLUDED.type_tag, \
+                     blob = EXCLUDED.blob, task_path = EXCLUDED.task_path"
+            ),
+            // All CTEs see the table as it was before the statement, so "kept" is computed
+            // from `latest`, not by reading the checkpoints table after the delete.
+            prune_keep_latest: format!(
+                "WITH latest AS ( \
+                     SELECT DISTINCT ON (c.thread_id, c.checkpoint_ns) \
+                            c.thread_id, c.checkpoint_ns, c.checkpoint_id, {cv} AS versions \
+                     FROM {p}checkpoints c WHERE c.thread_id = ANY($1) \
+                     ORDER BY c.thread_id, c.checkpoint_ns, c.checkpoint_id DESC), \
+                 kept AS ( \
+                     SELECT l.thread_id, l.checkpoint_ns, v.key AS channel, \
+                            v.value #>> '{{}}' AS version \
+                     FROM latest l CROSS JOIN LATERAL jsonb_each(l.versions) v), \
+                 del_c AS ( \
+                     DELETE FROM {p}checkpoints c USING latest l \
+                     WHERE c.thread_id = l.thread_id AND c.checkpoint_ns = l.checkpoint_ns \
+                       AND c.checkpoint_id <> l.checkpoint_id), \
+                 del_w AS ( \
+                     DELETE FROM {p}checkpoint_writes w USING latest l \
+                     WHERE w.thread_id = l.thread_id AND w.checkpoint_ns = l.checkpoint_ns \
+                       AND w.checkpoint_id <> l.checkpoint_id) \
+                 DELETE FROM {p}checkpoint_blobs b USING latest l \
+                 WHERE b.thread_id = l.thread_id AND b.checkpoint_ns = l.checkpoint_ns \
+                   AND NOT EXISTS (SELECT 1 FROM kept k \
+                       WHERE k.thread_id = b.thread_id AND k.checkpoint_ns = b.checkpoint_ns \
+                         AND k.channel = b.channel AND k.version = b.version)"
+            ),
+            delete_for_runs: format!(
+                "WITH doomed AS ( \
+                     SELECT thread_id, checkpoint_ns, checkpoint_id FROM {p}checkpoints \
+                     WHERE metadata ->> 'run_id' = ANY($1)), \
+                 del_c AS ( \
+                     DELETE FROM {p}checkpoints c USING doomed d \
+                     WHERE c.thread_id = d.thread_id AND c.checkpoint_ns = d.checkpoint_ns \
+                       AND c.checkpoint_id = d.checkpoint_id), \
+                 del_w AS ( \
+                     DELETE FROM {p}checkpoint_writes w USING doomed d \
+                     WHERE w.thread_id = d.thread_id AND w.checkpoint_ns = d.checkpoint_ns \
+                       AND w.checkpoint_id = d.checkpoint_id), \
+                 affected AS (SELECT DISTINCT thread_id, checkpoint_ns FROM doomed), \
+                 kept AS ( \
+                     SELECT c.thread_id, c.checkpoint_ns, v.key AS channel, \
+                            v.value #>> '{{}}' AS version \
+                     FROM {p}checkpoints c \
+                     JOIN affected a ON a.thread_id = c.thread_id \
+                                    AND a.checkpoint_ns = c.checkpoint_ns \
+                     CROSS JOIN LATERAL jsonb_each({cv}) v \
+                     WHERE NOT EXISTS (SELECT 1 FROM doomed d \
+                         WHERE d.thread_id = c.thread_id AND d.checkpoint_ns = c.checkpoint_ns \
+                           AND d.checkpoint_id = c.checkpoint_id)) \
+                 DELETE FROM {p}checkpoint_blobs b USING affected a \
+                 WHERE b.thread_id = a.thread_id AND b.checkpoint_ns = a.checkpoint_ns \
+                   AND NOT EXISTS (SELECT 1 FROM kept k \
+                       WHERE k.thread_id = b.thread_id AND k.checkpoint_ns = b.checkpoint_ns \
+                         AND k.channel = b.channel AND k.version = b.version)"
+            ),
+            prefix: p,
+        }
+    }
+}
