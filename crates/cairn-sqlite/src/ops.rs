@@ -1,0 +1,247 @@
+//! The changes the writer thread applies, each inside its own savepoint.
+
+use rusqlite::{params, Connection};
+
+use cairn_checkpoint::{write_index, Result, TypedValue};
+
+use crate::sql_error;
+
+/// A checkpoint ready to store: everything encoded by the caller, off the writer thread.
+pub(crate) struct PutRow {
+    pub thread_id: String,
+    pub checkpoint_ns: String,
+    pub checkpoint_id: String,
+    pub parent_id: Option<String>,
+    pub header: Vec<u8>,
+    pub metadata: String,
+    pub run_id: Option<String>,
+    pub blob_refs: String,
+    /// `(channel, version storage string, value)` for the channels in `new_versions`.
+    pub blobs: Vec<(String, String, TypedValue)>,
+}
+
+pub(crate) fn put(conn: &Connection, row: &PutRow) -> Result<()> {
+    let mut blob = conn
+        .prepare_cached(
+            "INSERT INTO checkpoint_blobs (thread_id, checkpoint_ns, channel, version, type_tag, data)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+             ON CONFLICT (thread_id, checkpoint_ns, channel, version)
+             DO UPDATE SET type_tag = excluded.type_tag, data = excluded.data",
+        )
+        .map_err(sql_error("preparing the channel value insert"))?;
+    for (channel, version, value) in &row.blobs {
+        blob.execute(params![
+            row.thread_id,
+            row.checkpoint_ns,
+            channel,
+            version,
+            value.type_tag,
+            value.data.as_ref()
+        ])
+        .map_err(sql_error(format!(
+            "storing channel {channel:?} version {version} of thread {:?}",
+            row.thread_id
+        )))?;
+    }
+    conn.prepare_cached(
+        "INSERT INTO checkpoints (thread_id, checkpoint_ns, checkpoint_id, parent_checkpoint_id,
+                                  header, metadata, run_id, blob_refs)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+         ON CONFLICT (thread_id, checkpoint_ns, checkpoint_id) DO UPDATE SET
+             parent_checkpoint_id = excluded.parent_checkpoint_id, header = excluded.header,
+             metadata = excluded.metadata, run_id = excluded.run_id,
+             blob_refs = excluded.blob_refs",
+    )
+    .and_then(|mut s| {
+        s.execute(params![
+            row.thread_id,
+            row.checkpoint_ns,
+            row.checkpoint_id,
+            row.parent_id,
+            row.header,
+            row.metadata,
+            row.run_id,
+            row.blob_refs
+        ])
+    })
+    .map_err(sql_error(format!(
+        "storing checkpoint {} of thread {:?}",
+        row.checkpoint_id, row.thread_id
+    )))?;
+    Ok(())
+}
+
+/// Pending writes of one task against one checkpoint.
+pub(crate) struct WritesRow {
+    pub thread_id: String,
+    pub checkpoint_ns: String,
+    pub checkpoint_id: String,
+    pub task_id: String,
+    pub task_path: String,
+    pub writes: Vec<(String, TypedValue)>,
+}
+
+pub(crate) fn put_writes(conn: &Connection, row: &WritesRow) -> Result<()> {
+    const COLUMNS: &str = "INTO checkpoint_writes (thread_id, checkpoint_ns, checkpoint_id, \
+        task_id, idx, task_path, channel, type_tag, data) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)";
+    // A regular write is kept if already stored (a retried task cannot duplicate it); a
+    // special channel's write (negative index) replaces the stored one.
+    let mut keep = conn
+        .prepare_cached(&format!("INSERT OR IGNORE {COLUMNS}"))
+        .map_err(sql_error("preparing the pending write insert"))?;
+    let mut replace = conn
+        .prepare_cached(&format!("INSERT OR REPLACE {COLUMNS}"))
+        .map_err(sql_error("preparing the pending write insert"))?;
+    for (position, (channel, value)) in row.writes.iter().enumerate() {
+        let idx = write_index(channel, position);
+        let stmt = if idx >= 0 { &mut keep } else { &mut replace };
+        stmt.execute(params![
+            row.thread_id,
+            row.checkpoint_ns,
+            row.checkpoint_id,
+            row.task_id,
+            idx,
+            row.task_path,
+            channel,
+            value.type_tag,
+            value.data.as_ref()
+        ])
+        .map_err(sql_error(format!(
+            "storing a pending write of task {:?} to channel {channel:?} (checkpoint {} of thread {:?})",
+            row.task_id, row.checkpoint_id, row.thread_id
+        )))?;
+    }
+    Ok(())
+}
+
+pub(crate) fn delete_thread(conn: &Connection, thread_id: &str) -> Result<()> {
+    for table in ["checkpoint_writes", "checkpoint_blobs", "checkpoints"] {
+        conn.prepare_cached(&format!("DELETE FROM {table} WHERE thread_id = ?1"))
+            .and_then(|mut s| s.execute([thread_id]))
+            .map_err(sql_error(format!(
+                "deleting thread {thread_id:?} from {table}"
+            )))?;
+    }
+    Ok(())
+}
+
+pub(crate) fn copy_thread(conn: &Connection, source: &str, target: &str) -> Result<()> {
+    if source == target {
+        return Ok(());
+    }
+    let copies = [
+        (
+            "checkpoints",
+            "INSERT OR REPLACE INTO checkpoints (thread_id, checkpoint_ns, checkpoint_id,
+                 parent_checkpoint_id, header, metadata, run_id, blob_refs)
+             SELECT ?2, checkpoint_ns, checkpoint_id, parent_checkpoint_id, header, metadata,
+                    run_id, blob_refs
+             FROM checkpoints WHERE thread_id = ?1",
+        ),
+        (
+            "checkpoint_blobs",
+            "INSERT OR REPLACE INTO checkpoint_blobs (thread_id, checkpoint_ns, channel, version,
+                 type_tag, data)
+             SELECT ?2, checkpoint_ns, channel, version, type_tag, data
+             FROM checkpoint_blobs WHERE thread_id = ?1",
+        ),
+        (
+            "checkpoint_writes",
+            "INSERT OR REPLACE INTO checkpoint_writes (thread_id, checkpoint_ns, checkpoint_id,
+                 task_id, idx, task_path, channel, type_tag, data)
+             SELECT ?2, checkpoint_ns, checkpoint_id, task_id, idx, task_path, channel,
+                    type_tag, data
+             FROM checkpoint_writes WHERE thread_id = ?1",
+        ),
+    ];
+    for (table, sql) in copies {
+        conn.prepare_cached(sql)
+            .and_then(|mut s| s.execute([source, target]))
+            .map_err(sql_error(format!(
+                "copying {table} of thread {source:?} to {target:?}"
+            )))?;
+    }
+    Ok(())
+}
+
+/// Deletes channel values of `(thread, ns)` that no remaining checkpoint refers to.
+fn reclaim_blobs(conn: &Connection, thread_id: &str, ns: &str) -> Result<()> {
+    conn.prepare_cached(
+        "DELETE FROM checkpoint_blobs
+         WHERE thread_id = ?1 AND checkpoint_ns = ?2
+           AND (channel, version) NOT IN (
+               SELECT j.key, j.value FROM checkpoints AS c, json_each(c.blob_refs) AS j
+               WHERE c.thread_id = ?1 AND c.checkpoint_ns = ?2)",
+    )
+    .and_then(|mut s| s.execute([thread_id, ns]))
+    .map_err(sql_error(format!(
+        "reclaiming unreferenced channel values of thread {thread_id:?}"
+    )))?;
+    Ok(())
+}
+
+/// Keeps only the latest checkpoint of each namespace of `thread_id`, with its writes and
+/// the values it refers to.
+pub(crate) fn keep_latest(conn: &Connection, thread_id: &str) -> Result<()> {
+    let namespaces: Vec<String> = conn
+        .prepare_cached("SELECT DISTINCT checkpoint_ns FROM checkpoints WHERE thread_id = ?1")
+        .and_then(|mut s| {
+            s.query_map([thread_id], |r| r.get(0))?
+                .collect::<rusqlite::Result<Vec<String>>>()
+        })
+        .map_err(sql_error(format!(
+            "listing namespaces of thread {thread_id:?}"
+        )))?;
+    for ns in namespaces {
+        let latest: String = conn
+            .prepare_cached(
+                "SELECT checkpoint_id FROM checkpoints WHERE thread_id = ?1 AND checkpoint_ns = ?2
+                 ORDER BY checkpoint_id DESC LIMIT 1",
+            )
+            .and_then(|mut s| s.query_row([thread_id, ns.as_str()], |r| r.get(0)))
+            .map_err(sql_error(format!(
+                "finding the latest checkpoint of thread {thread_id:?}"
+            )))?;
+        for table in ["checkpoint_writes", "checkpoints"] {
+            conn.prepare_cached(&format!(
+                "DELETE FROM {table} WHERE thread_id = ?1 AND checkpoint_ns = ?2 AND checkpoint_id <> ?3"
+            ))
+            .and_then(|mut s| s.execute([thread_id, ns.as_str(), latest.as_str()]))
+            .map_err(sql_error(format!("pruning {table} of thread {thread_id:?}")))?;
+        }
+        reclaim_blobs(conn, thread_id, &ns)?;
+    }
+    Ok(())
+}
+
+pub(crate) fn delete_for_runs(conn: &Connection, run_ids_json: &str) -> Result<()> {
+    let affected: Vec<(String, String)> = conn
+        .prepare_cached(
+            "SELECT DISTINCT thread_id, checkpoint_ns FROM checkpoints
+             WHERE run_id IN (SELECT value FROM json_each(?1))",
+        )
+        .and_then(|mut s| {
+            s.query_map([run_ids_json], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect::<rusqlite::Result<Vec<_>>>()
+        })
+        .map_err(sql_error("finding the checkpoints of the runs"))?;
+    if affected.is_empty() {
+        return Ok(());
+    }
+    conn.prepare_cached(
+        "DELETE FROM checkpoint_writes WHERE (thread_id, checkpoint_ns, checkpoint_id) IN (
+             SELECT thread_id, checkpoint_ns, checkpoint_id FROM checkpoints
+             WHERE run_id IN (SELECT value FROM json_each(?1)))",
+    )
+    .and_then(|mut s| s.execute([run_ids_json]))
+    .map_err(sql_error("deleting the pending writes of the runs"))?;
+    conn.prepare_cached(
+        "DELETE FROM checkpoints WHERE run_id IN (SELECT value FROM json_each(?1))",
+    )
+    .and_then(|mut s| s.execute([run_ids_json]))
+    .map_err(sql_error("deleting the checkpoints of the runs"))?;
+    for (thread_id, ns) in affected {
+        reclaim_blobs(conn, &thread_id, &ns)?;
+    }
+    Ok(())
+}

@@ -1,0 +1,467 @@
+//! Reading: the read connection pool and the queries that assemble checkpoint tuples.
+//!
+//! A read never issues one query per checkpoint: it fetches the checkpoint rows in one
+//! query, then the channel values of all of them in one query and their pending writes in
+//! another (the keys travel as one JSON array, joined with `json_each`), all inside one read
+//! transaction so the three see the same snapshot.
+
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use rusqlite::types::Value;
+use rusqlite::Connection;
+use tokio::sync::Semaphore;
+
+use cairn_checkpoint::{
+    Checkpoint, CheckpointConfig, CheckpointMetadata, CheckpointTuple, DataLocation, Error,
+    ListQuery, PendingWrite, Result, TypedValue,
+};
+
+use crate::{open_connection, sql_error, ConnectionRole, SqliteOptions};
+
+/// A small pool of read-only connections to a file database (WAL lets them read while the
+/// writer writes). Reads run on tokio's blocking pool.
+pub(crate) struct ReadPool {
+    path: PathBuf,
+    options: SqliteOptions,
+    idle: Mutex<Vec<Connection>>,
+    permits: Arc<Semaphore>,
+}
+
+impl ReadPool {
+    pub(crate) fn new(path: PathBuf, options: SqliteOptions) -> Result<Self> {
+        let n = options.read_connection_count();
+        let mut idle = Vec::with_capacity(n);
+        for _ in 0..n {
+            idle.push(open_connection(&path, &options, ConnectionRole::Reader)?);
+        }
+        Ok(ReadPool {
+            path,
+            options,
+            idle: Mutex::new(idle),
+            permits: Arc::new(Semaphore::new(n)),
+        })
+    }
+
+    /// Runs `f` on a pooled connection on the blocking thread pool.
+    pub(crate) async fn run<T, F>(self: &Arc<Self>, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<T> + Send + 'static,
+    {
+        let permit = self
+            .permits
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|e| Error::backend("sqlite", "waiting for a read connection", e))?;
+        let pool = Arc::clone(self);
+        tokio::task::spawn_blocking(move || {
+            let _permit = permit;
+            let mut conn = pool.take()?;
+            let result = f(&mut conn);
+            pool.give_back(conn);
+            result
+        })
+        .await
+        .map_err(|e| Error::backend("sqlite", "running a read on the blocking pool", e))?
+    }
+
+    fn take(&self) -> Result<Connection> {
+        let popped = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        match popped {
+            Some(conn) => Ok(conn),
+            // A connection is lost only when a read panicked; replace it.
+            None => open_connection(&self.path, &self.options, ConnectionRole::Reader),
+        }
+    }
+
+    fn give_back(&self, conn: Connection) {
+        self.idle
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(conn);
+    }
+}
+
+/// A checkpoint row as stored, before decoding.
+struct Row {
+    thread_id: String,
+    checkpoint_ns: String,
+    checkpoint_id: String,
+    parent_id: Option<String>,
+    header: Vec<u8>,
+    metadata: String,
+}
+
+const ROW_COLUMNS: &str =
+    "thread_id, checkpoint_ns, checkpoint_id, parent_checkpoint_id, header, metadata";
+
+/// The query `get_tuple` runs for the latest checkpoint of a thread and namespace: a search
+/// of the primary key, newest first, one row.
+pub(crate) const LATEST_SQL: &str = "SELECT thread_id, checkpoint_ns, checkpoint_id, \
+     parent_checkpoint_id, header, metadata FROM checkpoints \
+     WHERE thread_id = ?1 AND checkpoint_ns = ?2 ORDER BY checkpoint_id DESC LIMIT 1";
+
+/// The query `get_tuple` runs for one named checkpoint.
+pub(crate) const EXACT_SQL: &str = "SELECT thread_id, checkpoint_ns, checkpoint_id, \
+     parent_checkpoint_id, header, metadata FROM checkpoints \
+     WHERE thread_id = ?1 AND checkpoint_ns = ?2 AND checkpoint_id = ?3";
+
+/// Channel values for a JSON array of `[thread, ns, channel, version]` keys.
+pub(crate) const BLOBS_SQL: &str = "SELECT b.thread_id, b.checkpoint_ns, b.channel, b.version, \
+     b.type_tag, b.data FROM json_each(?1) AS k CROSS JOIN checkpoint_blobs AS b \
+     WHERE b.thread_id = k.value ->> 0 AND b.checkpoint_ns = k.value ->> 1 \
+       AND b.channel = k.value ->> 2 AND b.version = k.value ->> 3";
+
+/// Pending writes for a JSON array of `[thread, ns, checkpoint_id]` keys.
+pub(crate) const WRITES_SQL: &str = "SELECT w.thread_id, w.checkpoint_ns, w.checkpoint_id, \
+     w.task_id, w.idx, w.task_path, w.channel, w.type_tag, w.data \
+     FROM json_each(?1) AS k CROSS JOIN checkpoint_writes AS w \
+     WHERE w.thread_id = k.value ->> 0 AND w.checkpoint_ns = k.value ->> 1 \
+       AND w.checkpoint_id = k.value ->> 2";
+
+fn map_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Row> {
+    Ok(Row {
+        thread_id: r.get(0)?,
+        checkpoint_ns: r.get(1)?,
+        checkpoint_id: r.get(2)?,
+        parent_id: r.get(3)?,
+        header: r.get(4)?,
+        metadata: r.get(5)?,
+    })
+}
+
+/// The tuple `config` names (its latest checkpoint when it has no id).
+pub(crate) fn get_tuple(
+    conn: &mut Connection,
+    config: &CheckpointConfig,
+) -> Result<Option<CheckpointTuple>> {
+    let tx = conn
+        .transaction()
+        .map_err(sql_error("starting a read transaction"))?;
+    let rows = {
+        let (sql, params): (&str, Vec<&dyn rusqlite::ToSql>) = match &config.checkpoint_id {
+            Some(id) => (
+                EXACT_SQL,
+                vec![&config.thread_id, &config.checkpoint_ns, id],
+            ),
+            None => (LATEST_SQL, vec![&config.thread_id, &config.checkpoint_ns]),
+        };
+        let mut stmt = tx
+            .prepare_cached(sql)
+            .map_err(sql_error("preparing the checkpoint query"))?;
+        let rows = stmt
+            .query_map(params.as_slice(), map_row)
+            .map_err(sql_error("reading a checkpoint"))?
+            .collect::<rusqlite::Result<Vec<_>>>()
+            .map_err(sql_error("reading a checkpoint"))?;
+        rows
+    };
+    let mut tuples = assemble(&tx, rows)?;
+    Ok(tuples.pop())
+}
+
+/// One `WHERE` condition on metadata key `key` equal to `value`, if SQL can test it
+/// exactly. Rows whose metadata is not valid JSON pass, so decoding reports them as corrupt
+/// instead of the filter silently hiding them.
+fn metadata_condition(
+    key: &str,
+    value: &serde_json::Value,
+    params: &mut Vec<Value>,
+) -> Option<String> {
+    if key.contains('"') || key.contains('\\') {
+        return None;
+    }
+    // The JSON type SQLite must see, and the scalar to compare with (if any).
+    let (json_type, scalar) = match value {
+        serde_json::Value::Null => ("null", None),
+        serde_json::Value::Bool(true) => ("true", None),
+        serde_json::Value::Bool(false) => ("false", None),
+        serde_json::Value::String(s) => ("text", Some(Value::Text(s.clone()))),
+        serde_json::Value::Number(n) => match (n.as_i64(), n.is_f64()) {
+            (Some(i), _) => ("integer", Some(Value::Integer(i))),
+            (None, true) => ("real", Some(Value::Real(n.as_f64()?))),
+            // A u64 past i64::MAX: SQLite would read it as a real.
+            (None, false) => return None,
+        },
+        serde_json::Value::Array(_) | serde_json::Value::Object(_) => return None,
+    };
+    let path = format!("$.\"{key}\"");
+    params.push(Value::Text(path.clone()));
+    let mut test = format!("json_type(metadata, ?) = '{json_type}'");
+    if let Some(scalar) = scalar {
+        test.push_str(" AND json_extract(metadata, ?) = ?");
+        params.push(Value::Text(path));
+        params.push(scalar);
+    }
+    Some(format!(
+        "CASE WHEN json_valid(metadata) THEN {test} ELSE 1 END"
+    ))
+}
+
+/// Checkpoints matching `query`, newest first.
+pub(crate) fn list(conn: &mut Connection, query: &ListQuery) -> Result<Vec<CheckpointTuple>> {
+    if query.limit == Some(0) {
+        return Ok(Vec::new());
+    }
+    let mut conditions: Vec<String> = Vec::new();
+    let mut params: Vec<Value> = Vec::new();
+    if let Some(thread) = &query.thread_id {
+        conditions.push("thread_id = ?".into());
+        params.push(Value::Text(thread.clone()));
+    }
+    if let Some(ns) = &query.checkpoint_ns {
+        conditions.push("checkpoint_ns = ?".into());
+        params.push(Value::Text(ns.clone()));
+    }
+    if let Some(id) = &query.checkpoint_id {
+        conditions.push("checkpoint_id = ?".into());
+        params.push(Value::Text(id.clone()));
+    }
+    if let Some(before) = &query.before {
+        conditions.push("checkpoint_id < ?".into());
+        params.push(Value::Text(before.clone()));
+    }
+    // Filters SQL cannot test exactly are applied after decoding; the limit then too.
+    let mut exact_in_sql = true;
+    for (key, value) in &query.filter {
+        match metadata_condition(key, value, &mut params) {
+            Some(cond) => conditions.push(cond),
+            None => exact_in_sql = false,
+        }
+    }
+    let mut sql = format!("SELECT {ROW_COLUMNS} FROM checkpoints");
+    if !conditions.is_empty() {
+        sql.push_str(" WHERE ");
+        sql.push_str(&conditions.join(" AND "));
+    }
+    sql.push_str(" ORDER BY checkpoint_id DESC, thread_id DESC, checkpoint_ns DESC");
+    if let (Some(limit), true) = (query.limit, exact_in_sql) {
+        sql.push_str(" LIMIT ?");
+        params.push(Value::Integer(i64::try_from(limit).unwrap_or(i64::MAX)));
+    }
+
+    let tx = conn
+        .transaction()
+        .map_err(sql_error("starting a read transaction"))?;
+    let rows = {
+        let mut stmt = tx
+            .prepare_cached(&sql)
+            .map_err(sql_error("preparing the list query"))?;
+        let rows = stmt
+            .query_map(rusqlite::params_from_iter(params), map_row)
+            .map_err(sql_error("listing checkpoints"))?
+            .collect::<rusqlite::Result<Vec<_>>>()
+            .map_err(sql_error("listing checkpoints"))?;
+        rows
+    };
+    if exact_in_sql {
+        return assemble(&tx, rows);
+    }
+    // Decode metadata first, keep the matching rows up to the limit, then load their values.
+    let limit = query.limit.unwrap_or(usize::MAX);
+    let mut kept = Vec::new();
+    for row in rows {
+        if kept.len() >= limit {
+            break;
+        }
+        let metadata = decode_metadata(&row)?;
+        if metadata.matches(&query.filter) {
+            kept.push(row);
+        }
+    }
+    assemble(&tx, kept)
+}
+
+fn location(row: &Row) -> DataLocation {
+    DataLocation {
+        thread_id: row.thread_id.clone(),
+        checkpoint_ns: row.checkpoint_ns.clone(),
+        checkpoint_id: Some(row.checkpoint_id.clone()),
+        channel: None,
+    }
+}
+
+fn decode_metadata(row: &Row) -> Result<CheckpointMetadata> {
+    serde_json::from_str(&row.metadata).map_err(|e| {
+        Error::corrupt(
+            location(row),
+            format!("cannot decode the checkpoint metadata (JSON): {e}"),
+        )
+    })
+}
+
+fn decode_header(row: &Row) -> Result<Checkpoint> {
+    let checkpoint: Checkpoint = rmp_serde::from_slice(&row.header).map_err(|e| {
+        Error::corrupt(
+            location(row),
+            format!("cannot decode the checkpoint header (MessagePack): {e}"),
+        )
+    })?;
+    if checkpoint.id != row.checkpoint_id {
+        return Err(Error::corrupt(
+            location(row),
+            format!(
+                "the stored checkpoint header names checkpoint {:?}, not its row's id",
+                checkpoint.id
+            ),
+        ));
+    }
+    Ok(checkpoint)
+}
+
+type BlobKey = (String, String, String, String);
+type CheckpointKey = (String, String, String);
+
+/// Decodes `rows` and loads their channel values and pending writes (two queries in all).
+fn assemble(conn: &Connection, rows: Vec<Row>) -> Result<Vec<CheckpointTuple>> {
+    if rows.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut decoded = Vec::with_capacity(rows.len());
+    for row in rows {
+        let checkpoint = decode_header(&row)?;
+        let metadata = decode_metadata(&row)?;
+        decoded.push((row, checkpoint, metadata));
+    }
+
+    // Every (thread, ns, channel, version) any of them refers to, once.
+    let mut wanted: HashSet<(&str, &str, &str, String)> = HashSet::new();
+    for (row, checkpoint, _) in &decoded {
+        for (channel, version) in &checkpoint.channel_versions {
+            wanted.insert((
+                &row.thread_id,
+                &row.checkpoint_ns,
+                channel,
+                version.to_storage_string(),
+            ));
+        }
+    }
+    let mut blobs: HashMap<BlobKey, TypedValue> = HashMap::new();
+    if !wanted.is_empty() {
+        let keys: Vec<[&str; 4]> = wanted
+            .iter()
+            .map(|(t, n, c, v)| [*t, *n, *c, v.as_str()])
+            .collect();
+        let keys = encode_keys(&keys)?;
+        let mut stmt = conn
+            .prepare_cached(BLOBS_SQL)
+            .map_err(sql_error("preparing the channel value query"))?;
+        let mut q = stmt
+            .query([keys])
+            .map_err(sql_error("reading channel values"))?;
+        while let Some(r) = q.next().map_err(sql_error("reading channel values"))? {
+            let key: BlobKey = (
+                r.get(0).map_err(sql_error("reading channel values"))?,
+                r.get(1).map_err(sql_error("reading channel values"))?,
+                r.get(2).map_err(sql_error("reading channel values"))?,
+                r.get(3).map_err(sql_error("reading channel values"))?,
+            );
+            let value = TypedValue::new(
+                r.get::<_, String>(4)
+                    .map_err(sql_error("reading channel values"))?,
+                Bytes::from(
+                    r.get::<_, Vec<u8>>(5)
+                        .map_err(sql_error("reading channel values"))?,
+                ),
+            );
+            blobs.insert(key, value);
+        }
+    }
+
+    let mut writes: HashMap<CheckpointKey, Vec<(i64, PendingWrite)>> = HashMap::new();
+    {
+        let keys: Vec<[&str; 3]> = decoded
+            .iter()
+            .map(|(row, _, _)| {
+                [
+                    row.thread_id.as_str(),
+                    row.checkpoint_ns.as_str(),
+                    row.checkpoint_id.as_str(),
+                ]
+            })
+            .collect();
+        let keys = encode_keys(&keys)?;
+        let mut stmt = conn
+            .prepare_cached(WRITES_SQL)
+            .map_err(sql_error("preparing the pending write query"))?;
+        let mut q = stmt
+            .query([keys])
+            .map_err(sql_error("reading pending writes"))?;
+        let e = || sql_error("reading pending writes");
+        while let Some(r) = q.next().map_err(e())? {
+            let key: CheckpointKey = (
+                r.get(0).map_err(e())?,
+                r.get(1).map_err(e())?,
+                r.get(2).map_err(e())?,
+            );
+            let write = PendingWrite {
+                task_id: r.get(3).map_err(e())?,
+                task_path: r.get(5).map_err(e())?,
+                channel: r.get(6).map_err(e())?,
+                value: TypedValue::new(
+                    r.get::<_, String>(7).map_err(e())?,
+                    Bytes::from(r.get::<_, Vec<u8>>(8).map_err(e())?),
+                ),
+            };
+            let idx: i64 = r.get(4).map_err(e())?;
+            writes.entry(key).or_default().push((idx, write));
+        }
+    }
+
+    let mut tuples = Vec::with_capacity(decoded.len());
+    for (row, mut checkpoint, metadata) in decoded {
+        let mut values = std::collections::BTreeMap::new();
+        for (channel, version) in &checkpoint.channel_versions {
+            let key = (
+                row.thread_id.clone(),
+                row.checkpoint_ns.clone(),
+                channel.clone(),
+                version.to_storage_string(),
+            );
+            if let Some(value) = blobs.get(&key) {
+                if !value.is_empty_marker() {
+                    values.insert(channel.clone(), value.clone());
+                }
+            }
+        }
+        checkpoint.channel_values = values;
+        let mut pending = writes
+            .remove(&(
+                row.thread_id.clone(),
+                row.checkpoint_ns.clone(),
+                row.checkpoint_id.clone(),
+            ))
+            .unwrap_or_default();
+        pending.sort_by(|(ia, a), (ib, b)| {
+            (&a.task_path, &a.task_id, ia).cmp(&(&b.task_path, &b.task_id, ib))
+        });
+        let config = CheckpointConfig {
+            thread_id: row.thread_id,
+            checkpoint_ns: row.checkpoint_ns,
+            checkpoint_id: Some(row.checkpoint_id),
+        };
+        let parent_config = row.parent_id.map(|id| CheckpointConfig {
+            checkpoint_id: Some(id),
+            ..config.clone()
+        });
+        tuples.push(CheckpointTuple {
+            config,
+            checkpoint,
+            metadata,
+            parent_config,
+            pending_writes: pending.into_iter().map(|(_, w)| w).collect(),
+        });
+    }
+    Ok(tuples)
+}
+
+fn encode_keys<T: serde::Serialize>(keys: &T) -> Result<String> {
+    serde_json::to_string(keys).map_err(|e| Error::Encode {
+        format: "json",
+        message: format!("encoding lookup keys: {e}"),
+    })
+}

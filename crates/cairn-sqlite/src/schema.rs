@@ -1,0 +1,124 @@
+//! The schema and its migrations.
+//!
+//! Every migration runs once, in order, inside one `BEGIN IMMEDIATE` transaction together
+//! with its row in `cairn_migrations`, so two processes opening a new file at the same time
+//! cannot both apply it, and a crash mid-migration leaves the previous schema intact.
+
+use rusqlite::{Connection, OptionalExtension, TransactionBehavior};
+
+use cairn_checkpoint::{Error, Result};
+
+use crate::sql_error;
+
+/// One schema change: its version (1, 2, ...), a name, and its SQL.
+struct Migration {
+    version: i64,
+    name: &'static str,
+    sql: &'static str,
+}
+
+/// All migrations, oldest first. Never edit a released one: add a new one.
+const MIGRATIONS: &[Migration] = &[Migration {
+    version: 1,
+    name: "checkpoints, per-version channel values, pending writes",
+    sql: r#"
+CREATE TABLE checkpoints (
+    thread_id            TEXT NOT NULL,
+    checkpoint_ns        TEXT NOT NULL,
+    checkpoint_id        TEXT NOT NULL,
+    parent_checkpoint_id TEXT,
+    -- The checkpoint without channel_values, MessagePack (keeps version types: 1 stays 1).
+    header               BLOB NOT NULL,
+    -- CheckpointMetadata as a JSON object, so list filters can use json_extract.
+    metadata             TEXT NOT NULL,
+    -- metadata.run_id, copied out for delete_for_runs.
+    run_id               TEXT,
+    -- {channel: version storage string}: the values this checkpoint refers to, for
+    -- reclaiming unreferenced values in SQL.
+    blob_refs            TEXT NOT NULL,
+    PRIMARY KEY (thread_id, checkpoint_ns, checkpoint_id)
+);
+CREATE INDEX checkpoints_run_id ON checkpoints (run_id);
+
+CREATE TABLE checkpoint_blobs (
+    thread_id     TEXT NOT NULL,
+    checkpoint_ns TEXT NOT NULL,
+    channel       TEXT NOT NULL,
+    version       TEXT NOT NULL,
+    type_tag      TEXT NOT NULL,
+    data          BLOB NOT NULL,
+    PRIMARY KEY (thread_id, checkpoint_ns, channel, version)
+);
+
+CREATE TABLE checkpoint_writes (
+    thread_id     TEXT NOT NULL,
+    checkpoint_ns TEXT NOT NULL,
+    checkpoint_id TEXT NOT NULL,
+    task_id       TEXT NOT NULL,
+    idx           INTEGER NOT NULL,
+    task_path     TEXT NOT NULL,
+    channel       TEXT NOT NULL,
+    type_tag      TEXT NOT NULL,
+    data          BLOB NOT NULL,
+    PRIMARY KEY (thread_id, checkpoint_ns, checkpoint_id, task_id, idx)
+);
+"#,
+}];
+
+/// The schema version this build writes.
+pub const SCHEMA_VERSION: i64 = 1;
+
+/// Brings the database up to [`SCHEMA_VERSION`]; a no-op when it already is. Returns the
+/// versions it applied.
+pub(crate) fn migrate(conn: &mut Connection) -> Result<Vec<i64>> {
+    let tx = conn
+        .transaction_with_behavior(TransactionBehavior::Immediate)
+        .map_err(sql_error("starting the migration transaction"))?;
+    tx.execute_batch(
+        "CREATE TABLE IF NOT EXISTS cairn_migrations (
+             version    INTEGER PRIMARY KEY,
+             name       TEXT NOT NULL,
+             applied_at TEXT NOT NULL
+         )",
+    )
+    .map_err(sql_error("creating the cairn_migrations table"))?;
+    let current: i64 = tx
+        .query_row("SELECT MAX(version) FROM cairn_migrations", [], |r| {
+            r.get::<_, Option<i64>>(0)
+        })
+        .optional()
+        .map_err(sql_error("reading the schema version"))?
+        .flatten()
+        .unwrap_or(0);
+    if current > SCHEMA_VERSION {
+        return Err(Error::InvalidArgument(format!(
+            "this SQLite database has schema version {current}, written by a newer Cairn; \
+             this build knows versions up to {SCHEMA_VERSION}: upgrade Cairn to open it"
+        )));
+    }
+    let mut applied = Vec::new();
+    for m in MIGRATIONS.iter().filter(|m| m.version > current) {
+        tx.execute_batch(m.sql).map_err(sql_error(format!(
+            "applying migration {} ({})",
+            m.version, m.name
+        )))?;
+        tx.execute(
+            "INSERT INTO cairn_migrations (version, name, applied_at) VALUES (?1, ?2, ?3)",
+            rusqlite::params![m.version, m.name, cairn_checkpoint::now_rfc3339()],
+        )
+        .map_err(sql_error("recording a migration"))?;
+        tracing::info!(
+            version = m.version,
+            name = m.name,
+            "applied SQLite migration"
+        );
+        applied.push(m.version);
+    }
+    if !applied.is_empty() {
+        tx.pragma_update(None, "user_version", SCHEMA_VERSION)
+            .map_err(sql_error("setting user_version"))?;
+    }
+    tx.commit()
+        .map_err(sql_error("committing the migrations"))?;
+    Ok(applied)
+}

@@ -1,0 +1,110 @@
+//! Unit tests of the queries themselves: they must search indexes, never scan tables.
+
+use rusqlite::Connection;
+
+use crate::read::{BLOBS_SQL, EXACT_SQL, LATEST_SQL, WRITES_SQL};
+use crate::schema::migrate;
+
+fn migrated() -> Connection {
+    let mut conn = Connection::open_in_memory().expect("open");
+    migrate(&mut conn).expect("migrate");
+    conn
+}
+
+/// The `detail` column of `EXPLAIN QUERY PLAN sql`.
+fn plan(conn: &Connection, sql: &str, params: &[&dyn rusqlite::ToSql]) -> Vec<String> {
+    let mut stmt = conn
+        .prepare(&format!("EXPLAIN QUERY PLAN {sql}"))
+        .expect("prepare");
+    stmt.query_map(params, |r| r.get::<_, String>(3))
+        .expect("query")
+        .collect::<rusqlite::Result<_>>()
+        .expect("rows")
+}
+
+fn fill(conn: &Connection) {
+    // Enough rows, then ANALYZE, so the planner's choice reflects a real, large thread.
+    let tx = conn.unchecked_transaction().expect("tx");
+    for i in 0..2000 {
+        tx.execute(
+            "INSERT INTO checkpoints VALUES ('t', '', ?1, NULL, x'00', '{}', NULL, '{}')",
+            [format!("{i:08}")],
+        )
+        .expect("insert");
+        tx.execute(
+            "INSERT INTO checkpoint_blobs VALUES ('t', '', 'c', ?1, 'msgpack', x'00')",
+            [format!("{i:08}")],
+        )
+        .expect("insert");
+        tx.execute(
+            "INSERT INTO checkpoint_writes VALUES ('t', '', ?1, 'task', 0, '', 'c', 'msgpack', x'00')",
+            [format!("{i:08}")],
+        )
+        .expect("insert");
+    }
+    tx.commit().expect("commit");
+    conn.execute_batch("ANALYZE").expect("analyze");
+}
+
+/// `plan` searches `table` (or its alias) through an index, scans nothing but the JSON key
+/// list, and needs no sort.
+fn assert_searches(plan: &[String], table: &str) {
+    let joined = plan.join(" | ");
+    assert!(
+        plan.iter()
+            .any(|d| d.starts_with(&format!("SEARCH {table} USING INDEX"))),
+        "expected an index search of {table}: {joined}"
+    );
+    assert!(
+        plan.iter()
+            .all(|d| !d.starts_with("SCAN") || d.starts_with("SCAN k VIRTUAL TABLE")),
+        "the query scans a table: {joined}"
+    );
+    assert!(
+        !joined.contains("TEMP B-TREE"),
+        "the query sorts in a temporary b-tree: {joined}"
+    );
+}
+
+#[test]
+fn latest_checkpoint_query_is_an_index_seek_not_a_scan() {
+    let conn = migrated();
+    fill(&conn);
+    let p = plan(&conn, LATEST_SQL, &[&"t", &""]);
+    assert_searches(&p, "checkpoints");
+    let p = plan(&conn, EXACT_SQL, &[&"t", &"", &"00000007"]);
+    assert_searches(&p, "checkpoints");
+}
+
+#[test]
+fn value_and_write_lookups_search_their_primary_keys() {
+    let conn = migrated();
+    fill(&conn);
+    let keys = r#"[["t","","c","00000001"],["t","","c","00000002"]]"#;
+    assert_searches(&plan(&conn, BLOBS_SQL, &[&keys]), "b");
+    let keys = r#"[["t","","00000001"]]"#;
+    assert_searches(&plan(&conn, WRITES_SQL, &[&keys]), "w");
+}
+
+#[test]
+fn migrating_twice_applies_nothing_the_second_time() {
+    let mut conn = Connection::open_in_memory().expect("open");
+    assert_eq!(migrate(&mut conn).expect("first"), vec![1]);
+    assert_eq!(migrate(&mut conn).expect("second"), Vec::<i64>::new());
+    let v: i64 = conn
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .expect("user_version");
+    assert_eq!(v, crate::SCHEMA_VERSION);
+}
+
+#[test]
+fn a_newer_schema_is_refused_with_a_clear_error() {
+    let mut conn = migrated();
+    conn.execute(
+        "INSERT INTO cairn_migrations VALUES (99, 'future', 'now')",
+        [],
+    )
+    .expect("insert");
+    let err = migrate(&mut conn).expect_err("newer schema");
+    assert!(err.to_string().contains("newer Cairn"), "{err}");
+}

@@ -1,0 +1,179 @@
+//! The writer thread: one connection, group commit.
+//!
+//! Every change goes through one dedicated thread that owns the only write connection. It
+//! waits for a request, then drains whatever else is queued (up to `max_batch`) and commits
+//! all of it in ONE transaction, each request inside its own SAVEPOINT: a failing request is
+//! rolled back alone and its caller gets the error, while the others still commit. Each
+//! caller is answered through its own oneshot channel once the transaction has committed,
+//! so an `Ok` always means "durable at the configured synchronous level".
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+
+use rusqlite::{Connection, TransactionBehavior};
+use tokio::sync::{mpsc, oneshot};
+
+use cairn_checkpoint::{Error, Result};
+
+use crate::sql_error;
+
+/// A change to apply inside the batch transaction.
+pub(crate) type WriteOp = Box<dyn FnOnce(&Connection) -> Result<()> + Send>;
+/// Work run on the writer connection outside any transaction (reads of an in-memory
+/// database, WAL checkpoints). It answers its caller itself.
+pub(crate) type DirectOp = Box<dyn FnOnce(&mut Connection) + Send>;
+
+/// A request to the writer thread.
+pub(crate) enum Job {
+    /// A change, answered after commit.
+    Write {
+        op: WriteOp,
+        reply: oneshot::Sender<Result<()>>,
+    },
+    /// Work outside transactions.
+    Direct(DirectOp),
+}
+
+/// The error callers get when the writer thread is gone.
+pub(crate) fn writer_stopped() -> Error {
+    Error::Backend {
+        backend: "sqlite",
+        message: "the SQLite writer thread has stopped (or the request panicked), so this \
+                  saver can no longer write; see earlier errors in the log and reopen the saver"
+            .into(),
+        source: None,
+    }
+}
+
+/// Starts the writer thread owning `conn`.
+pub(crate) fn spawn(conn: Connection, max_batch: usize) -> Result<mpsc::Sender<Job>> {
+    let (tx, rx) = mpsc::channel(max_batch.max(1) * 4);
+    std::thread::Builder::new()
+        .name("cairn-sqlite-writer".into())
+        .spawn(move || run(conn, rx, max_batch))
+        .map_err(|e| Error::backend("sqlite", "starting the writer thread", e))?;
+    Ok(tx)
+}
+
+fn run(mut conn: Connection, mut rx: mpsc::Receiver<Job>, max_batch: usize) {
+    tracing::debug!("SQLite writer thread started");
+    while let Some(first) = rx.blocking_recv() {
+        let mut batch = vec![first];
+        while batch.len() < max_batch {
+            match rx.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        let mut writes: Vec<(WriteOp, oneshot::Sender<Result<()>>)> = Vec::new();
+        for job in batch {
+            match job {
+                Job::Write { op, reply } => writes.push((op, reply)),
+                Job::Direct(op) => {
+                    // Keep request order: commit what came before this job first.
+                    commit_batch(&mut conn, std::mem::take(&mut writes));
+                    if catch_unwind(AssertUnwindSafe(|| op(&mut conn))).is_err() {
+                        tracing::error!("a request on the SQLite writer connection panicked");
+                    }
+                }
+            }
+        }
+        commit_batch(&mut conn, writes);
+    }
+    tracing::debug!("SQLite writer thread stopped: the saver was dropped");
+}
+
+/// Runs `writes` in one transaction, one savepoint each, and answers every caller.
+fn commit_batch(conn: &mut Connection, writes: Vec<(WriteOp, oneshot::Sender<Result<()>>)>) {
+    if writes.is_empty() {
+        return;
+    }
+    let count = writes.len();
+    let mut tx = match conn.transaction_with_behavior(TransactionBehavior::Immediate) {
+        Ok(tx) => tx,
+        Err(e) => {
+            let what = "starting a write transaction";
+            tracing::warn!(error = %e, "{what}");
+            let message = e.to_string();
+            for (_, reply) in writes {
+                let _ = reply.send(Err(batch_error(what, &message)));
+            }
+            return;
+        }
+    };
+    let mut answers = Vec::with_capacity(count);
+    let mut broken: Option<String> = None;
+    for (op, reply) in writes {
+        if let Some(reason) = &broken {
+            answers.push((
+                reply,
+                Err(batch_error("an earlier request broke the batch", reason)),
+            ));
+            continue;
+        }
+        let result = match tx.savepoint() {
+            Ok(mut sp) => {
+                let result = match catch_unwind(AssertUnwindSafe(|| op(&sp))) {
+                    Ok(r) => r,
+                    Err(_) => Err(Error::Backend {
+                        backend: "sqlite",
+                        message: "a write request panicked; it was rolled back".into(),
+                        source: None,
+                    }),
+                };
+                match result {
+                    Ok(()) => match sp.commit() {
+                        Ok(()) => Ok(()),
+                        Err(e) => {
+                            broken = Some(e.to_string());
+                            Err(sql_error("releasing a savepoint")(e))
+                        }
+                    },
+                    Err(err) => {
+                        // Undo this request only; the rest of the batch goes on.
+                        if let Err(e) = sp.rollback() {
+                            broken = Some(e.to_string());
+                        }
+                        Err(err)
+                    }
+                }
+            }
+            Err(e) => {
+                broken = Some(e.to_string());
+                Err(sql_error("opening a savepoint")(e))
+            }
+        };
+        answers.push((reply, result));
+    }
+    if let Some(reason) = broken {
+        if let Err(e) = tx.rollback() {
+            tracing::error!(error = %e, "rolling back a broken write batch");
+        }
+        for (reply, result) in answers {
+            let _ = reply.send(result.and(Err(batch_error("the write batch failed", &reason))));
+        }
+        return;
+    }
+    match tx.commit() {
+        Ok(()) => {
+            tracing::trace!(requests = count, "committed a write batch");
+            for (reply, result) in answers {
+                let _ = reply.send(result);
+            }
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, requests = count, "committing a write batch failed");
+            let message = e.to_string();
+            for (reply, result) in answers {
+                let _ = reply.send(result.and(Err(batch_error("committing", &message))));
+            }
+        }
+    }
+}
+
+fn batch_error(what: &str, message: &str) -> Error {
+    Error::Backend {
+        backend: "sqlite",
+        message: format!("{what}: {message}; nothing of this request was written"),
+        source: None,
+    }
+}
