@@ -1,1 +1,106 @@
-//! Work in progress.
+//! # cairn-redis
+//!
+//! A Redis checkpoint saver for Cairn: [`RedisSaver`] implements
+//! [`cairn_checkpoint::CheckpointSaver`] on plain Redis 7 (no modules needed), through a
+//! `redis-rs` connection manager that reconnects by itself.
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use cairn_checkpoint::*;
+//! use cairn_redis::{RedisOptions, RedisSaver};
+//!
+//! # async fn demo() -> Result<()> {
+//! let saver = RedisSaver::connect_with(
+//!     "redis://127.0.0.1:6379/",
+//!     RedisOptions::default()
+//!         .with_key_prefix("myapp")
+//!         .with_ttl(Duration::from_secs(30 * 24 * 3600))
+//!         .with_refresh_ttl_on_read(true),
+//! )
+//! .await?;
+//!
+//! let codec = ValueCodec::default();
+//! let mut checkpoint = Checkpoint::new();
+//! let version = saver.get_next_version(None);
+//! checkpoint.channel_values.insert("messages".into(), codec.encode(&["hi"])?);
+//! checkpoint.channel_versions.insert("messages".into(), version.clone());
+//! let saved = saver
+//!     .put(&CheckpointConfig::thread("chat-42"), checkpoint,
+//!          CheckpointMetadata::new(CheckpointSource::Input, -1),
+//!          [("messages".to_string(), version)].into())
+//!     .await?;
+//!
+//! let latest = saver.get_tuple(&CheckpointConfig::thread("chat-42")).await?.expect("saved");
+//! assert_eq!(latest.config, saved);
+//! let messages: Vec<String> = latest.channel_value(&codec, "messages")?.unwrap_or_default();
+//! assert_eq!(messages, ["hi"]);
+//! # Ok(()) }
+//! ```
+//!
+//! ## Connection URLs
+//! `redis://[[user]:password@]host[:port][/db]` for TCP, and `redis+unix:///path/to/socket`
+//! or `unix:///path/to/socket` for a Unix socket. **TLS (`rediss://`) is not enabled**: this
+//! crate does not turn on any of redis-rs's TLS features, so a `rediss://` URL is rejected
+//! when connecting. Reach a TLS-only server through a local tunnel (e.g. stunnel), or build
+//! with a redis-rs TLS feature added to your own dependency on `redis`.
+//!
+//! The saver targets one Redis server (or a primary with replicas), not Redis Cluster.
+//!
+//! ## Key layout, and why
+//! Every key starts with the configured prefix (default `cairn`). User-supplied strings
+//! (thread ids, namespaces, run ids) appear in key names only **hex-encoded**, so `:`, `{`,
+//! `}` or any Unicode in them cannot collide with the separators or escape a hash tag.
+//! Every key of one thread begins with the hash tag `{<prefix>:<hex thread id>}`, so a
+//! thread lives in one Cluster slot and all its keys can be written in one transaction.
+//!
+//! | key | type | holds |
+//! |---|---|---|
+//! | `{tag}:cps:<hex ns>` | sorted set, all scores 0 | the namespace's checkpoint ids; ids are time-ordered strings, so `ZREVRANGEBYLEX` lists newest first and `before` is a range bound: listing never scans |
+//! | `{tag}:cp:<hex ns>:<id>` | hash | `checkpoint` (the header as JSON, without values, so versions keep their type), `metadata` (JSON), `parent`, `run` |
+//! | `{tag}:blobs:<hex ns>` | hash | channel values, field `<channel length>:<channel><version>`, value `<tag length>:<type tag><bytes>`; stored once per version and shared by every checkpoint that refers to it |
+//! | `{tag}:w:<hex ns>:<id>` | hash | a checkpoint's pending writes, field `<task id length>:<task id><index>` (MessagePack) |
+//! | `{tag}:ns` | set | the thread's namespaces |
+//! | `{tag}:run:<hex run>` | set | the thread's checkpoints written by a run (`<ns length>:<ns><id>`) |
+//! | `{tag}:keys` | set | every other key of the thread, so deleting a thread needs no `SCAN` |
+//! | `{tag}:runs` | set | the global run keys naming this thread |
+//! | `<prefix>:threads` | set | every thread id (listing across threads) |
+//! | `<prefix>:run:<hex run>` | set | the threads a run wrote to (`delete_for_runs` without a scan) |
+//!
+//! [`KeyLayout`] computes these names, to inspect a thread with `redis-cli`.
+//!
+//! ## Atomicity and round trips
+//! `put` and each `put_writes` call are one `MULTI`/`EXEC` transaction; regular writes use
+//! `HSETNX` (a retried task cannot duplicate its writes), special channels (`__error__`,
+//! `__interrupt__`, ...) use `HSET` (the latest replaces the stored one). `delete_thread` is
+//! one Lua script. `get_tuple` takes at most three round trips (latest id; header, metadata
+//! and writes; values), `list` two per page of results. `copy_thread`, `prune` and
+//! `delete_for_runs` read first and then apply all their changes in one transaction; they
+//! are not meant to race with writers on the same thread.
+//!
+//! Metadata filters of `list` are applied in the client after decoding (plain Redis has no
+//! secondary index on JSON): with a filter, the namespace's ids are paged through until
+//! `limit` matches are found.
+//!
+//! ## TTL
+//! With [`RedisOptions::ttl`] set, every key a write touches (`put`, `put_writes`,
+//! `copy_thread`) gets a native Redis expiry of that length, and so do the thread-level
+//! indexes; with [`RedisOptions::refresh_ttl_on_read`], reading a checkpoint extends the
+//! expiry of the keys it was read from. The expiry therefore slides per checkpoint: a
+//! checkpoint disappears when it has been neither written nor (with refresh) read for one
+//! TTL, and a thread disappears when all its checkpoints have. Index entries left pointing
+//! at expired checkpoints are dropped lazily, the first time a read meets them. Without a
+//! TTL, nothing expires: use `prune` or `delete_thread`.
+//!
+//! ## Errors
+//! Redis failures are [`cairn_checkpoint::Error::Backend`] (backend `"redis"`, saying what
+//! was being done); unreadable stored data is [`cairn_checkpoint::Error::Corrupt`] naming
+//! the thread, namespace, checkpoint and, for a value, the channel.
+
+#![warn(missing_docs)]
+
+mod codec;
+mod keys;
+mod saver;
+
+pub use keys::KeyLayout;
+pub use saver::{RedisOptions, RedisSaver};

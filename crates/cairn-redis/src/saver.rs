@@ -1,0 +1,1360 @@
+//! [`RedisSaver`]: the `CheckpointSaver` implementation.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
+use std::fmt;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use cairn_checkpoint::{
+    write_index, ChannelVersions, Checkpoint, CheckpointConfig, CheckpointMetadata,
+    CheckpointSaver, CheckpointTuple, DataLocation, Error, ListQuery, PendingWrite, PruneStrategy,
+    Result, TypedValue,
+};
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{FromRedisValue, Pipeline, Script, Value};
+use tracing::{debug, warn};
+
+use crate::codec::{
+    decode_header, decode_metadata, decode_value, encode_header, encode_metadata, encode_value,
+    StoredWrite,
+};
+use crate::keys::{
+    join, split, KeyLayout, FIELD_CHECKPOINT, FIELD_METADATA, FIELD_PARENT, FIELD_RUN,
+};
+
+const BACKEND: &str = "redis";
+
+/// How many checkpoint ids `list` reads from one namespace per round trip when it has to
+/// page (metadata filters, or no limit).
+const LIST_PAGE: usize = 100;
+
+/// Settings of a [`RedisSaver`].
+///
+/// ```
+/// use std::time::Duration;
+/// let options = cairn_redis::RedisOptions::default()
+///     .with_key_prefix("myapp")
+///     .with_ttl(Duration::from_secs(7 * 24 * 3600))
+///     .with_refresh_ttl_on_read(true);
+/// assert_eq!(options.key_prefix, "myapp");
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RedisOptions {
+    /// Prefix of every key (default `"cairn"`). Must be non-empty and contain no `{` or `}`.
+    /// Savers with different prefixes on one database never see each other's data.
+    pub key_prefix: String,
+    /// When set, every key written for a thread expires this long after it was last
+    /// written (or read, with [`refresh_ttl_on_read`](Self::refresh_ttl_on_read)).
+    /// `None` (the default): keys never expire.
+    pub ttl: Option<Duration>,
+    /// Whether reading a checkpoint extends the expiry of the keys it was read from
+    /// (default `false`). Has no effect without [`ttl`](Self::ttl).
+    pub refresh_ttl_on_read: bool,
+    /// How long to wait for the answer to one command or pipeline (default 30 s; `None`:
+    /// forever). Large values take a while to transfer, so keep this generous.
+    pub response_timeout: Option<Duration>,
+    /// How long to wait for a connection to be established (default 5 s).
+    pub connection_timeout: Option<Duration>,
+}
+
+impl Default for RedisOptions {
+    fn default() -> Self {
+        RedisOptions {
+            key_prefix: "cairn".into(),
+            ttl: None,
+            refresh_ttl_on_read: false,
+            response_timeout: Some(Duration::from_secs(30)),
+            connection_timeout: Some(Duration::from_secs(5)),
+        }
+    }
+}
+
+impl RedisOptions {
+    /// Sets [`key_prefix`](Self::key_prefix).
+    pub fn with_key_prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.key_prefix = prefix.into();
+        self
+    }
+
+    /// Sets [`ttl`](Self::ttl).
+    pub fn with_ttl(mut self, ttl: Duration) -> Self {
+        self.ttl = Some(ttl);
+        self
+    }
+
+    /// Sets [`refresh_ttl_on_read`](Self::refresh_ttl_on_read).
+    pub fn with_refresh_ttl_on_read(mut self, refresh: bool) -> Self {
+        self.refresh_ttl_on_read = refresh;
+        self
+    }
+
+    /// Sets [`response_timeout`](Self::response_timeout).
+    pub fn with_response_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.response_timeout = timeout;
+        self
+    }
+}
+
+/// Lua scripts for the few steps that must read and write atomically on the server.
+struct Scripts {
+    /// Drops a checkpoint id from its namespace index when its hash is gone (expired).
+    zrem_if_gone: Script,
+    /// Drops a thread from the global index when it has no namespaces left (expired).
+    srem_thread_if_gone: Script,
+    /// Deletes every key of a thread and its entries in the global indexes.
+    delete_thread: Script,
+}
+
+impl Scripts {
+    fn new() -> Self {
+        Scripts {
+            zrem_if_gone: Script::new(
+                "if redis.call('EXISTS', KEYS[1]) == 0 then \
+                   return redis.call('ZREM', KEYS[2], ARGV[1]) \
+                 end \
+                 return 0",
+            ),
+            srem_thread_if_gone: Script::new(
+                "if redis.call('EXISTS', KEYS[1]) == 0 then \
+                   return redis.call('SREM', KEYS[2], ARGV[1]) \
+                 end \
+                 return 0",
+            ),
+            // KEYS: thread keys set, thread runs set, global threads set. ARGV: thread id.
+            delete_thread: Script::new(
+                "local keys = redis.call('SMEMBERS', KEYS[1]) \
+                 for _, k in ipairs(keys) do redis.call('DEL', k) end \
+                 local runs = redis.call('SMEMBERS', KEYS[2]) \
+                 for _, r in ipairs(runs) do redis.call('SREM', r, ARGV[1]) end \
+                 redis.call('DEL', KEYS[1], KEYS[2]) \
+                 redis.call('SREM', KEYS[3], ARGV[1]) \
+                 return #keys",
+            ),
+        }
+    }
+}
+
+/// A [`CheckpointSaver`] keeping checkpoints in Redis. See the [crate docs](crate) for the key
+/// layout, atomicity and TTL semantics.
+///
+/// Cheap to share: wrap it in an `Arc`; all clones of the underlying connection manager
+/// multiplex one connection that reconnects by itself after a failure.
+pub struct RedisSaver {
+    conn: ConnectionManager,
+    keys: KeyLayout,
+    options: RedisOptions,
+    ttl_ms: Option<u64>,
+    scripts: Scripts,
+}
+
+impl fmt::Debug for RedisSaver {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisSaver")
+            .field("keys", &self.keys)
+            .field("options", &self.options)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Maps a Redis error to [`Error::Backend`], saying what was being done.
+fn backend(what: &'static str) -> impl FnOnce(redis::RedisError) -> Error {
+    move |e| Error::backend(BACKEND, what, e)
+}
+
+/// Converts one reply of a pipeline.
+fn parse<T: FromRedisValue>(value: Value, what: &'static str) -> Result<T> {
+    redis::from_redis_value(value).map_err(|e| Error::backend(BACKEND, what, e))
+}
+
+/// The next reply of a pipeline, or a backend error when the server sent fewer.
+fn next_reply(replies: &mut impl Iterator<Item = Value>, what: &'static str) -> Result<Value> {
+    replies.next().ok_or_else(|| Error::Backend {
+        backend: BACKEND,
+        message: format!("{what}: the server sent fewer replies than commands"),
+        source: None,
+    })
+}
+
+fn location(thread_id: &str, ns: &str, id: &str) -> DataLocation {
+    DataLocation {
+        thread_id: thread_id.to_owned(),
+        checkpoint_ns: ns.to_owned(),
+        checkpoint_id: Some(id.to_owned()),
+        channel: None,
+    }
+}
+
+fn utf8(raw: Vec<u8>, what: &str, loc: impl FnOnce() -> DataLocation) -> Result<String> {
+    String::from_utf8(raw).map_err(|_| Error::corrupt(loc(), format!("{what} is not UTF-8")))
+}
+
+/// One checkpoint to read: thread, namespace, id.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+struct RowRef {
+    id: String,
+    thread: String,
+    ns: String,
+}
+
+/// A checkpoint read in the first round trip, before its channel values.
+struct PartialRow {
+    checkpoint: Checkpoint,
+    metadata: CheckpointMetadata,
+    parent: Option<String>,
+    run: Option<String>,
+    writes: Vec<PendingWrite>,
+}
+
+/// One namespace's checkpoint ids, read newest first a page at a time.
+struct Stream {
+    thread: String,
+    ns: String,
+    buffer: VecDeque<String>,
+    /// `ZREVRANGEBYLEX` upper bound of the next page.
+    next_max: String,
+    exhausted: bool,
+}
+
+impl RedisSaver {
+    /// Connects to `url` with default [`RedisOptions`].
+    pub async fn connect(url: &str) -> Result<Self> {
+        RedisSaver::connect_with(url, RedisOptions::default()).await
+    }
+
+    /// Connects to `url` with `options`. Fails if the server cannot be reached now; later
+    /// connection losses are repaired by reconnecting.
+    pub async fn connect_with(url: &str, options: RedisOptions) -> Result<Self> {
+        let keys = KeyLayout::new(options.key_prefix.clone())?;
+        let ttl_ms = match options.ttl {
+            None => None,
+            Some(ttl) if ttl.as_millis() == 0 => {
+                return Err(Error::InvalidArgument(
+                    "Redis TTL must be at least one millisecond (use None for no expiry)".into(),
+                ))
+            }
+            Some(ttl) => Some(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX)),
+        };
+        // The URL may carry a password: never echo it.
+        let client = redis::Client::open(url).map_err(backend(
+            "cannot use the Redis URL (expected redis://[user:password@]host[:port][/db] \
+             or unix:///path/to/socket)",
+        ))?;
+        let config = ConnectionManagerConfig::new()
+            .set_response_timeout(options.response_timeout)
+            .set_connection_timeout(options.connection_timeout);
+        let conn = ConnectionManager::new_with_config(client, config)
+            .await
+            .map_err(backend("cannot connect to Redis"))?;
+        debug!(prefix = keys.prefix(), ?ttl_ms, "connected to Redis");
+        Ok(RedisSaver {
+            conn,
+            keys,
+            options,
+            ttl_ms,
+            scripts: Scripts::new(),
+        })
+    }
+
+    /// The key layout, to inspect stored data with `redis-cli`.
+    pub fn key_layout(&self) -> &KeyLayout {
+        &self.keys
+    }
+
+    /// The options this saver was opened with.
+    pub fn options(&self) -> &RedisOptions {
+        &self.options
+    }
+
+    fn conn(&self) -> ConnectionManager {
+        self.conn.clone()
+    }
+
+    /// Adds `PEXPIRE` for each key when a TTL is configured.
+    fn expire<'a>(&self, pipe: &mut Pipeline, keys: impl IntoIterator<Item = &'a String>) {
+        if let Some(ms) = self.ttl_ms {
+            for key in keys {
+                pipe.cmd("PEXPIRE").arg(key).arg(ms).ignore();
+            }
+        }
+    }
+
+    /// Reads checkpoints (header, metadata, writes, then values) in two round trips.
+    /// `None` for a checkpoint that does not exist (or has expired).
+    async fn fetch_rows(&self, rows: &[RowRef]) -> Result<Vec<Option<CheckpointTuple>>> {
+        if rows.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut conn = self.conn();
+        let mut pipe = redis::pipe();
+        for r in rows {
+            pipe.cmd("HMGET")
+                .arg(self.keys.checkpoint_key(&r.thread, &r.ns, &r.id))
+                .arg(&[FIELD_CHECKPOINT, FIELD_METADATA, FIELD_PARENT, FIELD_RUN]);
+            pipe.cmd("HGETALL")
+                .arg(self.keys.writes_key(&r.thread, &r.ns, &r.id));
+        }
+        let replies: Vec<Value> = pipe
+            .query_async(&mut conn)
+            .await
+            .map_err(backend("reading checkpoints"))?;
+        let mut replies = replies.into_iter();
+        let mut partials = Vec::with_capacity(rows.len());
+        for r in rows {
+            let fields: Vec<Option<Vec<u8>>> = parse(
+                next_reply(&mut replies, "reading checkpoints")?,
+                "reading a checkpoint hash",
+            )?;
+            let writes: HashMap<Vec<u8>, Vec<u8>> = parse(
+                next_reply(&mut replies, "reading checkpoints")?,
+                "reading pending writes",
+            )?;
+            partials.push(decode_partial(r, fields, writes)?);
+        }
+
+        // Second round trip: the values each checkpoint refers to, and TTL refreshes.
+        let mut pipe = redis::pipe();
+        let mut blob_requests: Vec<Option<Vec<String>>> = Vec::with_capacity(rows.len());
+        let mut refresh: BTreeSet<String> = BTreeSet::new();
+        for (r, partial) in rows.iter().zip(&partials) {
+            let Some(p) = partial else {
+                blob_requests.push(None);
+                continue;
+            };
+            let channels: Vec<String> = p.checkpoint.channel_versions.keys().cloned().collect();
+            if !channels.is_empty() {
+                let fields: Vec<String> = p
+                    .checkpoint
+                    .channel_versions
+                    .iter()
+                    .map(|(c, v)| join(c, &v.to_storage_string()))
+                    .collect();
+                pipe.cmd("HMGET")
+                    .arg(self.keys.blobs_key(&r.thread, &r.ns))
+                    .arg(fields);
+                blob_requests.push(Some(channels));
+            } else {
+                blob_requests.push(None);
+            }
+            if self.options.refresh_ttl_on_read && self.ttl_ms.is_some() {
+                refresh.extend(self.row_keys(&r.thread, &r.ns, &r.id, p.run.as_deref()));
+            }
+        }
+        self.expire(&mut pipe, &refresh);
+        let replies: Vec<Value> = if pipe.len() > 0 {
+            pipe.query_async(&mut conn)
+                .await
+                .map_err(backend("reading channel values"))?
+        } else {
+            Vec::new()
+        };
+        let mut replies = replies.into_iter();
+        let mut out = Vec::with_capacity(rows.len());
+        for ((r, partial), channels) in rows.iter().zip(partials).zip(blob_requests) {
+            let Some(p) = partial else {
+                out.push(None);
+                continue;
+            };
+            let mut checkpoint = p.checkpoint;
+            if let Some(channels) = channels {
+                let values: Vec<Option<Vec<u8>>> = parse(
+                    next_reply(&mut replies, "reading channel values")?,
+                    "reading channel values",
+                )?;
+                for (channel, raw) in channels.into_iter().zip(values) {
+                    let Some(raw) = raw else { continue };
+                    let value = decode_value(raw).ok_or_else(|| {
+                        Error::corrupt(
+                            DataLocation {
+                                channel: Some(channel.clone()),
+                                ..location(&r.thread, &r.ns, &r.id)
+                            },
+                            "unreadable channel value (expected <tag length>:<tag><bytes>)",
+                        )
+                    })?;
+                    if !value.is_empty_marker() {
+                        checkpoint.channel_values.insert(channel, value);
+                    }
+                }
+            }
+            let config = CheckpointConfig {
+                thread_id: r.thread.clone(),
+                checkpoint_ns: r.ns.clone(),
+                checkpoint_id: Some(r.id.clone()),
+            };
+            let parent_config = p.parent.map(|id| CheckpointConfig {
+                checkpoint_id: Some(id),
+                ..config.clone()
+            });
+            out.push(Some(CheckpointTuple {
+                config,
+                checkpoint,
+                metadata: p.metadata,
+                parent_config,
+                pending_writes: p.writes,
+            }));
+        }
+        Ok(out)
+    }
+
+    /// Every key a read of one checkpoint touches (for TTL refreshes).
+    fn row_keys(&self, thread: &str, ns: &str, id: &str, run: Option<&str>) -> Vec<String> {
+        let mut keys = vec![
+            self.keys.checkpoint_key(thread, ns, id),
+            self.keys.writes_key(thread, ns, id),
+            self.keys.checkpoints_key(thread, ns),
+            self.keys.blobs_key(thread, ns),
+            self.keys.namespaces_key(thread),
+            self.keys.thread_keys_key(thread),
+            self.keys.thread_runs_key(thread),
+            self.keys.threads_key(),
+        ];
+        if let Some(run) = run {
+            keys.push(self.keys.run_checkpoints_key(thread, run));
+            keys.push(self.keys.run_threads_key(run));
+        }
+        keys
+    }
+
+    /// Removes a checkpoint id from its namespace index if its hash is gone (it expired).
+    async fn forget_if_gone(&self, r: &RowRef) -> Result<()> {
+        let mut conn = self.conn();
+        let removed: i64 = self
+            .scripts
+            .zrem_if_gone
+            .key(self.keys.checkpoint_key(&r.thread, &r.ns, &r.id))
+            .key(self.keys.checkpoints_key(&r.thread, &r.ns))
+            .arg(&r.id)
+            .invoke_async(&mut conn)
+            .await
+            .map_err(backend("removing an expired checkpoint from its index"))?;
+        if removed > 0 {
+            debug!(thread_id = %r.thread, checkpoint_ns = %r.ns, checkpoint_id = %r.id,
+                   "dropped an expired checkpoint from the index");
+        }
+        Ok(())
+    }
+
+    /// The thread ids recorded in the global index.
+    async fn all_threads(&self) -> Result<Vec<String>> {
+        let mut conn = self.conn();
+        let raw: Vec<Vec<u8>> = redis::cmd("SMEMBERS")
+            .arg(self.keys.threads_key())
+            .query_async(&mut conn)
+            .await
+            .map_err(backend("listing threads"))?;
+        Ok(raw
+            .into_iter()
+            .filter_map(|t| match String::from_utf8(t) {
+                Ok(t) => Some(t),
+                Err(e) => {
+                    warn!(thread = ?e.as_bytes(), "ignoring a non-UTF-8 thread id in the index");
+                    None
+                }
+            })
+            .collect())
+    }
+
+    /// The namespaces of each thread, in one round trip.
+    async fn namespaces(&self, threads: &[String]) -> Result<Vec<Vec<String>>> {
+        if threads.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut conn = self.conn();
+        let mut pipe = redis::pipe();
+        for t in threads {
+            pipe.cmd("SMEMBERS").arg(self.keys.namespaces_key(t));
+        }
+        let replies: Vec<Value> = pipe
+            .query_async(&mut conn)
+            .await
+            .map_err(backend("listing namespaces"))?;
+        let mut out = Vec::with_capacity(threads.len());
+        for (t, reply) in threads.iter().zip(replies) {
+            let raw: Vec<Vec<u8>> = parse(reply, "listing namespaces")?;
+            let mut list = Vec::with_capacity(raw.len());
+            for ns in raw {
+                list.push(utf8(ns, "a namespace name", || DataLocation {
+                    thread_id: t.clone(),
+                    ..DataLocation::default()
+                })?);
+            }
+            list.sort();
+            out.push(list);
+        }
+        Ok(out)
+    }
+
+    /// Refills the buffers of the streams that ran dry, in one round trip.
+    async fn refill(&self, streams: &mut [Stream], page: usize) -> Result<()> {
+        let wanted: Vec<usize> = streams
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.buffer.is_empty() && !s.exhausted)
+            .map(|(i, _)| i)
+            .collect();
+        if wanted.is_empty() {
+            return Ok(());
+        }
+        let mut pipe = redis::pipe();
+        for &i in &wanted {
+            let s = &streams[i];
+            pipe.cmd("ZREVRANGEBYLEX")
+                .arg(self.keys.checkpoints_key(&s.thread, &s.ns))
+                .arg(&s.next_max)
+                .arg("-")
+                .arg("LIMIT")
+                .arg(0)
+                .arg(page);
+        }
+        let mut conn = self.conn();
+        let replies: Vec<Value> = pipe
+            .query_async(&mut conn)
+            .await
+            .map_err(backend("listing checkpoint ids"))?;
+        for (i, reply) in wanted.into_iter().zip(replies) {
+            let s = &mut streams[i];
+            let ids: Vec<Vec<u8>> = parse(reply, "listing checkpoint ids")?;
+            if ids.len() < page {
+                s.exhausted = true;
+            }
+            for id in ids {
+                let id = utf8(id, "a checkpoint id", || DataLocation {
+                    thread_id: s.thread.clone(),
+                    checkpoint_ns: s.ns.clone(),
+                    ..DataLocation::default()
+                })?;
+                s.buffer.push_back(id);
+            }
+            match s.buffer.back() {
+                Some(last) => s.next_max = format!("({last}"),
+                None => s.exhausted = true,
+            }
+        }
+        Ok(())
+    }
+
+    /// Deletes the checkpoints of one namespace named in `doomed` with their writes and
+    /// run-index entries (queued on `pipe`).
+    fn queue_checkpoint_removal(
+        &self,
+        pipe: &mut Pipeline,
+        thread: &str,
+        ns: &str,
+        doomed: &[(String, Option<String>)],
+    ) {
+        if doomed.is_empty() {
+            return;
+        }
+        let keys_key = self.keys.thread_keys_key(thread);
+        let cps_key = self.keys.checkpoints_key(thread, ns);
+        for (id, run) in doomed {
+            let cp_key = self.keys.checkpoint_key(thread, ns, id);
+            let w_key = self.keys.writes_key(thread, ns, id);
+            pipe.cmd("DEL").arg(&cp_key).arg(&w_key).ignore();
+            pipe.cmd("SREM")
+                .arg(&keys_key)
+                .arg(&cp_key)
+                .arg(&w_key)
+                .ignore();
+            pipe.cmd("ZREM").arg(&cps_key).arg(id).ignore();
+            if let Some(run) = run {
+                pipe.cmd("SREM")
+                    .arg(self.keys.run_checkpoints_key(thread, run))
+                    .arg(join(ns, id))
+                    .ignore();
+            }
+        }
+    }
+
+    async fn prune_keep_latest(&self, thread: &str) -> Result<()> {
+        let mut conn = self.conn();
+        let namespaces = self
+            .namespaces(std::slice::from_ref(&thread.to_owned()))
+            .await?
+            .pop()
+            .unwrap_or_default();
+        if namespaces.is_empty() {
+            return Ok(());
+        }
+        // Round trip 1: every id of each namespace, the thread's keys, each blob field.
+        let mut pipe = redis::pipe();
+        for ns in &namespaces {
+            pipe.cmd("ZRANGE")
+                .arg(self.keys.checkpoints_key(thread, ns))
+                .arg(0)
+                .arg(-1);
+            pipe.cmd("HKEYS").arg(self.keys.blobs_key(thread, ns));
+        }
+        pipe.cmd("SMEMBERS").arg(self.keys.thread_keys_key(thread));
+        let replies: Vec<Value> = pipe
+            .query_async(&mut conn)
+            .await
+            .map_err(backend("reading a thread to prune"))?;
+        let mut replies = replies.into_iter();
+        let mut per_ns = Vec::new();
+        for ns in &namespaces {
+            let ids: Vec<String> = parse(
+                next_reply(&mut replies, "reading a thread to prune")?,
+                "listing checkpoint ids",
+            )?;
+            let blob_fields: Vec<Vec<u8>> = parse(
+                next_reply(&mut replies, "reading a thread to prune")?,
+                "listing channel values",
+            )?;
+            per_ns.push((ns, ids, blob_fields));
+        }
+        let thread_keys: Vec<String> = parse(
+            next_reply(&mut replies, "reading a thread to prune")?,
+            "listing a thread's keys",
+        )?;
+
+        // Round trip 2: the latest header of each namespace, the run of every other one.
+        let mut pipe = redis::pipe();
+        for (ns, ids, _) in &per_ns {
+            let Some((latest, older)) = ids.split_last() else {
+                continue;
+            };
+            pipe.cmd("HGET")
+                .arg(self.keys.checkpoint_key(thread, ns, latest))
+                .arg(FIELD_CHECKPOINT);
+            for id in older {
+                pipe.cmd("HGET")
+                    .arg(self.keys.checkpoint_key(thread, ns, id))
+                    .arg(FIELD_RUN);
+            }
+        }
+        if pipe.len() == 0 {
+            return Ok(());
+        }
+        let replies: Vec<Value> = pipe
+            .query_async(&mut conn)
+            .await
+            .map_err(backend("reading a thread to prune"))?;
+        let mut replies = replies.into_iter();
+
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        let keys_key = self.keys.thread_keys_key(thread);
+        for (ns, ids, blob_fields) in &per_ns {
+            let Some((latest, older)) = ids.split_last() else {
+                continue;
+            };
+            let header: Option<Vec<u8>> = parse(
+                next_reply(&mut replies, "reading a thread to prune")?,
+                "reading a checkpoint header",
+            )?;
+            let Some(header) = header else {
+                // The latest checkpoint vanished meanwhile (expired or deleted): leave this
+                // namespace alone rather than guess.
+                for _ in older {
+                    next_reply(&mut replies, "reading a thread to prune")?;
+                }
+                continue;
+            };
+            let header = decode_header(&header, &location(thread, ns, latest))?;
+            let mut doomed = Vec::with_capacity(older.len());
+            for id in older {
+                let run: Option<String> = parse(
+                    next_reply(&mut replies, "reading a thread to prune")?,
+                    "reading a checkpoint's run",
+                )?;
+                doomed.push((id.clone(), run));
+            }
+            self.queue_checkpoint_removal(&mut pipe, thread, ns, &doomed);
+            // Writes stored for checkpoints that were never saved.
+            let w_prefix = self.keys.writes_key(thread, ns, "");
+            let kept_w = self.keys.writes_key(thread, ns, latest);
+            for key in &thread_keys {
+                if key.starts_with(&w_prefix) && *key != kept_w {
+                    pipe.cmd("DEL").arg(key).ignore();
+                    pipe.cmd("SREM").arg(&keys_key).arg(key).ignore();
+                }
+            }
+            // Values the kept checkpoint does not refer to.
+            let referenced: HashSet<Vec<u8>> = header
+                .channel_versions
+                .iter()
+                .map(|(c, v)| join(c, &v.to_storage_string()).into_bytes())
+                .collect();
+            let unreferenced: Vec<&Vec<u8>> = blob_fields
+                .iter()
+                .filter(|f| !referenced.contains(*f))
+                .collect();
+            if !unreferenced.is_empty() {
+                pipe.cmd("HDEL")
+                    .arg(self.keys.blobs_key(thread, ns))
+                    .arg(unreferenced)
+                    .ignore();
+            }
+        }
+        pipe.query_async::<()>(&mut conn)
+            .await
+            .map_err(backend("pruning a thread"))?;
+        Ok(())
+    }
+}
+
+/// Decodes the first-round-trip replies for one checkpoint.
+fn decode_partial(
+    r: &RowRef,
+    fields: Vec<Option<Vec<u8>>>,
+    writes: HashMap<Vec<u8>, Vec<u8>>,
+) -> Result<Option<PartialRow>> {
+    let loc = || location(&r.thread, &r.ns, &r.id);
+    let mut fields = fields.into_iter();
+    let (header, metadata, parent, run) = (
+        fields.next().flatten(),
+        fields.next().flatten(),
+        fields.next().flatten(),
+        fields.next().flatten(),
+    );
+    let (header, metadata) = match (header, metadata) {
+        (None, None) if parent.is_none() && run.is_none() => return Ok(None),
+        (Some(h), Some(m)) => (h, m),
+        (None, _) => {
+            return Err(Error::corrupt(
+                loc(),
+                "the checkpoint hash has no `checkpoint` field",
+            ))
+        }
+        (_, None) => {
+            return Err(Error::corrupt(
+                loc(),
+                "the checkpoint hash has no `metadata` field",
+            ))
+        }
+    };
+    let checkpoint = decode_header(&header, &loc())?;
+    if checkpoint.id != r.id {
+        return Err(Error::corrupt(
+            loc(),
+            format!(
+                "the stored header names checkpoint {:?} instead",
+                checkpoint.id
+            ),
+        ));
+    }
+    let metadata = decode_metadata(&metadata, &loc())?;
+    let parent = parent
+        .map(|p| utf8(p, "the parent checkpoint id", loc))
+        .transpose()?;
+    let run = run.map(|p| utf8(p, "the run id", loc)).transpose()?;
+    let mut decoded: Vec<(i64, PendingWrite)> = Vec::with_capacity(writes.len());
+    for raw in writes.into_values() {
+        let w = StoredWrite::decode(&raw, loc)?;
+        decoded.push((w.idx, w.into_pending()));
+    }
+    decoded.sort_by(|(ia, a), (ib, b)| {
+        (&a.task_path, &a.task_id, ia).cmp(&(&b.task_path, &b.task_id, ib))
+    });
+    Ok(Some(PartialRow {
+        checkpoint,
+        metadata,
+        parent,
+        run,
+        writes: decoded.into_iter().map(|(_, w)| w).collect(),
+    }))
+}
+
+#[async_trait]
+impl CheckpointSaver for RedisSaver {
+    async fn get_tuple(&self, config: &CheckpointConfig) -> Result<Option<CheckpointTuple>> {
+        let thread = &config.thread_id;
+        let ns = &config.checkpoint_ns;
+        if let Some(id) = &config.checkpoint_id {
+            let row = RowRef {
+                id: id.clone(),
+                thread: thread.clone(),
+                ns: ns.clone(),
+            };
+            return Ok(self.fetch_rows(&[row]).await?.pop().flatten());
+        }
+        let cps_key = self.keys.checkpoints_key(thread, ns);
+        let mut conn = self.conn();
+        loop {
+            let latest: Vec<Vec<u8>> = redis::cmd("ZREVRANGEBYLEX")
+                .arg(&cps_key)
+                .arg("+")
+                .arg("-")
+                .arg("LIMIT")
+                .arg(0)
+                .arg(1)
+                .query_async(&mut conn)
+                .await
+                .map_err(backend("finding the latest checkpoint"))?;
+            let Some(id) = latest.into_iter().next() else {
+                return Ok(None);
+            };
+            let id = utf8(id, "a checkpoint id", || DataLocation {
+                thread_id: thread.clone(),
+                checkpoint_ns: ns.clone(),
+                ..DataLocation::default()
+            })?;
+            let row = RowRef {
+                id,
+                thread: thread.clone(),
+                ns: ns.clone(),
+            };
+            if let Some(found) = self.fetch_rows(std::slice::from_ref(&row)).await?.pop() {
+                if found.is_some() {
+                    return Ok(found);
+                }
+            }
+            // Indexed but gone (its keys expired): drop it from the index and look again.
+            self.forget_if_gone(&row).await?;
+        }
+    }
+
+    /// Lists newest first. Metadata filters are applied here, after decoding each candidate
+    /// (plain Redis has no secondary indexes): with a filter, ids are paged through until
+    /// `limit` matches are found, so a selective filter over a long history reads that
+    /// history.
+    async fn list(&self, query: &ListQuery) -> Result<Vec<CheckpointTuple>> {
+        let limit = query.limit.unwrap_or(usize::MAX);
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let all_threads = query.thread_id.is_none();
+        let threads = match &query.thread_id {
+            Some(t) => vec![t.clone()],
+            None => self.all_threads().await?,
+        };
+        let namespaces = match &query.checkpoint_ns {
+            Some(ns) => vec![vec![ns.clone()]; threads.len()],
+            None => self.namespaces(&threads).await?,
+        };
+        let mut streams = Vec::new();
+        for (thread, nss) in threads.iter().zip(namespaces) {
+            if all_threads && query.checkpoint_ns.is_none() && nss.is_empty() {
+                // Every key of the thread expired: drop it from the global index.
+                let mut conn = self.conn();
+                let _: i64 = self
+                    .scripts
+                    .srem_thread_if_gone
+                    .key(self.keys.namespaces_key(thread))
+                    .key(self.keys.threads_key())
+                    .arg(thread)
+                    .invoke_async(&mut conn)
+                    .await
+                    .map_err(backend("dropping an expired thread from the index"))?;
+                continue;
+            }
+            for ns in nss {
+                let mut stream = Stream {
+                    thread: thread.clone(),
+                    ns,
+                    buffer: VecDeque::new(),
+                    next_max: match &query.before {
+                        Some(b) => format!("({b}"),
+                        None => "+".into(),
+                    },
+                    exhausted: false,
+                };
+                if let Some(id) = &query.checkpoint_id {
+                    if query.before.as_ref().map_or(true, |b| id < b) {
+                        stream.buffer.push_back(id.clone());
+                    }
+                    stream.exhausted = true;
+                }
+                streams.push(stream);
+            }
+        }
+        let page = if query.filter.is_empty() {
+            limit.clamp(1, 1000)
+        } else {
+            LIST_PAGE
+        };
+        let mut out = Vec::new();
+        loop {
+            self.refill(&mut streams, page).await?;
+            let want = if query.filter.is_empty() {
+                limit - out.len()
+            } else {
+                page
+            };
+            // Take candidates in global order until one namespace needs a new page.
+            let mut batch = Vec::new();
+            while batch.len() < want {
+                let best = streams
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(i, s)| s.buffer.front().map(|id| (id, &s.thread, &s.ns, i)))
+                    .max();
+                let Some((_, _, _, i)) = best else { break };
+                let s = &mut streams[i];
+                if let Some(id) = s.buffer.pop_front() {
+                    batch.push(RowRef {
+                        id,
+                        thread: s.thread.clone(),
+                        ns: s.ns.clone(),
+                    });
+                }
+                if s.buffer.is_empty() && !s.exhausted {
+                    break;
+                }
+            }
+            if batch.is_empty() {
+                return Ok(out);
+            }
+            let rows = self.fetch_rows(&batch).await?;
+            for (r, row) in batch.iter().zip(rows) {
+                match row {
+                    None => {
+                        if query.checkpoint_id.is_none() {
+                            self.forget_if_gone(r).await?;
+                        }
+                    }
+                    Some(t) if t.metadata.matches(&query.filter) => {
+                        out.push(t);
+                        if out.len() >= limit {
+                            return Ok(out);
+                        }
+                    }
+                    Some(_) => {}
+                }
+            }
+        }
+    }
+
+    async fn put(
+        &self,
+        config: &CheckpointConfig,
+        checkpoint: Checkpoint,
+        metadata: CheckpointMetadata,
+        new_versions: ChannelVersions,
+    ) -> Result<CheckpointConfig> {
+        let thread = &config.thread_id;
+        let ns = &config.checkpoint_ns;
+        let mut checkpoint = checkpoint;
+        let values = std::mem::take(&mut checkpoint.channel_values);
+        let id = checkpoint.id.clone();
+        let header = encode_header(&checkpoint)?;
+        let meta = encode_metadata(&metadata)?;
+
+        let cp_key = self.keys.checkpoint_key(thread, ns, &id);
+        let cps_key = self.keys.checkpoints_key(thread, ns);
+        let blobs_key = self.keys.blobs_key(thread, ns);
+        let ns_key = self.keys.namespaces_key(thread);
+        let keys_key = self.keys.thread_keys_key(thread);
+        let runs_key = self.keys.thread_runs_key(thread);
+
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        pipe.cmd("DEL").arg(&cp_key).ignore();
+        {
+            let cmd = pipe
+                .cmd("HSET")
+                .arg(&cp_key)
+                .arg(FIELD_CHECKPOINT)
+                .arg(header)
+                .arg(FIELD_METADATA)
+                .arg(meta);
+            if let Some(parent) = &config.checkpoint_id {
+                cmd.arg(FIELD_PARENT).arg(parent);
+            }
+            if let Some(run) = &metadata.run_id {
+                cmd.arg(FIELD_RUN).arg(run);
+            }
+            cmd.ignore();
+        }
+        pipe.cmd("ZADD").arg(&cps_key).arg(0).arg(&id).ignore();
+        pipe.cmd("SADD").arg(&ns_key).arg(ns).ignore();
+        if !new_versions.is_empty() {
+            let hset = pipe.cmd("HSET").arg(&blobs_key);
+            for (channel, version) in &new_versions {
+                let value = values
+                    .get(channel)
+                    .map(encode_value)
+                    .unwrap_or_else(|| encode_value(&TypedValue::empty()));
+                hset.arg(join(channel, &version.to_storage_string()))
+                    .arg(value);
+            }
+            hset.ignore();
+        }
+        let mut touched = vec![
+            cp_key.clone(),
+            cps_key.clone(),
+            blobs_key.clone(),
+            ns_key.clone(),
+        ];
+        if let Some(run) = &metadata.run_id {
+            let run_cps = self.keys.run_checkpoints_key(thread, run);
+            let run_threads = self.keys.run_threads_key(run);
+            pipe.cmd("SADD").arg(&run_cps).arg(join(ns, &id)).ignore();
+            pipe.cmd("SADD").arg(&runs_key).arg(&run_threads).ignore();
+            pipe.cmd("SADD").arg(&run_threads).arg(thread).ignore();
+            touched.push(run_cps);
+            self.expire(&mut pipe, [&run_threads, &runs_key]);
+        }
+        pipe.cmd("SADD").arg(&keys_key).arg(&touched).ignore();
+        pipe.cmd("SADD")
+            .arg(self.keys.threads_key())
+            .arg(thread)
+            .ignore();
+        touched.push(keys_key);
+        touched.push(self.keys.threads_key());
+        self.expire(&mut pipe, &touched);
+        let mut conn = self.conn();
+        pipe.query_async::<()>(&mut conn)
+            .await
+            .map_err(backend("saving a checkpoint"))?;
+        Ok(CheckpointConfig {
+            thread_id: thread.clone(),
+            checkpoint_ns: ns.clone(),
+            checkpoint_id: Some(id),
+        })
+    }
+
+    async fn put_writes(
+        &self,
+        config: &CheckpointConfig,
+        writes: Vec<(String, TypedValue)>,
+        task_id: &str,
+        task_path: &str,
+    ) -> Result<()> {
+        let Some(checkpoint_id) = &config.checkpoint_id else {
+            return Err(Error::InvalidArgument(
+                "put_writes needs a config with a checkpoint_id: writes belong to a checkpoint"
+                    .into(),
+            ));
+        };
+        if writes.is_empty() {
+            return Ok(());
+        }
+        let thread = &config.thread_id;
+        let ns = &config.checkpoint_ns;
+        let w_key = self.keys.writes_key(thread, ns, checkpoint_id);
+        let ns_key = self.keys.namespaces_key(thread);
+        let keys_key = self.keys.thread_keys_key(thread);
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        for (position, (channel, value)) in writes.into_iter().enumerate() {
+            let idx = write_index(&channel, position);
+            let field = join(task_id, &idx.to_string());
+            let stored = StoredWrite {
+                task_id: task_id.to_owned(),
+                channel,
+                task_path: task_path.to_owned(),
+                idx,
+                type_tag: value.type_tag,
+                data: value.data,
+            }
+            .encode()?;
+            // Regular writes: first one wins (a retried task cannot duplicate them).
+            // Special channels: the latest replaces the stored one.
+            let command = if idx >= 0 { "HSETNX" } else { "HSET" };
+            pipe.cmd(command)
+                .arg(&w_key)
+                .arg(field)
+                .arg(stored)
+                .ignore();
+        }
+        pipe.cmd("SADD").arg(&ns_key).arg(ns).ignore();
+        pipe.cmd("SADD")
+            .arg(&keys_key)
+            .arg(&w_key)
+            .arg(&ns_key)
+            .ignore();
+        pipe.cmd("SADD")
+            .arg(self.keys.threads_key())
+            .arg(thread)
+            .ignore();
+        self.expire(
+            &mut pipe,
+            [&w_key, &ns_key, &keys_key, &self.keys.threads_key()],
+        );
+        let mut conn = self.conn();
+        pipe.query_async::<()>(&mut conn)
+            .await
+            .map_err(backend("saving pending writes"))?;
+        Ok(())
+    }
+
+    async fn delete_thread(&self, thread_id: &str) -> Result<()> {
+        let mut conn = self.conn();
+        let deleted: i64 = self
+            .scripts
+            .delete_thread
+            .key(self.keys.thread_keys_key(thread_id))
+            .key(self.keys.thread_runs_key(thread_id))
+            .key(self.keys.threads_key())
+            .arg(thread_id)
+            .invoke_async(&mut conn)
+            .await
+            .map_err(backend("deleting a thread"))?;
+        debug!(thread_id, keys = deleted, "deleted thread");
+        Ok(())
+    }
+
+    async fn copy_thread(&self, source_thread_id: &str, target_thread_id: &str) -> Result<()> {
+        if source_thread_id == target_thread_id {
+            return Ok(());
+        }
+        let src = source_thread_id;
+        let dst = target_thread_id;
+        let mut conn = self.conn();
+        let namespaces = self
+            .namespaces(std::slice::from_ref(&src.to_owned()))
+            .await?
+            .pop()
+            .unwrap_or_default();
+        if namespaces.is_empty() {
+            return Ok(());
+        }
+        // Round trip 1: ids and values of each namespace.
+        let mut pipe = redis::pipe();
+        for ns in &namespaces {
+            pipe.cmd("ZRANGE")
+                .arg(self.keys.checkpoints_key(src, ns))
+                .arg(0)
+                .arg(-1);
+            pipe.cmd("HGETALL").arg(self.keys.blobs_key(src, ns));
+        }
+        let replies: Vec<Value> = pipe
+            .query_async(&mut conn)
+            .await
+            .map_err(backend("reading the thread to copy"))?;
+        let mut replies = replies.into_iter();
+        let mut per_ns = Vec::with_capacity(namespaces.len());
+        for ns in &namespaces {
+            let ids: Vec<String> = parse(
+                next_reply(&mut replies, "reading the thread to copy")?,
+                "listing checkpoint ids",
+            )?;
+            let blobs: Vec<(Vec<u8>, Vec<u8>)> = parse::<HashMap<Vec<u8>, Vec<u8>>>(
+                next_reply(&mut replies, "reading the thread to copy")?,
+                "reading channel values",
+            )?
+            .into_iter()
+            .collect();
+            per_ns.push((ns, ids, blobs));
+        }
+        // Round trip 2: every checkpoint hash and writes hash.
+        let mut pipe = redis::pipe();
+        for (ns, ids, _) in &per_ns {
+            for id in ids {
+                pipe.cmd("HGETALL")
+                    .arg(self.keys.checkpoint_key(src, ns, id));
+                pipe.cmd("HGETALL").arg(self.keys.writes_key(src, ns, id));
+            }
+        }
+        let replies: Vec<Value> = if pipe.len() > 0 {
+            pipe.query_async(&mut conn)
+                .await
+                .map_err(backend("reading the thread to copy"))?
+        } else {
+            Vec::new()
+        };
+        let mut replies = replies.into_iter();
+
+        // One transaction writes the whole copy.
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        let ns_key = self.keys.namespaces_key(dst);
+        let keys_key = self.keys.thread_keys_key(dst);
+        let runs_key = self.keys.thread_runs_key(dst);
+        let mut touched: Vec<String> = vec![ns_key.clone()];
+        let mut global: BTreeSet<String> = BTreeSet::new();
+        let mut copied = 0usize;
+        for (ns, ids, blobs) in &per_ns {
+            let cps_key = self.keys.checkpoints_key(dst, ns);
+            let blobs_key = self.keys.blobs_key(dst, ns);
+            pipe.cmd("SADD").arg(&ns_key).arg(*ns).ignore();
+            touched.push(cps_key.clone());
+            if !blobs.is_empty() {
+                let hset = pipe.cmd("HSET").arg(&blobs_key);
+                for (field, value) in blobs {
+                    hset.arg(field).arg(value);
+                }
+                hset.ignore();
+                touched.push(blobs_key);
+            }
+            for id in ids {
+                let fields: HashMap<String, Vec<u8>> = parse(
+                    next_reply(&mut replies, "reading the thread to copy")?,
+                    "reading a checkpoint hash",
+                )?;
+                let writes: HashMap<Vec<u8>, Vec<u8>> = parse(
+                    next_reply(&mut replies, "reading the thread to copy")?,
+                    "reading pending writes",
+                )?;
+                if fields.is_empty() {
+                    continue; // expired or deleted meanwhile
+                }
+                let cp_key = self.keys.checkpoint_key(dst, ns, id);
+                pipe.cmd("DEL").arg(&cp_key).ignore();
+                let hset = pipe.cmd("HSET").arg(&cp_key);
+                for (field, value) in &fields {
+                    hset.arg(field).arg(value);
+                }
+                hset.ignore();
+                pipe.cmd("ZADD").arg(&cps_key).arg(0).arg(id).ignore();
+                touched.push(cp_key);
+                if !writes.is_empty() {
+                    let w_key = self.keys.writes_key(dst, ns, id);
+                    let hset = pipe.cmd("HSET").arg(&w_key);
+                    for (field, value) in &writes {
+                        hset.arg(field).arg(value);
+                    }
+                    hset.ignore();
+                    touched.push(w_key);
+                }
+                if let Some(run) = fields.get(FIELD_RUN) {
+                    let run = utf8(run.clone(), "the run id", || location(src, ns, id))?;
+                    let run_cps = self.keys.run_checkpoints_key(dst, &run);
+                    pipe.cmd("SADD").arg(&run_cps).arg(join(ns, id)).ignore();
+                    touched.push(run_cps);
+                    global.insert(self.keys.run_threads_key(&run));
+                }
+                copied += 1;
+            }
+        }
+        for run_threads in &global {
+            pipe.cmd("SADD").arg(&runs_key).arg(run_threads).ignore();
+            pipe.cmd("SADD").arg(run_threads).arg(dst).ignore();
+        }
+        pipe.cmd("SADD").arg(&keys_key).arg(&touched).ignore();
+        pipe.cmd("SADD")
+            .arg(self.keys.threads_key())
+            .arg(dst)
+            .ignore();
+        touched.push(keys_key);
+        touched.push(runs_key);
+        touched.push(self.keys.threads_key());
+        self.expire(&mut pipe, touched.iter().chain(&global));
+        pipe.query_async::<()>(&mut conn)
+            .await
+            .map_err(backend("writing the copied thread"))?;
+        debug!(
+            source = src,
+            target = dst,
+            checkpoints = copied,
+            "copied thread"
+        );
+        Ok(())
+    }
+
+    async fn prune(&self, thread_ids: &[String], strategy: PruneStrategy) -> Result<()> {
+        for thread in thread_ids {
+            match strategy {
+                PruneStrategy::Delete => self.delete_thread(thread).await?,
+                PruneStrategy::KeepLatest => self.prune_keep_latest(thread).await?,
+            }
+        }
+        Ok(())
+    }
+
+    /// Finds the checkpoints through the run index (no scan), checks each one's stored run
+    /// id, and deletes the matches with their writes. Channel values are left in place: other
+    /// checkpoints may share them; `prune` reclaims unreferenced ones.
+    async fn delete_for_runs(&self, run_ids: &[String]) -> Result<()> {
+        let run_ids: Vec<&String> = run_ids
+            .iter()
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        if run_ids.is_empty() {
+            return Ok(());
+        }
+        let mut conn = self.conn();
+        // Round trip 1: which threads each run wrote to.
+        let mut pipe = redis::pipe();
+        for run in &run_ids {
+            pipe.cmd("SMEMBERS").arg(self.keys.run_threads_key(run));
+        }
+        let replies: Vec<Value> = pipe
+            .query_async(&mut conn)
+            .await
+            .map_err(backend("finding the threads of runs"))?;
+        let mut pairs: Vec<(&String, String)> = Vec::new();
+        for (run, reply) in run_ids.iter().zip(replies) {
+            let threads: Vec<Vec<u8>> = parse(reply, "finding the threads of runs")?;
+            for t in threads {
+                if let Ok(t) = String::from_utf8(t) {
+                    pairs.push((run, t));
+                }
+            }
+        }
+        // Round trip 2: which checkpoints of each thread the run wrote.
+        let mut candidates: Vec<(&String, String, String, String)> = Vec::new();
+        if !pairs.is_empty() {
+            let mut pipe = redis::pipe();
+            for (run, thread) in &pairs {
+                pipe.cmd("SMEMBERS")
+                    .arg(self.keys.run_checkpoints_key(thread, run));
+            }
+            let replies: Vec<Value> = pipe
+                .query_async(&mut conn)
+                .await
+                .map_err(backend("finding the checkpoints of runs"))?;
+            for ((run, thread), reply) in pairs.iter().zip(replies) {
+                let members: Vec<String> = parse(reply, "finding the checkpoints of runs")?;
+                for m in members {
+                    match split(&m) {
+                        Some((ns, id)) => {
+                            candidates.push((run, thread.clone(), ns.to_owned(), id.to_owned()))
+                        }
+                        None => warn!(thread_id = %thread, member = %m,
+                                      "ignoring a malformed run index entry"),
+                    }
+                }
+            }
+        }
+        // Round trip 3: the run each candidate really belongs to now.
+        let mut doomed: BTreeMap<(String, String), Vec<(String, Option<String>)>> = BTreeMap::new();
+        if !candidates.is_empty() {
+            let mut pipe = redis::pipe();
+            for (_, thread, ns, id) in &candidates {
+                pipe.cmd("HGET")
+                    .arg(self.keys.checkpoint_key(thread, ns, id))
+                    .arg(FIELD_RUN);
+            }
+            let replies: Vec<Value> = pipe
+                .query_async(&mut conn)
+                .await
+                .map_err(backend("checking the runs of checkpoints"))?;
+            for ((run, thread, ns, id), reply) in candidates.iter().zip(replies) {
+                let stored: Option<String> = parse(reply, "checking the runs of checkpoints")?;
+                if stored.as_deref() == Some(run.as_str()) {
+                    doomed
+                        .entry((thread.clone(), ns.clone()))
+                        .or_default()
+                        .push((id.clone(), Some((*run).clone())));
+                }
+            }
+        }
+        // One transaction deletes them and the runs' index entries.
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        for ((thread, ns), ids) in &doomed {
+            self.queue_checkpoint_removal(&mut pipe, thread, ns, ids);
+        }
+        for (run, thread) in &pairs {
+            let run_threads = self.keys.run_threads_key(run);
+            pipe.cmd("DEL")
+                .arg(self.keys.run_checkpoints_key(thread, run))
+                .ignore();
+            pipe.cmd("SREM")
+                .arg(self.keys.thread_keys_key(thread))
+                .arg(self.keys.run_checkpoints_key(thread, run))
+                .ignore();
+            pipe.cmd("SREM")
+                .arg(self.keys.thread_runs_key(thread))
+                .arg(&run_threads)
+                .ignore();
+        }
+        for run in &run_ids {
+            pipe.cmd("DEL").arg(self.keys.run_threads_key(run)).ignore();
+        }
+        pipe.query_async::<()>(&mut conn)
+            .await
+            .map_err(backend("deleting the checkpoints of runs"))?;
+        debug!(
+            runs = run_ids.len(),
+            checkpoints = doomed.values().map(Vec::len).sum::<usize>(),
+            "deleted checkpoints of runs"
+        );
+        Ok(())
+    }
+}
