@@ -70,10 +70,16 @@
 //! | delete_for_runs | [`delete_for_runs_single`], [`delete_for_runs_multiple`], [`delete_for_runs_preserves_other_runs`], [`delete_for_runs_removes_writes`], [`delete_for_runs_empty_list_noop`], [`delete_for_runs_nonexistent_noop`], [`delete_for_runs_across_namespaces`] |
 //! | copy_thread | [`copy_thread_basic`], [`copy_thread_all_checkpoints`], [`copy_thread_preserves_metadata`], [`copy_thread_preserves_namespaces`], [`copy_thread_preserves_writes`], [`copy_thread_preserves_ordering`], [`copy_thread_source_unchanged`], [`copy_thread_nonexistent_source`] |
 //! | prune | [`prune_keep_latest_single_thread`], [`prune_keep_latest_multiple_threads`], [`prune_keep_latest_across_namespaces`], [`prune_keep_latest_keeps_writes`], [`prune_delete_all`], [`prune_preserves_other_threads`], [`prune_empty_list_noop`], [`prune_nonexistent_noop`] |
+//! | Cairn: concurrency | [`concurrent_threads_interleaved`] (64 threads written by interleaved futures in one task), [`concurrent_tasks_write_64_threads`] (64 tokio tasks released together; takes a [`SaverHandle`]) |
+//! | Cairn: values and names | [`large_value_roundtrip`] (10 MB value and write), [`unicode_names_roundtrip`], [`versions_roundtrip_unchanged`], [`checkpoint_roundtrips_exactly`], [`metadata_roundtrips_exactly`], [`raw_values_roundtrip`], [`put_channel_without_value_is_absent`] |
+//! | Cairn: reads | [`get_tuple_unknown_checkpoint_id_returns_none`], [`list_paging_covers_every_checkpoint_once`], [`list_all_threads_by_metadata`], [`list_without_namespace_covers_all_namespaces`], [`list_by_checkpoint_id`], [`list_limit_zero_returns_nothing`] |
+//! | Cairn: writes | [`put_writes_regular_first_wins_special_last_wins`], [`pending_writes_ordered_by_path_task_index`], [`put_writes_without_checkpoint_id_is_an_error`] |
+//! | Cairn: deletion | [`delete_thread_removes_values`], [`delete_for_runs_keeps_values_of_survivors`], [`prune_keep_latest_keeps_values`], [`copy_thread_is_independent_of_source`] |
 
 use std::future::Future;
 use std::pin::Pin;
 
+mod cairn;
 mod copy_thread;
 mod delete_for_runs;
 mod delete_thread;
@@ -84,6 +90,7 @@ mod put;
 mod put_writes;
 mod support;
 
+pub use cairn::*;
 pub use copy_thread::*;
 pub use delete_for_runs::*;
 pub use delete_thread::*;
@@ -233,7 +240,19 @@ macro_rules! __cairn_conformance_cases {
             prune_keep_latest_single_thread prune_keep_latest_multiple_threads
             prune_keep_latest_across_namespaces prune_keep_latest_keeps_writes prune_delete_all
             prune_preserves_other_threads prune_empty_list_noop prune_nonexistent_noop
+            // Cairn's own
+            concurrent_threads_interleaved large_value_roundtrip unicode_names_roundtrip
+            versions_roundtrip_unchanged get_tuple_unknown_checkpoint_id_returns_none
+            list_paging_covers_every_checkpoint_once list_all_threads_by_metadata
+            list_without_namespace_covers_all_namespaces list_by_checkpoint_id
+            list_limit_zero_returns_nothing put_writes_regular_first_wins_special_last_wins
+            pending_writes_ordered_by_path_task_index put_writes_without_checkpoint_id_is_an_error
+            checkpoint_roundtrips_exactly metadata_roundtrips_exactly raw_values_roundtrip
+            put_channel_without_value_is_absent delete_thread_removes_values
+            delete_for_runs_keeps_values_of_survivors prune_keep_latest_keeps_values
+            copy_thread_is_independent_of_source
             ;
+            concurrent_tasks_write_64_threads
         }
     };
 }
