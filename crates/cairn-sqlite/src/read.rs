@@ -202,11 +202,9 @@ fn metadata_condition(
     ))
 }
 
-/// Checkpoints matching `query`, newest first.
-pub(crate) fn list(conn: &mut Connection, query: &ListQuery) -> Result<Vec<CheckpointTuple>> {
-    if query.limit == Some(0) {
-        return Ok(Vec::new());
-    }
+/// The SQL of `list` for `query`, its parameters, and whether SQL applied the whole
+/// metadata filter (and so the limit too).
+pub(crate) fn list_sql(query: &ListQuery) -> (String, Vec<Value>, bool) {
     let mut conditions: Vec<String> = Vec::new();
     let mut params: Vec<Value> = Vec::new();
     if let Some(thread) = &query.thread_id {
@@ -243,7 +241,15 @@ pub(crate) fn list(conn: &mut Connection, query: &ListQuery) -> Result<Vec<Check
         sql.push_str(" LIMIT ?");
         params.push(Value::Integer(i64::try_from(limit).unwrap_or(i64::MAX)));
     }
+    (sql, params, exact_in_sql)
+}
 
+/// Checkpoints matching `query`, newest first.
+pub(crate) fn list(conn: &mut Connection, query: &ListQuery) -> Result<Vec<CheckpointTuple>> {
+    if query.limit == Some(0) {
+        return Ok(Vec::new());
+    }
+    let (sql, params, exact_in_sql) = list_sql(query);
     let tx = conn
         .transaction()
         .map_err(sql_error("starting a read transaction"))?;

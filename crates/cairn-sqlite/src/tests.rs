@@ -108,3 +108,97 @@ fn a_newer_schema_is_refused_with_a_clear_error() {
     let err = migrate(&mut conn).expect_err("newer schema");
     assert!(err.to_string().contains("newer Cairn"), "{err}");
 }
+
+#[test]
+fn listing_one_namespace_walks_the_primary_key_without_sorting() {
+    let conn = migrated();
+    fill(&conn);
+    let query = cairn_checkpoint::ListQuery::thread("t")
+        .ns("")
+        .before("00000100")
+        .filter("source", "loop")
+        .limit(10);
+    let (sql, params, exact) = crate::read::list_sql(&query);
+    assert!(exact, "a string filter is applied in SQL, with the limit");
+    let p = plan(
+        &conn,
+        &sql,
+        &params
+            .iter()
+            .map(|v| v as &dyn rusqlite::ToSql)
+            .collect::<Vec<_>>(),
+    );
+    assert_searches(&p, "checkpoints");
+}
+
+mod writer_failures {
+    use std::sync::Arc;
+
+    use cairn_checkpoint::{Checkpoint, CheckpointConfig, CheckpointMetadata, CheckpointSaver};
+    use tokio::sync::mpsc;
+
+    use crate::{Inner, SqliteSaver};
+
+    #[tokio::test]
+    async fn a_stopped_writer_is_a_clear_error_not_a_panic() {
+        let (writer, receiver) = mpsc::channel(1);
+        drop(receiver);
+        let saver = SqliteSaver {
+            inner: Arc::new(Inner {
+                writer,
+                readers: None,
+                path: None,
+            }),
+        };
+        let err = saver
+            .put(
+                &CheckpointConfig::thread("t"),
+                Checkpoint::new(),
+                CheckpointMetadata::default(),
+                Default::default(),
+            )
+            .await
+            .expect_err("no writer");
+        assert!(
+            err.to_string().contains("writer thread has stopped"),
+            "{err}"
+        );
+        let err = saver
+            .get_tuple(&CheckpointConfig::thread("t"))
+            .await
+            .expect_err("no writer");
+        assert!(
+            err.to_string().contains("writer thread has stopped"),
+            "{err}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_panicking_request_fails_alone_and_the_writer_keeps_working() {
+        let saver = SqliteSaver::in_memory().expect("open");
+        let err = saver
+            .write(|_| panic!("a bug in a write request"))
+            .await
+            .expect_err("panicked");
+        assert!(err.to_string().contains("panicked"), "{err}");
+        let err = saver
+            .on_writer(|_| -> cairn_checkpoint::Result<()> { panic!("a bug in a read") })
+            .await
+            .expect_err("panicked");
+        assert!(err.to_string().contains("stopped"), "{err}");
+        saver
+            .put(
+                &CheckpointConfig::thread("t"),
+                Checkpoint::new(),
+                CheckpointMetadata::default(),
+                Default::default(),
+            )
+            .await
+            .expect("the writer still works");
+        assert!(saver
+            .get_tuple(&CheckpointConfig::thread("t"))
+            .await
+            .expect("read")
+            .is_some());
+    }
+}
