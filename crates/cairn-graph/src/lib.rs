@@ -1,1 +1,118 @@
-//! Work in progress.
+//! # cairn-graph
+//!
+//! Durable state graphs: a typed [`StateGraph`] whose runs are saved, step by step, as
+//! LangGraph-compatible checkpoints, so they can be resumed after a crash, inspected,
+//! replayed and forked.
+//!
+//! ```
+//! use std::sync::Arc;
+//! use cairn_checkpoint::InMemorySaver;
+//! use cairn_graph::{RunConfig, State, StateGraph, END, START};
+//!
+//! #[derive(Clone, Default, Debug, serde::Serialize, serde::Deserialize, State)]
+//! struct Chat {
+//!     #[reducer(append)]
+//!     messages: Vec<String>,
+//!     #[reducer(add)]
+//!     turns: u32,
+//! }
+//!
+//! # tokio::runtime::Runtime::new().unwrap().block_on(async {
+//! let mut graph = StateGraph::<Chat>::new();
+//! graph
+//!     .add_node("greet", |_s: Arc<Chat>| async { Ok(ChatUpdate::default().messages(vec!["hi".to_string()])) })
+//!     .add_node("answer", |s: Arc<Chat>| async move {
+//!         Ok(ChatUpdate::default().messages(vec![format!("you said {} things", s.messages.len())]).turns(1u32))
+//!     })
+//!     .add_node("check", |_s: Arc<Chat>| async { Ok(ChatUpdate::default()) })
+//!     .add_edge(START, "greet")
+//!     .add_edge("greet", "answer")
+//!     .add_conditional_edges("answer", |s: &Chat| if s.turns < 2 { "answer" } else { "check" })
+//!     .add_edge("check", END);
+//! let app = graph.compile(Arc::new(InMemorySaver::new()))?;
+//!
+//! let input = ChatUpdate::default().messages(vec!["hello".to_string()]);
+//! let out = app.invoke(Some(input), RunConfig::thread("t1")).await?;
+//! assert_eq!(out.turns, 2);
+//! assert_eq!(out.messages, ["hello", "hi", "you said 2 things", "you said 3 things"]);
+//! let snapshot = app.get_state(RunConfig::thread("t1")).await?.expect("saved");
+//! assert!(snapshot.next.is_empty());
+//! assert_eq!(snapshot.metadata.step, Some(4)); // input at -1, then steps 0..=4
+//! # Ok::<(), cairn_graph::GraphError>(()) }).unwrap();
+//! ```
+//!
+//! ## Design
+//!
+//! **State and channels.** A state is a struct deriving [`State`](macro@State). Each field is
+//! one *channel*, named after the field, with a reducer chosen by `#[reducer(..)]`:
+//! `replace` (default), `append`, `merge`, `add` or `with = my_fn`. The derive generates
+//! `<Name>Update`, an all-`Option` twin of the struct that nodes return; applying it runs each
+//! written field's reducer. Fields are encoded one by one ([`cairn_checkpoint::ValueCodec`],
+//! MessagePack by default), and a checkpoint only carries the fields that changed in its step
+//! (`new_versions`), so storage grows with what changed, not with the state's size.
+//!
+//! Besides the fields, a compiled graph has the same bookkeeping channels as LangGraph:
+//! `__start__` (the run's input, consumed by the hidden START task in step 0),
+//! `branch:to:<node>` (one per node: an edge or a router writing it triggers the node in the
+//! next step), `join:<a>+<b>:<node>` (waiting edges: triggers once every source wrote it)
+//! and `__pregel_tasks` ([`SendTo`] packets: one task each, with its own input).
+//!
+//! **Triggers.** Every channel has a version (from [`CheckpointSaver::get_next_version`]; one
+//! new version per step, shared by every channel the step changed) and every node remembers,
+//! in `versions_seen`, the versions of its trigger channels when it last ran. A node runs in
+//! the next super-step when one of its trigger channels holds a value with a version newer
+//! than the one it saw. After a step, ephemeral channels (`__start__`, `branch:to:*`,
+//! `__pregel_tasks`) that were not written again are cleared.
+//!
+//! **Super-steps.** Every task of a step runs concurrently (one tokio task each; a step with a
+//! single task runs inline). Writes are applied after the step, sorted by task path (pull
+//! tasks by node name, then push tasks by index) so results do not depend on timing. A field
+//! with the `replace` reducer written by two tasks of one step is an error, as in LangGraph.
+//!
+//! **Task ids and pending writes.** A task's id is a UUID v5 of (checkpoint id, namespace,
+//! step, node, task path). As soon as a task finishes, its writes (fields, edges taken,
+//! sends) are saved with `put_writes` under that id. When a run resumes from a checkpoint
+//! with pending writes, the tasks of the next step are recomputed — with the same ids — and
+//! those whose writes are saved are not run again: their writes are applied instead.
+//!
+//! **Checkpoints.** Like LangGraph: an input checkpoint (`source: input`, step = previous
+//! step + 1, -1 on a new thread) holding `__start__`, then one `loop` checkpoint per
+//! super-step. Metadata carries `source`, `step`, `parents`, `run_id` (fresh per invoke) and
+//! the caller's [`RunConfig::metadata`].
+//!
+//! ## Differences from LangGraph
+//! * Nodes receive the state as `Arc<S>` (a [`SendTo`]'s argument is a whole `S`), and return
+//!   a typed partial update instead of a dict.
+//! * Task ids are UUID v5 rather than LangGraph's xxhash-based ids; checkpoints written by
+//!   one cannot have their pending writes reused by the other (the state itself can).
+//! * `get_state_history` with a `checkpoint_id` in the config lists that checkpoint and the
+//!   older ones (LangGraph lists only that checkpoint).
+//! * A failed step's siblings are not cancelled: they finish and their writes are saved.
+//! * No interrupts, subgraphs, retries, caching or deferred nodes yet.
+
+#![warn(missing_docs)]
+
+extern crate self as cairn_graph;
+
+mod channels;
+mod config;
+mod error;
+mod graph;
+mod runtime;
+mod snapshot;
+mod state;
+
+pub use cairn_macros::State;
+pub use channels::task_id;
+pub use config::{RunConfig, DEFAULT_RECURSION_LIMIT};
+pub use error::{GraphError, NodeError, Result};
+pub use graph::{EdgeSources, Goto, NodeResult, Route, SendTo, StateGraph, END, START};
+pub use runtime::{current_task, CompiledGraph, StreamEvent, StreamMode, TaskInfo};
+pub use snapshot::{HistoryQuery, SnapshotTask, StateSnapshot};
+pub use state::{reducers, FieldInfo, ReducerKind, State};
+
+#[doc(hidden)]
+pub use state::__private;
+
+#[cfg(doc)]
+use cairn_checkpoint::CheckpointSaver;

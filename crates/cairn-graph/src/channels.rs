@@ -1,0 +1,802 @@
+//! The compiled graph's channels and the Pregel bookkeeping: which tasks run next, and how
+//! a step's writes are applied (LangGraph's `prepare_next_tasks` / `apply_writes`).
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use cairn_checkpoint::{
+    ChannelVersion, ChannelVersions, Checkpoint, CheckpointTuple, Error as CpError, TypedValue,
+    ValueCodec,
+};
+
+use crate::error::{GraphError, Result};
+use crate::graph::{BranchSpec, Goto, NodeFn, SendTo, StateGraph, END, START};
+use crate::state::{ReducerKind, State};
+
+/// Name of the channel holding [`SendTo`] packets for the next step.
+pub(crate) const TASKS: &str = "__pregel_tasks";
+/// Channel a task writes when it finished without writing anything.
+pub(crate) const NO_WRITES: &str = "__no_writes__";
+const PULL: &str = "__pregel_pull";
+const PUSH: &str = "__pregel_push";
+const BRANCH_PREFIX: &str = "branch:to:";
+
+/// What a channel id stands for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Chan {
+    Field(usize),
+    Start,
+    Branch(usize),
+    Join(usize),
+    Tasks,
+}
+
+pub(crate) struct NodeSpec<S: State> {
+    pub(crate) name: String,
+    /// `None` for START, whose "output" is the run's input.
+    pub(crate) run: Option<NodeFn<S>>,
+    /// Targets of plain edges (node indexes; END edges are dropped).
+    pub(crate) edges: Vec<usize>,
+    /// Waiting edges this node feeds.
+    pub(crate) joins: Vec<usize>,
+    pub(crate) branches: Vec<BranchSpec<S>>,
+    /// Channels whose update triggers this node.
+    pub(crate) triggers: Vec<usize>,
+}
+
+pub(crate) struct JoinSpec {
+    pub(crate) sources: Vec<usize>,
+    pub(crate) name: String,
+}
+
+/// The static layout of a compiled graph. Channel ids: fields `0..F`, then `__start__`,
+/// then `branch:to:<node>` for each node, then the waiting-edge channels, then the
+/// `__pregel_tasks` channel.
+pub(crate) struct Spec<S: State> {
+    pub(crate) nodes: Vec<NodeSpec<S>>,
+    pub(crate) node_index: HashMap<String, usize>,
+    pub(crate) joins: Vec<JoinSpec>,
+    pub(crate) channel_names: Vec<String>,
+    pub(crate) channel_index: HashMap<String, usize>,
+    pub(crate) n_fields: usize,
+}
+
+impl<S: State> Spec<S> {
+    pub(crate) fn build(graph: &StateGraph<S>) -> Result<Self> {
+        graph.validate()?;
+        let fields = S::fields();
+        let n_fields = fields.len();
+        if n_fields > 64 {
+            return Err(GraphError::InvalidGraph(
+                "a state has at most 64 fields".into(),
+            ));
+        }
+        let mut nodes: Vec<NodeSpec<S>> = vec![NodeSpec {
+            name: START.to_owned(),
+            run: None,
+            edges: Vec::new(),
+            joins: Vec::new(),
+            branches: Vec::new(),
+            triggers: vec![n_fields],
+        }];
+        for (name, run) in &graph.nodes {
+            let index = nodes.len();
+            nodes.push(NodeSpec {
+                name: name.clone(),
+                run: Some(Arc::clone(run)),
+                edges: Vec::new(),
+                joins: Vec::new(),
+                branches: Vec::new(),
+                triggers: vec![n_fields + index],
+            });
+        }
+        let node_index: HashMap<String, usize> = nodes
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (n.name.clone(), i))
+            .collect();
+        let lookup = |name: &str| -> Result<usize> {
+            node_index
+                .get(name)
+                .copied()
+                .ok_or_else(|| GraphError::InvalidGraph(format!("unknown node {name:?}")))
+        };
+        for (from, to) in &graph.edges {
+            let from = lookup(from)?;
+            if to != END {
+                let to = lookup(to)?;
+                if !nodes[from].edges.contains(&to) {
+                    nodes[from].edges.push(to);
+                }
+            }
+        }
+        let mut joins = Vec::new();
+        let first_join = n_fields + nodes.len();
+        for (sources, to) in &graph.waiting_edges {
+            let join = joins.len();
+            let target = lookup(to)?;
+            let mut source_ids = Vec::new();
+            for s in sources {
+                let s = lookup(s)?;
+                nodes[s].joins.push(join);
+                source_ids.push(s);
+            }
+            nodes[target].triggers.push(first_join + join);
+            joins.push(JoinSpec {
+                sources: source_ids,
+                name: format!("join:{}:{}", sources.join("+"), to),
+            });
+        }
+        for (source, branch) in &graph.branches {
+            let source = lookup(source)?;
+            nodes[source].branches.push(branch.clone());
+        }
+        let mut channel_names: Vec<String> = fields.iter().map(|f| f.name.to_owned()).collect();
+        channel_names.push(START.to_owned());
+        for node in &nodes[1..] {
+            channel_names.push(format!("{BRANCH_PREFIX}{}", node.name));
+        }
+        for join in &joins {
+            channel_names.push(join.name.clone());
+        }
+        channel_names.push(TASKS.to_owned());
+        let channel_index = channel_names
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (n.clone(), i))
+            .collect();
+        Ok(Spec {
+            nodes,
+            node_index,
+            joins,
+            channel_names,
+            channel_index,
+            n_fields,
+        })
+    }
+
+    pub(crate) fn n_channels(&self) -> usize {
+        self.channel_names.len()
+    }
+
+    pub(crate) fn kind(&self, chan: usize) -> Chan {
+        let f = self.n_fields;
+        let n = self.nodes.len();
+        if chan < f {
+            Chan::Field(chan)
+        } else if chan == f {
+            Chan::Start
+        } else if chan < f + n {
+            Chan::Branch(chan - f)
+        } else if chan < f + n + self.joins.len() {
+            Chan::Join(chan - f - n)
+        } else {
+            Chan::Tasks
+        }
+    }
+
+    pub(crate) fn branch_chan(&self, node: usize) -> usize {
+        self.n_fields + node
+    }
+
+    pub(crate) fn join_chan(&self, join: usize) -> usize {
+        self.n_fields + self.nodes.len() + join
+    }
+
+    pub(crate) fn tasks_chan(&self) -> usize {
+        self.channel_names.len() - 1
+    }
+
+    pub(crate) fn node_names(&self) -> String {
+        self.nodes[1..]
+            .iter()
+            .map(|n| n.name.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
+
+/// One task of a super-step.
+pub(crate) struct Task<S: State> {
+    pub(crate) node: usize,
+    pub(crate) path: String,
+    pub(crate) triggers: Vec<usize>,
+    pub(crate) input: Arc<S>,
+    pub(crate) id: String,
+}
+
+/// What a task wrote.
+pub(crate) struct TaskWrites<S: State> {
+    pub(crate) update: Option<S::Update>,
+    pub(crate) branches: Vec<usize>,
+    pub(crate) joins: Vec<usize>,
+    pub(crate) sends: Vec<SendTo<S>>,
+}
+
+impl<S: State> Default for TaskWrites<S> {
+    fn default() -> Self {
+        TaskWrites {
+            update: None,
+            branches: Vec::new(),
+            joins: Vec::new(),
+            sends: Vec::new(),
+        }
+    }
+}
+
+impl<S: State> TaskWrites<S> {
+    /// The writes as saved with `put_writes`: `(channel, value)` pairs.
+    pub(crate) fn encode(
+        &self,
+        spec: &Spec<S>,
+        node: usize,
+        codec: &ValueCodec,
+    ) -> cairn_checkpoint::Result<Vec<(String, TypedValue)>> {
+        let mut out = Vec::new();
+        if let Some(update) = &self.update {
+            for (field, value) in S::encode_update(update, codec)? {
+                out.push((spec.channel_names[field].clone(), value));
+            }
+        }
+        for &b in &self.branches {
+            out.push((
+                spec.channel_names[spec.branch_chan(b)].clone(),
+                codec.encode(&())?,
+            ));
+        }
+        for &j in &self.joins {
+            out.push((
+                spec.channel_names[spec.join_chan(j)].clone(),
+                codec.encode(&spec.nodes[node].name)?,
+            ));
+        }
+        for send in &self.sends {
+            out.push((TASKS.to_owned(), codec.encode(send)?));
+        }
+        if out.is_empty() {
+            out.push((NO_WRITES.to_owned(), codec.encode(&())?));
+        }
+        Ok(out)
+    }
+
+    /// Rebuilds a task's writes from saved `(channel, value)` pairs.
+    pub(crate) fn decode<'a>(
+        spec: &Spec<S>,
+        writes: impl IntoIterator<Item = (&'a str, &'a TypedValue)>,
+        codec: &ValueCodec,
+    ) -> cairn_checkpoint::Result<Self> {
+        let mut out = TaskWrites::default();
+        for (channel, value) in writes {
+            if channel == NO_WRITES {
+                continue;
+            }
+            let Some(&chan) = spec.channel_index.get(channel) else {
+                tracing::warn!(channel, "ignoring a saved write to an unknown channel");
+                continue;
+            };
+            match spec.kind(chan) {
+                Chan::Field(f) => {
+                    let update = out.update.get_or_insert_with(Default::default);
+                    S::decode_update_field(update, f, value, codec)?;
+                }
+                Chan::Branch(n) => out.branches.push(n),
+                Chan::Join(j) => out.joins.push(j),
+                Chan::Tasks => out.sends.push(codec.decode(value)?),
+                Chan::Start => {}
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// How the runtime makes channel versions.
+pub(crate) enum Versioner<'a> {
+    /// Plain integers (no saver).
+    Int,
+    /// The saver's versions.
+    Saver(&'a dyn cairn_checkpoint::CheckpointSaver),
+}
+
+impl Versioner<'_> {
+    fn next(&self, current: Option<&ChannelVersion>) -> ChannelVersion {
+        match self {
+            Versioner::Int => ChannelVersion::Int(current.map_or(0, ChannelVersion::counter) + 1),
+            Versioner::Saver(s) => s.get_next_version(current),
+        }
+    }
+}
+
+/// The live channels of one run.
+pub(crate) struct Channels<S: State> {
+    pub(crate) state: Arc<S>,
+    pub(crate) input: Option<S::Update>,
+    branch: Vec<bool>,
+    join_seen: Vec<Vec<bool>>,
+    pub(crate) sends: Vec<SendTo<S>>,
+    versions: Vec<Option<ChannelVersion>>,
+    max_version: Option<ChannelVersion>,
+    /// Per node: trigger channel → version last seen.
+    seen: Vec<Vec<(usize, ChannelVersion)>>,
+    /// Channels whose version changed since the last saved checkpoint.
+    dirty: Vec<bool>,
+    /// Channels updated by the last applied step.
+    pub(crate) updated: Vec<usize>,
+}
+
+impl<S: State> Channels<S> {
+    pub(crate) fn new(spec: &Spec<S>) -> Self {
+        Channels {
+            state: Arc::new(S::default()),
+            input: None,
+            branch: vec![false; spec.nodes.len()],
+            join_seen: spec
+                .joins
+                .iter()
+                .map(|j| vec![false; j.sources.len()])
+                .collect(),
+            sends: Vec::new(),
+            versions: vec![None; spec.n_channels()],
+            max_version: None,
+            seen: vec![Vec::new(); spec.nodes.len()],
+            dirty: vec![false; spec.n_channels()],
+            updated: Vec::new(),
+        }
+    }
+
+    /// Restores the channels of a saved checkpoint.
+    pub(crate) fn load(
+        spec: &Spec<S>,
+        tuple: &CheckpointTuple,
+        codec: &ValueCodec,
+    ) -> Result<Self> {
+        let mut ch = Channels::new(spec);
+        let cp = &tuple.checkpoint;
+        let corrupt = |channel: &str, e: CpError| {
+            GraphError::Checkpoint(CpError::corrupt(
+                tuple.location(Some(channel)),
+                format!("cannot decode the channel's value: {e}"),
+            ))
+        };
+        for (name, version) in &cp.channel_versions {
+            if let Some(&c) = spec.channel_index.get(name) {
+                ch.versions[c] = Some(version.clone());
+                if ch.max_version.as_ref().is_none_or(|m| version > m) {
+                    ch.max_version = Some(version.clone());
+                }
+            } else if let Some(m) = &ch.max_version {
+                if version > m {
+                    ch.max_version = Some(version.clone());
+                }
+            } else {
+                ch.max_version = Some(version.clone());
+            }
+        }
+        let mut state = S::default();
+        for (name, value) in &cp.channel_values {
+            let Some(&c) = spec.channel_index.get(name) else {
+                tracing::debug!(channel = %name, "ignoring a channel this graph does not have");
+                continue;
+            };
+            match spec.kind(c) {
+                Chan::Field(f) => state
+                    .decode_field(f, value, codec)
+                    .map_err(|e| corrupt(name, e))?,
+                Chan::Start => ch.input = Some(codec.decode(value).map_err(|e| corrupt(name, e))?),
+                Chan::Branch(n) => ch.branch[n] = true,
+                Chan::Join(j) => {
+                    let seen: Vec<String> = codec.decode(value).map_err(|e| corrupt(name, e))?;
+                    for s in seen {
+                        if let Some(pos) = spec.joins[j]
+                            .sources
+                            .iter()
+                            .position(|&src| spec.nodes[src].name == s)
+                        {
+                            ch.join_seen[j][pos] = true;
+                        }
+                    }
+                }
+                Chan::Tasks => ch.sends = codec.decode(value).map_err(|e| corrupt(name, e))?,
+            }
+        }
+        ch.state = Arc::new(state);
+        for (node, seen) in &cp.versions_seen {
+            let Some(&n) = spec.node_index.get(node) else {
+                continue;
+            };
+            for (chan, version) in seen {
+                if let Some(&c) = spec.channel_index.get(chan) {
+                    ch.seen[n].push((c, version.clone()));
+                }
+            }
+        }
+        Ok(ch)
+    }
+
+    fn available(&self, spec: &Spec<S>, chan: usize) -> bool {
+        match spec.kind(chan) {
+            Chan::Field(_) => self.versions[chan].is_some(),
+            Chan::Start => self.input.is_some(),
+            Chan::Branch(n) => self.branch[n],
+            Chan::Join(j) => self.join_seen[j].iter().all(|s| *s),
+            Chan::Tasks => !self.sends.is_empty(),
+        }
+    }
+
+    fn seen_version(&self, node: usize, chan: usize) -> Option<&ChannelVersion> {
+        self.seen[node]
+            .iter()
+            .find(|(c, _)| *c == chan)
+            .map(|(_, v)| v)
+    }
+
+    /// The tasks of the next super-step: one per [`SendTo`] packet, then one per node whose
+    /// trigger channels are newer than what it last saw. Task ids derive from
+    /// `checkpoint_id`, `step`, the node and the task path.
+    pub(crate) fn prepare_tasks(
+        &self,
+        spec: &Spec<S>,
+        checkpoint_id: &str,
+        checkpoint_ns: &str,
+        step: i64,
+        with_ids: bool,
+    ) -> Result<Vec<Task<S>>> {
+        let mut tasks = Vec::new();
+        let task_id = |name: &str, path: &str| {
+            if with_ids {
+                task_id(checkpoint_id, checkpoint_ns, step, name, path)
+            } else {
+                String::new()
+            }
+        };
+        for (i, send) in self.sends.iter().enumerate() {
+            let Some(&node) = spec.node_index.get(&send.node).filter(|&&n| n != 0) else {
+                return Err(GraphError::UnknownNode {
+                    node: send.node.clone(),
+                    context: "target of a SendTo".into(),
+                    known: spec.node_names(),
+                });
+            };
+            let path = format!("~{PUSH}, {i:010}");
+            tasks.push(Task {
+                node,
+                id: task_id(&send.node, &path),
+                path,
+                triggers: Vec::new(),
+                input: Arc::new(send.arg.clone()),
+            });
+        }
+        for (n, node) in spec.nodes.iter().enumerate() {
+            let triggers: Vec<usize> = node
+                .triggers
+                .iter()
+                .copied()
+                .filter(|&c| {
+                    self.available(spec, c)
+                        && match (&self.versions[c], self.seen_version(n, c)) {
+                            (Some(v), Some(seen)) => v > seen,
+                            (Some(_), None) => true,
+                            (None, _) => false,
+                        }
+                })
+                .collect();
+            if triggers.is_empty() {
+                continue;
+            }
+            let path = format!("~{PULL}, {}", node.name);
+            tasks.push(Task {
+                node: n,
+                id: task_id(&node.name, &path),
+                path,
+                triggers,
+                input: Arc::clone(&self.state),
+            });
+        }
+        Ok(tasks)
+    }
+
+    fn bump(&mut self, chan: usize, version: &ChannelVersion) {
+        self.versions[chan] = Some(version.clone());
+        self.dirty[chan] = true;
+    }
+
+    /// Applies a step's writes (LangGraph's `apply_writes`). `writes` must be sorted by task
+    /// path. `input` is a new input for `__start__`. `bump_step` is false only when applying
+    /// input alone.
+    pub(crate) fn apply_writes(
+        &mut self,
+        spec: &Spec<S>,
+        writes: Vec<(&Task<S>, TaskWrites<S>)>,
+        input: Option<S::Update>,
+        bump_step: bool,
+        versioner: &Versioner<'_>,
+    ) -> Result<()> {
+        // Versions seen by the tasks that ran.
+        for (task, _) in &writes {
+            for &c in &task.triggers {
+                if let Some(v) = self.versions[c].clone() {
+                    match self.seen[task.node].iter_mut().find(|(ch, _)| *ch == c) {
+                        Some(entry) => entry.1 = v,
+                        None => self.seen[task.node].push((c, v)),
+                    }
+                }
+            }
+        }
+        let next = versioner.next(self.max_version.as_ref());
+        let mut updated = Vec::new();
+        // Consume waiting edges that fired.
+        for (task, _) in &writes {
+            for &c in &task.triggers {
+                if let Chan::Join(j) = spec.kind(c) {
+                    if self.join_seen[j].iter().any(|s| *s) {
+                        self.join_seen[j].iter_mut().for_each(|s| *s = false);
+                        self.bump(c, &next);
+                    }
+                }
+            }
+        }
+        // Fields, through their reducers.
+        let fields = S::fields();
+        let mut counts = [0u8; 64];
+        let mut any_field = 0u64;
+        for (_, w) in &writes {
+            if let Some(u) = &w.update {
+                let mask = S::written(u);
+                any_field |= mask;
+                for (f, count) in counts.iter_mut().enumerate().take(fields.len()) {
+                    if mask & (1 << f) != 0 {
+                        *count = count.saturating_add(1);
+                    }
+                }
+            }
+        }
+        for (f, field) in fields.iter().enumerate() {
+            if field.reducer == ReducerKind::Replace && counts[f] > 1 {
+                let nodes: Vec<&str> = writes
+                    .iter()
+                    .filter(|(_, w)| {
+                        w.update
+                            .as_ref()
+                            .is_some_and(|u| S::written(u) & (1 << f) != 0)
+                    })
+                    .map(|(t, _)| spec.nodes[t.node].name.as_str())
+                    .collect();
+                return Err(GraphError::ConflictingWrites {
+                    field: field.name.to_owned(),
+                    count: counts[f] as usize,
+                    nodes: nodes.join(", "),
+                });
+            }
+        }
+        let mut new_sends: Option<Vec<SendTo<S>>> = None;
+        let mut written_branches: Vec<usize> = Vec::new();
+        let mut state = (any_field != 0).then(|| Arc::make_mut(&mut self.state));
+        for (task, w) in writes {
+            if let (Some(u), Some(state)) = (w.update, state.as_deref_mut()) {
+                state.apply(u);
+            }
+            for b in w.branches {
+                if !written_branches.contains(&b) {
+                    written_branches.push(b);
+                }
+            }
+            for j in w.joins {
+                let Some(pos) = spec.joins[j].sources.iter().position(|&s| s == task.node) else {
+                    continue;
+                };
+                if !self.join_seen[j][pos] {
+                    self.join_seen[j][pos] = true;
+                    let c = spec.join_chan(j);
+                    self.versions[c] = Some(next.clone());
+                    self.dirty[c] = true;
+                    if self.join_seen[j].iter().all(|s| *s) && !updated.contains(&c) {
+                        updated.push(c);
+                    }
+                }
+            }
+            if !w.sends.is_empty() {
+                new_sends.get_or_insert_with(Vec::new).extend(w.sends);
+            }
+        }
+        for f in 0..fields.len() {
+            if any_field & (1 << f) != 0 {
+                self.bump(f, &next);
+                updated.push(f);
+            }
+        }
+        for b in written_branches {
+            self.branch[b] = true;
+            let c = spec.branch_chan(b);
+            self.bump(c, &next);
+            updated.push(c);
+        }
+        if let Some(sends) = new_sends {
+            self.sends = sends;
+            let c = spec.tasks_chan();
+            self.bump(c, &next);
+            updated.push(c);
+        }
+        if let Some(input) = input {
+            self.input = Some(input);
+            let c = spec.n_fields;
+            self.bump(c, &next);
+            updated.push(c);
+        }
+        if bump_step {
+            // Ephemeral channels not written in this step are cleared.
+            for c in 0..spec.n_channels() {
+                if updated.contains(&c) {
+                    continue;
+                }
+                let cleared = match spec.kind(c) {
+                    Chan::Start => self.input.take().is_some(),
+                    Chan::Branch(n) => std::mem::take(&mut self.branch[n]),
+                    Chan::Tasks => {
+                        let had = !self.sends.is_empty();
+                        self.sends.clear();
+                        had
+                    }
+                    Chan::Field(_) | Chan::Join(_) => false,
+                };
+                if cleared {
+                    self.bump(c, &next);
+                }
+            }
+        }
+        if self.dirty.iter().any(|d| *d) {
+            self.max_version = Some(next);
+        }
+        updated.sort_unstable();
+        self.updated = updated;
+        Ok(())
+    }
+
+    /// The checkpoint of the current channels; only channels changed since the last saved
+    /// checkpoint carry values (and are listed in the returned new versions).
+    pub(crate) fn checkpoint(
+        &mut self,
+        spec: &Spec<S>,
+        codec: &ValueCodec,
+    ) -> cairn_checkpoint::Result<(Checkpoint, ChannelVersions)> {
+        let mut cp = Checkpoint::new();
+        let mut new_versions = ChannelVersions::new();
+        for (c, version) in self.versions.iter().enumerate() {
+            let Some(version) = version else { continue };
+            let name = &spec.channel_names[c];
+            cp.channel_versions.insert(name.clone(), version.clone());
+            if !self.dirty[c] {
+                continue;
+            }
+            new_versions.insert(name.clone(), version.clone());
+            let value = match spec.kind(c) {
+                Chan::Field(f) => Some(self.state.encode_field(f, codec)?),
+                Chan::Start => self.input.as_ref().map(|i| codec.encode(i)).transpose()?,
+                Chan::Branch(n) => self.branch[n].then(|| codec.encode(&())).transpose()?,
+                Chan::Join(j) => {
+                    let seen: Vec<&str> = spec.joins[j]
+                        .sources
+                        .iter()
+                        .zip(&self.join_seen[j])
+                        .filter(|(_, s)| **s)
+                        .map(|(&n, _)| spec.nodes[n].name.as_str())
+                        .collect();
+                    (!seen.is_empty())
+                        .then(|| codec.encode(&seen))
+                        .transpose()?
+                }
+                Chan::Tasks => (!self.sends.is_empty())
+                    .then(|| codec.encode(&self.sends))
+                    .transpose()?,
+            };
+            if let Some(value) = value {
+                cp.channel_values.insert(name.clone(), value);
+            }
+        }
+        for (n, seen) in self.seen.iter().enumerate() {
+            if seen.is_empty() {
+                continue;
+            }
+            let map: BTreeMap<String, ChannelVersion> = seen
+                .iter()
+                .map(|(c, v)| (spec.channel_names[*c].clone(), v.clone()))
+                .collect();
+            cp.versions_seen.insert(spec.nodes[n].name.clone(), map);
+        }
+        cp.updated_channels = Some(
+            self.updated
+                .iter()
+                .map(|&c| spec.channel_names[c].clone())
+                .collect::<std::collections::BTreeSet<_>>()
+                .into_iter()
+                .collect(),
+        );
+        self.dirty.iter_mut().for_each(|d| *d = false);
+        Ok((cp, new_versions))
+    }
+
+    /// Marks every channel clean (after a checkpoint was saved by other means).
+    pub(crate) fn mark_clean(&mut self) {
+        self.dirty.iter_mut().for_each(|d| *d = false);
+    }
+}
+
+/// The deterministic id of a task: a UUID v5 of the checkpoint id, namespace, step, node
+/// name and task path. The same task of the same step always gets the same id, so writes
+/// saved before a crash are found again on resume.
+pub fn task_id(
+    checkpoint_id: &str,
+    checkpoint_ns: &str,
+    step: i64,
+    name: &str,
+    path: &str,
+) -> String {
+    let key = format!("{checkpoint_id}\u{0}{checkpoint_ns}\u{0}{step}\u{0}{name}\u{0}{path}");
+    uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, key.as_bytes())
+        .hyphenated()
+        .to_string()
+}
+
+/// Resolves a router's route into branch targets and sends.
+pub(crate) fn resolve_route<S: State>(
+    spec: &Spec<S>,
+    source: usize,
+    branch: &BranchSpec<S>,
+    route: crate::graph::Route<S>,
+    out: &mut TaskWrites<S>,
+) -> Result<()> {
+    for goto in route.targets {
+        match goto {
+            Goto::Send(send) => {
+                if !spec.node_index.get(&send.node).is_some_and(|&n| n != 0) {
+                    return Err(GraphError::UnknownNode {
+                        node: send.node,
+                        context: format!(
+                            "SendTo returned by the router of {:?}",
+                            spec.nodes[source].name
+                        ),
+                        known: spec.node_names(),
+                    });
+                }
+                out.sends.push(send);
+            }
+            Goto::Node(key) => {
+                let target = match &branch.path_map {
+                    Some(map) => match map.get(&key) {
+                        Some(t) => t.clone(),
+                        None => {
+                            return Err(GraphError::UnknownNode {
+                                node: key,
+                                context: format!(
+                                    "key returned by the router of {:?}, missing from its path map",
+                                    spec.nodes[source].name
+                                ),
+                                known: map.keys().cloned().collect::<Vec<_>>().join(", "),
+                            })
+                        }
+                    },
+                    None => key,
+                };
+                if target == END {
+                    continue;
+                }
+                match spec.node_index.get(&target) {
+                    Some(&n) if n != 0 => {
+                        if !out.branches.contains(&n) {
+                            out.branches.push(n);
+                        }
+                    }
+                    _ => {
+                        return Err(GraphError::UnknownNode {
+                            node: target,
+                            context: format!(
+                                "returned by the router of {:?}",
+                                spec.nodes[source].name
+                            ),
+                            known: spec.node_names(),
+                        })
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,109 @@
+//! Per-invocation settings.
+
+use cairn_checkpoint::CheckpointConfig;
+
+/// The default recursion limit (LangGraph's): at most this many super-steps per invocation,
+/// not counting the step that applies the input.
+pub const DEFAULT_RECURSION_LIMIT: usize = 25;
+
+/// Which thread (and optionally which checkpoint) a call is about, plus run settings.
+///
+/// ```
+/// use cairn_graph::RunConfig;
+/// let config = RunConfig::thread("chat-1")
+///     .with_recursion_limit(100)
+///     .with_metadata("user", "ada");
+/// assert_eq!(config.thread_id.as_deref(), Some("chat-1"));
+/// ```
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunConfig {
+    /// The thread; required when the graph has a checkpoint saver.
+    pub thread_id: Option<String>,
+    /// Checkpoint namespace (`""` for a root graph).
+    pub checkpoint_ns: String,
+    /// Start from this checkpoint instead of the thread's latest (replay / fork).
+    pub checkpoint_id: Option<String>,
+    /// Maximum number of super-steps in this invocation.
+    pub recursion_limit: usize,
+    /// Keys copied into the metadata of every checkpoint this run writes.
+    pub metadata: serde_json::Map<String, serde_json::Value>,
+    /// The run id written into checkpoint metadata; a fresh UUID when `None`.
+    pub run_id: Option<String>,
+}
+
+impl Default for RunConfig {
+    fn default() -> Self {
+        RunConfig {
+            thread_id: None,
+            checkpoint_ns: String::new(),
+            checkpoint_id: None,
+            recursion_limit: DEFAULT_RECURSION_LIMIT,
+            metadata: serde_json::Map::new(),
+            run_id: None,
+        }
+    }
+}
+
+impl RunConfig {
+    /// A run on thread `thread_id`, from its latest checkpoint.
+    pub fn thread(thread_id: impl Into<String>) -> Self {
+        RunConfig {
+            thread_id: Some(thread_id.into()),
+            ..RunConfig::default()
+        }
+    }
+
+    /// Starts from checkpoint `id` instead of the latest.
+    pub fn with_checkpoint_id(mut self, id: impl Into<String>) -> Self {
+        self.checkpoint_id = Some(id.into());
+        self
+    }
+
+    /// Sets the recursion limit.
+    pub fn with_recursion_limit(mut self, limit: usize) -> Self {
+        self.recursion_limit = limit;
+        self
+    }
+
+    /// Adds a metadata key written into every checkpoint of the run.
+    pub fn with_metadata(
+        mut self,
+        key: impl Into<String>,
+        value: impl Into<serde_json::Value>,
+    ) -> Self {
+        self.metadata.insert(key.into(), value.into());
+        self
+    }
+
+    /// Sets the run id.
+    pub fn with_run_id(mut self, run_id: impl Into<String>) -> Self {
+        self.run_id = Some(run_id.into());
+        self
+    }
+
+    /// The checkpoint config this run addresses (thread `""` when there is none).
+    pub fn checkpoint_config(&self) -> CheckpointConfig {
+        CheckpointConfig {
+            thread_id: self.thread_id.clone().unwrap_or_default(),
+            checkpoint_ns: self.checkpoint_ns.clone(),
+            checkpoint_id: self.checkpoint_id.clone(),
+        }
+    }
+}
+
+impl From<CheckpointConfig> for RunConfig {
+    fn from(config: CheckpointConfig) -> Self {
+        RunConfig {
+            thread_id: Some(config.thread_id),
+            checkpoint_ns: config.checkpoint_ns,
+            checkpoint_id: config.checkpoint_id,
+            ..RunConfig::default()
+        }
+    }
+}
+
+impl From<&CheckpointConfig> for RunConfig {
+    fn from(config: &CheckpointConfig) -> Self {
+        RunConfig::from(config.clone())
+    }
+}

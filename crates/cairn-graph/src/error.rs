@@ -1,0 +1,111 @@
+//! The graph runtime's error type.
+
+/// What a node returns when it fails: any error type converts into it with `?`.
+pub type NodeError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// Result alias of the graph runtime.
+pub type Result<T, E = GraphError> = std::result::Result<T, E>;
+
+/// Everything that can go wrong while building or running a graph.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum GraphError {
+    /// The graph definition is inconsistent (found by `compile`).
+    #[error("invalid graph: {0}")]
+    InvalidGraph(String),
+
+    /// An edge, path map or router names a node that does not exist.
+    #[error("unknown node {node:?} ({context}); known nodes: {known}")]
+    UnknownNode {
+        /// The name that was not found.
+        node: String,
+        /// Where it was used.
+        context: String,
+        /// The graph's nodes, comma separated.
+        known: String,
+    },
+
+    /// No edge leaves START.
+    #[error("the graph has no entry point: add an edge from START, e.g. add_edge(START, \"first_node\")")]
+    NoEntryPoint,
+
+    /// A node has no path to END.
+    #[error("node {node:?} can never reach END: add an edge from it (e.g. add_edge({node:?}, END)) or a conditional edge")]
+    CannotReachEnd {
+        /// The dead-end node.
+        node: String,
+    },
+
+    /// A node returned an error. Writes of the step's other tasks are saved; invoking the
+    /// thread again with no input retries the failed task.
+    #[error("node {node:?} failed at step {step}: {source}")]
+    Node {
+        /// The node that failed.
+        node: String,
+        /// The super-step.
+        step: i64,
+        /// The node's error.
+        #[source]
+        source: NodeError,
+    },
+
+    /// A node panicked.
+    #[error("node {node:?} panicked at step {step}: {message}")]
+    NodePanicked {
+        /// The node that panicked.
+        node: String,
+        /// The super-step.
+        step: i64,
+        /// The panic message.
+        message: String,
+    },
+
+    /// Several tasks of one super-step wrote a field whose reducer is `replace`.
+    #[error("field {field:?} received {count} values in one step (from {nodes}); a replace field takes one value per step: give it a reducer such as #[reducer(append)] or make only one branch write it")]
+    ConflictingWrites {
+        /// The field.
+        field: String,
+        /// How many values it received.
+        count: usize,
+        /// The writing nodes.
+        nodes: String,
+    },
+
+    /// The run did not finish within the recursion limit.
+    #[error("recursion limit of {limit} super-steps reached without finishing; raise it with RunConfig::with_recursion_limit if the graph really needs more steps")]
+    RecursionLimit {
+        /// The limit.
+        limit: usize,
+    },
+
+    /// Another run of the same thread is in progress in this process.
+    #[error("thread {thread_id:?} already has a run in progress; wait for it to finish or use another thread")]
+    ThreadBusy {
+        /// The busy thread.
+        thread_id: String,
+    },
+
+    /// The operation needs a checkpoint saver and the graph was compiled without one.
+    #[error("{operation} needs a checkpoint saver: compile the graph with compile_with(saver)")]
+    NoCheckpointer {
+        /// What was attempted.
+        operation: &'static str,
+    },
+
+    /// The named checkpoint does not exist.
+    #[error("no checkpoint {checkpoint_id:?} in thread {thread_id:?}")]
+    CheckpointNotFound {
+        /// The thread.
+        thread_id: String,
+        /// The checkpoint id asked for (`None`: the thread has no checkpoint).
+        checkpoint_id: Option<String>,
+    },
+
+    /// The call's arguments cannot be used.
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+
+    /// Storing or loading a checkpoint failed.
+    #[error(transparent)]
+    Checkpoint(#[from] cairn_checkpoint::Error),
+}

@@ -1,0 +1,360 @@
+//! The state API: read a thread's state and history, change it, fork it.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use cairn_checkpoint::{
+    CheckpointConfig, CheckpointMetadata, CheckpointSaver, CheckpointSource, CheckpointTuple,
+    ListQuery, MetadataFilter, ERROR,
+};
+use futures::Stream;
+
+use crate::channels::{resolve_route, Channels, Task, TaskWrites, Versioner};
+use crate::config::RunConfig;
+use crate::error::{GraphError, Result};
+use crate::graph::{END, START};
+use crate::runtime::CompiledGraph;
+use crate::state::State;
+
+/// A thread's state at one checkpoint.
+#[derive(Debug, Clone)]
+pub struct StateSnapshot<S> {
+    /// The state's values.
+    pub values: S,
+    /// Nodes that run next (tasks without saved writes); empty when the run is finished.
+    pub next: Vec<String>,
+    /// Config naming this checkpoint.
+    pub config: CheckpointConfig,
+    /// The checkpoint's metadata (source, step, run id, ...).
+    pub metadata: CheckpointMetadata,
+    /// When the checkpoint was written (RFC 3339).
+    pub created_at: String,
+    /// The previous checkpoint, if any.
+    pub parent_config: Option<CheckpointConfig>,
+    /// The tasks of the next step, including those whose writes are already saved.
+    pub tasks: Vec<SnapshotTask>,
+}
+
+/// A task of the step after a checkpoint.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SnapshotTask {
+    /// Deterministic task id.
+    pub id: String,
+    /// Node name.
+    pub name: String,
+    /// Task path.
+    pub path: String,
+    /// Whether the task's writes are saved (it finished and will not run again).
+    pub completed: bool,
+    /// The error it failed with, if it failed.
+    pub error: Option<String>,
+}
+
+/// Which checkpoints [`CompiledGraph::get_state_history`] returns.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct HistoryQuery {
+    /// Metadata equality filter.
+    pub filter: MetadataFilter,
+    /// Only checkpoints older than this checkpoint id.
+    pub before: Option<String>,
+    /// At most this many.
+    pub limit: Option<usize>,
+}
+
+impl HistoryQuery {
+    /// At most `limit` checkpoints.
+    pub fn limit(mut self, limit: usize) -> Self {
+        self.limit = Some(limit);
+        self
+    }
+
+    /// Only checkpoints older than `checkpoint_id`.
+    pub fn before(mut self, checkpoint_id: impl Into<String>) -> Self {
+        self.before = Some(checkpoint_id.into());
+        self
+    }
+
+    /// Adds a metadata equality condition.
+    pub fn filter(mut self, key: impl Into<String>, value: impl Into<serde_json::Value>) -> Self {
+        self.filter.insert(key.into(), value.into());
+        self
+    }
+}
+
+/// Checkpoints read per `list` call while paging through history.
+const HISTORY_PAGE: usize = 32;
+
+impl<S: State> CompiledGraph<S> {
+    fn require_saver(&self, operation: &'static str) -> Result<&Arc<dyn CheckpointSaver>> {
+        self.inner
+            .saver
+            .as_ref()
+            .ok_or(GraphError::NoCheckpointer { operation })
+    }
+
+    fn snapshot(&self, tuple: CheckpointTuple) -> Result<StateSnapshot<S>> {
+        let spec = &self.inner.spec;
+        let channels = Channels::load(spec, &tuple, &self.codec)?;
+        let step = tuple.metadata.step.unwrap_or(-1) + 1;
+        let tasks = channels.prepare_tasks(
+            spec,
+            &tuple.checkpoint.id,
+            &tuple.config.checkpoint_ns,
+            step,
+            true,
+        )?;
+        let mut by_task: HashMap<&str, (bool, Option<String>)> = HashMap::new();
+        for w in &tuple.pending_writes {
+            let entry = by_task.entry(w.task_id.as_str()).or_default();
+            if w.channel == ERROR {
+                entry.1 = Some(
+                    self.codec
+                        .decode::<String>(&w.value)
+                        .unwrap_or_else(|_| "error".to_owned()),
+                );
+            } else {
+                entry.0 = true;
+            }
+        }
+        let tasks: Vec<SnapshotTask> = tasks
+            .iter()
+            .map(|t| {
+                let (wrote, error) = by_task.get(t.id.as_str()).cloned().unwrap_or_default();
+                SnapshotTask {
+                    id: t.id.clone(),
+                    name: spec.nodes[t.node].name.clone(),
+                    path: t.path.clone(),
+                    completed: wrote && error.is_none(),
+                    error,
+                }
+            })
+            .collect();
+        let next = tasks
+            .iter()
+            .filter(|t| !t.completed)
+            .map(|t| t.name.clone())
+            .collect();
+        let values = Arc::try_unwrap(channels.state).unwrap_or_else(|s| (*s).clone());
+        Ok(StateSnapshot {
+            values,
+            next,
+            created_at: tuple.checkpoint.ts.clone(),
+            config: tuple.config,
+            metadata: tuple.metadata,
+            parent_config: tuple.parent_config,
+            tasks,
+        })
+    }
+
+    /// The state at the thread's latest checkpoint (or at `config.checkpoint_id`); `None`
+    /// when there is no such checkpoint.
+    pub async fn get_state(
+        &self,
+        config: impl Into<RunConfig>,
+    ) -> Result<Option<StateSnapshot<S>>> {
+        let saver = self.require_saver("get_state")?;
+        let config = config.into();
+        match saver.get_tuple(&config.checkpoint_config()).await? {
+            Some(tuple) => self.snapshot(tuple).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// The thread's checkpoints as snapshots, newest first, read a page at a time (values
+    /// are decoded only as the stream is consumed).
+    pub fn get_state_history(
+        &self,
+        config: impl Into<RunConfig>,
+        query: HistoryQuery,
+    ) -> impl Stream<Item = Result<StateSnapshot<S>>> + Send + 'static {
+        struct Cursor<S: State> {
+            graph: CompiledGraph<S>,
+            base: ListQuery,
+            before: Option<String>,
+            remaining: usize,
+            page: std::vec::IntoIter<CheckpointTuple>,
+            done: bool,
+        }
+        let config = config.into();
+        let mut base = ListQuery::from_config(&config.checkpoint_config());
+        base.checkpoint_id = None;
+        base.filter = query.filter;
+        // A checkpoint id in the config means "history up to and including it".
+        let before = match (&query.before, &config.checkpoint_id) {
+            (Some(b), _) => Some(b.clone()),
+            (None, Some(id)) => Some(successor_bound(id)),
+            (None, None) => None,
+        };
+        let cursor = Cursor {
+            graph: self.clone(),
+            base,
+            before,
+            remaining: query.limit.unwrap_or(usize::MAX),
+            page: Vec::new().into_iter(),
+            done: false,
+        };
+        futures::stream::try_unfold(cursor, |mut c| async move {
+            loop {
+                if c.remaining == 0 {
+                    return Ok(None);
+                }
+                if let Some(tuple) = c.page.next() {
+                    c.remaining -= 1;
+                    let snapshot = c.graph.snapshot(tuple)?;
+                    return Ok(Some((snapshot, c)));
+                }
+                if c.done {
+                    return Ok(None);
+                }
+                let saver = c.graph.require_saver("get_state_history")?.clone();
+                let mut q = c.base.clone();
+                q.before = c.before.clone();
+                let page_size = c.remaining.min(HISTORY_PAGE);
+                q.limit = Some(page_size);
+                let page = saver.list(&q).await?;
+                if page.len() < page_size {
+                    c.done = true;
+                }
+                match page.last() {
+                    Some(last) => c.before = Some(last.checkpoint.id.clone()),
+                    None => return Ok(None),
+                }
+                c.page = page.into_iter();
+            }
+        })
+    }
+
+    /// Writes `values` into the thread's state as if node `as_node` had returned them: the
+    /// values go through the reducers, `as_node`'s edges and routers decide what runs next,
+    /// and a checkpoint with source `update` is saved as a child of the checkpoint `config`
+    /// names (the latest when it names none). Updating an old checkpoint forks the thread:
+    /// the new checkpoint starts a branch and the old history stays intact.
+    ///
+    /// `as_node: None` picks the node that last updated the state (as LangGraph does), or
+    /// START on an empty thread. Returns the config of the new checkpoint.
+    pub async fn update_state(
+        &self,
+        config: impl Into<RunConfig>,
+        values: S::Update,
+        as_node: Option<&str>,
+    ) -> Result<CheckpointConfig> {
+        let saver = self.require_saver("update_state")?.clone();
+        let config = config.into();
+        let thread_id = config
+            .thread_id
+            .clone()
+            .ok_or_else(|| GraphError::InvalidArgument("update_state needs a thread id".into()))?;
+        let _guard_key = self.thread_key(&config);
+        let spec = &self.inner.spec;
+        let cp_config = config.checkpoint_config();
+        let tuple = saver.get_tuple(&cp_config).await?;
+        if tuple.is_none() && config.checkpoint_id.is_some() {
+            return Err(GraphError::CheckpointNotFound {
+                thread_id,
+                checkpoint_id: config.checkpoint_id.clone(),
+            });
+        }
+        let (mut channels, step, parent) = match &tuple {
+            Some(t) => (
+                Channels::load(spec, t, &self.codec)?,
+                t.metadata.step.unwrap_or(-2) + 1,
+                t.config.clone(),
+            ),
+            None => (Channels::new(spec), -1, cp_config.clone()),
+        };
+        let node = match as_node {
+            Some(name) if name == START => 0,
+            Some(name) => match spec.node_index.get(name) {
+                Some(&n) => n,
+                None => {
+                    return Err(GraphError::UnknownNode {
+                        node: name.to_owned(),
+                        context: "as_node of update_state".into(),
+                        known: spec.node_names(),
+                    })
+                }
+            },
+            None => match &tuple {
+                Some(t) => last_updated_node(self, t)?,
+                None => 0,
+            },
+        };
+        let node_spec = &spec.nodes[node];
+        let mut writes = TaskWrites {
+            update: Some(values),
+            branches: node_spec.edges.clone(),
+            joins: node_spec.joins.clone(),
+            sends: Vec::new(),
+        };
+        if !node_spec.branches.is_empty() {
+            let mut local = (*channels.state).clone();
+            if let Some(u) = &writes.update {
+                S::apply(&mut local, S::Update::clone(u));
+            }
+            for branch in &node_spec.branches {
+                let route = (branch.router)(&local);
+                resolve_route(spec, node, branch, route, &mut writes)?;
+            }
+        }
+        let task = Task {
+            node,
+            path: String::new(),
+            triggers: Vec::new(),
+            input: Arc::clone(&channels.state),
+            id: String::new(),
+        };
+        channels.apply_writes(
+            spec,
+            vec![(&task, writes)],
+            None,
+            true,
+            &Versioner::Saver(saver.as_ref()),
+        )?;
+        let (cp, new_versions) = channels.checkpoint(spec, &self.codec)?;
+        let mut meta = CheckpointMetadata::new(CheckpointSource::Update, step);
+        meta.extra = config.metadata.clone();
+        if let Some(run_id) = &config.run_id {
+            meta.run_id = Some(run_id.clone());
+        }
+        let _ = END;
+        Ok(saver.put(&parent, cp, meta, new_versions).await?)
+    }
+
+    /// Copies the whole thread `source` (every checkpoint and pending write) into the new
+    /// thread `target`, which can then be continued independently (a fork into a new
+    /// thread).
+    pub async fn copy_thread(&self, source: &str, target: &str) -> Result<()> {
+        let saver = self.require_saver("copy_thread")?;
+        Ok(saver.copy_thread(source, target).await?)
+    }
+}
+
+/// The smallest string greater than `id`, so `before` includes `id` itself.
+fn successor_bound(id: &str) -> String {
+    format!("{id}\u{0}")
+}
+
+/// The node that last updated the state at `tuple`, as LangGraph picks `as_node`.
+fn last_updated_node<S: State>(graph: &CompiledGraph<S>, tuple: &CheckpointTuple) -> Result<usize> {
+    let spec = &graph.inner.spec;
+    let mut last: Vec<(&cairn_checkpoint::ChannelVersion, usize)> = Vec::new();
+    for (node, seen) in &tuple.checkpoint.versions_seen {
+        let Some(&n) = spec.node_index.get(node) else {
+            continue;
+        };
+        if n == 0 {
+            continue;
+        }
+        for v in seen.values() {
+            last.push((v, n));
+        }
+    }
+    last.sort();
+    match last.as_slice() {
+        [] => Ok(0),
+        [.., (v1, n1), (v2, n2)] if v1 == v2 && n1 != n2 => Err(GraphError::InvalidArgument(
+            "ambiguous update: several nodes ran last; pass as_node to update_state".into(),
+        )),
+        [.., (_, n)] => Ok(*n),
+    }
+}

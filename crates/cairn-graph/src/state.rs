@@ -1,0 +1,138 @@
+//! Typed graph state: one channel per field, each with its own reducer.
+
+use cairn_checkpoint::{Result, TypedValue, ValueCodec};
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+/// How a field combines the values written to it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ReducerKind {
+    /// The new value replaces the old one. Two tasks writing the field in the same
+    /// super-step is an error ([`crate::GraphError::ConflictingWrites`]), as in LangGraph.
+    Replace,
+    /// The new items are appended (any `Extend` collection, typically `Vec`).
+    Append,
+    /// The new entries are merged in, later keys winning (maps: `Extend`).
+    Merge,
+    /// The new value is added (`AddAssign`).
+    Add,
+    /// A function of the user's: `fn(&mut T, T)`.
+    Custom,
+}
+
+/// One field (channel) of a [`State`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FieldInfo {
+    /// The field's name, which is also its channel name in checkpoints.
+    pub name: &'static str,
+    /// How writes to it are combined.
+    pub reducer: ReducerKind,
+}
+
+/// A graph's state: a struct whose fields are channels.
+///
+/// Implement it with `#[derive(State)]` (see the crate docs); the derive generates the
+/// partial-update type `<Name>Update` and every method below. Writing it by hand is possible
+/// but rarely useful.
+///
+/// `apply` must apply exactly the fields `written` reports, through their reducers; the
+/// runtime relies on it to know which channels changed.
+pub trait State: Clone + Default + Send + Sync + Serialize + DeserializeOwned + 'static {
+    /// A partial update: the fields a node writes.
+    type Update: Clone
+        + Default
+        + Send
+        + Sync
+        + Serialize
+        + DeserializeOwned
+        + std::fmt::Debug
+        + 'static;
+
+    /// The fields, in declaration order (a field's index is its position here).
+    fn fields() -> &'static [FieldInfo];
+
+    /// Bit `i` is set when `update` writes field `i`.
+    fn written(update: &Self::Update) -> u64;
+
+    /// Applies `update` through each written field's reducer.
+    fn apply(&mut self, update: Self::Update);
+
+    /// Encodes field `index` of this state.
+    fn encode_field(&self, index: usize, codec: &ValueCodec) -> Result<TypedValue>;
+
+    /// Replaces field `index` with the decoded `value`.
+    fn decode_field(&mut self, index: usize, value: &TypedValue, codec: &ValueCodec) -> Result<()>;
+
+    /// Encodes each field `update` writes, as `(field index, value)`.
+    fn encode_update(update: &Self::Update, codec: &ValueCodec)
+        -> Result<Vec<(usize, TypedValue)>>;
+
+    /// Sets field `index` of `update` from the decoded `value`.
+    fn decode_update_field(
+        update: &mut Self::Update,
+        index: usize,
+        value: &TypedValue,
+        codec: &ValueCodec,
+    ) -> Result<()>;
+
+    /// The index of the field named `name`.
+    fn field_index(name: &str) -> Option<usize> {
+        Self::fields().iter().position(|f| f.name == name)
+    }
+}
+
+/// The reducer functions `#[derive(State)]` calls; usable in custom reducers too.
+pub mod reducers {
+    use std::ops::AddAssign;
+
+    /// The new value replaces the current one.
+    pub fn replace<T>(current: &mut T, new: T) {
+        *current = new;
+    }
+
+    /// The new items are appended.
+    ///
+    /// ```
+    /// let mut v = vec![1, 2];
+    /// cairn_graph::reducers::append(&mut v, vec![3]);
+    /// assert_eq!(v, [1, 2, 3]);
+    /// ```
+    pub fn append<T, I>(current: &mut T, new: T)
+    where
+        T: Extend<I> + IntoIterator<Item = I>,
+    {
+        current.extend(new);
+    }
+
+    /// The new entries are merged in; for a key present in both, the new value wins.
+    ///
+    /// ```
+    /// use std::collections::BTreeMap;
+    /// let mut m = BTreeMap::from([("a", 1), ("b", 2)]);
+    /// cairn_graph::reducers::merge(&mut m, BTreeMap::from([("b", 3), ("c", 4)]));
+    /// assert_eq!(m, BTreeMap::from([("a", 1), ("b", 3), ("c", 4)]));
+    /// ```
+    pub fn merge<T, I>(current: &mut T, new: T)
+    where
+        T: Extend<I> + IntoIterator<Item = I>,
+    {
+        current.extend(new);
+    }
+
+    /// The new value is added to the current one.
+    pub fn add<T: AddAssign>(current: &mut T, new: T) {
+        *current += new;
+    }
+}
+
+/// Items the derive macro's generated code refers to. Not part of the public API.
+#[doc(hidden)]
+pub mod __private {
+    pub use cairn_checkpoint::{Error, Result, TypedValue, ValueCodec};
+    pub use serde;
+
+    /// The error for a field index the state does not have.
+    pub fn no_such_field(index: usize) -> Error {
+        Error::InvalidArgument(format!("the state has no field number {index}"))
+    }
+}
