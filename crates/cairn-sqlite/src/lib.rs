@@ -103,7 +103,8 @@ pub use options::{SqliteOptions, Synchronous};
 pub use schema::SCHEMA_VERSION;
 
 use read::ReadPool;
-use writer::{writer_stopped, Job};
+pub use writer::WriterStats;
+use writer::{writer_stopped, Counters, Job};
 
 /// Wraps a rusqlite error as [`Error::Backend`], saying what was being done (and what to
 /// do when the database was locked for longer than the busy timeout).
@@ -178,6 +179,7 @@ struct Inner {
     /// `None` for an in-memory database: the writer connection serves reads.
     readers: Option<Arc<ReadPool>>,
     path: Option<PathBuf>,
+    counters: Arc<Counters>,
 }
 
 /// A [`CheckpointSaver`] on SQLite. Cheap to clone (clones share the writer thread and
@@ -208,13 +210,15 @@ impl SqliteSaver {
         let mut conn = open_connection(&path, &options, ConnectionRole::Writer)?;
         schema::migrate(&mut conn)?;
         let readers = ReadPool::new(path.clone(), options.clone())?;
-        let writer = writer::spawn(conn, options.max_batch_size())?;
+        let counters = Arc::new(Counters::default());
+        let writer = writer::spawn(conn, options.max_batch_size(), Arc::clone(&counters))?;
         tracing::debug!(path = %path.display(), "opened SQLite checkpoint store");
         Ok(SqliteSaver {
             inner: Arc::new(Inner {
                 writer,
                 readers: Some(Arc::new(readers)),
                 path: Some(path),
+                counters,
             }),
         })
     }
@@ -230,12 +234,14 @@ impl SqliteSaver {
             Connection::open_in_memory().map_err(sql_error("opening an in-memory database"))?;
         configure(&conn, &options, ConnectionRole::Writer, false)?;
         schema::migrate(&mut conn)?;
-        let writer = writer::spawn(conn, options.max_batch_size())?;
+        let counters = Arc::new(Counters::default());
+        let writer = writer::spawn(conn, options.max_batch_size(), Arc::clone(&counters))?;
         Ok(SqliteSaver {
             inner: Arc::new(Inner {
                 writer,
                 readers: None,
                 path: None,
+                counters,
             }),
         })
     }
@@ -291,6 +297,12 @@ impl SqliteSaver {
                 .map_err(sql_error("checkpointing the WAL"))
         })
         .await
+    }
+
+    /// How many transactions the writer thread committed, for how many write requests
+    /// (requests / batches is the group-commit factor).
+    pub fn writer_stats(&self) -> WriterStats {
+        self.inner.counters.snapshot()
     }
 
     /// The schema version of the open database (the highest migration applied).

@@ -148,6 +148,7 @@ mod writer_failures {
                 writer,
                 readers: None,
                 path: None,
+                counters: Default::default(),
             }),
         };
         let err = saver
@@ -201,4 +202,58 @@ mod writer_failures {
             .expect("read")
             .is_some());
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_queued_together_commit_in_one_transaction() {
+    use cairn_checkpoint::{Checkpoint, CheckpointConfig, CheckpointMetadata, CheckpointSaver};
+
+    let saver = crate::SqliteSaver::in_memory().expect("open");
+    // Hold the writer thread until 20 puts are queued behind it.
+    let (started_tx, started_rx) = tokio::sync::oneshot::channel();
+    let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+    let gate = {
+        let saver = saver.clone();
+        tokio::spawn(async move {
+            saver
+                .on_writer(move |_| {
+                    let _ = started_tx.send(());
+                    let _ = release_rx.recv();
+                    Ok(())
+                })
+                .await
+        })
+    };
+    started_rx.await.expect("writer busy");
+    let before = saver.writer_stats();
+    let mut puts = tokio::task::JoinSet::new();
+    for i in 0..20 {
+        let saver = saver.clone();
+        puts.spawn(async move {
+            saver
+                .put(
+                    &CheckpointConfig::thread(format!("t{i}")),
+                    Checkpoint::new(),
+                    CheckpointMetadata::default(),
+                    Default::default(),
+                )
+                .await
+        });
+    }
+    let writer = &saver.inner.writer;
+    while writer.max_capacity() - writer.capacity() < 20 {
+        tokio::task::yield_now().await;
+    }
+    release_tx.send(()).expect("release");
+    gate.await.expect("join").expect("gate");
+    while let Some(done) = puts.join_next().await {
+        done.expect("join").expect("put");
+    }
+    let after = saver.writer_stats();
+    assert_eq!(after.requests - before.requests, 20);
+    assert_eq!(
+        after.batches - before.batches,
+        1,
+        "one transaction for all 20"
+    );
 }

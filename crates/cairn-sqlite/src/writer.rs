@@ -8,6 +8,8 @@
 //! so an `Ok` always means "durable at the configured synchronous level".
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
 use rusqlite::{Connection, TransactionBehavior};
 use tokio::sync::{mpsc, oneshot};
@@ -33,6 +35,31 @@ pub(crate) enum Job {
     Direct(DirectOp),
 }
 
+/// Counters of the writer thread, shared with the saver.
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    batches: AtomicU64,
+    requests: AtomicU64,
+}
+
+impl Counters {
+    pub(crate) fn snapshot(&self) -> WriterStats {
+        WriterStats {
+            batches: self.batches.load(Ordering::Relaxed),
+            requests: self.requests.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// What the writer thread has committed so far: how well group commit is batching.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct WriterStats {
+    /// Transactions committed.
+    pub batches: u64,
+    /// Write requests committed in them (successful or individually rolled back).
+    pub requests: u64,
+}
+
 /// The error callers get when the writer thread is gone.
 pub(crate) fn writer_stopped() -> Error {
     Error::Backend {
@@ -45,16 +72,20 @@ pub(crate) fn writer_stopped() -> Error {
 }
 
 /// Starts the writer thread owning `conn`.
-pub(crate) fn spawn(conn: Connection, max_batch: usize) -> Result<mpsc::Sender<Job>> {
+pub(crate) fn spawn(
+    conn: Connection,
+    max_batch: usize,
+    counters: Arc<Counters>,
+) -> Result<mpsc::Sender<Job>> {
     let (tx, rx) = mpsc::channel(max_batch.max(1) * 4);
     std::thread::Builder::new()
         .name("cairn-sqlite-writer".into())
-        .spawn(move || run(conn, rx, max_batch))
+        .spawn(move || run(conn, rx, max_batch, &counters))
         .map_err(|e| Error::backend("sqlite", "starting the writer thread", e))?;
     Ok(tx)
 }
 
-fn run(mut conn: Connection, mut rx: mpsc::Receiver<Job>, max_batch: usize) {
+fn run(mut conn: Connection, mut rx: mpsc::Receiver<Job>, max_batch: usize, counters: &Counters) {
     tracing::debug!("SQLite writer thread started");
     while let Some(first) = rx.blocking_recv() {
         let mut batch = vec![first];
@@ -70,20 +101,24 @@ fn run(mut conn: Connection, mut rx: mpsc::Receiver<Job>, max_batch: usize) {
                 Job::Write { op, reply } => writes.push((op, reply)),
                 Job::Direct(op) => {
                     // Keep request order: commit what came before this job first.
-                    commit_batch(&mut conn, std::mem::take(&mut writes));
+                    commit_batch(&mut conn, std::mem::take(&mut writes), counters);
                     if catch_unwind(AssertUnwindSafe(|| op(&mut conn))).is_err() {
                         tracing::error!("a request on the SQLite writer connection panicked");
                     }
                 }
             }
         }
-        commit_batch(&mut conn, writes);
+        commit_batch(&mut conn, writes, counters);
     }
     tracing::debug!("SQLite writer thread stopped: the saver was dropped");
 }
 
 /// Runs `writes` in one transaction, one savepoint each, and answers every caller.
-fn commit_batch(conn: &mut Connection, writes: Vec<(WriteOp, oneshot::Sender<Result<()>>)>) {
+fn commit_batch(
+    conn: &mut Connection,
+    writes: Vec<(WriteOp, oneshot::Sender<Result<()>>)>,
+    counters: &Counters,
+) {
     if writes.is_empty() {
         return;
     }
@@ -156,6 +191,8 @@ fn commit_batch(conn: &mut Connection, writes: Vec<(WriteOp, oneshot::Sender<Res
     match tx.commit() {
         Ok(()) => {
             tracing::trace!(requests = count, "committed a write batch");
+            counters.batches.fetch_add(1, Ordering::Relaxed);
+            counters.requests.fetch_add(count as u64, Ordering::Relaxed);
             for (reply, result) in answers {
                 let _ = reply.send(result);
             }
