@@ -10,8 +10,8 @@ use tokio_postgres::tls::{MakeTlsConnect, TlsConnect};
 use tokio_postgres::{NoTls, Socket};
 
 use crate::error::{pg_error, pool_error, BACKEND};
-use crate::schema::{self, Statements, SCHEMA_VERSION};
 use crate::saver::PostgresSaver;
+use crate::schema::{self, Statements, SCHEMA_VERSION};
 
 /// Settings for a [`PostgresSaver`]; build one with [`PostgresOptions::new`], adjust it, then
 /// [`connect`](PostgresOptions::connect).

@@ -5,9 +5,9 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use cairn_checkpoint::{
-    write_index, Checkpoint, CheckpointConfig, CheckpointMetadata, CheckpointSaver,
-    CheckpointTuple, ChannelVersions, DataLocation, Error, ListQuery, PendingWrite,
-    PruneStrategy, Result, TypedValue,
+    write_index, ChannelVersions, Checkpoint, CheckpointConfig, CheckpointMetadata,
+    CheckpointSaver, CheckpointTuple, DataLocation, Error, ListQuery, PendingWrite, PruneStrategy,
+    Result, TypedValue,
 };
 use deadpool_postgres::{ClientWrapper, Pool};
 use tokio_postgres::types::{ToSql, Type};
@@ -214,8 +214,13 @@ impl PostgresSaver {
             if blob_keys.is_empty() {
                 Ok(Vec::new())
             } else {
-                self.query(client, "loading channel values", &self.sql.blobs, &blob_params)
-                    .await
+                self.query(
+                    client,
+                    "loading channel values",
+                    &self.sql.blobs,
+                    &blob_params,
+                )
+                .await
             }
         };
         let writes_query = self.query(
@@ -243,7 +248,8 @@ impl PostgresSaver {
         let mut writes: HashMap<CheckpointKey, Vec<PendingWrite>> = HashMap::new();
         for row in &write_rows {
             let get = |i: usize| -> Result<String> {
-                row.try_get(i).map_err(|e| pg_error("reading a pending write", e))
+                row.try_get(i)
+                    .map_err(|e| pg_error("reading a pending write", e))
             };
             let key: CheckpointKey = (get(0)?, get(1)?, get(2)?);
             let data: Vec<u8> = row
@@ -350,9 +356,7 @@ impl CheckpointSaver for PostgresSaver {
                 .map(|(k, v)| (k.clone(), v.clone()))
                 .collect(),
         );
-        let limit = query
-            .limit
-            .map(|l| i64::try_from(l).unwrap_or(i64::MAX));
+        let limit = query.limit.map(|l| i64::try_from(l).unwrap_or(i64::MAX));
         let mut sql = format!(
             "SELECT {CHECKPOINT_COLUMNS} FROM {}checkpoints WHERE TRUE",
             self.sql.prefix
@@ -363,25 +367,55 @@ impl CheckpointSaver for PostgresSaver {
             sql.push_str(&clause.replace("$?", &format!("${}", params.len())));
         }
         if let Some(t) = &query.thread_id {
-            push(&mut sql, &mut params, " AND thread_id = $?", (t, Type::TEXT));
+            push(
+                &mut sql,
+                &mut params,
+                " AND thread_id = $?",
+                (t, Type::TEXT),
+            );
         }
         if let Some(n) = &query.checkpoint_ns {
-            push(&mut sql, &mut params, " AND checkpoint_ns = $?", (n, Type::TEXT));
+            push(
+                &mut sql,
+                &mut params,
+                " AND checkpoint_ns = $?",
+                (n, Type::TEXT),
+            );
         }
         if let Some(id) = &query.checkpoint_id {
-            push(&mut sql, &mut params, " AND checkpoint_id = $?", (id, Type::TEXT));
+            push(
+                &mut sql,
+                &mut params,
+                " AND checkpoint_id = $?",
+                (id, Type::TEXT),
+            );
         }
         if let Some(before) = &query.before {
-            push(&mut sql, &mut params, " AND checkpoint_id < $?", (before, Type::TEXT));
+            push(
+                &mut sql,
+                &mut params,
+                " AND checkpoint_id < $?",
+                (before, Type::TEXT),
+            );
         }
         if !query.filter.is_empty() {
             check_json("metadata filter", &filter_json)?;
             // Containment can use the GIN index; it is looser than equality for arrays and
             // objects (a subset matches), so those keys are also compared exactly.
-            push(&mut sql, &mut params, " AND metadata @> $?", (&filter_json, Type::JSONB));
+            push(
+                &mut sql,
+                &mut params,
+                " AND metadata @> $?",
+                (&filter_json, Type::JSONB),
+            );
             for (key, value) in &query.filter {
                 if value.is_array() || value.is_object() {
-                    push(&mut sql, &mut params, " AND metadata -> $?", (key, Type::TEXT));
+                    push(
+                        &mut sql,
+                        &mut params,
+                        " AND metadata -> $?",
+                        (key, Type::TEXT),
+                    );
                     push(&mut sql, &mut params, " = $?", (value, Type::JSONB));
                 }
             }

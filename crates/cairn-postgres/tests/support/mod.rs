@@ -6,7 +6,9 @@
 
 #![allow(dead_code)] // each test binary uses a different part of this module
 
+use std::io::Write as _;
 use std::sync::OnceLock;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use cairn_postgres::{PostgresOptions, PostgresSaver};
 
@@ -25,19 +27,61 @@ pub fn url() -> Option<String> {
             }
             static NOTICE: OnceLock<()> = OnceLock::new();
             NOTICE.get_or_init(|| {
-                eprintln!(
+                // Written to the stderr handle, not with eprintln!, which the test harness
+                // captures and hides for passing tests.
+                let _ = writeln!(
+                    std::io::stderr(),
                     "skipping PostgreSQL tests: set \
                      {URL_VAR}=postgres://postgres@127.0.0.1:5432/<db>"
-                )
+                );
             });
             None
         }
     }
 }
 
-/// A schema name no other test run uses.
+const SCHEMA_PREFIX: &str = "cairn_test_";
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// A schema name no other test run uses: `cairn_test_<unix seconds>_<uuid>`.
 pub fn fresh_schema_name() -> String {
-    format!("cairn_test_{}", uuid::Uuid::new_v4().simple())
+    format!(
+        "{SCHEMA_PREFIX}{}_{}",
+        unix_now(),
+        uuid::Uuid::new_v4().simple()
+    )
+}
+
+/// Drops test schemas more than an hour old: the schema the conformance cases share cannot
+/// be dropped when the last case ends (nothing runs then), so the next run sweeps it.
+pub async fn sweep_stale_schemas(url: &str) {
+    let admin = admin_client(url).await;
+    let rows = admin
+        .query(
+            "SELECT nspname FROM pg_namespace WHERE starts_with(nspname, $1)",
+            &[&SCHEMA_PREFIX],
+        )
+        .await
+        .expect("list test schemas");
+    let cutoff = unix_now().saturating_sub(3600);
+    for row in rows {
+        let name: String = row.get(0);
+        let created = name[SCHEMA_PREFIX.len()..]
+            .split('_')
+            .next()
+            .and_then(|s| s.parse::<u64>().ok());
+        if created.is_some_and(|t| t < cutoff) {
+            // Another run may be sweeping the same schema: ignore its errors.
+            let _ = admin
+                .batch_execute(&format!("DROP SCHEMA IF EXISTS \"{name}\" CASCADE"))
+                .await;
+        }
+    }
 }
 
 /// One schema for the whole test process (the conformance cases isolate themselves by id).
