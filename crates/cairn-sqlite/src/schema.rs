@@ -39,6 +39,8 @@ CREATE TABLE checkpoints (
     PRIMARY KEY (thread_id, checkpoint_ns, checkpoint_id)
 );
 CREATE INDEX checkpoints_run_id ON checkpoints (run_id);
+-- Listing a thread across all its namespaces, newest first, without sorting the thread.
+CREATE INDEX checkpoints_thread_recent ON checkpoints (thread_id, checkpoint_id);
 
 CREATE TABLE checkpoint_blobs (
     thread_id     TEXT NOT NULL,

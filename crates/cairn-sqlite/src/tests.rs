@@ -131,6 +131,32 @@ fn listing_one_namespace_walks_the_primary_key_without_sorting() {
     assert_searches(&p, "checkpoints");
 }
 
+#[test]
+fn listing_a_whole_thread_streams_newest_first() {
+    let conn = migrated();
+    fill(&conn);
+    let query = cairn_checkpoint::ListQuery::thread("t").limit(10);
+    let (sql, params, _) = crate::read::list_sql(&query);
+    let p = plan(
+        &conn,
+        &sql,
+        &params
+            .iter()
+            .map(|v| v as &dyn rusqlite::ToSql)
+            .collect::<Vec<_>>(),
+    );
+    let joined = p.join(" | ");
+    assert!(
+        joined.contains("SEARCH checkpoints USING INDEX checkpoints_thread_recent"),
+        "{joined}"
+    );
+    // Only ties on the checkpoint id (across namespaces) may need sorting.
+    assert!(
+        !joined.contains("USE TEMP B-TREE FOR ORDER BY"),
+        "sorts the whole thread: {joined}"
+    );
+}
+
 mod writer_failures {
     use std::sync::Arc;
 
