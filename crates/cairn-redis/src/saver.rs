@@ -341,7 +341,7 @@ impl RedisSaver {
             }
         }
         self.expire(&mut pipe, &refresh);
-        let replies: Vec<Value> = if pipe.len() > 0 {
+        let replies: Vec<Value> = if !pipe.is_empty() {
             pipe.query_async(&mut conn)
                 .await
                 .map_err(backend("reading channel values"))?
@@ -624,7 +624,7 @@ impl RedisSaver {
                     .arg(FIELD_RUN);
             }
         }
-        if pipe.len() == 0 {
+        if pipe.is_empty() {
             return Ok(());
         }
         let replies: Vec<Value> = pipe
@@ -1139,7 +1139,7 @@ impl CheckpointSaver for RedisSaver {
                 pipe.cmd("HGETALL").arg(self.keys.writes_key(src, ns, id));
             }
         }
-        let replies: Vec<Value> = if pipe.len() > 0 {
+        let replies: Vec<Value> = if !pipe.is_empty() {
             pipe.query_async(&mut conn)
                 .await
                 .map_err(backend("reading the thread to copy"))?
