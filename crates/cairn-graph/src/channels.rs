@@ -20,6 +20,10 @@ pub(crate) const NO_WRITES: &str = "__no_writes__";
 const PULL: &str = "__pregel_pull";
 const PUSH: &str = "__pregel_push";
 const BRANCH_PREFIX: &str = "branch:to:";
+/// `versions_seen` key LangGraph always writes for the input.
+const INPUT_SEEN: &str = "__input__";
+/// `versions_seen` key of the versions at the last resume (static interrupts).
+const INTERRUPT_SEEN: &str = "__interrupt__";
 
 /// What a channel id stands for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,6 +46,8 @@ pub(crate) struct NodeSpec<S: State> {
     pub(crate) branches: Vec<BranchSpec<S>>,
     /// Channels whose update triggers this node.
     pub(crate) triggers: Vec<usize>,
+    /// Stop the run before this node runs.
+    pub(crate) interrupt_before: bool,
 }
 
 pub(crate) struct JoinSpec {
@@ -78,6 +84,7 @@ impl<S: State> Spec<S> {
             joins: Vec::new(),
             branches: Vec::new(),
             triggers: vec![n_fields],
+            interrupt_before: false,
         }];
         for (name, run) in &graph.nodes {
             let index = nodes.len();
@@ -88,6 +95,7 @@ impl<S: State> Spec<S> {
                 joins: Vec::new(),
                 branches: Vec::new(),
                 triggers: vec![n_fields + index],
+                interrupt_before: graph.interrupt_before.contains(name),
             });
         }
         let node_index: HashMap<String, usize> = nodes
@@ -319,8 +327,11 @@ pub(crate) struct Channels<S: State> {
     seen: Vec<Vec<(usize, ChannelVersion)>>,
     /// Channels whose version changed since the last saved checkpoint.
     dirty: Vec<bool>,
-    /// Channels updated by the last applied step.
-    pub(crate) updated: Vec<usize>,
+    /// Channels updated by the last applied step (`None`: not a loop step).
+    pub(crate) updated: Option<Vec<usize>>,
+    /// Channel versions when the run last resumed past an interrupt (LangGraph's
+    /// `versions_seen["__interrupt__"]`).
+    pub(crate) interrupt_seen: Option<Vec<(usize, ChannelVersion)>>,
 }
 
 impl<S: State> Channels<S> {
@@ -339,7 +350,8 @@ impl<S: State> Channels<S> {
             max_version: None,
             seen: vec![Vec::new(); spec.nodes.len()],
             dirty: vec![false; spec.n_channels()],
-            updated: Vec::new(),
+            updated: None,
+            interrupt_seen: None,
         }
     }
 
@@ -400,6 +412,14 @@ impl<S: State> Channels<S> {
         }
         ch.state = Arc::new(state);
         for (node, seen) in &cp.versions_seen {
+            if node == INTERRUPT_SEEN {
+                ch.interrupt_seen = Some(
+                    seen.iter()
+                        .filter_map(|(c, v)| spec.channel_index.get(c).map(|&c| (c, v.clone())))
+                        .collect(),
+                );
+                continue;
+            }
             let Some(&n) = spec.node_index.get(node) else {
                 continue;
             };
@@ -646,7 +666,7 @@ impl<S: State> Channels<S> {
             self.max_version = Some(next);
         }
         updated.sort_unstable();
-        self.updated = updated;
+        self.updated = Some(updated);
         Ok(())
     }
 
@@ -701,14 +721,24 @@ impl<S: State> Channels<S> {
                 .collect();
             cp.versions_seen.insert(spec.nodes[n].name.clone(), map);
         }
-        cp.updated_channels = Some(
-            self.updated
+        cp.versions_seen
+            .insert(INPUT_SEEN.to_owned(), BTreeMap::new());
+        if let Some(seen) = &self.interrupt_seen {
+            cp.versions_seen.insert(
+                INTERRUPT_SEEN.to_owned(),
+                seen.iter()
+                    .map(|(c, v)| (spec.channel_names[*c].clone(), v.clone()))
+                    .collect(),
+            );
+        }
+        cp.updated_channels = self.updated.take().map(|updated| {
+            updated
                 .iter()
                 .map(|&c| spec.channel_names[c].clone())
                 .collect::<std::collections::BTreeSet<_>>()
                 .into_iter()
-                .collect(),
-        );
+                .collect()
+        });
         self.dirty.iter_mut().for_each(|d| *d = false);
         Ok((cp, new_versions))
     }
@@ -716,6 +746,38 @@ impl<S: State> Channels<S> {
     /// Marks every channel clean (after a checkpoint was saved by other means).
     pub(crate) fn mark_clean(&mut self) {
         self.dirty.iter_mut().for_each(|d| *d = false);
+        self.updated = None;
+    }
+
+    /// Records that the run resumes here: interrupts already raised at these versions do
+    /// not fire again.
+    pub(crate) fn mark_resumed(&mut self) {
+        self.interrupt_seen = Some(
+            self.versions
+                .iter()
+                .enumerate()
+                .filter_map(|(c, v)| v.clone().map(|v| (c, v)))
+                .collect(),
+        );
+    }
+
+    /// Whether a run must stop before `tasks` (LangGraph's `should_interrupt`): a task's
+    /// node is in `interrupt_before` and some channel changed since the last resume.
+    pub(crate) fn should_interrupt(&self, spec: &Spec<S>, tasks: &[Task<S>]) -> bool {
+        if !tasks.iter().any(|t| spec.nodes[t.node].interrupt_before) {
+            return false;
+        }
+        self.versions.iter().enumerate().any(|(c, v)| {
+            let Some(v) = v else { return false };
+            match self
+                .interrupt_seen
+                .as_ref()
+                .and_then(|seen| seen.iter().find(|(sc, _)| *sc == c))
+            {
+                Some((_, seen)) => v > seen,
+                None => true,
+            }
+        })
     }
 }
 

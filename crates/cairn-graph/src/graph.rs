@@ -202,6 +202,7 @@ pub struct StateGraph<S: State> {
     pub(crate) waiting_edges: Vec<(Vec<String>, String)>,
     pub(crate) branches: Vec<(String, BranchSpec<S>)>,
     pub(crate) errors: Vec<GraphError>,
+    pub(crate) interrupt_before: Vec<String>,
 }
 
 impl<S: State> Default for StateGraph<S> {
@@ -219,7 +220,21 @@ impl<S: State> StateGraph<S> {
             waiting_edges: Vec::new(),
             branches: Vec::new(),
             errors: Vec::new(),
+            interrupt_before: Vec::new(),
         }
+    }
+
+    /// Stops runs before any of `nodes` runs (a static breakpoint, LangGraph's
+    /// `interrupt_before`): `invoke` returns the state at that point, the latest checkpoint
+    /// lists the node in `next`, and `invoke(None, ..)` continues.
+    pub fn interrupt_before<I, N>(&mut self, nodes: I) -> &mut Self
+    where
+        I: IntoIterator<Item = N>,
+        N: Into<String>,
+    {
+        self.interrupt_before
+            .extend(nodes.into_iter().map(Into::into));
+        self
     }
 
     /// Adds an async node: it receives the state (or a [`SendTo`]'s input) and returns the
@@ -477,6 +492,9 @@ impl<S: State> StateGraph<S> {
             if reaches_end.len() == before {
                 break;
             }
+        }
+        for name in &self.interrupt_before {
+            check(name, &[], "interrupt_before".into())?;
         }
         for (name, _) in &self.nodes {
             if !reaches_end.contains(name.as_str()) {

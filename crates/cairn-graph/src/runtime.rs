@@ -341,10 +341,29 @@ impl<S: State> CompiledGraph<S> {
                 pending.clear();
             }
             None => {
-                if tuple.is_none() {
+                let Some(tuple) = &tuple else {
                     return Err(GraphError::InvalidArgument(
                         "no input and no checkpoint to resume: pass an input to start a run".into(),
                     ));
+                };
+                channels.mark_resumed();
+                if let (Some(saver), true) = (saver, replaying) {
+                    // Replaying an old checkpoint starts a new branch with a fork checkpoint,
+                    // unless it is an update/fork checkpoint nothing has continued from yet.
+                    let latest = saver.get_tuple(&thread_config).await?;
+                    let superseded = latest.is_some_and(|l| l.checkpoint.id != tuple.checkpoint.id);
+                    let own_branch = matches!(
+                        tuple.metadata.source,
+                        Some(CheckpointSource::Update | CheckpointSource::Fork)
+                    );
+                    if superseded || !own_branch {
+                        let (cp, new_versions) = channels.checkpoint(spec, &codec)?;
+                        let mut meta = meta_base.clone();
+                        meta.source = Some(CheckpointSource::Fork);
+                        meta.step = Some(step);
+                        current = Some(saver.put(&tuple.config, cp, meta, new_versions).await?);
+                        step += 1;
+                    }
                 }
             }
         }
@@ -365,6 +384,10 @@ impl<S: State> CompiledGraph<S> {
                 saver.is_some(),
             )?;
             if tasks.is_empty() {
+                break;
+            }
+            if channels.should_interrupt(spec, &tasks) {
+                tracing::debug!(step, "stopping before an interrupt_before node");
                 break;
             }
             if (step - first_step) as usize >= config.recursion_limit.saturating_add(1) {

@@ -21,7 +21,10 @@ use crate::state::State;
 pub struct StateSnapshot<S> {
     /// The state's values.
     pub values: S,
-    /// Nodes that run next (tasks without saved writes); empty when the run is finished.
+    /// Nodes of the tasks of the next step (one entry per task, so a node fanned out to with
+    /// [`crate::SendTo`] appears once per packet); empty when the run is finished. Read
+    /// with `get_state` on the thread's head, tasks whose writes are already saved are left
+    /// out (they will not run again).
     pub next: Vec<String>,
     /// Config naming this checkpoint.
     pub config: CheckpointConfig,
@@ -92,7 +95,9 @@ impl<S: State> CompiledGraph<S> {
             .ok_or(GraphError::NoCheckpointer { operation })
     }
 
-    fn snapshot(&self, tuple: CheckpointTuple) -> Result<StateSnapshot<S>> {
+    /// `latest`: the thread's head read without a checkpoint id, whose `next` leaves out
+    /// tasks that already finished (as LangGraph's `get_state` does).
+    fn snapshot(&self, tuple: CheckpointTuple, latest: bool) -> Result<StateSnapshot<S>> {
         let spec = &self.inner.spec;
         let channels = Channels::load(spec, &tuple, &self.codec)?;
         let step = tuple.metadata.step.unwrap_or(-1) + 1;
@@ -131,7 +136,7 @@ impl<S: State> CompiledGraph<S> {
             .collect();
         let next = tasks
             .iter()
-            .filter(|t| !t.completed)
+            .filter(|t| !(latest && t.completed))
             .map(|t| t.name.clone())
             .collect();
         let values = Arc::try_unwrap(channels.state).unwrap_or_else(|s| (*s).clone());
@@ -154,8 +159,9 @@ impl<S: State> CompiledGraph<S> {
     ) -> Result<Option<StateSnapshot<S>>> {
         let saver = self.require_saver("get_state")?;
         let config = config.into();
+        let latest = config.checkpoint_id.is_none();
         match saver.get_tuple(&config.checkpoint_config()).await? {
-            Some(tuple) => self.snapshot(tuple).map(Some),
+            Some(tuple) => self.snapshot(tuple, latest).map(Some),
             None => Ok(None),
         }
     }
@@ -200,7 +206,7 @@ impl<S: State> CompiledGraph<S> {
                 }
                 if let Some(tuple) = c.page.next() {
                     c.remaining -= 1;
-                    let snapshot = c.graph.snapshot(tuple)?;
+                    let snapshot = c.graph.snapshot(tuple, false)?;
                     return Ok(Some((snapshot, c)));
                 }
                 if c.done {
@@ -310,6 +316,7 @@ impl<S: State> CompiledGraph<S> {
             true,
             &Versioner::Saver(saver.as_ref()),
         )?;
+        channels.updated = None;
         let (cp, new_versions) = channels.checkpoint(spec, &self.codec)?;
         let mut meta = CheckpointMetadata::new(CheckpointSource::Update, step);
         meta.extra = config.metadata.clone();
