@@ -45,6 +45,8 @@
 //! with a redis-rs TLS feature added to your own dependency on `redis`.
 //!
 //! The saver targets one Redis server (or a primary with replicas), not Redis Cluster.
+//! Its connection runs on the Tokio runtime that opened it: open the saver inside the
+//! runtime that will use it.
 //!
 //! ## Key layout, and why
 //! Every key starts with the configured prefix (default `cairn`). User-supplied strings
@@ -73,7 +75,8 @@
 //! `HSETNX` (a retried task cannot duplicate its writes), special channels (`__error__`,
 //! `__interrupt__`, ...) use `HSET` (the latest replaces the stored one). `delete_thread` is
 //! one Lua script. `get_tuple` takes at most three round trips (latest id; header, metadata
-//! and writes; values), `list` two per page of results. `copy_thread`, `prune` and
+//! and writes; values), whatever the length of the history; `list` takes one round trip per
+//! page of ids (all namespaces at once) and two per batch of rows. `copy_thread`, `prune` and
 //! `delete_for_runs` read first and then apply all their changes in one transaction; they
 //! are not meant to race with writers on the same thread.
 //!

@@ -28,6 +28,9 @@ const BACKEND: &str = "redis";
 /// page (metadata filters, or no limit).
 const LIST_PAGE: usize = 100;
 
+/// The longest expiry set (about a thousand years); longer TTLs are capped to it.
+const MAX_TTL_MS: u64 = 1000 * 365 * 24 * 3600 * 1000;
+
 /// Settings of a [`RedisSaver`].
 ///
 /// ```
@@ -233,7 +236,10 @@ impl RedisSaver {
                     "Redis TTL must be at least one millisecond (use None for no expiry)".into(),
                 ))
             }
-            Some(ttl) => Some(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX)),
+            // Redis rejects expiry times past the end of its clock: cap at a millennium.
+            Some(ttl) => {
+                Some(u64::try_from(ttl.as_millis()).map_or(MAX_TTL_MS, |ms| ms.min(MAX_TTL_MS)))
+            }
         };
         // The URL may carry a password: never echo it.
         let client = redis::Client::open(url).map_err(backend(

@@ -21,8 +21,13 @@ pub fn url() -> Option<String> {
                 );
             }
             static NOTICE: Once = Once::new();
+            // Written to stderr directly: the test harness captures `eprintln!`.
             NOTICE.call_once(|| {
-                eprintln!("skipping Redis tests: set CAIRN_TEST_REDIS_URL=redis://127.0.0.1:6379/")
+                use std::io::Write;
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "skipping Redis tests: set CAIRN_TEST_REDIS_URL=redis://127.0.0.1:6379/"
+                );
             });
             None
         }
