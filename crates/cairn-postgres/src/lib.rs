@@ -78,7 +78,9 @@
 //! one query for the checkpoint rows and two more, pipelined, for all their values and all
 //! their writes, whatever the number of rows. `delete_thread`, `copy_thread` (`INSERT ...
 //! SELECT`), `prune` and `delete_for_runs` are one statement each; the latter two reclaim
-//! values no remaining checkpoint refers to.
+//! values no remaining checkpoint refers to. Since every statement is idempotent, one the
+//! server aborts as a deadlock victim (copies and prunes racing on one thread) or a
+//! serialization failure is re-sent transparently.
 //!
 //! Damaged rows (a header that is not a checkpoint, metadata of the wrong shape) are reported
 //! as [`Error::Corrupt`](cairn_checkpoint::Error::Corrupt) naming thread, namespace and

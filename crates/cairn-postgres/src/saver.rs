@@ -57,6 +57,14 @@ type BlobKey = (String, String, String, String);
 /// `(thread, ns, checkpoint id)` of a checkpoint.
 type CheckpointKey = (String, String, String);
 
+/// A deadlock victim or serialization failure: the statement did nothing and can be re-sent.
+fn is_transient_conflict(e: &tokio_postgres::Error) -> bool {
+    use tokio_postgres::error::SqlState;
+    e.code().is_some_and(|c| {
+        *c == SqlState::T_R_DEADLOCK_DETECTED || *c == SqlState::T_R_SERIALIZATION_FAILURE
+    })
+}
+
 fn location(thread_id: &str, ns: &str, checkpoint_id: &str, channel: Option<&str>) -> DataLocation {
     DataLocation {
         thread_id: thread_id.to_owned(),
@@ -102,6 +110,11 @@ impl PostgresSaver {
 
     /// Runs one statement: prepared and cached per connection, or unnamed with typed
     /// parameters (PgBouncer transaction mode).
+    ///
+    /// Every statement of the saver is a single idempotent statement in its own implicit
+    /// transaction, so one the server aborted as a deadlock victim or a serialization failure
+    /// is simply sent again (up to four times). Copies insert rows in key order, which keeps such
+    /// conflicts rare.
     async fn query(
         &self,
         client: &ClientWrapper,
@@ -109,19 +122,31 @@ impl PostgresSaver {
         sql: &str,
         params: &[Param<'_>],
     ) -> Result<Vec<Row>> {
-        let result = if self.prepared {
-            let types: Vec<Type> = params.iter().map(|(_, t)| t.clone()).collect();
-            match client.prepare_typed_cached(sql, &types).await {
-                Ok(statement) => {
-                    let values: Vec<&(dyn ToSql + Sync)> = params.iter().map(|(v, _)| *v).collect();
-                    client.query(&statement, &values).await
+        const ATTEMPTS: u32 = 5;
+        let mut attempt = 1;
+        loop {
+            let result = if self.prepared {
+                let types: Vec<Type> = params.iter().map(|(_, t)| t.clone()).collect();
+                match client.prepare_typed_cached(sql, &types).await {
+                    Ok(statement) => {
+                        let values: Vec<&(dyn ToSql + Sync)> =
+                            params.iter().map(|(v, _)| *v).collect();
+                        client.query(&statement, &values).await
+                    }
+                    Err(e) => Err(e),
                 }
-                Err(e) => Err(e),
+            } else {
+                client.query_typed(sql, params).await
+            };
+            match result {
+                Ok(rows) => return Ok(rows),
+                Err(e) if attempt < ATTEMPTS && is_transient_conflict(&e) => {
+                    tracing::warn!(operation = context, attempt, error = %e, "retrying a statement the server aborted");
+                    attempt += 1;
+                }
+                Err(e) => return Err(pg_error(context, e)),
             }
-        } else {
-            client.query_typed(sql, params).await
-        };
-        result.map_err(|e| pg_error(context, e))
+        }
     }
 
     fn decode_checkpoint_row(row: &Row) -> Result<StoredRow> {

@@ -308,6 +308,7 @@ impl Statements {
                      SELECT $2, checkpoint_ns, checkpoint_id, parent_checkpoint_id, header, \
                          metadata \
                      FROM {p}checkpoints WHERE thread_id = $1 \
+                     ORDER BY checkpoint_ns, checkpoint_id \
                      ON CONFLICT (thread_id, checkpoint_ns, checkpoint_id) DO UPDATE SET \
                          parent_checkpoint_id = EXCLUDED.parent_checkpoint_id, \
                          header = EXCLUDED.header, metadata = EXCLUDED.metadata), \
@@ -316,6 +317,7 @@ impl Statements {
                          (thread_id, checkpoint_ns, channel, version, type_tag, blob) \
                      SELECT $2, checkpoint_ns, channel, version, type_tag, blob \
                      FROM {p}checkpoint_blobs WHERE thread_id = $1 \
+                     ORDER BY checkpoint_ns, channel, version \
                      ON CONFLICT (thread_id, checkpoint_ns, channel, version) \
                      DO UPDATE SET type_tag = EXCLUDED.type_tag, blob = EXCLUDED.blob) \
                  INSERT INTO {p}checkpoint_writes (thread_id, checkpoint_ns, checkpoint_id, \
@@ -323,6 +325,7 @@ impl Statements {
                  SELECT $2, checkpoint_ns, checkpoint_id, task_id, idx, channel, type_tag, blob, \
                      task_path \
                  FROM {p}checkpoint_writes WHERE thread_id = $1 \
+                 ORDER BY checkpoint_ns, checkpoint_id, task_id, idx \
                  ON CONFLICT (thread_id, checkpoint_ns, checkpoint_id, task_id, idx) \
                  DO UPDATE SET channel = EXCLUDED.channel, type_tag = EXCLUDED.type_tag, \
                      blob = EXCLUDED.blob, task_path = EXCLUDED.task_path"

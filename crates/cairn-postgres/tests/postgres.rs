@@ -883,3 +883,62 @@ async fn without_migrations_a_fresh_schema_is_refused_clearly() {
     drop(saver);
     support::drop_schema(&url, &schema).await;
 }
+
+/// Copies, prunes and deletes racing on the same threads: the server may pick deadlock
+/// victims among these multi-row statements; the saver re-sends those, so every call
+/// succeeds, and the data ends up consistent (each remaining checkpoint reads whole).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn racing_copies_prunes_and_deletes_all_succeed() {
+    let Some((saver, schema)) = support::fresh_saver().await else {
+        return;
+    };
+    let saver: Arc<dyn CheckpointSaver> = Arc::new(saver);
+    let source = unique("race-src");
+    let mut parent = CheckpointConfig::thread(&source);
+    let mut previous = None;
+    for n in 0..20 {
+        let (config, cp) = put_count(saver.as_ref(), &parent, previous.as_ref(), n).await;
+        saver
+            .put_writes(
+                &config,
+                vec![("w".into(), codec().encode(&n).expect("e"))],
+                "t",
+                "",
+            )
+            .await
+            .expect("put_writes");
+        parent = config;
+        previous = Some(cp);
+    }
+    let targets: Vec<String> = (0..3).map(|i| format!("{source}-copy-{i}")).collect();
+    let tasks: Vec<_> = (0..24)
+        .map(|i| {
+            let saver = saver.clone();
+            let source = source.clone();
+            let target = targets[i % targets.len()].clone();
+            let all = targets.clone();
+            tokio::spawn(async move {
+                match i % 4 {
+                    0 | 1 => saver.copy_thread(&source, &target).await,
+                    2 => saver.prune(&all, PruneStrategy::KeepLatest).await,
+                    _ => saver.delete_for_runs(&["no-such-run".into()]).await,
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.expect("join").expect("every racing call succeeds");
+    }
+    for target in &targets {
+        for tuple in saver.list(&ListQuery::thread(target)).await.expect("list") {
+            let n = tuple.metadata.step.expect("step");
+            assert_eq!(
+                tuple.channel_value::<i64>(&codec(), "count").expect("d"),
+                Some(n),
+                "a kept checkpoint keeps its value"
+            );
+        }
+    }
+    drop(saver);
+    support::drop_schema(&support::url().expect("url"), &schema).await;
+}
