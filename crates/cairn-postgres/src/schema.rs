@@ -389,3 +389,52 @@ impl Statements {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schema_names_are_checked_before_they_reach_sql() {
+        for ok in ["cairn", "Cairn_Test", "app-1", "x$y"] {
+            assert!(validate_schema_name(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", "a\"b", "a'b", "a b", "a;b", &"x".repeat(64), "é"] {
+            assert!(
+                matches!(validate_schema_name(bad), Err(Error::InvalidArgument(_))),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn statements_name_the_schema_everywhere() {
+        let sql = Statements::new(Some("Tenant-1"));
+        for statement in [
+            &sql.get_latest,
+            &sql.get_one,
+            &sql.blobs,
+            &sql.writes,
+            &sql.put,
+            &sql.put_writes,
+            &sql.delete_threads,
+            &sql.copy_thread,
+            &sql.prune_keep_latest,
+            &sql.delete_for_runs,
+        ] {
+            assert!(statement.contains("\"Tenant-1\"."), "{statement}");
+            assert!(
+                !statement.contains(" checkpoints "),
+                "unqualified table in {statement}"
+            );
+        }
+        let unqualified = Statements::new(None);
+        assert!(unqualified.put.contains("INTO checkpoints"));
+    }
+
+    #[test]
+    fn migrations_are_numbered_in_order_up_to_the_schema_version() {
+        let versions: Vec<i32> = MIGRATIONS.iter().map(|m| m.version).collect();
+        assert_eq!(versions, (1..=SCHEMA_VERSION).collect::<Vec<_>>());
+    }
+}
