@@ -647,7 +647,10 @@ async fn run_task<S: State>(
                 step,
                 thread_id,
             };
-            match CURRENT_TASK.scope(info, run(Arc::clone(&task.input))).await {
+            match CURRENT_TASK
+                .scope(info, async { run(Arc::clone(&task.input)).await })
+                .await
+            {
                 Ok(update) => Some(update),
                 Err(source) => {
                     if let (Some(saver), Some(config)) = (&graph.inner.saver, &current) {
