@@ -423,7 +423,8 @@ impl RedisSaver {
     }
 
     /// Removes a checkpoint id from its namespace index if its hash is gone (it expired).
-    async fn forget_if_gone(&self, r: &RowRef) -> Result<()> {
+    /// `false` when the hash exists after all.
+    async fn forget_if_gone(&self, r: &RowRef) -> Result<bool> {
         let mut conn = self.conn();
         let removed: i64 = self
             .scripts
@@ -438,7 +439,16 @@ impl RedisSaver {
             debug!(thread_id = %r.thread, checkpoint_ns = %r.ns, checkpoint_id = %r.id,
                    "dropped an expired checkpoint from the index");
         }
-        Ok(())
+        Ok(removed > 0 || !self.row_exists(r).await?)
+    }
+
+    async fn row_exists(&self, r: &RowRef) -> Result<bool> {
+        let mut conn = self.conn();
+        redis::cmd("EXISTS")
+            .arg(self.keys.checkpoint_key(&r.thread, &r.ns, &r.id))
+            .query_async(&mut conn)
+            .await
+            .map_err(backend("checking whether a checkpoint exists"))
     }
 
     /// The thread ids recorded in the global index.
@@ -778,6 +788,7 @@ impl CheckpointSaver for RedisSaver {
         }
         let cps_key = self.keys.checkpoints_key(thread, ns);
         let mut conn = self.conn();
+        let mut stuck: Option<String> = None;
         loop {
             let latest: Vec<Vec<u8>> = redis::cmd("ZREVRANGEBYLEX")
                 .arg(&cps_key)
@@ -808,7 +819,17 @@ impl CheckpointSaver for RedisSaver {
                 }
             }
             // Indexed but gone (its keys expired): drop it from the index and look again.
-            self.forget_if_gone(&row).await?;
+            // A hash that exists yet holds none of a checkpoint's fields would come up again
+            // and again: report it rather than loop.
+            if !self.forget_if_gone(&row).await? {
+                if stuck.as_ref() == Some(&row.id) {
+                    return Err(Error::corrupt(
+                        location(thread, ns, &row.id),
+                        "the checkpoint hash exists but holds no checkpoint fields",
+                    ));
+                }
+                stuck = Some(row.id.clone());
+            }
         }
     }
 
@@ -907,8 +928,12 @@ impl CheckpointSaver for RedisSaver {
             for (r, row) in batch.iter().zip(rows) {
                 match row {
                     None => {
-                        if query.checkpoint_id.is_none() {
-                            self.forget_if_gone(r).await?;
+                        // Only ids from the index are dropped from it; a requested id that
+                        // does not exist is simply not listed.
+                        if query.checkpoint_id.is_none() && !self.forget_if_gone(r).await? {
+                            warn!(thread_id = %r.thread, checkpoint_ns = %r.ns,
+                                  checkpoint_id = %r.id,
+                                  "skipping a checkpoint hash that holds no checkpoint fields");
                         }
                     }
                     Some(t) if t.metadata.matches(&query.filter) => {

@@ -467,6 +467,28 @@ async fn corrupt_stored_data_is_reported_where_it_is() {
     let (location, _) = expect_corrupt(saver.get_tuple(&bad).await.map(|_| ()), "value");
     assert_eq!(location.channel.as_deref(), Some("b"));
 
+    // An indexed checkpoint whose hash holds none of a checkpoint's fields.
+    let _: () = redis::cmd("HSET")
+        .arg(keys.checkpoint_key(thread, "sub", "zzzz-newest"))
+        .arg("foreign")
+        .arg("field")
+        .query_async(&mut conn)
+        .await
+        .expect("HSET");
+    let _: () = redis::cmd("ZADD")
+        .arg(keys.checkpoints_key(thread, "sub"))
+        .arg(0)
+        .arg("zzzz-newest")
+        .query_async(&mut conn)
+        .await
+        .expect("ZADD");
+    match saver.get_tuple(&cfg).await {
+        Err(Error::Corrupt { location, .. }) => {
+            assert_eq!(location.checkpoint_id.as_deref(), Some("zzzz-newest"))
+        }
+        other => panic!("expected Error::Corrupt, got {other:?}"),
+    }
+
     // A pending write that is not MessagePack.
     let _: () = redis::cmd("HSET")
         .arg(keys.writes_key(thread, "sub", &bad_id))
