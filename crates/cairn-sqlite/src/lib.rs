@@ -124,6 +124,31 @@ pub(crate) fn sql_error(what: impl fmt::Display) -> impl FnOnce(rusqlite::Error)
     }
 }
 
+/// Runs `f` again while it fails with "database is busy/locked", for at most `timeout`,
+/// backing off from 1 ms to 20 ms. For the few statements SQLite does not run through the
+/// busy handler.
+pub(crate) fn retry_busy<T>(
+    timeout: std::time::Duration,
+    mut f: impl FnMut() -> rusqlite::Result<T>,
+) -> rusqlite::Result<T> {
+    let deadline = std::time::Instant::now() + timeout;
+    let mut pause = std::time::Duration::from_millis(1);
+    loop {
+        match f() {
+            Err(e)
+                if matches!(
+                    e.sqlite_error_code(),
+                    Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
+                ) && std::time::Instant::now() < deadline =>
+            {
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(std::time::Duration::from_millis(20));
+            }
+            other => return other,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum ConnectionRole {
     Writer,
@@ -155,9 +180,18 @@ fn configure(
     conn.busy_timeout(options.busy_timeout_duration())
         .map_err(sql_error("setting the busy timeout"))?;
     if file && role == ConnectionRole::Writer {
-        let mode: String = conn
-            .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
-            .map_err(sql_error("switching to WAL mode"))?;
+        // Switching a new file to WAL needs an exclusive lock, and SQLite reports a busy
+        // database here without calling the busy handler: retry until the busy timeout.
+        let mode: String = retry_busy(options.busy_timeout_duration(), || {
+            // Read first: a file already in WAL mode (the common case) needs no switch.
+            conn.query_row("SELECT COUNT(*) FROM sqlite_schema", [], |_| Ok(()))?;
+            let mode: String = conn.query_row("PRAGMA journal_mode", [], |r| r.get(0))?;
+            if mode.eq_ignore_ascii_case("wal") {
+                return Ok(mode);
+            }
+            conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
+        })
+        .map_err(sql_error("switching to WAL mode"))?;
         if !mode.eq_ignore_ascii_case("wal") {
             tracing::warn!(mode, "SQLite did not switch to WAL mode");
         }

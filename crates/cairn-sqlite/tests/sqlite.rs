@@ -559,3 +559,67 @@ async fn storage_figures_and_wal_checkpoint() {
         .collect();
     assert_eq!(ids.len(), 50);
 }
+
+/// Savers opening and closing one file all the time (as short-lived processes do) while
+/// another saver writes: SQLite can report "database is locked" to a connection switching
+/// to WAL mode without calling the busy handler.
+#[test]
+fn savers_opening_one_file_while_it_is_written_all_succeed() {
+    let (_dir, path) = temp_db();
+    let runtime = tokio::runtime::Runtime::new().expect("runtime");
+    let writer = SqliteSaver::open(&path).expect("open");
+    let writing = runtime.spawn(async move {
+        let mut tasks = tokio::task::JoinSet::new();
+        for t in 0..16 {
+            let writer = writer.clone();
+            tasks.spawn(async move { chain(&writer, &format!("w{t}"), 30).await });
+        }
+        while let Some(done) = tasks.join_next().await {
+            done.expect("writer task");
+        }
+    });
+    let barrier = Arc::new(std::sync::Barrier::new(8));
+    let openers: Vec<_> = (0..8)
+        .map(|_| {
+            let (path, barrier) = (path.clone(), Arc::clone(&barrier));
+            std::thread::spawn(move || -> cairn_checkpoint::Result<()> {
+                barrier.wait();
+                for _ in 0..25 {
+                    drop(SqliteSaver::open(&path)?);
+                }
+                Ok(())
+            })
+        })
+        .collect();
+    for opener in openers {
+        opener.join().expect("thread").expect("open");
+    }
+    runtime.block_on(writing).expect("writes");
+    assert_eq!(
+        count(&path, "SELECT COUNT(*) FROM cairn_migrations"),
+        cairn_sqlite::SCHEMA_VERSION,
+        "the migrations ran exactly once"
+    );
+}
+
+/// Switching a new file to WAL: SQLite answers "database is locked" at once, without the
+/// busy handler, to all but one of the connections racing to do it; they must retry.
+#[test]
+fn savers_racing_to_create_one_new_file_all_open() {
+    for _ in 0..60 {
+        let (_dir, path) = temp_db();
+        let barrier = Arc::new(std::sync::Barrier::new(3));
+        let openers: Vec<_> = (0..3)
+            .map(|_| {
+                let (path, barrier) = (path.clone(), Arc::clone(&barrier));
+                std::thread::spawn(move || {
+                    barrier.wait();
+                    SqliteSaver::open(&path).map(drop)
+                })
+            })
+            .collect();
+        for opener in openers {
+            opener.join().expect("thread").expect("open");
+        }
+    }
+}
