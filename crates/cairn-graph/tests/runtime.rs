@@ -1,0 +1,711 @@
+//! Behaviour of the graph runtime: validation, reducers, errors and recovery, thread
+//! exclusivity, streaming, history paging and storage economy.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use cairn_checkpoint::{
+    ChannelVersion, ChannelVersions, Checkpoint, CheckpointConfig, CheckpointMetadata,
+    CheckpointSaver, CheckpointSource, CheckpointTuple, InMemorySaver, ListQuery, PruneStrategy,
+    TypedValue,
+};
+use cairn_graph::{
+    current_task, GraphError, HistoryQuery, NodeError, RunConfig, State, StateGraph, StreamEvent,
+    StreamMode, END, START,
+};
+use futures::{StreamExt, TryStreamExt};
+use serde::{Deserialize, Serialize};
+
+fn max_reducer(current: &mut i64, new: i64) {
+    *current = (*current).max(new);
+}
+
+#[derive(Clone, Default, Debug, PartialEq, Serialize, Deserialize, State)]
+struct Doc {
+    #[reducer(append)]
+    items: Vec<String>,
+    #[reducer(merge)]
+    tags: BTreeMap<String, i64>,
+    #[reducer(add)]
+    total: i64,
+    #[reducer(with = max_reducer)]
+    high: i64,
+    title: String,
+}
+
+fn memory() -> Arc<dyn CheckpointSaver> {
+    Arc::new(InMemorySaver::new())
+}
+
+#[tokio::test]
+async fn reducers_combine_parallel_writes_in_task_path_order() {
+    let mut g = StateGraph::<Doc>::new();
+    for (name, n) in [("b", 2i64), ("a", 1), ("c", 3)] {
+        g.add_sync_node(name, move |_| {
+            Ok(DocUpdate::default()
+                .items(vec![name.to_string()])
+                .tags(BTreeMap::from([
+                    (name.to_string(), n),
+                    ("shared".to_string(), n),
+                ]))
+                .total(n)
+                .high(10 * n))
+        });
+        g.add_edge(START, name).add_edge(name, END);
+    }
+    let app = g.compile(memory()).expect("compile");
+    let input = DocUpdate::default().title("t").total(100).high(5);
+    let out = app
+        .invoke(Some(input), RunConfig::thread("r"))
+        .await
+        .expect("run");
+    assert_eq!(
+        out.items,
+        ["a", "b", "c"],
+        "sorted by task path, not by node order"
+    );
+    assert_eq!(out.tags["shared"], 3, "merge: the last task by path wins");
+    assert_eq!(out.tags.len(), 4);
+    assert_eq!(out.total, 106);
+    assert_eq!(out.high, 30);
+    assert_eq!(out.title, "t");
+}
+
+#[tokio::test]
+async fn two_writes_to_a_replace_field_in_one_step_is_an_error() {
+    let mut g = StateGraph::<Doc>::new();
+    for name in ["a", "b"] {
+        g.add_sync_node(name, move |_| Ok(DocUpdate::default().title(name)));
+        g.add_edge(START, name).add_edge(name, END);
+    }
+    let app = g.compile_without_saver().expect("compile");
+    let err = app
+        .invoke(Some(DocUpdate::default()), RunConfig::default())
+        .await
+        .expect_err("conflict");
+    match err {
+        GraphError::ConflictingWrites {
+            field,
+            count,
+            nodes,
+        } => {
+            assert_eq!(field, "title");
+            assert_eq!(count, 2);
+            assert_eq!(nodes, "a, b");
+        }
+        other => panic!("unexpected {other}"),
+    }
+}
+
+#[test]
+fn compile_reports_unknown_nodes_missing_entry_and_dead_ends() {
+    let ok = |_: &Doc| Ok(DocUpdate::default());
+    let mut g = StateGraph::<Doc>::new();
+    g.add_sync_node("a", ok)
+        .add_edge(START, "a")
+        .add_edge("a", "nope");
+    let err = g.compile_without_saver().err().expect("unknown");
+    assert!(
+        matches!(&err, GraphError::UnknownNode { node, .. } if node == "nope"),
+        "{err}"
+    );
+    assert!(err.to_string().contains("known nodes: a"), "{err}");
+
+    let mut g = StateGraph::<Doc>::new();
+    g.add_sync_node("a", ok).add_edge("a", END);
+    assert!(matches!(
+        g.compile_without_saver(),
+        Err(GraphError::NoEntryPoint)
+    ));
+
+    let mut g = StateGraph::<Doc>::new();
+    g.add_sync_node("a", ok)
+        .add_sync_node("b", ok)
+        .add_edge(START, "a")
+        .add_edge("a", "b")
+        .add_edge("a", END);
+    let err = g.compile_without_saver().err().expect("dead end");
+    assert!(
+        matches!(&err, GraphError::CannotReachEnd { node } if node == "b"),
+        "{err}"
+    );
+
+    let mut g = StateGraph::<Doc>::new();
+    g.add_sync_node("a", ok).add_sync_node("a", ok);
+    assert!(
+        matches!(g.compile_without_saver(), Err(GraphError::InvalidGraph(m)) if m.contains("twice"))
+    );
+
+    let mut g = StateGraph::<Doc>::new();
+    g.add_sync_node("title", ok);
+    assert!(
+        matches!(g.compile_without_saver(), Err(GraphError::InvalidGraph(m)) if m.contains("state field"))
+    );
+
+    // A path map that names an unknown node is caught at compile time.
+    let mut g = StateGraph::<Doc>::new();
+    g.add_sync_node("a", ok)
+        .add_edge(START, "a")
+        .add_conditional_edges_with_map("a", |_: &Doc| "x", [("x", "ghost")]);
+    assert!(
+        matches!(g.compile_without_saver(), Err(GraphError::UnknownNode { node, .. }) if node == "ghost")
+    );
+}
+
+#[derive(Clone, Default, Debug, PartialEq, Serialize, Deserialize, State)]
+struct Counter {
+    n: i64,
+}
+
+#[tokio::test]
+async fn recursion_limit_stops_an_endless_loop() {
+    let mut g = StateGraph::<Counter>::new();
+    g.add_sync_node("inc", |s| Ok(CounterUpdate::default().n(s.n + 1)))
+        .add_edge(START, "inc")
+        .add_conditional_edges("inc", |_: &Counter| "inc");
+    let app = g.compile_without_saver().expect("compile");
+    let err = app
+        .invoke(
+            Some(CounterUpdate::default()),
+            RunConfig::default().with_recursion_limit(10),
+        )
+        .await
+        .expect_err("limit");
+    assert!(
+        matches!(err, GraphError::RecursionLimit { limit: 10 }),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn loop_without_saver_runs_many_steps() {
+    let mut g = StateGraph::<Counter>::new();
+    g.add_sync_node("inc", |s| Ok(CounterUpdate::default().n(s.n + 1)))
+        .add_edge(START, "inc")
+        .add_conditional_edges("inc", |s: &Counter| if s.n < 10_000 { "inc" } else { END });
+    let app = g.compile_without_saver().expect("compile");
+    let out = app
+        .invoke(
+            Some(CounterUpdate::default()),
+            RunConfig::default().with_recursion_limit(20_000),
+        )
+        .await
+        .expect("run");
+    assert_eq!(out.n, 10_000);
+    assert!(matches!(
+        app.get_state(RunConfig::thread("x")).await,
+        Err(GraphError::NoCheckpointer { .. })
+    ));
+}
+
+#[derive(Debug)]
+struct Flaky;
+impl std::fmt::Display for Flaky {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("flaky failure")
+    }
+}
+impl std::error::Error for Flaky {}
+
+#[tokio::test]
+async fn resume_skips_tasks_that_already_wrote() {
+    let a_runs = Arc::new(AtomicUsize::new(0));
+    let b_runs = Arc::new(AtomicUsize::new(0));
+    let fail_b = Arc::new(AtomicBool::new(true));
+    let mut g = StateGraph::<Doc>::new();
+    let ar = Arc::clone(&a_runs);
+    g.add_sync_node("a", move |_| {
+        ar.fetch_add(1, Ordering::SeqCst);
+        Ok(DocUpdate::default().items(vec!["a".to_string()]))
+    });
+    let (br, fb) = (Arc::clone(&b_runs), Arc::clone(&fail_b));
+    g.add_sync_node("b", move |_| {
+        br.fetch_add(1, Ordering::SeqCst);
+        if fb.load(Ordering::SeqCst) {
+            return Err(NodeError::from(Box::new(Flaky)));
+        }
+        Ok(DocUpdate::default().items(vec!["b".to_string()]))
+    });
+    g.add_edge(START, "a")
+        .add_edge(START, "b")
+        .add_edge("a", END)
+        .add_edge("b", END);
+    let app = g.compile(memory()).expect("compile");
+    let config = RunConfig::thread("flaky");
+
+    let err = app
+        .invoke(Some(DocUpdate::default()), config.clone())
+        .await
+        .expect_err("b fails");
+    assert!(
+        matches!(&err, GraphError::Node { node, step: 1, .. } if node == "b"),
+        "{err}"
+    );
+    let snap = app
+        .get_state(config.clone())
+        .await
+        .expect("state")
+        .expect("saved");
+    assert_eq!(
+        snap.metadata.step,
+        Some(0),
+        "no checkpoint for the failed step"
+    );
+    assert_eq!(snap.next, ["b"], "a finished: only b is left");
+    let b_task = snap.tasks.iter().find(|t| t.name == "b").expect("b task");
+    assert_eq!(b_task.error.as_deref(), Some("flaky failure"));
+    assert!(snap.tasks.iter().any(|t| t.name == "a" && t.completed));
+
+    fail_b.store(false, Ordering::SeqCst);
+    let out = app.invoke(None, config.clone()).await.expect("resume");
+    assert_eq!(out.items, ["a", "b"]);
+    assert_eq!(
+        a_runs.load(Ordering::SeqCst),
+        1,
+        "a's saved writes were reused"
+    );
+    assert_eq!(b_runs.load(Ordering::SeqCst), 2);
+    let snap = app.get_state(config).await.expect("state").expect("saved");
+    assert_eq!(snap.metadata.step, Some(1));
+    assert!(snap.next.is_empty());
+}
+
+#[tokio::test]
+async fn a_second_run_on_a_busy_thread_is_refused() {
+    let started = Arc::new(tokio::sync::Notify::new());
+    let release = Arc::new(tokio::sync::Semaphore::new(0));
+    let mut g = StateGraph::<Counter>::new();
+    let (s, r) = (Arc::clone(&started), Arc::clone(&release));
+    g.add_node("wait", move |_| {
+        let (s, r) = (Arc::clone(&s), Arc::clone(&r));
+        async move {
+            s.notify_one();
+            let _permit = r.acquire().await.map_err(NodeError::from)?;
+            Ok(CounterUpdate::default().n(1))
+        }
+    })
+    .add_edge(START, "wait")
+    .add_edge("wait", END);
+    let app = g.compile(memory()).expect("compile");
+    let first = {
+        let app = app.clone();
+        tokio::spawn(async move {
+            app.invoke(Some(CounterUpdate::default()), RunConfig::thread("busy"))
+                .await
+        })
+    };
+    started.notified().await;
+    let err = app
+        .invoke(Some(CounterUpdate::default()), RunConfig::thread("busy"))
+        .await
+        .expect_err("busy");
+    assert!(
+        matches!(&err, GraphError::ThreadBusy { thread_id } if thread_id == "busy"),
+        "{err}"
+    );
+    // Another thread is not affected.
+    release.add_permits(1);
+    let other = app
+        .invoke(Some(CounterUpdate::default()), RunConfig::thread("other"))
+        .await;
+    assert_eq!(other.expect("other thread").n, 1);
+    assert_eq!(first.await.expect("join").expect("first run").n, 1);
+    // The thread is free again once the run ended.
+    release.add_permits(1);
+    app.invoke(Some(CounterUpdate::default()), RunConfig::thread("busy"))
+        .await
+        .expect("free again");
+}
+
+#[tokio::test]
+async fn stream_emits_updates_and_values_per_step() {
+    let mut g = StateGraph::<Counter>::new();
+    g.add_sync_node("inc", |s| Ok(CounterUpdate::default().n(s.n + 1)))
+        .add_edge(START, "inc")
+        .add_conditional_edges("inc", |s: &Counter| if s.n < 3 { "inc" } else { END });
+    let app = g.compile(memory()).expect("compile");
+    let events: Vec<StreamEvent<Counter>> = app
+        .stream(
+            Some(CounterUpdate::default()),
+            RunConfig::thread("s"),
+            &[StreamMode::Updates, StreamMode::Values],
+        )
+        .try_collect()
+        .await
+        .expect("stream");
+    let values: Vec<i64> = events
+        .iter()
+        .filter_map(|e| match e {
+            StreamEvent::Values { state, .. } => Some(state.n),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(values, [0, 1, 2, 3]);
+    let updates: Vec<(i64, &str, Option<i64>)> = events
+        .iter()
+        .filter_map(|e| match e {
+            StreamEvent::Updates { step, node, update } => Some((*step, node.as_str(), update.n)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        updates,
+        [
+            (1, "inc", Some(1)),
+            (2, "inc", Some(2)),
+            (3, "inc", Some(3))
+        ]
+    );
+
+    // Errors arrive as the stream's last item.
+    let mut failing = StateGraph::<Counter>::new();
+    failing
+        .add_sync_node("boom", |_| Err("boom".into()))
+        .add_edge(START, "boom")
+        .add_edge("boom", END);
+    let app = failing.compile_without_saver().expect("compile");
+    let mut stream = Box::pin(app.stream(
+        Some(CounterUpdate::default()),
+        RunConfig::default(),
+        &[StreamMode::Values],
+    ));
+    let mut last = None;
+    while let Some(item) = stream.next().await {
+        last = Some(item);
+    }
+    assert!(matches!(last, Some(Err(GraphError::Node { .. }))));
+}
+
+#[tokio::test]
+async fn history_pages_newest_first_with_limit_and_before() {
+    let mut g = StateGraph::<Counter>::new();
+    g.add_sync_node("inc", |s| Ok(CounterUpdate::default().n(s.n + 1)))
+        .add_edge(START, "inc")
+        .add_conditional_edges("inc", |s: &Counter| if s.n < 70 { "inc" } else { END });
+    let app = g.compile(memory()).expect("compile");
+    let config = RunConfig::thread("h").with_recursion_limit(100);
+    app.invoke(Some(CounterUpdate::default()), config.clone())
+        .await
+        .expect("run");
+    let all: Vec<_> = app
+        .get_state_history(config.clone(), HistoryQuery::default())
+        .try_collect()
+        .await
+        .expect("history");
+    assert_eq!(all.len(), 72, "input, the START step and 70 inc steps");
+    let steps: Vec<i64> = all.iter().map(|s| s.metadata.step.unwrap_or(-99)).collect();
+    assert_eq!(steps, (-1..=70).rev().collect::<Vec<_>>());
+    let page: Vec<_> = app
+        .get_state_history(
+            config.clone(),
+            HistoryQuery::default()
+                .limit(5)
+                .before(all[10].config.checkpoint_id.clone().expect("id")),
+        )
+        .try_collect()
+        .await
+        .expect("page");
+    assert_eq!(
+        page.iter().map(|s| s.metadata.step).collect::<Vec<_>>(),
+        all[11..16]
+            .iter()
+            .map(|s| s.metadata.step)
+            .collect::<Vec<_>>()
+    );
+    let inputs: Vec<_> = app
+        .get_state_history(config, HistoryQuery::default().filter("source", "input"))
+        .try_collect()
+        .await
+        .expect("filtered");
+    assert_eq!(inputs.len(), 1);
+    assert_eq!(inputs[0].metadata.source, Some(CheckpointSource::Input));
+    assert_eq!(inputs[0].next, ["__start__"]);
+}
+
+#[tokio::test]
+async fn metadata_carries_run_id_and_caller_keys_and_steps_continue() {
+    let mut g = StateGraph::<Counter>::new();
+    g.add_sync_node("inc", |s| Ok(CounterUpdate::default().n(s.n + 1)))
+        .add_edge(START, "inc")
+        .add_edge("inc", END);
+    let app = g.compile(memory()).expect("compile");
+    let config = RunConfig::thread("m").with_metadata("user", "ada");
+    app.invoke(Some(CounterUpdate::default()), config.clone())
+        .await
+        .expect("run 1");
+    let out = app
+        .invoke(Some(CounterUpdate::default().n(10)), config.clone())
+        .await
+        .expect("run 2");
+    assert_eq!(out.n, 11, "the new input replaced n, then inc ran");
+    let history: Vec<_> = app
+        .get_state_history(config, HistoryQuery::default())
+        .try_collect()
+        .await
+        .expect("history");
+    let steps: Vec<_> = history
+        .iter()
+        .map(|s| s.metadata.step.unwrap_or(-99))
+        .collect();
+    assert_eq!(steps, [4, 3, 2, 1, 0, -1]);
+    let run_ids: std::collections::BTreeSet<_> = history
+        .iter()
+        .map(|s| s.metadata.run_id.clone().expect("run id"))
+        .collect();
+    assert_eq!(run_ids.len(), 2, "one run id per invoke");
+    assert!(history
+        .iter()
+        .all(|s| s.metadata.extra.get("user") == Some(&"ada".into())));
+}
+
+/// Records which channels each `put` stores, around an in-memory saver.
+#[derive(Default)]
+struct Recording {
+    inner: InMemorySaver,
+    stored: Mutex<Vec<Vec<String>>>,
+    tasks: Mutex<Vec<String>>,
+}
+
+#[async_trait]
+impl CheckpointSaver for Recording {
+    async fn get_tuple(
+        &self,
+        c: &CheckpointConfig,
+    ) -> cairn_checkpoint::Result<Option<CheckpointTuple>> {
+        self.inner.get_tuple(c).await
+    }
+    async fn list(&self, q: &ListQuery) -> cairn_checkpoint::Result<Vec<CheckpointTuple>> {
+        self.inner.list(q).await
+    }
+    async fn put(
+        &self,
+        c: &CheckpointConfig,
+        cp: Checkpoint,
+        m: CheckpointMetadata,
+        v: ChannelVersions,
+    ) -> cairn_checkpoint::Result<CheckpointConfig> {
+        let mut values: Vec<String> = cp.channel_values.keys().cloned().collect();
+        values.sort();
+        self.stored.lock().expect("lock").push(values);
+        self.inner.put(c, cp, m, v).await
+    }
+    async fn put_writes(
+        &self,
+        c: &CheckpointConfig,
+        w: Vec<(String, TypedValue)>,
+        t: &str,
+        p: &str,
+    ) -> cairn_checkpoint::Result<()> {
+        self.tasks.lock().expect("lock").push(t.to_owned());
+        self.inner.put_writes(c, w, t, p).await
+    }
+    async fn delete_thread(&self, t: &str) -> cairn_checkpoint::Result<()> {
+        self.inner.delete_thread(t).await
+    }
+    async fn copy_thread(&self, s: &str, t: &str) -> cairn_checkpoint::Result<()> {
+        self.inner.copy_thread(s, t).await
+    }
+    async fn prune(&self, t: &[String], s: PruneStrategy) -> cairn_checkpoint::Result<()> {
+        self.inner.prune(t, s).await
+    }
+    async fn delete_for_runs(&self, r: &[String]) -> cairn_checkpoint::Result<()> {
+        self.inner.delete_for_runs(r).await
+    }
+    fn get_next_version(&self, c: Option<&ChannelVersion>) -> ChannelVersion {
+        self.inner.get_next_version(c)
+    }
+}
+
+#[tokio::test]
+async fn checkpoints_store_only_changed_channels_and_task_ids_are_deterministic() {
+    let saver = Arc::new(Recording::default());
+    let mut g = StateGraph::<Doc>::new();
+    g.add_sync_node("one", |_| {
+        let task = current_task().expect("task context");
+        assert_eq!(task.name, "one");
+        assert_eq!(task.thread_id, "economy");
+        Ok(DocUpdate::default().items(vec![task.id]))
+    })
+    .add_sync_node("two", |_| Ok(DocUpdate::default().total(2)))
+    .add_edge(START, "one")
+    .add_edge("one", "two")
+    .add_edge("two", END);
+    let app = g.compile(saver.clone()).expect("compile");
+    let out = app
+        .invoke(
+            Some(DocUpdate::default().title("big title")),
+            RunConfig::thread("economy"),
+        )
+        .await
+        .expect("run");
+    let stored = saver.stored.lock().expect("lock").clone();
+    assert_eq!(stored[0], ["__start__"], "input checkpoint");
+    assert_eq!(stored[1], ["branch:to:one", "title"], "START step");
+    assert_eq!(
+        stored[2],
+        ["branch:to:two", "items"],
+        "step of one: title not stored again"
+    );
+    assert_eq!(stored[3], ["total"]);
+    // The id a node sees is the id its writes were saved under, and is reproducible.
+    let tasks = saver.tasks.lock().expect("lock").clone();
+    assert_eq!(out.items.len(), 1);
+    assert!(tasks.contains(&out.items[0]));
+    let history: Vec<_> = app
+        .get_state_history(RunConfig::thread("economy"), HistoryQuery::default())
+        .try_collect()
+        .await
+        .expect("history");
+    let before_one = &history[2];
+    assert_eq!(before_one.next, ["one"]);
+    assert_eq!(
+        cairn_graph::task_id(
+            before_one.config.checkpoint_id.as_deref().expect("id"),
+            "",
+            1,
+            "one",
+            "~__pregel_pull, one"
+        ),
+        out.items[0]
+    );
+    assert_eq!(before_one.tasks[0].id, out.items[0]);
+}
+
+#[tokio::test]
+async fn update_state_forks_and_copy_thread_branches_off() {
+    let mut g = StateGraph::<Doc>::new();
+    g.add_sync_node("a", |_| {
+        Ok(DocUpdate::default().items(vec!["a".to_string()]))
+    })
+    .add_sync_node("b", |s| {
+        Ok(DocUpdate::default().items(vec![format!("b saw {}", s.title)]))
+    })
+    .add_edge(START, "a")
+    .add_edge("a", "b")
+    .add_edge("b", END);
+    let app = g.compile(memory()).expect("compile");
+    let config = RunConfig::thread("f");
+    app.invoke(Some(DocUpdate::default().title("x")), config.clone())
+        .await
+        .expect("run");
+    let history: Vec<_> = app
+        .get_state_history(config.clone(), HistoryQuery::default())
+        .try_collect()
+        .await
+        .expect("history");
+    let after_a = history
+        .iter()
+        .find(|s| s.next == ["b"])
+        .expect("checkpoint before b");
+    let fork = app
+        .update_state(
+            after_a.config.clone(),
+            DocUpdate::default().title("y"),
+            Some("a"),
+        )
+        .await
+        .expect("update");
+    let forked = app
+        .get_state(fork.clone())
+        .await
+        .expect("state")
+        .expect("fork");
+    assert_eq!(forked.next, ["b"]);
+    assert_eq!(forked.metadata.source, Some(CheckpointSource::Update));
+    let out = app.invoke(None, fork).await.expect("continue the fork");
+    assert_eq!(out.items, ["a", "b saw y"]);
+    // The original branch is intact.
+    let old_final = &history[0];
+    assert_eq!(old_final.values.items, ["a", "b saw x"]);
+    let reread = app
+        .get_state(old_final.config.clone())
+        .await
+        .expect("state")
+        .expect("old");
+    assert_eq!(reread.values.items, ["a", "b saw x"]);
+
+    app.copy_thread("f", "f-copy").await.expect("copy");
+    let copy = app
+        .get_state(RunConfig::thread("f-copy"))
+        .await
+        .expect("state")
+        .expect("copy");
+    assert_eq!(copy.values.items, ["a", "b saw y"]);
+    let out = app
+        .invoke(
+            Some(DocUpdate::default().title("z")),
+            RunConfig::thread("f-copy"),
+        )
+        .await
+        .expect("continue the copy");
+    assert_eq!(out.items, ["a", "b saw y", "a", "b saw z"]);
+    let original = app
+        .get_state(RunConfig::thread("f"))
+        .await
+        .expect("state")
+        .expect("f");
+    assert_eq!(original.values.items, ["a", "b saw y"]);
+}
+
+#[tokio::test]
+async fn sends_give_each_task_its_own_input() {
+    #[derive(Clone, Default, Debug, Serialize, Deserialize, State)]
+    struct Jobs {
+        subject: String,
+        #[reducer(append)]
+        done: Vec<String>,
+    }
+    let mut g = StateGraph::<Jobs>::new();
+    g.add_sync_node("write", |s| {
+        Ok(JobsUpdate::default().done(vec![format!("about {}", s.subject)]))
+    })
+    .add_conditional_edges(START, |_: &Jobs| {
+        ["cats", "dogs", "owls"].map(|s| {
+            cairn_graph::SendTo::new(
+                "write",
+                Jobs {
+                    subject: s.into(),
+                    ..Jobs::default()
+                },
+            )
+        })
+    })
+    .add_edge("write", END);
+    let app = g.compile(memory()).expect("compile");
+    let out = app
+        .invoke(Some(JobsUpdate::default()), RunConfig::thread("sends"))
+        .await
+        .expect("run");
+    assert_eq!(out.done, ["about cats", "about dogs", "about owls"]);
+    assert_eq!(out.subject, "");
+}
+
+#[tokio::test]
+async fn resuming_a_thread_without_checkpoints_or_input_is_an_error() {
+    let mut g = StateGraph::<Counter>::new();
+    g.add_sync_node("inc", |s| Ok(CounterUpdate::default().n(s.n + 1)))
+        .add_edge(START, "inc")
+        .add_edge("inc", END);
+    let app = g.compile(memory()).expect("compile");
+    assert!(matches!(
+        app.invoke(None, RunConfig::thread("empty")).await,
+        Err(GraphError::InvalidArgument(_))
+    ));
+    assert!(matches!(
+        app.invoke(None, RunConfig::thread("empty").with_checkpoint_id("nope"))
+            .await,
+        Err(GraphError::CheckpointNotFound { .. })
+    ));
+    assert!(matches!(
+        app.invoke(Some(CounterUpdate::default()), RunConfig::default())
+            .await,
+        Err(GraphError::InvalidArgument(_))
+    ));
+    assert!(app
+        .get_state(RunConfig::thread("empty"))
+        .await
+        .expect("ok")
+        .is_none());
+}
