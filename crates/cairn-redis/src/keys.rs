@@ -88,14 +88,26 @@ impl KeyLayout {
         format!("{}:cps:{}", self.thread_tag(thread_id), hex(checkpoint_ns))
     }
 
-    /// `{tag}:blobs:<hex ns>`: hash of the namespace's channel values, field
-    /// `<channel length>:<channel><version>`.
-    pub fn blobs_key(&self, thread_id: &str, checkpoint_ns: &str) -> String {
+    /// `{tag}:b:<hex ns>:<hex channel>:<version>`: one channel value (string key), stored
+    /// once per version and shared by every checkpoint of the namespace that refers to it.
+    /// `version` is [`cairn_checkpoint::ChannelVersion::to_storage_string`].
+    pub fn blob_key(
+        &self,
+        thread_id: &str,
+        checkpoint_ns: &str,
+        channel: &str,
+        version: &str,
+    ) -> String {
         format!(
-            "{}:blobs:{}",
-            self.thread_tag(thread_id),
-            hex(checkpoint_ns)
+            "{}{}:{version}",
+            self.blob_prefix(thread_id, checkpoint_ns),
+            hex(channel)
         )
+    }
+
+    /// `{tag}:b:<hex ns>:`: what every value key of the namespace starts with.
+    pub fn blob_prefix(&self, thread_id: &str, checkpoint_ns: &str) -> String {
+        format!("{}:b:{}:", self.thread_tag(thread_id), hex(checkpoint_ns))
     }
 
     /// `{tag}:cp:<hex ns>:<id>`: hash of one checkpoint: `checkpoint` (header JSON),

@@ -59,7 +59,7 @@
 //! |---|---|---|
 //! | `{tag}:cps:<hex ns>` | sorted set, all scores 0 | the namespace's checkpoint ids; ids are time-ordered strings, so `ZREVRANGEBYLEX` lists newest first and `before` is a range bound: listing never scans |
 //! | `{tag}:cp:<hex ns>:<id>` | hash | `checkpoint` (the header as JSON, without values, so versions keep their type), `metadata` (JSON), `parent`, `run` |
-//! | `{tag}:blobs:<hex ns>` | hash | channel values, field `<channel length>:<channel><version>`, value `<tag length>:<type tag><bytes>`; stored once per version and shared by every checkpoint that refers to it |
+//! | `{tag}:b:<hex ns>:<hex channel>:<version>` | string | one channel value, `<tag length>:<type tag><bytes>`; stored once per version and shared by every checkpoint that refers to it; one key per value so each can expire on its own |
 //! | `{tag}:w:<hex ns>:<id>` | hash | a checkpoint's pending writes, field `<task id length>:<task id><index>` (MessagePack) |
 //! | `{tag}:ns` | set | the thread's namespaces |
 //! | `{tag}:run:<hex run>` | set | the thread's checkpoints written by a run (`<ns length>:<ns><id>`) |
@@ -87,12 +87,15 @@
 //! ## TTL
 //! With [`RedisOptions::ttl`] set, every key a write touches (`put`, `put_writes`,
 //! `copy_thread`) gets a native Redis expiry of that length, and so do the thread-level
-//! indexes; with [`RedisOptions::refresh_ttl_on_read`], reading a checkpoint extends the
-//! expiry of the keys it was read from. The expiry therefore slides per checkpoint: a
-//! checkpoint disappears when it has been neither written nor (with refresh) read for one
-//! TTL, and a thread disappears when all its checkpoints have. Index entries left pointing
-//! at expired checkpoints are dropped lazily, the first time a read meets them. Without a
-//! TTL, nothing expires: use `prune` or `delete_thread`.
+//! indexes; a `put` also extends the expiry of the older values its checkpoint still refers
+//! to. With [`RedisOptions::refresh_ttl_on_read`], reading a checkpoint extends the expiry
+//! of every key it was read from, values included. The expiry therefore slides per
+//! checkpoint: a checkpoint disappears when it has been neither written nor (with refresh)
+//! read for one TTL, a value when no checkpoint referring to it has, and a thread when all
+//! its checkpoints have. Index entries left pointing at expired checkpoints are dropped
+//! lazily, the first time a listing meets them; the thread's key set (`{tag}:keys`) keeps
+//! the names of expired keys until the thread is deleted or expires. Without a TTL, nothing
+//! expires: use `prune` or `delete_thread`.
 //!
 //! ## Errors
 //! Redis failures are [`cairn_checkpoint::Error::Backend`] (backend `"redis"`, saying what

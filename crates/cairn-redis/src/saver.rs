@@ -328,22 +328,16 @@ impl RedisSaver {
                 continue;
             };
             let channels: Vec<String> = p.checkpoint.channel_versions.keys().cloned().collect();
+            let blob_keys = self.referenced_blob_keys(&r.thread, &r.ns, &p.checkpoint);
+            if self.options.refresh_ttl_on_read && self.ttl_ms.is_some() {
+                refresh.extend(self.row_keys(&r.thread, &r.ns, &r.id, p.run.as_deref()));
+                refresh.extend(blob_keys.iter().cloned());
+            }
             if !channels.is_empty() {
-                let fields: Vec<String> = p
-                    .checkpoint
-                    .channel_versions
-                    .iter()
-                    .map(|(c, v)| join(c, &v.to_storage_string()))
-                    .collect();
-                pipe.cmd("HMGET")
-                    .arg(self.keys.blobs_key(&r.thread, &r.ns))
-                    .arg(fields);
+                pipe.cmd("MGET").arg(blob_keys);
                 blob_requests.push(Some(channels));
             } else {
                 blob_requests.push(None);
-            }
-            if self.options.refresh_ttl_on_read && self.ttl_ms.is_some() {
-                refresh.extend(self.row_keys(&r.thread, &r.ns, &r.id, p.run.as_deref()));
             }
         }
         self.expire(&mut pipe, &refresh);
@@ -403,13 +397,21 @@ impl RedisSaver {
         Ok(out)
     }
 
-    /// Every key a read of one checkpoint touches (for TTL refreshes).
+    /// The value keys a checkpoint refers to, in `channel_versions` order.
+    fn referenced_blob_keys(&self, thread: &str, ns: &str, checkpoint: &Checkpoint) -> Vec<String> {
+        checkpoint
+            .channel_versions
+            .iter()
+            .map(|(c, v)| self.keys.blob_key(thread, ns, c, &v.to_storage_string()))
+            .collect()
+    }
+
+    /// Every key a read of one checkpoint touches besides its values (for TTL refreshes).
     fn row_keys(&self, thread: &str, ns: &str, id: &str, run: Option<&str>) -> Vec<String> {
         let mut keys = vec![
             self.keys.checkpoint_key(thread, ns, id),
             self.keys.writes_key(thread, ns, id),
             self.keys.checkpoints_key(thread, ns),
-            self.keys.blobs_key(thread, ns),
             self.keys.namespaces_key(thread),
             self.keys.thread_keys_key(thread),
             self.keys.thread_runs_key(thread),
@@ -593,14 +595,13 @@ impl RedisSaver {
         if namespaces.is_empty() {
             return Ok(());
         }
-        // Round trip 1: every id of each namespace, the thread's keys, each blob field.
+        // Round trip 1: every id of each namespace, and the thread's keys.
         let mut pipe = redis::pipe();
         for ns in &namespaces {
             pipe.cmd("ZRANGE")
                 .arg(self.keys.checkpoints_key(thread, ns))
                 .arg(0)
                 .arg(-1);
-            pipe.cmd("HKEYS").arg(self.keys.blobs_key(thread, ns));
         }
         pipe.cmd("SMEMBERS").arg(self.keys.thread_keys_key(thread));
         let replies: Vec<Value> = pipe
@@ -614,11 +615,7 @@ impl RedisSaver {
                 next_reply(&mut replies, "reading a thread to prune")?,
                 "listing checkpoint ids",
             )?;
-            let blob_fields: Vec<Vec<u8>> = parse(
-                next_reply(&mut replies, "reading a thread to prune")?,
-                "listing channel values",
-            )?;
-            per_ns.push((ns, ids, blob_fields));
+            per_ns.push((ns, ids));
         }
         let thread_keys: Vec<String> = parse(
             next_reply(&mut replies, "reading a thread to prune")?,
@@ -627,7 +624,7 @@ impl RedisSaver {
 
         // Round trip 2: the latest header of each namespace, the run of every other one.
         let mut pipe = redis::pipe();
-        for (ns, ids, _) in &per_ns {
+        for (ns, ids) in &per_ns {
             let Some((latest, older)) = ids.split_last() else {
                 continue;
             };
@@ -652,7 +649,7 @@ impl RedisSaver {
         let mut pipe = redis::pipe();
         pipe.atomic();
         let keys_key = self.keys.thread_keys_key(thread);
-        for (ns, ids, blob_fields) in &per_ns {
+        for (ns, ids) in &per_ns {
             let Some((latest, older)) = ids.split_last() else {
                 continue;
             };
@@ -688,20 +685,18 @@ impl RedisSaver {
                 }
             }
             // Values the kept checkpoint does not refer to.
-            let referenced: HashSet<Vec<u8>> = header
-                .channel_versions
-                .iter()
-                .map(|(c, v)| join(c, &v.to_storage_string()).into_bytes())
+            let referenced: HashSet<String> = self
+                .referenced_blob_keys(thread, ns, &header)
+                .into_iter()
                 .collect();
-            let unreferenced: Vec<&Vec<u8>> = blob_fields
+            let blob_prefix = self.keys.blob_prefix(thread, ns);
+            let unreferenced: Vec<&String> = thread_keys
                 .iter()
-                .filter(|f| !referenced.contains(*f))
+                .filter(|k| k.starts_with(&blob_prefix) && !referenced.contains(*k))
                 .collect();
             if !unreferenced.is_empty() {
-                pipe.cmd("HDEL")
-                    .arg(self.keys.blobs_key(thread, ns))
-                    .arg(unreferenced)
-                    .ignore();
+                pipe.cmd("DEL").arg(&unreferenced).ignore();
+                pipe.cmd("SREM").arg(&keys_key).arg(&unreferenced).ignore();
             }
         }
         pipe.query_async::<()>(&mut conn)
@@ -965,7 +960,6 @@ impl CheckpointSaver for RedisSaver {
 
         let cp_key = self.keys.checkpoint_key(thread, ns, &id);
         let cps_key = self.keys.checkpoints_key(thread, ns);
-        let blobs_key = self.keys.blobs_key(thread, ns);
         let ns_key = self.keys.namespaces_key(thread);
         let keys_key = self.keys.thread_keys_key(thread);
         let runs_key = self.keys.thread_runs_key(thread);
@@ -991,24 +985,21 @@ impl CheckpointSaver for RedisSaver {
         }
         pipe.cmd("ZADD").arg(&cps_key).arg(0).arg(&id).ignore();
         pipe.cmd("SADD").arg(&ns_key).arg(ns).ignore();
-        if !new_versions.is_empty() {
-            let hset = pipe.cmd("HSET").arg(&blobs_key);
-            for (channel, version) in &new_versions {
-                let value = values
-                    .get(channel)
-                    .map(encode_value)
-                    .unwrap_or_else(|| encode_value(&TypedValue::empty()));
-                hset.arg(join(channel, &version.to_storage_string()))
-                    .arg(value);
-            }
-            hset.ignore();
+        let mut touched = vec![cp_key.clone(), cps_key.clone(), ns_key.clone()];
+        for (channel, version) in &new_versions {
+            let value = values
+                .get(channel)
+                .map(encode_value)
+                .unwrap_or_else(|| encode_value(&TypedValue::empty()));
+            let key = self
+                .keys
+                .blob_key(thread, ns, channel, &version.to_storage_string());
+            pipe.cmd("SET").arg(&key).arg(value).ignore();
+            touched.push(key);
         }
-        let mut touched = vec![
-            cp_key.clone(),
-            cps_key.clone(),
-            blobs_key.clone(),
-            ns_key.clone(),
-        ];
+        // Values written by earlier checkpoints and still referred to by this one: with a
+        // TTL, their expiry is extended so they live as long as this checkpoint.
+        touched.extend(self.referenced_blob_keys(thread, ns, &checkpoint));
         if let Some(run) = &metadata.run_id {
             let run_cps = self.keys.run_checkpoints_key(thread, run);
             let run_threads = self.keys.run_threads_key(run);
@@ -1133,15 +1124,15 @@ impl CheckpointSaver for RedisSaver {
         if namespaces.is_empty() {
             return Ok(());
         }
-        // Round trip 1: ids and values of each namespace.
+        // Round trip 1: the ids of each namespace, and the thread's keys (to find values).
         let mut pipe = redis::pipe();
         for ns in &namespaces {
             pipe.cmd("ZRANGE")
                 .arg(self.keys.checkpoints_key(src, ns))
                 .arg(0)
                 .arg(-1);
-            pipe.cmd("HGETALL").arg(self.keys.blobs_key(src, ns));
         }
+        pipe.cmd("SMEMBERS").arg(self.keys.thread_keys_key(src));
         let replies: Vec<Value> = pipe
             .query_async(&mut conn)
             .await
@@ -1153,22 +1144,31 @@ impl CheckpointSaver for RedisSaver {
                 next_reply(&mut replies, "reading the thread to copy")?,
                 "listing checkpoint ids",
             )?;
-            let blobs: Vec<(Vec<u8>, Vec<u8>)> = parse::<HashMap<Vec<u8>, Vec<u8>>>(
-                next_reply(&mut replies, "reading the thread to copy")?,
-                "reading channel values",
-            )?
-            .into_iter()
-            .collect();
-            per_ns.push((ns, ids, blobs));
+            per_ns.push((ns, ids));
         }
-        // Round trip 2: every checkpoint hash and writes hash.
+        let src_tag = self.keys.thread_tag(src);
+        let dst_tag = self.keys.thread_tag(dst);
+        let blob_keys: Vec<String> = parse::<Vec<String>>(
+            next_reply(&mut replies, "reading the thread to copy")?,
+            "listing a thread's keys",
+        )?
+        .into_iter()
+        .filter(|k| {
+            k.strip_prefix(src_tag.as_str())
+                .is_some_and(|rest| rest.starts_with(":b:"))
+        })
+        .collect();
+        // Round trip 2: every checkpoint hash, writes hash and value.
         let mut pipe = redis::pipe();
-        for (ns, ids, _) in &per_ns {
+        for (ns, ids) in &per_ns {
             for id in ids {
                 pipe.cmd("HGETALL")
                     .arg(self.keys.checkpoint_key(src, ns, id));
                 pipe.cmd("HGETALL").arg(self.keys.writes_key(src, ns, id));
             }
+        }
+        if !blob_keys.is_empty() {
+            pipe.cmd("MGET").arg(&blob_keys);
         }
         let replies: Vec<Value> = if !pipe.is_empty() {
             pipe.query_async(&mut conn)
@@ -1188,19 +1188,10 @@ impl CheckpointSaver for RedisSaver {
         let mut touched: Vec<String> = vec![ns_key.clone()];
         let mut global: BTreeSet<String> = BTreeSet::new();
         let mut copied = 0usize;
-        for (ns, ids, blobs) in &per_ns {
+        for (ns, ids) in &per_ns {
             let cps_key = self.keys.checkpoints_key(dst, ns);
-            let blobs_key = self.keys.blobs_key(dst, ns);
             pipe.cmd("SADD").arg(&ns_key).arg(*ns).ignore();
             touched.push(cps_key.clone());
-            if !blobs.is_empty() {
-                let hset = pipe.cmd("HSET").arg(&blobs_key);
-                for (field, value) in blobs {
-                    hset.arg(field).arg(value);
-                }
-                hset.ignore();
-                touched.push(blobs_key);
-            }
             for id in ids {
                 let fields: HashMap<String, Vec<u8>> = parse(
                     next_reply(&mut replies, "reading the thread to copy")?,
@@ -1239,6 +1230,21 @@ impl CheckpointSaver for RedisSaver {
                     global.insert(self.keys.run_threads_key(&run));
                 }
                 copied += 1;
+            }
+        }
+        if !blob_keys.is_empty() {
+            let values: Vec<Option<Vec<u8>>> = parse(
+                next_reply(&mut replies, "reading the thread to copy")?,
+                "reading channel values",
+            )?;
+            for (key, value) in blob_keys.iter().zip(values) {
+                // Keys of the source thread all start with its tag (filtered above).
+                let (Some(value), Some(rest)) = (value, key.strip_prefix(src_tag.as_str())) else {
+                    continue; // expired meanwhile
+                };
+                let target = format!("{dst_tag}{rest}");
+                pipe.cmd("SET").arg(&target).arg(value).ignore();
+                touched.push(target);
             }
         }
         for run_threads in &global {

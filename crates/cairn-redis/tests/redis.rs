@@ -213,6 +213,27 @@ async fn ttl_is_set_on_every_thread_key_and_refreshed_on_read() {
         "read without refresh kept PTTL ≤ 5000, got {left}"
     );
 
+    // A value written by an older checkpoint lives as long as the newest one referring to it.
+    let a_version = tuple.checkpoint.channel_versions["a"].to_storage_string();
+    let a_key = keys.blob_key(thread, "", "a", &a_version);
+    let _: () = redis::cmd("PEXPIRE")
+        .arg(&a_key)
+        .arg(5_000)
+        .query_async(&mut conn)
+        .await
+        .expect("PEXPIRE");
+    let mut next = tuple.checkpoint.successor();
+    next.channel_values.clear();
+    saver
+        .put(&saved, next, meta(1), ChannelVersions::new())
+        .await
+        .expect("put");
+    let left = pttl(&mut conn, &a_key).await;
+    assert!(
+        left > 5_000,
+        "a put referring to {a_key} extends it, PTTL is {left}"
+    );
+
     // Without a TTL nothing expires.
     let plain = support::saver(support::options("ttl-none"))
         .await
@@ -457,13 +478,12 @@ async fn corrupt_stored_data_is_reported_where_it_is() {
     // A channel value without its envelope names the channel.
     let tuple = saver.get_tuple(&bad).await.expect("get").expect("saved");
     let version = tuple.checkpoint.channel_versions["b"].to_storage_string();
-    let _: () = redis::cmd("HSET")
-        .arg(keys.blobs_key(thread, "sub"))
-        .arg(format!("1:b{version}"))
+    let _: () = redis::cmd("SET")
+        .arg(keys.blob_key(thread, "sub", "b", &version))
         .arg("garbage")
         .query_async(&mut conn)
         .await
-        .expect("HSET");
+        .expect("SET");
     let (location, _) = expect_corrupt(saver.get_tuple(&bad).await.map(|_| ()), "value");
     assert_eq!(location.channel.as_deref(), Some("b"));
 
@@ -603,23 +623,23 @@ async fn prune_reclaims_values_only_older_checkpoints_referred_to() {
             .await
             .expect("put_writes");
     }
-    let blobs = keys.blobs_key("pruned", "");
-    let before: i64 = redis::cmd("HLEN")
-        .arg(&blobs)
-        .query_async(&mut conn)
-        .await
-        .expect("HLEN");
-    assert_eq!(before, 6);
+    let pattern = format!("{}*", glob_literal(&keys.blob_prefix("pruned", "")));
+    assert_eq!(keys_matching(&mut conn, &pattern).await.len(), 6);
     saver
         .prune(&["pruned".to_string()], PruneStrategy::KeepLatest)
         .await
         .expect("prune");
-    let after: i64 = redis::cmd("HLEN")
-        .arg(&blobs)
-        .query_async(&mut conn)
-        .await
-        .expect("HLEN");
-    assert_eq!(after, 2, "only the latest checkpoint's two values remain");
+    let mut left = keys_matching(&mut conn, &pattern).await;
+    left.sort();
+    let mut expected = vec![
+        keys.blob_key("pruned", "", "keep", "1"),
+        keys.blob_key("pruned", "", "step", "5"),
+    ];
+    expected.sort();
+    assert_eq!(
+        left, expected,
+        "only the latest checkpoint's two values remain"
+    );
     let latest = saver.get_tuple(&cfg).await.expect("get").expect("kept");
     assert_eq!(latest.config, parent);
     assert_eq!(latest.checkpoint.channel_values.len(), 2);
@@ -635,11 +655,11 @@ async fn prune_reclaims_values_only_older_checkpoints_referred_to() {
         .expect("SMEMBERS");
     let checkpoint_keys = members
         .iter()
-        .filter(|k| k.contains(":cp:") || k.contains(":w:"))
+        .filter(|k| k.contains(":cp:") || k.contains(":w:") || k.contains(":b:"))
         .count();
     assert_eq!(
-        checkpoint_keys, 2,
-        "one checkpoint hash and its writes: {members:?}"
+        checkpoint_keys, 4,
+        "one checkpoint hash, its writes and its two values: {members:?}"
     );
     let old_run: Vec<String> = redis::cmd("SMEMBERS")
         .arg(keys.run_checkpoints_key("pruned", "prune-run-0"))
