@@ -372,14 +372,13 @@ impl<S: State> Channels<S> {
         for (name, version) in &cp.channel_versions {
             if let Some(&c) = spec.channel_index.get(name) {
                 ch.versions[c] = Some(version.clone());
-                if ch.max_version.as_ref().is_none_or(|m| version > m) {
-                    ch.max_version = Some(version.clone());
-                }
-            } else if let Some(m) = &ch.max_version {
-                if version > m {
-                    ch.max_version = Some(version.clone());
-                }
-            } else {
+            }
+            // Every channel counts for the next version, even one this graph lacks.
+            let newer = match &ch.max_version {
+                Some(m) => version > m,
+                None => true,
+            };
+            if newer {
                 ch.max_version = Some(version.clone());
             }
         }
@@ -808,7 +807,8 @@ pub(crate) fn resolve_route<S: State>(
     for goto in route.targets {
         match goto {
             Goto::Send(send) => {
-                if !spec.node_index.get(&send.node).is_some_and(|&n| n != 0) {
+                let known = matches!(spec.node_index.get(&send.node), Some(&n) if n != 0);
+                if !known {
                     return Err(GraphError::UnknownNode {
                         node: send.node,
                         context: format!(

@@ -81,14 +81,29 @@
 //! the caller's [`RunConfig::metadata`].
 //!
 //! ## Differences from LangGraph
-//! * Nodes receive the state as `Arc<S>` (a [`SendTo`]'s argument is a whole `S`), and return
-//!   a typed partial update instead of a dict.
-//! * Task ids are UUID v5 rather than LangGraph's xxhash-based ids; checkpoints written by
-//!   one cannot have their pending writes reused by the other (the state itself can).
+//! The golden tests (`tests/golden.rs`) replay LangGraph 1.2.24's recorded histories
+//! (`tests/golden/*.json`) and match them checkpoint by checkpoint (step, source, next,
+//! values, parent links). Deliberate differences:
+//! * Nodes receive the state as `Arc<S>` (a [`SendTo`]'s argument is a whole `S`) and return
+//!   a typed partial update instead of a dict. Typed fields always have a value: a field
+//!   LangGraph shows as absent (never written) is `Default::default()` here.
+//! * Every checkpoint a run writes carries a `run_id` (fresh per invoke unless
+//!   [`RunConfig::with_run_id`] sets one); LangGraph stores none unless the caller passes one.
+//! * Task ids are UUID v5 rather than LangGraph's xxhash-based ids, so pending writes saved by
+//!   one cannot be reused by the other (the state itself can).
+//! * `update_state` on the thread's head does not also store the update as pending writes
+//!   of a synthetic task on the previous checkpoint (LangGraph does; the resulting
+//!   `update` checkpoint is the same).
+//! * Empty bookkeeping channels are left out of `channel_values` (LangGraph keeps an empty
+//!   `join:` barrier as `[]` and an empty `__pregel_tasks` as `[]`).
 //! * `get_state_history` with a `checkpoint_id` in the config lists that checkpoint and the
 //!   older ones (LangGraph lists only that checkpoint).
-//! * A failed step's siblings are not cancelled: they finish and their writes are saved.
-//! * No interrupts, subgraphs, retries, caching or deferred nodes yet.
+//! * A failed step's sibling tasks are not cancelled: they finish and their writes are saved.
+//! * The recursion limit counts super-steps of one invocation after the input: a run may
+//!   take `recursion_limit + 1` steps including the START step.
+//! * Supported: static breakpoints ([`StateGraph::interrupt_before`]), replay (a `fork`
+//!   checkpoint first, as LangGraph 1.2 does), forks with `update_state`. Not yet: dynamic
+//!   `interrupt()`/`Command`, subgraphs, retries, caching, deferred nodes.
 
 #![warn(missing_docs)]
 

@@ -417,11 +417,8 @@ impl<S: State> CompiledGraph<S> {
             for &i in &order {
                 match outcomes[i].take() {
                     Some(Ok(w)) => writes.push((&tasks[i], w)),
-                    Some(Err(e)) => {
-                        if first_error.is_none() {
-                            first_error = Some(e);
-                        }
-                    }
+                    Some(Err(e)) if first_error.is_none() => first_error = Some(e),
+                    Some(Err(_)) => {}
                     None => {}
                 }
             }
