@@ -845,3 +845,144 @@ fn db_comes_from_the_environment_too() {
     let v: Value = serde_json::from_slice(&o.stdout).unwrap();
     assert_eq!(v["total_threads"], 2);
 }
+
+/// Steps of a `history --json` document, newest first.
+fn steps(history: &Value) -> Vec<i64> {
+    history["checkpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["step"].as_i64().unwrap())
+        .collect()
+}
+
+#[test]
+fn demo_crashes_resumes_and_starts_new_editions() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("demo.db");
+
+    let o = cairn(&db, &["demo", "--delay-ms", "0", "--crash-after", "3"]);
+    assert!(!o.status.success(), "the process must die");
+    #[cfg(unix)]
+    {
+        use std::os::unix::process::ExitStatusExt;
+        assert_eq!(o.status.signal(), Some(9), "killed with SIGKILL");
+    }
+    let err = stderr(&o);
+    assert!(err.contains("simulated crash after 3 super-steps"), "{err}");
+    assert!(err.contains("step  2  ✓ research_risks"), "{err}");
+    assert!(
+        !err.contains("summarize  "),
+        "crashed before summarize finished: {err}"
+    );
+    // Input at -1, then START (0), plan (1), research (2).
+    assert_eq!(steps(&json_ok(&db, &["history", "demo"])), [2, 1, 0, -1]);
+
+    let o = cairn(&db, &["--json", "demo", "--delay-ms", "0"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("resuming thread demo from step 3"),
+        "{}",
+        stderr(&o)
+    );
+    assert!(
+        !stderr(&o).contains("▸ plan"),
+        "done steps are not run again"
+    );
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["mode"], "resumed");
+    assert_eq!(v["resumed_from_step"], 3);
+    assert_eq!(v["steps_run"], 3);
+    assert_eq!(v["edition"], 1);
+    assert_eq!(v["thread_id"], "demo");
+    assert_eq!(v["published"].as_array().unwrap().len(), 1);
+    assert_eq!(v["article"], v["published"][0]);
+    assert_eq!(steps(&v["history"]), [5, 4, 3, 2, 1, 0, -1]);
+
+    // Every node ran exactly once: one log line each, no duplicates.
+    let shown = json_ok(&db, &["show", "demo"]);
+    let log = strs(&shown["channels"]["log"]["value"]);
+    assert_eq!(log.len(), 7, "{log:?}");
+    for node in [
+        "plan",
+        "research_history",
+        "research_practice",
+        "research_risks",
+        "summarize",
+        "review",
+        "publish",
+    ] {
+        assert_eq!(
+            log.iter()
+                .filter(|l| l.starts_with(&format!("{node}:")))
+                .count(),
+            1,
+            "{node}: {log:?}"
+        );
+    }
+    assert_eq!(shown["metadata"]["job"], "cairn-demo");
+    assert!(shown["channels"]["draft"]["value"]
+        .as_str()
+        .unwrap()
+        .starts_with("# Durable execution (edition 1)"));
+
+    // A finished thread: the next run is the next edition, on the same thread.
+    let text = ok(&db, &["demo", "--delay-ms", "0"]);
+    assert!(text.contains("Edition 2: Durable execution"), "{text}");
+    assert!(text.contains("a new run on the finished thread"), "{text}");
+    assert!(text.contains("history demo"), "{text}");
+    assert!(text.contains("show demo"), "{text}");
+    let h = json_ok(&db, &["history", "demo"]);
+    assert_eq!(h["checkpoints"].as_array().unwrap().len(), 14);
+    assert_eq!(h["checkpoints"][0]["step"], 12);
+
+    // --fresh starts over.
+    let v = json_ok(&db, &["demo", "--delay-ms", "0", "--fresh"]);
+    assert_eq!(v["mode"], "new");
+    assert_eq!(v["edition"], 1);
+    assert_eq!(v["published"].as_array().unwrap().len(), 1);
+    assert_eq!(steps(&v["history"]), [5, 4, 3, 2, 1, 0, -1]);
+}
+
+#[test]
+fn a_forked_demo_thread_continues_from_the_fork() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("demo.db");
+    let original = json_ok(&db, &["demo", "--delay-ms", "0", "--thread", "d"]);
+    let research_done = original["history"]["checkpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["step"] == 2)
+        .unwrap()["checkpoint_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let f = json_ok(&db, &["fork", "d", &research_done, "--to", "d2"]);
+    assert_eq!(f["fork"]["step"], 2);
+
+    let o = cairn(
+        &db,
+        &["--json", "demo", "--delay-ms", "0", "--thread", "d2"],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    let err = stderr(&o);
+    assert!(err.contains("resuming thread d2 from step 3"), "{err}");
+    assert!(!err.contains("▸ research"), "research is not redone: {err}");
+    let v: Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["mode"], "resumed");
+    assert_eq!(v["steps_run"], 3);
+    // Same inputs, same deterministic article.
+    assert_eq!(v["published"], original["published"]);
+    assert_eq!(steps(&v["history"]), [5, 4, 3, 2]);
+    assert_eq!(v["history"]["checkpoints"][3]["source"], "fork");
+    // The source thread is untouched.
+    assert_eq!(
+        steps(&json_ok(&db, &["history", "d"])),
+        [5, 4, 3, 2, 1, 0, -1]
+    );
+
+    let (code, err) = fails(&db, &["demo", "--crash-after", "0"]);
+    assert_eq!(code, 2);
+    assert!(err.contains("--crash-after"), "{err}");
+}

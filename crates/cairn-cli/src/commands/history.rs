@@ -248,20 +248,23 @@ pub fn print_human(report: &HistoryReport, out: &mut dyn Write) -> Result<()> {
     Ok(())
 }
 
-/// `a, b, c` with bookkeeping channels (`branch:to:*`, `__*`) after the state's own.
+/// The state's own channels, then how many bookkeeping channels (`branch:*`, `join:*`,
+/// `__*`) changed: `draft, log (+2 internal)`.
 fn summarize_changed(changed: &[String]) -> String {
-    if changed.is_empty() {
-        return "—".to_owned();
-    }
-    let (mut state, internal): (Vec<&String>, Vec<&String>) = changed.iter().partition(|c| {
-        !(c.starts_with("branch:") || c.starts_with("__") || c.starts_with("join:"))
-    });
-    state.extend(internal);
-    state
+    let internal =
+        |c: &&String| c.starts_with("branch:") || c.starts_with("join:") || c.starts_with("__");
+    let own: Vec<&str> = changed
         .iter()
-        .map(|s| s.as_str())
-        .collect::<Vec<_>>()
-        .join(", ")
+        .filter(|c| !internal(c))
+        .map(String::as_str)
+        .collect();
+    let hidden = changed.iter().filter(internal).count();
+    match (own.is_empty(), hidden) {
+        (true, 0) => "—".to_owned(),
+        (true, n) => format!("({n} internal)"),
+        (false, 0) => own.join(", "),
+        (false, n) => format!("{} (+{n} internal)", own.join(", ")),
+    }
 }
 
 #[cfg(test)]
@@ -283,7 +286,7 @@ mod tests {
         assert_eq!(changed_channels(&now, None), ["a", "b", "new"]);
         assert_eq!(
             summarize_changed(&["branch:to:x".into(), "plan".into()]),
-            "plan, branch:to:x"
+            "plan (+1 internal)"
         );
     }
 }
