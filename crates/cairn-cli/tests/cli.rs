@@ -679,15 +679,13 @@ fn migrate_copies_threads_exactly_and_is_resumable() {
     assert!(err.contains("same database"), "{err}");
 }
 
-#[cfg(feature = "postgres")]
-#[test]
-fn migrate_sqlite_to_postgres() {
-    let Ok(url) = std::env::var("CAIRN_TEST_POSTGRES_URL") else {
-        eprintln!("CAIRN_TEST_POSTGRES_URL not set; skipping");
-        return;
-    };
+/// Migrates seeded threads from SQLite to the server at `url` and back to a new SQLite
+/// file, checking each copy is exact; cleans up the server's threads afterwards.
+#[cfg(any(feature = "postgres", feature = "redis"))]
+fn migrate_through_server(url: &str) {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("cairn.db");
+    let back = dir.path().join("back.db");
     let prefix = format!("cli-{}-", new_checkpoint_id());
     let rt = runtime();
     rt.block_on(async {
@@ -696,32 +694,71 @@ fn migrate_sqlite_to_postgres() {
     });
     let chat = format!("{prefix}chat");
     let other = format!("{prefix}other");
-    let v = json_ok(
+    let to_server = json_ok(
         &db,
         &[
             "migrate",
             "--from",
             db.to_str().unwrap(),
             "--to",
-            &url,
+            url,
             "--thread",
             &chat,
             "--thread",
             &other,
         ],
     );
-    assert_eq!(v["totals"]["copied"], 5);
+    assert_eq!(to_server["totals"]["copied"], 5);
+    assert_eq!(to_server["totals"]["pending_writes"], 2);
+    let from_server = json_ok(
+        &db,
+        &[
+            "migrate",
+            "--from",
+            url,
+            "--to",
+            back.to_str().unwrap(),
+            "--thread",
+            &chat,
+            "--thread",
+            &other,
+        ],
+    );
+    assert_eq!(from_server["totals"]["copied"], 5);
+    // The CLI reads the server too.
+    let h = json_ok(Path::new(url), &["history", &chat]);
+    assert_eq!(h["checkpoints"].as_array().unwrap().len(), 3);
     rt.block_on(async {
         let a = SqliteSaver::open(&db).unwrap();
-        let b = cairn_cli::backend::open(&url, cairn_cli::backend::Mode::Existing)
+        let b = SqliteSaver::open(&back).unwrap();
+        let server = cairn_cli::backend::open(url, cairn_cli::backend::Mode::Existing)
             .await
             .unwrap();
         for thread in [&chat, &other] {
-            let (x, y) = (dump(&a, thread).await, dump(b.saver.as_ref(), thread).await);
-            assert_eq!(x, y);
-            b.saver.delete_thread(thread).await.unwrap();
+            let original = dump(&a, thread).await;
+            assert_eq!(original, dump(server.saver.as_ref(), thread).await, "{url}");
+            assert_eq!(original, dump(&b, thread).await, "round trip through {url}");
+            server.saver.delete_thread(thread).await.unwrap();
         }
     });
+}
+
+#[cfg(feature = "postgres")]
+#[test]
+fn migrate_sqlite_to_postgres_and_back() {
+    match std::env::var("CAIRN_TEST_POSTGRES_URL") {
+        Ok(url) => migrate_through_server(&url),
+        Err(_) => eprintln!("CAIRN_TEST_POSTGRES_URL not set; skipping"),
+    }
+}
+
+#[cfg(feature = "redis")]
+#[test]
+fn migrate_sqlite_to_redis_and_back() {
+    match std::env::var("CAIRN_TEST_REDIS_URL") {
+        Ok(url) => migrate_through_server(&url),
+        Err(_) => eprintln!("CAIRN_TEST_REDIS_URL not set; skipping"),
+    }
 }
 
 #[test]
