@@ -874,7 +874,7 @@ impl CheckpointSaver for RedisSaver {
                     exhausted: false,
                 };
                 if let Some(id) = &query.checkpoint_id {
-                    if query.before.as_ref().map_or(true, |b| id < b) {
+                    if query.before.as_ref().is_none_or(|b| id < b) {
                         stream.buffer.push_back(id.clone());
                     }
                     stream.exhausted = true;
