@@ -1,1 +1,403 @@
-fn main() {}
+//! Cairn's side of the LangGraph side-by-side benchmark.
+//!
+//! Runs the workloads of `langgraph_peer.py` (W1 chat, W2 loop, W3 fan-out, W4 threads) on
+//! Cairn's savers and writes the peer's JSON shape, so `compare.py PEER.json CAIRN.json`
+//! prints ratios:
+//!
+//! ```text
+//! cargo run --release -p cairn-bench -- --json cairn.json [--quick] [--workloads W1,W2]
+//!     [--savers none,memory,sqlite,postgres,redis] [--durability default,sync] [--growth]
+//! ```
+//!
+//! Every (workload, saver, durability) cell gets a warm-up on throw-away storage, then one
+//! timed run on fresh storage; only graph calls are timed; results are checked and a run that
+//! did not do its work is an error cell. See docs/BENCHMARKS.md.
+
+mod backend;
+mod text;
+mod workloads;
+
+use std::time::Instant;
+
+use clap::Parser;
+use serde_json::{json, Map, Value};
+
+use backend::{Backend, Durability, Env, SaverKind};
+use workloads::{Sizes, FULL, QUICK, WARMUP};
+
+/// Errors of the benchmark binary.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Concurrency of the concurrent W4 cell.
+const W4_CONCURRENCY: usize = 64;
+
+#[derive(Parser, Debug)]
+#[command(about = "Cairn's side of the LangGraph side-by-side benchmark (see docs/BENCHMARKS.md)")]
+struct Args {
+    /// Write the JSON results here.
+    #[arg(long)]
+    json: String,
+    /// The peer's QUICK sizes (a fast check).
+    #[arg(long)]
+    quick: bool,
+    /// Comma list of W1, W1delta, W2, W3, W4, W4c (W4 run 64 threads at a time).
+    #[arg(long, default_value = "W1,W1delta,W2,W3,W4,W4c")]
+    workloads: String,
+    /// Comma list of none, memory, sqlite, postgres, redis.
+    #[arg(long, default_value = "none,memory,sqlite,postgres,redis")]
+    savers: String,
+    /// Comma list of durability modes: default, sync.
+    #[arg(long, default_value = "default,sync")]
+    durability: String,
+    /// Only the W1 storage-growth measurement (samples at --growth-samples turns).
+    #[arg(long)]
+    growth: bool,
+    /// Turns at which --growth samples storage.
+    #[arg(long, default_value = "50,100,200,400")]
+    growth_samples: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Workload {
+    W1,
+    W1Delta,
+    W2,
+    W3,
+    W4,
+    W4Concurrent,
+}
+
+impl Workload {
+    fn parse(s: &str) -> Result<Self, BoxError> {
+        Ok(match s.trim().to_ascii_lowercase().as_str() {
+            "w1" => Workload::W1,
+            "w1delta" => Workload::W1Delta,
+            "w2" => Workload::W2,
+            "w3" => Workload::W3,
+            "w4" => Workload::W4,
+            "w4c" | "w4-concurrent" => Workload::W4Concurrent,
+            other => {
+                return Err(
+                    format!("unknown workload {other:?} (W1, W1delta, W2, W3, W4, W4c)").into(),
+                )
+            }
+        })
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Workload::W1 => "W1",
+            Workload::W1Delta => "W1delta",
+            Workload::W2 => "W2",
+            Workload::W3 => "W3",
+            Workload::W4 => "W4",
+            Workload::W4Concurrent => "W4-concurrent",
+        }
+    }
+}
+
+async fn run_workload(
+    w: Workload,
+    be: &Backend,
+    sz: &Sizes,
+    tag: &str,
+) -> Result<Map<String, Value>, BoxError> {
+    match w {
+        Workload::W1 | Workload::W1Delta => workloads::w1_chat(be, sz, tag).await,
+        Workload::W2 => workloads::w2_loop(be, sz, tag).await,
+        Workload::W3 => workloads::w3_fanout(be, sz, tag).await,
+        Workload::W4 => workloads::w4_threads(be, sz, tag, 1).await,
+        Workload::W4Concurrent => workloads::w4_threads(be, sz, tag, W4_CONCURRENCY).await,
+    }
+}
+
+fn loadavg() -> Value {
+    let s = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    let v: Vec<f64> = s
+        .split_whitespace()
+        .take(3)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    json!(v)
+}
+
+/// One cell: warm-up on throw-away storage, then one timed run on fresh storage.
+async fn run_cell(w: Workload, kind: SaverKind, mode: Durability, sz: &Sizes, env: &Env) -> Value {
+    let mut rec = Map::new();
+    rec.insert("workload".into(), json!(w.name()));
+    rec.insert("saver".into(), json!(kind.name()));
+    rec.insert("durability".into(), json!(mode.name()));
+    rec.insert("loadavg_before".into(), loadavg());
+    let result: Result<Map<String, Value>, BoxError> = async {
+        let be = Backend::open(kind, mode, env).await?;
+        let warm = run_workload(w, &be, &WARMUP, "warmup").await;
+        be.close().await?;
+        warm?;
+        let mut be = Backend::open(kind, mode, env).await?;
+        let res = run_workload(w, &be, sz, "run").await;
+        let res = match res {
+            Ok(mut res) => match be.storage().await {
+                Ok(Some(st)) => {
+                    res.insert("storage_bytes".into(), st["bytes"].clone());
+                    if let Some(b) = st.get("bytes_after_wal_checkpoint") {
+                        res.insert("storage_bytes_after_wal_checkpoint".into(), b.clone());
+                    }
+                    res.insert("storage".into(), Value::Object(st));
+                    Ok(res)
+                }
+                Ok(None) => Ok(res),
+                Err(e) => Err(e),
+            },
+            Err(e) => Err(e),
+        };
+        be.close().await?;
+        res
+    }
+    .await;
+    match result {
+        Ok(res) => {
+            rec.extend(res);
+            rec.insert("ok".into(), json!(true));
+        }
+        Err(e) => {
+            rec.insert("ok".into(), json!(false));
+            rec.insert("error".into(), json!(e.to_string()));
+        }
+    }
+    if w == Workload::W1Delta {
+        rec.insert(
+            "note".into(),
+            json!("Cairn has no DeltaChannel: this is plain W1 (a separate run), compared against LangGraph's DeltaChannel variant"),
+        );
+    }
+    rec.insert("loadavg_after".into(), loadavg());
+    Value::Object(rec)
+}
+
+fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|s| {
+            s.lines().find_map(|l| {
+                l.strip_prefix("model name")
+                    .map(|r| r.trim_start_matches([' ', '\t', ':']).to_owned())
+            })
+        })
+        .unwrap_or_default()
+}
+
+fn split(s: &str) -> impl Iterator<Item = &str> {
+    s.split(',').map(str::trim).filter(|x| !x.is_empty())
+}
+
+fn mask_url(url: &str) -> String {
+    // postgres://user:password@host -> postgres://user:***@host
+    match (url.find("://"), url.find('@')) {
+        (Some(a), Some(at)) if at > a => {
+            let cred = &url[a + 3..at];
+            match cred.find(':') {
+                Some(c) => format!("{}{}:***{}", &url[..a + 3], &cred[..c], &url[at..]),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}
+
+async fn run(args: Args) -> Result<bool, BoxError> {
+    let sizes = if args.quick { QUICK } else { FULL };
+    let env = Env {
+        pg_url: std::env::var("CAIRN_BENCH_PG_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/cairnbench".into()),
+        redis_url: std::env::var("CAIRN_BENCH_REDIS_URL")
+            .unwrap_or_else(|_| "redis://127.0.0.1:6379/".into()),
+    };
+    let savers: Vec<SaverKind> = split(&args.savers)
+        .map(SaverKind::parse)
+        .collect::<Result<_, _>>()?;
+    let modes: Vec<Durability> = split(&args.durability)
+        .map(Durability::parse)
+        .collect::<Result<_, _>>()?;
+
+    let mut meta = Map::new();
+    meta.insert("started_utc".into(), json!(cairn_checkpoint::now_rfc3339()));
+    meta.insert(
+        "argv".into(),
+        json!(std::env::args().skip(1).collect::<Vec<_>>()),
+    );
+    meta.insert(
+        "implementation".into(),
+        json!(format!(
+            "cairn {} (Rust, release build)",
+            env!("CARGO_PKG_VERSION")
+        )),
+    );
+    meta.insert(
+        "nproc".into(),
+        json!(std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1)),
+    );
+    meta.insert("cpu_model".into(), json!(cpu_model()));
+    meta.insert("loadavg_start".into(), loadavg());
+    meta.insert("sizes".into(), json!(sizes));
+    meta.insert("warmup_sizes".into(), json!(WARMUP));
+    meta.insert(
+        "percentiles".into(),
+        json!("nearest-rank over per-invoke Instant latencies"),
+    );
+    meta.insert(
+        "tokio".into(),
+        json!("multi-thread runtime, one worker per core"),
+    );
+    meta.insert(
+        "w4_order".into(),
+        json!({
+            "W4": "thread-major: all turns of thread 0, then thread 1, ... (as the peer)",
+            "W4-concurrent": format!("{W4_CONCURRENCY} threads at a time (each thread's turns in order); turns_per_s = turns / wall clock; cells carry concurrency: {W4_CONCURRENCY}")
+        }),
+    );
+    meta.insert(
+        "w1delta".into(),
+        json!("Cairn has no DeltaChannel; W1delta cells are plain W1 runs so compare.py sets Cairn's W1 against LangGraph's DeltaChannel variant"),
+    );
+    meta.insert("history_page_size".into(), json!(workloads::HISTORY_PAGE));
+
+    let uses = |k: SaverKind| savers.contains(&k);
+    let (mut pg, mut rd) = (Value::Null, Value::Null);
+    if uses(SaverKind::Postgres) {
+        backend::ensure_pg_database(&env.pg_url).await?;
+        pg = backend::pg_facts(&env.pg_url).await;
+        meta.insert("postgres_url".into(), json!(mask_url(&env.pg_url)));
+        meta.insert("postgres_settings".into(), pg.clone());
+    }
+    if uses(SaverKind::Redis) {
+        rd = backend::redis_facts(&env.redis_url).await;
+        meta.insert("redis_url".into(), json!(mask_url(&env.redis_url)));
+        meta.insert("redis_settings".into(), rd.clone());
+    }
+    meta.insert("durability".into(), backend::durability_meta(&pg, &rd));
+
+    let mut all_ok = true;
+    let report = if args.growth {
+        let mut samples: Vec<usize> = split(&args.growth_samples)
+            .map(str::parse)
+            .collect::<Result<_, _>>()?;
+        samples.sort_unstable();
+        let turns = samples.last().copied().unwrap_or(400);
+        let mut out = Map::new();
+        for &kind in savers.iter().filter(|k| **k != SaverKind::None) {
+            let entry = async {
+                let be = Backend::open(kind, Durability::Default, &env).await?;
+                let warm = workloads::w1_chat(&be, &WARMUP, "growth-warmup").await;
+                be.close().await?;
+                warm?;
+                let mut be = Backend::open(kind, Durability::Default, &env).await?;
+                let rows = workloads::w1_growth(&mut be, turns, &samples).await;
+                be.close().await?;
+                rows
+            }
+            .await;
+            let v = match entry {
+                Ok(rows) => json!({ "samples": rows, "final_check": "ok" }),
+                Err(e) => {
+                    all_ok = false;
+                    json!({ "error": e.to_string() })
+                }
+            };
+            println!(
+                "  growth W1 {:8} {}",
+                kind.name(),
+                if v.get("error").is_some() {
+                    "ERROR"
+                } else {
+                    "ok"
+                }
+            );
+            out.insert(kind.name().into(), v);
+        }
+        json!({
+            "meta": meta,
+            "growth": { "turns": turns, "samples_at": samples, "durability": "default", "savers": out }
+        })
+    } else {
+        let mut results = Vec::new();
+        for w in split(&args.workloads)
+            .map(Workload::parse)
+            .collect::<Result<Vec<_>, _>>()?
+        {
+            for &kind in &savers {
+                let cell_modes: Vec<Durability> = match kind {
+                    SaverKind::None => vec![Durability::Default],
+                    SaverKind::Redis => modes
+                        .iter()
+                        .copied()
+                        .filter(|m| *m == Durability::Default)
+                        .collect(),
+                    _ => modes.clone(),
+                };
+                for mode in cell_modes {
+                    let t = Instant::now();
+                    let rec = run_cell(w, kind, mode, &sizes, &env).await;
+                    let ok = rec["ok"].as_bool().unwrap_or(false);
+                    all_ok &= ok;
+                    let metric = ["turns_per_s", "steps_per_s", "invocations_per_s"]
+                        .iter()
+                        .find_map(|k| {
+                            rec.get(*k)
+                                .and_then(Value::as_f64)
+                                .map(|v| format!("{k}={v:.1}"))
+                        })
+                        .unwrap_or_default();
+                    let status = if ok {
+                        "ok".to_owned()
+                    } else {
+                        format!("ERROR {}", rec["error"])
+                    };
+                    println!(
+                        "  {:13} {:8} {:8} {status} {metric} ({:.1}s)",
+                        w.name(),
+                        kind.name(),
+                        mode.name(),
+                        t.elapsed().as_secs_f64()
+                    );
+                    results.push(rec);
+                }
+            }
+        }
+        json!({ "meta": meta, "results": results })
+    };
+    let mut report = report;
+    if let Some(m) = report.get_mut("meta").and_then(Value::as_object_mut) {
+        m.insert("loadavg_end".into(), loadavg());
+        m.insert(
+            "finished_utc".into(),
+            json!(cairn_checkpoint::now_rfc3339()),
+        );
+    }
+    std::fs::write(&args.json, serde_json::to_string_pretty(&report)?)?;
+    println!("JSON written to {}", args.json);
+    Ok(all_ok)
+}
+
+fn main() -> std::process::ExitCode {
+    let args = Args::parse();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cannot start the tokio runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(args)) {
+        Ok(true) => std::process::ExitCode::SUCCESS,
+        Ok(false) => std::process::ExitCode::from(1),
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
