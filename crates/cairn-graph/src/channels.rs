@@ -48,6 +48,12 @@ pub(crate) struct NodeSpec<S: State> {
     pub(crate) triggers: Vec<usize>,
     /// Stop the run before this node runs.
     pub(crate) interrupt_before: bool,
+    /// Stop the run after this node ran.
+    pub(crate) interrupt_after: bool,
+    /// Retries on failure.
+    pub(crate) retry: Option<crate::options::RetryPolicy>,
+    /// Whether a step of only such nodes writes a checkpoint.
+    pub(crate) checkpoint: bool,
 }
 
 pub(crate) struct JoinSpec {
@@ -85,6 +91,9 @@ impl<S: State> Spec<S> {
             branches: Vec::new(),
             triggers: vec![n_fields],
             interrupt_before: false,
+            interrupt_after: false,
+            retry: None,
+            checkpoint: true,
         }];
         for (name, run) in &graph.nodes {
             let index = nodes.len();
@@ -96,6 +105,9 @@ impl<S: State> Spec<S> {
                 branches: Vec::new(),
                 triggers: vec![n_fields + index],
                 interrupt_before: graph.interrupt_before.contains(name),
+                interrupt_after: graph.interrupt_after.contains(name),
+                retry: graph.options.get(name).and_then(|o| o.retry.clone()),
+                checkpoint: graph.options.get(name).is_none_or(|o| o.checkpoint),
             });
         }
         let node_index: HashMap<String, usize> = nodes
@@ -275,7 +287,7 @@ impl<S: State> TaskWrites<S> {
     ) -> cairn_checkpoint::Result<Self> {
         let mut out = TaskWrites::default();
         for (channel, value) in writes {
-            if channel == NO_WRITES {
+            if channel == NO_WRITES || is_special(channel) {
                 continue;
             }
             let Some(&chan) = spec.channel_index.get(channel) else {
@@ -295,6 +307,12 @@ impl<S: State> TaskWrites<S> {
         }
         Ok(out)
     }
+}
+
+/// Whether `channel` is a bookkeeping write (error, interrupt, resume) rather than a task's
+/// output.
+pub(crate) fn is_special(channel: &str) -> bool {
+    cairn_checkpoint::special_write_index(channel).is_some()
 }
 
 /// How the runtime makes channel versions.
@@ -761,11 +779,14 @@ impl<S: State> Channels<S> {
     }
 
     /// Whether a run must stop before `tasks` (LangGraph's `should_interrupt`): a task's
-    /// node is in `interrupt_before` and some channel changed since the last resume.
-    pub(crate) fn should_interrupt(&self, spec: &Spec<S>, tasks: &[Task<S>]) -> bool {
-        if !tasks.iter().any(|t| spec.nodes[t.node].interrupt_before) {
-            return false;
-        }
+    /// node is flagged in `flags` (by node index) and some channel changed since the last
+    /// resume.
+    pub(crate) fn should_interrupt(&self, flags: &[bool], tasks: &[Task<S>]) -> bool {
+        tasks.iter().any(|t| flags[t.node]) && self.changed_since_resume()
+    }
+
+    /// Whether some channel changed since the run last resumed past a breakpoint.
+    pub(crate) fn changed_since_resume(&self) -> bool {
         self.versions.iter().enumerate().any(|(c, v)| {
             let Some(v) = v else { return false };
             match self
@@ -794,6 +815,45 @@ pub fn task_id(
     uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, key.as_bytes())
         .hyphenated()
         .to_string()
+}
+
+/// Resolves a node's [`crate::Command`] `goto` into branch targets and sends.
+pub(crate) fn resolve_goto<S: State>(
+    spec: &Spec<S>,
+    source: usize,
+    goto: Vec<Goto<S>>,
+    out: &mut TaskWrites<S>,
+) -> Result<()> {
+    for g in goto {
+        match g {
+            Goto::Node(name) if name == END => {}
+            Goto::Node(name) => match spec.node_index.get(&name) {
+                Some(&n) if n != 0 => {
+                    if !out.branches.contains(&n) {
+                        out.branches.push(n);
+                    }
+                }
+                _ => {
+                    return Err(GraphError::UnknownNode {
+                        node: name,
+                        context: format!("goto of a command from {:?}", spec.nodes[source].name),
+                        known: spec.node_names(),
+                    })
+                }
+            },
+            Goto::Send(send) => {
+                if !matches!(spec.node_index.get(&send.node), Some(&n) if n != 0) {
+                    return Err(GraphError::UnknownNode {
+                        node: send.node,
+                        context: format!("SendTo in a command from {:?}", spec.nodes[source].name),
+                        known: spec.node_names(),
+                    });
+                }
+                out.sends.push(send);
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Resolves a router's route into branch targets and sends.

@@ -2,6 +2,8 @@
 
 use cairn_checkpoint::CheckpointConfig;
 
+use crate::options::Durability;
+
 /// The default recursion limit (LangGraph's): at most this many super-steps per invocation,
 /// not counting the step that applies the input.
 pub const DEFAULT_RECURSION_LIMIT: usize = 25;
@@ -29,6 +31,12 @@ pub struct RunConfig {
     pub metadata: serde_json::Map<String, serde_json::Value>,
     /// The run id written into checkpoint metadata; a fresh UUID when `None`.
     pub run_id: Option<String>,
+    /// When this run's checkpoints are written (`None`: the graph's default).
+    pub durability: Option<Durability>,
+    /// Breakpoints before these nodes for this run, replacing the compiled ones.
+    pub interrupt_before: Option<Vec<String>>,
+    /// Breakpoints after these nodes for this run, replacing the compiled ones.
+    pub interrupt_after: Option<Vec<String>>,
 }
 
 impl Default for RunConfig {
@@ -40,6 +48,9 @@ impl Default for RunConfig {
             recursion_limit: DEFAULT_RECURSION_LIMIT,
             metadata: serde_json::Map::new(),
             run_id: None,
+            durability: None,
+            interrupt_before: None,
+            interrupt_after: None,
         }
     }
 }
@@ -78,6 +89,32 @@ impl RunConfig {
     /// Sets the run id.
     pub fn with_run_id(mut self, run_id: impl Into<String>) -> Self {
         self.run_id = Some(run_id.into());
+        self
+    }
+
+    /// Sets this run's durability.
+    pub fn with_durability(mut self, durability: Durability) -> Self {
+        self.durability = Some(durability);
+        self
+    }
+
+    /// Stops this run before any of `nodes` (replacing the compiled `interrupt_before`).
+    pub fn with_interrupt_before<I, N>(mut self, nodes: I) -> Self
+    where
+        I: IntoIterator<Item = N>,
+        N: Into<String>,
+    {
+        self.interrupt_before = Some(nodes.into_iter().map(Into::into).collect());
+        self
+    }
+
+    /// Stops this run after any of `nodes` ran (replacing the compiled `interrupt_after`).
+    pub fn with_interrupt_after<I, N>(mut self, nodes: I) -> Self
+    where
+        I: IntoIterator<Item = N>,
+        N: Into<String>,
+    {
+        self.interrupt_after = Some(nodes.into_iter().map(Into::into).collect());
         self
     }
 

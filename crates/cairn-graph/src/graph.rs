@@ -9,7 +9,9 @@ use futures::future::BoxFuture;
 use futures::FutureExt;
 use serde::{Deserialize, Serialize};
 
+use crate::command::{Command, IntoNodeOutput};
 use crate::error::{GraphError, NodeError, Result};
+use crate::options::NodeOptions;
 use crate::runtime::CompiledGraph;
 use crate::state::State;
 
@@ -21,7 +23,9 @@ pub const END: &str = "__end__";
 /// What a node returns: the partial update, or an error.
 pub type NodeResult<S> = std::result::Result<<S as State>::Update, NodeError>;
 
-pub(crate) type NodeFn<S> = Arc<dyn Fn(Arc<S>) -> BoxFuture<'static, NodeResult<S>> + Send + Sync>;
+/// What a node's function returns once type-erased: a command (update + goto).
+pub(crate) type NodeCommand<S> = std::result::Result<Command<S>, NodeError>;
+pub(crate) type NodeFn<S> = Arc<dyn Fn(Arc<S>) -> BoxFuture<'static, NodeCommand<S>> + Send + Sync>;
 pub(crate) type RouterFn<S> = Arc<dyn Fn(&S) -> Route<S> + Send + Sync>;
 
 /// A task to start in the next super-step with its own input (LangGraph's `Send`): routers
@@ -203,6 +207,9 @@ pub struct StateGraph<S: State> {
     pub(crate) branches: Vec<(String, BranchSpec<S>)>,
     pub(crate) errors: Vec<GraphError>,
     pub(crate) interrupt_before: Vec<String>,
+    pub(crate) interrupt_after: Vec<String>,
+    pub(crate) options: HashMap<String, NodeOptions>,
+    pub(crate) durability: crate::options::Durability,
 }
 
 impl<S: State> Default for StateGraph<S> {
@@ -221,7 +228,83 @@ impl<S: State> StateGraph<S> {
             branches: Vec::new(),
             errors: Vec::new(),
             interrupt_before: Vec::new(),
+            interrupt_after: Vec::new(),
+            options: HashMap::new(),
+            durability: crate::options::Durability::default(),
         }
+    }
+
+    /// Stops runs after any of `nodes` ran (a static breakpoint, LangGraph's
+    /// `interrupt_after`): the step's checkpoint is saved, `invoke` returns, and
+    /// `invoke(None, ..)` continues with the next step.
+    pub fn interrupt_after<I, N>(&mut self, nodes: I) -> &mut Self
+    where
+        I: IntoIterator<Item = N>,
+        N: Into<String>,
+    {
+        self.interrupt_after
+            .extend(nodes.into_iter().map(Into::into));
+        self
+    }
+
+    /// The default [`Durability`](crate::Durability) of runs (overridden per invoke by
+    /// [`RunConfig::with_durability`](crate::RunConfig::with_durability)).
+    pub fn durability(&mut self, durability: crate::options::Durability) -> &mut Self {
+        self.durability = durability;
+        self
+    }
+
+    /// Adds an async node with options (retries, declared destinations, checkpointing).
+    /// The node returns either its update (`<Name>Update`) or a [`Command`]: an update plus
+    /// `goto` (the nodes to run next, like edges taken). Declare a command's possible
+    /// targets with [`NodeOptions::destinations`] so `compile` can check the graph.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use cairn_checkpoint::InMemorySaver;
+    /// use cairn_graph::{Command, NodeOptions, RunConfig, State, StateGraph, END, START};
+    /// # #[derive(Clone, Default, Debug, serde::Serialize, serde::Deserialize, State)]
+    /// # struct Steps { #[reducer(append)] steps: Vec<String> }
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+    /// let mut g = StateGraph::<Steps>::new();
+    /// g.add_node_with("a", NodeOptions::default().destinations(["b", "c"]), |_s: Arc<Steps>| async {
+    ///     Ok(Command::update(StepsUpdate::default().steps(vec!["a".into()])).goto("c"))
+    /// })
+    /// .add_sync_node("b", |_| Ok(StepsUpdate::default().steps(vec!["b".into()])))
+    /// .add_sync_node("c", |_| Ok(StepsUpdate::default().steps(vec!["c".into()])))
+    /// .add_edge(START, "a")
+    /// .add_edge("b", END)
+    /// .add_edge("c", END);
+    /// let app = g.compile(Arc::new(InMemorySaver::new()))?;
+    /// let out = app.invoke(Some(StepsUpdate::default()), RunConfig::thread("t")).await?;
+    /// assert_eq!(out.steps, ["a", "c"]);
+    /// # Ok::<(), cairn_graph::GraphError>(()) }).unwrap();
+    /// ```
+    pub fn add_node_with<F, Fut, O>(
+        &mut self,
+        name: impl Into<String>,
+        options: NodeOptions,
+        node: F,
+    ) -> &mut Self
+    where
+        F: Fn(Arc<S>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = std::result::Result<O, NodeError>> + Send + 'static,
+        O: IntoNodeOutput<S>,
+    {
+        let name = name.into();
+        let run: NodeFn<S> = Arc::new(move |state| {
+            node(state)
+                .map(|r| r.map(IntoNodeOutput::into_command))
+                .boxed()
+        });
+        self.push_node(name.clone(), run);
+        self.set_node_options(name, options)
+    }
+
+    /// Sets the options of node `name` (added before or after this call).
+    pub fn set_node_options(&mut self, name: impl Into<String>, options: NodeOptions) -> &mut Self {
+        self.options.insert(name.into(), options);
+        self
     }
 
     /// Stops runs before any of `nodes` runs (a static breakpoint, LangGraph's
@@ -238,13 +321,15 @@ impl<S: State> StateGraph<S> {
     }
 
     /// Adds an async node: it receives the state (or a [`SendTo`]'s input) and returns the
-    /// fields it writes.
+    /// fields it writes. To return a [`Command`] (update plus where to go next) or set
+    /// retries, use [`add_node_with`](Self::add_node_with).
     pub fn add_node<F, Fut>(&mut self, name: impl Into<String>, node: F) -> &mut Self
     where
         F: Fn(Arc<S>) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = NodeResult<S>> + Send + 'static,
     {
-        let run: NodeFn<S> = Arc::new(move |state| node(state).boxed());
+        let run: NodeFn<S> =
+            Arc::new(move |state| node(state).map(|r| r.map(Command::update)).boxed());
         self.push_node(name.into(), run)
     }
 
@@ -256,10 +341,31 @@ impl<S: State> StateGraph<S> {
     {
         let node = Arc::new(node);
         let run: NodeFn<S> = Arc::new(move |state: Arc<S>| {
-            let result = node(&state);
+            let result = node(&state).map(Command::update);
             futures::future::ready(result).boxed()
         });
         self.push_node(name.into(), run)
+    }
+
+    /// Adds a synchronous node with options; like [`add_node_with`](Self::add_node_with).
+    pub fn add_sync_node_with<F, O>(
+        &mut self,
+        name: impl Into<String>,
+        options: NodeOptions,
+        node: F,
+    ) -> &mut Self
+    where
+        F: Fn(&S) -> std::result::Result<O, NodeError> + Send + Sync + 'static,
+        O: IntoNodeOutput<S>,
+    {
+        let name = name.into();
+        let node = Arc::new(node);
+        let run: NodeFn<S> = Arc::new(move |state: Arc<S>| {
+            let result = node(&state).map(IntoNodeOutput::into_command);
+            futures::future::ready(result).boxed()
+        });
+        self.push_node(name.clone(), run);
+        self.set_node_options(name, options)
     }
 
     fn push_node(&mut self, name: String, run: NodeFn<S>) -> &mut Self {
@@ -470,6 +576,11 @@ impl<S: State> StateGraph<S> {
                 successors.entry(s).or_default().push(to);
             }
         }
+        for (name, options) in &self.options {
+            for d in &options.destinations {
+                successors.entry(name).or_default().push(d);
+            }
+        }
         for (source, branch) in &self.branches {
             match &branch.path_map {
                 Some(map) => successors
@@ -495,6 +606,15 @@ impl<S: State> StateGraph<S> {
         }
         for name in &self.interrupt_before {
             check(name, &[], "interrupt_before".into())?;
+        }
+        for name in &self.interrupt_after {
+            check(name, &[], "interrupt_after".into())?;
+        }
+        for (name, options) in &self.options {
+            check(name, &[], "set_node_options".into())?;
+            for d in &options.destinations {
+                check(d, &[END], format!("destination of node {name:?}"))?;
+            }
         }
         for (name, _) in &self.nodes {
             if !reaches_end.contains(name.as_str()) {

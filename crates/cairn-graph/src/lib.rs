@@ -110,19 +110,28 @@
 extern crate self as cairn_graph;
 
 mod channels;
+mod command;
 mod config;
 mod error;
 mod graph;
+mod options;
 mod runtime;
 mod snapshot;
 mod state;
 
 pub use cairn_macros::State;
 pub use channels::task_id;
+pub use command::{
+    interrupt, interrupt_as, Command, Interrupt, IntoNodeOutput, NodeInterrupted, Resume,
+    RunOutcome,
+};
 pub use config::{RunConfig, DEFAULT_RECURSION_LIMIT};
 pub use error::{GraphError, NodeError, Result};
 pub use graph::{EdgeSources, Goto, NodeResult, Route, SendTo, StateGraph, END, START};
-pub use runtime::{current_task, CompiledGraph, StreamEvent, StreamMode, TaskInfo};
+pub use options::{Durability, NodeOptions, RetryPolicy, RetryPredicate};
+pub use runtime::{
+    current_task, emit, CompiledGraph, DebugEvent, StreamEvent, StreamMode, TaskInfo, NULL_TASK_ID,
+};
 pub use snapshot::{HistoryQuery, SnapshotTask, StateSnapshot};
 pub use state::{reducers, FieldInfo, ReducerKind, State};
 

@@ -1,22 +1,28 @@
 //! The Pregel loop: super-steps, concurrent tasks, pending writes and checkpoints.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Mutex, OnceLock};
 
 use cairn_checkpoint::{
     CheckpointConfig, CheckpointMetadata, CheckpointSaver, CheckpointSource, PendingWrite,
-    ValueCodec, ERROR,
+    TypedValue, ValueCodec, ERROR, INTERRUPT, RESUME,
 };
+use futures::future::BoxFuture;
 use futures::{FutureExt, Stream};
 use tokio::sync::mpsc;
 use tracing::Instrument;
 
-use crate::channels::{resolve_route, Channels, Spec, Task, TaskWrites};
+use crate::channels::{is_special, resolve_goto, resolve_route, Channels, Spec, Task, TaskWrites};
+use crate::command::{interrupt_id, Command, Interrupt, Resume, RunOutcome, Scratch};
 use crate::config::RunConfig;
 use crate::error::{GraphError, Result};
-use crate::graph::StateGraph;
+use crate::graph::{StateGraph, START};
+use crate::options::Durability;
 use crate::state::State;
+
+/// The task id of writes made by no task (a caller's [`Command`]), as in LangGraph.
+pub const NULL_TASK_ID: &str = "00000000-0000-0000-0000-000000000000";
 
 /// What [`CompiledGraph::stream`] emits.
 #[derive(Debug, Clone)]
@@ -37,6 +43,56 @@ pub enum StreamEvent<S: State> {
         /// Its update.
         update: S::Update,
     },
+    /// Task and checkpoint events, as they happen ([`StreamMode::Debug`]).
+    Debug(DebugEvent),
+    /// A value a node emitted with [`emit`] ([`StreamMode::Custom`]).
+    Custom {
+        /// The super-step.
+        step: i64,
+        /// The emitting node.
+        node: String,
+        /// The value.
+        value: serde_json::Value,
+    },
+    /// The run stopped at interrupts (always sent, whatever the modes); the stream ends.
+    Interrupted {
+        /// The pending interrupts (empty at a static breakpoint).
+        interrupts: Vec<Interrupt>,
+    },
+}
+
+/// A [`StreamMode::Debug`] event.
+#[derive(Debug, Clone, PartialEq)]
+pub enum DebugEvent {
+    /// A task started (tasks whose saved writes are reused do not start).
+    TaskStart {
+        /// The super-step.
+        step: i64,
+        /// The task id.
+        task_id: String,
+        /// The node.
+        node: String,
+    },
+    /// A task ended.
+    TaskEnd {
+        /// The super-step.
+        step: i64,
+        /// The task id.
+        task_id: String,
+        /// The node.
+        node: String,
+        /// Its error, if it failed.
+        error: Option<String>,
+        /// Its interrupt, if it was interrupted.
+        interrupt: Option<Interrupt>,
+    },
+    /// A checkpoint was written (or handed to the saver, in [`Durability::Async`] mode).
+    Checkpoint {
+        /// Its step.
+        step: i64,
+        /// Its config.
+        config: CheckpointConfig,
+    },
 }
 
 /// Which events [`CompiledGraph::stream`] emits.
@@ -46,6 +102,10 @@ pub enum StreamMode {
     Values,
     /// [`StreamEvent::Updates`] for every task.
     Updates,
+    /// [`StreamEvent::Debug`]: task starts/ends and checkpoints, as they happen.
+    Debug,
+    /// [`StreamEvent::Custom`]: values nodes emit with [`emit`].
+    Custom,
 }
 
 /// The task a node is running in, available to node code through [`current_task`].
@@ -63,13 +123,55 @@ pub struct TaskInfo {
     pub thread_id: String,
 }
 
+/// Sends a node's custom stream event: `(step, node, value)`.
+type Emitter = Arc<dyn Fn(i64, String, serde_json::Value) -> BoxFuture<'static, ()> + Send + Sync>;
+
+/// Everything a running node can reach through task-local storage.
+pub(crate) struct TaskContext {
+    pub(crate) info: TaskInfo,
+    /// The graph's checkpoint namespace.
+    pub(crate) ns: String,
+    pub(crate) scratch: Mutex<Scratch>,
+    emitter: Option<Emitter>,
+}
+
+impl TaskContext {
+    /// The task's own namespace (`<ns|>node:task_id`), as LangGraph names it.
+    pub(crate) fn task_ns(&self) -> String {
+        if self.ns.is_empty() {
+            format!("{}:{}", self.info.name, self.info.id)
+        } else {
+            format!("{}|{}:{}", self.ns, self.info.name, self.info.id)
+        }
+    }
+}
+
 tokio::task_local! {
-    static CURRENT_TASK: TaskInfo;
+    pub(crate) static CURRENT_TASK: TaskContext;
 }
 
 /// The task the calling node runs in; `None` outside of a node.
 pub fn current_task() -> Option<TaskInfo> {
-    CURRENT_TASK.try_with(Clone::clone).ok()
+    CURRENT_TASK.try_with(|c| c.info.clone()).ok()
+}
+
+/// Emits a custom stream event from inside a node ([`StreamMode::Custom`]): progress,
+/// tokens, anything JSON. Does nothing when nobody streams custom events.
+pub async fn emit<V: serde::Serialize>(value: V) {
+    let target = CURRENT_TASK
+        .try_with(|c| {
+            c.emitter
+                .clone()
+                .map(|e| (e, c.info.step, c.info.name.clone()))
+        })
+        .ok()
+        .flatten();
+    if let Some((emitter, step, node)) = target {
+        match serde_json::to_value(value) {
+            Ok(v) => emitter(step, node, v).await,
+            Err(e) => tracing::warn!(error = %e, "cannot encode a custom stream event"),
+        }
+    }
 }
 
 /// Threads with a run in progress: (saver identity, namespace, thread).
@@ -113,6 +215,8 @@ pub(crate) struct Inner<S: State> {
     pub(crate) saver: Option<Arc<dyn CheckpointSaver>>,
     /// Distinguishes graphs without a saver in the running-threads registry.
     identity: usize,
+    /// Default durability of runs.
+    durability: Durability,
 }
 
 /// A validated, runnable graph. Cheap to clone; share it between tasks.
@@ -132,13 +236,120 @@ impl<S: State> Clone for CompiledGraph<S> {
 
 type EventSink<S> = Option<mpsc::Sender<Result<StreamEvent<S>>>>;
 
+#[derive(Default, Clone, Copy)]
 struct Modes {
     values: bool,
     updates: bool,
+    debug: bool,
+    custom: bool,
 }
 
-/// The result of running one task.
-type TaskOutcome<S> = std::result::Result<TaskWrites<S>, GraphError>;
+/// What a run starts from.
+pub(crate) enum RunInput<S: State> {
+    /// New input: a fresh run from START.
+    Update(S::Update),
+    /// Continue the thread's unfinished run.
+    Continue,
+    /// Continue with a caller's command (resume values, update, goto).
+    Command(Command<S>),
+}
+
+/// How one task ended.
+pub(crate) enum TaskEnd<S: State> {
+    Done(TaskWrites<S>),
+    Interrupted(Interrupt),
+}
+
+/// The result of running one task, plus (in exit mode) the writes still to be saved.
+pub(crate) struct TaskOutcome<S: State> {
+    end: std::result::Result<TaskEnd<S>, GraphError>,
+    unsaved: Vec<(String, TypedValue)>,
+}
+
+impl<S: State> TaskOutcome<S> {
+    fn err(e: GraphError) -> Self {
+        TaskOutcome {
+            end: Err(e),
+            unsaved: Vec::new(),
+        }
+    }
+}
+
+/// Resume information for a step's tasks.
+#[derive(Default)]
+struct ResumeCtx {
+    /// The run's unassigned resume value (first interrupting task takes it).
+    null: Option<Arc<Mutex<Option<serde_json::Value>>>>,
+    /// Resume values by interrupt id.
+    map: Option<BTreeMap<String, serde_json::Value>>,
+}
+
+/// A checkpoint the run has computed but not saved yet (exit durability).
+struct Unsaved {
+    id: String,
+    step: i64,
+    source: CheckpointSource,
+}
+
+/// Checkpoint writing for one run, per durability mode.
+struct Persister<'a> {
+    saver: &'a Arc<dyn CheckpointSaver>,
+    mode: Durability,
+    /// The put still in flight (async mode).
+    inflight: Option<tokio::task::JoinHandle<cairn_checkpoint::Result<CheckpointConfig>>>,
+}
+
+impl Persister<'_> {
+    /// Saves a checkpoint as a child of `parent`; returns its config (in async mode possibly
+    /// before it is stored: [`settle`](Self::settle) waits for it).
+    async fn put(
+        &mut self,
+        parent: &CheckpointConfig,
+        cp: cairn_checkpoint::Checkpoint,
+        meta: CheckpointMetadata,
+        new_versions: cairn_checkpoint::ChannelVersions,
+    ) -> Result<CheckpointConfig> {
+        self.settle().await?;
+        if self.mode != Durability::Async {
+            return Ok(self.saver.put(parent, cp, meta, new_versions).await?);
+        }
+        let config = CheckpointConfig {
+            thread_id: parent.thread_id.clone(),
+            checkpoint_ns: parent.checkpoint_ns.clone(),
+            checkpoint_id: Some(cp.id.clone()),
+        };
+        let saver = Arc::clone(self.saver);
+        let parent = parent.clone();
+        let mut fut = Box::pin(async move { saver.put(&parent, cp, meta, new_versions).await });
+        // Savers that finish without waiting (in memory) cost no spawned task.
+        match futures::poll!(fut.as_mut()) {
+            std::task::Poll::Ready(r) => {
+                r?;
+            }
+            std::task::Poll::Pending => self.inflight = Some(tokio::spawn(fut)),
+        }
+        Ok(config)
+    }
+
+    /// Waits for the put in flight, if any.
+    async fn settle(&mut self) -> Result<()> {
+        if let Some(handle) = self.inflight.take() {
+            match handle.await {
+                Ok(r) => {
+                    r?;
+                }
+                Err(e) => {
+                    return Err(GraphError::Checkpoint(cairn_checkpoint::Error::backend(
+                        "graph runtime",
+                        "saving a checkpoint in the background",
+                        e,
+                    )))
+                }
+            }
+        }
+        Ok(())
+    }
+}
 
 impl<S: State> CompiledGraph<S> {
     pub(crate) fn build(
@@ -154,6 +365,7 @@ impl<S: State> CompiledGraph<S> {
                 spec,
                 saver,
                 identity,
+                durability: graph.durability,
             }),
             codec: ValueCodec::default(),
         })
@@ -178,51 +390,120 @@ impl<S: State> CompiledGraph<S> {
             .collect()
     }
 
-    /// Runs the graph to completion and returns the final state.
+    /// Runs the graph and returns the state where it stopped.
     ///
     /// * `Some(input)`: the input is applied (through the reducers) to the thread's state —
     ///   empty for a new thread — and a run starts from START.
     /// * `None`: resumes the thread's unfinished run from its latest checkpoint (or from
     ///   `config.checkpoint_id`: replay), skipping tasks whose writes were already saved.
+    ///
+    /// A run that stops at an [`interrupt`](crate::interrupt) or a breakpoint also returns
+    /// `Ok(state)`; use [`invoke_outcome`](Self::invoke_outcome) to tell the two apart and
+    /// read the interrupts.
     pub async fn invoke(
         &self,
         input: Option<S::Update>,
         config: impl Into<RunConfig>,
     ) -> Result<S> {
-        let state = self
-            .run(
-                input,
-                config.into(),
-                None,
-                Modes {
-                    values: false,
-                    updates: false,
-                },
-            )
-            .await?;
-        Ok(Arc::try_unwrap(state).unwrap_or_else(|s| (*s).clone()))
+        Ok(self.invoke_outcome(input, config).await?.into_state())
+    }
+
+    /// Like [`invoke`](Self::invoke), telling whether the run finished or stopped at
+    /// interrupts (and which).
+    pub async fn invoke_outcome(
+        &self,
+        input: Option<S::Update>,
+        config: impl Into<RunConfig>,
+    ) -> Result<RunOutcome<S>> {
+        let input = match input {
+            Some(u) => RunInput::Update(u),
+            None => RunInput::Continue,
+        };
+        self.run_outcome(input, config.into(), None, Modes::default())
+            .await
+    }
+
+    /// Continues the thread's run with a [`Command`]: answers pending interrupts
+    /// ([`Command::resume`]), applies an update and schedules `goto` nodes, then runs on.
+    pub async fn invoke_command(
+        &self,
+        command: Command<S>,
+        config: impl Into<RunConfig>,
+    ) -> Result<RunOutcome<S>> {
+        self.run_outcome(
+            RunInput::Command(command),
+            config.into(),
+            None,
+            Modes::default(),
+        )
+        .await
+    }
+
+    async fn run_outcome(
+        &self,
+        input: RunInput<S>,
+        config: RunConfig,
+        sink: EventSink<S>,
+        modes: Modes,
+    ) -> Result<RunOutcome<S>> {
+        let (state, interrupts) = self.run(input, config, sink, modes).await?;
+        let state = Arc::try_unwrap(state).unwrap_or_else(|s| (*s).clone());
+        Ok(match interrupts {
+            None => RunOutcome::Finished(state),
+            Some(interrupts) => RunOutcome::Interrupted { state, interrupts },
+        })
     }
 
     /// Runs the graph like [`invoke`](Self::invoke), streaming events as super-steps finish.
     /// The run happens in a spawned task; dropping the stream stops it after the current
-    /// step (the run can be resumed with `invoke(None, ..)`).
+    /// step (the run can be resumed with `invoke(None, ..)`). A run that stops at
+    /// interrupts ends the stream with [`StreamEvent::Interrupted`].
     pub fn stream(
         &self,
         input: Option<S::Update>,
         config: impl Into<RunConfig>,
         modes: &[StreamMode],
     ) -> impl Stream<Item = Result<StreamEvent<S>>> + Send + 'static {
+        let input = match input {
+            Some(u) => RunInput::Update(u),
+            None => RunInput::Continue,
+        };
+        self.stream_input(input, config.into(), modes)
+    }
+
+    /// Like [`stream`](Self::stream), continuing with a [`Command`].
+    pub fn stream_command(
+        &self,
+        command: Command<S>,
+        config: impl Into<RunConfig>,
+        modes: &[StreamMode],
+    ) -> impl Stream<Item = Result<StreamEvent<S>>> + Send + 'static {
+        self.stream_input(RunInput::Command(command), config.into(), modes)
+    }
+
+    fn stream_input(
+        &self,
+        input: RunInput<S>,
+        config: RunConfig,
+        modes: &[StreamMode],
+    ) -> impl Stream<Item = Result<StreamEvent<S>>> + Send + 'static {
         let (tx, rx) = mpsc::channel(64);
         let graph = self.clone();
-        let config = config.into();
         let modes = Modes {
             values: modes.contains(&StreamMode::Values),
             updates: modes.contains(&StreamMode::Updates),
+            debug: modes.contains(&StreamMode::Debug),
+            custom: modes.contains(&StreamMode::Custom),
         };
         tokio::spawn(async move {
-            let result = graph.run(input, config, Some(tx.clone()), modes).await;
-            if let Err(e) = result {
-                let _ = tx.send(Err(e)).await;
+            match graph.run(input, config, Some(tx.clone()), modes).await {
+                Err(e) => {
+                    let _ = tx.send(Err(e)).await;
+                }
+                Ok((_, Some(interrupts))) => {
+                    let _ = tx.send(Ok(StreamEvent::Interrupted { interrupts })).await;
+                }
+                Ok(_) => {}
             }
         });
         futures::stream::unfold(rx, |mut rx| async move {
@@ -239,21 +520,30 @@ impl<S: State> CompiledGraph<S> {
         Some((identity, config.checkpoint_ns.clone(), thread))
     }
 
+    /// Runs until the graph finishes (`None` interrupts) or stops (`Some`).
     async fn run(
         &self,
-        input: Option<S::Update>,
+        input: RunInput<S>,
         config: RunConfig,
         sink: EventSink<S>,
         modes: Modes,
-    ) -> Result<Arc<S>> {
+    ) -> Result<(Arc<S>, Option<Vec<Interrupt>>)> {
         let _guard = ThreadGuard::acquire(self.thread_key(&config))?;
         let spec = &self.inner.spec;
-        let saver = self.inner.saver.as_deref();
+        let saver_arc = self.inner.saver.as_ref();
+        let saver = saver_arc.map(|s| s.as_ref());
         let codec = self.codec;
         let versioner = match saver {
             Some(s) => crate::channels::Versioner::Saver(s),
             None => crate::channels::Versioner::Int,
         };
+        let durability = config.durability.unwrap_or(self.inner.durability);
+        let mut persister = saver_arc.map(|saver| Persister {
+            saver,
+            mode: durability,
+            inflight: None,
+        });
+        let exit_mode = saver.is_some() && durability == Durability::Exit;
         let run_id = config
             .run_id
             .clone()
@@ -266,6 +556,12 @@ impl<S: State> CompiledGraph<S> {
             ));
         }
         let cp_config = config.checkpoint_config();
+        let before_flags = flags(spec, config.interrupt_before.as_deref(), |n| {
+            n.interrupt_before
+        })?;
+        let after_flags = flags(spec, config.interrupt_after.as_deref(), |n| {
+            n.interrupt_after
+        })?;
 
         // 1. Load.
         let tuple = match saver {
@@ -297,16 +593,20 @@ impl<S: State> CompiledGraph<S> {
         };
         let mut meta_base = CheckpointMetadata::default().with_run_id(run_id.clone());
         meta_base.extra = config.metadata.clone();
-        let mut saved_any = false;
         let thread_config = CheckpointConfig {
             thread_id: thread_id.clone(),
             checkpoint_ns: config.checkpoint_ns.clone(),
             checkpoint_id: None,
         };
+        // Exit durability: the checkpoint the tasks derive from, not saved yet.
+        let mut unsaved: Option<Unsaved> = None;
+        // Changes applied by steps that wrote no checkpoint (per-node checkpoint policy).
+        let mut changed_since_save = false;
+        let mut resume = ResumeCtx::default();
 
         // 2. Input.
-        match input {
-            Some(input) => {
+        let command = match input {
+            RunInput::Update(input) => {
                 // Unfinished tasks of the previous run are discarded, as in LangGraph.
                 let current_id = current
                     .as_ref()
@@ -325,57 +625,81 @@ impl<S: State> CompiledGraph<S> {
                     .map(|t| (t, TaskWrites::default()))
                     .collect();
                 channels.apply_writes(spec, writes, Some(input), bump, &versioner)?;
-                if let Some(saver) = saver {
-                    let parent = current.clone().unwrap_or_else(|| thread_config.clone());
-                    let (cp, new_versions) = channels.checkpoint(spec, &codec)?;
-                    let mut meta = meta_base.clone();
-                    meta.source = Some(CheckpointSource::Input);
-                    meta.step = Some(step);
-                    let saved = saver.put(&parent, cp, meta, new_versions).await?;
-                    current = Some(saved);
-                    saved_any = true;
-                } else {
-                    channels.mark_clean();
+                match &mut persister {
+                    Some(_) if exit_mode => {
+                        unsaved = Some(Unsaved {
+                            id: cairn_checkpoint::new_checkpoint_id(),
+                            step,
+                            source: CheckpointSource::Input,
+                        });
+                    }
+                    Some(p) => {
+                        let parent = current.clone().unwrap_or_else(|| thread_config.clone());
+                        let (cp, new_versions) = channels.checkpoint(spec, &codec)?;
+                        let mut meta = meta_base.clone();
+                        meta.source = Some(CheckpointSource::Input);
+                        meta.step = Some(step);
+                        let saved = p.put(&parent, cp, meta, new_versions).await?;
+                        debug_checkpoint(&sink, modes, step, &saved).await;
+                        current = Some(saved);
+                    }
+                    None => channels.mark_clean(),
                 }
                 step += 1;
                 pending.clear();
+                None
             }
-            None => {
-                let Some(tuple) = &tuple else {
-                    return Err(GraphError::InvalidArgument(
-                        "no input and no checkpoint to resume: pass an input to start a run".into(),
-                    ));
-                };
-                channels.mark_resumed();
-                if let (Some(saver), true) = (saver, replaying) {
-                    // Replaying an old checkpoint starts a new branch with a fork checkpoint,
-                    // unless it is an update/fork checkpoint nothing has continued from yet.
-                    let latest = saver.get_tuple(&thread_config).await?;
-                    let superseded = latest.is_some_and(|l| l.checkpoint.id != tuple.checkpoint.id);
-                    let own_branch = matches!(
-                        tuple.metadata.source,
-                        Some(CheckpointSource::Update | CheckpointSource::Fork)
-                    );
-                    if superseded || !own_branch {
-                        let (cp, new_versions) = channels.checkpoint(spec, &codec)?;
-                        let mut meta = meta_base.clone();
-                        meta.source = Some(CheckpointSource::Fork);
-                        meta.step = Some(step);
-                        current = Some(saver.put(&tuple.config, cp, meta, new_versions).await?);
-                        step += 1;
-                    }
+            RunInput::Continue => Some(Command::default()),
+            RunInput::Command(c) => Some(c),
+        };
+        if let Some(command) = command {
+            let Some(tuple) = &tuple else {
+                return Err(GraphError::InvalidArgument(
+                    "no input and no checkpoint to resume: pass an input to start a run".into(),
+                ));
+            };
+            if let (Some(saver), true) = (saver, replaying) {
+                // Replaying an old checkpoint starts a new branch with a fork checkpoint,
+                // unless it is an update/fork checkpoint nothing has continued from yet.
+                let latest = saver.get_tuple(&thread_config).await?;
+                let superseded = latest.is_some_and(|l| l.checkpoint.id != tuple.checkpoint.id);
+                let own_branch = matches!(
+                    tuple.metadata.source,
+                    Some(CheckpointSource::Update | CheckpointSource::Fork)
+                );
+                if superseded || !own_branch {
+                    channels.mark_resumed();
+                    let (cp, new_versions) = channels.checkpoint(spec, &codec)?;
+                    let mut meta = meta_base.clone();
+                    meta.source = Some(CheckpointSource::Fork);
+                    meta.step = Some(step);
+                    current = Some(saver.put(&tuple.config, cp, meta, new_versions).await?);
+                    step += 1;
                 }
             }
+            self.apply_command(
+                command,
+                &mut channels,
+                &mut pending,
+                &mut resume,
+                current.as_ref(),
+                &versioner,
+            )
+            .await?;
+            channels.mark_resumed();
         }
-        let _ = saved_any;
 
         // 3. Super-steps.
         let first_step = step;
-        loop {
-            let current_id = current
-                .as_ref()
-                .and_then(|c| c.checkpoint_id.clone())
-                .unwrap_or_default();
+        let any_no_checkpoint = spec.nodes.iter().any(|n| !n.checkpoint);
+        let stopped: Option<Vec<Interrupt>> = loop {
+            let current_id = match &unsaved {
+                Some(u) => u.id.clone(),
+                None => current
+                    .as_ref()
+                    .and_then(|c| c.checkpoint_id.clone())
+                    .unwrap_or_default(),
+            };
             let tasks = channels.prepare_tasks(
                 spec,
                 &current_id,
@@ -384,47 +708,108 @@ impl<S: State> CompiledGraph<S> {
                 saver.is_some(),
             )?;
             if tasks.is_empty() {
-                break;
+                break None;
             }
-            if channels.should_interrupt(spec, &tasks) {
+            if channels.should_interrupt(&before_flags, &tasks) {
                 tracing::debug!(step, "stopping before an interrupt_before node");
-                break;
+                break Some(Vec::new());
             }
             if (step - first_step) as usize >= config.recursion_limit.saturating_add(1) {
+                if let Some(p) = &mut persister {
+                    p.settle().await?;
+                }
                 return Err(GraphError::RecursionLimit {
                     limit: config.recursion_limit,
                 });
             }
             let span = tracing::debug_span!("superstep", step, thread_id = %thread_id, tasks = tasks.len());
+            let writes_config = match &unsaved {
+                Some(u) => Some(CheckpointConfig {
+                    checkpoint_id: Some(u.id.clone()),
+                    ..thread_config.clone()
+                }),
+                None => current.clone(),
+            };
             let outcomes = self
                 .run_tasks(
                     &tasks,
                     &channels,
                     &pending,
-                    step,
-                    current.as_ref(),
-                    &thread_id,
+                    &mut resume,
+                    StepCtx {
+                        step,
+                        current: writes_config.as_ref(),
+                        thread_id: &thread_id,
+                        ns: &config.checkpoint_ns,
+                        save_writes: !exit_mode,
+                        sink: &sink,
+                        modes,
+                    },
                 )
                 .instrument(span.clone())
                 .await;
-            let _enter = span.enter();
             let mut writes = Vec::with_capacity(tasks.len());
             let mut first_error = None;
+            let mut interrupts = Vec::new();
             let mut order: Vec<usize> = (0..tasks.len()).collect();
             order.sort_by(|&a, &b| tasks[a].path.cmp(&tasks[b].path));
             let mut outcomes: Vec<Option<TaskOutcome<S>>> =
                 outcomes.into_iter().map(Some).collect();
+            let mut to_save = Vec::new();
             for &i in &order {
-                match outcomes[i].take() {
-                    Some(Ok(w)) => writes.push((&tasks[i], w)),
-                    Some(Err(e)) if first_error.is_none() => first_error = Some(e),
-                    Some(Err(_)) => {}
-                    None => {}
+                let Some(outcome) = outcomes[i].take() else {
+                    continue;
+                };
+                if !outcome.unsaved.is_empty() {
+                    to_save.push((i, outcome.unsaved));
+                }
+                match outcome.end {
+                    Ok(TaskEnd::Done(w)) => writes.push((&tasks[i], w)),
+                    Ok(TaskEnd::Interrupted(int)) => interrupts.push(int),
+                    Err(e) if first_error.is_none() => first_error = Some(e),
+                    Err(_) => {}
                 }
             }
-            if let Some(e) = first_error {
-                return Err(e);
+            if first_error.is_some() || !interrupts.is_empty() {
+                // The step is not applied: its finished tasks' writes, errors and interrupts
+                // are pending writes of the checkpoint the step ran from.
+                if let (Some(p), true) = (&mut persister, exit_mode) {
+                    let target = match unsaved.take() {
+                        Some(u) => {
+                            let parent = current.clone().unwrap_or_else(|| thread_config.clone());
+                            let (mut cp, new_versions) = channels.checkpoint(spec, &codec)?;
+                            cp.id = u.id;
+                            let mut meta = meta_base.clone();
+                            meta.source = Some(u.source);
+                            meta.step = Some(u.step);
+                            let saved = p.put(&parent, cp, meta, new_versions).await?;
+                            debug_checkpoint(&sink, modes, u.step, &saved).await;
+                            Some(saved)
+                        }
+                        None => current.clone(),
+                    };
+                    if let Some(target) = target {
+                        for (i, w) in to_save {
+                            p.saver
+                                .put_writes(&target, w, &tasks[i].id, &tasks[i].path)
+                                .await?;
+                        }
+                    }
+                } else if changed_since_save {
+                    // Steps without a checkpoint before this one: their writes are pending
+                    // writes of `current` and are replayed on resume.
+                    tracing::debug!(step, "stopping after steps without checkpoints");
+                }
+                if let Some(p) = &mut persister {
+                    p.settle().await?;
+                }
+                if let Some(e) = first_error {
+                    return Err(e);
+                }
+                tracing::debug!(step, count = interrupts.len(), "stopping at interrupts");
+                return Ok((channels.state, Some(interrupts)));
             }
+            let _enter = span.enter();
             let updates: Vec<(String, S::Update)> = if modes.updates && sink.is_some() {
                 writes
                     .iter()
@@ -438,18 +823,42 @@ impl<S: State> CompiledGraph<S> {
             } else {
                 Vec::new()
             };
+            let ran_after = writes.iter().any(|(t, _)| after_flags[t.node]);
+            let skip_checkpoint =
+                any_no_checkpoint && writes.iter().all(|(t, _)| !spec.nodes[t.node].checkpoint);
             channels.apply_writes(spec, writes, None, true, &versioner)?;
-            if let Some(saver) = saver {
-                let parent = current.clone().unwrap_or_else(|| thread_config.clone());
-                let (cp, new_versions) = channels.checkpoint(spec, &codec)?;
-                let mut meta = meta_base.clone();
-                meta.source = Some(CheckpointSource::Loop);
-                meta.step = Some(step);
-                current = Some(saver.put(&parent, cp, meta, new_versions).await?);
-            } else {
-                channels.mark_clean();
-            }
             drop(_enter);
+            match &mut persister {
+                Some(_) if exit_mode => {
+                    unsaved = Some(Unsaved {
+                        id: cairn_checkpoint::new_checkpoint_id(),
+                        step,
+                        source: CheckpointSource::Loop,
+                    });
+                    pending.clear();
+                }
+                Some(_) if skip_checkpoint => {
+                    // Tasks of the next step derive their ids from the same checkpoint
+                    // (the step number differs) and save their writes against it.
+                    changed_since_save = true;
+                }
+                Some(p) => {
+                    let parent = current.clone().unwrap_or_else(|| thread_config.clone());
+                    let (cp, new_versions) = channels.checkpoint(spec, &codec)?;
+                    let mut meta = meta_base.clone();
+                    meta.source = Some(CheckpointSource::Loop);
+                    meta.step = Some(step);
+                    let saved = p.put(&parent, cp, meta, new_versions).await?;
+                    debug_checkpoint(&sink, modes, step, &saved).await;
+                    current = Some(saved);
+                    changed_since_save = false;
+                    pending.clear();
+                }
+                None => {
+                    channels.mark_clean();
+                    pending.clear();
+                }
+            }
             if let Some(tx) = &sink {
                 for (node, update) in updates {
                     if tx
@@ -457,24 +866,155 @@ impl<S: State> CompiledGraph<S> {
                         .await
                         .is_err()
                     {
-                        return Ok(channels.state);
+                        break;
                     }
                 }
                 if modes.values {
                     let state = (*channels.state).clone();
-                    if tx
-                        .send(Ok(StreamEvent::Values { step, state }))
-                        .await
-                        .is_err()
-                    {
-                        return Ok(channels.state);
-                    }
+                    let _ = tx.send(Ok(StreamEvent::Values { step, state })).await;
+                }
+                if tx.is_closed() {
+                    // Nobody listens any more: stop after this step (resumable).
+                    break None;
                 }
             }
-            pending.clear();
             step += 1;
+            if ran_after && channels.changed_since_resume() {
+                tracing::debug!(step, "stopping after an interrupt_after node");
+                break Some(Vec::new());
+            }
+        };
+        // 4. Save what is not saved yet.
+        if let Some(p) = &mut persister {
+            if let Some(u) = unsaved.take() {
+                let parent = current.clone().unwrap_or_else(|| thread_config.clone());
+                let (mut cp, new_versions) = channels.checkpoint(spec, &codec)?;
+                cp.id = u.id;
+                let mut meta = meta_base.clone();
+                meta.source = Some(u.source);
+                meta.step = Some(u.step);
+                let saved = p.put(&parent, cp, meta, new_versions).await?;
+                debug_checkpoint(&sink, modes, u.step, &saved).await;
+            } else if changed_since_save {
+                let parent = current.clone().unwrap_or_else(|| thread_config.clone());
+                let (cp, new_versions) = channels.checkpoint(spec, &codec)?;
+                let mut meta = meta_base.clone();
+                meta.source = Some(CheckpointSource::Loop);
+                meta.step = Some(step - 1);
+                let saved = p.put(&parent, cp, meta, new_versions).await?;
+                debug_checkpoint(&sink, modes, step - 1, &saved).await;
+            }
+            p.settle().await?;
         }
-        Ok(channels.state)
+        Ok((channels.state, stopped))
+    }
+
+    /// Applies a caller's command before the run continues: saves resume values and the
+    /// update/goto as writes of no task (`NULL_TASK_ID`), then applies every such write.
+    async fn apply_command(
+        &self,
+        command: Command<S>,
+        channels: &mut Channels<S>,
+        pending: &mut Vec<PendingWrite>,
+        resume: &mut ResumeCtx,
+        current: Option<&CheckpointConfig>,
+        versioner: &crate::channels::Versioner<'_>,
+    ) -> Result<()> {
+        let spec = &self.inner.spec;
+        let saver = self.inner.saver.as_ref();
+        let codec = &self.codec;
+        let Command {
+            update,
+            goto,
+            resume: answer,
+        } = command;
+        let mut null_writes: Vec<(String, TypedValue)> = Vec::new();
+        match answer {
+            None => {}
+            Some(Resume::Map(map)) => resume.map = Some(map),
+            Some(Resume::Value(value)) => {
+                let open = pending_interrupts(spec, pending, codec);
+                if open > 1 {
+                    return Err(GraphError::InvalidArgument(format!(
+                        "{open} interrupts are pending: resume them by id with Command::resume_map"
+                    )));
+                }
+                null_writes.push((RESUME.to_owned(), codec.encode(&value)?));
+            }
+        }
+        if update.is_some() || !goto.is_empty() {
+            let mut writes = TaskWrites {
+                update,
+                ..TaskWrites::default()
+            };
+            resolve_goto(spec, 0, goto, &mut writes)?;
+            let encoded = writes.encode(spec, 0, codec)?;
+            null_writes.extend(
+                encoded
+                    .into_iter()
+                    .filter(|(c, _)| c != crate::channels::NO_WRITES),
+            );
+        }
+        if !null_writes.is_empty() {
+            let Some(saver) = saver else {
+                return Err(GraphError::NoCheckpointer {
+                    operation: "a Command",
+                });
+            };
+            let Some(config) = current else {
+                return Err(GraphError::InvalidArgument(
+                    "no checkpoint to apply the command to".into(),
+                ));
+            };
+            saver
+                .put_writes(config, null_writes.clone(), NULL_TASK_ID, "")
+                .await?;
+            // The saver replaces a special write and ignores an already stored regular
+            // one; mirror that in the writes this run sees.
+            for (channel, value) in null_writes {
+                let existing = pending
+                    .iter_mut()
+                    .find(|w| w.task_id == NULL_TASK_ID && w.channel == channel);
+                match existing {
+                    Some(w) if is_special(&channel) => w.value = value,
+                    Some(_) => {}
+                    None => pending.push(PendingWrite {
+                        task_id: NULL_TASK_ID.to_owned(),
+                        channel,
+                        value,
+                        task_path: String::new(),
+                    }),
+                }
+            }
+        }
+        // Writes of no task (a caller's update/goto) apply before the next step.
+        let null: Vec<&PendingWrite> = pending
+            .iter()
+            .filter(|w| w.task_id == NULL_TASK_ID && !is_special(&w.channel))
+            .collect();
+        if !null.is_empty() {
+            let writes = TaskWrites::decode(
+                spec,
+                null.iter().map(|w| (w.channel.as_str(), &w.value)),
+                codec,
+            )?;
+            let task = Task {
+                node: 0,
+                path: String::new(),
+                triggers: Vec::new(),
+                input: Arc::clone(&channels.state),
+                id: String::new(),
+            };
+            channels.apply_writes(spec, vec![(&task, writes)], None, false, versioner)?;
+        }
+        if let Some(w) = pending
+            .iter()
+            .find(|w| w.task_id == NULL_TASK_ID && w.channel == RESUME)
+        {
+            let value: serde_json::Value = codec.decode(&w.value)?;
+            resume.null = Some(Arc::new(Mutex::new(Some(value))));
+        }
+        Ok(())
     }
 
     /// Runs a step's tasks concurrently; tasks with saved writes are not run again.
@@ -483,83 +1023,119 @@ impl<S: State> CompiledGraph<S> {
         tasks: &[Task<S>],
         channels: &Channels<S>,
         pending: &[PendingWrite],
-        step: i64,
-        current: Option<&CheckpointConfig>,
-        thread_id: &str,
+        resume: &mut ResumeCtx,
+        ctx: StepCtx<'_, S>,
     ) -> Vec<TaskOutcome<S>> {
         let spec = &self.inner.spec;
+        let step = ctx.step;
         let mut saved: HashMap<&str, Vec<&PendingWrite>> = HashMap::new();
         for w in pending {
             saved.entry(w.task_id.as_str()).or_default().push(w);
         }
         let mut outcomes: Vec<Option<TaskOutcome<S>>> = Vec::with_capacity(tasks.len());
         let mut to_run = Vec::new();
+        let mut scratches = Vec::new();
         for (i, task) in tasks.iter().enumerate() {
-            match saved.get(task.id.as_str()) {
-                Some(ws) if !ws.iter().any(|w| w.channel == ERROR) => {
-                    let decoded = TaskWrites::decode(
-                        spec,
-                        ws.iter().map(|w| (w.channel.as_str(), &w.value)),
-                        &self.codec,
-                    )
-                    .map_err(|e| {
-                        GraphError::Checkpoint(cairn_checkpoint::Error::corrupt(
-                            cairn_checkpoint::DataLocation {
-                                thread_id: thread_id.to_owned(),
-                                checkpoint_ns: current
-                                    .map(|c| c.checkpoint_ns.clone())
-                                    .unwrap_or_default(),
-                                checkpoint_id: current.and_then(|c| c.checkpoint_id.clone()),
-                                channel: None,
-                            },
-                            format!("cannot decode the saved writes of task {}: {e}", task.id),
-                        ))
-                    });
-                    tracing::debug!(task = %task.id, node = %spec.nodes[task.node].name, "reusing saved writes");
-                    outcomes.push(Some(decoded));
-                }
-                _ => {
-                    outcomes.push(None);
-                    to_run.push(i);
+            let ws = saved.get(task.id.as_str());
+            let completed = ws.is_some_and(|ws| ws.iter().any(|w| !is_special(&w.channel)));
+            if let (true, Some(ws)) = (completed, ws) {
+                let decoded = TaskWrites::decode(
+                    spec,
+                    ws.iter().map(|w| (w.channel.as_str(), &w.value)),
+                    &self.codec,
+                )
+                .map(TaskEnd::Done)
+                .map_err(|e| {
+                    GraphError::Checkpoint(cairn_checkpoint::Error::corrupt(
+                        cairn_checkpoint::DataLocation {
+                            thread_id: ctx.thread_id.to_owned(),
+                            checkpoint_ns: ctx
+                                .current
+                                .map(|c| c.checkpoint_ns.clone())
+                                .unwrap_or_default(),
+                            checkpoint_id: ctx.current.and_then(|c| c.checkpoint_id.clone()),
+                            channel: None,
+                        },
+                        format!("cannot decode the saved writes of task {}: {e}", task.id),
+                    ))
+                });
+                tracing::debug!(task = %task.id, node = %spec.nodes[task.node].name, "reusing saved writes");
+                outcomes.push(Some(TaskOutcome {
+                    end: decoded,
+                    unsaved: Vec::new(),
+                }));
+                continue;
+            }
+            outcomes.push(None);
+            to_run.push(i);
+            // Resume values this task already has, and the run's shared ones.
+            let mut scratch = Scratch {
+                null_resume: resume.null.clone(),
+                ..Scratch::default()
+            };
+            if let Some(ws) = ws {
+                if let Some(w) = ws.iter().find(|w| w.channel == RESUME) {
+                    match self.codec.decode::<Vec<serde_json::Value>>(&w.value) {
+                        Ok(values) => scratch.resume = values,
+                        Err(e) => {
+                            tracing::warn!(task = %task.id, error = %e, "ignoring undecodable resume values")
+                        }
+                    }
                 }
             }
+            if let Some(map) = &resume.map {
+                let ns = task_ns(ctx.ns, &spec.nodes[task.node].name, &task.id);
+                if let Some(v) = map.get(&interrupt_id(&ns, scratch.resume.len())) {
+                    scratch.resume.push(v.clone());
+                    scratch.resume_changed = true;
+                }
+            }
+            scratches.push(scratch);
         }
         let input = channels.input.clone();
-        if to_run.len() == 1 {
-            let i = to_run[0];
-            let fut = run_task(
+        let emitter = make_emitter(ctx.sink, ctx.modes);
+        let make = |i: usize, scratch: Scratch| {
+            run_task(
                 self.clone(),
                 prepare(&tasks[i], &input),
-                step,
-                current.cloned(),
-                thread_id.to_owned(),
-            );
+                TaskRun {
+                    step,
+                    current: ctx.current.cloned(),
+                    thread_id: ctx.thread_id.to_owned(),
+                    ns: ctx.ns.to_owned(),
+                    save_writes: ctx.save_writes,
+                    scratch,
+                    emitter: emitter.clone(),
+                    debug: if ctx.modes.debug {
+                        ctx.sink.clone()
+                    } else {
+                        None
+                    },
+                },
+            )
+        };
+        if to_run.len() == 1 {
+            let i = to_run[0];
+            let scratch = scratches.pop().unwrap_or_default();
+            let fut = make(i, scratch);
             outcomes[i] = Some(
                 AssertUnwindSafe(fut)
                     .catch_unwind()
                     .await
-                    .unwrap_or_else(|panic| Err(panicked(spec, &tasks[i], step, panic))),
+                    .unwrap_or_else(|panic| {
+                        TaskOutcome::err(panicked(spec, &tasks[i], step, panic))
+                    }),
             );
         } else if !to_run.is_empty() {
             let handles: Vec<_> = to_run
                 .iter()
-                .map(|&i| {
-                    tokio::spawn(
-                        run_task(
-                            self.clone(),
-                            prepare(&tasks[i], &input),
-                            step,
-                            current.cloned(),
-                            thread_id.to_owned(),
-                        )
-                        .in_current_span(),
-                    )
-                })
+                .zip(scratches)
+                .map(|(&i, scratch)| tokio::spawn(make(i, scratch).in_current_span()))
                 .collect();
             for (&i, result) in to_run.iter().zip(futures::future::join_all(handles).await) {
                 outcomes[i] = Some(match result {
                     Ok(outcome) => outcome,
-                    Err(e) => Err(match e.try_into_panic() {
+                    Err(e) => TaskOutcome::err(match e.try_into_panic() {
                         Ok(panic) => panicked(spec, &tasks[i], step, panic),
                         Err(e) => GraphError::NodePanicked {
                             node: spec.nodes[tasks[i].node].name.clone(),
@@ -570,16 +1146,119 @@ impl<S: State> CompiledGraph<S> {
                 });
             }
         }
+        // A resume map answers once.
+        resume.map = None;
         outcomes
             .into_iter()
             .map(|o| {
                 o.unwrap_or_else(|| {
-                    Err(GraphError::InvalidArgument(
+                    TaskOutcome::err(GraphError::InvalidArgument(
                         "task produced no outcome".into(),
                     ))
                 })
             })
             .collect()
+    }
+}
+
+/// Per-step settings of [`CompiledGraph::run_tasks`].
+struct StepCtx<'a, S: State> {
+    step: i64,
+    current: Option<&'a CheckpointConfig>,
+    thread_id: &'a str,
+    ns: &'a str,
+    save_writes: bool,
+    sink: &'a EventSink<S>,
+    modes: Modes,
+}
+
+/// Per-task settings of [`run_task`], owned.
+struct TaskRun<S: State> {
+    step: i64,
+    current: Option<CheckpointConfig>,
+    thread_id: String,
+    ns: String,
+    save_writes: bool,
+    scratch: Scratch,
+    emitter: Option<Emitter>,
+    debug: EventSink<S>,
+}
+
+fn make_emitter<S: State>(sink: &EventSink<S>, modes: Modes) -> Option<Emitter> {
+    let tx = sink.as_ref().filter(|_| modes.custom)?.clone();
+    Some(Arc::new(move |step, node, value| {
+        let tx = tx.clone();
+        async move {
+            let _ = tx.send(Ok(StreamEvent::Custom { step, node, value })).await;
+        }
+        .boxed()
+    }))
+}
+
+async fn debug_checkpoint<S: State>(
+    sink: &EventSink<S>,
+    modes: Modes,
+    step: i64,
+    config: &CheckpointConfig,
+) {
+    if let (Some(tx), true) = (sink, modes.debug) {
+        let _ = tx
+            .send(Ok(StreamEvent::Debug(DebugEvent::Checkpoint {
+                step,
+                config: config.clone(),
+            })))
+            .await;
+    }
+}
+
+/// Per-node breakpoint flags: the run's own list when given, else the compiled ones.
+fn flags<S: State>(
+    spec: &Spec<S>,
+    names: Option<&[String]>,
+    compiled: impl Fn(&crate::channels::NodeSpec<S>) -> bool,
+) -> Result<Vec<bool>> {
+    match names {
+        None => Ok(spec.nodes.iter().map(compiled).collect()),
+        Some(names) => {
+            for n in names {
+                if !spec.node_index.contains_key(n) || n == START {
+                    return Err(GraphError::UnknownNode {
+                        node: n.clone(),
+                        context: "interrupt list of the run config".into(),
+                        known: spec.node_names(),
+                    });
+                }
+            }
+            Ok(spec.nodes.iter().map(|n| names.contains(&n.name)).collect())
+        }
+    }
+}
+
+/// How many interrupts are unanswered among `pending` (tasks with an `__interrupt__` write
+/// and no output).
+fn pending_interrupts<S: State>(
+    _spec: &Spec<S>,
+    pending: &[PendingWrite],
+    _codec: &ValueCodec,
+) -> usize {
+    let mut interrupted: HashSet<&str> = HashSet::new();
+    let mut done: HashSet<&str> = HashSet::new();
+    for w in pending {
+        if w.channel == INTERRUPT {
+            interrupted.insert(&w.task_id);
+        } else if !is_special(&w.channel) {
+            done.insert(&w.task_id);
+        }
+    }
+    interrupted.difference(&done).count()
+}
+
+/// A task's namespace: `<ns|>node:task_id`.
+pub(crate) fn task_ns(ns: &str, node: &str, task_id: &str) -> String {
+    if ns.is_empty() {
+        format!("{node}:{task_id}")
+    } else {
+        format!("{ns}|{node}:{task_id}")
     }
 }
 
@@ -624,62 +1303,172 @@ fn panicked<S: State>(
     }
 }
 
-/// Runs one task: the node, then its edges and routers, then saves its writes.
+/// Saves (or, in exit mode, returns) a task's bookkeeping writes.
+async fn save_or_keep<S: State>(
+    graph: &CompiledGraph<S>,
+    task: &PreparedTask<S>,
+    run: &TaskRun<S>,
+    writes: Vec<(String, TypedValue)>,
+    unsaved: &mut Vec<(String, TypedValue)>,
+) -> Result<()> {
+    if let (Some(saver), Some(config)) = (&graph.inner.saver, &run.current) {
+        if run.save_writes {
+            saver
+                .put_writes(config, writes, &task.id, &task.path)
+                .await?;
+        } else {
+            unsaved.extend(writes);
+        }
+    }
+    Ok(())
+}
+
+/// Runs one task: the node (with retries), then its edges and routers, then saves its
+/// writes.
 async fn run_task<S: State>(
     graph: CompiledGraph<S>,
     task: PreparedTask<S>,
-    step: i64,
-    current: Option<CheckpointConfig>,
-    thread_id: String,
+    mut run: TaskRun<S>,
 ) -> TaskOutcome<S> {
     let spec = &graph.inner.spec;
     let node = &spec.nodes[task.node];
-    let update = match &node.run {
-        None => task.start_input.clone(),
-        Some(run) => {
-            let info = TaskInfo {
-                id: task.id.clone(),
-                name: node.name.clone(),
-                path: task.path.clone(),
+    let step = run.step;
+    let mut unsaved = Vec::new();
+    if let Some(tx) = &run.debug {
+        let _ = tx
+            .send(Ok(StreamEvent::Debug(DebugEvent::TaskStart {
                 step,
-                thread_id,
-            };
-            match CURRENT_TASK
-                .scope(info, async { run(Arc::clone(&task.input)).await })
-                .await
-            {
-                Ok(update) => Some(update),
-                Err(source) => {
-                    if let (Some(saver), Some(config)) = (&graph.inner.saver, &current) {
+                task_id: task.id.clone(),
+                node: node.name.clone(),
+            })))
+            .await;
+    }
+    let end = run_task_inner(&graph, &task, &mut run, &mut unsaved).await;
+    if let Some(tx) = &run.debug {
+        let (error, interrupt) = match &end {
+            Ok(TaskEnd::Done(_)) => (None, None),
+            Ok(TaskEnd::Interrupted(i)) => (None, Some(i.clone())),
+            Err(e) => (Some(e.to_string()), None),
+        };
+        let _ = tx
+            .send(Ok(StreamEvent::Debug(DebugEvent::TaskEnd {
+                step,
+                task_id: task.id.clone(),
+                node: node.name.clone(),
+                error,
+                interrupt,
+            })))
+            .await;
+    }
+    TaskOutcome { end, unsaved }
+}
+
+async fn run_task_inner<S: State>(
+    graph: &CompiledGraph<S>,
+    task: &PreparedTask<S>,
+    run: &mut TaskRun<S>,
+    unsaved: &mut Vec<(String, TypedValue)>,
+) -> std::result::Result<TaskEnd<S>, GraphError> {
+    let spec = &graph.inner.spec;
+    let node = &spec.nodes[task.node];
+    let step = run.step;
+    let mut resume_values = None;
+    let command = match &node.run {
+        None => Command {
+            update: task.start_input.clone(),
+            ..Command::default()
+        },
+        Some(node_fn) => {
+            let mut attempt: u32 = 1;
+            let mut scratch = std::mem::take(&mut run.scratch);
+            loop {
+                let ctx = TaskContext {
+                    info: TaskInfo {
+                        id: task.id.clone(),
+                        name: node.name.clone(),
+                        path: task.path.clone(),
+                        step,
+                        thread_id: run.thread_id.clone(),
+                    },
+                    ns: run.ns.clone(),
+                    scratch: Mutex::new(scratch),
+                    emitter: run.emitter.clone(),
+                };
+                let (result, ctx) = CURRENT_TASK
+                    .scope(ctx, async {
+                        let r = node_fn(Arc::clone(&task.input)).await;
+                        let s = CURRENT_TASK.with(|c| {
+                            std::mem::take(
+                                &mut *c.scratch.lock().unwrap_or_else(|p| p.into_inner()),
+                            )
+                        });
+                        (r, s)
+                    })
+                    .await;
+                scratch = ctx;
+                match result {
+                    Ok(command) => {
+                        if scratch.resume_changed {
+                            resume_values = Some(std::mem::take(&mut scratch.resume));
+                        }
+                        break command;
+                    }
+                    Err(source) => {
+                        if let Some(raised) = scratch.raised.take() {
+                            let mut writes =
+                                vec![(INTERRUPT.to_owned(), graph.codec.encode(&vec![&raised])?)];
+                            if scratch.resume_changed {
+                                writes.push((
+                                    RESUME.to_owned(),
+                                    graph.codec.encode(&scratch.resume)?,
+                                ));
+                            }
+                            save_or_keep(graph, task, run, writes, unsaved).await?;
+                            return Ok(TaskEnd::Interrupted(raised));
+                        }
+                        if let Some(policy) = &node.retry {
+                            if attempt < policy.max_attempts && policy.should_retry(&source) {
+                                let delay = policy.jittered_delay(attempt);
+                                tracing::debug!(node = %node.name, attempt, error = %source, ?delay, "retrying a failed node");
+                                tokio::time::sleep(delay).await;
+                                attempt += 1;
+                                scratch.counter = 0;
+                                continue;
+                            }
+                        }
                         if let Ok(value) = graph.codec.encode(&source.to_string()) {
-                            if let Err(e) = saver
-                                .put_writes(
-                                    config,
-                                    vec![(ERROR.to_owned(), value)],
-                                    &task.id,
-                                    &task.path,
-                                )
-                                .await
+                            if let Err(e) = save_or_keep(
+                                graph,
+                                task,
+                                run,
+                                vec![(ERROR.to_owned(), value)],
+                                unsaved,
+                            )
+                            .await
                             {
                                 tracing::warn!(error = %e, "could not save a task's error");
                             }
                         }
+                        return Err(GraphError::Node {
+                            node: node.name.clone(),
+                            step,
+                            source,
+                        });
                     }
-                    return Err(GraphError::Node {
-                        node: node.name.clone(),
-                        step,
-                        source,
-                    });
                 }
             }
         }
     };
+    let Command { update, goto, .. } = command;
     let mut writes = TaskWrites {
         update,
         branches: node.edges.clone(),
         joins: node.joins.clone(),
         sends: Vec::new(),
     };
+    if !goto.is_empty() {
+        resolve_goto(spec, task.node, goto, &mut writes)?;
+    }
     if !node.branches.is_empty() {
         // Routers see the state with this task's own writes applied.
         let mut local = (*task.input).clone();
@@ -691,11 +1480,12 @@ async fn run_task<S: State>(
             resolve_route(spec, task.node, branch, route, &mut writes)?;
         }
     }
-    if let (Some(saver), Some(config)) = (&graph.inner.saver, &current) {
-        let encoded = writes.encode(spec, task.node, &graph.codec)?;
-        saver
-            .put_writes(config, encoded, &task.id, &task.path)
-            .await?;
+    if graph.inner.saver.is_some() {
+        let mut encoded = writes.encode(spec, task.node, &graph.codec)?;
+        if let Some(values) = &resume_values {
+            encoded.push((RESUME.to_owned(), graph.codec.encode(values)?));
+        }
+        save_or_keep(graph, task, run, encoded, unsaved).await?;
     }
-    Ok(writes)
+    Ok(TaskEnd::Done(writes))
 }

@@ -5,11 +5,12 @@ use std::sync::Arc;
 
 use cairn_checkpoint::{
     CheckpointConfig, CheckpointMetadata, CheckpointSaver, CheckpointSource, CheckpointTuple,
-    ListQuery, MetadataFilter, ERROR,
+    ListQuery, MetadataFilter, ERROR, INTERRUPT, RESUME,
 };
 use futures::Stream;
 
 use crate::channels::{resolve_route, Channels, Task, TaskWrites, Versioner};
+use crate::command::Interrupt;
 use crate::config::RunConfig;
 use crate::error::{GraphError, Result};
 use crate::graph::{END, START};
@@ -36,6 +37,8 @@ pub struct StateSnapshot<S> {
     pub parent_config: Option<CheckpointConfig>,
     /// The tasks of the next step, including those whose writes are already saved.
     pub tasks: Vec<SnapshotTask>,
+    /// The interrupts the run waits on (those of `tasks`, in task order).
+    pub interrupts: Vec<Interrupt>,
 }
 
 /// A task of the step after a checkpoint.
@@ -51,6 +54,8 @@ pub struct SnapshotTask {
     pub completed: bool,
     /// The error it failed with, if it failed.
     pub error: Option<String>,
+    /// The interrupt(s) it raised and that are not answered yet (the latest one per task).
+    pub interrupts: Vec<Interrupt>,
 }
 
 /// Which checkpoints [`CompiledGraph::get_state_history`] returns.
@@ -108,10 +113,18 @@ impl<S: State> CompiledGraph<S> {
             step,
             true,
         )?;
-        let mut by_task: HashMap<&str, (bool, Option<String>)> = HashMap::new();
+        let mut by_task: HashMap<&str, (bool, Option<String>, Vec<Interrupt>)> = HashMap::new();
         for w in &tuple.pending_writes {
             let entry = by_task.entry(w.task_id.as_str()).or_default();
-            if w.channel == ERROR {
+            if w.channel == INTERRUPT {
+                match self.codec.decode::<Vec<Interrupt>>(&w.value) {
+                    Ok(i) => entry.2 = i,
+                    Err(e) => {
+                        tracing::warn!(task = %w.task_id, error = %e, "ignoring an undecodable interrupt")
+                    }
+                }
+            } else if w.channel == RESUME {
+            } else if w.channel == ERROR {
                 entry.1 = Some(
                     self.codec
                         .decode::<String>(&w.value)
@@ -124,13 +137,19 @@ impl<S: State> CompiledGraph<S> {
         let tasks: Vec<SnapshotTask> = tasks
             .iter()
             .map(|t| {
-                let (wrote, error) = by_task.get(t.id.as_str()).cloned().unwrap_or_default();
+                let (wrote, error, interrupts) =
+                    by_task.get(t.id.as_str()).cloned().unwrap_or_default();
                 SnapshotTask {
                     id: t.id.clone(),
                     name: spec.nodes[t.node].name.clone(),
                     path: t.path.clone(),
-                    completed: wrote && error.is_none(),
+                    completed: wrote,
                     error,
+                    interrupts: if wrote && latest {
+                        Vec::new()
+                    } else {
+                        interrupts
+                    },
                 }
             })
             .collect();
@@ -138,6 +157,10 @@ impl<S: State> CompiledGraph<S> {
             .iter()
             .filter(|t| !(latest && t.completed))
             .map(|t| t.name.clone())
+            .collect();
+        let interrupts = tasks
+            .iter()
+            .flat_map(|t| t.interrupts.iter().cloned())
             .collect();
         let values = Arc::try_unwrap(channels.state).unwrap_or_else(|s| (*s).clone());
         Ok(StateSnapshot {
@@ -148,6 +171,7 @@ impl<S: State> CompiledGraph<S> {
             metadata: tuple.metadata,
             parent_config: tuple.parent_config,
             tasks,
+            interrupts,
         })
     }
 

@@ -6,7 +6,8 @@ use std::sync::Arc;
 
 use cairn_checkpoint::InMemorySaver;
 use cairn_graph::{
-    CompiledGraph, HistoryQuery, RunConfig, SendTo, State, StateGraph, StateSnapshot, END, START,
+    interrupt, Command, CompiledGraph, HistoryQuery, NodeOptions, RunConfig, SendTo, State,
+    StateGraph, StateSnapshot, END, START,
 };
 use futures::TryStreamExt;
 use serde::{Deserialize, Serialize};
@@ -49,6 +50,44 @@ fn assert_values<S: State>(ours: &S, expected: &Value, context: &str) {
     }
 }
 
+/// Interrupt payloads (ids are not comparable: LangGraph hashes with xxh3) per task and in
+/// the snapshot, and task errors (presence only: LangGraph stores Python reprs).
+fn assert_interrupts<S>(got: &StateSnapshot<S>, want: &Value, context: &str) {
+    let values = |v: &Value| -> Vec<Value> {
+        v.as_array()
+            .map(|a| a.iter().map(|i| i["value"].clone()).collect())
+            .unwrap_or_default()
+    };
+    let ours: Vec<Value> = got.interrupts.iter().map(|i| i.value.clone()).collect();
+    assert_eq!(ours, values(&want["interrupts"]), "{context}: interrupts");
+    let tasks = want["tasks"].as_array().expect("tasks");
+    assert_eq!(got.tasks.len(), tasks.len(), "{context}: tasks");
+    for (t, w) in got.tasks.iter().zip(tasks) {
+        assert_eq!(
+            t.name,
+            w["name"].as_str().expect("name"),
+            "{context}: task name"
+        );
+        let ours: Vec<Value> = t.interrupts.iter().map(|i| i.value.clone()).collect();
+        assert_eq!(
+            ours,
+            values(&w["interrupts"]),
+            "{context}: task {} interrupts",
+            t.name
+        );
+        assert_eq!(
+            t.error.is_some(),
+            !w["error"].is_null(),
+            "{context}: task {} error",
+            t.name
+        );
+    }
+    // Ids are stable and distinct per interrupt.
+    let mut ids: Vec<&str> = got.interrupts.iter().map(|i| i.id.as_str()).collect();
+    ids.dedup();
+    assert_eq!(ids.len(), got.interrupts.len(), "{context}: interrupt ids");
+}
+
 /// The checkpoint id that the final history's `index` names, found in the current history
 /// (histories only grow, so the position counted from the oldest entry is stable).
 fn checkpoint_at<S>(current: &[StateSnapshot<S>], final_len: usize, index: u64) -> String {
@@ -77,13 +116,44 @@ where
         }
         match call["op"].as_str() {
             Some("invoke") => {
-                let input: Option<S::Update> = if call["input"].is_null() {
-                    None
+                let input = &call["input"];
+                let result = if input["type"] == "Command" {
+                    app.invoke_command(Command::resume(input["resume"].clone()), config)
+                        .await
+                } else if input.is_null() {
+                    app.invoke_outcome(None, config).await
                 } else {
-                    Some(serde_json::from_value(call["input"].clone()).expect("input"))
+                    let input: S::Update = serde_json::from_value(input.clone()).expect("input");
+                    app.invoke_outcome(Some(input), config).await
                 };
-                let out = app.invoke(input, config).await.expect(&context);
-                assert_values(&out, &call["result"], &context);
+                match (result, call.get("raised")) {
+                    (Err(e), Some(raised)) => {
+                        let message = raised["message"].as_str().expect("message");
+                        assert!(e.to_string().contains(message), "{context}: {e}");
+                    }
+                    (Err(e), None) => panic!("{context}: {e}"),
+                    (Ok(_), Some(_)) => panic!("{context}: should have failed"),
+                    (Ok(out), None) => {
+                        assert_values(out.state(), &call["result"], &context);
+                        let want: Vec<&Value> = call["result"]["__interrupt__"]
+                            .as_array()
+                            .map(|a| a.iter().map(|i| &i["value"]).collect())
+                            .unwrap_or_default();
+                        let got: Vec<&Value> = out.interrupts().iter().map(|i| &i.value).collect();
+                        assert_eq!(got, want, "{context}: interrupts");
+                    }
+                }
+                if let Some(after) = call.get("state_after") {
+                    let snapshot = app
+                        .get_state(RunConfig::thread("t1"))
+                        .await
+                        .expect("get_state")
+                        .expect("state");
+                    let next: Vec<String> =
+                        serde_json::from_value(after["next"].clone()).expect("next");
+                    assert_eq!(snapshot.next, next, "{context}: state_after.next");
+                    assert_interrupts(&snapshot, after, &format!("{context}: state_after"));
+                }
             }
             Some("update_state") => {
                 let values: S::Update =
@@ -113,6 +183,7 @@ where
         let next: Vec<String> = serde_json::from_value(want["next"].clone()).expect("next");
         assert_eq!(got.next, next, "{context}: next");
         assert_values(&got.values, &want["values"], &context);
+        assert_interrupts(got, want, &context);
         let parent = got
             .parent_config
             .as_ref()
@@ -297,4 +368,102 @@ async fn replay() {
 #[tokio::test]
 async fn fork() {
     run_scenario("fork", &abc_graph(false)).await;
+}
+
+#[tokio::test]
+async fn interrupt_before() {
+    run_scenario("interrupt_before", &abc_graph(true)).await;
+}
+
+#[derive(Clone, Default, Debug, Serialize, Deserialize, State)]
+struct Answer {
+    answer: String,
+}
+
+#[tokio::test]
+async fn interrupt_resume() {
+    let mut g = StateGraph::<Answer>::new();
+    g.add_sync_node("ask", |_| {
+        let answer = interrupt("approve?")?;
+        Ok(AnswerUpdate::default().answer(answer.as_str().unwrap_or_default().to_string()))
+    })
+    .add_edge(START, "ask")
+    .add_edge("ask", END);
+    run_scenario("interrupt_resume", &g).await;
+}
+
+#[derive(Clone, Default, Debug, Serialize, Deserialize, State)]
+struct TwoAnswers {
+    first: String,
+    second: String,
+}
+
+#[tokio::test]
+async fn two_interrupts_one_node() {
+    static EXECUTIONS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let mut g = StateGraph::<TwoAnswers>::new();
+    g.add_sync_node("ask", |_| {
+        EXECUTIONS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let first: String = cairn_graph::interrupt_as("first?")?;
+        let second: String = cairn_graph::interrupt_as("second?")?;
+        Ok(TwoAnswersUpdate::default().first(first).second(second))
+    })
+    .add_edge(START, "ask")
+    .add_edge("ask", END);
+    run_scenario("two_interrupts_one_node", &g).await;
+    let fx = fixture("two_interrupts_one_node");
+    assert_eq!(
+        EXECUTIONS.load(std::sync::atomic::Ordering::SeqCst) as u64,
+        fx["observations"]["ask_executions"]
+            .as_u64()
+            .expect("count")
+    );
+}
+
+#[tokio::test]
+async fn command_goto() {
+    let mut g = StateGraph::<Steps>::new();
+    g.add_sync_node_with("a", NodeOptions::default().destinations(["b", "c"]), |_| {
+        Ok(Command::update(StepsUpdate::default().steps(vec!["a".to_string()])).goto("c"))
+    });
+    for name in ["b", "c"] {
+        g.add_sync_node(name, move |_| {
+            Ok(StepsUpdate::default().steps(vec![name.to_string()]))
+        });
+    }
+    g.add_edge(START, "a").add_edge("b", "c").add_edge("c", END);
+    run_scenario("command_goto", &g).await;
+}
+
+#[tokio::test]
+async fn node_error_then_resume() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static A: AtomicUsize = AtomicUsize::new(0);
+    static B: AtomicUsize = AtomicUsize::new(0);
+    let mut g = StateGraph::<Items>::new();
+    g.add_sync_node("a", |_| {
+        A.fetch_add(1, Ordering::SeqCst);
+        Ok(ItemsUpdate::default().items(vec!["a".to_string()]))
+    })
+    .add_sync_node("b", |_| {
+        if B.fetch_add(1, Ordering::SeqCst) == 0 {
+            return Err("b failed on first attempt".into());
+        }
+        Ok(ItemsUpdate::default().items(vec!["b".to_string()]))
+    })
+    .add_edge(START, "a")
+    .add_edge(START, "b")
+    .add_edge("a", END)
+    .add_edge("b", END);
+    run_scenario("node_error_then_resume", &g).await;
+    let fx = fixture("node_error_then_resume");
+    let want = &fx["observations"]["executions_after_resume"];
+    assert_eq!(
+        A.load(Ordering::SeqCst) as u64,
+        want["a"].as_u64().expect("a")
+    );
+    assert_eq!(
+        B.load(Ordering::SeqCst) as u64,
+        want["b"].as_u64().expect("b")
+    );
 }

@@ -217,6 +217,12 @@ fn expand(input: DeriveInput) -> syn::Result<TokenStream2> {
             #(#setters)*
         }
 
+        impl #krate::IntoNodeOutput<#name> for #update {
+            fn into_command(self) -> #krate::Command<#name> {
+                #krate::Command::update(self)
+            }
+        }
+
         impl #krate::State for #name {
             type Update = #update;
 
