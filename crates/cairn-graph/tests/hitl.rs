@@ -1,0 +1,673 @@
+//! Human-in-the-loop and run control: dynamic interrupts (also across a process restart on
+//! SQLite), resume maps, commands from callers and nodes, breakpoints, retries, durability
+//! modes, per-node checkpoint policy and debug/custom streaming.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use cairn_checkpoint::{CheckpointSaver, InMemorySaver, ListQuery, INTERRUPT, RESUME};
+use cairn_graph::{
+    emit, interrupt, interrupt_as, Command, DebugEvent, Durability, GraphError, NodeOptions,
+    RetryPolicy, RunConfig, RunOutcome, State, StateGraph, StreamEvent, StreamMode, END, START,
+};
+use futures::TryStreamExt;
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Default, Debug, Serialize, Deserialize, State)]
+struct Doc {
+    #[reducer(append)]
+    log: Vec<String>,
+    text: String,
+    #[reducer(add)]
+    n: i64,
+}
+
+fn counter() -> Arc<Mutex<HashMap<String, usize>>> {
+    Arc::new(Mutex::new(HashMap::new()))
+}
+
+fn bump(c: &Mutex<HashMap<String, usize>>, k: &str) -> usize {
+    let mut m = c.lock().unwrap();
+    let e = m.entry(k.to_string()).or_default();
+    *e += 1;
+    *e
+}
+
+fn count(c: &Mutex<HashMap<String, usize>>, k: &str) -> usize {
+    c.lock().unwrap().get(k).copied().unwrap_or(0)
+}
+
+/// draft → review (interrupt) → publish.
+fn approval_graph(runs: Arc<Mutex<HashMap<String, usize>>>) -> StateGraph<Doc> {
+    let mut g = StateGraph::<Doc>::new();
+    let r1 = runs.clone();
+    let r2 = runs.clone();
+    g.add_sync_node("draft", move |_| {
+        bump(&r1, "draft");
+        Ok(DocUpdate::default()
+            .text("draft v1".to_string())
+            .log(vec!["draft".into()]))
+    })
+    .add_sync_node("review", move |s: &Doc| {
+        bump(&r2, "review");
+        let verdict: String = interrupt_as(serde_json::json!({"text": s.text}))?;
+        Ok(DocUpdate::default().log(vec![format!("review:{verdict}")]))
+    })
+    .add_sync_node("publish", move |_| {
+        bump(&runs, "publish");
+        Ok(DocUpdate::default().log(vec!["publish".into()]))
+    })
+    .add_edge(START, "draft")
+    .add_edge("draft", "review")
+    .add_edge("review", "publish")
+    .add_edge("publish", END);
+    g
+}
+
+#[tokio::test]
+async fn interrupt_survives_a_restart_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("hitl.sqlite");
+    let runs = counter();
+    let first_id;
+    {
+        let saver = Arc::new(cairn_sqlite::SqliteSaver::open(&db).unwrap());
+        let app = approval_graph(runs.clone()).compile(saver).unwrap();
+        let out = app
+            .invoke_outcome(Some(DocUpdate::default()), RunConfig::thread("t"))
+            .await
+            .unwrap();
+        let RunOutcome::Interrupted { state, interrupts } = out else {
+            panic!("should stop at review");
+        };
+        assert_eq!(state.log, ["draft"]);
+        assert_eq!(interrupts.len(), 1);
+        assert_eq!(interrupts[0].value["text"], "draft v1");
+        first_id = interrupts[0].id.clone();
+        let snap = app
+            .get_state(RunConfig::thread("t"))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(snap.next, ["review"]);
+        assert_eq!(snap.tasks[0].interrupts, interrupts);
+        assert_eq!(snap.interrupts, interrupts);
+        // Continuing without an answer re-runs the node, which asks again (same id).
+        let again = app
+            .invoke_outcome(None, RunConfig::thread("t"))
+            .await
+            .unwrap();
+        assert_eq!(again.interrupts()[0].id, first_id);
+    }
+    // A new "process": a new saver and a new graph over the same file.
+    let saver = Arc::new(cairn_sqlite::SqliteSaver::open(&db).unwrap());
+    let app = approval_graph(runs.clone()).compile(saver.clone()).unwrap();
+    let snap = app
+        .get_state(RunConfig::thread("t"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(snap.interrupts[0].id, first_id);
+    let out = app
+        .invoke_command(Command::resume("approved"), RunConfig::thread("t"))
+        .await
+        .unwrap();
+    let RunOutcome::Finished(state) = out else {
+        panic!("should finish")
+    };
+    assert_eq!(state.log, ["draft", "review:approved", "publish"]);
+    assert_eq!(count(&runs, "draft"), 1);
+    assert_eq!(count(&runs, "review"), 3);
+    assert_eq!(count(&runs, "publish"), 1);
+    // The resume value is saved with the step the review ran in.
+    let all = saver
+        .list(&ListQuery::from_config(
+            &RunConfig::thread("t").checkpoint_config(),
+        ))
+        .await
+        .unwrap();
+    let review_cp = all
+        .iter()
+        .find(|t| t.pending_writes.iter().any(|w| w.channel == INTERRUPT))
+        .expect("checkpoint holding the interrupt");
+    assert!(review_cp
+        .pending_writes
+        .iter()
+        .any(|w| w.channel == RESUME && w.task_id == cairn_graph::NULL_TASK_ID));
+    let snap = app
+        .get_state(RunConfig::thread("t"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(snap.next.is_empty() && snap.interrupts.is_empty());
+}
+
+#[tokio::test]
+async fn parallel_interrupts_are_resumed_by_id() {
+    let mut g = StateGraph::<Doc>::new();
+    for name in ["x", "y"] {
+        g.add_sync_node(name, move |_| {
+            let v: String = interrupt_as(format!("{name}?"))?;
+            Ok(DocUpdate::default().log(vec![format!("{name}={v}")]))
+        })
+        .add_edge(START, name)
+        .add_edge(name, END);
+    }
+    let app = g.compile(Arc::new(InMemorySaver::new())).unwrap();
+    let cfg = || RunConfig::thread("p");
+    let out = app
+        .invoke_outcome(Some(DocUpdate::default()), cfg())
+        .await
+        .unwrap();
+    let ints = out.interrupts().to_vec();
+    assert_eq!(ints.len(), 2);
+    assert_ne!(ints[0].id, ints[1].id);
+    // One value for two interrupts is ambiguous.
+    let err = app
+        .invoke_command(Command::resume("v"), cfg())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, GraphError::InvalidArgument(_)), "{err}");
+    // Answer only y: x asks again, y's answer is kept.
+    let y = ints.iter().find(|i| i.value == "y?").unwrap();
+    let out = app
+        .invoke_command(Command::resume_map([(y.id.clone(), "2")]), cfg())
+        .await
+        .unwrap();
+    assert_eq!(out.interrupts().len(), 1);
+    assert_eq!(out.interrupts()[0].value, "x?");
+    let x = out.interrupts()[0].clone();
+    let out = app
+        .invoke_command(Command::resume_map([(x.id, "1")]), cfg())
+        .await
+        .unwrap();
+    assert_eq!(out.state().log, ["x=1", "y=2"]);
+    assert!(!out.is_interrupted());
+}
+
+#[tokio::test]
+async fn interrupt_outside_a_node_is_an_error() {
+    assert!(interrupt("nope").is_err());
+}
+
+#[tokio::test]
+async fn caller_command_updates_and_goes_to() {
+    let runs = counter();
+    let app = approval_graph(runs.clone())
+        .compile(Arc::new(InMemorySaver::new()))
+        .unwrap();
+    let cfg = || RunConfig::thread("c");
+    app.invoke_outcome(Some(DocUpdate::default()), cfg())
+        .await
+        .unwrap();
+    // Write the text and schedule publish: it runs in the same step as the pending review,
+    // which asks again (with the new text).
+    let out = app
+        .invoke_command(
+            Command::update(DocUpdate::default().text("edited".to_string())).goto("publish"),
+            cfg(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(out.state().text, "edited");
+    assert_eq!(out.interrupts()[0].value["text"], "edited");
+    assert_eq!(count(&runs, "publish"), 1);
+    assert_eq!(
+        out.state().log,
+        ["draft"],
+        "the interrupted step is not applied"
+    );
+    let out = app
+        .invoke_command(Command::resume("ok"), cfg())
+        .await
+        .unwrap();
+    // publish's saved writes from the goto are reused, then it runs again after review.
+    assert_eq!(count(&runs, "publish"), 2);
+    assert_eq!(
+        out.state().log,
+        ["draft", "publish", "review:ok", "publish"]
+    );
+}
+
+#[tokio::test]
+async fn interrupt_after_and_per_run_breakpoints() {
+    let runs = counter();
+    let mut g = approval_graph(runs.clone());
+    g.interrupt_after(["draft"]);
+    let app = g.compile(Arc::new(InMemorySaver::new())).unwrap();
+    let out = app
+        .invoke_outcome(Some(DocUpdate::default()), RunConfig::thread("a"))
+        .await
+        .unwrap();
+    assert!(out.is_interrupted() && out.interrupts().is_empty());
+    assert_eq!(out.state().log, ["draft"]);
+    let snap = app
+        .get_state(RunConfig::thread("a"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(snap.next, ["review"]);
+    // Continue; review interrupts dynamically.
+    let out = app
+        .invoke_outcome(None, RunConfig::thread("a"))
+        .await
+        .unwrap();
+    assert_eq!(out.interrupts().len(), 1);
+
+    // Per run: stop before publish, overriding the compiled interrupt_after.
+    let cfg = || {
+        RunConfig::thread("b")
+            .with_interrupt_before(["publish"])
+            .with_interrupt_after(Vec::<String>::new())
+    };
+    let out = app
+        .invoke_outcome(Some(DocUpdate::default()), cfg())
+        .await
+        .unwrap();
+    assert_eq!(out.interrupts().len(), 1, "review interrupts first");
+    let out = app
+        .invoke_command(Command::resume("ok"), cfg())
+        .await
+        .unwrap();
+    assert!(out.is_interrupted() && out.interrupts().is_empty());
+    let snap = app
+        .get_state(RunConfig::thread("b"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(snap.next, ["publish"]);
+    let out = app.invoke_outcome(None, cfg()).await.unwrap();
+    assert!(!out.is_interrupted());
+    assert_eq!(out.state().log.last().map(String::as_str), Some("publish"));
+    // Unknown names are refused.
+    let err = app
+        .invoke_outcome(None, RunConfig::thread("b").with_interrupt_before(["nope"]))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, GraphError::UnknownNode { .. }));
+}
+
+#[tokio::test]
+async fn retry_policy_retries_matching_errors_only() {
+    let runs = counter();
+    let r = runs.clone();
+    let mut g = StateGraph::<Doc>::new();
+    g.add_node_with(
+        "flaky",
+        NodeOptions::default().retry(
+            RetryPolicy::new(4)
+                .backoff(Duration::from_millis(1), 2.0, Duration::from_millis(5))
+                .retry_if(|e| e.to_string().contains("transient")),
+        ),
+        move |s: Arc<Doc>| {
+            let r = r.clone();
+            async move {
+                let n = bump(&r, "flaky");
+                if s.text == "fatal" {
+                    return Err("fatal error".into());
+                }
+                if n < 3 {
+                    return Err("transient error".into());
+                }
+                Ok(DocUpdate::default().log(vec![format!("ok after {n}")]))
+            }
+        },
+    )
+    .add_edge(START, "flaky")
+    .add_edge("flaky", END);
+    let app = g.compile(Arc::new(InMemorySaver::new())).unwrap();
+    let out = app
+        .invoke(Some(DocUpdate::default()), RunConfig::thread("r"))
+        .await
+        .unwrap();
+    assert_eq!(out.log, ["ok after 3"]);
+    runs.lock().unwrap().clear();
+    let err = app
+        .invoke(
+            Some(DocUpdate::default().text("fatal".to_string())),
+            RunConfig::thread("r2"),
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err, GraphError::Node { .. }));
+    assert_eq!(
+        count(&runs, "flaky"),
+        1,
+        "a non-matching error is not retried"
+    );
+    assert_eq!(RetryPolicy::new(3).delay(20), Duration::from_secs(128));
+}
+
+#[tokio::test]
+async fn failed_parallel_step_reruns_only_the_failed_task() {
+    let runs = counter();
+    let fail = Arc::new(AtomicUsize::new(1));
+    let mut g = StateGraph::<Doc>::new();
+    for name in ["ok1", "ok2", "bad"] {
+        let r = runs.clone();
+        let fail = fail.clone();
+        g.add_node(name, move |_s: Arc<Doc>| {
+            let r = r.clone();
+            let fail = fail.clone();
+            async move {
+                bump(&r, name);
+                if name == "bad" && fail.load(Ordering::SeqCst) == 1 {
+                    return Err("bad failed".into());
+                }
+                Ok(DocUpdate::default().n(1))
+            }
+        })
+        .add_edge(START, name)
+        .add_edge(name, END);
+    }
+    let app = g.compile(Arc::new(InMemorySaver::new())).unwrap();
+    assert!(app
+        .invoke(Some(DocUpdate::default()), RunConfig::thread("f"))
+        .await
+        .is_err());
+    let snap = app
+        .get_state(RunConfig::thread("f"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(snap.next, ["bad"]);
+    fail.store(0, Ordering::SeqCst);
+    let out = app.invoke(None, RunConfig::thread("f")).await.unwrap();
+    assert_eq!(out.n, 3);
+    assert_eq!(count(&runs, "ok1"), 1);
+    assert_eq!(count(&runs, "ok2"), 1);
+    assert_eq!(count(&runs, "bad"), 2);
+}
+
+fn chain(len: usize, fail_at: Option<Arc<AtomicUsize>>) -> StateGraph<Doc> {
+    let mut g = StateGraph::<Doc>::new();
+    for i in 0..len {
+        let name = format!("n{i}");
+        let fail = fail_at.clone();
+        g.add_sync_node(name.clone(), move |_| {
+            if let Some(f) = &fail {
+                if f.load(Ordering::SeqCst) == i {
+                    return Err("planned failure".into());
+                }
+            }
+            Ok(DocUpdate::default().n(1))
+        });
+        g.add_edge(
+            if i == 0 {
+                START.to_string()
+            } else {
+                format!("n{}", i - 1)
+            },
+            name,
+        );
+    }
+    g.add_edge(format!("n{}", len - 1), END);
+    g
+}
+
+async fn checkpoint_count(saver: &InMemorySaver, thread: &str) -> usize {
+    saver
+        .list(&ListQuery::from_config(
+            &RunConfig::thread(thread).checkpoint_config(),
+        ))
+        .await
+        .unwrap()
+        .len()
+}
+
+#[tokio::test]
+async fn durability_modes_write_the_expected_checkpoints() {
+    let saver = Arc::new(InMemorySaver::new());
+    let app = chain(5, None).compile(saver.clone()).unwrap();
+    for (mode, thread, expected) in [
+        (Durability::Sync, "sync", 7),
+        (Durability::Async, "async", 7),
+        (Durability::Exit, "exit", 1),
+    ] {
+        let out = app
+            .invoke(
+                Some(DocUpdate::default()),
+                RunConfig::thread(thread).with_durability(mode),
+            )
+            .await
+            .unwrap();
+        assert_eq!(out.n, 5);
+        assert_eq!(checkpoint_count(&saver, thread).await, expected, "{mode:?}");
+        let snap = app
+            .get_state(RunConfig::thread(thread))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(snap.values.n, 5, "{mode:?}");
+        assert!(snap.next.is_empty());
+        assert_eq!(snap.metadata.step, Some(5));
+    }
+    // The compiled default.
+    let mut g = chain(5, None);
+    g.durability(Durability::Exit);
+    let app = g.compile(saver.clone()).unwrap();
+    app.invoke(
+        Some(DocUpdate::default()),
+        RunConfig::thread("default-exit"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(checkpoint_count(&saver, "default-exit").await, 1);
+}
+
+#[tokio::test]
+async fn exit_durability_saves_a_failed_run_resumably() {
+    let saver = Arc::new(InMemorySaver::new());
+    let fail = Arc::new(AtomicUsize::new(3));
+    let app = chain(5, Some(fail.clone())).compile(saver.clone()).unwrap();
+    let cfg = || RunConfig::thread("e").with_durability(Durability::Exit);
+    assert!(app.invoke(Some(DocUpdate::default()), cfg()).await.is_err());
+    assert_eq!(checkpoint_count(&saver, "e").await, 1);
+    let snap = app
+        .get_state(RunConfig::thread("e"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(snap.values.n, 3);
+    assert_eq!(snap.next, ["n3"]);
+    assert!(snap.tasks[0].error.is_some());
+    fail.store(usize::MAX, Ordering::SeqCst);
+    let out = app.invoke(None, cfg()).await.unwrap();
+    assert_eq!(out.n, 5);
+    assert_eq!(checkpoint_count(&saver, "e").await, 2);
+}
+
+#[tokio::test]
+async fn exit_durability_saves_interrupts() {
+    let runs = counter();
+    let saver = Arc::new(InMemorySaver::new());
+    let app = approval_graph(runs.clone()).compile(saver.clone()).unwrap();
+    let cfg = || RunConfig::thread("ei").with_durability(Durability::Exit);
+    let out = app
+        .invoke_outcome(Some(DocUpdate::default()), cfg())
+        .await
+        .unwrap();
+    assert_eq!(out.interrupts().len(), 1);
+    assert_eq!(checkpoint_count(&saver, "ei").await, 1);
+    let out = app
+        .invoke_command(Command::resume("fine"), cfg())
+        .await
+        .unwrap();
+    assert_eq!(out.state().log, ["draft", "review:fine", "publish"]);
+    assert_eq!(count(&runs, "draft"), 1);
+}
+
+#[tokio::test]
+async fn nodes_without_checkpoints_skip_their_steps_checkpoint_but_resume_correctly() {
+    let saver = Arc::new(InMemorySaver::new());
+    let runs = counter();
+    let fail = Arc::new(AtomicUsize::new(1));
+    let mut g = StateGraph::<Doc>::new();
+    let r1 = runs.clone();
+    let r2 = runs.clone();
+    let f = fail.clone();
+    g.add_sync_node_with(
+        "cheap",
+        NodeOptions::default().checkpoint(false),
+        move |_| {
+            bump(&r1, "cheap");
+            Ok(DocUpdate::default().n(1))
+        },
+    )
+    .add_sync_node("last", move |_| {
+        bump(&r2, "last");
+        if f.load(Ordering::SeqCst) == 1 {
+            return Err("last failed".into());
+        }
+        Ok(DocUpdate::default().n(10))
+    })
+    .add_edge(START, "cheap")
+    .add_edge("cheap", "last")
+    .add_edge("last", END);
+    let app = g.compile(saver.clone()).unwrap();
+    assert!(app
+        .invoke(Some(DocUpdate::default()), RunConfig::thread("k"))
+        .await
+        .is_err());
+    // input + START step; the cheap step wrote none.
+    assert_eq!(checkpoint_count(&saver, "k").await, 2);
+    fail.store(0, Ordering::SeqCst);
+    let out = app.invoke(None, RunConfig::thread("k")).await.unwrap();
+    assert_eq!(out.n, 11);
+    assert_eq!(
+        count(&runs, "cheap"),
+        1,
+        "the cheap step's saved writes are reused"
+    );
+    assert_eq!(count(&runs, "last"), 2);
+    assert_eq!(checkpoint_count(&saver, "k").await, 3);
+
+    // A run that ends on a no-checkpoint step still saves its final state.
+    let mut g = StateGraph::<Doc>::new();
+    g.add_sync_node_with("cheap", NodeOptions::default().checkpoint(false), |_| {
+        Ok(DocUpdate::default().n(1))
+    })
+    .add_edge(START, "cheap")
+    .add_edge("cheap", END);
+    let app = g.compile(saver.clone()).unwrap();
+    app.invoke(Some(DocUpdate::default()), RunConfig::thread("k2"))
+        .await
+        .unwrap();
+    let snap = app
+        .get_state(RunConfig::thread("k2"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(snap.values.n, 1);
+    assert!(snap.next.is_empty());
+}
+
+#[tokio::test]
+async fn debug_and_custom_stream_events() {
+    let mut g = StateGraph::<Doc>::new();
+    g.add_node("work", |_s: Arc<Doc>| async {
+        for i in 0..3 {
+            emit(serde_json::json!({ "progress": i })).await;
+        }
+        Ok(DocUpdate::default().n(1))
+    })
+    .add_edge(START, "work")
+    .add_edge("work", END);
+    let app = g.compile(Arc::new(InMemorySaver::new())).unwrap();
+    let events: Vec<StreamEvent<Doc>> = app
+        .stream(
+            Some(DocUpdate::default()),
+            RunConfig::thread("s"),
+            &[StreamMode::Debug, StreamMode::Custom],
+        )
+        .try_collect()
+        .await
+        .unwrap();
+    let kinds: Vec<String> = events
+        .iter()
+        .map(|e| match e {
+            StreamEvent::Debug(DebugEvent::TaskStart { node, .. }) => format!("start:{node}"),
+            StreamEvent::Debug(DebugEvent::TaskEnd { node, .. }) => format!("end:{node}"),
+            StreamEvent::Debug(DebugEvent::Checkpoint { step, .. }) => format!("cp:{step}"),
+            StreamEvent::Custom { value, node, .. } => format!("{node}:{}", value["progress"]),
+            other => format!("{other:?}"),
+        })
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "cp:-1",
+            "start:__start__",
+            "end:__start__",
+            "cp:0",
+            "start:work",
+            "work:0",
+            "work:1",
+            "work:2",
+            "end:work",
+            "cp:1"
+        ]
+    );
+    // Interrupts end the stream with an Interrupted event.
+    let runs = counter();
+    let app = approval_graph(runs)
+        .compile(Arc::new(InMemorySaver::new()))
+        .unwrap();
+    let events: Vec<StreamEvent<Doc>> = app
+        .stream(
+            Some(DocUpdate::default()),
+            RunConfig::thread("s2"),
+            &[StreamMode::Updates],
+        )
+        .try_collect()
+        .await
+        .unwrap();
+    assert!(
+        matches!(events.last(), Some(StreamEvent::Interrupted { interrupts }) if interrupts.len() == 1)
+    );
+    let events: Vec<StreamEvent<Doc>> = app
+        .stream_command(
+            Command::resume("yes"),
+            RunConfig::thread("s2"),
+            &[StreamMode::Updates],
+        )
+        .try_collect()
+        .await
+        .unwrap();
+    assert!(matches!(events.last(), Some(StreamEvent::Updates { node, .. }) if node == "publish"));
+}
+
+#[tokio::test]
+async fn command_goto_validation() {
+    let mut g = StateGraph::<Doc>::new();
+    g.add_sync_node_with("a", NodeOptions::default().destinations(["zzz"]), |_| {
+        Ok(Command::<Doc>::go(END))
+    })
+    .add_edge(START, "a");
+    assert!(matches!(
+        g.compile(Arc::new(InMemorySaver::new())),
+        Err(GraphError::UnknownNode { .. })
+    ));
+    // Without declared destinations a node with no edges cannot reach END.
+    let mut g = StateGraph::<Doc>::new();
+    g.add_sync_node_with("a", NodeOptions::default(), |_| Ok(Command::<Doc>::go(END)))
+        .add_edge(START, "a");
+    assert!(matches!(
+        g.compile(Arc::new(InMemorySaver::new())),
+        Err(GraphError::CannotReachEnd { .. })
+    ));
+    // A goto to an unknown node at run time fails the node's task.
+    let mut g = StateGraph::<Doc>::new();
+    g.add_sync_node_with("a", NodeOptions::default().destinations([END]), |_| {
+        Ok(Command::<Doc>::go("ghost"))
+    })
+    .add_edge(START, "a");
+    let app = g.compile(Arc::new(InMemorySaver::new())).unwrap();
+    let err = app
+        .invoke(Some(DocUpdate::default()), RunConfig::thread("g"))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, GraphError::UnknownNode { .. }), "{err}");
+}
