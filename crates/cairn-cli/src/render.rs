@@ -261,6 +261,12 @@ pub fn size(bytes: usize) -> String {
     }
 }
 
+/// Whether `channel` is graph bookkeeping (`__start__`, `branch:to:x`, `join:…`,
+/// `__pregel_tasks`) rather than a field of the user's state.
+pub fn is_internal(channel: &str) -> bool {
+    channel.starts_with("__") || channel.starts_with("branch:") || channel.starts_with("join:")
+}
+
 /// A step number for people: `-1`, `0`, … or `?` when unknown.
 pub fn step(step: Option<i64>) -> String {
     step.map_or_else(|| "?".to_owned(), |s| s.to_string())

@@ -255,7 +255,10 @@ fn print_human(r: &DiffReport, out: &mut dyn Write) -> Result<()> {
     if r.changes.is_empty() {
         writeln!(out, "No channel differs.")?;
     }
-    for c in &r.changes {
+    // The state's own channels first, graph bookkeeping after.
+    let mut ordered: Vec<&ChannelChange> = r.changes.iter().collect();
+    ordered.sort_by_key(|c| render::is_internal(&c.channel));
+    for c in ordered {
         let versions = format!(
             "{} → {}",
             c.from_version.as_ref().map_or("—".into(), render::version),

@@ -251,8 +251,7 @@ pub fn print_human(report: &HistoryReport, out: &mut dyn Write) -> Result<()> {
 /// The state's own channels, then how many bookkeeping channels (`branch:*`, `join:*`,
 /// `__*`) changed: `draft, log (+2 internal)`.
 fn summarize_changed(changed: &[String]) -> String {
-    let internal =
-        |c: &&String| c.starts_with("branch:") || c.starts_with("join:") || c.starts_with("__");
+    let internal = |c: &&String| render::is_internal(c);
     let own: Vec<&str> = changed
         .iter()
         .filter(|c| !internal(c))

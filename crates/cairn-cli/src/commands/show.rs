@@ -189,8 +189,12 @@ fn print_human(r: &ShowReport, out: &mut dyn Write) -> Result<()> {
     }
 
     writeln!(out)?;
-    writeln!(out, "Channels ({}):", r.channels.len())?;
-    for (name, ch) in &r.channels {
+    let (internal, own): (Vec<_>, Vec<_>) = r
+        .channels
+        .iter()
+        .partition(|(name, _)| render::is_internal(name));
+    writeln!(out, "Channels ({}):", own.len())?;
+    for (name, ch) in &own {
         writeln!(
             out,
             "  {name}  [{}, {}, {}]",
@@ -200,6 +204,19 @@ fn print_human(r: &ShowReport, out: &mut dyn Write) -> Result<()> {
         )?;
         write_value(&ch.decoded, out)?;
     }
+    if !internal.is_empty() {
+        writeln!(out)?;
+        writeln!(out, "Graph bookkeeping channels ({}):", internal.len())?;
+        for (name, ch) in &internal {
+            let value = match (&ch.decoded.value, &ch.decoded.error) {
+                _ if ch.decoded.type_tag == cairn_checkpoint::TAG_EMPTY => "(empty)".to_owned(),
+                (Some(v), _) => render::compact(v, 60),
+                (None, Some(e)) => format!("<{e}>"),
+                (None, None) => "<no value>".to_owned(),
+            };
+            writeln!(out, "  {name}  [{}] {value}", render::version(&ch.version))?;
+        }
+    }
     if !r.versions_seen.is_empty() {
         writeln!(out)?;
         writeln!(out, "Versions seen by node:")?;
@@ -208,7 +225,12 @@ fn print_human(r: &ShowReport, out: &mut dyn Write) -> Result<()> {
                 .iter()
                 .map(|(c, v)| format!("{c}@{}", render::version(v)))
                 .collect();
-            writeln!(out, "  {node}: {}", list.join(", "))?;
+            let list = if list.is_empty() {
+                "—".to_owned()
+            } else {
+                list.join(", ")
+            };
+            writeln!(out, "  {node}: {list}")?;
         }
     }
     writeln!(out)?;
@@ -235,6 +257,12 @@ fn print_human(r: &ShowReport, out: &mut dyn Write) -> Result<()> {
 
 fn write_value(d: &Decoded, out: &mut dyn Write) -> Result<()> {
     match (&d.value, &d.error) {
+        (Some(Value::String(text)), _) if text.contains('\n') => {
+            // Multi-line text reads better as text than as an escaped JSON string.
+            for line in text.lines() {
+                writeln!(out, "    │ {line}")?;
+            }
+        }
         (Some(v), _) => {
             let text = serde_json::to_string_pretty(v).unwrap_or_else(|_| v.to_string());
             for line in text.lines() {
