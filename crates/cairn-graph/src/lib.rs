@@ -101,9 +101,46 @@
 //! * A failed step's sibling tasks are not cancelled: they finish and their writes are saved.
 //! * The recursion limit counts super-steps of one invocation after the input: a run may
 //!   take `recursion_limit + 1` steps including the START step.
-//! * Supported: static breakpoints ([`StateGraph::interrupt_before`]), replay (a `fork`
-//!   checkpoint first, as LangGraph 1.2 does), forks with `update_state`. Not yet: dynamic
-//!   `interrupt()`/`Command`, subgraphs, retries, caching, deferred nodes.
+//! * Interrupt ids are 32 hex digits of a UUID v5 of the task's namespace (and the number of
+//!   answers it already has), not xxh3 hashes: stable across re-runs and processes, but not
+//!   equal to LangGraph's. Resume maps must use Cairn's ids.
+//! * [`CompiledGraph::invoke`] returns the state also when a run stops at an interrupt (no
+//!   `__interrupt__` key in a typed state); [`CompiledGraph::invoke_outcome`] /
+//!   [`CompiledGraph::invoke_command`] return a [`RunOutcome`] that lists the interrupts.
+//!   The caller's [`Command`] is a separate method rather than a kind of input.
+//! * A node returns a [`Command`] only when added with [`StateGraph::add_node_with`] /
+//!   [`StateGraph::add_sync_node_with`]; its possible targets are declared with
+//!   [`NodeOptions::destinations`] (LangGraph reads them from type hints).
+//! * Task errors are stored as the error's `Display` string, not a Python repr.
+//! * `Command::resume(value)` with several interrupts pending is refused (LangGraph raises
+//!   too); a resume with nothing pending is stored and ignored.
+//! * Durability: `Async` overlaps a checkpoint's `put` with the next step only when the saver
+//!   does not finish immediately; all puts are complete when the call returns. `Exit` keeps
+//!   task writes in memory and saves, at the end, one checkpoint (plus the interrupted or
+//!   failed step's task writes against it).
+//! * Per-node checkpoint policy ([`NodeOptions::checkpoint`]`(false)`): a step running only
+//!   such nodes writes no checkpoint; its task writes are saved against the previous
+//!   checkpoint and replayed on resume (LangGraph has no per-node policy).
+//! * Supported: static breakpoints (`interrupt_before` / `interrupt_after`, compiled and
+//!   per run), dynamic [`interrupt`] with resume values and resume maps, commands from
+//!   nodes (update + goto) and callers (resume, update, goto), retry policies, durability
+//!   modes, debug/custom streaming, replay (a `fork` checkpoint first, as LangGraph 1.2
+//!   does), forks with `update_state`. Golden traces 1-12 and 14 match. Not yet: subgraphs
+//!   (golden scenario 13), caching, deferred nodes.
+//!
+//! ## Human in the loop
+//!
+//! A node calls [`interrupt`]`(payload)?`: the run stops, the interrupt is saved as an
+//! `__interrupt__` pending write of the checkpoint the step ran from (no new checkpoint),
+//! and [`CompiledGraph::invoke_outcome`] returns [`RunOutcome::Interrupted`]. Answer with
+//! [`CompiledGraph::invoke_command`]`(`[`Command::resume`]`(value), ..)` — from the same
+//! process or another one, the state is in the saver: the value is saved as a
+//! `__resume__` write of no task ([`NULL_TASK_ID`]), the node runs again from its start, and
+//! its `interrupt` call returns the value (several calls are matched in order; the values a
+//! task consumed are saved as its own `__resume__` write). Sibling tasks of the interrupted
+//! step that finished are not run again. `get_state` shows the waiting tasks in `next` and
+//! their interrupts in `tasks[].interrupts` and `interrupts`. See
+//! `examples/human_approval.rs` for a command-line approval flow on SQLite.
 
 #![warn(missing_docs)]
 
