@@ -54,6 +54,8 @@ pub(crate) struct NodeSpec<S: State> {
     pub(crate) retry: Option<crate::options::RetryPolicy>,
     /// Whether a step of only such nodes writes a checkpoint.
     pub(crate) checkpoint: bool,
+    /// Set when the node is a compiled subgraph: reads its state.
+    pub(crate) subgraph: Option<crate::subgraph::SubgraphStateFn>,
 }
 
 pub(crate) struct JoinSpec {
@@ -94,6 +96,7 @@ impl<S: State> Spec<S> {
             interrupt_after: false,
             retry: None,
             checkpoint: true,
+            subgraph: None,
         }];
         for (name, run) in &graph.nodes {
             let index = nodes.len();
@@ -108,6 +111,7 @@ impl<S: State> Spec<S> {
                 interrupt_after: graph.interrupt_after.contains(name),
                 retry: graph.options.get(name).and_then(|o| o.retry.clone()),
                 checkpoint: graph.options.get(name).is_none_or(|o| o.checkpoint),
+                subgraph: graph.subgraphs.get(name).cloned(),
             });
         }
         let node_index: HashMap<String, usize> = nodes

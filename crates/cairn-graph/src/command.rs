@@ -205,9 +205,11 @@ pub(crate) struct Scratch {
     /// The run's unassigned resume value, shared by the step's tasks (first one takes it).
     pub(crate) null_resume: Option<Arc<Mutex<Option<Value>>>>,
     /// The interrupt the task raised.
-    pub(crate) raised: Option<Interrupt>,
+    pub(crate) raised: Vec<Interrupt>,
     /// `resume` gained values in this execution (save them as a `__resume__` write).
     pub(crate) resume_changed: bool,
+    /// The caller's resume map, for the interrupts of a subgraph this task runs.
+    pub(crate) resume_map: Option<Arc<BTreeMap<String, Value>>>,
 }
 
 /// The id of the interrupt a task raises after `answered` answers.
@@ -276,7 +278,7 @@ pub fn interrupt<V: Serialize>(value: V) -> Result<Value, NodeError> {
             id: interrupt_id(&ctx.task_ns(), s.resume.len()),
             value,
         };
-        s.raised = Some(raised.clone());
+        s.raised = vec![raised.clone()];
         Err(NodeInterrupted(raised))
     });
     match outcome {

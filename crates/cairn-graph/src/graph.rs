@@ -210,6 +210,8 @@ pub struct StateGraph<S: State> {
     pub(crate) interrupt_after: Vec<String>,
     pub(crate) options: HashMap<String, NodeOptions>,
     pub(crate) durability: crate::options::Durability,
+    /// Nodes that are compiled subgraphs: how to read their state.
+    pub(crate) subgraphs: HashMap<String, crate::subgraph::SubgraphStateFn>,
 }
 
 impl<S: State> Default for StateGraph<S> {
@@ -231,6 +233,7 @@ impl<S: State> StateGraph<S> {
             interrupt_after: Vec::new(),
             options: HashMap::new(),
             durability: crate::options::Durability::default(),
+            subgraphs: HashMap::new(),
         }
     }
 
@@ -368,7 +371,7 @@ impl<S: State> StateGraph<S> {
         self.set_node_options(name, options)
     }
 
-    fn push_node(&mut self, name: String, run: NodeFn<S>) -> &mut Self {
+    pub(crate) fn push_node(&mut self, name: String, run: NodeFn<S>) -> &mut Self {
         if name.is_empty() || name == START || name == END {
             self.errors.push(GraphError::InvalidGraph(format!(
                 "{name:?} cannot be a node name (reserved or empty)"

@@ -155,6 +155,7 @@ mod options;
 mod runtime;
 mod snapshot;
 mod state;
+mod subgraph;
 
 pub use cairn_macros::State;
 pub use channels::task_id;
@@ -169,7 +170,7 @@ pub use options::{Durability, NodeOptions, RetryPolicy, RetryPredicate};
 pub use runtime::{
     current_task, emit, CompiledGraph, DebugEvent, StreamEvent, StreamMode, TaskInfo, NULL_TASK_ID,
 };
-pub use snapshot::{HistoryQuery, SnapshotTask, StateSnapshot};
+pub use snapshot::{HistoryQuery, SnapshotTask, SnapshotWithSubgraphs, StateSnapshot};
 pub use state::{reducers, FieldInfo, ReducerKind, State};
 
 #[doc(hidden)]

@@ -133,6 +133,12 @@ pub(crate) struct TaskContext {
     pub(crate) ns: String,
     pub(crate) scratch: Mutex<Scratch>,
     emitter: Option<Emitter>,
+    /// The saver of the running graph (a subgraph node runs its child with it).
+    pub(crate) saver: Option<Arc<dyn CheckpointSaver>>,
+    /// The checkpoint the task's step derives from.
+    pub(crate) current: Option<CheckpointConfig>,
+    /// The running graph's `parents` metadata (its ancestors' namespaces -> checkpoint ids).
+    pub(crate) parents: Arc<BTreeMap<String, String>>,
 }
 
 impl TaskContext {
@@ -211,7 +217,7 @@ impl Drop for ThreadGuard {
 }
 
 pub(crate) struct Inner<S: State> {
-    pub(crate) spec: Spec<S>,
+    pub(crate) spec: Arc<Spec<S>>,
     pub(crate) saver: Option<Arc<dyn CheckpointSaver>>,
     /// Distinguishes graphs without a saver in the running-threads registry.
     identity: usize,
@@ -237,7 +243,7 @@ impl<S: State> Clone for CompiledGraph<S> {
 type EventSink<S> = Option<mpsc::Sender<Result<StreamEvent<S>>>>;
 
 #[derive(Default, Clone, Copy)]
-struct Modes {
+pub(crate) struct Modes {
     values: bool,
     updates: bool,
     debug: bool,
@@ -257,7 +263,7 @@ pub(crate) enum RunInput<S: State> {
 /// How one task ended.
 pub(crate) enum TaskEnd<S: State> {
     Done(TaskWrites<S>),
-    Interrupted(Interrupt),
+    Interrupted(Vec<Interrupt>),
 }
 
 /// The result of running one task, plus (in exit mode) the writes still to be saved.
@@ -362,7 +368,7 @@ impl<S: State> CompiledGraph<S> {
         let identity = NEXT_IDENTITY.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         Ok(CompiledGraph {
             inner: Arc::new(Inner {
-                spec,
+                spec: Arc::new(spec),
                 saver,
                 identity,
                 durability: graph.durability,
@@ -375,6 +381,19 @@ impl<S: State> CompiledGraph<S> {
     pub fn with_codec(mut self, codec: ValueCodec) -> Self {
         self.codec = codec;
         self
+    }
+
+    /// The same graph with another saver (a subgraph runs with its parent's saver).
+    pub(crate) fn bound(&self, saver: Option<Arc<dyn CheckpointSaver>>) -> CompiledGraph<S> {
+        CompiledGraph {
+            inner: Arc::new(Inner {
+                spec: Arc::clone(&self.inner.spec),
+                saver,
+                identity: self.inner.identity,
+                durability: self.inner.durability,
+            }),
+            codec: self.codec,
+        }
     }
 
     /// The checkpoint saver, if the graph has one.
@@ -446,7 +465,7 @@ impl<S: State> CompiledGraph<S> {
         sink: EventSink<S>,
         modes: Modes,
     ) -> Result<RunOutcome<S>> {
-        let (state, interrupts) = self.run(input, config, sink, modes).await?;
+        let (state, interrupts) = self.run(input, config, sink, modes, None).await?;
         let state = Arc::try_unwrap(state).unwrap_or_else(|s| (*s).clone());
         Ok(match interrupts {
             None => RunOutcome::Finished(state),
@@ -496,7 +515,10 @@ impl<S: State> CompiledGraph<S> {
             custom: modes.contains(&StreamMode::Custom),
         };
         tokio::spawn(async move {
-            match graph.run(input, config, Some(tx.clone()), modes).await {
+            match graph
+                .run(input, config, Some(tx.clone()), modes, None)
+                .await
+            {
                 Err(e) => {
                     let _ = tx.send(Err(e)).await;
                 }
@@ -520,13 +542,15 @@ impl<S: State> CompiledGraph<S> {
         Some((identity, config.checkpoint_ns.clone(), thread))
     }
 
-    /// Runs until the graph finishes (`None` interrupts) or stops (`Some`).
-    async fn run(
+    /// Runs until the graph finishes (`None` interrupts) or stops (`Some`). `nested` is set
+    /// when the graph runs as a subgraph node of a parent graph.
+    pub(crate) async fn run(
         &self,
         input: RunInput<S>,
         config: RunConfig,
         sink: EventSink<S>,
         modes: Modes,
+        nested: Option<Nested>,
     ) -> Result<(Arc<S>, Option<Vec<Interrupt>>)> {
         let _guard = ThreadGuard::acquire(self.thread_key(&config))?;
         let spec = &self.inner.spec;
@@ -593,6 +617,13 @@ impl<S: State> CompiledGraph<S> {
         };
         let mut meta_base = CheckpointMetadata::default().with_run_id(run_id.clone());
         meta_base.extra = config.metadata.clone();
+        let parents = Arc::new(
+            nested
+                .as_ref()
+                .map(|n| n.parents.clone())
+                .unwrap_or_default(),
+        );
+        meta_base.parents = (*parents).clone();
         let thread_config = CheckpointConfig {
             thread_id: thread_id.clone(),
             checkpoint_ns: config.checkpoint_ns.clone(),
@@ -686,6 +717,15 @@ impl<S: State> CompiledGraph<S> {
                 &versioner,
             )
             .await?;
+            if let Some(n) = &nested {
+                // A subgraph answers its interrupts with the parent's resume value or map.
+                if resume.null.is_none() {
+                    resume.null = n.null_resume.clone();
+                }
+                if resume.map.is_none() {
+                    resume.map = n.resume_map.as_deref().cloned();
+                }
+            }
             channels.mark_resumed();
         }
 
@@ -741,6 +781,7 @@ impl<S: State> CompiledGraph<S> {
                         current: writes_config.as_ref(),
                         thread_id: &thread_id,
                         ns: &config.checkpoint_ns,
+                        parents: &parents,
                         save_writes: !exit_mode,
                         sink: &sink,
                         modes,
@@ -765,7 +806,7 @@ impl<S: State> CompiledGraph<S> {
                 }
                 match outcome.end {
                     Ok(TaskEnd::Done(w)) => writes.push((&tasks[i], w)),
-                    Ok(TaskEnd::Interrupted(int)) => interrupts.push(int),
+                    Ok(TaskEnd::Interrupted(int)) => interrupts.extend(int),
                     Err(e) if first_error.is_none() => first_error = Some(e),
                     Err(_) => {}
                 }
@@ -1071,6 +1112,7 @@ impl<S: State> CompiledGraph<S> {
             // Resume values this task already has, and the run's shared ones.
             let mut scratch = Scratch {
                 null_resume: resume.null.clone(),
+                resume_map: resume.map.clone().map(Arc::new),
                 ..Scratch::default()
             };
             if let Some(ws) = ws {
@@ -1103,6 +1145,7 @@ impl<S: State> CompiledGraph<S> {
                     current: ctx.current.cloned(),
                     thread_id: ctx.thread_id.to_owned(),
                     ns: ctx.ns.to_owned(),
+                    parents: Arc::clone(ctx.parents),
                     save_writes: ctx.save_writes,
                     scratch,
                     emitter: emitter.clone(),
@@ -1161,12 +1204,24 @@ impl<S: State> CompiledGraph<S> {
     }
 }
 
+/// How a subgraph's run hangs off its parent's.
+#[derive(Default)]
+pub(crate) struct Nested {
+    /// The `parents` metadata of the subgraph's checkpoints.
+    pub(crate) parents: BTreeMap<String, String>,
+    /// The parent's unanswered resume value, shared (answering in the child consumes it).
+    pub(crate) null_resume: Option<Arc<Mutex<Option<serde_json::Value>>>>,
+    /// The caller's resume map (answers interrupts of the subgraph by id).
+    pub(crate) resume_map: Option<Arc<BTreeMap<String, serde_json::Value>>>,
+}
+
 /// Per-step settings of [`CompiledGraph::run_tasks`].
 struct StepCtx<'a, S: State> {
     step: i64,
     current: Option<&'a CheckpointConfig>,
     thread_id: &'a str,
     ns: &'a str,
+    parents: &'a Arc<BTreeMap<String, String>>,
     save_writes: bool,
     sink: &'a EventSink<S>,
     modes: Modes,
@@ -1178,6 +1233,7 @@ struct TaskRun<S: State> {
     current: Option<CheckpointConfig>,
     thread_id: String,
     ns: String,
+    parents: Arc<BTreeMap<String, String>>,
     save_writes: bool,
     scratch: Scratch,
     emitter: Option<Emitter>,
@@ -1347,7 +1403,7 @@ async fn run_task<S: State>(
     if let Some(tx) = &run.debug {
         let (error, interrupt) = match &end {
             Ok(TaskEnd::Done(_)) => (None, None),
-            Ok(TaskEnd::Interrupted(i)) => (None, Some(i.clone())),
+            Ok(TaskEnd::Interrupted(i)) => (None, i.first().cloned()),
             Err(e) => (Some(e.to_string()), None),
         };
         let _ = tx
@@ -1393,6 +1449,9 @@ async fn run_task_inner<S: State>(
                     ns: run.ns.clone(),
                     scratch: Mutex::new(scratch),
                     emitter: run.emitter.clone(),
+                    saver: graph.inner.saver.clone(),
+                    current: run.current.clone(),
+                    parents: Arc::clone(&run.parents),
                 };
                 let (result, ctx) = CURRENT_TASK
                     .scope(ctx, async {
@@ -1414,9 +1473,10 @@ async fn run_task_inner<S: State>(
                         break command;
                     }
                     Err(source) => {
-                        if let Some(raised) = scratch.raised.take() {
+                        if !scratch.raised.is_empty() {
+                            let raised = std::mem::take(&mut scratch.raised);
                             let mut writes =
-                                vec![(INTERRUPT.to_owned(), graph.codec.encode(&vec![&raised])?)];
+                                vec![(INTERRUPT.to_owned(), graph.codec.encode(&raised)?)];
                             if scratch.resume_changed {
                                 writes.push((
                                     RESUME.to_owned(),

@@ -41,6 +41,16 @@ pub struct StateSnapshot<S> {
     pub interrupts: Vec<Interrupt>,
 }
 
+/// A snapshot and the states of the subgraphs its run is waiting in
+/// ([`CompiledGraph::get_state_with_subgraphs`]).
+#[derive(Debug, Clone)]
+pub struct SnapshotWithSubgraphs<S> {
+    /// The graph's own state.
+    pub state: StateSnapshot<S>,
+    /// Subgraph states by namespace (`node:task_id`, nested ones `a:<id>|b:<id>`).
+    pub subgraphs: std::collections::BTreeMap<String, StateSnapshot<serde_json::Value>>,
+}
+
 /// A task of the step after a checkpoint.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SnapshotTask {
@@ -56,6 +66,9 @@ pub struct SnapshotTask {
     pub error: Option<String>,
     /// The interrupt(s) it raised and that are not answered yet (the latest one per task).
     pub interrupts: Vec<Interrupt>,
+    /// For a task running a subgraph: the subgraph's checkpoint namespace
+    /// (`<ns|>node:task_id`), where its own checkpoints are saved.
+    pub checkpoint_ns: Option<String>,
 }
 
 /// Which checkpoints [`CompiledGraph::get_state_history`] returns.
@@ -102,7 +115,11 @@ impl<S: State> CompiledGraph<S> {
 
     /// `latest`: the thread's head read without a checkpoint id, whose `next` leaves out
     /// tasks that already finished (as LangGraph's `get_state` does).
-    fn snapshot(&self, tuple: CheckpointTuple, latest: bool) -> Result<StateSnapshot<S>> {
+    pub(crate) fn snapshot(
+        &self,
+        tuple: CheckpointTuple,
+        latest: bool,
+    ) -> Result<StateSnapshot<S>> {
         let spec = &self.inner.spec;
         let channels = Channels::load(spec, &tuple, &self.codec)?;
         let step = tuple.metadata.step.unwrap_or(-1) + 1;
@@ -150,6 +167,13 @@ impl<S: State> CompiledGraph<S> {
                     } else {
                         interrupts
                     },
+                    checkpoint_ns: spec.nodes[t.node].subgraph.as_ref().map(|_| {
+                        crate::runtime::task_ns(
+                            &tuple.config.checkpoint_ns,
+                            &spec.nodes[t.node].name,
+                            &t.id,
+                        )
+                    }),
                 }
             })
             .collect();
@@ -188,6 +212,27 @@ impl<S: State> CompiledGraph<S> {
             Some(tuple) => self.snapshot(tuple, latest).map(Some),
             None => Ok(None),
         }
+    }
+
+    /// Like [`get_state`](Self::get_state), plus the state of every subgraph the run is
+    /// waiting in (an unfinished task of a node added with
+    /// [`StateGraph::add_subgraph`](crate::StateGraph::add_subgraph)), keyed by the
+    /// subgraph's namespace ([`SnapshotTask::checkpoint_ns`]); nested subgraphs are
+    /// included, keyed by their full namespace (`sub:<id>|inner:<id>`). Subgraph values
+    /// are shown as JSON since their state type may differ.
+    pub async fn get_state_with_subgraphs(
+        &self,
+        config: impl Into<RunConfig>,
+    ) -> Result<Option<SnapshotWithSubgraphs<S>>> {
+        let saver = self.require_saver("get_state")?;
+        let config = config.into();
+        let latest = config.checkpoint_id.is_none();
+        let Some(tuple) = saver.get_tuple(&config.checkpoint_config()).await? else {
+            return Ok(None);
+        };
+        let state = self.snapshot(tuple, latest)?;
+        let subgraphs = self.nested_states(saver, &state).await?;
+        Ok(Some(SnapshotWithSubgraphs { state, subgraphs }))
     }
 
     /// The thread's checkpoints as snapshots, newest first, read a page at a time (values

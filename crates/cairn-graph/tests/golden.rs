@@ -96,7 +96,7 @@ fn checkpoint_at<S>(current: &[StateSnapshot<S>], final_len: usize, index: u64) 
     entry.config.checkpoint_id.clone().expect("id")
 }
 
-async fn run_scenario<S>(name: &str, graph: &StateGraph<S>)
+async fn run_scenario<S>(name: &str, graph: &StateGraph<S>) -> CompiledGraph<S>
 where
     S: State,
 {
@@ -204,6 +204,7 @@ where
             "{context}: run id"
         );
     }
+    app
 }
 
 #[derive(Clone, Default, Debug, Serialize, Deserialize, State)]
@@ -466,4 +467,167 @@ async fn node_error_then_resume() {
         B.load(Ordering::SeqCst) as u64,
         want["b"].as_u64().expect("b")
     );
+}
+
+#[derive(Clone, Default, Debug, Serialize, Deserialize, State)]
+struct SubState {
+    answer: String,
+    #[reducer(append)]
+    steps: Vec<String>,
+}
+
+fn sub_child() -> StateGraph<SubState> {
+    let mut sub = StateGraph::<SubState>::new();
+    sub.add_sync_node("sub_a", |_| {
+        Ok(SubStateUpdate::default().steps(vec!["sub_a".into()]))
+    })
+    .add_sync_node("sub_ask", |_| {
+        let answer = interrupt("sub approve?")?;
+        Ok(SubStateUpdate::default()
+            .steps(vec!["sub_ask".into()])
+            .answer(answer.as_str().unwrap_or_default().to_string()))
+    })
+    .add_edge(START, "sub_a")
+    .add_edge("sub_a", "sub_ask")
+    .add_edge("sub_ask", END);
+    sub
+}
+
+fn sub_parent() -> StateGraph<SubState> {
+    let mut g = StateGraph::<SubState>::new();
+    g.add_sync_node("pre", |_| {
+        Ok(SubStateUpdate::default().steps(vec!["pre".into()]))
+    })
+    .add_subgraph(
+        "sub",
+        sub_child().compile_without_saver().expect("child compiles"),
+    )
+    .add_sync_node("post", |_| {
+        Ok(SubStateUpdate::default().steps(vec!["post".into()]))
+    })
+    .add_edge(START, "pre")
+    .add_edge("pre", "sub")
+    .add_edge("sub", "post")
+    .add_edge("post", END);
+    g
+}
+
+/// Scenario 13: an interrupt inside a shared-state subgraph, resumed from the parent. The
+/// parent history is checked by `run_scenario`; the subgraph's own history (namespace
+/// `sub:<task id>`) is checked here, including its `parents` metadata.
+#[tokio::test]
+async fn subgraph_interrupt() {
+    let fx = fixture("subgraph_interrupt");
+    let app = run_scenario("subgraph_interrupt", &sub_parent()).await;
+    let root = history(&app).await;
+    // The subgraph task of the interrupted step names its namespace.
+    let sub_task = root[2]
+        .tasks
+        .iter()
+        .find(|t| t.name == "sub")
+        .expect("sub task");
+    let ns = sub_task.checkpoint_ns.clone().expect("subgraph namespace");
+    assert_eq!(ns, format!("sub:{}", sub_task.id));
+    let saver = Arc::clone(app.saver().expect("saver"));
+    let child = sub_child().compile(saver).expect("child compiles");
+    let mut config = RunConfig::thread("t1");
+    config.checkpoint_ns = ns.clone();
+    let ours: Vec<StateSnapshot<SubState>> = child
+        .get_state_history(config, HistoryQuery::default())
+        .try_collect()
+        .await
+        .expect("subgraph history");
+    let want = fx["subgraph_histories"]["t1"]["sub:task-1"]
+        .as_array()
+        .expect("subgraph history");
+    assert_eq!(ours.len(), want.len(), "subgraph: number of checkpoints");
+    let index_of = |id: &str| {
+        ours.iter()
+            .position(|s| s.config.checkpoint_id.as_deref() == Some(id))
+    };
+    for (i, (got, want)) in ours.iter().zip(want).enumerate() {
+        let context = format!("subgraph history[{i}]");
+        assert_eq!(got.config.checkpoint_ns, ns, "{context}: namespace");
+        assert_eq!(got.metadata.step, want["step"].as_i64(), "{context}: step");
+        assert_eq!(
+            got.metadata.source.map(|s| s.as_str()),
+            want["source"].as_str(),
+            "{context}: source"
+        );
+        let next: Vec<String> = serde_json::from_value(want["next"].clone()).expect("next");
+        assert_eq!(got.next, next, "{context}: next");
+        assert_values(&got.values, &want["values"], &context);
+        assert_interrupts(got, want, &context);
+        let parent = got
+            .parent_config
+            .as_ref()
+            .and_then(|p| p.checkpoint_id.as_deref())
+            .and_then(index_of);
+        assert_eq!(
+            parent.map(|p| p as u64),
+            want["parent_index"].as_u64(),
+            "{context}: parent"
+        );
+        // "checkpoint:t1:root:2": the root checkpoint the subgraph task ran from.
+        assert_eq!(want["parents"][""], "checkpoint:t1:root:2");
+        let parents: Vec<(&str, &str)> = got
+            .metadata
+            .parents
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        let root_id = root[2].config.checkpoint_id.as_deref().expect("id");
+        assert_eq!(parents, [("", root_id)], "{context}: parents");
+    }
+}
+
+/// The subgraph's state while the run waits in it (the fixture's observation), through
+/// `get_state_with_subgraphs`.
+#[tokio::test]
+async fn subgraph_state_while_interrupted() {
+    let fx = fixture("subgraph_interrupt");
+    let want = &fx["observations"]["subgraph_state_while_interrupted"][0];
+    let app = sub_parent()
+        .compile(Arc::new(InMemorySaver::new()))
+        .expect("compile");
+    let input: SubStateUpdate =
+        serde_json::from_value(fx["calls"][0]["input"].clone()).expect("input");
+    let out = app
+        .invoke_outcome(Some(input), RunConfig::thread("t1"))
+        .await
+        .expect("run");
+    assert!(out.is_interrupted());
+    let both = app
+        .get_state_with_subgraphs(RunConfig::thread("t1"))
+        .await
+        .expect("get_state")
+        .expect("state");
+    let ns = both.state.tasks[0]
+        .checkpoint_ns
+        .clone()
+        .expect("namespace");
+    assert_eq!(both.subgraphs.len(), 1);
+    let sub = &both.subgraphs[&ns];
+    assert_eq!(sub.config.checkpoint_ns, ns);
+    assert_eq!(sub.values, want["values"]);
+    assert_eq!(sub.metadata.step, want["step"].as_i64());
+    assert_eq!(
+        sub.metadata.source.map(|s| s.as_str()),
+        want["source"].as_str()
+    );
+    let next: Vec<String> = serde_json::from_value(want["next"].clone()).expect("next");
+    assert_eq!(sub.next, next);
+    assert_eq!(sub.tasks.len(), 1);
+    assert_eq!(sub.tasks[0].name, "sub_ask");
+    assert_eq!(sub.interrupts.len(), 1);
+    assert_eq!(sub.interrupts[0].value, "sub approve?");
+    // The parent sees the same interrupt, with the same id.
+    assert_eq!(both.state.interrupts, sub.interrupts);
+    // Plain get_state has no subgraph states but names the namespace.
+    let plain = app
+        .get_state(RunConfig::thread("t1"))
+        .await
+        .expect("get_state")
+        .expect("state");
+    assert_eq!(plain.tasks[0].checkpoint_ns.as_deref(), Some(ns.as_str()));
 }
