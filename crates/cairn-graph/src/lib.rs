@@ -125,8 +125,21 @@
 //!   per run), dynamic [`interrupt`] with resume values and resume maps, commands from
 //!   nodes (update + goto) and callers (resume, update, goto), retry policies, durability
 //!   modes, debug/custom streaming, replay (a `fork` checkpoint first, as LangGraph 1.2
-//!   does), forks with `update_state`. Golden traces 1-12 and 14 match. Not yet: subgraphs
-//!   (golden scenario 13), caching, deferred nodes.
+//!   does), forks with `update_state`, subgraphs. Golden traces 1-14 match (13: the parent
+//!   history and the subgraph's own history). Not yet: caching, deferred nodes.
+//! * Subgraphs ([`StateGraph::add_subgraph`]): a shared-state subgraph's output is its
+//!   whole final state, applied through the parent's reducers — an `append` field gets the
+//!   child's full list (input included) appended again, exactly as LangGraph does
+//!   (`["pre", "pre", "sub_a", "sub_ask", "post"]` in scenario 13); use
+//!   [`StateGraph::add_subgraph_mapped`] to write only what you want. The child always runs
+//!   with the parent's saver (a saver compiled into the child is not used; LangGraph's
+//!   per-subgraph `checkpointer=` choices are not offered), with its own compiled
+//!   durability and default recursion limit, and a fresh `run_id` per child run. A static
+//!   breakpoint inside a subgraph fails the parent task (dynamic [`interrupt`]s work at any
+//!   depth); subgraph events are not streamed; `update_state` cannot target a subgraph's
+//!   namespace. [`CompiledGraph::get_state_with_subgraphs`] returns the subgraph states
+//!   (values as JSON) in a map keyed by namespace instead of nesting them in
+//!   `tasks[].state`; [`SnapshotTask::checkpoint_ns`] names a subgraph task's namespace.
 //!
 //! ## Human in the loop
 //!
@@ -141,6 +154,20 @@
 //! step that finished are not run again. `get_state` shows the waiting tasks in `next` and
 //! their interrupts in `tasks[].interrupts` and `interrupts`. See
 //! `examples/human_approval.rs` for a command-line approval flow on SQLite.
+//!
+//! ## Subgraphs
+//!
+//! [`StateGraph::add_subgraph`] adds a compiled graph of the same state type as a node;
+//! [`StateGraph::add_subgraph_mapped`] one of another type, with input/output mappings.
+//! The child runs on the parent's thread with the parent's saver, in its own checkpoint
+//! namespace `node:task_id` (nested: `outer:<id>|inner:<id>`), and its checkpoints carry
+//! `parents` metadata mapping each ancestor's namespace to the checkpoint it ran from
+//! (`""` -> the root's). An [`interrupt`] inside the child stops the parent run with the
+//! child's interrupts (same ids); [`Command::resume`] on the parent re-runs the subgraph
+//! task — its id is deterministic, so the same namespace — which continues the child from
+//! its latest checkpoint: finished child tasks (saved writes) do not run again, also after
+//! a failure or a crash. [`CompiledGraph::get_state_with_subgraphs`] shows the states of
+//! the subgraphs a run waits in.
 
 #![warn(missing_docs)]
 
