@@ -133,8 +133,21 @@ async fn run_cell(w: Workload, kind: SaverKind, mode: Durability, sz: &Sizes, en
         let warm = run_workload(w, &be, &WARMUP, "warmup").await;
         be.close().await?;
         warm?;
+        let fsync = if mode == Durability::Sync
+            && matches!(kind, SaverKind::Sqlite | SaverKind::Postgres)
+        {
+            Some(fsync_probe()?)
+        } else {
+            None
+        };
         let mut be = Backend::open(kind, mode, env).await?;
         let res = run_workload(w, &be, sz, "run").await;
+        let res = res.map(|mut r| {
+            if let Some(f) = fsync {
+                r.insert("disk_fsync_per_s".into(), json!(f));
+            }
+            r
+        });
         let res = match res {
             Ok(mut res) => match be.storage().await {
                 Ok(Some(st)) => {
@@ -172,6 +185,22 @@ async fn run_cell(w: Workload, kind: SaverKind, mode: Durability, sz: &Sizes, en
     }
     rec.insert("loadavg_after".into(), loadavg());
     Value::Object(rec)
+}
+
+/// The disk's rate of durable 4 KiB appends (write + fdatasync) in the temp dir, measured
+/// for up to 300 appends or 0.5 s, whichever comes first.
+fn fsync_probe() -> Result<f64, BoxError> {
+    use std::io::Write;
+    let mut file = tempfile::tempfile()?;
+    let block = [b'x'; 4096];
+    let t0 = Instant::now();
+    let mut n = 0u32;
+    while n < 300 && t0.elapsed().as_secs_f64() < 0.5 {
+        file.write_all(&block)?;
+        file.sync_data()?;
+        n += 1;
+    }
+    Ok(f64::from(n) / t0.elapsed().as_secs_f64())
 }
 
 fn cpu_model() -> String {
@@ -240,6 +269,11 @@ async fn run(args: Args) -> Result<bool, BoxError> {
     );
     meta.insert("cpu_model".into(), json!(cpu_model()));
     meta.insert("loadavg_start".into(), loadavg());
+    meta.insert("disk_fsync_per_s_start".into(), json!(fsync_probe()?));
+    meta.insert(
+        "disk_fsync_probe".into(),
+        json!("4 KiB append + fdatasync in the temp dir, up to 300 times or 0.5 s; sync cells of sqlite/postgres carry disk_fsync_per_s measured right before their timed run"),
+    );
     meta.insert("sizes".into(), json!(sizes));
     meta.insert("warmup_sizes".into(), json!(WARMUP));
     meta.insert(
