@@ -1,10 +1,10 @@
 #!/usr/bin/env python3
-"""The issue's performance targets, checked against one peer run and one Cairn run of the same session.
+"""Cairn's performance targets, checked against one peer run and one Cairn run of the same benchmark run.
 
 Usage: targets.py PEER.json CAIRN.json [--fsync-per-s N]
 Ratios are Cairn / LangGraph (throughput). Absolute targets use Cairn's figures only.
 Sync cells carry disk_fsync_per_s (measured by the bench right before them); else
---fsync-per-s: the disk's rate of 4 KiB O_DSYNC appends measured in the same session
+--fsync-per-s: the disk's rate of 4 KiB O_DSYNC appends measured in the same benchmark run
 (dd if=/dev/zero of=F bs=4k count=300 oflag=dsync); needed for the sync targets.
 """
 import argparse
