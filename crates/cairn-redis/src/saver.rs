@@ -585,17 +585,22 @@ impl RedisSaver {
         }
     }
 
-    async fn prune_keep_latest(&self, thread: &str) -> Result<()> {
-        let mut conn = self.conn();
+    /// Every checkpoint id of each namespace of `thread` (oldest first) and the thread's key
+    /// list, in one round trip after the namespace lookup; `None` when the thread has no
+    /// namespace.
+    async fn thread_outline(
+        &self,
+        thread: &str,
+        what: &'static str,
+    ) -> Result<Option<(Vec<(String, Vec<String>)>, Vec<String>)>> {
         let namespaces = self
             .namespaces(std::slice::from_ref(&thread.to_owned()))
             .await?
             .pop()
             .unwrap_or_default();
         if namespaces.is_empty() {
-            return Ok(());
+            return Ok(None);
         }
-        // Round trip 1: every id of each namespace, and the thread's keys.
         let mut pipe = redis::pipe();
         for ns in &namespaces {
             pipe.cmd("ZRANGE")
@@ -605,22 +610,29 @@ impl RedisSaver {
         }
         pipe.cmd("SMEMBERS").arg(self.keys.thread_keys_key(thread));
         let replies: Vec<Value> = pipe
-            .query_async(&mut conn)
+            .query_async(&mut self.conn())
             .await
-            .map_err(backend("reading a thread to prune"))?;
+            .map_err(backend(what))?;
         let mut replies = replies.into_iter();
-        let mut per_ns = Vec::new();
-        for ns in &namespaces {
-            let ids: Vec<String> = parse(
-                next_reply(&mut replies, "reading a thread to prune")?,
-                "listing checkpoint ids",
-            )?;
+        let mut per_ns = Vec::with_capacity(namespaces.len());
+        for ns in namespaces {
+            let ids: Vec<String> =
+                parse(next_reply(&mut replies, what)?, "listing checkpoint ids")?;
             per_ns.push((ns, ids));
         }
-        let thread_keys: Vec<String> = parse(
-            next_reply(&mut replies, "reading a thread to prune")?,
-            "listing a thread's keys",
-        )?;
+        let thread_keys: Vec<String> =
+            parse(next_reply(&mut replies, what)?, "listing a thread's keys")?;
+        Ok(Some((per_ns, thread_keys)))
+    }
+
+    async fn prune_keep_latest(&self, thread: &str) -> Result<()> {
+        let mut conn = self.conn();
+        let Some((per_ns, thread_keys)) = self
+            .thread_outline(thread, "reading a thread to prune")
+            .await?
+        else {
+            return Ok(());
+        };
 
         // Round trip 2: the latest header of each namespace, the run of every other one.
         let mut pipe = redis::pipe();
@@ -1116,48 +1128,22 @@ impl CheckpointSaver for RedisSaver {
         let src = source_thread_id;
         let dst = target_thread_id;
         let mut conn = self.conn();
-        let namespaces = self
-            .namespaces(std::slice::from_ref(&src.to_owned()))
-            .await?
-            .pop()
-            .unwrap_or_default();
-        if namespaces.is_empty() {
-            return Ok(());
-        }
         // Round trip 1: the ids of each namespace, and the thread's keys (to find values).
-        let mut pipe = redis::pipe();
-        for ns in &namespaces {
-            pipe.cmd("ZRANGE")
-                .arg(self.keys.checkpoints_key(src, ns))
-                .arg(0)
-                .arg(-1);
-        }
-        pipe.cmd("SMEMBERS").arg(self.keys.thread_keys_key(src));
-        let replies: Vec<Value> = pipe
-            .query_async(&mut conn)
-            .await
-            .map_err(backend("reading the thread to copy"))?;
-        let mut replies = replies.into_iter();
-        let mut per_ns = Vec::with_capacity(namespaces.len());
-        for ns in &namespaces {
-            let ids: Vec<String> = parse(
-                next_reply(&mut replies, "reading the thread to copy")?,
-                "listing checkpoint ids",
-            )?;
-            per_ns.push((ns, ids));
-        }
+        let Some((per_ns, thread_keys)) = self
+            .thread_outline(src, "reading the thread to copy")
+            .await?
+        else {
+            return Ok(());
+        };
         let src_tag = self.keys.thread_tag(src);
         let dst_tag = self.keys.thread_tag(dst);
-        let blob_keys: Vec<String> = parse::<Vec<String>>(
-            next_reply(&mut replies, "reading the thread to copy")?,
-            "listing a thread's keys",
-        )?
-        .into_iter()
-        .filter(|k| {
-            k.strip_prefix(src_tag.as_str())
-                .is_some_and(|rest| rest.starts_with(":b:"))
-        })
-        .collect();
+        let blob_keys: Vec<String> = thread_keys
+            .into_iter()
+            .filter(|k| {
+                k.strip_prefix(src_tag.as_str())
+                    .is_some_and(|rest| rest.starts_with(":b:"))
+            })
+            .collect();
         // Round trip 2: every checkpoint hash, writes hash and value.
         let mut pipe = redis::pipe();
         for (ns, ids) in &per_ns {
@@ -1190,7 +1176,7 @@ impl CheckpointSaver for RedisSaver {
         let mut copied = 0usize;
         for (ns, ids) in &per_ns {
             let cps_key = self.keys.checkpoints_key(dst, ns);
-            pipe.cmd("SADD").arg(&ns_key).arg(*ns).ignore();
+            pipe.cmd("SADD").arg(&ns_key).arg(ns).ignore();
             touched.push(cps_key.clone());
             for id in ids {
                 let fields: HashMap<String, Vec<u8>> = parse(
