@@ -135,6 +135,32 @@ fn commit_batch(
             return;
         }
     };
+    if count == 1 {
+        // A single request needs no savepoint: if it fails, rolling back the transaction
+        // undoes exactly it.
+        let Some((op, reply)) = writes.into_iter().next() else {
+            return;
+        };
+        let result = run_op(op, &tx);
+        let result = match result {
+            Ok(()) => tx.commit().map_err(|e| {
+                tracing::warn!(error = %e, "committing a write failed");
+                batch_error("committing", &e.to_string())
+            }),
+            Err(err) => {
+                if let Err(e) = tx.rollback() {
+                    tracing::error!(error = %e, "rolling back a failed write");
+                }
+                Err(err)
+            }
+        };
+        if result.is_ok() {
+            counters.batches.fetch_add(1, Ordering::Relaxed);
+            counters.requests.fetch_add(1, Ordering::Relaxed);
+        }
+        let _ = reply.send(result);
+        return;
+    }
     let mut answers = Vec::with_capacity(count);
     let mut broken: Option<String> = None;
     for (op, reply) in writes {
@@ -147,14 +173,7 @@ fn commit_batch(
         }
         let result = match tx.savepoint() {
             Ok(mut sp) => {
-                let result = match catch_unwind(AssertUnwindSafe(|| op(&sp))) {
-                    Ok(r) => r,
-                    Err(_) => Err(Error::Backend {
-                        backend: "sqlite",
-                        message: "a write request panicked; it was rolled back".into(),
-                        source: None,
-                    }),
-                };
+                let result = run_op(op, &sp);
                 match result {
                     Ok(()) => match sp.commit() {
                         Ok(()) => Ok(()),
@@ -204,6 +223,18 @@ fn commit_batch(
                 let _ = reply.send(result.and(Err(batch_error("committing", &message))));
             }
         }
+    }
+}
+
+/// Runs one request, turning a panic into an error.
+fn run_op(op: WriteOp, conn: &Connection) -> Result<()> {
+    match catch_unwind(AssertUnwindSafe(|| op(conn))) {
+        Ok(r) => r,
+        Err(_) => Err(Error::Backend {
+            backend: "sqlite",
+            message: "a write request panicked; it was rolled back".into(),
+            source: None,
+        }),
     }
 }
 
