@@ -75,7 +75,10 @@ async fn w1(saver: &SqliteSaver, thread: &str, turns: usize) -> Result<()> {
                 saver
                     .put_writes(
                         &cfg(thread, Some(p.clone())),
-                        vec![("messages".into(), codec.encode(&[text.clone()])?)],
+                        vec![(
+                            "messages".into(),
+                            codec.encode(std::slice::from_ref(&text))?,
+                        )],
                         "task-1",
                         "~__pregel_pull, reply",
                     )

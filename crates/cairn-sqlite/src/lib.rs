@@ -226,10 +226,49 @@ fn configure(
 
 struct Inner {
     writer: mpsc::Sender<Job>,
+    /// The writer thread, joined when the last handle is dropped.
+    writer_thread: Option<std::thread::JoinHandle<()>>,
+    /// Gets a message once the writer thread has closed its connection.
+    writer_stopped: std::sync::Mutex<std::sync::mpsc::Receiver<()>>,
     /// `None` for an in-memory database: the writer connection serves reads.
     readers: Option<Arc<ReadPool>>,
     path: Option<PathBuf>,
     counters: Arc<Counters>,
+}
+
+/// How long dropping the last handle inside an async runtime waits for the writer thread to
+/// close its connection before leaving it to finish on its own (so a tokio worker is never
+/// held for long).
+const ASYNC_CLOSE_WAIT: std::time::Duration = std::time::Duration::from_millis(250);
+
+impl Drop for Inner {
+    /// Stops the writer thread: it commits what is queued, closes its connection (which
+    /// copies the WAL into the database and removes the `-wal` and `-shm` files, once the
+    /// read connections are closed too) and exits. Outside an async runtime this waits for
+    /// it; inside one, at most [`ASYNC_CLOSE_WAIT`].
+    fn drop(&mut self) {
+        // Read connections first, so the writer's is the last one and cleans up the WAL.
+        self.readers = None;
+        // Dropping the only sender ends the writer's loop.
+        let (closed, _) = mpsc::channel(1);
+        drop(std::mem::replace(&mut self.writer, closed));
+        let Some(thread) = self.writer_thread.take() else {
+            return;
+        };
+        if tokio::runtime::Handle::try_current().is_ok() {
+            let stopped = self
+                .writer_stopped
+                .get_mut()
+                .unwrap_or_else(|p| p.into_inner());
+            if stopped.recv_timeout(ASYNC_CLOSE_WAIT).is_err() {
+                tracing::debug!("the SQLite writer thread is still closing; not waiting");
+                return;
+            }
+        }
+        if thread.join().is_err() {
+            tracing::error!("the SQLite writer thread panicked");
+        }
+    }
 }
 
 /// A [`CheckpointSaver`] on SQLite. Cheap to clone (clones share the writer thread and
@@ -261,11 +300,13 @@ impl SqliteSaver {
         schema::migrate(&mut conn)?;
         let readers = ReadPool::new(path.clone(), options.clone())?;
         let counters = Arc::new(Counters::default());
-        let writer = writer::spawn(conn, options.max_batch_size(), Arc::clone(&counters))?;
+        let handle = writer::spawn(conn, options.max_batch_size(), Arc::clone(&counters))?;
         tracing::debug!(path = %path.display(), "opened SQLite checkpoint store");
         Ok(SqliteSaver {
             inner: Arc::new(Inner {
-                writer,
+                writer: handle.jobs,
+                writer_thread: Some(handle.thread),
+                writer_stopped: std::sync::Mutex::new(handle.stopped),
                 readers: Some(Arc::new(readers)),
                 path: Some(path),
                 counters,
@@ -285,10 +326,12 @@ impl SqliteSaver {
         configure(&conn, &options, ConnectionRole::Writer, false)?;
         schema::migrate(&mut conn)?;
         let counters = Arc::new(Counters::default());
-        let writer = writer::spawn(conn, options.max_batch_size(), Arc::clone(&counters))?;
+        let handle = writer::spawn(conn, options.max_batch_size(), Arc::clone(&counters))?;
         Ok(SqliteSaver {
             inner: Arc::new(Inner {
-                writer,
+                writer: handle.jobs,
+                writer_thread: Some(handle.thread),
+                writer_stopped: std::sync::Mutex::new(handle.stopped),
                 readers: None,
                 path: None,
                 counters,

@@ -172,6 +172,8 @@ mod writer_failures {
         let saver = SqliteSaver {
             inner: Arc::new(Inner {
                 writer,
+                writer_thread: None,
+                writer_stopped: std::sync::Mutex::new(std::sync::mpsc::channel().1),
                 readers: None,
                 path: None,
                 counters: Default::default(),
@@ -282,4 +284,46 @@ async fn writes_queued_together_commit_in_one_transaction() {
         1,
         "one transaction for all 20"
     );
+}
+
+mod shutdown {
+    use cairn_checkpoint::{Checkpoint, CheckpointConfig, CheckpointMetadata, CheckpointSaver};
+
+    use crate::SqliteSaver;
+
+    #[test]
+    fn dropping_the_last_handle_closes_the_writer_and_removes_the_wal() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("cairn.db");
+        let wal = dir.path().join("cairn.db-wal");
+        let shm = dir.path().join("cairn.db-shm");
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .expect("runtime");
+        let saver = SqliteSaver::open(&path).expect("open");
+        let clone = saver.clone();
+        rt.block_on(async {
+            clone
+                .put(
+                    &CheckpointConfig::thread("t"),
+                    Checkpoint::new(),
+                    CheckpointMetadata::default(),
+                    Default::default(),
+                )
+                .await
+                .expect("put");
+        });
+        assert!(wal.exists(), "WAL mode keeps a -wal file while open");
+        drop(saver);
+        assert!(wal.exists(), "a clone still holds the store open");
+        drop(clone);
+        assert!(!wal.exists(), "the -wal file is removed on close");
+        assert!(!shm.exists(), "the -shm file is removed on close");
+        // The data made it into the database file.
+        let reopened = SqliteSaver::open(&path).expect("reopen");
+        let got = rt
+            .block_on(reopened.get_tuple(&CheckpointConfig::thread("t")))
+            .expect("get");
+        assert!(got.is_some());
+    }
 }

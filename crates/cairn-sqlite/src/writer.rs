@@ -71,21 +71,37 @@ pub(crate) fn writer_stopped() -> Error {
     }
 }
 
+/// The running writer thread: its queue, and what tells when it has closed its connection.
+pub(crate) struct WriterHandle {
+    pub(crate) jobs: mpsc::Sender<Job>,
+    pub(crate) thread: std::thread::JoinHandle<()>,
+    pub(crate) stopped: std::sync::mpsc::Receiver<()>,
+}
+
 /// Starts the writer thread owning `conn`.
 pub(crate) fn spawn(
     conn: Connection,
     max_batch: usize,
     counters: Arc<Counters>,
-) -> Result<mpsc::Sender<Job>> {
+) -> Result<WriterHandle> {
     let (tx, rx) = mpsc::channel(max_batch.max(1) * 4);
-    std::thread::Builder::new()
+    let (stopped_tx, stopped) = std::sync::mpsc::channel();
+    let thread = std::thread::Builder::new()
         .name("cairn-sqlite-writer".into())
-        .spawn(move || run(conn, rx, max_batch, &counters))
+        .spawn(move || {
+            run(conn, rx, max_batch, &counters);
+            let _ = stopped_tx.send(());
+        })
         .map_err(|e| Error::backend("sqlite", "starting the writer thread", e))?;
-    Ok(tx)
+    Ok(WriterHandle {
+        jobs: tx,
+        thread,
+        stopped,
+    })
 }
 
-fn run(mut conn: Connection, mut rx: mpsc::Receiver<Job>, max_batch: usize, counters: &Counters) {
+fn run(conn: Connection, mut rx: mpsc::Receiver<Job>, max_batch: usize, counters: &Counters) {
+    let mut conn = conn;
     tracing::debug!("SQLite writer thread started");
     while let Some(first) = rx.blocking_recv() {
         let mut batch = vec![first];
@@ -109,6 +125,11 @@ fn run(mut conn: Connection, mut rx: mpsc::Receiver<Job>, max_batch: usize, coun
             }
         }
         commit_batch(&mut conn, writes, counters);
+    }
+    // Closing the last connection to a file copies the WAL into it and removes the WAL
+    // and shared-memory files.
+    if let Err((_, e)) = conn.close() {
+        tracing::warn!(error = %e, "closing the SQLite writer connection");
     }
     tracing::debug!("SQLite writer thread stopped: the saver was dropped");
 }
