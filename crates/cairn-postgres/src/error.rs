@@ -10,7 +10,7 @@ use deadpool_postgres::{PoolError, TimeoutType};
 pub(crate) const BACKEND: &str = "postgres";
 
 /// SQLSTATE classes and codes that mean the connection is gone (not the statement wrong).
-fn means_connection_lost(e: &tokio_postgres::Error) -> bool {
+pub(crate) fn means_connection_lost(e: &tokio_postgres::Error) -> bool {
     if e.is_closed() {
         return true;
     }

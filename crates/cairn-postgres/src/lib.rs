@@ -37,11 +37,12 @@
 //!   demand; [`connect_timeout`](PostgresOptions::connect_timeout) (10 s) bounds opening one,
 //!   [`wait_timeout`](PostgresOptions::wait_timeout) (30 s) bounds waiting for a free one.
 //! * **Lost connections**: a server restart, failover or `pg_terminate_backend` fails the
-//!   calls in flight with [`Error::Backend`](cairn_checkpoint::Error::Backend) (backend
-//!   `"postgres"`, message saying the connection was lost). The broken connection is
-//!   discarded and pooled connections are checked before reuse
-//!   ([`verify_connections`](PostgresOptions::verify_connections)), so the next call works
-//!   as soon as the server is reachable. Every write is idempotent, so retrying is safe.
+//!   connections. A call that finds its connection dead runs again on another one (up to
+//!   three in all; every saver operation is idempotent, so this is safe), and only if all
+//!   fail does it return [`Error::Backend`](cairn_checkpoint::Error::Backend) (backend
+//!   `"postgres"`, message saying the connection was lost). Dead connections are discarded;
+//!   [`verify_connections`](PostgresOptions::verify_connections) also checks each one with a
+//!   round trip before reuse. The next call works as soon as the server is reachable.
 //! * **PgBouncer**: in transaction pooling mode, set
 //!   [`prepared_statements(false)`](PostgresOptions::prepared_statements). Statements are
 //!   then sent unnamed with their parameter types (`tokio-postgres`'s `query_typed`) and

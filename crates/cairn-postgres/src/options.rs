@@ -45,8 +45,8 @@ pub struct PostgresOptions {
 
 impl PostgresOptions {
     /// Options for the server at `url`, with the defaults: a pool of 16 connections, 10 s to
-    /// connect, 30 s to wait for a free connection, prepared statements on, connections
-    /// verified before reuse, tables in the connection's search path, migrations run on
+    /// connect, 30 s to wait for a free connection, prepared statements on, no check
+    /// query before reusing a connection, tables in the connection's search path, migrations run on
     /// connect.
     ///
     /// `url` is a `postgres://user:password@host:port/database?param=value` URL or a
@@ -60,7 +60,7 @@ impl PostgresOptions {
             connect_timeout: Some(Duration::from_secs(10)),
             wait_timeout: Some(Duration::from_secs(30)),
             prepared_statements: true,
-            verify_connections: true,
+            verify_connections: false,
             schema: None,
             run_migrations: true,
         }
@@ -98,10 +98,12 @@ impl PostgresOptions {
     }
 
     /// Whether a pooled connection is checked with an empty query before each reuse
-    /// (default `true`). The check costs one round trip, and guarantees that a connection
-    /// the server dropped (restart, `pg_terminate_backend`, idle timeout of a proxy) is
-    /// replaced instead of failing the call. With `false` only connections the driver
-    /// already knows are closed are replaced.
+    /// (default `false`). The check costs one round trip per call. Without it, connections
+    /// the driver already knows are closed are replaced before reuse, and a call that finds
+    /// its connection dead anyway (restart, `pg_terminate_backend`, idle timeout of a
+    /// proxy) runs again on another connection, up to three in all — safe because every
+    /// saver operation is idempotent. Turn it on when the network drops connections
+    /// silently (no reset reaches the client).
     pub fn verify_connections(mut self, enabled: bool) -> Self {
         self.verify_connections = enabled;
         self

@@ -13,7 +13,7 @@ use deadpool_postgres::{ClientWrapper, Pool};
 use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::Row;
 
-use crate::error::{check_json, check_text, pg_error, pool_error};
+use crate::error::{check_json, check_text, means_connection_lost, pg_error, pool_error};
 use crate::options::PostgresOptions;
 use crate::schema::{Statements, CHECKPOINT_COLUMNS};
 
@@ -56,6 +56,22 @@ struct StoredRow {
 type BlobKey = (String, String, String, String);
 /// `(thread, ns, checkpoint id)` of a checkpoint.
 type CheckpointKey = (String, String, String);
+
+/// How many connections one call tries when they turn out to be dead.
+const RECONNECT_ATTEMPTS: u32 = 3;
+
+/// Whether `e` says the connection was lost (so the call may run again on another one).
+fn connection_lost(e: &Error) -> bool {
+    match e {
+        Error::Backend {
+            source: Some(source),
+            ..
+        } => source
+            .downcast_ref::<tokio_postgres::Error>()
+            .is_some_and(means_connection_lost),
+        _ => false,
+    }
+}
 
 /// A deadlock victim or serialization failure: the statement did nothing and can be re-sent.
 fn is_transient_conflict(e: &tokio_postgres::Error) -> bool {
@@ -106,6 +122,30 @@ impl PostgresSaver {
 
     async fn client(&self) -> Result<deadpool_postgres::Object> {
         self.pool.get().await.map_err(pool_error)
+    }
+
+    /// Runs `op` on a pooled connection; if the connection turns out to be dead (the server
+    /// restarted or terminated it while it sat in the pool), runs it again on another one,
+    /// up to [`RECONNECT_ATTEMPTS`] times in all. Every saver operation is idempotent
+    /// (upserts, insert-if-absent, deletes, reads), so running it again is safe even when
+    /// the first attempt reached the server. The dead connection is discarded when it goes
+    /// back to the pool.
+    async fn with_client<T, F, Fut>(&self, op: F) -> Result<T>
+    where
+        F: Fn(deadpool_postgres::Object) -> Fut,
+        Fut: std::future::Future<Output = Result<T>>,
+    {
+        let mut attempt = 1;
+        loop {
+            let client = self.client().await?;
+            match op(client).await {
+                Err(e) if attempt < RECONNECT_ATTEMPTS && connection_lost(&e) => {
+                    tracing::warn!(attempt, error = %e, "a pooled connection was lost; retrying on another");
+                    attempt += 1;
+                }
+                other => return other,
+            }
+        }
     }
 
     /// Runs one statement: prepared and cached per connection, or unnamed with typed
@@ -339,35 +379,37 @@ impl PostgresSaver {
 #[async_trait]
 impl CheckpointSaver for PostgresSaver {
     async fn get_tuple(&self, config: &CheckpointConfig) -> Result<Option<CheckpointTuple>> {
-        let client = self.client().await?;
-        let rows = match &config.checkpoint_id {
-            Some(id) => {
-                self.query(
-                    &client,
-                    "get_tuple",
-                    &self.sql.get_one,
-                    &[
-                        (&config.thread_id, Type::TEXT),
-                        (&config.checkpoint_ns, Type::TEXT),
-                        (id, Type::TEXT),
-                    ],
-                )
-                .await?
-            }
-            None => {
-                self.query(
-                    &client,
-                    "get_tuple",
-                    &self.sql.get_latest,
-                    &[
-                        (&config.thread_id, Type::TEXT),
-                        (&config.checkpoint_ns, Type::TEXT),
-                    ],
-                )
-                .await?
-            }
-        };
-        Ok(self.load(&client, rows).await?.into_iter().next())
+        self.with_client(|client| async move {
+            let rows = match &config.checkpoint_id {
+                Some(id) => {
+                    self.query(
+                        &client,
+                        "get_tuple",
+                        &self.sql.get_one,
+                        &[
+                            (&config.thread_id, Type::TEXT),
+                            (&config.checkpoint_ns, Type::TEXT),
+                            (id, Type::TEXT),
+                        ],
+                    )
+                    .await?
+                }
+                None => {
+                    self.query(
+                        &client,
+                        "get_tuple",
+                        &self.sql.get_latest,
+                        &[
+                            (&config.thread_id, Type::TEXT),
+                            (&config.checkpoint_ns, Type::TEXT),
+                        ],
+                    )
+                    .await?
+                }
+            };
+            Ok(self.load(&client, rows).await?.into_iter().next())
+        })
+        .await
     }
 
     async fn list(&self, query: &ListQuery) -> Result<Vec<CheckpointTuple>> {
@@ -449,9 +491,12 @@ impl CheckpointSaver for PostgresSaver {
         if let Some(limit) = &limit {
             push(&mut sql, &mut params, " LIMIT $?", (limit, Type::INT8));
         }
-        let client = self.client().await?;
-        let rows = self.query(&client, "list", &sql, &params).await?;
-        self.load(&client, rows).await
+        let (sql, params) = (&sql, &params);
+        self.with_client(|client| async move {
+            let rows = self.query(&client, "list", sql, params).await?;
+            self.load(&client, rows).await
+        })
+        .await
     }
 
     async fn put(
@@ -488,24 +533,21 @@ impl CheckpointSaver for PostgresSaver {
             tags.push(value.type_tag.as_str());
             blobs.push(&value.data);
         }
-        let client = self.client().await?;
-        self.query(
-            &client,
-            "put",
-            &self.sql.put,
-            &[
-                (&config.thread_id, Type::TEXT),
-                (&config.checkpoint_ns, Type::TEXT),
-                (&checkpoint.id, Type::TEXT),
-                (&config.checkpoint_id, Type::TEXT),
-                (&header, Type::JSONB),
-                (&channels, Type::TEXT_ARRAY),
-                (&versions, Type::TEXT_ARRAY),
-                (&tags, Type::TEXT_ARRAY),
-                (&blobs, Type::BYTEA_ARRAY),
-                (&metadata, Type::JSONB),
-            ],
-        )
+        let params: &[Param<'_>] = &[
+            (&config.thread_id, Type::TEXT),
+            (&config.checkpoint_ns, Type::TEXT),
+            (&checkpoint.id, Type::TEXT),
+            (&config.checkpoint_id, Type::TEXT),
+            (&header, Type::JSONB),
+            (&channels, Type::TEXT_ARRAY),
+            (&versions, Type::TEXT_ARRAY),
+            (&tags, Type::TEXT_ARRAY),
+            (&blobs, Type::BYTEA_ARRAY),
+            (&metadata, Type::JSONB),
+        ];
+        self.with_client(|client| async move {
+            self.query(&client, "put", &self.sql.put, params).await
+        })
         .await?;
         Ok(CheckpointConfig {
             thread_id: config.thread_id.clone(),
@@ -548,36 +590,32 @@ impl CheckpointSaver for PostgresSaver {
         let channels: Vec<&str> = rows.iter().map(|r| r.1).collect();
         let tags: Vec<&str> = rows.iter().map(|r| r.2.type_tag.as_str()).collect();
         let blobs: Vec<&[u8]> = rows.iter().map(|r| &r.2.data[..]).collect();
-        let client = self.client().await?;
-        self.query(
-            &client,
-            "put_writes",
-            &self.sql.put_writes,
-            &[
-                (&config.thread_id, Type::TEXT),
-                (&config.checkpoint_ns, Type::TEXT),
-                (checkpoint_id, Type::TEXT),
-                (&task_id, Type::TEXT),
-                (&task_path, Type::TEXT),
-                (&idxs, Type::INT8_ARRAY),
-                (&channels, Type::TEXT_ARRAY),
-                (&tags, Type::TEXT_ARRAY),
-                (&blobs, Type::BYTEA_ARRAY),
-            ],
-        )
+        let params: &[Param<'_>] = &[
+            (&config.thread_id, Type::TEXT),
+            (&config.checkpoint_ns, Type::TEXT),
+            (checkpoint_id, Type::TEXT),
+            (&task_id, Type::TEXT),
+            (&task_path, Type::TEXT),
+            (&idxs, Type::INT8_ARRAY),
+            (&channels, Type::TEXT_ARRAY),
+            (&tags, Type::TEXT_ARRAY),
+            (&blobs, Type::BYTEA_ARRAY),
+        ];
+        self.with_client(|client| async move {
+            self.query(&client, "put_writes", &self.sql.put_writes, params)
+                .await
+        })
         .await?;
         Ok(())
     }
 
     async fn delete_thread(&self, thread_id: &str) -> Result<()> {
         let ids = [thread_id];
-        let client = self.client().await?;
-        self.query(
-            &client,
-            "delete_thread",
-            &self.sql.delete_threads,
-            &[(&ids.as_slice(), Type::TEXT_ARRAY)],
-        )
+        let params: &[Param<'_>] = &[(&ids.as_slice(), Type::TEXT_ARRAY)];
+        self.with_client(|client| async move {
+            self.query(&client, "delete_thread", &self.sql.delete_threads, params)
+                .await
+        })
         .await?;
         Ok(())
     }
@@ -587,16 +625,14 @@ impl CheckpointSaver for PostgresSaver {
             return Ok(());
         }
         check_text("thread id", target_thread_id)?;
-        let client = self.client().await?;
-        self.query(
-            &client,
-            "copy_thread",
-            &self.sql.copy_thread,
-            &[
-                (&source_thread_id, Type::TEXT),
-                (&target_thread_id, Type::TEXT),
-            ],
-        )
+        let params: &[Param<'_>] = &[
+            (&source_thread_id, Type::TEXT),
+            (&target_thread_id, Type::TEXT),
+        ];
+        self.with_client(|client| async move {
+            self.query(&client, "copy_thread", &self.sql.copy_thread, params)
+                .await
+        })
         .await?;
         Ok(())
     }
@@ -609,8 +645,8 @@ impl CheckpointSaver for PostgresSaver {
             PruneStrategy::KeepLatest => &self.sql.prune_keep_latest,
             PruneStrategy::Delete => &self.sql.delete_threads,
         };
-        let client = self.client().await?;
-        self.query(&client, "prune", sql, &[(&thread_ids, Type::TEXT_ARRAY)])
+        let params: &[Param<'_>] = &[(&thread_ids, Type::TEXT_ARRAY)];
+        self.with_client(|client| async move { self.query(&client, "prune", sql, params).await })
             .await?;
         Ok(())
     }
@@ -619,13 +655,16 @@ impl CheckpointSaver for PostgresSaver {
         if run_ids.is_empty() {
             return Ok(());
         }
-        let client = self.client().await?;
-        self.query(
-            &client,
-            "delete_for_runs",
-            &self.sql.delete_for_runs,
-            &[(&run_ids, Type::TEXT_ARRAY)],
-        )
+        let params: &[Param<'_>] = &[(&run_ids, Type::TEXT_ARRAY)];
+        self.with_client(|client| async move {
+            self.query(
+                &client,
+                "delete_for_runs",
+                &self.sql.delete_for_runs,
+                params,
+            )
+            .await
+        })
         .await?;
         Ok(())
     }
