@@ -1,11 +1,29 @@
 //! Checkpoint ids: time-ordered UUIDs whose string order is creation order.
 
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, OnceLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use uuid::{Timestamp, Uuid};
 
 static LAST_ID: Mutex<u128> = Mutex::new(0);
+
+/// Seed of [`random_u64`], drawn once per process from the OS.
+static SEED: OnceLock<u64> = OnceLock::new();
+/// Calls of [`random_u64`] so far (each call mixes a distinct counter value).
+static DRAWS: AtomicU64 = AtomicU64::new(0);
+
+/// A random-looking 64-bit number without a system call: splitmix64 over a per-process
+/// counter seeded once from the OS. Distinct calls in one process never repeat (splitmix64's
+/// finalizer is a bijection of distinct inputs), and two processes differ by their seeds.
+pub(crate) fn random_u64() -> u64 {
+    let seed = *SEED.get_or_init(|| Uuid::new_v4().as_u64_pair().0);
+    let n = DRAWS.fetch_add(1, Ordering::Relaxed);
+    let mut z = seed.wrapping_add(n.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
 
 /// A new checkpoint id: a version-6 (time-ordered) UUID, as LangGraph uses.
 ///
@@ -23,8 +41,7 @@ pub fn new_checkpoint_id() -> String {
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default();
     let ts = Timestamp::from_unix_time(now.as_secs(), now.subsec_nanos(), 0, 14);
-    let (random, _) = Uuid::new_v4().as_u64_pair();
-    let node = random.to_be_bytes();
+    let node = random_u64().to_be_bytes();
     let candidate = Uuid::new_v6(ts, &[node[0], node[1], node[2], node[3], node[4], node[5]]);
     let mut last = LAST_ID
         .lock()
@@ -66,5 +83,13 @@ mod tests {
         assert_eq!(all.len(), n, "ids are unique");
         let parsed = Uuid::parse_str(&all[0]).expect("valid uuid");
         assert_eq!(parsed.get_version_num(), 6);
+    }
+
+    #[test]
+    fn random_numbers_do_not_repeat() {
+        let mut seen: Vec<u64> = (0..10_000).map(|_| random_u64()).collect();
+        seen.sort_unstable();
+        seen.dedup();
+        assert_eq!(seen.len(), 10_000);
     }
 }

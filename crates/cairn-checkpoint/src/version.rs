@@ -55,7 +55,7 @@ impl ChannelVersion {
     /// The version that follows `current` (`None`: the channel has no version yet).
     pub fn first_after(current: Option<&ChannelVersion>) -> ChannelVersion {
         let counter = current.map_or(0, ChannelVersion::counter) + 1;
-        let (suffix, _) = uuid::Uuid::new_v4().as_u64_pair();
+        let suffix = crate::id::random_u64();
         ChannelVersion::Str(format!("{counter:032}.{suffix:016x}"))
     }
 

@@ -383,6 +383,18 @@ impl<S: State> Channels<S> {
         tuple: &CheckpointTuple,
         codec: &ValueCodec,
     ) -> Result<Self> {
+        Channels::load_with(spec, tuple, codec, None)
+    }
+
+    /// Like [`load`](Self::load); `state`, when given, is the checkpoint's already decoded
+    /// state (its fields are then not decoded again).
+    pub(crate) fn load_with(
+        spec: &Spec<S>,
+        tuple: &CheckpointTuple,
+        codec: &ValueCodec,
+        state: Option<Arc<S>>,
+    ) -> Result<Self> {
+        let cached = state;
         let mut ch = Channels::new(spec);
         let cp = &tuple.checkpoint;
         let corrupt = |channel: &str, e: CpError| {
@@ -411,6 +423,7 @@ impl<S: State> Channels<S> {
                 continue;
             };
             match spec.kind(c) {
+                Chan::Field(_) if cached.is_some() => {}
                 Chan::Field(f) => state
                     .decode_field(f, value, codec)
                     .map_err(|e| corrupt(name, e))?,
@@ -431,7 +444,7 @@ impl<S: State> Channels<S> {
                 Chan::Tasks => ch.sends = codec.decode(value).map_err(|e| corrupt(name, e))?,
             }
         }
-        ch.state = Arc::new(state);
+        ch.state = cached.unwrap_or_else(|| Arc::new(state));
         for (node, seen) in &cp.versions_seen {
             if node == INTERRUPT_SEEN {
                 ch.interrupt_seen = Some(

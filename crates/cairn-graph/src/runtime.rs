@@ -223,6 +223,53 @@ pub(crate) struct Inner<S: State> {
     identity: usize,
     /// Default durability of runs.
     durability: Durability,
+    /// The last state each thread's run ended with, by the checkpoint that saved it, so the
+    /// next invoke of the thread skips decoding it.
+    states: StateCache<S>,
+}
+
+/// Most threads whose last state [`StateCache`] keeps.
+const STATE_CACHE_CAP: usize = 64;
+
+/// `(thread, namespace)` → (checkpoint id, the state saved in it).
+pub(crate) struct StateCache<S: State>(Mutex<CachedStates<S>>);
+
+type CachedStates<S> = HashMap<(String, String), (String, Arc<S>)>;
+
+impl<S: State> Default for StateCache<S> {
+    fn default() -> Self {
+        StateCache(Mutex::new(HashMap::new()))
+    }
+}
+
+impl<S: State> StateCache<S> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, CachedStates<S>> {
+        // Entries are inserted whole: a poisoned map is still consistent.
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Takes the state saved in checkpoint `id` of `(thread, ns)`, if it is the one cached.
+    /// The entry is removed (the run puts its own state back when it ends), so the run owns
+    /// the state and updates it in place.
+    fn take(&self, thread: &str, ns: &str, id: &str) -> Option<Arc<S>> {
+        let mut map = self.lock();
+        let key = (thread.to_owned(), ns.to_owned());
+        let (cached_id, _) = map.get(&key)?;
+        if cached_id != id {
+            return None;
+        }
+        map.remove(&key).map(|(_, state)| state)
+    }
+
+    fn put(&self, thread: &str, ns: &str, id: String, state: Arc<S>) {
+        let mut map = self.lock();
+        let key = (thread.to_owned(), ns.to_owned());
+        if map.len() >= STATE_CACHE_CAP && !map.contains_key(&key) {
+            // Small and simple: start over rather than track recency.
+            map.clear();
+        }
+        map.insert(key, (id, state));
+    }
 }
 
 /// A validated, runnable graph. Cheap to clone; share it between tasks.
@@ -372,6 +419,7 @@ impl<S: State> CompiledGraph<S> {
                 saver,
                 identity,
                 durability: graph.durability,
+                states: StateCache::default(),
             }),
             codec: ValueCodec::default(),
         })
@@ -391,6 +439,7 @@ impl<S: State> CompiledGraph<S> {
                 saver,
                 identity: self.inner.identity,
                 durability: self.inner.durability,
+                states: StateCache::default(),
             }),
             codec: self.codec,
         }
@@ -604,7 +653,14 @@ impl<S: State> CompiledGraph<S> {
         let replaying = config.checkpoint_id.is_some();
         let (mut channels, mut step, mut current, mut pending) = match &tuple {
             Some(t) => (
-                Channels::load(spec, t, &codec)?,
+                Channels::load_with(
+                    spec,
+                    t,
+                    &codec,
+                    self.inner
+                        .states
+                        .take(&thread_id, &config.checkpoint_ns, &t.checkpoint.id),
+                )?,
                 t.metadata.step.unwrap_or(-1) + 1,
                 Some(t.config.clone()),
                 if replaying {
@@ -731,6 +787,7 @@ impl<S: State> CompiledGraph<S> {
 
         // 3. Super-steps.
         let first_step = step;
+        let placeholder = Arc::new(S::default());
         let any_no_checkpoint = spec.nodes.iter().any(|n| !n.checkpoint);
         let stopped: Option<Vec<Interrupt>> = loop {
             let current_id = match &unsaved {
@@ -740,7 +797,7 @@ impl<S: State> CompiledGraph<S> {
                     .and_then(|c| c.checkpoint_id.clone())
                     .unwrap_or_default(),
             };
-            let tasks = channels.prepare_tasks(
+            let mut tasks = channels.prepare_tasks(
                 spec,
                 &current_id,
                 &config.checkpoint_ns,
@@ -789,6 +846,11 @@ impl<S: State> CompiledGraph<S> {
                 )
                 .instrument(span.clone())
                 .await;
+            // The tasks ran: release their hold on the state so applying the writes updates
+            // it in place instead of copying it.
+            for task in &mut tasks {
+                task.input = Arc::clone(&placeholder);
+            }
             let mut writes = Vec::with_capacity(tasks.len());
             let mut first_error = None;
             let mut interrupts = Vec::new();
@@ -936,6 +998,7 @@ impl<S: State> CompiledGraph<S> {
                 meta.step = Some(u.step);
                 let saved = p.put(&parent, cp, meta, new_versions).await?;
                 debug_checkpoint(&sink, modes, u.step, &saved).await;
+                current = Some(saved);
             } else if changed_since_save {
                 let parent = current.clone().unwrap_or_else(|| thread_config.clone());
                 let (cp, new_versions) = channels.checkpoint(spec, &codec)?;
@@ -944,8 +1007,17 @@ impl<S: State> CompiledGraph<S> {
                 meta.step = Some(step - 1);
                 let saved = p.put(&parent, cp, meta, new_versions).await?;
                 debug_checkpoint(&sink, modes, step - 1, &saved).await;
+                current = Some(saved);
             }
             p.settle().await?;
+            if let Some(id) = current.and_then(|c| c.checkpoint_id) {
+                self.inner.states.put(
+                    &thread_id,
+                    &config.checkpoint_ns,
+                    id,
+                    Arc::clone(&channels.state),
+                );
+            }
         }
         Ok((channels.state, stopped))
     }
@@ -1043,7 +1115,8 @@ impl<S: State> CompiledGraph<S> {
                 node: 0,
                 path: String::new(),
                 triggers: Vec::new(),
-                input: Arc::clone(&channels.state),
+                // Not read when applying writes; a shared state here would force a copy.
+                input: Arc::new(S::default()),
                 id: String::new(),
             };
             channels.apply_writes(spec, vec![(&task, writes)], None, false, versioner)?;
@@ -1531,10 +1604,14 @@ async fn run_task_inner<S: State>(
     }
     if !node.branches.is_empty() {
         // Routers see the state with this task's own writes applied.
-        let mut local = (*task.input).clone();
-        if let Some(u) = &writes.update {
-            S::apply(&mut local, S::Update::clone(u));
-        }
+        let local = match &writes.update {
+            Some(u) => {
+                let mut local = (*task.input).clone();
+                S::apply(&mut local, S::Update::clone(u));
+                std::borrow::Cow::Owned(local)
+            }
+            None => std::borrow::Cow::Borrowed(&*task.input),
+        };
         for branch in &node.branches {
             let route = (branch.router)(&local);
             resolve_route(spec, task.node, branch, route, &mut writes)?;
@@ -1548,4 +1625,95 @@ async fn run_task_inner<S: State>(
         save_or_keep(graph, task, run, encoded, unsaved).await?;
     }
     Ok(TaskEnd::Done(writes))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use cairn_checkpoint::{CheckpointSaver, InMemorySaver};
+    use futures::TryStreamExt;
+
+    use crate::{RunConfig, State, StateGraph, END, START};
+
+    #[derive(Clone, Default, Debug, serde::Serialize, serde::Deserialize, State)]
+    struct Log {
+        #[reducer(append)]
+        items: Vec<String>,
+    }
+
+    fn graph() -> StateGraph<Log> {
+        let mut g = StateGraph::<Log>::new();
+        g.add_sync_node("reply", |s: &Log| {
+            Ok(LogUpdate::default().items(vec![format!("reply {}", s.items.len())]))
+        })
+        .add_edge(START, "reply")
+        .add_edge("reply", END);
+        g
+    }
+
+    fn said(text: &str) -> LogUpdate {
+        LogUpdate::default().items(vec![text.to_owned()])
+    }
+
+    /// Re-invoking a thread reuses the state the last run ended with only while the thread's
+    /// latest checkpoint is the one that run saved.
+    #[tokio::test]
+    async fn cached_state_is_used_only_for_the_checkpoint_it_was_saved_in() {
+        let saver: Arc<dyn CheckpointSaver> = Arc::new(InMemorySaver::new());
+        let app = graph().compile(Arc::clone(&saver)).expect("compile");
+        let config = RunConfig::thread("t");
+        app.invoke(Some(said("a")), config.clone())
+            .await
+            .expect("run");
+        let out = app
+            .invoke(Some(said("b")), config.clone())
+            .await
+            .expect("run");
+        assert_eq!(out.items, ["a", "reply 1", "b", "reply 3"]);
+
+        // Another writer moves the thread on: the cached state is stale and not used.
+        app.update_state(config.clone(), said("edit"), Some("reply"))
+            .await
+            .expect("update");
+        let out = app
+            .invoke(Some(said("c")), config.clone())
+            .await
+            .expect("run");
+        assert_eq!(
+            out.items,
+            ["a", "reply 1", "b", "reply 3", "edit", "c", "reply 6"]
+        );
+
+        // A second compiled graph on the same saver writes the thread too.
+        let other = graph().compile(Arc::clone(&saver)).expect("compile");
+        other
+            .invoke(Some(said("d")), config.clone())
+            .await
+            .expect("run");
+        let out = app
+            .invoke(Some(said("e")), config.clone())
+            .await
+            .expect("run");
+        assert_eq!(out.items.len(), 11);
+        assert_eq!(out.items[7..], ["d", "reply 8", "e", "reply 10"]);
+
+        // Replaying an old checkpoint decodes that checkpoint's state.
+        let history: Vec<_> = app
+            .get_state_history(config.clone(), crate::HistoryQuery::default())
+            .try_collect()
+            .await
+            .expect("history");
+        let first_done = history
+            .iter()
+            .find(|s| s.values.items == ["a", "reply 1"])
+            .expect("first run's last checkpoint")
+            .config
+            .clone();
+        let out = app
+            .invoke(Some(said("f")), RunConfig::from(first_done))
+            .await
+            .expect("run");
+        assert_eq!(out.items, ["a", "reply 1", "f", "reply 3"]);
+    }
 }

@@ -151,7 +151,8 @@ impl<S: State> CompiledGraph<S> {
                 entry.0 = true;
             }
         }
-        let tasks: Vec<SnapshotTask> = tasks
+        let prepared = tasks;
+        let tasks: Vec<SnapshotTask> = prepared
             .iter()
             .map(|t| {
                 let (wrote, error, interrupts) =
@@ -186,6 +187,8 @@ impl<S: State> CompiledGraph<S> {
             .iter()
             .flat_map(|t| t.interrupts.iter().cloned())
             .collect();
+        // The prepared tasks hold the state too: drop them so the state is moved, not cloned.
+        drop(prepared);
         let values = Arc::try_unwrap(channels.state).unwrap_or_else(|s| (*s).clone());
         Ok(StateSnapshot {
             values,
