@@ -6,10 +6,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use cairn_checkpoint::{CheckpointSaver, InMemorySaver, ListQuery};
+use cairn_graph::RunConfig;
 use cairn_postgres::tokio_postgres;
 use cairn_postgres::{PostgresOptions, PostgresSaver};
 use cairn_redis::{RedisOptions, RedisSaver};
-use cairn_sqlite::{SqliteOptions, SqliteSaver, Synchronous};
+use cairn_sqlite::{SqliteOptions, SqliteSaver, Synchronous, WriterStats};
 use serde_json::{json, Map, Value};
 
 use crate::BoxError;
@@ -59,22 +60,27 @@ impl SaverKind {
     }
 }
 
-/// Durability mode of a cell: the saver's sync policy (see [`durability_meta`]).
+/// Durability mode of a cell: the runtime's [`cairn_graph::Durability`] plus the saver's sync
+/// policy (see [`durability_meta`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Durability {
-    /// The saver's defaults.
+    /// Runtime `Async` (Cairn's and LangGraph's default) with the saver's default sync policy.
     Default,
-    /// The saver's strongest sync setting.
+    /// Runtime `Sync` with the saver's power-loss-safe sync policy.
     Sync,
+    /// Runtime `Exit` (one checkpoint per invoke, at its end) with the saver's default sync
+    /// policy. Cairn only: the peer's W1 check wants three checkpoints per turn.
+    Exit,
 }
 
 impl Durability {
-    /// Parses `default` or `sync`.
+    /// Parses `default`, `sync` or `exit`.
     pub fn parse(name: &str) -> Result<Self, BoxError> {
         match name.trim().to_ascii_lowercase().as_str() {
             "default" => Ok(Durability::Default),
             "sync" => Ok(Durability::Sync),
-            other => Err(format!("unknown durability {other:?} (default, sync)").into()),
+            "exit" => Ok(Durability::Exit),
+            other => Err(format!("unknown durability {other:?} (default, sync, exit)").into()),
         }
     }
 
@@ -83,7 +89,23 @@ impl Durability {
         match self {
             Durability::Default => "default",
             Durability::Sync => "sync",
+            Durability::Exit => "exit",
         }
+    }
+
+    /// The runtime mode every invoke of the cell runs with.
+    pub fn runtime(self) -> cairn_graph::Durability {
+        match self {
+            Durability::Default => cairn_graph::Durability::Async,
+            Durability::Sync => cairn_graph::Durability::Sync,
+            Durability::Exit => cairn_graph::Durability::Exit,
+        }
+    }
+
+    /// Whether the saver runs its power-loss-safe sync policy (SQLite synchronous=FULL,
+    /// PostgreSQL synchronous_commit=on) rather than its default.
+    pub fn strong_saver_sync(self) -> bool {
+        self == Durability::Sync
     }
 }
 
@@ -112,6 +134,8 @@ enum Inner {
     Sqlite {
         saver: Arc<SqliteSaver>,
         dir: tempfile::TempDir,
+        /// Writer counters right after open (schema setup excluded from the figures).
+        stats_at_open: WriterStats,
     },
     Postgres {
         saver: Arc<PostgresSaver>,
@@ -127,6 +151,8 @@ enum Inner {
 pub struct Backend {
     /// The checkpointer to compile graphs with (`None` for [`SaverKind::None`]).
     pub saver: Option<Arc<dyn CheckpointSaver>>,
+    /// The cell's durability mode.
+    pub durability: Durability,
     inner: Inner,
 }
 
@@ -140,40 +166,41 @@ impl Backend {
         durability: Durability,
         env: &Env,
     ) -> Result<Self, BoxError> {
-        Ok(match kind {
-            SaverKind::None => Backend {
-                saver: None,
-                inner: Inner::None,
-            },
+        let (saver, inner): (Option<Arc<dyn CheckpointSaver>>, Inner) = match kind {
+            SaverKind::None => (None, Inner::None),
             SaverKind::Memory => {
                 let saver = Arc::new(InMemorySaver::new());
-                Backend {
-                    saver: Some(saver.clone()),
-                    inner: Inner::Memory(saver),
-                }
+                (Some(saver.clone()), Inner::Memory(saver))
             }
             SaverKind::Sqlite => {
                 let dir = tempfile::Builder::new()
                     .prefix("cairnbench-sqlite-")
                     .tempdir()?;
-                let options = match durability {
-                    Durability::Default => SqliteOptions::default(),
-                    Durability::Sync => SqliteOptions::default().synchronous(Synchronous::Full),
+                let options = if durability.strong_saver_sync() {
+                    SqliteOptions::default().synchronous(Synchronous::Full)
+                } else {
+                    SqliteOptions::default()
                 };
                 let saver = Arc::new(SqliteSaver::open_with(
                     dir.path().join("checkpoints.sqlite"),
                     options,
                 )?);
-                Backend {
-                    saver: Some(saver.clone()),
-                    inner: Inner::Sqlite { saver, dir },
-                }
+                let stats_at_open = saver.writer_stats();
+                (
+                    Some(saver.clone()),
+                    Inner::Sqlite {
+                        saver,
+                        dir,
+                        stats_at_open,
+                    },
+                )
             }
             SaverKind::Postgres => {
                 let schema = unique_name("pg");
-                let url = match durability {
-                    Durability::Default => env.pg_url.clone(),
-                    Durability::Sync => with_pg_option(&env.pg_url, "synchronous_commit%3Don"),
+                let url = if durability.strong_saver_sync() {
+                    with_pg_option(&env.pg_url, "synchronous_commit%3Don")
+                } else {
+                    env.pg_url.clone()
                 };
                 let saver = Arc::new(
                     PostgresOptions::new(url)
@@ -181,10 +208,7 @@ impl Backend {
                         .connect()
                         .await?,
                 );
-                Backend {
-                    saver: Some(saver.clone()),
-                    inner: Inner::Postgres { saver, schema },
-                }
+                (Some(saver.clone()), Inner::Postgres { saver, schema })
             }
             SaverKind::Redis => {
                 let prefix = unique_name("redis");
@@ -198,21 +222,55 @@ impl Backend {
                 let conn = redis::Client::open(env.redis_url.as_str())?
                     .get_multiplexed_async_connection()
                     .await?;
-                Backend {
-                    saver: Some(saver),
-                    inner: Inner::Redis { prefix, conn },
-                }
+                (Some(saver), Inner::Redis { prefix, conn })
             }
+        };
+        Ok(Backend {
+            saver,
+            durability,
+            inner,
         })
+    }
+
+    /// The run configuration of one invoke on `thread`: the cell's runtime durability.
+    pub fn config(&self, thread: impl Into<String>) -> RunConfig {
+        RunConfig::thread(thread).with_durability(self.durability.runtime())
+    }
+
+    /// Transactions the SQLite writer committed since open (`None` for other savers).
+    pub fn sqlite_writer_stats(&self) -> Option<WriterStats> {
+        match &self.inner {
+            Inner::Sqlite {
+                saver,
+                stats_at_open,
+                ..
+            } => {
+                let now = saver.writer_stats();
+                Some(WriterStats {
+                    batches: now.batches.saturating_sub(stats_at_open.batches),
+                    requests: now.requests.saturating_sub(stats_at_open.requests),
+                })
+            }
+            _ => None,
+        }
+    }
+
+    /// Checkpoints stored, over every thread and namespace (untimed; a full `list`).
+    pub async fn count_checkpoints(&self) -> Result<Option<usize>, BoxError> {
+        match &self.saver {
+            Some(s) => Ok(Some(s.list(&ListQuery::all()).await?.len())),
+            None => Ok(None),
+        }
     }
 
     /// What the storage holds now (untimed). `bytes` is the headline figure.
     pub async fn storage(&mut self) -> Result<Option<Map<String, Value>>, BoxError> {
         let mut out = Map::new();
+        let writer = self.sqlite_writer_stats();
         match &mut self.inner {
             Inner::None => return Ok(None),
             Inner::Memory(saver) => memory_storage(saver.as_ref(), &mut out).await?,
-            Inner::Sqlite { saver, dir } => {
+            Inner::Sqlite { saver, dir, .. } => {
                 let path = dir.path().join("checkpoints.sqlite");
                 let size = |suffix: &str| {
                     let mut p = path.clone().into_os_string();
@@ -225,9 +283,10 @@ impl Backend {
                 out.insert("bytes_kind".into(), json!("sqlite file + WAL file"));
                 out.insert("db_file_bytes".into(), json!(db));
                 out.insert("wal_file_bytes".into(), json!(wal));
-                let stats = saver.writer_stats();
-                out.insert("writer_batches".into(), json!(stats.batches));
-                out.insert("writer_requests".into(), json!(stats.requests));
+                if let Some(stats) = writer {
+                    out.insert("writer_batches".into(), json!(stats.batches));
+                    out.insert("writer_requests".into(), json!(stats.requests));
+                }
                 saver.checkpoint_wal().await?;
                 out.insert(
                     "bytes_after_wal_checkpoint".into(),
@@ -291,7 +350,7 @@ impl Backend {
     pub async fn close(self) -> Result<(), BoxError> {
         match self.inner {
             Inner::None | Inner::Memory(_) => {}
-            Inner::Sqlite { saver, dir } => {
+            Inner::Sqlite { saver, dir, .. } => {
                 drop(self.saver);
                 drop(saver);
                 dir.close()?;
@@ -475,24 +534,62 @@ pub async fn redis_facts(url: &str) -> Value {
     result.unwrap_or_else(|e| json!({ "error": e.to_string() }))
 }
 
-/// Which sync policy each durability mode means for each saver (for the JSON meta).
+/// What each durability mode means: the runtime mode and each saver's sync policy (for the
+/// JSON meta).
 pub fn durability_meta(pg: &Value, redis: &Value) -> Value {
+    let pg_default = format!(
+        "server default synchronous_commit={}",
+        pg.get("synchronous_commit")
+            .and_then(Value::as_str)
+            .unwrap_or("?")
+    );
+    let redis_default = format!(
+        "server persistence as configured: appendonly={}, appendfsync={}",
+        redis
+            .get("appendonly")
+            .and_then(Value::as_str)
+            .unwrap_or("?"),
+        redis
+            .get("appendfsync")
+            .and_then(Value::as_str)
+            .unwrap_or("?")
+    );
     json!({
-        "runtime": "cairn-graph awaits every put and put_writes before it starts the next super-step, in every mode (LangGraph's durability=\"sync\" behaviour); the modes differ only in the saver's sync policy. Cairn has no durability argument yet.",
-        "none": {"default": "no checkpointer"},
-        "memory": {"default": "in process memory, nothing to sync", "sync": "same as default"},
+        "modes": {
+            "default": "runtime Durability::Async (Cairn's default, as LangGraph's default durability=\"async\"): every step's checkpoint is written, the put of step N overlapping step N+1, all puts complete before invoke returns; the saver's default sync policy",
+            "sync": "runtime Durability::Sync (each step's put awaited before the next step starts, as LangGraph's durability=\"sync\"); the saver's power-loss-safe sync policy",
+            "exit": "runtime Durability::Exit (one checkpoint per invoke, written when it ends, as LangGraph's durability=\"exit\"); the saver's default sync policy. Cairn only: the peer's W1 check requires three checkpoints per turn, so exit cells have no LangGraph counterpart"
+        },
+        "runtime_setting": "RunConfig::with_durability on every invoke of the cell (graphs compiled with the default)",
+        "none": {"default": "no checkpointer (durability has no effect)"},
+        "memory": {
+            "default": "runtime Async; in process memory, nothing to sync",
+            "sync": "runtime Sync; in process memory, nothing to sync",
+            "exit": "runtime Exit; in process memory, nothing to sync"
+        },
         "sqlite": {
-            "default": "WAL, synchronous=NORMAL (Cairn's default: fsync only at WAL checkpoints; a commit survives a process crash, not a power loss); one writer thread, group commit",
-            "sync": "WAL, synchronous=FULL (fsync of the WAL on every commit; concurrent writers share one commit)"
+            "default": "runtime Async; WAL, synchronous=NORMAL (SqliteSaver's default: the WAL is fsynced only at WAL checkpoints, so a commit survives a process crash, not a power loss); one writer thread, group commit",
+            "sync": "runtime Sync; WAL, synchronous=FULL (every commit fsyncs the WAL: power-loss safe, like LangGraph's SqliteSaver, which always runs WAL with FULL); one writer thread, group commit (concurrent writers share one commit and so one fsync)",
+            "exit": "runtime Exit; WAL, synchronous=NORMAL (as in default)"
         },
         "postgres": {
-            "default": format!("server default synchronous_commit={}", pg.get("synchronous_commit").and_then(Value::as_str).unwrap_or("?")),
-            "sync": "synchronous_commit=on set on every connection (-c option in the URL)"
+            "default": format!("runtime Async; {pg_default}"),
+            "sync": "runtime Sync; synchronous_commit=on set on every connection (-c option in the URL): a commit returns after its WAL is flushed to disk",
+            "exit": format!("runtime Exit; {pg_default}")
         },
         "redis": {
-            "default": format!("server persistence as configured: appendonly={}, appendfsync={}", redis.get("appendonly").and_then(Value::as_str).unwrap_or("?"), redis.get("appendfsync").and_then(Value::as_str).unwrap_or("?")),
-            "sync": "not run: durability is a server setting (appendfsync), not a client one"
+            "default": format!("runtime Async; {redis_default}"),
+            "sync": "not run: the sync policy is a server setting (appendfsync), not a client one",
+            "exit": format!("runtime Exit; {redis_default}")
         },
-        "langgraph_peer": "SqliteSaver uses Python sqlite3's synchronous=FULL in both modes; LangGraph's default durability (async) overlaps the checkpoint write with the next step, sync waits for it"
+        "sqlite_writer_figures": {
+            "writer_batches": "transactions the SQLite writer thread committed during the timed run (schema setup excluded; untimed reads after the run do not write)",
+            "writer_requests": "write requests (put, put_writes, ...) committed in them; requests / batches is the group-commit factor",
+            "checkpoints_written": "checkpoints stored after the timed run, counted with a full list over every thread (the run's storage is fresh)",
+            "commits_per_checkpoint": "writer_batches / checkpoints_written (every SQLite cell)",
+            "fsyncs_per_checkpoint": "sync cells only (synchronous=FULL in WAL mode, where each commit fsyncs the WAL once): writer_batches / checkpoints_written = WAL fsyncs at commit per checkpoint. It counts commits of put_writes-only batches too, and leaves out the extra syncs of SQLite's automatic WAL checkpoints (WAL + database file, about every 1000 WAL pages)"
+        },
+        "checkpoints_per_s": "W4-concurrent cells with a saver: checkpoints_written / total_s (wall clock of the 64-thread run)",
+        "langgraph_peer": "the peer's default cells omit the durability argument (LangGraph's default, async) and its sync cells pass durability=\"sync\"; its SqliteSaver runs WAL with the sqlite3 default synchronous=FULL in both modes; its PostgresSaver uses the server default synchronous_commit in both"
     })
 }

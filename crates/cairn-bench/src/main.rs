@@ -6,8 +6,15 @@
 //!
 //! ```text
 //! cargo run --release -p cairn-bench -- --json cairn.json [--quick] [--workloads W1,W2]
-//!     [--savers none,memory,sqlite,postgres,redis] [--durability default,sync] [--growth]
+//!     [--savers none,memory,sqlite,postgres,redis] [--durability default,sync,exit] [--growth]
 //! ```
+//!
+//! Durability modes: `default` runs every invoke with the runtime's `Durability::Async` and
+//! the saver's default sync policy (SQLite synchronous=NORMAL); `sync` with
+//! `Durability::Sync` and the power-loss-safe policy (SQLite synchronous=FULL, PostgreSQL
+//! synchronous_commit=on); `exit` with `Durability::Exit` and the default policy (no
+//! LangGraph counterpart in the peer). `run-side-by-side.sh` runs the peer and this binary in
+//! one go.
 //!
 //! Every (workload, saver, durability) cell gets a warm-up on throw-away storage, then one
 //! timed run on fresh storage; only graph calls are timed; results are checked and a run that
@@ -46,8 +53,10 @@ struct Args {
     /// Comma list of none, memory, sqlite, postgres, redis.
     #[arg(long, default_value = "none,memory,sqlite,postgres,redis")]
     savers: String,
-    /// Comma list of durability modes: default, sync.
-    #[arg(long, default_value = "default,sync")]
+    /// Comma list of durability modes: default (runtime Async, saver's default sync policy),
+    /// sync (runtime Sync, SQLite synchronous=FULL, PostgreSQL synchronous_commit=on), exit
+    /// (runtime Exit, saver's default sync policy; Cairn only).
+    #[arg(long, default_value = "default,sync,exit")]
     durability: String,
     /// Only the W1 storage-growth measurement (samples at --growth-samples turns).
     #[arg(long)]
@@ -127,6 +136,12 @@ async fn run_cell(w: Workload, kind: SaverKind, mode: Durability, sz: &Sizes, en
     rec.insert("workload".into(), json!(w.name()));
     rec.insert("saver".into(), json!(kind.name()));
     rec.insert("durability".into(), json!(mode.name()));
+    if kind != SaverKind::None {
+        rec.insert(
+            "runtime_durability".into(),
+            json!(format!("{:?}", mode.runtime())),
+        );
+    }
     rec.insert("loadavg_before".into(), loadavg());
     let result: Result<Map<String, Value>, BoxError> = async {
         let be = Backend::open(kind, mode, env).await?;
@@ -149,18 +164,7 @@ async fn run_cell(w: Workload, kind: SaverKind, mode: Durability, sz: &Sizes, en
             r
         });
         let res = match res {
-            Ok(mut res) => match be.storage().await {
-                Ok(Some(st)) => {
-                    res.insert("storage_bytes".into(), st["bytes"].clone());
-                    if let Some(b) = st.get("bytes_after_wal_checkpoint") {
-                        res.insert("storage_bytes_after_wal_checkpoint".into(), b.clone());
-                    }
-                    res.insert("storage".into(), Value::Object(st));
-                    Ok(res)
-                }
-                Ok(None) => Ok(res),
-                Err(e) => Err(e),
-            },
+            Ok(res) => cell_figures(w, kind, mode, &mut be, res).await,
             Err(e) => Err(e),
         };
         be.close().await?;
@@ -185,6 +189,43 @@ async fn run_cell(w: Workload, kind: SaverKind, mode: Durability, sz: &Sizes, en
     }
     rec.insert("loadavg_after".into(), loadavg());
     Value::Object(rec)
+}
+
+/// Untimed figures of a cell after its timed run: writer commits and checkpoints written
+/// (SQLite cells), checkpoint throughput (W4-concurrent), storage.
+async fn cell_figures(
+    w: Workload,
+    kind: SaverKind,
+    mode: Durability,
+    be: &mut Backend,
+    mut res: Map<String, Value>,
+) -> Result<Map<String, Value>, BoxError> {
+    let writer = be.sqlite_writer_stats();
+    if kind == SaverKind::Sqlite || (w == Workload::W4Concurrent && kind != SaverKind::None) {
+        if let Some(n) = be.count_checkpoints().await? {
+            res.insert("checkpoints_written".into(), json!(n));
+            if w == Workload::W4Concurrent {
+                if let Some(total) = res.get("total_s").and_then(Value::as_f64) {
+                    res.insert("checkpoints_per_s".into(), json!(n as f64 / total));
+                }
+            }
+            if let Some(stats) = writer.filter(|_| n > 0) {
+                let per = stats.batches as f64 / n as f64;
+                res.insert("commits_per_checkpoint".into(), json!(per));
+                if mode.strong_saver_sync() {
+                    res.insert("fsyncs_per_checkpoint".into(), json!(per));
+                }
+            }
+        }
+    }
+    if let Some(st) = be.storage().await? {
+        res.insert("storage_bytes".into(), st["bytes"].clone());
+        if let Some(b) = st.get("bytes_after_wal_checkpoint") {
+            res.insert("storage_bytes_after_wal_checkpoint".into(), b.clone());
+        }
+        res.insert("storage".into(), Value::Object(st));
+    }
+    Ok(res)
 }
 
 /// The disk's rate of durable 4 KiB appends (write + fdatasync) in the temp dir, measured
@@ -363,10 +404,11 @@ async fn run(args: Args) -> Result<bool, BoxError> {
             for &kind in &savers {
                 let cell_modes: Vec<Durability> = match kind {
                     SaverKind::None => vec![Durability::Default],
+                    // Redis's sync policy is a server setting: no sync cells.
                     SaverKind::Redis => modes
                         .iter()
                         .copied()
-                        .filter(|m| *m == Durability::Default)
+                        .filter(|m| *m != Durability::Sync)
                         .collect(),
                     _ => modes.clone(),
                 };
@@ -383,13 +425,21 @@ async fn run(args: Args) -> Result<bool, BoxError> {
                                 .map(|v| format!("{k}={v:.1}"))
                         })
                         .unwrap_or_default();
+                    let extra = ["fsyncs_per_checkpoint", "checkpoints_per_s"]
+                        .iter()
+                        .filter_map(|k| {
+                            rec.get(*k)
+                                .and_then(Value::as_f64)
+                                .map(|v| format!(" {k}={v:.2}"))
+                        })
+                        .collect::<String>();
                     let status = if ok {
                         "ok".to_owned()
                     } else {
                         format!("ERROR {}", rec["error"])
                     };
                     println!(
-                        "  {:13} {:8} {:8} {status} {metric} ({:.1}s)",
+                        "  {:13} {:8} {:8} {status} {metric}{extra} ({:.1}s)",
                         w.name(),
                         kind.name(),
                         mode.name(),
@@ -433,5 +483,69 @@ fn main() -> std::process::ExitCode {
             eprintln!("error: {e}");
             std::process::ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env() -> Env {
+        Env {
+            pg_url: String::new(),
+            redis_url: String::new(),
+        }
+    }
+
+    #[test]
+    fn durability_modes_map_to_runtime_modes() {
+        let m = |s| Durability::parse(s).expect("parse");
+        assert_eq!(m("default").runtime(), cairn_graph::Durability::Async);
+        assert_eq!(m("sync").runtime(), cairn_graph::Durability::Sync);
+        assert_eq!(m("EXIT").runtime(), cairn_graph::Durability::Exit);
+        assert!(m("sync").strong_saver_sync());
+        assert!(!m("default").strong_saver_sync() && !m("exit").strong_saver_sync());
+        assert!(Durability::parse("async").is_err());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sqlite_sync_w4_concurrent_cell_reports_fsyncs_and_checkpoint_rate() {
+        let rec = run_cell(
+            Workload::W4Concurrent,
+            SaverKind::Sqlite,
+            Durability::Sync,
+            &WARMUP,
+            &env(),
+        )
+        .await;
+        assert_eq!(rec["ok"], json!(true), "{rec}");
+        assert_eq!(rec["runtime_durability"], json!("Sync"));
+        let n = 3 * WARMUP.w4_threads * WARMUP.w4_turns;
+        assert_eq!(rec["checkpoints_written"], json!(n));
+        let batches = rec["storage"]["writer_batches"].as_f64().expect("batches");
+        let per = rec["fsyncs_per_checkpoint"].as_f64().expect("fsyncs");
+        assert!((per - batches / n as f64).abs() < 1e-9 && per > 0.0);
+        let rate = rec["checkpoints_per_s"].as_f64().expect("rate");
+        let total = rec["total_s"].as_f64().expect("total");
+        assert!((rate * total - n as f64).abs() < 1e-6);
+        assert!(rec.get("disk_fsync_per_s").is_some());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sqlite_default_cell_counts_commits_but_claims_no_fsyncs() {
+        let rec = run_cell(
+            Workload::W1,
+            SaverKind::Sqlite,
+            Durability::Default,
+            &WARMUP,
+            &env(),
+        )
+        .await;
+        assert_eq!(rec["ok"], json!(true), "{rec}");
+        assert_eq!(rec["runtime_durability"], json!("Async"));
+        assert_eq!(rec["checkpoints_written"], json!(3 * WARMUP.w1_turns));
+        assert!(rec["commits_per_checkpoint"].as_f64().expect("commits") > 0.0);
+        assert!(rec.get("fsyncs_per_checkpoint").is_none());
+        assert!(rec.get("checkpoints_per_s").is_none());
     }
 }

@@ -12,7 +12,7 @@ use futures::TryStreamExt;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 
-use crate::backend::Backend;
+use crate::backend::{Backend, Durability};
 use crate::text::{text200, Kind};
 use crate::BoxError;
 
@@ -199,11 +199,24 @@ fn w1_expected(turns: usize) -> Vec<Message> {
     out
 }
 
+/// The message counts of W1's history after `turns` turns: three checkpoints per turn
+/// (input, START step, `reply` step), or in exit durability only the one saved when each
+/// turn ends.
+fn w1_history_lengths(turns: usize, durability: Durability) -> Vec<usize> {
+    if durability == Durability::Exit {
+        (0..turns).map(|i| 2 * i + 2).collect()
+    } else {
+        (0..turns)
+            .flat_map(|i| [2 * i, 2 * i + 1, 2 * i + 2])
+            .collect()
+    }
+}
+
 /// W1 chat: one thread, `w1_turns` turns of one user message each.
 pub async fn w1_chat(be: &Backend, sz: &Sizes, tag: &str) -> Result<Map<String, Value>, BoxError> {
     let turns = sz.w1_turns;
     let graph = build_chat(be, replies(2 * turns))?;
-    let cfg = RunConfig::thread(format!("w1-{tag}"));
+    let cfg = be.config(format!("w1-{tag}"));
     let work: Vec<(ChatUpdate, RunConfig)> = (0..turns as u64)
         .map(|i| {
             (
@@ -303,9 +316,7 @@ pub async fn w1_chat(be: &Backend, sz: &Sizes, tag: &str) -> Result<Map<String, 
         lens.push(m.len());
     }
     lens.sort_unstable();
-    let mut want: Vec<usize> = (0..turns)
-        .flat_map(|i| [2 * i, 2 * i + 1, 2 * i + 2])
-        .collect();
+    let mut want = w1_history_lengths(turns, be.durability);
     want.sort_unstable();
     check(
         lens == want,
@@ -342,7 +353,9 @@ pub async fn w2_loop(be: &Backend, sz: &Sizes, tag: &str) -> Result<Map<String, 
         move |s: &Loop| if s.count >= n { END } else { "work" },
     );
     let graph = compile(&g, be)?;
-    let cfg = RunConfig::thread(format!("w2-{tag}")).with_recursion_limit(sz.w2_steps + 10);
+    let cfg = be
+        .config(format!("w2-{tag}"))
+        .with_recursion_limit(sz.w2_steps + 10);
     let input = LoopUpdate::default().count(0);
     let c = cfg.clone();
     let cpu0 = cpu_time();
@@ -387,7 +400,7 @@ pub async fn w3_fanout(
     }
     let graph = compile(&g, be)?;
     let n = sz.w3_invocations;
-    let cfg = RunConfig::thread(format!("w3-{tag}"));
+    let cfg = be.config(format!("w3-{tag}"));
     let work: Vec<(FanUpdate, RunConfig)> = (0..n)
         .map(|_| (FanUpdate::default().items(Vec::new()), cfg.clone()))
         .collect();
@@ -441,7 +454,7 @@ pub async fn w4_threads(
     let (nthreads, nturns) = (sz.w4_threads, sz.w4_turns);
     let work: Vec<Vec<(ChatUpdate, RunConfig)>> = (0..nthreads)
         .map(|t| {
-            let cfg = RunConfig::thread(format!("w4-{tag}-{t:05}"));
+            let cfg = be.config(format!("w4-{tag}-{t:05}"));
             (0..nturns)
                 .map(|k| {
                     let m = Message::new(Kind::User, (t * nturns + k) as u64);
@@ -550,7 +563,7 @@ pub async fn w1_growth(
     samples: &[usize],
 ) -> Result<Vec<Value>, BoxError> {
     let graph = build_chat(be, replies(2 * turns))?;
-    let cfg = RunConfig::thread("growth");
+    let cfg = be.config("growth");
     let work: Vec<(ChatUpdate, RunConfig)> = (0..turns as u64)
         .map(|i| {
             (
@@ -595,7 +608,7 @@ pub async fn w1_growth(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::backend::{Durability, Env, SaverKind};
+    use crate::backend::{Env, SaverKind};
 
     fn env() -> Env {
         Env {
@@ -605,9 +618,54 @@ mod tests {
     }
 
     async fn open(kind: SaverKind) -> Backend {
-        Backend::open(kind, Durability::Default, &env())
+        open_in(kind, Durability::Default).await
+    }
+
+    async fn open_in(kind: SaverKind, mode: Durability) -> Backend {
+        Backend::open(kind, mode, &env())
             .await
             .expect("open backend")
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn exit_durability_saves_one_checkpoint_per_invoke() {
+        for kind in [SaverKind::Memory, SaverKind::Sqlite] {
+            let be = open_in(kind, Durability::Exit).await;
+            let w1 = w1_chat(&be, &WARMUP, "t").await.expect("w1");
+            assert_eq!(w1["checkpoints"], json!(WARMUP.w1_turns), "{kind:?}");
+            let w2 = w2_loop(&be, &WARMUP, "t").await.expect("w2");
+            assert_eq!(w2["checkpoints"], json!(1), "{kind:?}");
+            let w3 = w3_fanout(&be, &WARMUP, "t").await.expect("w3");
+            assert_eq!(w3["checkpoints"], json!(WARMUP.w3_invocations), "{kind:?}");
+            let n = WARMUP.w1_turns + 1 + WARMUP.w3_invocations;
+            assert_eq!(be.count_checkpoints().await.expect("count"), Some(n));
+            if kind == SaverKind::Sqlite {
+                // A finished run saves its one checkpoint and no task writes.
+                let stats = be.sqlite_writer_stats().expect("sqlite stats");
+                assert_eq!(stats.batches, n as u64);
+            }
+            be.close().await.expect("close");
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn sync_durability_on_sqlite_writes_every_step() {
+        let be = open_in(SaverKind::Sqlite, Durability::Sync).await;
+        assert_eq!(be.sqlite_writer_stats().expect("stats").batches, 0);
+        let w1 = w1_chat(&be, &WARMUP, "t").await.expect("w1");
+        assert_eq!(w1["checkpoints"], json!(3 * WARMUP.w1_turns));
+        let stats = be.sqlite_writer_stats().expect("stats");
+        assert!(stats.batches > 0 && stats.requests >= 3 * WARMUP.w1_turns as u64);
+        be.close().await.expect("close");
+    }
+
+    #[test]
+    fn w1_history_lengths_per_mode() {
+        assert_eq!(w1_history_lengths(2, Durability::Exit), vec![2, 4]);
+        assert_eq!(
+            w1_history_lengths(2, Durability::Sync),
+            vec![0, 1, 2, 2, 3, 4]
+        );
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
