@@ -60,6 +60,13 @@
 //! with each request in its own SAVEPOINT, so a failing request is rolled back alone and
 //! only its caller sees the error. Callers are answered after the commit.
 //!
+//! One shortcut: on a file database under [`Synchronous::Off`] or [`Synchronous::Normal`]
+//! (where a commit does not wait for fsync), a write that finds the write connection idle
+//! and the database's write lock free commits right on the calling thread, in its own
+//! transaction, saving two thread hand-offs. Anything else — the writer busy, another
+//! process holding the lock, `Full` durability — goes through the queue as above. WAL
+//! checkpoints always run on the writer thread.
+//!
 //! Reads of a file database use a small pool of read connections on tokio's blocking pool;
 //! WAL mode lets them read while the writer writes. Several processes (or several
 //! `SqliteSaver`s) can share one file: each writer waits up to the busy timeout for the
@@ -202,10 +209,10 @@ fn configure(
                 .map_err(sql_error("setting synchronous"))?;
             if file {
                 // Copy the WAL into the database every 10 000 pages (40 MB) rather than
-                // SQLite's 1 000: checkpoints run on the writer thread, and a hot page
-                // written many times between two checkpoints is copied once.
-                conn.pragma_update(None, "wal_autocheckpoint", 10_000i64)
-                    .map_err(sql_error("setting wal_autocheckpoint"))?;
+                // SQLite's 1 000 (a hot page written many times between two checkpoints is
+                // copied once), and always on the writer thread: the hook replaces SQLite's
+                // automatic checkpoint, which would run on whichever thread committed.
+                conn.wal_hook(Some(writer::wal_hook));
                 // After a checkpoint resets the WAL, keep at most this much of its file.
                 conn.pragma_update(None, "journal_size_limit", 64i64 << 20)
                     .map_err(sql_error("setting journal_size_limit"))?;
@@ -226,6 +233,11 @@ fn configure(
 
 struct Inner {
     writer: mpsc::Sender<Job>,
+    /// The write connection, for committing a write inline when nothing else is writing.
+    /// `None` in memory and under `synchronous=FULL`/`EXTRA` (a commit then waits for
+    /// fsync, too long to block an async worker).
+    inline: Option<writer::SharedConn>,
+    busy_timeout: std::time::Duration,
     /// The writer thread, joined when the last handle is dropped.
     writer_thread: Option<std::thread::JoinHandle<()>>,
     /// Gets a message once the writer thread has closed its connection.
@@ -249,6 +261,7 @@ impl Drop for Inner {
     fn drop(&mut self) {
         // Read connections first, so the writer's is the last one and cleans up the WAL.
         self.readers = None;
+        self.inline = None;
         // Dropping the only sender ends the writer's loop.
         let (closed, _) = mpsc::channel(1);
         drop(std::mem::replace(&mut self.writer, closed));
@@ -305,6 +318,12 @@ impl SqliteSaver {
         Ok(SqliteSaver {
             inner: Arc::new(Inner {
                 writer: handle.jobs,
+                inline: matches!(
+                    options.synchronous_level(),
+                    Synchronous::Off | Synchronous::Normal
+                )
+                .then_some(handle.conn),
+                busy_timeout: options.busy_timeout_duration(),
                 writer_thread: Some(handle.thread),
                 writer_stopped: std::sync::Mutex::new(handle.stopped),
                 readers: Some(Arc::new(readers)),
@@ -330,6 +349,8 @@ impl SqliteSaver {
         Ok(SqliteSaver {
             inner: Arc::new(Inner {
                 writer: handle.jobs,
+                inline: None,
+                busy_timeout: options.busy_timeout_duration(),
                 writer_thread: Some(handle.thread),
                 writer_stopped: std::sync::Mutex::new(handle.stopped),
                 readers: None,
@@ -444,13 +465,26 @@ impl SqliteSaver {
     where
         F: FnOnce(&Connection) -> Result<()> + Send + 'static,
     {
+        let mut op: writer::WriteOp = Box::new(op);
+        if let Some(shared) = &self.inner.inline {
+            match writer::try_inline(shared, op, self.inner.busy_timeout, &self.inner.counters) {
+                Ok(result) => {
+                    if writer::checkpoint_due() {
+                        // Best effort: when the queue is full the writer is busy anyway,
+                        // and the next commit past the threshold asks again.
+                        let _ = self.inner.writer.try_send(Job::Direct(Box::new(|conn| {
+                            writer::checkpoint(conn);
+                        })));
+                    }
+                    return result;
+                }
+                Err(back) => op = back,
+            }
+        }
         let (reply, rx) = oneshot::channel();
         self.inner
             .writer
-            .send(Job::Write {
-                op: Box::new(op),
-                reply,
-            })
+            .send(Job::Write { op, reply })
             .await
             .map_err(|_| writer_stopped())?;
         rx.await.map_err(|_| writer_stopped())?

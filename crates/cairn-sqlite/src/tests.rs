@@ -172,6 +172,8 @@ mod writer_failures {
         let saver = SqliteSaver {
             inner: Arc::new(Inner {
                 writer,
+                inline: None,
+                busy_timeout: std::time::Duration::from_secs(1),
                 writer_thread: None,
                 writer_stopped: std::sync::Mutex::new(std::sync::mpsc::channel().1),
                 readers: None,
@@ -323,6 +325,61 @@ mod shutdown {
         let reopened = SqliteSaver::open(&path).expect("reopen");
         let got = rt
             .block_on(reopened.get_tuple(&CheckpointConfig::thread("t")))
+            .expect("get");
+        assert!(got.is_some());
+    }
+}
+
+mod inline_writes {
+    use cairn_checkpoint::{Checkpoint, CheckpointConfig, CheckpointMetadata, CheckpointSaver};
+
+    use crate::SqliteSaver;
+
+    /// A write normally commits on the calling thread; when another connection holds the
+    /// write lock it must not fail (nor block the caller's thread in the busy handler) but
+    /// wait on the writer thread and commit once the lock is released.
+    #[tokio::test]
+    async fn a_write_behind_another_connections_lock_waits_and_commits() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("cairn.db");
+        let saver = SqliteSaver::open(&path).expect("open");
+        let put = |thread: &'static str| {
+            let saver = saver.clone();
+            async move {
+                saver
+                    .put(
+                        &CheckpointConfig::thread(thread),
+                        Checkpoint::new(),
+                        CheckpointMetadata::default(),
+                        Default::default(),
+                    )
+                    .await
+            }
+        };
+        put("before").await.expect("uncontended put");
+
+        let other = rusqlite::Connection::open(&path).expect("second connection");
+        other
+            .execute_batch("BEGIN IMMEDIATE")
+            .expect("take the write lock");
+        let mut pending = Box::pin(put("behind"));
+        // The lock is held, so the put cannot have finished; this also polls it once, so it
+        // has tried to commit inline and been queued for the writer thread.
+        assert!(
+            tokio::time::timeout(std::time::Duration::from_millis(50), &mut pending)
+                .await
+                .is_err(),
+            "a put cannot commit while another connection holds the write lock"
+        );
+        other
+            .execute_batch("COMMIT")
+            .expect("release the write lock");
+        pending
+            .await
+            .expect("the queued put commits after the lock is released");
+        let got = saver
+            .get_tuple(&CheckpointConfig::thread("behind"))
+            .await
             .expect("get");
         assert!(got.is_some());
     }

@@ -71,9 +71,14 @@ pub(crate) fn writer_stopped() -> Error {
     }
 }
 
+/// The write connection, shared by the writer thread and callers that commit inline.
+/// `None` once the writer thread has closed it.
+pub(crate) type SharedConn = Arc<std::sync::Mutex<Option<Connection>>>;
+
 /// The running writer thread: its queue, and what tells when it has closed its connection.
 pub(crate) struct WriterHandle {
     pub(crate) jobs: mpsc::Sender<Job>,
+    pub(crate) conn: SharedConn,
     pub(crate) thread: std::thread::JoinHandle<()>,
     pub(crate) stopped: std::sync::mpsc::Receiver<()>,
 }
@@ -86,24 +91,115 @@ pub(crate) fn spawn(
 ) -> Result<WriterHandle> {
     let (tx, rx) = mpsc::channel(max_batch.max(1) * 4);
     let (stopped_tx, stopped) = std::sync::mpsc::channel();
+    let conn: SharedConn = Arc::new(std::sync::Mutex::new(Some(conn)));
+    let shared = Arc::clone(&conn);
     let thread = std::thread::Builder::new()
         .name("cairn-sqlite-writer".into())
         .spawn(move || {
-            run(conn, rx, max_batch, &counters);
+            run(&shared, rx, max_batch, &counters);
             let _ = stopped_tx.send(());
         })
         .map_err(|e| Error::backend("sqlite", "starting the writer thread", e))?;
     Ok(WriterHandle {
         jobs: tx,
+        conn,
         thread,
         stopped,
     })
 }
 
-fn run(conn: Connection, mut rx: mpsc::Receiver<Job>, max_batch: usize, counters: &Counters) {
-    let mut conn = conn;
+/// WAL size, in pages, past which the writer thread copies the WAL into the database (a
+/// PASSIVE checkpoint; SQLite's own automatic checkpoint would run on whichever thread
+/// committed, possibly an async worker, so it is replaced by this).
+pub(crate) const CHECKPOINT_PAGES: i32 = 10_000;
+
+thread_local! {
+    /// Pages in the WAL after the last commit on this thread (set by [`wal_hook`]).
+    static WAL_PAGES: std::cell::Cell<i32> = const { std::cell::Cell::new(0) };
+}
+
+/// Installed on the write connection in place of SQLite's automatic checkpoint: only notes
+/// the WAL size.
+pub(crate) fn wal_hook(_: &rusqlite::hooks::Wal, pages: std::ffi::c_int) -> rusqlite::Result<()> {
+    WAL_PAGES.with(|p| p.set(pages));
+    Ok(())
+}
+
+/// Whether the last commit on this thread left the WAL past [`CHECKPOINT_PAGES`] (and
+/// forgets it, so the checkpoint is asked for once).
+pub(crate) fn checkpoint_due() -> bool {
+    WAL_PAGES.with(|p| p.replace(0) >= CHECKPOINT_PAGES)
+}
+
+/// Copies the WAL into the database without waiting for readers or writers.
+pub(crate) fn checkpoint(conn: &Connection) {
+    match conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
+        Ok(()) => tracing::trace!("checkpointed the WAL"),
+        Err(e) => tracing::debug!(error = %e, "a WAL checkpoint did not complete"),
+    }
+}
+
+fn lock(conn: &SharedConn) -> std::sync::MutexGuard<'_, Option<Connection>> {
+    conn.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Commits `op` right here, in its own transaction, if the write connection is free and
+/// the write lock of the database can be had without waiting; otherwise hands `op` back
+/// (to be queued for the writer thread).
+pub(crate) fn try_inline(
+    shared: &SharedConn,
+    op: WriteOp,
+    busy_timeout: std::time::Duration,
+    counters: &Counters,
+) -> std::result::Result<Result<()>, WriteOp> {
+    let Ok(mut guard) = shared.try_lock() else {
+        return Err(op);
+    };
+    let Some(conn) = guard.as_mut() else {
+        return Err(op);
+    };
+    // Never wait here for another process's write lock: the writer thread does that.
+    if conn.busy_timeout(std::time::Duration::ZERO).is_err() {
+        return Err(op);
+    }
+    let conn: &Connection = conn;
+    let tx = rusqlite::Transaction::new_unchecked(conn, TransactionBehavior::Immediate);
+    let tx = match tx {
+        Ok(tx) => tx,
+        Err(_) => {
+            let _ = conn.busy_timeout(busy_timeout);
+            return Err(op);
+        }
+    };
+    let result = match run_op(op, &tx) {
+        Ok(()) => tx.commit().map_err(|e| {
+            tracing::warn!(error = %e, "committing a write failed");
+            batch_error("committing", &e.to_string())
+        }),
+        Err(err) => {
+            if let Err(e) = tx.rollback() {
+                tracing::error!(error = %e, "rolling back a failed write");
+            }
+            Err(err)
+        }
+    };
+    if let Err(e) = conn.busy_timeout(busy_timeout) {
+        tracing::warn!(error = %e, "restoring the busy timeout");
+    }
+    if result.is_ok() {
+        counters.batches.fetch_add(1, Ordering::Relaxed);
+        counters.requests.fetch_add(1, Ordering::Relaxed);
+    }
+    Ok(result)
+}
+
+fn run(shared: &SharedConn, mut rx: mpsc::Receiver<Job>, max_batch: usize, counters: &Counters) {
     tracing::debug!("SQLite writer thread started");
     while let Some(first) = rx.blocking_recv() {
+        let mut guard = lock(shared);
+        let Some(conn) = guard.as_mut() else {
+            break;
+        };
         let mut batch = vec![first];
         while batch.len() < max_batch {
             match rx.try_recv() {
@@ -117,18 +213,22 @@ fn run(conn: Connection, mut rx: mpsc::Receiver<Job>, max_batch: usize, counters
                 Job::Write { op, reply } => writes.push((op, reply)),
                 Job::Direct(op) => {
                     // Keep request order: commit what came before this job first.
-                    commit_batch(&mut conn, std::mem::take(&mut writes), counters);
-                    if catch_unwind(AssertUnwindSafe(|| op(&mut conn))).is_err() {
+                    commit_batch(conn, std::mem::take(&mut writes), counters);
+                    if catch_unwind(AssertUnwindSafe(|| op(conn))).is_err() {
                         tracing::error!("a request on the SQLite writer connection panicked");
                     }
                 }
             }
         }
-        commit_batch(&mut conn, writes, counters);
+        commit_batch(conn, writes, counters);
+        if checkpoint_due() {
+            checkpoint(conn);
+        }
     }
     // Closing the last connection to a file copies the WAL into it and removes the WAL
     // and shared-memory files.
-    if let Err((_, e)) = conn.close() {
+    let conn = lock(shared).take();
+    if let Some(Err((_, e))) = conn.map(Connection::close) {
         tracing::warn!(error = %e, "closing the SQLite writer connection");
     }
     tracing::debug!("SQLite writer thread stopped: the saver was dropped");
