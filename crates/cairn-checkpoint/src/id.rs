@@ -54,7 +54,11 @@ pub fn new_checkpoint_id() -> String {
         *last + 1
     };
     *last = value;
-    Uuid::from_u128(value).hyphenated().to_string()
+    let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
+    Uuid::from_u128(value)
+        .hyphenated()
+        .encode_lower(&mut buf)
+        .to_owned()
 }
 
 #[cfg(test)]

@@ -24,8 +24,61 @@ struct StoredCheckpoint {
 
 /// `(channel, version)` → value.
 type Blobs = HashMap<(String, String), TypedValue>;
-/// `(task_id, index)` → write.
-type Writes = BTreeMap<(String, i64), PendingWrite>;
+/// A checkpoint's writes, kept sorted by `(task_id, index)` with at most one write per key.
+/// A sorted vector: most checkpoints have a handful of writes, and a vector costs one
+/// allocation where a map costs a node per few entries.
+#[derive(Debug, Default, Clone)]
+struct Writes(Vec<(i64, PendingWrite)>);
+
+impl Writes {
+    fn position(&self, task_id: &str, idx: i64) -> std::result::Result<usize, usize> {
+        self.0
+            .binary_search_by(|(i, w)| (w.task_id.as_str(), *i).cmp(&(task_id, idx)))
+    }
+
+    fn contains(&self, task_id: &str, idx: i64) -> bool {
+        self.position(task_id, idx).is_ok()
+    }
+
+    /// Inserts `write` at `idx`, replacing a write with the same key.
+    fn insert(&mut self, idx: i64, write: PendingWrite) {
+        match self.position(&write.task_id, idx) {
+            Ok(at) => self.0[at] = (idx, write),
+            Err(at) => self.0.insert(at, (idx, write)),
+        }
+    }
+
+    fn extend(&mut self, other: Writes) {
+        for (idx, write) in other.0 {
+            self.insert(idx, write);
+        }
+    }
+}
+
+/// The namespace `ns` of `thread`, created if missing (without copying the names when it
+/// exists).
+fn namespace_mut<'a>(threads: &'a mut Threads, thread: &str, ns: &str) -> &'a mut Namespace {
+    if !threads.contains_key(thread) {
+        threads.insert(thread.to_owned(), BTreeMap::new());
+    }
+    let namespaces = threads
+        .get_mut(thread)
+        .unwrap_or_else(|| unreachable!("inserted above"));
+    if !namespaces.contains_key(ns) {
+        namespaces.insert(ns.to_owned(), Namespace::default());
+    }
+    namespaces
+        .get_mut(ns)
+        .unwrap_or_else(|| unreachable!("inserted above"))
+}
+
+/// A version as the blob key (moved, not copied, when it is a string).
+fn storage_key(version: crate::version::ChannelVersion) -> String {
+    match version {
+        crate::version::ChannelVersion::Str(s) => s,
+        other => other.to_storage_string(),
+    }
+}
 
 #[derive(Debug, Default, Clone)]
 struct Namespace {
@@ -104,8 +157,8 @@ fn build_tuple(
         .writes
         .get(&checkpoint.id)
         .map(|w| {
-            w.iter()
-                .map(|((task, idx), pw)| (&pw.task_path, task, *idx, pw))
+            w.0.iter()
+                .map(|(idx, pw)| (&pw.task_path, &pw.task_id, *idx, pw))
                 .collect()
         })
         .unwrap_or_default();
@@ -204,19 +257,12 @@ impl CheckpointSaver for InMemorySaver {
     ) -> Result<CheckpointConfig> {
         let mut checkpoint = checkpoint;
         let values = std::mem::take(&mut checkpoint.channel_values);
+        let mut values = values;
         let mut threads = self.write();
-        let ns = threads
-            .entry(config.thread_id.clone())
-            .or_default()
-            .entry(config.checkpoint_ns.clone())
-            .or_default();
+        let ns = namespace_mut(&mut threads, &config.thread_id, &config.checkpoint_ns);
         for (channel, version) in new_versions {
-            let value = values
-                .get(&channel)
-                .cloned()
-                .unwrap_or_else(TypedValue::empty);
-            ns.blobs
-                .insert((channel, version.to_storage_string()), value);
+            let value = values.remove(&channel).unwrap_or_else(TypedValue::empty);
+            ns.blobs.insert((channel, storage_key(version)), value);
         }
         let id = checkpoint.id.clone();
         ns.checkpoints.insert(
@@ -248,22 +294,21 @@ impl CheckpointSaver for InMemorySaver {
             ));
         };
         let mut threads = self.write();
-        let stored = threads
-            .entry(config.thread_id.clone())
-            .or_default()
-            .entry(config.checkpoint_ns.clone())
-            .or_default()
-            .writes
-            .entry(checkpoint_id.clone())
-            .or_default();
+        let ns = namespace_mut(&mut threads, &config.thread_id, &config.checkpoint_ns);
+        if !ns.writes.contains_key(checkpoint_id) {
+            ns.writes.insert(checkpoint_id.clone(), Writes::default());
+        }
+        let Some(stored) = ns.writes.get_mut(checkpoint_id) else {
+            unreachable!("inserted above")
+        };
+        stored.0.reserve(writes.len());
         for (position, (channel, value)) in writes.into_iter().enumerate() {
             let idx = write_index(&channel, position);
-            let key = (task_id.to_owned(), idx);
-            if idx >= 0 && stored.contains_key(&key) {
+            if idx >= 0 && stored.contains(task_id, idx) {
                 continue;
             }
             stored.insert(
-                key,
+                idx,
                 PendingWrite {
                     task_id: task_id.to_owned(),
                     channel,

@@ -37,10 +37,7 @@ impl ChannelVersion {
     pub fn counter(&self) -> i64 {
         match self {
             ChannelVersion::Int(n) => *n,
-            ChannelVersion::Str(s) => {
-                let head = s.split('.').next().unwrap_or("");
-                head.parse().unwrap_or(0)
-            }
+            ChannelVersion::Str(s) => parse_counter(s),
         }
     }
 
@@ -55,8 +52,7 @@ impl ChannelVersion {
     /// The version that follows `current` (`None`: the channel has no version yet).
     pub fn first_after(current: Option<&ChannelVersion>) -> ChannelVersion {
         let counter = current.map_or(0, ChannelVersion::counter) + 1;
-        let suffix = crate::id::random_u64();
-        ChannelVersion::Str(format!("{counter:032}.{suffix:016x}"))
+        ChannelVersion::Str(format_version(counter, crate::id::random_u64()))
     }
 
     /// The version as a string (integers in decimal), for storage engines that keep text.
@@ -66,6 +62,45 @@ impl ChannelVersion {
             ChannelVersion::Str(s) => s.clone(),
         }
     }
+}
+
+/// The leading integer of a string version (the text before the first `.`); 0 when it is
+/// not an integer. Same result as `s.split('.').next().parse().unwrap_or(0)`, without the
+/// general-purpose parser (versions are compared on every step).
+fn parse_counter(s: &str) -> i64 {
+    let head = s.split_once('.').map_or(s, |(head, _)| head);
+    let digits = head.as_bytes();
+    // Short all-digit heads (Cairn's and LangGraph's zero-padded counters) parse directly.
+    if !digits.is_empty() && digits.len() <= 40 && digits.iter().all(u8::is_ascii_digit) {
+        let significant = &digits[digits.iter().take_while(|d| **d == b'0').count()..];
+        if significant.len() <= 18 {
+            return significant
+                .iter()
+                .fold(0i64, |n, d| n * 10 + i64::from(d - b'0'));
+        }
+    }
+    head.parse().unwrap_or(0)
+}
+
+/// `{counter:032}.{suffix:016x}` without the formatting machinery.
+fn format_version(counter: i64, suffix: u64) -> String {
+    if counter < 0 {
+        return format!("{counter:032}.{suffix:016x}");
+    }
+    let mut out = [b'0'; 32 + 1 + 16];
+    let mut n = counter as u64;
+    let mut i = 32;
+    while n > 0 && i > 0 {
+        i -= 1;
+        out[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+    }
+    out[32] = b'.';
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    for (k, byte) in out[33..].iter_mut().enumerate() {
+        *byte = HEX[((suffix >> (60 - 4 * k)) & 0xf) as usize];
+    }
+    out.iter().map(|&b| b as char).collect()
 }
 
 impl fmt::Display for ChannelVersion {
@@ -142,6 +177,34 @@ mod tests {
             b, b2,
             "branches reaching the same counter get distinct versions"
         );
+    }
+
+    #[test]
+    fn fast_paths_match_the_general_ones() {
+        for counter in [0i64, 1, 9, 10, 12345, i64::MAX, -3] {
+            for suffix in [0u64, 1, 0xdead_beef, u64::MAX] {
+                assert_eq!(
+                    format_version(counter, suffix),
+                    format!("{counter:032}.{suffix:016x}")
+                );
+            }
+        }
+        for s in [
+            "00000000000000000000000000000003.0.7329",
+            "3",
+            "12.x",
+            "",
+            ".5",
+            "abc",
+            "-4.1",
+            "+4.1",
+            "99999999999999999999.1",
+            "9223372036854775807",
+            "00000000000000000000000000000000000000000000000007",
+        ] {
+            let expected: i64 = s.split('.').next().unwrap_or("").parse().unwrap_or(0);
+            assert_eq!(parse_counter(s), expected, "{s:?}");
+        }
     }
 
     #[test]

@@ -749,10 +749,11 @@ impl<S: State> Channels<S> {
             if seen.is_empty() {
                 continue;
             }
-            let map: BTreeMap<String, ChannelVersion> = seen
-                .iter()
-                .map(|(c, v)| (spec.channel_names[*c].clone(), v.clone()))
-                .collect();
+            // Inserting a few entries is cheaper than `collect` (which sorts into a buffer).
+            let mut map = BTreeMap::new();
+            for (c, v) in seen {
+                map.insert(spec.channel_names[*c].clone(), v.clone());
+            }
             cp.versions_seen.insert(spec.nodes[n].name.clone(), map);
         }
         cp.versions_seen
@@ -765,12 +766,12 @@ impl<S: State> Channels<S> {
                     .collect(),
             );
         }
-        cp.updated_channels = self.updated.take().map(|updated| {
+        cp.updated_channels = self.updated.take().map(|mut updated| {
+            updated.sort_unstable_by(|&a, &b| spec.channel_names[a].cmp(&spec.channel_names[b]));
+            updated.dedup();
             updated
                 .iter()
                 .map(|&c| spec.channel_names[c].clone())
-                .collect::<std::collections::BTreeSet<_>>()
-                .into_iter()
                 .collect()
         });
         self.dirty.iter_mut().for_each(|d| *d = false);
@@ -828,10 +829,44 @@ pub fn task_id(
     name: &str,
     path: &str,
 ) -> String {
-    let key = format!("{checkpoint_id}\u{0}{checkpoint_ns}\u{0}{step}\u{0}{name}\u{0}{path}");
+    // Built by hand: this runs for every task of every step, and `format!` costs more than
+    // the hash.
+    let mut key = String::with_capacity(
+        checkpoint_id.len() + checkpoint_ns.len() + name.len() + path.len() + 24,
+    );
+    key.push_str(checkpoint_id);
+    key.push('\u{0}');
+    key.push_str(checkpoint_ns);
+    key.push('\u{0}');
+    push_i64(&mut key, step);
+    key.push('\u{0}');
+    key.push_str(name);
+    key.push('\u{0}');
+    key.push_str(path);
+    let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
     uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, key.as_bytes())
         .hyphenated()
-        .to_string()
+        .encode_lower(&mut buf)
+        .to_owned()
+}
+
+/// Appends `n` in decimal.
+fn push_i64(out: &mut String, n: i64) {
+    if n < 0 {
+        out.push('-');
+    }
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    let mut m = n.unsigned_abs();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (m % 10) as u8;
+        m /= 10;
+        if m == 0 {
+            break;
+        }
+    }
+    out.extend(digits[i..].iter().map(|&d| d as char));
 }
 
 /// Resolves a node's [`crate::Command`] `goto` into branch targets and sends.
@@ -938,4 +973,21 @@ pub(crate) fn resolve_route<S: State>(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::task_id;
+
+    #[test]
+    fn task_ids_hash_the_joined_key() {
+        for step in [-1i64, 0, 7, 1234567890, i64::MIN, i64::MAX] {
+            let key = format!("cp\u{0}ns\u{0}{step}\u{0}node\u{0}~__pregel_pull, node");
+            let expected = uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, key.as_bytes());
+            assert_eq!(
+                task_id("cp", "ns", step, "node", "~__pregel_pull, node"),
+                expected.hyphenated().to_string()
+            );
+        }
+    }
 }
