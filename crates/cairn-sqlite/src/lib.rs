@@ -502,7 +502,17 @@ fn encode_error(what: &str, e: impl fmt::Display) -> Error {
 impl CheckpointSaver for SqliteSaver {
     async fn get_tuple(&self, config: &CheckpointConfig) -> Result<Option<CheckpointTuple>> {
         let config = config.clone();
-        self.read(move |conn| read::get_tuple(conn, &config)).await
+        match &self.inner.readers {
+            // One checkpoint: small enough to read without the hop to the blocking pool.
+            Some(pool) => {
+                pool.run_small(move |conn| read::get_tuple(conn, &config))
+                    .await
+            }
+            None => {
+                self.on_writer(move |conn| read::get_tuple(conn, &config))
+                    .await
+            }
+        }
     }
 
     async fn list(&self, query: &ListQuery) -> Result<Vec<CheckpointTuple>> {

@@ -69,6 +69,26 @@ impl ReadPool {
         .map_err(|e| Error::backend("sqlite", "running a read on the blocking pool", e))?
     }
 
+    /// Runs a small read (one checkpoint) right here when a connection is free, saving the
+    /// hop to the blocking pool; otherwise like [`ReadPool::run`]. Only for reads that cannot
+    /// take long: it blocks the calling (async) thread while it runs.
+    pub(crate) async fn run_small<T, F>(self: &Arc<Self>, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&mut Connection) -> Result<T> + Send + 'static,
+    {
+        if let Ok(permit) = self.permits.clone().try_acquire_owned() {
+            let popped = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
+            if let Some(mut conn) = popped {
+                let result = f(&mut conn);
+                self.give_back(conn);
+                drop(permit);
+                return result;
+            }
+        }
+        self.run(f).await
+    }
+
     fn take(&self) -> Result<Connection> {
         let popped = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
         match popped {
