@@ -67,8 +67,9 @@
 //! process holding the lock, `Full` durability — goes through the queue as above. WAL
 //! checkpoints always run on the writer thread.
 //!
-//! Reads of a file database use a small pool of read connections on tokio's blocking pool;
-//! WAL mode lets them read while the writer writes. Several processes (or several
+//! Reads of a file database use a small pool of read connections on tokio's blocking pool
+//! (`get_tuple`, one checkpoint, runs right on the calling thread when a read connection is
+//! free); WAL mode lets them read while the writer writes. Several processes (or several
 //! `SqliteSaver`s) can share one file: each writer waits up to the busy timeout for the
 //! write lock. An in-memory database has a single connection, owned by the writer thread,
 //! which serves reads too.
