@@ -819,6 +819,10 @@ impl<S: State> CompiledGraph<S> {
                     limit: config.recursion_limit,
                 });
             }
+            // A lone task's writes are saved with the step's checkpoint (writes first), so a
+            // saver that commits queued requests together stores both at once.
+            let defer_writes =
+                !exit_mode && saver.is_some() && tasks.len() == 1 && !any_no_checkpoint;
             let span = tracing::debug_span!("superstep", step, thread_id = %thread_id, tasks = tasks.len());
             let writes_config = match &unsaved {
                 Some(u) => Some(CheckpointConfig {
@@ -840,6 +844,7 @@ impl<S: State> CompiledGraph<S> {
                         ns: &config.checkpoint_ns,
                         parents: &parents,
                         save_writes: !exit_mode,
+                        defer_writes,
                         sink: &sink,
                         modes,
                     },
@@ -898,6 +903,17 @@ impl<S: State> CompiledGraph<S> {
                                 .await?;
                         }
                     }
+                } else if let (Some(p), Some(target)) = (&mut persister, &writes_config) {
+                    // Writes held back to go with the checkpoint: the step is not applied, so
+                    // they are pending writes of the checkpoint it ran from.
+                    for (i, w) in to_save {
+                        p.saver
+                            .put_writes(target, w, &tasks[i].id, &tasks[i].path)
+                            .await?;
+                    }
+                    if changed_since_save {
+                        tracing::debug!(step, "stopping after steps without checkpoints");
+                    }
                 } else if changed_since_save {
                     // Steps without a checkpoint before this one: their writes are pending
                     // writes of `current` and are replayed on resume.
@@ -951,7 +967,25 @@ impl<S: State> CompiledGraph<S> {
                     let mut meta = meta_base.clone();
                     meta.source = Some(CheckpointSource::Loop);
                     meta.step = Some(step);
-                    let saved = p.put(&parent, cp, meta, new_versions).await?;
+                    let saved = match (&writes_config, to_save.is_empty()) {
+                        (Some(target), false) => {
+                            // Both requests are issued before either is awaited, writes
+                            // first; each keeps its own error.
+                            let saver = p.saver;
+                            let writes = async {
+                                for (i, w) in to_save {
+                                    saver
+                                        .put_writes(target, w, &tasks[i].id, &tasks[i].path)
+                                        .await?;
+                                }
+                                Ok::<(), GraphError>(())
+                            };
+                            let ((), saved) =
+                                futures::try_join!(writes, p.put(&parent, cp, meta, new_versions))?;
+                            saved
+                        }
+                        _ => p.put(&parent, cp, meta, new_versions).await?,
+                    };
                     debug_checkpoint(&sink, modes, step, &saved).await;
                     current = Some(saved);
                     changed_since_save = false;
@@ -1220,6 +1254,7 @@ impl<S: State> CompiledGraph<S> {
                     ns: ctx.ns.to_owned(),
                     parents: Arc::clone(ctx.parents),
                     save_writes: ctx.save_writes,
+                    defer_writes: ctx.defer_writes,
                     scratch,
                     emitter: emitter.clone(),
                     debug: if ctx.modes.debug {
@@ -1296,6 +1331,9 @@ struct StepCtx<'a, S: State> {
     ns: &'a str,
     parents: &'a Arc<BTreeMap<String, String>>,
     save_writes: bool,
+    /// Return a finished task's writes instead of saving them: the step saves them together
+    /// with its checkpoint.
+    defer_writes: bool,
     sink: &'a EventSink<S>,
     modes: Modes,
 }
@@ -1308,6 +1346,7 @@ struct TaskRun<S: State> {
     ns: String,
     parents: Arc<BTreeMap<String, String>>,
     save_writes: bool,
+    defer_writes: bool,
     scratch: Scratch,
     emitter: Option<Emitter>,
     debug: EventSink<S>,
@@ -1622,7 +1661,11 @@ async fn run_task_inner<S: State>(
         if let Some(values) = &resume_values {
             encoded.push((RESUME.to_owned(), graph.codec.encode(values)?));
         }
-        save_or_keep(graph, task, run, encoded, unsaved).await?;
+        if run.defer_writes && run.current.is_some() {
+            unsaved.extend(encoded);
+        } else {
+            save_or_keep(graph, task, run, encoded, unsaved).await?;
+        }
     }
     Ok(TaskEnd::Done(writes))
 }
