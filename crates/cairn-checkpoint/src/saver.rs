@@ -1,5 +1,7 @@
 //! The saver contract: one trait every storage backend implements.
 
+use std::collections::{BTreeMap, BTreeSet};
+
 use async_trait::async_trait;
 
 use crate::checkpoint::{
@@ -18,6 +20,58 @@ pub enum PruneStrategy {
     /// Delete the whole thread, as [`CheckpointSaver::delete_thread`] does.
     Delete,
 }
+
+/// The latest checkpoint of a thread, as [`CheckpointSaver::list_threads`] reports it: its
+/// identity, metadata and creation time, without channel values or pending writes.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LatestCheckpoint {
+    /// Config naming exactly this checkpoint (thread, namespace and id).
+    pub config: CheckpointConfig,
+    /// Its metadata.
+    pub metadata: CheckpointMetadata,
+    /// Its creation time ([`Checkpoint::ts`]).
+    pub ts: String,
+}
+
+/// One thread, as [`CheckpointSaver::list_threads`] lists it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ThreadSummary {
+    /// The thread.
+    pub thread_id: String,
+    /// How many checkpoints it holds, all namespaces together.
+    pub checkpoints: u64,
+    /// Its namespaces (`""`: root graph), sorted.
+    pub namespaces: Vec<String>,
+    /// Its latest checkpoint in the root namespace or, when it has none there, its latest
+    /// checkpoint in any namespace (largest id; ties go to the larger namespace).
+    pub latest: LatestCheckpoint,
+}
+
+impl ThreadSummary {
+    /// A summary of one checkpoint, the start of a thread's summary.
+    fn first(t: &CheckpointTuple) -> Self {
+        ThreadSummary {
+            thread_id: t.config.thread_id.clone(),
+            checkpoints: 0,
+            namespaces: Vec::new(),
+            latest: LatestCheckpoint {
+                config: t.config.clone(),
+                metadata: t.metadata.clone(),
+                ts: t.checkpoint.ts.clone(),
+            },
+        }
+    }
+}
+
+/// Whether `candidate` (namespace, id) should replace `current` as a thread's latest
+/// checkpoint: the root namespace wins, then the larger id, then the larger namespace.
+pub(crate) fn is_later(current: (&str, &str), candidate: (&str, &str)) -> bool {
+    let rank = |(ns, id): (&str, &str)| (ns.is_empty(), id.to_owned(), ns.to_owned());
+    rank(candidate) > rank(current)
+}
+
+/// Checkpoints per page when the default [`CheckpointSaver::list_threads`] walks `list`.
+const LIST_THREADS_PAGE: usize = 256;
 
 /// Durable storage for checkpoints, their pending writes and their channel values.
 ///
@@ -95,6 +149,92 @@ pub trait CheckpointSaver: Send + Sync {
 
     /// Deletes every checkpoint whose metadata `run_id` is one of `run_ids`, with its writes.
     async fn delete_for_runs(&self, run_ids: &[String]) -> Result<()>;
+
+    /// One entry per thread: its id, how many checkpoints it has (all namespaces), its
+    /// namespaces and its latest checkpoint (see [`ThreadSummary::latest`]; no channel values
+    /// are loaded), ordered by thread id, at most `limit`, starting after the thread id
+    /// `after` (exclusive) for paging.
+    ///
+    /// The default implementation walks every checkpoint with [`list`](Self::list), so it
+    /// reads values and writes it then drops; backends override it with an index scan.
+    async fn list_threads(&self, after: Option<&str>, limit: usize) -> Result<Vec<ThreadSummary>> {
+        let mut threads: BTreeMap<String, ThreadSummary> = BTreeMap::new();
+        let mut namespaces: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let mut before: Option<String> = None;
+        loop {
+            let page = self
+                .list(&ListQuery {
+                    before: before.clone(),
+                    limit: Some(LIST_THREADS_PAGE),
+                    ..ListQuery::all()
+                })
+                .await?;
+            let full = page.len() == LIST_THREADS_PAGE;
+            let Some(last) = page.last().map(|t| t.checkpoint.id.clone()) else {
+                break;
+            };
+            // `before` is strict: take every checkpoint with the boundary id in one query, so
+            // ids shared by several threads (copy_thread keeps ids) are not skipped.
+            let mut items: Vec<CheckpointTuple> = if full {
+                page.into_iter()
+                    .filter(|t| t.checkpoint.id != last)
+                    .collect()
+            } else {
+                page
+            };
+            if full {
+                items.extend(
+                    self.list(&ListQuery {
+                        checkpoint_id: Some(last.clone()),
+                        ..ListQuery::all()
+                    })
+                    .await?,
+                );
+            }
+            for t in &items {
+                let tid = &t.config.thread_id;
+                if after.is_some_and(|a| tid.as_str() <= a) {
+                    continue;
+                }
+                let entry = threads
+                    .entry(tid.clone())
+                    .or_insert_with(|| ThreadSummary::first(t));
+                entry.checkpoints += 1;
+                let current = &entry.latest.config;
+                if is_later(
+                    (
+                        &current.checkpoint_ns,
+                        current.checkpoint_id.as_deref().unwrap_or(""),
+                    ),
+                    (&t.config.checkpoint_ns, &t.checkpoint.id),
+                ) {
+                    entry.latest = ThreadSummary::first(t).latest;
+                }
+                namespaces
+                    .entry(tid.clone())
+                    .or_default()
+                    .insert(t.config.checkpoint_ns.clone());
+            }
+            if !full {
+                break;
+            }
+            before = Some(last);
+        }
+        Ok(threads
+            .into_values()
+            .take(limit)
+            .map(|mut s| {
+                s.namespaces = namespaces
+                    .remove(&s.thread_id)
+                    .map(|n| n.into_iter().collect())
+                    .unwrap_or_default();
+                s
+            })
+            .collect())
+    }
 
     /// The version a channel gets when it is next written.
     fn get_next_version(&self, current: Option<&ChannelVersion>) -> ChannelVersion {

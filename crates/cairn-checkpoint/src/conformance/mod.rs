@@ -66,6 +66,7 @@
 //! | put_writes | [`put_writes_basic`], [`put_writes_multiple_writes_same_task`], [`put_writes_multiple_tasks`], [`put_writes_preserves_task_id`], [`put_writes_preserves_channel_and_value`], [`put_writes_task_path`], [`put_writes_idempotent`], [`put_writes_special_channels`], [`put_writes_across_namespaces`], [`put_writes_cleared_on_next_checkpoint`] |
 //! | get_tuple | [`get_tuple_nonexistent_returns_none`], [`get_tuple_latest_when_no_checkpoint_id`], [`get_tuple_specific_checkpoint_id`], [`get_tuple_config_structure`], [`get_tuple_checkpoint_fields`], [`get_tuple_metadata`], [`get_tuple_parent_config`], [`get_tuple_pending_writes`], [`get_tuple_respects_namespace`], [`get_tuple_nonexistent_checkpoint_id`] |
 //! | list | [`list_all`], [`list_by_thread`], [`list_by_namespace`], [`list_ordering`], [`list_filter_single_key`], [`list_filter_step`], [`list_filter_multiple_keys`], [`list_filter_no_match`], [`list_filter_custom_keys`], [`list_before`], [`list_limit`], [`list_limit_plus_before`], [`list_combined_thread_and_filter`], [`list_empty_result`], [`list_includes_pending_writes`], [`list_multiple_namespaces`] |
+//! | list_threads | [`list_threads_counts_and_latest`], [`list_threads_pages_in_order`] |
 //! | delete_thread | [`delete_thread_removes_checkpoints`], [`delete_thread_removes_writes`], [`delete_thread_removes_all_namespaces`], [`delete_thread_preserves_other_threads`], [`delete_thread_nonexistent_noop`] |
 //! | delete_for_runs | [`delete_for_runs_single`], [`delete_for_runs_multiple`], [`delete_for_runs_preserves_other_runs`], [`delete_for_runs_removes_writes`], [`delete_for_runs_empty_list_noop`], [`delete_for_runs_nonexistent_noop`], [`delete_for_runs_across_namespaces`] |
 //! | copy_thread | [`copy_thread_basic`], [`copy_thread_all_checkpoints`], [`copy_thread_preserves_metadata`], [`copy_thread_preserves_namespaces`], [`copy_thread_preserves_writes`], [`copy_thread_preserves_ordering`], [`copy_thread_source_unchanged`], [`copy_thread_nonexistent_source`] |
@@ -85,6 +86,7 @@ mod delete_for_runs;
 mod delete_thread;
 mod get_tuple;
 mod list;
+mod list_threads;
 mod prune;
 mod put;
 mod put_writes;
@@ -96,6 +98,7 @@ pub use delete_for_runs::*;
 pub use delete_thread::*;
 pub use get_tuple::*;
 pub use list::*;
+pub use list_threads::*;
 pub use prune::*;
 pub use put::*;
 pub use put_writes::*;
@@ -223,6 +226,8 @@ macro_rules! __cairn_conformance_cases {
             list_filter_custom_keys list_before list_limit list_limit_plus_before
             list_combined_thread_and_filter list_empty_result list_includes_pending_writes
             list_multiple_namespaces
+            // list_threads
+            list_threads_counts_and_latest list_threads_pages_in_order
             // delete_thread
             delete_thread_removes_checkpoints delete_thread_removes_writes
             delete_thread_removes_all_namespaces delete_thread_preserves_other_threads
