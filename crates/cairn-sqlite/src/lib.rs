@@ -104,7 +104,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use cairn_checkpoint::{
     ChannelVersions, Checkpoint, CheckpointConfig, CheckpointMetadata, CheckpointSaver,
-    CheckpointTuple, Error, ListQuery, PruneStrategy, Result, TypedValue,
+    CheckpointTuple, Error, ListQuery, PruneStrategy, Result, ThreadSummary, TypedValue,
 };
 
 pub use options::{SqliteOptions, Synchronous};
@@ -519,6 +519,12 @@ impl CheckpointSaver for SqliteSaver {
     async fn list(&self, query: &ListQuery) -> Result<Vec<CheckpointTuple>> {
         let query = query.clone();
         self.read(move |conn| read::list(conn, &query)).await
+    }
+
+    async fn list_threads(&self, after: Option<&str>, limit: usize) -> Result<Vec<ThreadSummary>> {
+        let after = after.map(str::to_owned);
+        self.read(move |conn| read::list_threads(conn, after.as_deref(), limit))
+            .await
     }
 
     async fn put(

@@ -16,7 +16,7 @@ use tokio::sync::Semaphore;
 
 use cairn_checkpoint::{
     Checkpoint, CheckpointConfig, CheckpointMetadata, CheckpointTuple, DataLocation, Error,
-    ListQuery, PendingWrite, Result, TypedValue,
+    LatestCheckpoint, ListQuery, PendingWrite, Result, ThreadSummary, TypedValue,
 };
 
 use crate::{open_connection, sql_error, ConnectionRole, SqliteOptions};
@@ -490,4 +490,130 @@ fn encode_keys<T: serde::Serialize>(keys: &T) -> Result<String> {
         format: "json",
         message: format!("encoding lookup keys: {e}"),
     })
+}
+
+/// Per-namespace counts and newest ids of the threads after `after`, at most `limit`
+/// threads (one index scan).
+const THREAD_NS_SQL: &str = "WITH t AS (SELECT DISTINCT thread_id FROM checkpoints \
+     WHERE thread_id > ?1 ORDER BY thread_id LIMIT ?2) \
+     SELECT c.thread_id, c.checkpoint_ns, COUNT(*), MAX(c.checkpoint_id) \
+     FROM t CROSS JOIN checkpoints AS c ON c.thread_id = t.thread_id \
+     GROUP BY c.thread_id, c.checkpoint_ns";
+
+/// The same from the first thread.
+const THREAD_NS_ALL_SQL: &str = "WITH t AS (SELECT DISTINCT thread_id FROM checkpoints \
+     ORDER BY thread_id LIMIT ?2) \
+     SELECT c.thread_id, c.checkpoint_ns, COUNT(*), MAX(c.checkpoint_id) \
+     FROM t CROSS JOIN checkpoints AS c ON c.thread_id = t.thread_id \
+     GROUP BY c.thread_id, c.checkpoint_ns";
+
+/// Checkpoint rows for a JSON array of `[thread, ns, checkpoint_id]` keys.
+const ROWS_BY_KEY_SQL: &str = "SELECT c.thread_id, c.checkpoint_ns, c.checkpoint_id, \
+     c.parent_checkpoint_id, c.header, c.metadata \
+     FROM json_each(?1) AS k CROSS JOIN checkpoints AS c \
+     WHERE c.thread_id = k.value ->> 0 AND c.checkpoint_ns = k.value ->> 1 \
+       AND c.checkpoint_id = k.value ->> 2";
+
+/// `CheckpointSaver::list_threads`: one grouped query for counts, namespaces and newest ids,
+/// one for the latest rows' headers and metadata (no values), in one read transaction.
+pub(crate) fn list_threads(
+    conn: &mut Connection,
+    after: Option<&str>,
+    limit: usize,
+) -> Result<Vec<ThreadSummary>> {
+    if limit == 0 {
+        return Ok(Vec::new());
+    }
+    let tx = conn
+        .transaction()
+        .map_err(sql_error("starting a read transaction"))?;
+    let limit_sql = i64::try_from(limit).unwrap_or(i64::MAX);
+    let groups: Vec<(String, String, i64, String)> = {
+        let sql = if after.is_some() {
+            THREAD_NS_SQL
+        } else {
+            THREAD_NS_ALL_SQL
+        };
+        let mut stmt = tx
+            .prepare_cached(sql)
+            .map_err(sql_error("preparing the thread listing"))?;
+        let rows = stmt
+            .query_map(rusqlite::params![after.unwrap_or(""), limit_sql], |r| {
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+            })
+            .map_err(sql_error("listing threads"))?
+            .collect::<rusqlite::Result<Vec<_>>>()
+            .map_err(sql_error("listing threads"))?;
+        rows
+    };
+    // thread -> (count, namespaces, (ns, id) of the latest checkpoint)
+    let mut threads: std::collections::BTreeMap<String, (u64, Vec<String>, (String, String))> =
+        std::collections::BTreeMap::new();
+    for (thread, ns, count, max_id) in groups {
+        let entry = threads
+            .entry(thread)
+            .or_insert_with(|| (0, Vec::new(), (ns.clone(), max_id.clone())));
+        entry.0 += u64::try_from(count).unwrap_or(0);
+        let (cur_ns, cur_id) = &entry.2;
+        let rank = |ns: &str, id: &str| (ns.is_empty(), id.to_owned(), ns.to_owned());
+        if rank(&ns, &max_id) > rank(cur_ns, cur_id) {
+            entry.2 = (ns.clone(), max_id);
+        }
+        entry.1.push(ns);
+    }
+    let keys: Vec<(&str, &str, &str)> = threads
+        .iter()
+        .map(|(t, (_, _, (ns, id)))| (t.as_str(), ns.as_str(), id.as_str()))
+        .collect();
+    let rows = {
+        let mut stmt = tx
+            .prepare_cached(ROWS_BY_KEY_SQL)
+            .map_err(sql_error("preparing the latest-checkpoint query"))?;
+        let rows = stmt
+            .query_map([encode_keys(&keys)?], map_row)
+            .map_err(sql_error("reading the threads' latest checkpoints"))?
+            .collect::<rusqlite::Result<Vec<_>>>()
+            .map_err(sql_error("reading the threads' latest checkpoints"))?;
+        rows
+    };
+    let mut latest: HashMap<String, LatestCheckpoint> = HashMap::with_capacity(rows.len());
+    for row in rows {
+        let header = decode_header(&row)?;
+        let metadata = decode_metadata(&row)?;
+        latest.insert(
+            row.thread_id.clone(),
+            LatestCheckpoint {
+                config: CheckpointConfig {
+                    thread_id: row.thread_id,
+                    checkpoint_ns: row.checkpoint_ns,
+                    checkpoint_id: Some(row.checkpoint_id),
+                },
+                metadata,
+                ts: header.ts,
+            },
+        );
+    }
+    let mut out = Vec::with_capacity(threads.len());
+    for (thread_id, (checkpoints, mut namespaces, (ns, id))) in threads {
+        // The row was seen by the grouped query in the same snapshot.
+        let Some(latest) = latest.remove(&thread_id) else {
+            return Err(Error::corrupt(
+                DataLocation {
+                    thread_id,
+                    checkpoint_ns: ns,
+                    checkpoint_id: Some(id),
+                    channel: None,
+                },
+                "the thread's latest checkpoint row vanished within one read transaction",
+            ));
+        };
+        namespaces.sort();
+        out.push(ThreadSummary {
+            thread_id,
+            checkpoints,
+            namespaces,
+            latest,
+        });
+    }
+    Ok(out)
 }
