@@ -514,6 +514,9 @@ const ROWS_BY_KEY_SQL: &str = "SELECT c.thread_id, c.checkpoint_ns, c.checkpoint
      WHERE c.thread_id = k.value ->> 0 AND c.checkpoint_ns = k.value ->> 1 \
        AND c.checkpoint_id = k.value ->> 2";
 
+/// A thread's checkpoint count, namespaces and `(ns, id)` of its latest checkpoint.
+type ThreadGroups = (u64, Vec<String>, (String, String));
+
 /// `CheckpointSaver::list_threads`: one grouped query for counts, namespaces and newest ids,
 /// one for the latest rows' headers and metadata (no values), in one read transaction.
 pub(crate) fn list_threads(
@@ -546,8 +549,7 @@ pub(crate) fn list_threads(
             .map_err(sql_error("listing threads"))?;
         rows
     };
-    // thread -> (count, namespaces, (ns, id) of the latest checkpoint)
-    let mut threads: std::collections::BTreeMap<String, (u64, Vec<String>, (String, String))> =
+    let mut threads: std::collections::BTreeMap<String, ThreadGroups> =
         std::collections::BTreeMap::new();
     for (thread, ns, count, max_id) in groups {
         let entry = threads
