@@ -46,6 +46,8 @@ pub(crate) struct NodeSpec<S: State> {
     pub(crate) branches: Vec<BranchSpec<S>>,
     /// Channels whose update triggers this node.
     pub(crate) triggers: Vec<usize>,
+    /// The task path of this node's pull task (`~__pregel_pull, <name>`).
+    pub(crate) pull_path: String,
     /// Stop the run before this node runs.
     pub(crate) interrupt_before: bool,
     /// Stop the run after this node ran.
@@ -92,6 +94,7 @@ impl<S: State> Spec<S> {
             joins: Vec::new(),
             branches: Vec::new(),
             triggers: vec![n_fields],
+            pull_path: format!("~{PULL}, {START}"),
             interrupt_before: false,
             interrupt_after: false,
             retry: None,
@@ -107,6 +110,7 @@ impl<S: State> Spec<S> {
                 joins: Vec::new(),
                 branches: Vec::new(),
                 triggers: vec![n_fields + index],
+                pull_path: format!("~{PULL}, {name}"),
                 interrupt_before: graph.interrupt_before.contains(name),
                 interrupt_after: graph.interrupt_after.contains(name),
                 retry: graph.options.get(name).and_then(|o| o.retry.clone()),
@@ -536,7 +540,7 @@ impl<S: State> Channels<S> {
             if triggers.is_empty() {
                 continue;
             }
-            let path = format!("~{PULL}, {}", node.name);
+            let path = node.pull_path.clone();
             tasks.push(Task {
                 node: n,
                 id: task_id(&node.name, &path),

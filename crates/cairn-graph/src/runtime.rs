@@ -721,12 +721,12 @@ impl<S: State> CompiledGraph<S> {
                         });
                     }
                     Some(p) => {
-                        let parent = current.clone().unwrap_or_else(|| thread_config.clone());
+                        let parent = current.as_ref().unwrap_or(&thread_config);
                         let (cp, new_versions) = channels.checkpoint(spec, &codec)?;
                         let mut meta = meta_base.clone();
                         meta.source = Some(CheckpointSource::Input);
                         meta.step = Some(step);
-                        let saved = p.put(&parent, cp, meta, new_versions).await?;
+                        let saved = p.put(parent, cp, meta, new_versions).await?;
                         debug_checkpoint(&sink, modes, step, &saved).await;
                         current = Some(saved);
                     }
@@ -884,13 +884,13 @@ impl<S: State> CompiledGraph<S> {
                 if let (Some(p), true) = (&mut persister, exit_mode) {
                     let target = match unsaved.take() {
                         Some(u) => {
-                            let parent = current.clone().unwrap_or_else(|| thread_config.clone());
+                            let parent = current.as_ref().unwrap_or(&thread_config);
                             let (mut cp, new_versions) = channels.checkpoint(spec, &codec)?;
                             cp.id = u.id;
                             let mut meta = meta_base.clone();
                             meta.source = Some(u.source);
                             meta.step = Some(u.step);
-                            let saved = p.put(&parent, cp, meta, new_versions).await?;
+                            let saved = p.put(parent, cp, meta, new_versions).await?;
                             debug_checkpoint(&sink, modes, u.step, &saved).await;
                             Some(saved)
                         }
@@ -962,7 +962,7 @@ impl<S: State> CompiledGraph<S> {
                     changed_since_save = true;
                 }
                 Some(p) => {
-                    let parent = current.clone().unwrap_or_else(|| thread_config.clone());
+                    let parent = current.as_ref().unwrap_or(&thread_config);
                     let (cp, new_versions) = channels.checkpoint(spec, &codec)?;
                     let mut meta = meta_base.clone();
                     meta.source = Some(CheckpointSource::Loop);
@@ -981,10 +981,10 @@ impl<S: State> CompiledGraph<S> {
                                 Ok::<(), GraphError>(())
                             };
                             let ((), saved) =
-                                futures::try_join!(writes, p.put(&parent, cp, meta, new_versions))?;
+                                futures::try_join!(writes, p.put(parent, cp, meta, new_versions))?;
                             saved
                         }
-                        _ => p.put(&parent, cp, meta, new_versions).await?,
+                        _ => p.put(parent, cp, meta, new_versions).await?,
                     };
                     debug_checkpoint(&sink, modes, step, &saved).await;
                     current = Some(saved);
@@ -1024,22 +1024,22 @@ impl<S: State> CompiledGraph<S> {
         // 4. Save what is not saved yet.
         if let Some(p) = &mut persister {
             if let Some(u) = unsaved.take() {
-                let parent = current.clone().unwrap_or_else(|| thread_config.clone());
+                let parent = current.as_ref().unwrap_or(&thread_config);
                 let (mut cp, new_versions) = channels.checkpoint(spec, &codec)?;
                 cp.id = u.id;
                 let mut meta = meta_base.clone();
                 meta.source = Some(u.source);
                 meta.step = Some(u.step);
-                let saved = p.put(&parent, cp, meta, new_versions).await?;
+                let saved = p.put(parent, cp, meta, new_versions).await?;
                 debug_checkpoint(&sink, modes, u.step, &saved).await;
                 current = Some(saved);
             } else if changed_since_save {
-                let parent = current.clone().unwrap_or_else(|| thread_config.clone());
+                let parent = current.as_ref().unwrap_or(&thread_config);
                 let (cp, new_versions) = channels.checkpoint(spec, &codec)?;
                 let mut meta = meta_base.clone();
                 meta.source = Some(CheckpointSource::Loop);
                 meta.step = Some(step - 1);
-                let saved = p.put(&parent, cp, meta, new_versions).await?;
+                let saved = p.put(parent, cp, meta, new_versions).await?;
                 debug_checkpoint(&sink, modes, step - 1, &saved).await;
                 current = Some(saved);
             }
