@@ -6,8 +6,8 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use cairn_checkpoint::{
     write_index, ChannelVersions, Checkpoint, CheckpointConfig, CheckpointMetadata,
-    CheckpointSaver, CheckpointTuple, DataLocation, Error, ListQuery, PendingWrite, PruneStrategy,
-    Result, TypedValue,
+    CheckpointSaver, CheckpointTuple, DataLocation, Error, LatestCheckpoint, ListQuery,
+    PendingWrite, PruneStrategy, Result, ThreadSummary, TypedValue,
 };
 use deadpool_postgres::{ClientWrapper, Pool};
 use tokio_postgres::types::{ToSql, Type};
@@ -609,6 +609,35 @@ impl CheckpointSaver for PostgresSaver {
         Ok(())
     }
 
+    async fn list_threads(&self, after: Option<&str>, limit: usize) -> Result<Vec<ThreadSummary>> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows = self
+            .with_client(|client| async move {
+                match after {
+                    Some(after) => {
+                        let params: &[Param<'_>] = &[(&after, Type::TEXT), (&limit, Type::INT8)];
+                        self.query(
+                            &client,
+                            "list_threads",
+                            &self.sql.list_threads_after,
+                            params,
+                        )
+                        .await
+                    }
+                    None => {
+                        let params: &[Param<'_>] = &[(&limit, Type::INT8)];
+                        self.query(&client, "list_threads", &self.sql.list_threads_all, params)
+                            .await
+                    }
+                }
+            })
+            .await?;
+        rows.iter().map(decode_thread_row).collect()
+    }
+
     async fn delete_thread(&self, thread_id: &str) -> Result<()> {
         let ids = [thread_id];
         let params: &[Param<'_>] = &[(&ids.as_slice(), Type::TEXT_ARRAY)];
@@ -668,4 +697,44 @@ impl CheckpointSaver for PostgresSaver {
         .await?;
         Ok(())
     }
+}
+
+/// One row of the `list_threads` statement: thread, count, namespaces, then the latest
+/// checkpoint's namespace, id, `ts` and metadata.
+fn decode_thread_row(row: &Row) -> Result<ThreadSummary> {
+    let read = |e: tokio_postgres::Error| pg_error("reading a thread summary row", e);
+    let thread_id: String = row.try_get(0).map_err(read)?;
+    let checkpoints: i64 = row.try_get(1).map_err(read)?;
+    let namespaces: Vec<String> = row.try_get(2).map_err(read)?;
+    let checkpoint_ns: String = row.try_get(3).map_err(read)?;
+    let checkpoint_id: String = row.try_get(4).map_err(read)?;
+    let here = || location(&thread_id, &checkpoint_ns, &checkpoint_id, None);
+    let ts: Option<String> = row
+        .try_get(5)
+        .map_err(|e| Error::corrupt(here(), format!("unreadable checkpoint ts: {e}")))?;
+    let Some(ts) = ts else {
+        return Err(Error::corrupt(
+            here(),
+            "the checkpoint header has no string `ts`",
+        ));
+    };
+    let metadata: serde_json::Value = row
+        .try_get(6)
+        .map_err(|e| Error::corrupt(here(), format!("unreadable metadata: {e}")))?;
+    let metadata: CheckpointMetadata = serde_json::from_value(metadata)
+        .map_err(|e| Error::corrupt(here(), format!("invalid metadata: {e}")))?;
+    Ok(ThreadSummary {
+        checkpoints: u64::try_from(checkpoints).unwrap_or(0),
+        namespaces,
+        latest: LatestCheckpoint {
+            config: CheckpointConfig {
+                thread_id: thread_id.clone(),
+                checkpoint_ns,
+                checkpoint_id: Some(checkpoint_id),
+            },
+            metadata,
+            ts,
+        },
+        thread_id,
+    })
 }

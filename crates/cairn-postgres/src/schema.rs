@@ -207,6 +207,10 @@ pub(crate) fn prefix(schema: Option<&str>) -> String {
 #[derive(Debug)]
 pub(crate) struct Statements {
     pub prefix: String,
+    /// `list_threads` after a thread id (`$1`), at most `$2` threads.
+    pub list_threads_after: String,
+    /// `list_threads` from the first thread, at most `$1` threads.
+    pub list_threads_all: String,
     pub get_latest: String,
     pub get_one: String,
     pub blobs: String,
@@ -232,7 +236,35 @@ impl Statements {
         let p = prefix(schema);
         let cols = CHECKPOINT_COLUMNS;
         let cv = CHANNEL_VERSIONS;
+        let threads = |first: &str| {
+            format!(
+                "WITH t AS ({first}), \
+                 g AS (SELECT c.thread_id, c.checkpoint_ns, count(*) AS n, \
+                         max(c.checkpoint_id) AS max_id \
+                       FROM t JOIN {p}checkpoints c ON c.thread_id = t.thread_id \
+                       GROUP BY c.thread_id, c.checkpoint_ns), \
+                 s AS (SELECT thread_id, sum(n)::int8 AS n, \
+                         array_agg(checkpoint_ns ORDER BY checkpoint_ns) AS nss, \
+                         (array_agg(checkpoint_ns ORDER BY (checkpoint_ns = '') DESC, \
+                            max_id DESC, checkpoint_ns DESC))[1] AS ns, \
+                         (array_agg(max_id ORDER BY (checkpoint_ns = '') DESC, \
+                            max_id DESC, checkpoint_ns DESC))[1] AS id \
+                       FROM g GROUP BY thread_id) \
+                 SELECT s.thread_id, s.n, s.nss, c.checkpoint_ns, c.checkpoint_id, \
+                   c.header ->> 'ts', c.metadata \
+                 FROM s JOIN {p}checkpoints c ON c.thread_id = s.thread_id \
+                   AND c.checkpoint_ns = s.ns AND c.checkpoint_id = s.id \
+                 ORDER BY s.thread_id"
+            )
+        };
         Statements {
+            list_threads_after: threads(&format!(
+                "SELECT DISTINCT thread_id FROM {p}checkpoints WHERE thread_id > $1 \
+                 ORDER BY thread_id LIMIT $2"
+            )),
+            list_threads_all: threads(&format!(
+                "SELECT DISTINCT thread_id FROM {p}checkpoints ORDER BY thread_id LIMIT $1"
+            )),
             get_latest: format!(
                 "SELECT {cols} FROM {p}checkpoints WHERE thread_id = $1 AND checkpoint_ns = $2 \
                  ORDER BY checkpoint_id DESC LIMIT 1"
