@@ -69,7 +69,40 @@ impl Default for Checkpoint {
 
 /// The current time as RFC 3339 (UTC, microseconds).
 pub fn now_rfc3339() -> String {
-    humantime::format_rfc3339_micros(std::time::SystemTime::now()).to_string()
+    rfc3339_micros(std::time::SystemTime::now())
+}
+
+/// `time` as RFC 3339 with microseconds, like `humantime::format_rfc3339_micros`, with the
+/// date and time of day formatted once per second per thread (every checkpoint needs one).
+fn rfc3339_micros(time: std::time::SystemTime) -> String {
+    use std::cell::RefCell;
+    use std::time::{Duration, UNIX_EPOCH};
+    thread_local! {
+        /// (unix second, `YYYY-MM-DDTHH:MM:SS` of that second).
+        static PREFIX: RefCell<Option<(u64, String)>> = const { RefCell::new(None) };
+    }
+    let Ok(since) = time.duration_since(UNIX_EPOCH) else {
+        return humantime::format_rfc3339_micros(time).to_string();
+    };
+    let secs = since.as_secs();
+    PREFIX.with(|prefix| {
+        let mut prefix = prefix.borrow_mut();
+        if prefix.as_ref().is_none_or(|(s, _)| *s != secs) {
+            let whole = humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(secs))
+                .to_string();
+            *prefix = Some((secs, whole.trim_end_matches('Z').to_owned()));
+        }
+        let head = prefix.as_ref().map_or("", |(_, p)| p.as_str());
+        let mut out = String::with_capacity(head.len() + 8);
+        out.push_str(head);
+        out.push('.');
+        let micros = since.subsec_micros();
+        for div in [100_000, 10_000, 1_000, 100, 10, 1] {
+            out.push(char::from(b'0' + ((micros / div) % 10) as u8));
+        }
+        out.push('Z');
+        out
+    })
 }
 
 /// Why a checkpoint was written.
@@ -359,5 +392,35 @@ impl CheckpointTuple {
             checkpoint_id: Some(self.checkpoint.id.clone()),
             channel: channel.map(str::to_owned),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, UNIX_EPOCH};
+
+    #[test]
+    fn timestamps_match_humantime() {
+        let mut t = UNIX_EPOCH + Duration::from_micros(1_764_148_609_123_456);
+        for step in [
+            0u64,
+            1,
+            999_999,
+            1_000_000,
+            86_399_000_001,
+            31_536_000_000_007,
+        ] {
+            t += Duration::from_micros(step);
+            assert_eq!(
+                super::rfc3339_micros(t),
+                humantime::format_rfc3339_micros(t).to_string()
+            );
+        }
+        let epoch = UNIX_EPOCH;
+        assert_eq!(
+            super::rfc3339_micros(epoch),
+            humantime::format_rfc3339_micros(epoch).to_string()
+        );
+        assert!(super::now_rfc3339().ends_with('Z'));
     }
 }
