@@ -7,8 +7,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use cairn_checkpoint::{
     write_index, ChannelVersions, Checkpoint, CheckpointConfig, CheckpointMetadata,
-    CheckpointSaver, CheckpointTuple, DataLocation, Error, ListQuery, PendingWrite, PruneStrategy,
-    Result, TypedValue,
+    CheckpointSaver, CheckpointTuple, DataLocation, Error, LatestCheckpoint, ListQuery,
+    PendingWrite, PruneStrategy, Result, ThreadSummary, TypedValue,
 };
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{FromRedisValue, Pipeline, Script, Value};
@@ -499,6 +499,160 @@ impl RedisSaver {
             }
             list.sort();
             out.push(list);
+        }
+        Ok(out)
+    }
+
+    /// Summaries of `threads` (`None` for a thread with no checkpoint left): three pipelined
+    /// round trips (namespaces; count and newest id per namespace; the newest checkpoints'
+    /// headers and metadata), plus one more per checkpoint found expired on the way.
+    async fn thread_summaries(&self, threads: &[String]) -> Result<Vec<Option<ThreadSummary>>> {
+        if threads.is_empty() {
+            return Ok(Vec::new());
+        }
+        let namespaces = self.namespaces(threads).await?;
+        let mut out: Vec<Option<ThreadSummary>> = vec![None; threads.len()];
+        // Threads still to summarise; an expired newest checkpoint sends its thread round again.
+        let mut pending: Vec<usize> = (0..threads.len()).collect();
+        for _ in 0..16 {
+            if pending.is_empty() {
+                break;
+            }
+            let mut pipe = redis::pipe();
+            for &i in &pending {
+                for ns in &namespaces[i] {
+                    let key = self.keys.checkpoints_key(&threads[i], ns);
+                    pipe.cmd("ZCARD").arg(&key);
+                    pipe.cmd("ZREVRANGEBYLEX")
+                        .arg(&key)
+                        .arg("+")
+                        .arg("-")
+                        .arg("LIMIT")
+                        .arg(0)
+                        .arg(1);
+                }
+            }
+            let mut conn = self.conn();
+            let replies: Vec<Value> = if pipe.is_empty() {
+                Vec::new()
+            } else {
+                pipe.query_async(&mut conn)
+                    .await
+                    .map_err(backend("counting checkpoints"))?
+            };
+            let mut replies = replies.into_iter();
+            // (thread index, count, namespaces, latest)
+            let mut found: Vec<(usize, u64, Vec<String>, RowRef)> = Vec::new();
+            for &i in &pending {
+                let mut count = 0u64;
+                let mut nss = Vec::new();
+                let mut latest: Option<RowRef> = None;
+                for ns in &namespaces[i] {
+                    let n: u64 = parse(
+                        next_reply(&mut replies, "counting checkpoints")?,
+                        "counting checkpoints",
+                    )?;
+                    let ids: Vec<Vec<u8>> = parse(
+                        next_reply(&mut replies, "counting checkpoints")?,
+                        "reading the newest checkpoint id",
+                    )?;
+                    let Some(id) = ids.into_iter().next() else {
+                        continue;
+                    };
+                    let id = utf8(id, "a checkpoint id", || DataLocation {
+                        thread_id: threads[i].clone(),
+                        checkpoint_ns: ns.clone(),
+                        ..DataLocation::default()
+                    })?;
+                    count += n;
+                    nss.push(ns.clone());
+                    let rank = |r: &RowRef| (r.ns.is_empty(), r.id.clone(), r.ns.clone());
+                    let candidate = RowRef {
+                        id,
+                        thread: threads[i].clone(),
+                        ns: ns.clone(),
+                    };
+                    if latest.as_ref().is_none_or(|l| rank(&candidate) > rank(l)) {
+                        latest = Some(candidate);
+                    }
+                }
+                if let Some(latest) = latest {
+                    found.push((i, count, nss, latest));
+                }
+            }
+            let mut pipe = redis::pipe();
+            for (_, _, _, r) in &found {
+                pipe.cmd("HMGET")
+                    .arg(self.keys.checkpoint_key(&r.thread, &r.ns, &r.id))
+                    .arg(&[FIELD_CHECKPOINT, FIELD_METADATA]);
+            }
+            let replies: Vec<Value> = if pipe.is_empty() {
+                Vec::new()
+            } else {
+                pipe.query_async(&mut conn)
+                    .await
+                    .map_err(backend("reading the threads' latest checkpoints"))?
+            };
+            let mut replies = replies.into_iter();
+            let mut again = Vec::new();
+            for (i, checkpoints, nss, r) in found {
+                let fields: Vec<Option<Vec<u8>>> = parse(
+                    next_reply(&mut replies, "reading the threads' latest checkpoints")?,
+                    "reading a checkpoint hash",
+                )?;
+                let loc = || location(&r.thread, &r.ns, &r.id);
+                let mut fields = fields.into_iter();
+                let (header, metadata) = match (fields.next().flatten(), fields.next().flatten()) {
+                    (Some(h), Some(m)) => (h, m),
+                    (None, None) => {
+                        // The hash expired (TTL) before its index entry: forget it, retry.
+                        if self.forget_if_gone(&r).await? {
+                            again.push(i);
+                            continue;
+                        }
+                        return Err(Error::corrupt(loc(), "the checkpoint hash has no fields"));
+                    }
+                    (None, _) => {
+                        return Err(Error::corrupt(
+                            loc(),
+                            "the checkpoint hash has no `checkpoint` field",
+                        ))
+                    }
+                    (_, None) => {
+                        return Err(Error::corrupt(
+                            loc(),
+                            "the checkpoint hash has no `metadata` field",
+                        ))
+                    }
+                };
+                let checkpoint = decode_header(&header, &loc())?;
+                let metadata = decode_metadata(&metadata, &loc())?;
+                out[i] = Some(ThreadSummary {
+                    thread_id: r.thread.clone(),
+                    checkpoints,
+                    namespaces: nss,
+                    latest: LatestCheckpoint {
+                        config: CheckpointConfig {
+                            thread_id: r.thread,
+                            checkpoint_ns: r.ns,
+                            checkpoint_id: Some(r.id),
+                        },
+                        metadata,
+                        ts: checkpoint.ts,
+                    },
+                });
+            }
+            pending = again;
+        }
+        if let Some(&i) = pending.first() {
+            return Err(Error::Backend {
+                backend: BACKEND,
+                message: format!(
+                    "listing threads: the newest checkpoints of thread {:?} kept expiring",
+                    threads[i]
+                ),
+                source: None,
+            });
         }
         Ok(out)
     }
@@ -1103,6 +1257,29 @@ impl CheckpointSaver for RedisSaver {
             .await
             .map_err(backend("saving pending writes"))?;
         Ok(())
+    }
+
+    async fn list_threads(&self, after: Option<&str>, limit: usize) -> Result<Vec<ThreadSummary>> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let mut candidates = self.all_threads().await?;
+        if let Some(after) = after {
+            candidates.retain(|t| t.as_str() > after);
+        }
+        candidates.sort();
+        let mut out = Vec::new();
+        // Threads in the index may have no checkpoint left (expired or pruned away), so
+        // summarise batches until `limit` threads are found.
+        for batch in candidates.chunks(limit.clamp(1, 500)) {
+            for summary in self.thread_summaries(batch).await?.into_iter().flatten() {
+                out.push(summary);
+                if out.len() == limit {
+                    return Ok(out);
+                }
+            }
+        }
+        Ok(out)
     }
 
     async fn delete_thread(&self, thread_id: &str) -> Result<()> {
