@@ -10,20 +10,26 @@
 //! `latest` is the newest checkpoint of the root namespace (of any namespace when the thread
 //! has none in the root). Threads are ordered most recently active first; `--limit N`
 //! keeps the first N (`total_threads` still counts all).
+//!
+//! The listing comes from [`CheckpointSaver::list_threads`](cairn_checkpoint::CheckpointSaver::list_threads),
+//! read [`THREAD_PAGE`] threads at a time: counts and latest checkpoints only, no channel
+//! values.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::io::Write;
 
-use cairn_checkpoint::ListQuery;
+use cairn_checkpoint::LatestCheckpoint;
 use serde::Serialize;
 
 use super::{write_json, CheckpointRef, Ctx};
 use crate::backend::{open, Mode};
 use crate::cli::ThreadsArgs;
 use crate::error::Result;
-use crate::paging::Pager;
 use crate::progress::Progress;
 use crate::render;
+
+/// How many threads one `list_threads` call returns at most.
+pub const THREAD_PAGE: usize = 500;
 
 /// One thread in the listing.
 #[derive(Debug, Clone, Serialize)]
@@ -31,7 +37,7 @@ pub struct ThreadSummary {
     /// The thread.
     pub thread_id: String,
     /// Number of checkpoints, all namespaces together.
-    pub checkpoints: usize,
+    pub checkpoints: u64,
     /// Its namespaces (`""`: root graph).
     pub namespaces: BTreeSet<String>,
     /// Its latest checkpoint.
@@ -46,39 +52,50 @@ pub struct ThreadsReport {
     /// Number of threads in the database.
     pub total_threads: usize,
     /// Number of checkpoints in the database.
-    pub total_checkpoints: usize,
+    pub total_checkpoints: u64,
+}
+
+fn latest_ref(latest: LatestCheckpoint) -> CheckpointRef {
+    CheckpointRef {
+        thread_id: latest.config.thread_id,
+        checkpoint_ns: latest.config.checkpoint_ns,
+        checkpoint_id: latest.config.checkpoint_id.unwrap_or_default(),
+        ts: latest.ts,
+        step: latest.metadata.step,
+        source: latest.metadata.source.map(|s| s.as_str()),
+    }
 }
 
 /// Runs `cairn threads`.
 pub async fn run(ctx: &Ctx, args: &ThreadsArgs, out: &mut dyn Write) -> Result<()> {
     let store = open(&ctx.db, Mode::Existing).await?;
-    let mut threads: BTreeMap<String, ThreadSummary> = BTreeMap::new();
-    let mut total = 0usize;
+    let mut list: Vec<ThreadSummary> = Vec::new();
+    let mut total = 0u64;
     let mut progress = Progress::terminal_only();
-    let mut pager = Pager::new(store.saver.as_ref(), ListQuery::all());
-    while let Some(page) = pager.next_page().await? {
+    let mut after: Option<String> = None;
+    loop {
+        let page = store
+            .saver
+            .list_threads(after.as_deref(), THREAD_PAGE)
+            .await?;
+        let full = page.len() == THREAD_PAGE;
+        after = page.last().map(|t| t.thread_id.clone());
         for t in page {
-            total += 1;
-            let entry = threads
-                .entry(t.config.thread_id.clone())
-                .or_insert_with(|| ThreadSummary {
-                    thread_id: t.config.thread_id.clone(),
-                    checkpoints: 0,
-                    namespaces: BTreeSet::new(),
-                    latest: CheckpointRef::of(&t),
-                });
-            entry.checkpoints += 1;
-            entry.namespaces.insert(t.config.checkpoint_ns.clone());
-            // Newest first: the first root checkpoint seen is the root's latest.
-            if !entry.latest.checkpoint_ns.is_empty() && t.config.checkpoint_ns.is_empty() {
-                entry.latest = CheckpointRef::of(&t);
-            }
+            total += t.checkpoints;
+            list.push(ThreadSummary {
+                thread_id: t.thread_id,
+                checkpoints: t.checkpoints,
+                namespaces: t.namespaces.into_iter().collect(),
+                latest: latest_ref(t.latest),
+            });
         }
-        progress.update(|| format!("scanned {total} checkpoints of {} threads", threads.len()));
+        progress.update(|| format!("read {} threads ({total} checkpoints)", list.len()));
+        if !full || after.is_none() {
+            break;
+        }
     }
     progress.clear();
-    let total_threads = threads.len();
-    let mut list: Vec<ThreadSummary> = threads.into_values().collect();
+    let total_threads = list.len();
     list.sort_by(|a, b| {
         b.latest
             .checkpoint_id
