@@ -137,6 +137,30 @@ pub trait CheckpointSaver: Send + Sync {
         task_path: &str,
     ) -> Result<()>;
 
+    /// Stores `writes` of task `task_id` against the checkpoint named by `config`, then
+    /// `checkpoint` as a child of that checkpoint: the same effect as
+    /// [`put_writes`](Self::put_writes) followed by [`put`](Self::put) (with the same errors),
+    /// and the config naming the stored checkpoint is returned. A runtime calls it when a step
+    /// with one task finishes, so one commit holds the task's writes and the step's checkpoint.
+    ///
+    /// The default implementation makes the two calls in turn. Backends that can override it
+    /// to store both atomically (one transaction): after an error, either both are stored or
+    /// neither is. Like its parts it is idempotent, so it can be retried.
+    #[allow(clippy::too_many_arguments)]
+    async fn put_writes_and_put(
+        &self,
+        config: &CheckpointConfig,
+        writes: Vec<(String, TypedValue)>,
+        task_id: &str,
+        task_path: &str,
+        checkpoint: Checkpoint,
+        metadata: CheckpointMetadata,
+        new_versions: ChannelVersions,
+    ) -> Result<CheckpointConfig> {
+        self.put_writes(config, writes, task_id, task_path).await?;
+        self.put(config, checkpoint, metadata, new_versions).await
+    }
+
     /// Deletes every checkpoint, value and write of `thread_id`, in every namespace.
     async fn delete_thread(&self, thread_id: &str) -> Result<()>;
 

@@ -384,6 +384,56 @@ impl Persister<'_> {
         Ok(config)
     }
 
+    /// Saves `writes` of `task` against `parent` and a checkpoint as its child, in one saver
+    /// call ([`CheckpointSaver::put_writes_and_put`]), like [`put`](Self::put) otherwise.
+    #[allow(clippy::too_many_arguments)]
+    async fn put_with_writes(
+        &mut self,
+        parent: &CheckpointConfig,
+        writes: Vec<(String, TypedValue)>,
+        task_id: &str,
+        task_path: &str,
+        cp: cairn_checkpoint::Checkpoint,
+        meta: CheckpointMetadata,
+        new_versions: cairn_checkpoint::ChannelVersions,
+    ) -> Result<CheckpointConfig> {
+        self.settle().await?;
+        if self.mode != Durability::Async {
+            return Ok(self
+                .saver
+                .put_writes_and_put(parent, writes, task_id, task_path, cp, meta, new_versions)
+                .await?);
+        }
+        let config = CheckpointConfig {
+            thread_id: parent.thread_id.clone(),
+            checkpoint_ns: parent.checkpoint_ns.clone(),
+            checkpoint_id: Some(cp.id.clone()),
+        };
+        let saver = Arc::clone(self.saver);
+        let parent = parent.clone();
+        let (task_id, task_path) = (task_id.to_owned(), task_path.to_owned());
+        let mut fut = Box::pin(async move {
+            saver
+                .put_writes_and_put(
+                    &parent,
+                    writes,
+                    &task_id,
+                    &task_path,
+                    cp,
+                    meta,
+                    new_versions,
+                )
+                .await
+        });
+        match futures::poll!(fut.as_mut()) {
+            std::task::Poll::Ready(r) => {
+                r?;
+            }
+            std::task::Poll::Pending => self.inflight = Some(tokio::spawn(fut)),
+        }
+        Ok(config)
+    }
+
     /// Waits for the put in flight, if any.
     async fn settle(&mut self) -> Result<()> {
         if let Some(handle) = self.inflight.take() {
@@ -967,8 +1017,23 @@ impl<S: State> CompiledGraph<S> {
                     let mut meta = meta_base.clone();
                     meta.source = Some(CheckpointSource::Loop);
                     meta.step = Some(step);
-                    let saved = match (&writes_config, to_save.is_empty()) {
-                        (Some(target), false) => {
+                    let saved = match (&writes_config, to_save.len()) {
+                        (Some(target), 1) if target == parent => {
+                            // A lone task: its writes and the step's checkpoint in one call
+                            // (one transaction where the saver can).
+                            let (i, w) = to_save.swap_remove(0);
+                            p.put_with_writes(
+                                target,
+                                w,
+                                &tasks[i].id,
+                                &tasks[i].path,
+                                cp,
+                                meta,
+                                new_versions,
+                            )
+                            .await?
+                        }
+                        (Some(target), n) if n > 0 => {
                             // Both requests are issued before either is awaited, writes
                             // first; each keeps its own error.
                             let saver = p.saver;

@@ -376,6 +376,97 @@ impl PostgresSaver {
     }
 }
 
+/// The error of a write without a checkpoint to belong to.
+fn no_checkpoint_id() -> Error {
+    Error::InvalidArgument(
+        "put_writes needs a config with a checkpoint_id: writes belong to a checkpoint".into(),
+    )
+}
+
+/// The header and metadata of a checkpoint to put, checked; its channel values are taken
+/// out of it and returned.
+fn encode_put(
+    config: &CheckpointConfig,
+    checkpoint: &mut Checkpoint,
+    metadata: &CheckpointMetadata,
+) -> Result<(
+    serde_json::Value,
+    serde_json::Value,
+    std::collections::BTreeMap<String, TypedValue>,
+)> {
+    check_text("thread id", &config.thread_id)?;
+    check_text("checkpoint namespace", &config.checkpoint_ns)?;
+    check_text("checkpoint id", &checkpoint.id)?;
+    let values = std::mem::take(&mut checkpoint.channel_values);
+    let header = serde_json::to_value(&*checkpoint).map_err(|e| Error::Encode {
+        format: "json",
+        message: format!("checkpoint header: {e}"),
+    })?;
+    check_json("checkpoint header", &header)?;
+    let metadata = serde_json::Value::Object(metadata.to_json());
+    check_json("metadata", &metadata)?;
+    Ok((header, metadata, values))
+}
+
+/// Value columns (channel, version, type tag, bytes) in the order of the put statements'
+/// `unnest`.
+type BlobColumns<'a> = (Vec<&'a str>, Vec<String>, Vec<&'a str>, Vec<&'a [u8]>);
+
+/// The values of `new_versions` as columns for the put statements (`empty` for a channel
+/// without a value).
+fn blob_columns<'a>(
+    new_versions: &'a ChannelVersions,
+    values: &'a std::collections::BTreeMap<String, TypedValue>,
+    empty: &'a TypedValue,
+) -> Result<BlobColumns<'a>> {
+    let mut channels = Vec::with_capacity(new_versions.len());
+    let mut versions = Vec::with_capacity(new_versions.len());
+    let mut tags = Vec::with_capacity(new_versions.len());
+    let mut blobs: Vec<&[u8]> = Vec::with_capacity(new_versions.len());
+    for (channel, version) in new_versions {
+        check_text("channel name", channel)?;
+        let value = values.get(channel).unwrap_or(empty);
+        check_text("type tag", &value.type_tag)?;
+        channels.push(channel.as_str());
+        versions.push(version.to_storage_string());
+        tags.push(value.type_tag.as_str());
+        blobs.push(&value.data);
+    }
+    Ok((channels, versions, tags, blobs))
+}
+
+/// Write columns (index, channel, type tag, bytes) in the order of the write statements'
+/// `unnest`.
+type WriteColumns<'a> = (Vec<i64>, Vec<&'a str>, Vec<&'a str>, Vec<&'a [u8]>);
+
+/// The writes of a task as columns for the write statements, after checking the names. A
+/// special channel written twice in one call: the last write wins (one statement cannot
+/// update the same row twice).
+fn write_columns<'a>(
+    writes: &'a [(String, TypedValue)],
+    task_id: &str,
+    task_path: &str,
+) -> Result<WriteColumns<'a>> {
+    check_text("task id", task_id)?;
+    check_text("task path", task_path)?;
+    let mut rows: Vec<(i64, &str, &TypedValue)> = Vec::with_capacity(writes.len());
+    for (position, (channel, value)) in writes.iter().enumerate() {
+        check_text("channel name", channel)?;
+        check_text("type tag", &value.type_tag)?;
+        let idx = write_index(channel, position);
+        if idx < 0 {
+            rows.retain(|(i, _, _)| *i != idx);
+        }
+        rows.push((idx, channel, value));
+    }
+    Ok((
+        rows.iter().map(|r| r.0).collect(),
+        rows.iter().map(|r| r.1).collect(),
+        rows.iter().map(|r| r.2.type_tag.as_str()).collect(),
+        rows.iter().map(|r| &r.2.data[..]).collect(),
+    ))
+}
+
 #[async_trait]
 impl CheckpointSaver for PostgresSaver {
     async fn get_tuple(&self, config: &CheckpointConfig) -> Result<Option<CheckpointTuple>> {
@@ -506,33 +597,10 @@ impl CheckpointSaver for PostgresSaver {
         metadata: CheckpointMetadata,
         new_versions: ChannelVersions,
     ) -> Result<CheckpointConfig> {
-        check_text("thread id", &config.thread_id)?;
-        check_text("checkpoint namespace", &config.checkpoint_ns)?;
-        check_text("checkpoint id", &checkpoint.id)?;
         let mut checkpoint = checkpoint;
-        let values = std::mem::take(&mut checkpoint.channel_values);
-        let header = serde_json::to_value(&checkpoint).map_err(|e| Error::Encode {
-            format: "json",
-            message: format!("checkpoint header: {e}"),
-        })?;
-        check_json("checkpoint header", &header)?;
-        let metadata = serde_json::Value::Object(metadata.to_json());
-        check_json("metadata", &metadata)?;
-
+        let (header, metadata, values) = encode_put(config, &mut checkpoint, &metadata)?;
         let empty = TypedValue::empty();
-        let mut channels = Vec::with_capacity(new_versions.len());
-        let mut versions = Vec::with_capacity(new_versions.len());
-        let mut tags = Vec::with_capacity(new_versions.len());
-        let mut blobs: Vec<&[u8]> = Vec::with_capacity(new_versions.len());
-        for (channel, version) in &new_versions {
-            check_text("channel name", channel)?;
-            let value = values.get(channel).unwrap_or(&empty);
-            check_text("type tag", &value.type_tag)?;
-            channels.push(channel.as_str());
-            versions.push(version.to_storage_string());
-            tags.push(value.type_tag.as_str());
-            blobs.push(&value.data);
-        }
+        let (channels, versions, tags, blobs) = blob_columns(&new_versions, &values, &empty)?;
         let params: &[Param<'_>] = &[
             (&config.thread_id, Type::TEXT),
             (&config.checkpoint_ns, Type::TEXT),
@@ -564,32 +632,12 @@ impl CheckpointSaver for PostgresSaver {
         task_path: &str,
     ) -> Result<()> {
         let Some(checkpoint_id) = &config.checkpoint_id else {
-            return Err(Error::InvalidArgument(
-                "put_writes needs a config with a checkpoint_id: writes belong to a checkpoint"
-                    .into(),
-            ));
+            return Err(no_checkpoint_id());
         };
         if writes.is_empty() {
             return Ok(());
         }
-        check_text("task id", task_id)?;
-        check_text("task path", task_path)?;
-        // A special channel written twice in one call: the last write wins (one statement
-        // cannot update the same row twice).
-        let mut rows: Vec<(i64, &str, &TypedValue)> = Vec::with_capacity(writes.len());
-        for (position, (channel, value)) in writes.iter().enumerate() {
-            check_text("channel name", channel)?;
-            check_text("type tag", &value.type_tag)?;
-            let idx = write_index(channel, position);
-            if idx < 0 {
-                rows.retain(|(i, _, _)| *i != idx);
-            }
-            rows.push((idx, channel, value));
-        }
-        let idxs: Vec<i64> = rows.iter().map(|r| r.0).collect();
-        let channels: Vec<&str> = rows.iter().map(|r| r.1).collect();
-        let tags: Vec<&str> = rows.iter().map(|r| r.2.type_tag.as_str()).collect();
-        let blobs: Vec<&[u8]> = rows.iter().map(|r| &r.2.data[..]).collect();
+        let (idxs, channels, tags, blobs) = write_columns(&writes, task_id, task_path)?;
         let params: &[Param<'_>] = &[
             (&config.thread_id, Type::TEXT),
             (&config.checkpoint_ns, Type::TEXT),
@@ -607,6 +655,62 @@ impl CheckpointSaver for PostgresSaver {
         })
         .await?;
         Ok(())
+    }
+
+    /// One statement (so one transaction and one round trip) stores the writes against the
+    /// parent and the child checkpoint; like its parts it is idempotent, so the retry on a
+    /// lost connection is safe.
+    async fn put_writes_and_put(
+        &self,
+        config: &CheckpointConfig,
+        writes: Vec<(String, TypedValue)>,
+        task_id: &str,
+        task_path: &str,
+        checkpoint: Checkpoint,
+        metadata: CheckpointMetadata,
+        new_versions: ChannelVersions,
+    ) -> Result<CheckpointConfig> {
+        if config.checkpoint_id.is_none() {
+            return Err(no_checkpoint_id());
+        }
+        let (w_idxs, w_channels, w_tags, w_blobs) = write_columns(&writes, task_id, task_path)?;
+        let mut checkpoint = checkpoint;
+        let (header, metadata, values) = encode_put(config, &mut checkpoint, &metadata)?;
+        let empty = TypedValue::empty();
+        let (channels, versions, tags, blobs) = blob_columns(&new_versions, &values, &empty)?;
+        let params: &[Param<'_>] = &[
+            (&config.thread_id, Type::TEXT),
+            (&config.checkpoint_ns, Type::TEXT),
+            (&checkpoint.id, Type::TEXT),
+            (&config.checkpoint_id, Type::TEXT),
+            (&header, Type::JSONB),
+            (&channels, Type::TEXT_ARRAY),
+            (&versions, Type::TEXT_ARRAY),
+            (&tags, Type::TEXT_ARRAY),
+            (&blobs, Type::BYTEA_ARRAY),
+            (&metadata, Type::JSONB),
+            (&task_id, Type::TEXT),
+            (&task_path, Type::TEXT),
+            (&w_idxs, Type::INT8_ARRAY),
+            (&w_channels, Type::TEXT_ARRAY),
+            (&w_tags, Type::TEXT_ARRAY),
+            (&w_blobs, Type::BYTEA_ARRAY),
+        ];
+        self.with_client(|client| async move {
+            self.query(
+                &client,
+                "put_writes_and_put",
+                &self.sql.put_writes_and_put,
+                params,
+            )
+            .await
+        })
+        .await?;
+        Ok(CheckpointConfig {
+            thread_id: config.thread_id.clone(),
+            checkpoint_ns: config.checkpoint_ns.clone(),
+            checkpoint_id: Some(checkpoint.id),
+        })
     }
 
     async fn list_threads(&self, after: Option<&str>, limit: usize) -> Result<Vec<ThreadSummary>> {

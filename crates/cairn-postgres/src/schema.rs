@@ -217,6 +217,8 @@ pub(crate) struct Statements {
     pub writes: String,
     pub put: String,
     pub put_writes: String,
+    /// `put_writes` against the parent (`$4`, params `$11`..`$16`) and `put`, in one statement.
+    pub put_writes_and_put: String,
     pub delete_threads: String,
     pub copy_thread: String,
     pub prune_keep_latest: String,
@@ -327,6 +329,44 @@ impl Statements {
                  ON CONFLICT (thread_id, checkpoint_ns, checkpoint_id, task_id, idx) \
                  DO UPDATE SET task_path = EXCLUDED.task_path, channel = EXCLUDED.channel, \
                      type_tag = EXCLUDED.type_tag, blob = EXCLUDED.blob"
+            ),
+            // Writes of a task against the parent (`$4`) plus the child checkpoint: one
+            // statement, so one transaction and one round trip. Regular writes (`idx >= 0`)
+            // and special ones never touch the same row, so the two CTEs cannot collide.
+            put_writes_and_put: format!(
+                "WITH blobs AS ( \
+                     INSERT INTO {p}checkpoint_blobs \
+                         (thread_id, checkpoint_ns, channel, version, type_tag, blob) \
+                     SELECT $1, $2, u.channel, u.version, u.type_tag, u.blob \
+                     FROM unnest($6::text[], $7::text[], $8::text[], $9::bytea[]) \
+                          AS u(channel, version, type_tag, blob) \
+                     ON CONFLICT (thread_id, checkpoint_ns, channel, version) \
+                     DO UPDATE SET type_tag = EXCLUDED.type_tag, blob = EXCLUDED.blob), \
+                 regular AS ( \
+                     INSERT INTO {p}checkpoint_writes (thread_id, checkpoint_ns, checkpoint_id, \
+                         task_id, task_path, idx, channel, type_tag, blob) \
+                     SELECT $1, $2, $4, $11, $12, u.idx, u.channel, u.type_tag, u.blob \
+                     FROM unnest($13::int8[], $14::text[], $15::text[], $16::bytea[]) \
+                          AS u(idx, channel, type_tag, blob) \
+                     WHERE u.idx >= 0 \
+                     ON CONFLICT (thread_id, checkpoint_ns, checkpoint_id, task_id, idx) \
+                     DO NOTHING), \
+                 special AS ( \
+                     INSERT INTO {p}checkpoint_writes (thread_id, checkpoint_ns, checkpoint_id, \
+                         task_id, task_path, idx, channel, type_tag, blob) \
+                     SELECT $1, $2, $4, $11, $12, u.idx, u.channel, u.type_tag, u.blob \
+                     FROM unnest($13::int8[], $14::text[], $15::text[], $16::bytea[]) \
+                          AS u(idx, channel, type_tag, blob) \
+                     WHERE u.idx < 0 \
+                     ON CONFLICT (thread_id, checkpoint_ns, checkpoint_id, task_id, idx) \
+                     DO UPDATE SET task_path = EXCLUDED.task_path, channel = EXCLUDED.channel, \
+                         type_tag = EXCLUDED.type_tag, blob = EXCLUDED.blob) \
+                 INSERT INTO {p}checkpoints \
+                     (thread_id, checkpoint_ns, checkpoint_id, parent_checkpoint_id, header, metadata) \
+                 VALUES ($1, $2, $3, $4, $5, $10) \
+                 ON CONFLICT (thread_id, checkpoint_ns, checkpoint_id) DO UPDATE SET \
+                     parent_checkpoint_id = EXCLUDED.parent_checkpoint_id, \
+                     header = EXCLUDED.header, metadata = EXCLUDED.metadata"
             ),
             delete_threads: format!(
                 "WITH c AS (DELETE FROM {p}checkpoints WHERE thread_id = ANY($1)), \
@@ -449,6 +489,7 @@ mod tests {
             &sql.writes,
             &sql.put,
             &sql.put_writes,
+            &sql.put_writes_and_put,
             &sql.delete_threads,
             &sql.copy_thread,
             &sql.prune_keep_latest,

@@ -499,6 +499,83 @@ fn encode_error(what: &str, e: impl fmt::Display) -> Error {
     }
 }
 
+/// Encodes `checkpoint` for [`ops::put`] (off the writer thread); also returns the config
+/// naming it.
+fn put_row(
+    config: &CheckpointConfig,
+    checkpoint: Checkpoint,
+    metadata: &CheckpointMetadata,
+    new_versions: ChannelVersions,
+) -> Result<(ops::PutRow, CheckpointConfig)> {
+    let mut checkpoint = checkpoint;
+    let mut values = std::mem::take(&mut checkpoint.channel_values);
+    let header = rmp_serde::to_vec_named(&checkpoint)
+        .map_err(|e| encode_error("encoding the checkpoint header", e))?;
+    let metadata_json = serde_json::to_string(metadata).map_err(|e| Error::Encode {
+        format: "json",
+        message: format!("encoding the checkpoint metadata: {e}"),
+    })?;
+    let blob_refs: BTreeMap<&str, String> = checkpoint
+        .channel_versions
+        .iter()
+        .map(|(c, v)| (c.as_str(), v.to_storage_string()))
+        .collect();
+    let blob_refs = serde_json::to_string(&blob_refs).map_err(|e| Error::Encode {
+        format: "json",
+        message: format!("encoding the checkpoint's value references: {e}"),
+    })?;
+    let blobs = new_versions
+        .into_iter()
+        .map(|(channel, version)| {
+            let value = values.remove(&channel).unwrap_or_else(TypedValue::empty);
+            (channel, version.to_storage_string(), value)
+        })
+        .collect();
+    let row = ops::PutRow {
+        thread_id: config.thread_id.clone(),
+        checkpoint_ns: config.checkpoint_ns.clone(),
+        checkpoint_id: checkpoint.id.clone(),
+        parent_id: config.checkpoint_id.clone(),
+        header,
+        metadata: metadata_json,
+        run_id: metadata.run_id.clone(),
+        blob_refs,
+        blobs,
+    };
+    let stored = CheckpointConfig {
+        thread_id: config.thread_id.clone(),
+        checkpoint_ns: config.checkpoint_ns.clone(),
+        checkpoint_id: Some(checkpoint.id),
+    };
+    Ok((row, stored))
+}
+
+/// The row [`ops::put_writes`] stores, or `None` when there are no writes; an error when
+/// `config` names no checkpoint.
+fn writes_row(
+    config: &CheckpointConfig,
+    writes: Vec<(String, TypedValue)>,
+    task_id: &str,
+    task_path: &str,
+) -> Result<Option<ops::WritesRow>> {
+    let Some(checkpoint_id) = config.checkpoint_id.clone() else {
+        return Err(Error::InvalidArgument(
+            "put_writes needs a config with a checkpoint_id: writes belong to a checkpoint".into(),
+        ));
+    };
+    if writes.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(ops::WritesRow {
+        thread_id: config.thread_id.clone(),
+        checkpoint_ns: config.checkpoint_ns.clone(),
+        checkpoint_id,
+        task_id: task_id.to_owned(),
+        task_path: task_path.to_owned(),
+        writes,
+    }))
+}
+
 #[async_trait]
 impl CheckpointSaver for SqliteSaver {
     async fn get_tuple(&self, config: &CheckpointConfig) -> Result<Option<CheckpointTuple>> {
@@ -534,47 +611,9 @@ impl CheckpointSaver for SqliteSaver {
         metadata: CheckpointMetadata,
         new_versions: ChannelVersions,
     ) -> Result<CheckpointConfig> {
-        let mut checkpoint = checkpoint;
-        let mut values = std::mem::take(&mut checkpoint.channel_values);
-        let header = rmp_serde::to_vec_named(&checkpoint)
-            .map_err(|e| encode_error("encoding the checkpoint header", e))?;
-        let metadata_json = serde_json::to_string(&metadata).map_err(|e| Error::Encode {
-            format: "json",
-            message: format!("encoding the checkpoint metadata: {e}"),
-        })?;
-        let blob_refs: BTreeMap<&str, String> = checkpoint
-            .channel_versions
-            .iter()
-            .map(|(c, v)| (c.as_str(), v.to_storage_string()))
-            .collect();
-        let blob_refs = serde_json::to_string(&blob_refs).map_err(|e| Error::Encode {
-            format: "json",
-            message: format!("encoding the checkpoint's value references: {e}"),
-        })?;
-        let blobs = new_versions
-            .into_iter()
-            .map(|(channel, version)| {
-                let value = values.remove(&channel).unwrap_or_else(TypedValue::empty);
-                (channel, version.to_storage_string(), value)
-            })
-            .collect();
-        let row = ops::PutRow {
-            thread_id: config.thread_id.clone(),
-            checkpoint_ns: config.checkpoint_ns.clone(),
-            checkpoint_id: checkpoint.id.clone(),
-            parent_id: config.checkpoint_id.clone(),
-            header,
-            metadata: metadata_json,
-            run_id: metadata.run_id.clone(),
-            blob_refs,
-            blobs,
-        };
+        let (row, stored) = put_row(config, checkpoint, &metadata, new_versions)?;
         self.write(move |conn| ops::put(conn, &row)).await?;
-        Ok(CheckpointConfig {
-            thread_id: config.thread_id.clone(),
-            checkpoint_ns: config.checkpoint_ns.clone(),
-            checkpoint_id: Some(checkpoint.id),
-        })
+        Ok(stored)
     }
 
     async fn put_writes(
@@ -584,24 +623,34 @@ impl CheckpointSaver for SqliteSaver {
         task_id: &str,
         task_path: &str,
     ) -> Result<()> {
-        let Some(checkpoint_id) = config.checkpoint_id.clone() else {
-            return Err(Error::InvalidArgument(
-                "put_writes needs a config with a checkpoint_id: writes belong to a checkpoint"
-                    .into(),
-            ));
-        };
-        if writes.is_empty() {
-            return Ok(());
+        match writes_row(config, writes, task_id, task_path)? {
+            Some(row) => self.write(move |conn| ops::put_writes(conn, &row)).await,
+            None => Ok(()),
         }
-        let row = ops::WritesRow {
-            thread_id: config.thread_id.clone(),
-            checkpoint_ns: config.checkpoint_ns.clone(),
-            checkpoint_id,
-            task_id: task_id.to_owned(),
-            task_path: task_path.to_owned(),
-            writes,
-        };
-        self.write(move |conn| ops::put_writes(conn, &row)).await
+    }
+
+    /// Both in one write request, so one savepoint of one transaction: stored together or
+    /// not at all, with one commit.
+    async fn put_writes_and_put(
+        &self,
+        config: &CheckpointConfig,
+        writes: Vec<(String, TypedValue)>,
+        task_id: &str,
+        task_path: &str,
+        checkpoint: Checkpoint,
+        metadata: CheckpointMetadata,
+        new_versions: ChannelVersions,
+    ) -> Result<CheckpointConfig> {
+        let writes = writes_row(config, writes, task_id, task_path)?;
+        let (row, stored) = put_row(config, checkpoint, &metadata, new_versions)?;
+        self.write(move |conn| {
+            if let Some(writes) = &writes {
+                ops::put_writes(conn, writes)?;
+            }
+            ops::put(conn, &row)
+        })
+        .await?;
+        Ok(stored)
     }
 
     async fn delete_thread(&self, thread_id: &str) -> Result<()> {

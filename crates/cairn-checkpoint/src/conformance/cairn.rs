@@ -742,3 +742,88 @@ pub async fn copy_thread_is_independent_of_source(saver: &dyn CheckpointSaver) {
     );
     assert_eq!(after.pending_writes.len(), 1);
 }
+
+/// `put_writes_and_put` stores the task's writes on `config`'s checkpoint (with the index
+/// rules of `put_writes`: regular first wins, special last wins, positions as indexes) and the
+/// checkpoint as its child; calling it again changes nothing.
+pub async fn put_writes_and_put_saves_both(saver: &dyn CheckpointSaver) {
+    let tid = thread_id();
+    let parent = put_empty(saver, &cfg(&tid), md(Loop, 0)).await;
+    put_writes(
+        saver,
+        &parent,
+        vec![("x", value(&1)), (ERROR, value("e1"))],
+        "task",
+        "",
+    )
+    .await;
+    let child = checkpoint(&[("a", value("va"))], &[("a", 2)]);
+    let child_id = child.id.clone();
+    let writes: Vec<(String, TypedValue)> = vec![
+        ("x".to_owned(), value(&10)),
+        (ERROR.to_owned(), value("e2")),
+        ("y".to_owned(), value(&2)),
+    ];
+    for attempt in 0..2 {
+        let result = saver
+            .put_writes_and_put(
+                &parent,
+                writes.clone(),
+                "task",
+                "",
+                child.clone(),
+                md(Loop, 1),
+                versions(&[("a", 2)]),
+            )
+            .await;
+        let stored = ok(result, &format!("put_writes_and_put (call {attempt})"));
+        assert_eq!(stored.thread_id, tid);
+        assert_eq!(stored.checkpoint_ns, "");
+        assert_eq!(stored.checkpoint_id.as_deref(), Some(child_id.as_str()));
+
+        let p = get_some(saver, &parent).await;
+        let w = |c: &str, v: serde_json::Value| ("task".to_owned(), c.to_owned(), v);
+        assert_eq!(
+            writes_json(&p.pending_writes),
+            [w(ERROR, json!("e2")), w("x", json!(1)), w("y", json!(2))],
+            "call {attempt}: x keeps its first value, the error its last, y lands at index 2"
+        );
+
+        let c = get_some(saver, &stored).await;
+        assert_eq!(c.checkpoint.id, child_id);
+        let parent_config = c
+            .parent_config
+            .expect("the child checkpoint must have a parent_config");
+        assert_eq!(parent_config.checkpoint_id, parent.checkpoint_id);
+        assert_eq!(c.metadata.step, Some(1));
+        assert_eq!(c.checkpoint.channel_values.len(), 1);
+        assert_eq!(json(&c.checkpoint.channel_values["a"]), json!("va"));
+        assert!(
+            c.pending_writes.is_empty(),
+            "the writes belong to the parent, not the child"
+        );
+        let latest = get_some(saver, &cfg(&tid)).await;
+        assert_eq!(latest.checkpoint.id, child_id, "the child is the latest");
+    }
+    assert_eq!(list(saver, &query(&tid)).await.len(), 2);
+
+    // No writes: only the checkpoint is stored.
+    let grandchild = checkpoint(&[], &[("a", 2)]);
+    let result = saver
+        .put_writes_and_put(
+            &cfg(&tid).with_checkpoint_id(&child_id),
+            Vec::new(),
+            "task2",
+            "",
+            grandchild.clone(),
+            md(Loop, 2),
+            versions(&[]),
+        )
+        .await;
+    let stored = ok(result, "put_writes_and_put without writes");
+    let g = get_some(saver, &stored).await;
+    assert_eq!(g.checkpoint.id, grandchild.id);
+    assert_eq!(json(&g.checkpoint.channel_values["a"]), json!("va"));
+    let c = get_some(saver, &cfg(&tid).with_checkpoint_id(&child_id)).await;
+    assert!(c.pending_writes.is_empty());
+}

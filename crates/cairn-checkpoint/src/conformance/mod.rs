@@ -74,7 +74,7 @@
 //! | Cairn: concurrency | [`concurrent_threads_interleaved`] (64 threads written by interleaved futures in one task), [`concurrent_tasks_write_64_threads`] (64 tokio tasks released together; takes a [`SaverHandle`]) |
 //! | Cairn: values and names | [`large_value_roundtrip`] (10 MB value and write), [`unicode_names_roundtrip`], [`versions_roundtrip_unchanged`], [`checkpoint_roundtrips_exactly`], [`metadata_roundtrips_exactly`], [`raw_values_roundtrip`], [`put_channel_without_value_is_absent`] |
 //! | Cairn: reads | [`get_tuple_unknown_checkpoint_id_returns_none`], [`list_paging_covers_every_checkpoint_once`], [`list_all_threads_by_metadata`], [`list_without_namespace_covers_all_namespaces`], [`list_by_checkpoint_id`], [`list_limit_zero_returns_nothing`] |
-//! | Cairn: writes | [`put_writes_regular_first_wins_special_last_wins`], [`pending_writes_ordered_by_path_task_index`], [`put_writes_without_checkpoint_id_is_an_error`] |
+//! | Cairn: writes | [`put_writes_regular_first_wins_special_last_wins`], [`pending_writes_ordered_by_path_task_index`], [`put_writes_without_checkpoint_id_is_an_error`], [`put_writes_and_put_saves_both`] |
 //! | Cairn: deletion | [`delete_thread_removes_values`], [`delete_for_runs_keeps_values_of_survivors`], [`prune_keep_latest_keeps_values`], [`copy_thread_is_independent_of_source`] |
 
 use std::future::Future;
@@ -252,6 +252,7 @@ macro_rules! __cairn_conformance_cases {
             list_without_namespace_covers_all_namespaces list_by_checkpoint_id
             list_limit_zero_returns_nothing put_writes_regular_first_wins_special_last_wins
             pending_writes_ordered_by_path_task_index put_writes_without_checkpoint_id_is_an_error
+            put_writes_and_put_saves_both
             checkpoint_roundtrips_exactly metadata_roundtrips_exactly raw_values_roundtrip
             put_channel_without_value_is_absent delete_thread_removes_values
             delete_for_runs_keeps_values_of_survivors prune_keep_latest_keeps_values
