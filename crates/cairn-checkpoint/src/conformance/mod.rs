@@ -76,6 +76,7 @@
 //! | Cairn: reads | [`get_tuple_unknown_checkpoint_id_returns_none`], [`list_paging_covers_every_checkpoint_once`], [`list_all_threads_by_metadata`], [`list_without_namespace_covers_all_namespaces`], [`list_by_checkpoint_id`], [`list_limit_zero_returns_nothing`] |
 //! | Cairn: writes | [`put_writes_regular_first_wins_special_last_wins`], [`pending_writes_ordered_by_path_task_index`], [`put_writes_without_checkpoint_id_is_an_error`], [`put_writes_and_put_saves_both`] |
 //! | Cairn: deletion | [`delete_thread_removes_values`], [`delete_for_runs_keeps_values_of_survivors`], [`prune_keep_latest_keeps_values`], [`copy_thread_is_independent_of_source`] |
+//! | Cairn: model | [`random_operations_match_the_model`] (random operations, every read compared with [`InMemorySaver`](crate::InMemorySaver)) |
 
 use std::future::Future;
 use std::pin::Pin;
@@ -87,6 +88,7 @@ mod delete_thread;
 mod get_tuple;
 mod list;
 mod list_threads;
+mod model;
 mod prune;
 mod put;
 mod put_writes;
@@ -99,6 +101,7 @@ pub use delete_thread::*;
 pub use get_tuple::*;
 pub use list::*;
 pub use list_threads::*;
+pub use model::*;
 pub use prune::*;
 pub use put::*;
 pub use put_writes::*;
@@ -256,7 +259,7 @@ macro_rules! __cairn_conformance_cases {
             checkpoint_roundtrips_exactly metadata_roundtrips_exactly raw_values_roundtrip
             put_channel_without_value_is_absent delete_thread_removes_values
             delete_for_runs_keeps_values_of_survivors prune_keep_latest_keeps_values
-            copy_thread_is_independent_of_source
+            copy_thread_is_independent_of_source random_operations_match_the_model
             ;
             concurrent_tasks_write_64_threads
         }
