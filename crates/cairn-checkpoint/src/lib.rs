@@ -38,6 +38,7 @@
 
 #![warn(missing_docs)]
 
+mod append;
 mod checkpoint;
 mod error;
 mod id;
@@ -49,6 +50,10 @@ mod version;
 #[cfg(feature = "testkit")]
 pub mod conformance;
 
+pub use append::{
+    append_base, append_heads, chain_fetch_bound, has_append_values, AppendChains, AppendValue,
+    TAG_APPEND,
+};
 pub use checkpoint::{
     now_rfc3339, special_write_index, write_index, Checkpoint, CheckpointConfig,
     CheckpointMetadata, CheckpointSource, CheckpointTuple, ListQuery, MetadataFilter, PendingWrite,

@@ -5,6 +5,7 @@ use std::sync::RwLock;
 
 use async_trait::async_trait;
 
+use crate::append::{append_base, append_heads, has_append_values, AppendChains, TAG_APPEND};
 use crate::checkpoint::{
     write_index, Checkpoint, CheckpointConfig, CheckpointMetadata, CheckpointTuple, ListQuery,
     PendingWrite,
@@ -135,12 +136,15 @@ impl InMemorySaver {
     }
 }
 
+/// `stored` as a tuple, its append values resolved through `chains` (one per namespace, so a
+/// listing walks each chain link once).
 fn build_tuple(
     thread_id: &str,
     ns_name: &str,
     ns: &Namespace,
     stored: &StoredCheckpoint,
-) -> CheckpointTuple {
+    chains: &mut AppendChains,
+) -> Result<CheckpointTuple> {
     let mut checkpoint = stored.checkpoint.clone();
     checkpoint.channel_values = checkpoint
         .channel_versions
@@ -176,28 +180,63 @@ fn build_tuple(
         checkpoint_id: Some(id.clone()),
         ..config.clone()
     });
-    CheckpointTuple {
+    let mut tuple = CheckpointTuple {
         config,
         checkpoint,
         metadata: stored.metadata.clone(),
         parent_config,
         pending_writes,
+    };
+    if has_append_values(&tuple.checkpoint) {
+        for (channel, version) in append_heads(&tuple.checkpoint) {
+            chains.gather(channel, &version.to_storage_string(), |v| {
+                ns.blobs.get(&(channel.to_owned(), v.to_owned()))
+            });
+        }
+        chains.resolve_tuple(&mut tuple)?;
     }
+    Ok(tuple)
 }
 
-/// Drops stored values that no remaining checkpoint of the namespace refers to.
+/// Drops stored values that no remaining checkpoint of the namespace refers to, directly or
+/// as a link in an append chain.
 fn reclaim_unreferenced_blobs(ns: &mut Namespace) {
-    let referenced: HashSet<(String, String)> = ns
-        .checkpoints
-        .values()
-        .flat_map(|s| {
-            s.checkpoint
-                .channel_versions
-                .iter()
-                .map(|(c, v)| (c.clone(), v.to_storage_string()))
-        })
-        .collect();
+    let mut referenced: HashSet<(String, String)> = HashSet::new();
+    for stored in ns.checkpoints.values() {
+        for (channel, version) in &stored.checkpoint.channel_versions {
+            let mut key = (channel.clone(), version.to_storage_string());
+            while referenced.insert(key.clone()) {
+                let Some(Ok(Some(base))) = ns.blobs.get(&key).map(append_base) else {
+                    break;
+                };
+                key.1 = base;
+            }
+        }
+    }
     ns.blobs.retain(|key, _| referenced.contains(key));
+}
+
+/// Rewrites the append values `latest` refers to as whole values, so that nothing older is
+/// needed to read it.
+fn compact_append_values(
+    ns: &mut Namespace,
+    thread_id: &str,
+    ns_name: &str,
+    latest: &str,
+) -> Result<()> {
+    let Some(stored) = ns.checkpoints.get(latest) else {
+        return Ok(());
+    };
+    let mut chains = AppendChains::default();
+    let tuple = build_tuple(thread_id, ns_name, ns, stored, &mut chains)?;
+    for (channel, version) in &stored.checkpoint.channel_versions {
+        let key = (channel.clone(), version.to_storage_string());
+        let is_append = ns.blobs.get(&key).is_some_and(|v| v.type_tag == TAG_APPEND);
+        if let (true, Some(whole)) = (is_append, tuple.checkpoint.channel_values.get(channel)) {
+            ns.blobs.insert(key, whole.clone());
+        }
+    }
+    Ok(())
 }
 
 #[async_trait]
@@ -214,7 +253,17 @@ impl CheckpointSaver for InMemorySaver {
             Some(id) => ns.checkpoints.get(id),
             None => ns.checkpoints.values().next_back(),
         };
-        Ok(stored.map(|s| build_tuple(&config.thread_id, &config.checkpoint_ns, ns, s)))
+        stored
+            .map(|s| {
+                build_tuple(
+                    &config.thread_id,
+                    &config.checkpoint_ns,
+                    ns,
+                    s,
+                    &mut AppendChains::default(),
+                )
+            })
+            .transpose()
     }
 
     async fn list(&self, query: &ListQuery) -> Result<Vec<CheckpointTuple>> {
@@ -241,11 +290,16 @@ impl CheckpointSaver for InMemorySaver {
         }
         found.sort_by(|a, b| (&b.3.checkpoint.id, b.0, b.1).cmp(&(&a.3.checkpoint.id, a.0, a.1)));
         let limit = query.limit.unwrap_or(usize::MAX);
-        Ok(found
+        found.truncate(limit);
+        // Oldest first, so each append chain is walked once per namespace.
+        let mut chains: HashMap<(&str, &str), AppendChains> = HashMap::new();
+        let mut tuples = found
             .into_iter()
-            .take(limit)
-            .map(|(t, n, ns, s)| build_tuple(t, n, ns, s))
-            .collect())
+            .rev()
+            .map(|(t, n, ns, s)| build_tuple(t, n, ns, s, chains.entry((t, n)).or_default()))
+            .collect::<Result<Vec<_>>>()?;
+        tuples.reverse();
+        Ok(tuples)
     }
 
     async fn put(
@@ -353,10 +407,11 @@ impl CheckpointSaver for InMemorySaver {
                     let Some(namespaces) = threads.get_mut(thread_id) else {
                         continue;
                     };
-                    for ns in namespaces.values_mut() {
+                    for (ns_name, ns) in namespaces.iter_mut() {
                         let Some(latest) = ns.checkpoints.keys().next_back().cloned() else {
                             continue;
                         };
+                        compact_append_values(ns, thread_id, ns_name, &latest)?;
                         ns.checkpoints.retain(|id, _| *id == latest);
                         ns.writes.retain(|id, _| *id == latest);
                         reclaim_unreferenced_blobs(ns);

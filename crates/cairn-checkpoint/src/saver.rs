@@ -91,6 +91,15 @@ const LIST_THREADS_PAGE: usize = 256;
 ///   whose stored value is the empty marker ([`TypedValue::empty`]) or that has no stored value
 ///   is absent. A channel named in `new_versions` but missing from `channel_values` is stored
 ///   as the empty marker.
+/// * **Append values.** A value tagged [`crate::TAG_APPEND`] ([`crate::AppendValue`]) holds
+///   only the items added to the list stored for the same channel, thread and namespace at its
+///   base version. It is stored as given, and every read (`get_tuple`, `list`) returns the
+///   whole list instead: the chain of bases followed down to a whole value, items joined in
+///   order ([`crate::AppendChains`] does the joining). A chain whose base is missing reads as
+///   [`crate::Error::Corrupt`] naming the channel. Deletions keep every stored value a kept
+///   checkpoint's chains pass through; `prune` with [`PruneStrategy::KeepLatest`] rewrites
+///   the kept checkpoint's append values as whole values, so nothing older is kept for them.
+///   `copy_thread` copies values as stored, so copied chains stay intact.
 /// * **Atomicity.** A `put` is all or nothing: after a crash either the whole checkpoint (row,
 ///   metadata and new channel values) is readable or none of it is. Each `put_writes` call is
 ///   likewise atomic.

@@ -76,11 +76,13 @@
 //! | Cairn: reads | [`get_tuple_unknown_checkpoint_id_returns_none`], [`list_paging_covers_every_checkpoint_once`], [`list_all_threads_by_metadata`], [`list_without_namespace_covers_all_namespaces`], [`list_by_checkpoint_id`], [`list_limit_zero_returns_nothing`] |
 //! | Cairn: writes | [`put_writes_regular_first_wins_special_last_wins`], [`pending_writes_ordered_by_path_task_index`], [`put_writes_without_checkpoint_id_is_an_error`], [`put_writes_and_put_saves_both`] |
 //! | Cairn: deletion | [`delete_thread_removes_values`], [`delete_for_runs_keeps_values_of_survivors`], [`prune_keep_latest_keeps_values`], [`copy_thread_is_independent_of_source`] |
+//! | Cairn: append values | [`append_values_read_back_whole`], [`append_values_branch_independently`], [`append_values_survive_copy_thread`], [`prune_keep_latest_keeps_append_values_whole`], [`delete_for_runs_keeps_append_chains`], [`append_value_with_missing_base_is_corrupt`] (see [`crate::AppendValue`]) |
 //! | Cairn: model | [`random_operations_match_the_model`] (random operations, every read compared with [`InMemorySaver`](crate::InMemorySaver)) |
 
 use std::future::Future;
 use std::pin::Pin;
 
+mod append;
 mod cairn;
 mod copy_thread;
 mod delete_for_runs;
@@ -94,6 +96,7 @@ mod put;
 mod put_writes;
 mod support;
 
+pub use append::*;
 pub use cairn::*;
 pub use copy_thread::*;
 pub use delete_for_runs::*;
@@ -260,6 +263,10 @@ macro_rules! __cairn_conformance_cases {
             put_channel_without_value_is_absent delete_thread_removes_values
             delete_for_runs_keeps_values_of_survivors prune_keep_latest_keeps_values
             copy_thread_is_independent_of_source random_operations_match_the_model
+            // Cairn: append values
+            append_values_read_back_whole append_values_branch_independently
+            append_values_survive_copy_thread prune_keep_latest_keeps_append_values_whole
+            delete_for_runs_keeps_append_chains append_value_with_missing_base_is_corrupt
             ;
             concurrent_tasks_write_64_threads
         }

@@ -1,0 +1,563 @@
+//! Append values: a list channel stored as the items added since an earlier version.
+//!
+//! A message list grows by a few items per step. Storing the whole list at every version makes
+//! a thread's storage grow with the square of its length (LangGraph's savers do this; its beta
+//! `DeltaChannel` only divides the square by a constant). Instead the runtime stores an
+//! *append value*: the version it extends (its *base*) and the new items. The base is another
+//! version of the same channel in the same thread and namespace, itself either a whole list
+//! (the chain's root) or another append value. Each item is then stored exactly once per
+//! branch of history, so storage is linear in the number of items.
+//!
+//! Savers store append values as given and hand back whole values: on every read they walk
+//! the chain down to its root (one range read per channel, see [`AppendChains`]) and join the
+//! items, so callers never see an append value. Deleting keeps what chains still need
+//! ([`AppendChains::live`]); `prune` with `KeepLatest` rewrites the kept head as a whole value
+//! first, so nothing older has to stay.
+//!
+//! # Stored form
+//! Tag [`TAG_APPEND`]; the bytes are a text header of four lines: `cairn-append/1`, the base
+//! version ([`ChannelVersion::to_storage_string`]), the items' tag ([`TAG_MSGPACK`] or
+//! [`TAG_JSON`]) and the item count; then the encoded items back to back (JSON: separated by
+//! commas). The header is text so that a server-side script can follow a chain.
+//!
+//! ```
+//! use cairn_checkpoint::{AppendValue, ChannelVersion, ValueCodec, TAG_APPEND};
+//! let codec = ValueCodec::default();
+//! let base = ChannelVersion::Int(1);
+//! let delta = codec.encode_append(&base, ["c", "d"].iter())?;
+//! assert_eq!(delta.type_tag, TAG_APPEND);
+//! let parsed = AppendValue::parse(&delta)?.expect("an append value");
+//! assert_eq!((parsed.base.as_str(), parsed.count), ("1", 2));
+//!
+//! // The whole value: the base's items, then the appended ones.
+//! let root = codec.encode(&vec!["a", "b"])?;
+//! let whole = parsed.join_onto(&root)?;
+//! assert_eq!(codec.decode::<Vec<String>>(&whole)?, ["a", "b", "c", "d"]);
+//! # Ok::<(), cairn_checkpoint::Error>(())
+//! ```
+
+use std::collections::{HashMap, HashSet};
+
+use bytes::{BufMut, Bytes, BytesMut};
+use serde::Serialize;
+
+use crate::checkpoint::{Checkpoint, CheckpointTuple};
+use crate::error::{Error, Result};
+use crate::value::{Format, TypedValue, ValueCodec, TAG_JSON, TAG_MSGPACK};
+use crate::version::ChannelVersion;
+
+/// Type tag of an append value (see the [module docs](self)).
+pub const TAG_APPEND: &str = "append";
+
+const MAGIC: &str = "cairn-append/1";
+
+/// The parts of an append value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AppendValue {
+    /// The version this value extends, as [`ChannelVersion::to_storage_string`] writes it.
+    pub base: String,
+    /// How the items are encoded: [`TAG_MSGPACK`] or [`TAG_JSON`].
+    pub item_tag: String,
+    /// How many items follow.
+    pub count: u64,
+    /// The encoded items, back to back (JSON: separated by commas).
+    pub items: Bytes,
+}
+
+fn malformed(reason: impl std::fmt::Display) -> Error {
+    Error::Decode {
+        type_tag: TAG_APPEND.to_owned(),
+        message: format!("malformed append value: {reason}"),
+    }
+}
+
+impl AppendValue {
+    /// The stored form of this value.
+    pub fn to_typed(&self) -> TypedValue {
+        let header = format!(
+            "{MAGIC}\n{}\n{}\n{}\n",
+            self.base, self.item_tag, self.count
+        );
+        let mut data = BytesMut::with_capacity(header.len() + self.items.len());
+        data.put_slice(header.as_bytes());
+        data.put_slice(&self.items);
+        TypedValue::new(TAG_APPEND, data.freeze())
+    }
+
+    /// The parts of `value`; `Ok(None)` when it is not an append value.
+    pub fn parse(value: &TypedValue) -> Result<Option<AppendValue>> {
+        if value.type_tag != TAG_APPEND {
+            return Ok(None);
+        }
+        let data = &value.data;
+        let mut lines = [""; 4];
+        let mut at = 0;
+        for line in &mut lines {
+            let Some(end) = data[at..].iter().position(|&b| b == b'\n') else {
+                return Err(malformed("the header is cut short"));
+            };
+            *line = std::str::from_utf8(&data[at..at + end])
+                .map_err(|_| malformed("the header is not UTF-8"))?;
+            at += end + 1;
+        }
+        let [magic, base, item_tag, count] = lines;
+        if magic != MAGIC {
+            return Err(malformed(format!("unknown header {magic:?}")));
+        }
+        if item_tag != TAG_MSGPACK && item_tag != TAG_JSON {
+            return Err(malformed(format!("unknown item tag {item_tag:?}")));
+        }
+        let count = count
+            .parse()
+            .map_err(|_| malformed(format!("item count {count:?} is not a number")))?;
+        Ok(Some(AppendValue {
+            base: base.to_owned(),
+            item_tag: item_tag.to_owned(),
+            count,
+            items: data.slice(at..),
+        }))
+    }
+
+    /// The whole value: the items of `base` (a whole list in the same encoding) followed by
+    /// this value's items.
+    pub fn join_onto(&self, base: &TypedValue) -> Result<TypedValue> {
+        join(base, std::slice::from_ref(self))
+    }
+}
+
+/// The base version of `value` when it is an append value. Backends that index values by
+/// their base call this when storing.
+pub fn append_base(value: &TypedValue) -> Result<Option<String>> {
+    Ok(AppendValue::parse(value)?.map(|a| a.base))
+}
+
+impl ValueCodec {
+    /// Encodes `items` as an append value extending version `base` of the same channel.
+    /// Each item is encoded as it would be inside a list, so joining the items onto the
+    /// base's list gives exactly the bytes of encoding the whole list.
+    pub fn encode_append<'a, T, I>(&self, base: &ChannelVersion, items: I) -> Result<TypedValue>
+    where
+        T: Serialize + 'a + ?Sized,
+        I: IntoIterator<Item = &'a T>,
+    {
+        let mut data = Vec::new();
+        let mut count = 0u64;
+        for item in items {
+            match self.format() {
+                Format::MsgPack => {
+                    rmp_serde::encode::write_named(&mut data, item).map_err(|e| Error::Encode {
+                        format: "msgpack",
+                        message: e.to_string(),
+                    })?
+                }
+                Format::Json => {
+                    if count > 0 {
+                        data.push(b',');
+                    }
+                    serde_json::to_writer(&mut data, item).map_err(|e| Error::Encode {
+                        format: "json",
+                        message: e.to_string(),
+                    })?
+                }
+            }
+            count += 1;
+        }
+        if data.len() > self.max_value_bytes() {
+            return Err(Error::ValueTooLarge {
+                size: data.len(),
+                limit: self.max_value_bytes(),
+            });
+        }
+        Ok(AppendValue {
+            base: base.to_storage_string(),
+            item_tag: self.format().tag().to_owned(),
+            count,
+            items: Bytes::from(data),
+        }
+        .to_typed())
+    }
+}
+
+/// A whole list split into its element count and its encoded elements.
+struct ListParts<'a> {
+    count: u64,
+    items: &'a [u8],
+}
+
+fn list_parts(value: &TypedValue) -> Result<ListParts<'_>> {
+    let data = &value.data[..];
+    match value.type_tag.as_str() {
+        TAG_MSGPACK => {
+            let (count, header) = match data.first() {
+                Some(&b) if (0x90..=0x9f).contains(&b) => (u64::from(b & 0x0f), 1),
+                Some(0xdc) if data.len() >= 3 => {
+                    (u64::from(u16::from_be_bytes([data[1], data[2]])), 3)
+                }
+                Some(0xdd) if data.len() >= 5 => (
+                    u64::from(u32::from_be_bytes([data[1], data[2], data[3], data[4]])),
+                    5,
+                ),
+                _ => return Err(malformed("the base value is not a MessagePack list")),
+            };
+            Ok(ListParts {
+                count,
+                items: &data[header..],
+            })
+        }
+        TAG_JSON => {
+            let text = data.trim_ascii();
+            let inner = text
+                .strip_prefix(b"[")
+                .and_then(|t| t.strip_suffix(b"]"))
+                .ok_or_else(|| malformed("the base value is not a JSON list"))?
+                .trim_ascii();
+            // A count is only needed for MessagePack's header; JSON lists carry none.
+            Ok(ListParts {
+                count: u64::from(!inner.is_empty()),
+                items: inner,
+            })
+        }
+        other => Err(malformed(format!(
+            "the base value is a {other:?} value, not a list"
+        ))),
+    }
+}
+
+/// `root` (a whole list) followed by the items of `appends`, oldest first.
+fn join(root: &TypedValue, appends: &[AppendValue]) -> Result<TypedValue> {
+    let parts = list_parts(root)?;
+    for a in appends {
+        if a.item_tag != root.type_tag {
+            return Err(malformed(format!(
+                "{} items appended to a {} list",
+                a.item_tag, root.type_tag
+            )));
+        }
+    }
+    let extra: usize = appends.iter().map(|a| a.items.len() + 1).sum();
+    let mut out = BytesMut::with_capacity(parts.items.len() + extra + 5);
+    if root.type_tag == TAG_MSGPACK {
+        let total = appends.iter().map(|a| a.count).sum::<u64>() + parts.count;
+        match total {
+            0..=15 => out.put_u8(0x90 | total as u8),
+            16..=0xffff => {
+                out.put_u8(0xdc);
+                out.put_u16(total as u16);
+            }
+            _ => {
+                let total = u32::try_from(total)
+                    .map_err(|_| malformed("more than 2^32 items in one list"))?;
+                out.put_u8(0xdd);
+                out.put_u32(total);
+            }
+        }
+        out.put_slice(parts.items);
+        for a in appends {
+            out.put_slice(&a.items);
+        }
+    } else {
+        out.put_u8(b'[');
+        out.put_slice(parts.items);
+        let mut any = parts.count > 0;
+        for a in appends.iter().filter(|a| a.count > 0) {
+            if any {
+                out.put_u8(b',');
+            }
+            out.put_slice(&a.items);
+            any = true;
+        }
+        out.put_u8(b']');
+    }
+    Ok(TypedValue::new(root.type_tag.clone(), out.freeze()))
+}
+
+/// Whether any of `checkpoint`'s values is an append value (a saver must then resolve it).
+pub fn has_append_values(checkpoint: &Checkpoint) -> bool {
+    checkpoint
+        .channel_values
+        .values()
+        .any(|v| v.type_tag == TAG_APPEND)
+}
+
+/// The append values of `checkpoint`: `(channel, version)` of each, for a saver to fetch the
+/// stored values their chains need.
+pub fn append_heads(checkpoint: &Checkpoint) -> impl Iterator<Item = (&str, &ChannelVersion)> {
+    checkpoint
+        .channel_values
+        .iter()
+        .filter(|(_, v)| v.type_tag == TAG_APPEND)
+        .filter_map(|(c, _)| checkpoint.channel_versions.get(c).map(|v| (c.as_str(), v)))
+}
+
+/// The largest version string a chain starting at `version` can pass through, for savers that
+/// fetch a chain's links with one range read (`version <= bound`). `Some` only for versions in
+/// Cairn's and LangGraph's zero-padded form (32 digits, a dot, a suffix), whose string order
+/// is their counter order and whose bases are in the same form; `None` otherwise (read every
+/// stored version of the channel).
+pub fn chain_fetch_bound(version: &ChannelVersion) -> Option<&str> {
+    match version {
+        ChannelVersion::Str(s)
+            if s.len() > 33
+                && s.as_bytes()[32] == b'.'
+                && s.as_bytes()[..32].iter().all(u8::is_ascii_digit) =>
+        {
+            Some(s)
+        }
+        _ => None,
+    }
+}
+
+/// Resolves append values into whole values for one thread and namespace.
+///
+/// A saver loads the stored values the chains may need — every stored version of the
+/// channel up to the head's version is enough: a base always has a smaller counter than the
+/// value extending it — with [`insert`](Self::insert), then calls
+/// [`resolve_tuple`](Self::resolve_tuple) for each tuple it returns. Whole values are
+/// remembered per version, so resolving a whole history walks each chain link once when the
+/// tuples come oldest first.
+///
+/// ```
+/// use cairn_checkpoint::{AppendChains, ChannelVersion, ValueCodec};
+/// let codec = ValueCodec::default();
+/// let mut chains = AppendChains::default();
+/// chains.insert("messages", "1", codec.encode(&vec!["a"])?);
+/// let head = codec.encode_append(&ChannelVersion::Int(1), ["b"].iter())?;
+/// chains.insert("messages", "2", head.clone());
+/// let whole = chains.resolve("messages", "2", &head)?;
+/// assert_eq!(codec.decode::<Vec<String>>(&whole)?, ["a", "b"]);
+/// # Ok::<(), cairn_checkpoint::Error>(())
+/// ```
+#[derive(Debug, Default)]
+pub struct AppendChains {
+    stored: HashMap<(String, String), TypedValue>,
+    whole: HashMap<(String, String), TypedValue>,
+}
+
+impl AppendChains {
+    /// Records the stored value of `channel` at `version` (a storage string).
+    pub fn insert(&mut self, channel: &str, version: &str, value: TypedValue) {
+        self.stored
+            .insert((channel.to_owned(), version.to_owned()), value);
+    }
+
+    /// Records the stored values of the chain starting at `channel`'s `version`, found with
+    /// `lookup` (version storage string → stored value). Stops at a version already recorded,
+    /// so gathering many heads of one history reads each link once.
+    pub fn gather<'a>(
+        &mut self,
+        channel: &str,
+        version: &str,
+        lookup: impl Fn(&str) -> Option<&'a TypedValue>,
+    ) {
+        let mut version = version.to_owned();
+        loop {
+            let key = (channel.to_owned(), version);
+            if self.stored.contains_key(&key) || self.whole.contains_key(&key) {
+                return;
+            }
+            let Some(value) = lookup(&key.1) else { return };
+            let base = append_base(value).ok().flatten();
+            self.stored.insert(key, value.clone());
+            match base {
+                Some(base) => version = base,
+                None => return,
+            }
+        }
+    }
+
+    /// Whether nothing was recorded.
+    pub fn is_empty(&self) -> bool {
+        self.stored.is_empty()
+    }
+
+    /// The whole value of `channel` at `version`, whose stored value is `head`. `head` is
+    /// returned as it is when it is not an append value. Errors name what is missing; callers
+    /// add the location ([`resolve_tuple`](Self::resolve_tuple) does).
+    pub fn resolve(
+        &mut self,
+        channel: &str,
+        version: &str,
+        head: &TypedValue,
+    ) -> Result<TypedValue> {
+        if head.type_tag != TAG_APPEND {
+            return Ok(head.clone());
+        }
+        let key = (channel.to_owned(), version.to_owned());
+        if let Some(whole) = self.whole.get(&key) {
+            return Ok(whole.clone());
+        }
+        let mut appends = Vec::new();
+        let mut current = head.clone();
+        let mut current_version = version.to_owned();
+        let root = loop {
+            let Some(append) = AppendValue::parse(&current)? else {
+                break current;
+            };
+            let below = counter(&append.base);
+            if below >= counter(&current_version) {
+                return Err(malformed(format!(
+                    "version {current_version} extends version {}, which is not older",
+                    append.base
+                )));
+            }
+            let base_key = (channel.to_owned(), append.base.clone());
+            current_version = append.base.clone();
+            appends.push(append);
+            if let Some(whole) = self.whole.get(&base_key) {
+                break whole.clone();
+            }
+            current = match self.stored.get(&base_key) {
+                Some(v) => v.clone(),
+                None => {
+                    return Err(malformed(format!(
+                        "it extends version {current_version}, which is not stored \
+                         (deleted by something other than Cairn's delete, prune or \
+                         copy?)"
+                    )))
+                }
+            };
+        };
+        appends.reverse();
+        let whole = join(&root, &appends)?;
+        self.whole.insert(key, whole.clone());
+        Ok(whole)
+    }
+
+    /// Replaces every append value of `tuple`'s checkpoint by its whole value. A broken chain
+    /// is [`Error::Corrupt`] naming the thread, checkpoint and channel.
+    pub fn resolve_tuple(&mut self, tuple: &mut CheckpointTuple) -> Result<()> {
+        let heads: Vec<(String, String)> = append_heads(&tuple.checkpoint)
+            .map(|(c, v)| (c.to_owned(), v.to_storage_string()))
+            .collect();
+        for (channel, version) in heads {
+            let Some(head) = tuple.checkpoint.channel_values.get(&channel) else {
+                continue;
+            };
+            let whole = self
+                .resolve(&channel, &version, head)
+                .map_err(|e| Error::corrupt(tuple.location(Some(&channel)), e.to_string()))?;
+            tuple.checkpoint.channel_values.insert(channel, whole);
+        }
+        Ok(())
+    }
+
+    /// The `(channel, version)` keys of the recorded values that the chains starting at
+    /// `heads` pass through (the heads included). A saver deleting checkpoints keeps these.
+    pub fn live<'a>(
+        &self,
+        heads: impl IntoIterator<Item = (&'a str, &'a str)>,
+    ) -> HashSet<(String, String)> {
+        let mut live = HashSet::new();
+        for (channel, version) in heads {
+            let mut key = (channel.to_owned(), version.to_owned());
+            loop {
+                if !live.insert(key.clone()) {
+                    break;
+                }
+                let Some(Ok(Some(base))) = self.stored.get(&key).map(append_base) else {
+                    break;
+                };
+                key = (key.0, base);
+            }
+        }
+        live
+    }
+}
+
+/// The counter of a version's storage string (its leading digits).
+fn counter(version: &str) -> i64 {
+    ChannelVersion::Str(version.to_owned()).counter()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chain(codec: ValueCodec) -> (AppendChains, TypedValue) {
+        let mut chains = AppendChains::default();
+        chains.insert("m", "1", codec.encode(&vec![0u32; 14]).expect("root"));
+        let mut head = TypedValue::empty();
+        for v in 2..=4i64 {
+            let items: Vec<u32> = (0..v as u32).map(|i| 100 * v as u32 + i).collect();
+            head = codec
+                .encode_append(&ChannelVersion::Int(v - 1), items.iter())
+                .expect("append");
+            chains.insert("m", &v.to_string(), head.clone());
+        }
+        (chains, head)
+    }
+
+    #[test]
+    fn joined_bytes_equal_encoding_the_whole_list() {
+        for codec in [ValueCodec::default(), ValueCodec::new(Format::Json)] {
+            let (mut chains, head) = chain(codec);
+            let whole = chains.resolve("m", "4", &head).expect("resolve");
+            let mut expected = vec![0u32; 14];
+            for v in 2..=4u32 {
+                expected.extend((0..v).map(|i| 100 * v + i));
+            }
+            // 14 + 9 items: the MessagePack header grows from fixarray to array16.
+            assert_eq!(whole, codec.encode(&expected).expect("encode"), "{codec:?}");
+        }
+    }
+
+    #[test]
+    fn empty_roots_and_empty_appends_join() {
+        for codec in [ValueCodec::default(), ValueCodec::new(Format::Json)] {
+            let root = codec.encode(&Vec::<String>::new()).expect("root");
+            let none = AppendValue::parse(
+                &codec
+                    .encode_append::<String, _>(&ChannelVersion::Int(1), [])
+                    .expect("empty"),
+            )
+            .expect("parse")
+            .expect("append");
+            let two = AppendValue::parse(
+                &codec
+                    .encode_append(&ChannelVersion::Int(2), ["a", "b"].iter())
+                    .expect("two"),
+            )
+            .expect("parse")
+            .expect("append");
+            let whole = join(&root, &[none, two]).expect("join");
+            assert_eq!(
+                codec.decode::<Vec<String>>(&whole).expect("decode"),
+                ["a", "b"]
+            );
+        }
+    }
+
+    #[test]
+    fn broken_chains_and_bad_values_are_errors() {
+        let codec = ValueCodec::default();
+        let (mut chains, head) = chain(codec);
+        chains.stored.remove(&("m".to_owned(), "2".to_owned()));
+        let err = chains.resolve("m", "4", &head).expect_err("broken");
+        assert!(err.to_string().contains("not stored"), "{err}");
+
+        let cut = TypedValue::new(TAG_APPEND, &b"cairn-append/1\n3\n"[..]);
+        assert!(AppendValue::parse(&cut).is_err());
+        let cyclic = codec
+            .encode_append(&ChannelVersion::Int(9), [1u8].iter())
+            .expect("append");
+        let err = chains.resolve("m", "5", &cyclic).expect_err("base newer");
+        assert!(err.to_string().contains("not older"), "{err}");
+        let json_items = ValueCodec::new(Format::Json)
+            .encode_append(&ChannelVersion::Int(1), [1u8].iter())
+            .expect("append");
+        let err = chains.resolve("m", "5", &json_items).expect_err("mixed");
+        assert!(
+            err.to_string().contains("appended to a msgpack list"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn live_follows_chains_to_their_roots() {
+        let (chains, _) = chain(ValueCodec::default());
+        let live = chains.live([("m", "3")]);
+        let mut versions: Vec<&str> = live.iter().map(|(_, v)| v.as_str()).collect();
+        versions.sort_unstable();
+        assert_eq!(versions, ["1", "2", "3"]);
+    }
+}
