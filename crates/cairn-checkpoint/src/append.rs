@@ -46,7 +46,7 @@ use crate::error::{Error, Result};
 use crate::value::{Format, TypedValue, ValueCodec, TAG_JSON, TAG_MSGPACK};
 use crate::version::ChannelVersion;
 
-/// Type tag of an append value (see the [module docs](self)).
+/// Type tag of an append value (see [`AppendValue`]).
 pub const TAG_APPEND: &str = "append";
 
 const MAGIC: &str = "cairn-append/1";
