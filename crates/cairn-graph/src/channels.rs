@@ -5,8 +5,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use cairn_checkpoint::{
-    ChannelVersion, ChannelVersions, Checkpoint, CheckpointTuple, Error as CpError, TypedValue,
-    ValueCodec,
+    chain_fetch_bound, ChannelVersion, ChannelVersions, Checkpoint, CheckpointTuple,
+    Error as CpError, TypedValue, ValueCodec,
 };
 
 use crate::error::{GraphError, Result};
@@ -323,6 +323,32 @@ pub(crate) fn is_special(channel: &str) -> bool {
     cairn_checkpoint::special_write_index(channel).is_some()
 }
 
+/// Field `f` of `state` as stored at `version`: the items added since the last stored version
+/// (`stored`, updated here) when the field is stored item by item and that version can be
+/// extended, else the whole field.
+fn encode_field_since_stored<S: State>(
+    state: &S,
+    f: usize,
+    stored: &mut Option<(ChannelVersion, usize)>,
+    version: &ChannelVersion,
+    codec: &ValueCodec,
+) -> cairn_checkpoint::Result<TypedValue> {
+    let count = state.item_count(f);
+    let extendable = chain_fetch_bound(version).is_some();
+    let last = std::mem::replace(
+        stored,
+        count.filter(|_| extendable).map(|n| (version.clone(), n)),
+    );
+    if let (Some((base, from)), Some(n), true) = (last, count, extendable) {
+        if from <= n && base != *version {
+            if let Some(value) = state.encode_field_items(f, from, &base, codec)? {
+                return Ok(value);
+            }
+        }
+    }
+    state.encode_field(f, codec)
+}
+
 /// How the runtime makes channel versions.
 pub(crate) enum Versioner<'a> {
     /// Plain integers (no saver).
@@ -353,6 +379,9 @@ pub(crate) struct Channels<S: State> {
     seen: Vec<Vec<(usize, ChannelVersion)>>,
     /// Channels whose version changed since the last saved checkpoint.
     dirty: Vec<bool>,
+    /// Per field stored item by item: the version last stored (or loaded) and how many items
+    /// it held, so the next checkpoint stores only the items added since.
+    stored_items: Vec<Option<(ChannelVersion, usize)>>,
     /// Channels updated by the last applied step (`None`: not a loop step).
     pub(crate) updated: Option<Vec<usize>>,
     /// Channel versions when the run last resumed past an interrupt (LangGraph's
@@ -376,6 +405,7 @@ impl<S: State> Channels<S> {
             max_version: None,
             seen: vec![Vec::new(); spec.nodes.len()],
             dirty: vec![false; spec.n_channels()],
+            stored_items: vec![None; spec.n_fields],
             updated: None,
             interrupt_seen: None,
         }
@@ -449,6 +479,19 @@ impl<S: State> Channels<S> {
             }
         }
         ch.state = cached.unwrap_or_else(|| Arc::new(state));
+        // Fields stored item by item continue from the loaded version, when it is whole in
+        // the format this codec writes (savers return values whole).
+        for (f, field) in S::fields().iter().enumerate() {
+            let (Some(value), Some(version)) = (
+                cp.channel_values.get(field.name),
+                cp.channel_versions.get(field.name),
+            ) else {
+                continue;
+            };
+            if value.type_tag == codec.format().tag() && chain_fetch_bound(version).is_some() {
+                ch.stored_items[f] = ch.state.item_count(f).map(|n| (version.clone(), n));
+            }
+        }
         for (node, seen) in &cp.versions_seen {
             if node == INTERRUPT_SEEN {
                 ch.interrupt_seen = Some(
@@ -726,7 +769,13 @@ impl<S: State> Channels<S> {
             }
             new_versions.insert(name.clone(), version.clone());
             let value = match spec.kind(c) {
-                Chan::Field(f) => Some(self.state.encode_field(f, codec)?),
+                Chan::Field(f) => Some(encode_field_since_stored(
+                    &*self.state,
+                    f,
+                    &mut self.stored_items[f],
+                    version,
+                    codec,
+                )?),
                 Chan::Start => self.input.as_ref().map(|i| codec.encode(i)).transpose()?,
                 Chan::Branch(n) => self.branch[n].then(|| codec.encode(&())).transpose()?,
                 Chan::Join(j) => {

@@ -1,6 +1,6 @@
 //! Typed graph state: one channel per field, each with its own reducer.
 
-use cairn_checkpoint::{Result, TypedValue, ValueCodec};
+use cairn_checkpoint::{ChannelVersion, Result, TypedValue, ValueCodec};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
@@ -75,6 +75,29 @@ pub trait State: Clone + Default + Send + Sync + Serialize + DeserializeOwned + 
         codec: &ValueCodec,
     ) -> Result<()>;
 
+    /// For a field stored item by item (an `append` field holding a `Vec`): how many items
+    /// it holds. `None` for every other field (the default). The runtime then stores only
+    /// the items added since the last saved version, as an append value
+    /// ([`cairn_checkpoint::AppendValue`]), so a growing list costs linear storage.
+    fn item_count(&self, index: usize) -> Option<usize> {
+        let _ = index;
+        None
+    }
+
+    /// Encodes the items of field `index` from position `from` on as an append value
+    /// extending version `base` of the field's channel. `Ok(None)` when the field is not
+    /// stored item by item or holds fewer than `from` items (the default).
+    fn encode_field_items(
+        &self,
+        index: usize,
+        from: usize,
+        base: &ChannelVersion,
+        codec: &ValueCodec,
+    ) -> Result<Option<TypedValue>> {
+        let _ = (index, from, base, codec);
+        Ok(None)
+    }
+
     /// The index of the field named `name`.
     fn field_index(name: &str) -> Option<usize> {
         Self::fields().iter().position(|f| f.name == name)
@@ -128,8 +151,70 @@ pub mod reducers {
 /// Items the derive macro's generated code refers to. Not part of the public API.
 #[doc(hidden)]
 pub mod __private {
-    pub use cairn_checkpoint::{Error, Result, TypedValue, ValueCodec};
+    pub use cairn_checkpoint::{ChannelVersion, Error, Result, TypedValue, ValueCodec};
     pub use serde;
+
+    /// Wraps a field for the derive's choice of storage: `Vec` fields with the append
+    /// reducer are stored item by item ([`ItemByItem`]), every other field whole
+    /// ([`Whole`]). The choice is made by method resolution on the concrete field type.
+    pub struct Field<'a, T>(pub &'a T);
+
+    /// Storage of a `Vec` field with the append reducer: item by item.
+    pub trait ItemByItem {
+        /// How many items the field holds.
+        fn item_count(&self) -> Option<usize>;
+        /// The items from `from` on, as an append value extending `base`.
+        fn encode_items(
+            &self,
+            from: usize,
+            base: &cairn_checkpoint::ChannelVersion,
+            codec: &ValueCodec,
+        ) -> Result<Option<TypedValue>>;
+    }
+
+    impl<T: serde::Serialize> ItemByItem for Field<'_, Vec<T>> {
+        fn item_count(&self) -> Option<usize> {
+            Some(self.0.len())
+        }
+        fn encode_items(
+            &self,
+            from: usize,
+            base: &cairn_checkpoint::ChannelVersion,
+            codec: &ValueCodec,
+        ) -> Result<Option<TypedValue>> {
+            match self.0.get(from..) {
+                Some(items) => codec.encode_append(base, items.iter()).map(Some),
+                None => Ok(None),
+            }
+        }
+    }
+
+    /// Storage of any other field: whole.
+    pub trait Whole {
+        /// `None`: not stored item by item.
+        fn item_count(&self) -> Option<usize>;
+        /// `None`: not stored item by item.
+        fn encode_items(
+            &self,
+            from: usize,
+            base: &cairn_checkpoint::ChannelVersion,
+            codec: &ValueCodec,
+        ) -> Result<Option<TypedValue>>;
+    }
+
+    impl<T> Whole for &Field<'_, T> {
+        fn item_count(&self) -> Option<usize> {
+            None
+        }
+        fn encode_items(
+            &self,
+            _from: usize,
+            _base: &cairn_checkpoint::ChannelVersion,
+            _codec: &ValueCodec,
+        ) -> Result<Option<TypedValue>> {
+            Ok(None)
+        }
+    }
 
     /// The error for a field index the state does not have.
     pub fn no_such_field(index: usize) -> Error {

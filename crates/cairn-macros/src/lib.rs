@@ -135,6 +135,8 @@ fn expand(input: DeriveInput) -> syn::Result<TokenStream2> {
     let mut decodes = Vec::new();
     let mut encode_updates = Vec::new();
     let mut decode_updates = Vec::new();
+    let mut item_counts = Vec::new();
+    let mut encode_items = Vec::new();
 
     for (index, field) in fields.named.iter().enumerate() {
         let ident = field
@@ -189,6 +191,16 @@ fn expand(input: DeriveInput) -> syn::Result<TokenStream2> {
         applies.push(quote! {
             if let ::core::option::Option::Some(value) = update.#ident { #apply; }
         });
+        if matches!(reducer, Reducer::Append) {
+            // `Field(&v)` picks item-by-item storage for `Vec` fields by method resolution
+            // on the concrete type, and whole storage for any other collection.
+            item_counts.push(quote! {
+                #index => (&#private::Field(&self.#ident)).item_count(),
+            });
+            encode_items.push(quote! {
+                #index => (&#private::Field(&self.#ident)).encode_items(from, base, codec),
+            });
+        }
         encodes.push(quote! { #index => codec.encode(&self.#ident), });
         decodes.push(quote! { #index => { self.#ident = codec.decode(value)?; ::core::result::Result::Ok(()) } });
         encode_updates.push(quote! {
@@ -249,6 +261,31 @@ fn expand(input: DeriveInput) -> syn::Result<TokenStream2> {
                 match index {
                     #(#encodes)*
                     _ => ::core::result::Result::Err(#private::no_such_field(index)),
+                }
+            }
+
+            fn item_count(&self, index: usize) -> ::core::option::Option<usize> {
+                #[allow(unused_imports)]
+                use #private::{ItemByItem as _, Whole as _};
+                match index {
+                    #(#item_counts)*
+                    _ => ::core::option::Option::None,
+                }
+            }
+
+            fn encode_field_items(
+                &self,
+                index: usize,
+                from: usize,
+                base: &#private::ChannelVersion,
+                codec: &#private::ValueCodec,
+            ) -> #private::Result<::core::option::Option<#private::TypedValue>> {
+                #[allow(unused_imports)]
+                use #private::{ItemByItem as _, Whole as _};
+                let _ = (from, base, codec);
+                match index {
+                    #(#encode_items)*
+                    _ => ::core::result::Result::Ok(::core::option::Option::None),
                 }
             }
 
