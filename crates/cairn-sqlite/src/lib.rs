@@ -103,8 +103,9 @@ use rusqlite::{Connection, OpenFlags};
 use tokio::sync::{mpsc, oneshot};
 
 use cairn_checkpoint::{
-    ChannelVersions, Checkpoint, CheckpointConfig, CheckpointMetadata, CheckpointSaver,
-    CheckpointTuple, Error, ListQuery, PruneStrategy, Result, ThreadSummary, TypedValue,
+    append_base, ChannelVersions, Checkpoint, CheckpointConfig, CheckpointMetadata,
+    CheckpointSaver, CheckpointTuple, Error, ListQuery, PruneStrategy, Result, ThreadSummary,
+    TypedValue,
 };
 
 pub use options::{SqliteOptions, Synchronous};
@@ -528,9 +529,23 @@ fn put_row(
         .into_iter()
         .map(|(channel, version)| {
             let value = values.remove(&channel).unwrap_or_else(TypedValue::empty);
-            (channel, version.to_storage_string(), value)
+            let version = version.to_storage_string();
+            // A malformed append value could never be read back: refuse it now rather than
+            // leave the thread unreadable.
+            let base_version = append_base(&value).map_err(|e| {
+                Error::InvalidArgument(format!(
+                    "cannot store channel {channel:?} version {version} of thread {:?}: {e}",
+                    config.thread_id
+                ))
+            })?;
+            Ok(ops::BlobRow {
+                channel,
+                version,
+                base_version,
+                value,
+            })
         })
-        .collect();
+        .collect::<Result<_>>()?;
     let row = ops::PutRow {
         thread_id: config.thread_id.clone(),
         checkpoint_ns: config.checkpoint_ns.clone(),

@@ -16,31 +16,44 @@ pub(crate) struct PutRow {
     pub metadata: String,
     pub run_id: Option<String>,
     pub blob_refs: String,
-    /// `(channel, version storage string, value)` for the channels in `new_versions`.
-    pub blobs: Vec<(String, String, TypedValue)>,
+    /// The values of the channels in `new_versions`.
+    pub blobs: Vec<BlobRow>,
+}
+
+/// One channel value to store.
+pub(crate) struct BlobRow {
+    pub channel: String,
+    /// The version's storage string.
+    pub version: String,
+    /// For an append value, the version it extends (see [`cairn_checkpoint::append_base`]).
+    pub base_version: Option<String>,
+    pub value: TypedValue,
 }
 
 pub(crate) fn put(conn: &Connection, row: &PutRow) -> Result<()> {
     let mut blob = conn
         .prepare_cached(
-            "INSERT INTO checkpoint_blobs (thread_id, checkpoint_ns, channel, version, type_tag, data)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+            "INSERT INTO checkpoint_blobs (thread_id, checkpoint_ns, channel, version, type_tag,
+                                           data, base_version)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
              ON CONFLICT (thread_id, checkpoint_ns, channel, version)
-             DO UPDATE SET type_tag = excluded.type_tag, data = excluded.data",
+             DO UPDATE SET type_tag = excluded.type_tag, data = excluded.data,
+                           base_version = excluded.base_version",
         )
         .map_err(sql_error("preparing the channel value insert"))?;
-    for (channel, version, value) in &row.blobs {
+    for b in &row.blobs {
         blob.execute(params![
             row.thread_id,
             row.checkpoint_ns,
-            channel,
-            version,
-            value.type_tag,
-            value.data.as_ref()
+            b.channel,
+            b.version,
+            b.value.type_tag,
+            b.value.data.as_ref(),
+            b.base_version
         ])
         .map_err(sql_error(format!(
-            "storing channel {channel:?} version {version} of thread {:?}",
-            row.thread_id
+            "storing channel {:?} version {} of thread {:?}",
+            b.channel, b.version, row.thread_id
         )))?;
     }
     conn.prepare_cached(
@@ -141,8 +154,8 @@ pub(crate) fn copy_thread(conn: &Connection, source: &str, target: &str) -> Resu
         (
             "checkpoint_blobs",
             "INSERT OR REPLACE INTO checkpoint_blobs (thread_id, checkpoint_ns, channel, version,
-                 type_tag, data)
-             SELECT ?2, checkpoint_ns, channel, version, type_tag, data
+                 type_tag, data, base_version)
+             SELECT ?2, checkpoint_ns, channel, version, type_tag, data, base_version
              FROM checkpoint_blobs WHERE thread_id = ?1",
         ),
         (
@@ -164,24 +177,67 @@ pub(crate) fn copy_thread(conn: &Connection, source: &str, target: &str) -> Resu
     Ok(())
 }
 
-/// Deletes channel values of `(thread, ns)` that no remaining checkpoint refers to.
+/// Deletes channel values of `(thread, ns)` that no remaining checkpoint refers to, directly
+/// or as a link of an append chain: the values the checkpoints name, then (recursively) the
+/// base each append value extends. `UNION` visits each link once, however many checkpoints
+/// share it; each step is a search of the primary key.
+pub(crate) const RECLAIM_SQL: &str = "WITH RECURSIVE live (channel, version) AS (
+         SELECT j.key, j.value FROM checkpoints AS c, json_each(c.blob_refs) AS j
+         WHERE c.thread_id = ?1 AND c.checkpoint_ns = ?2
+         UNION
+         SELECT b.channel, b.base_version FROM live CROSS JOIN checkpoint_blobs AS b
+         WHERE b.thread_id = ?1 AND b.checkpoint_ns = ?2 AND b.channel = live.channel
+           AND b.version = live.version AND b.base_version IS NOT NULL)
+     DELETE FROM checkpoint_blobs
+     WHERE thread_id = ?1 AND checkpoint_ns = ?2
+       AND (channel, version) NOT IN (SELECT channel, version FROM live)";
+
 fn reclaim_blobs(conn: &Connection, thread_id: &str, ns: &str) -> Result<()> {
-    conn.prepare_cached(
-        "DELETE FROM checkpoint_blobs
-         WHERE thread_id = ?1 AND checkpoint_ns = ?2
-           AND (channel, version) NOT IN (
-               SELECT j.key, j.value FROM checkpoints AS c, json_each(c.blob_refs) AS j
-               WHERE c.thread_id = ?1 AND c.checkpoint_ns = ?2)",
-    )
-    .and_then(|mut s| s.execute([thread_id, ns]))
-    .map_err(sql_error(format!(
-        "reclaiming unreferenced channel values of thread {thread_id:?}"
-    )))?;
+    conn.prepare_cached(RECLAIM_SQL)
+        .and_then(|mut s| s.execute([thread_id, ns]))
+        .map_err(sql_error(format!(
+            "reclaiming unreferenced channel values of thread {thread_id:?}"
+        )))?;
+    Ok(())
+}
+
+/// Stores the append values checkpoint `checkpoint_id` refers to as whole values, so that
+/// none of the older values their chains pass through is needed any more.
+fn rewrite_append_values_whole(
+    conn: &Connection,
+    thread_id: &str,
+    ns: &str,
+    checkpoint_id: &str,
+) -> Result<()> {
+    let whole = crate::read::whole_append_values(conn, thread_id, ns, checkpoint_id)?;
+    if whole.is_empty() {
+        return Ok(());
+    }
+    let mut update = conn
+        .prepare_cached(
+            "UPDATE checkpoint_blobs SET type_tag = ?5, data = ?6, base_version = NULL
+             WHERE thread_id = ?1 AND checkpoint_ns = ?2 AND channel = ?3 AND version = ?4",
+        )
+        .map_err(sql_error("preparing the channel value update"))?;
+    for (channel, version, value) in whole {
+        update
+            .execute(params![
+                thread_id,
+                ns,
+                channel,
+                version,
+                value.type_tag,
+                value.data.as_ref()
+            ])
+            .map_err(sql_error(format!(
+                "storing channel {channel:?} version {version} of thread {thread_id:?} whole"
+            )))?;
+    }
     Ok(())
 }
 
 /// Keeps only the latest checkpoint of each namespace of `thread_id`, with its writes and
-/// the values it refers to.
+/// the values it refers to (its append values rewritten whole first).
 pub(crate) fn keep_latest(conn: &Connection, thread_id: &str) -> Result<()> {
     let namespaces: Vec<String> = conn
         .prepare_cached("SELECT DISTINCT checkpoint_ns FROM checkpoints WHERE thread_id = ?1")
@@ -202,6 +258,7 @@ pub(crate) fn keep_latest(conn: &Connection, thread_id: &str) -> Result<()> {
             .map_err(sql_error(format!(
                 "finding the latest checkpoint of thread {thread_id:?}"
             )))?;
+        rewrite_append_values_whole(conn, thread_id, &ns, &latest)?;
         for table in ["checkpoint_writes", "checkpoints"] {
             conn.prepare_cached(&format!(
                 "DELETE FROM {table} WHERE thread_id = ?1 AND checkpoint_ns = ?2 AND checkpoint_id <> ?3"

@@ -15,8 +15,9 @@ use rusqlite::Connection;
 use tokio::sync::Semaphore;
 
 use cairn_checkpoint::{
-    Checkpoint, CheckpointConfig, CheckpointMetadata, CheckpointTuple, DataLocation, Error,
-    LatestCheckpoint, ListQuery, PendingWrite, Result, ThreadSummary, TypedValue,
+    append_heads, chain_fetch_bound, has_append_values, AppendChains, Checkpoint, CheckpointConfig,
+    CheckpointMetadata, CheckpointTuple, DataLocation, Error, LatestCheckpoint, ListQuery,
+    PendingWrite, Result, ThreadSummary, TypedValue,
 };
 
 use crate::{open_connection, sql_error, ConnectionRole, SqliteOptions};
@@ -135,6 +136,15 @@ pub(crate) const BLOBS_SQL: &str = "SELECT b.thread_id, b.checkpoint_ns, b.chann
      b.type_tag, b.data FROM json_each(?1) AS k CROSS JOIN checkpoint_blobs AS b \
      WHERE b.thread_id = k.value ->> 0 AND b.checkpoint_ns = k.value ->> 1 \
        AND b.channel = k.value ->> 2 AND b.version = k.value ->> 3";
+
+/// The links append chains may pass through, for a JSON array of `[thread, ns, channel,
+/// bound]` keys: every stored version of the channel up to `bound`, a range of the primary
+/// key. A null bound reads every version: `coalesce` turns it into an empty blob, and SQLite
+/// orders every text value before every blob.
+pub(crate) const CHAIN_SQL: &str = "SELECT b.thread_id, b.checkpoint_ns, b.channel, b.version, \
+     b.type_tag, b.data FROM json_each(?1) AS k CROSS JOIN checkpoint_blobs AS b \
+     WHERE b.thread_id = k.value ->> 0 AND b.checkpoint_ns = k.value ->> 1 \
+       AND b.channel = k.value ->> 2 AND b.version <= coalesce(k.value ->> 3, x'')";
 
 /// Pending writes for a JSON array of `[thread, ns, checkpoint_id]` keys.
 pub(crate) const WRITES_SQL: &str = "SELECT w.thread_id, w.checkpoint_ns, w.checkpoint_id, \
@@ -341,22 +351,68 @@ fn decode_header(row: &Row) -> Result<Checkpoint> {
 
 type BlobKey = (String, String, String, String);
 type CheckpointKey = (String, String, String);
+/// A checkpoint row with its header and metadata decoded.
+type Decoded = (Row, Checkpoint, CheckpointMetadata);
 
-/// Decodes `rows` and loads their channel values and pending writes (two queries in all).
+/// Decodes `rows` and loads their channel values and pending writes (two queries), then
+/// the links of their append chains (one more query, only when some value is an append
+/// value).
 fn assemble(conn: &Connection, rows: Vec<Row>) -> Result<Vec<CheckpointTuple>> {
     if rows.is_empty() {
         return Ok(Vec::new());
     }
+    let decoded = decode_rows(rows)?;
+    let blobs = load_values(conn, &decoded)?;
+    let writes = load_writes(conn, &decoded)?;
+    let mut tuples = build_tuples(decoded, &blobs, writes);
+    resolve_append_values(conn, &mut tuples)?;
+    Ok(tuples)
+}
+
+fn decode_rows(rows: Vec<Row>) -> Result<Vec<Decoded>> {
     let mut decoded = Vec::with_capacity(rows.len());
     for row in rows {
         let checkpoint = decode_header(&row)?;
         let metadata = decode_metadata(&row)?;
         decoded.push((row, checkpoint, metadata));
     }
+    Ok(decoded)
+}
 
-    // Every (thread, ns, channel, version) any of them refers to, once.
+/// Runs `sql` (selecting thread, ns, channel, version, type tag and data of
+/// `checkpoint_blobs`) with the JSON array `keys`, handing each value to `found`.
+fn query_values(
+    conn: &Connection,
+    sql: &str,
+    keys: String,
+    what: &str,
+    mut found: impl FnMut(BlobKey, TypedValue),
+) -> Result<()> {
+    let e = || sql_error(what.to_owned());
+    let mut stmt = conn
+        .prepare_cached(sql)
+        .map_err(sql_error(format!("preparing the query for {what}")))?;
+    let mut q = stmt.query([keys]).map_err(e())?;
+    while let Some(r) = q.next().map_err(e())? {
+        let key: BlobKey = (
+            r.get(0).map_err(e())?,
+            r.get(1).map_err(e())?,
+            r.get(2).map_err(e())?,
+            r.get(3).map_err(e())?,
+        );
+        let value = TypedValue::new(
+            r.get::<_, String>(4).map_err(e())?,
+            Bytes::from(r.get::<_, Vec<u8>>(5).map_err(e())?),
+        );
+        found(key, value);
+    }
+    Ok(())
+}
+
+/// The stored values the checkpoints of `decoded` refer to, each fetched once.
+fn load_values(conn: &Connection, decoded: &[Decoded]) -> Result<HashMap<BlobKey, TypedValue>> {
     let mut wanted: HashSet<(&str, &str, &str, String)> = HashSet::new();
-    for (row, checkpoint, _) in &decoded {
+    for (row, checkpoint, _) in decoded {
         for (channel, version) in &checkpoint.channel_versions {
             wanted.insert((
                 &row.thread_id,
@@ -366,78 +422,77 @@ fn assemble(conn: &Connection, rows: Vec<Row>) -> Result<Vec<CheckpointTuple>> {
             ));
         }
     }
-    let mut blobs: HashMap<BlobKey, TypedValue> = HashMap::new();
-    if !wanted.is_empty() {
-        let keys: Vec<[&str; 4]> = wanted
-            .iter()
-            .map(|(t, n, c, v)| [*t, *n, *c, v.as_str()])
-            .collect();
-        let keys = encode_keys(&keys)?;
-        let mut stmt = conn
-            .prepare_cached(BLOBS_SQL)
-            .map_err(sql_error("preparing the channel value query"))?;
-        let mut q = stmt
-            .query([keys])
-            .map_err(sql_error("reading channel values"))?;
-        while let Some(r) = q.next().map_err(sql_error("reading channel values"))? {
-            let key: BlobKey = (
-                r.get(0).map_err(sql_error("reading channel values"))?,
-                r.get(1).map_err(sql_error("reading channel values"))?,
-                r.get(2).map_err(sql_error("reading channel values"))?,
-                r.get(3).map_err(sql_error("reading channel values"))?,
-            );
-            let value = TypedValue::new(
-                r.get::<_, String>(4)
-                    .map_err(sql_error("reading channel values"))?,
-                Bytes::from(
-                    r.get::<_, Vec<u8>>(5)
-                        .map_err(sql_error("reading channel values"))?,
-                ),
-            );
+    let mut blobs = HashMap::with_capacity(wanted.len());
+    if wanted.is_empty() {
+        return Ok(blobs);
+    }
+    let keys: Vec<[&str; 4]> = wanted
+        .iter()
+        .map(|(t, n, c, v)| [*t, *n, *c, v.as_str()])
+        .collect();
+    query_values(
+        conn,
+        BLOBS_SQL,
+        encode_keys(&keys)?,
+        "reading channel values",
+        |key, value| {
             blobs.insert(key, value);
-        }
-    }
+        },
+    )?;
+    Ok(blobs)
+}
 
+/// The pending writes of the checkpoints of `decoded`, in stored order.
+fn load_writes(
+    conn: &Connection,
+    decoded: &[Decoded],
+) -> Result<HashMap<CheckpointKey, Vec<(i64, PendingWrite)>>> {
     let mut writes: HashMap<CheckpointKey, Vec<(i64, PendingWrite)>> = HashMap::new();
-    {
-        let keys: Vec<[&str; 3]> = decoded
-            .iter()
-            .map(|(row, _, _)| {
-                [
-                    row.thread_id.as_str(),
-                    row.checkpoint_ns.as_str(),
-                    row.checkpoint_id.as_str(),
-                ]
-            })
-            .collect();
-        let keys = encode_keys(&keys)?;
-        let mut stmt = conn
-            .prepare_cached(WRITES_SQL)
-            .map_err(sql_error("preparing the pending write query"))?;
-        let mut q = stmt
-            .query([keys])
-            .map_err(sql_error("reading pending writes"))?;
-        let e = || sql_error("reading pending writes");
-        while let Some(r) = q.next().map_err(e())? {
-            let key: CheckpointKey = (
-                r.get(0).map_err(e())?,
-                r.get(1).map_err(e())?,
-                r.get(2).map_err(e())?,
-            );
-            let write = PendingWrite {
-                task_id: r.get(3).map_err(e())?,
-                task_path: r.get(5).map_err(e())?,
-                channel: r.get(6).map_err(e())?,
-                value: TypedValue::new(
-                    r.get::<_, String>(7).map_err(e())?,
-                    Bytes::from(r.get::<_, Vec<u8>>(8).map_err(e())?),
-                ),
-            };
-            let idx: i64 = r.get(4).map_err(e())?;
-            writes.entry(key).or_default().push((idx, write));
-        }
+    let keys: Vec<[&str; 3]> = decoded
+        .iter()
+        .map(|(row, _, _)| {
+            [
+                row.thread_id.as_str(),
+                row.checkpoint_ns.as_str(),
+                row.checkpoint_id.as_str(),
+            ]
+        })
+        .collect();
+    let keys = encode_keys(&keys)?;
+    let mut stmt = conn
+        .prepare_cached(WRITES_SQL)
+        .map_err(sql_error("preparing the pending write query"))?;
+    let mut q = stmt
+        .query([keys])
+        .map_err(sql_error("reading pending writes"))?;
+    let e = || sql_error("reading pending writes");
+    while let Some(r) = q.next().map_err(e())? {
+        let key: CheckpointKey = (
+            r.get(0).map_err(e())?,
+            r.get(1).map_err(e())?,
+            r.get(2).map_err(e())?,
+        );
+        let write = PendingWrite {
+            task_id: r.get(3).map_err(e())?,
+            task_path: r.get(5).map_err(e())?,
+            channel: r.get(6).map_err(e())?,
+            value: TypedValue::new(
+                r.get::<_, String>(7).map_err(e())?,
+                Bytes::from(r.get::<_, Vec<u8>>(8).map_err(e())?),
+            ),
+        };
+        let idx: i64 = r.get(4).map_err(e())?;
+        writes.entry(key).or_default().push((idx, write));
     }
+    Ok(writes)
+}
 
+/// The tuples of `decoded` with their stored values (append values as stored) and writes.
+fn build_tuples(
+    decoded: Vec<Decoded>,
+    blobs: &HashMap<BlobKey, TypedValue>,
+    mut writes: HashMap<CheckpointKey, Vec<(i64, PendingWrite)>>,
+) -> Vec<CheckpointTuple> {
     let mut tuples = Vec::with_capacity(decoded.len());
     for (row, mut checkpoint, metadata) in decoded {
         let mut values = std::collections::BTreeMap::new();
@@ -482,7 +537,113 @@ fn assemble(conn: &Connection, rows: Vec<Row>) -> Result<Vec<CheckpointTuple>> {
             pending_writes: pending.into_iter().map(|(_, w)| w).collect(),
         });
     }
-    Ok(tuples)
+    tuples
+}
+
+/// The `[thread, ns, channel, bound]` keys of [`CHAIN_SQL`] for the append values of
+/// `tuples`: per channel the largest [`chain_fetch_bound`] of its heads, or null (every
+/// version) when a head's version has no bound.
+fn chain_keys(tuples: &[CheckpointTuple]) -> Result<Option<String>> {
+    let mut bounds: HashMap<(&str, &str, &str), Option<&str>> = HashMap::new();
+    for t in tuples.iter().filter(|t| has_append_values(&t.checkpoint)) {
+        for (channel, version) in append_heads(&t.checkpoint) {
+            let key = (
+                t.config.thread_id.as_str(),
+                t.config.checkpoint_ns.as_str(),
+                channel,
+            );
+            let bound = chain_fetch_bound(version);
+            bounds
+                .entry(key)
+                .and_modify(|b| *b = b.zip(bound).map(|(x, y)| x.max(y)))
+                .or_insert(bound);
+        }
+    }
+    if bounds.is_empty() {
+        return Ok(None);
+    }
+    let keys: Vec<(&str, &str, &str, Option<&str>)> = bounds
+        .into_iter()
+        .map(|((t, n, c), b)| (t, n, c, b))
+        .collect();
+    encode_keys(&keys).map(Some)
+}
+
+/// Replaces the append values of `tuples` by their whole values. The links of every chain
+/// come from one range read of the primary key ([`CHAIN_SQL`]); each thread and namespace
+/// gets one [`AppendChains`], and tuples are resolved oldest first so a history walks each
+/// link once (the whole value of the previous checkpoint is remembered).
+fn resolve_append_values(conn: &Connection, tuples: &mut [CheckpointTuple]) -> Result<()> {
+    let Some(keys) = chain_keys(tuples)? else {
+        return Ok(());
+    };
+    let mut chains: HashMap<(String, String), AppendChains> = HashMap::new();
+    query_values(
+        conn,
+        CHAIN_SQL,
+        keys,
+        "reading the links of append chains",
+        |(thread, ns, channel, version), value| {
+            chains
+                .entry((thread, ns))
+                .or_default()
+                .insert(&channel, &version, value);
+        },
+    )?;
+    // `list` returns newest first (by checkpoint id), so oldest first is back to front.
+    for tuple in tuples.iter_mut().rev() {
+        if !has_append_values(&tuple.checkpoint) {
+            continue;
+        }
+        let key = (
+            tuple.config.thread_id.clone(),
+            tuple.config.checkpoint_ns.clone(),
+        );
+        chains.entry(key).or_default().resolve_tuple(tuple)?;
+    }
+    Ok(())
+}
+
+/// The append values checkpoint `checkpoint_id` of `(thread_id, ns)` refers to, as
+/// `(channel, version, whole value)`: what `prune` rewrites before deleting the older
+/// checkpoints their chains pass through. Empty when the checkpoint has none (or is gone).
+pub(crate) fn whole_append_values(
+    conn: &Connection,
+    thread_id: &str,
+    ns: &str,
+    checkpoint_id: &str,
+) -> Result<Vec<(String, String, TypedValue)>> {
+    let rows = conn
+        .prepare_cached(EXACT_SQL)
+        .and_then(|mut stmt| {
+            stmt.query_map([thread_id, ns, checkpoint_id], map_row)?
+                .collect::<rusqlite::Result<Vec<_>>>()
+        })
+        .map_err(sql_error(format!(
+            "reading checkpoint {checkpoint_id} of thread {thread_id:?}"
+        )))?;
+    let decoded = decode_rows(rows)?;
+    let blobs = load_values(conn, &decoded)?;
+    let mut tuples = build_tuples(decoded, &blobs, HashMap::new());
+    let heads: Vec<(String, String)> = tuples
+        .iter()
+        .flat_map(|t| append_heads(&t.checkpoint))
+        .map(|(c, v)| (c.to_owned(), v.to_storage_string()))
+        .collect();
+    if heads.is_empty() {
+        return Ok(Vec::new());
+    }
+    resolve_append_values(conn, &mut tuples)?;
+    let Some(tuple) = tuples.pop() else {
+        return Ok(Vec::new());
+    };
+    Ok(heads
+        .into_iter()
+        .filter_map(|(channel, version)| {
+            let whole = tuple.checkpoint.channel_values.get(&channel)?.clone();
+            Some((channel, version, whole))
+        })
+        .collect())
 }
 
 fn encode_keys<T: serde::Serialize>(keys: &T) -> Result<String> {

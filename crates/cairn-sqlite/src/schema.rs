@@ -18,10 +18,11 @@ struct Migration {
 }
 
 /// All migrations, oldest first. Never edit a released one: add a new one.
-const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    name: "checkpoints, per-version channel values, pending writes",
-    sql: r#"
+const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "checkpoints, per-version channel values, pending writes",
+        sql: r#"
 CREATE TABLE checkpoints (
     thread_id            TEXT NOT NULL,
     checkpoint_ns        TEXT NOT NULL,
@@ -65,10 +66,28 @@ CREATE TABLE checkpoint_writes (
     PRIMARY KEY (thread_id, checkpoint_ns, checkpoint_id, task_id, idx)
 );
 "#,
-}];
+    },
+    Migration {
+        version: 2,
+        name: "append values: the base version each one extends",
+        sql: r#"
+-- NULL for a whole value; for an append value, the version of the same channel it extends,
+-- so reclaiming values can follow chains in SQL without reading the values themselves.
+ALTER TABLE checkpoint_blobs ADD COLUMN base_version TEXT;
+-- Append values stored before this column existed: the base is the second line of their
+-- header (`cairn-append/1`, base, item tag, count). Malformed ones keep NULL and read as
+-- corrupt, as before.
+UPDATE checkpoint_blobs
+SET base_version = CAST(substr(data, 16, instr(substr(data, 16), x'0a') - 1) AS TEXT)
+WHERE type_tag = 'append'
+  AND substr(data, 1, 15) = CAST('cairn-append/1' || char(10) AS BLOB)
+  AND instr(substr(data, 16), x'0a') > 1;
+"#,
+    },
+];
 
 /// The schema version this build writes.
-pub const SCHEMA_VERSION: i64 = 1;
+pub const SCHEMA_VERSION: i64 = 2;
 
 /// Brings the database up to [`SCHEMA_VERSION`]; a no-op when it already is. Returns the
 /// versions it applied.
