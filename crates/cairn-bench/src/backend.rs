@@ -1,7 +1,7 @@
 //! The storage backends a cell runs on: one fresh instance per warm-up and per timed run, and
 //! how each reports the bytes it occupies (measured after the clock stops).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
@@ -404,56 +404,35 @@ async fn redis_keys(
     Ok(keys.into_iter().collect())
 }
 
-/// InMemorySaver keeps no byte count, so the figure is rebuilt from a full `list`: every
-/// distinct `(thread, ns, channel, version)` value once (as the saver stores them), every
-/// pending write, plus the JSON size of each checkpoint header (without values) and metadata.
+/// The saver's own count of stored values and writes (append values at their stored size),
+/// plus the JSON size of each checkpoint header (without values) and metadata from a full
+/// `list`, as the peer's in-memory figure counts its checkpoints.
 async fn memory_storage(
     saver: &InMemorySaver,
     out: &mut Map<String, Value>,
 ) -> Result<(), BoxError> {
     let all = saver.list(&ListQuery::all()).await?;
-    let mut blobs: BTreeMap<(String, String, String, String), usize> = BTreeMap::new();
-    let (mut ck, mut wr, mut n_wr) = (0usize, 0usize, 0usize);
+    let mut ck = 0usize;
     for t in &all {
-        for (channel, value) in &t.checkpoint.channel_values {
-            let version = t
-                .checkpoint
-                .channel_versions
-                .get(channel)
-                .map(|v| v.to_storage_string())
-                .unwrap_or_default();
-            blobs.insert(
-                (
-                    t.config.thread_id.clone(),
-                    t.config.checkpoint_ns.clone(),
-                    channel.clone(),
-                    version,
-                ),
-                value.len(),
-            );
-        }
         let mut header = t.checkpoint.clone();
         header.channel_values.clear();
         ck += serde_json::to_vec(&header)?.len() + serde_json::to_vec(&t.metadata)?.len();
-        wr += t
-            .pending_writes
-            .iter()
-            .map(|w| w.value.len())
-            .sum::<usize>();
-        n_wr += t.pending_writes.len();
     }
-    let bl: usize = blobs.values().sum();
-    out.insert("bytes".into(), json!(ck + bl + wr));
+    let stats = saver.stats();
+    out.insert(
+        "bytes".into(),
+        json!(ck + stats.value_bytes + stats.write_bytes),
+    );
     out.insert(
         "bytes_kind".into(),
-        json!("estimated payload: distinct channel values + writes + JSON of checkpoint headers and metadata"),
+        json!("estimated payload: stored channel values + writes + JSON of checkpoint headers and metadata"),
     );
     out.insert("checkpoint_bytes".into(), json!(ck));
-    out.insert("blob_bytes".into(), json!(bl));
-    out.insert("write_bytes".into(), json!(wr));
-    out.insert("rows_checkpoints".into(), json!(all.len()));
-    out.insert("rows_blobs".into(), json!(blobs.len()));
-    out.insert("rows_writes".into(), json!(n_wr));
+    out.insert("blob_bytes".into(), json!(stats.value_bytes));
+    out.insert("write_bytes".into(), json!(stats.write_bytes));
+    out.insert("rows_checkpoints".into(), json!(stats.checkpoints));
+    out.insert("rows_blobs".into(), json!(stats.values));
+    out.insert("rows_writes".into(), json!(stats.writes));
     Ok(())
 }
 

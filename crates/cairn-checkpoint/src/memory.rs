@@ -91,6 +91,21 @@ struct Namespace {
 /// thread id → namespace → data.
 type Threads = BTreeMap<String, BTreeMap<String, Namespace>>;
 
+/// Counts of what an [`InMemorySaver`] holds ([`InMemorySaver::stats`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MemoryStats {
+    /// Checkpoints, all threads and namespaces.
+    pub checkpoints: usize,
+    /// Stored channel values (one per channel and version).
+    pub values: usize,
+    /// Bytes of the stored channel values.
+    pub value_bytes: usize,
+    /// Pending writes.
+    pub writes: usize,
+    /// Bytes of the pending writes' values.
+    pub write_bytes: usize,
+}
+
 /// Keeps checkpoints in process memory. Fast, lost when the process ends: for tests,
 /// development and as the model other savers are checked against.
 ///
@@ -123,6 +138,27 @@ impl InMemorySaver {
     /// An empty saver.
     pub fn new() -> Self {
         InMemorySaver::default()
+    }
+
+    /// What the saver holds, as stored: append values count their own bytes, not the whole
+    /// lists they stand for.
+    ///
+    /// ```
+    /// let saver = cairn_checkpoint::InMemorySaver::new();
+    /// assert_eq!(saver.stats(), cairn_checkpoint::MemoryStats::default());
+    /// ```
+    pub fn stats(&self) -> MemoryStats {
+        let mut stats = MemoryStats::default();
+        for ns in self.read().values().flat_map(BTreeMap::values) {
+            stats.checkpoints += ns.checkpoints.len();
+            stats.values += ns.blobs.len();
+            stats.value_bytes += ns.blobs.values().map(TypedValue::len).sum::<usize>();
+            for writes in ns.writes.values() {
+                stats.writes += writes.0.len();
+                stats.write_bytes += writes.0.iter().map(|(_, w)| w.value.len()).sum::<usize>();
+            }
+        }
+        stats
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, Threads> {
