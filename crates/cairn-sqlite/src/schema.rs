@@ -89,6 +89,12 @@ WHERE type_tag = 'append'
 /// The schema version this build writes.
 pub const SCHEMA_VERSION: i64 = 2;
 
+/// The SQL of the first migration, for tests of later ones.
+#[cfg(test)]
+pub(crate) fn first_migration_sql() -> &'static str {
+    MIGRATIONS[0].sql
+}
+
 /// Brings the database up to [`SCHEMA_VERSION`]; a no-op when it already is. Returns the
 /// versions it applied.
 pub(crate) fn migrate(conn: &mut Connection) -> Result<Vec<i64>> {

@@ -384,3 +384,138 @@ mod inline_writes {
         assert!(got.is_some());
     }
 }
+
+mod append_values {
+    use rusqlite::Connection;
+
+    use super::{assert_searches, migrated, plan};
+    use crate::ops::RECLAIM_SQL;
+    use crate::read::CHAIN_SQL;
+
+    /// 50 threads of 100 checkpoints, each referring to one version of channel `c`, stored
+    /// as an append value extending the previous version; then ANALYZE, so the planner sees
+    /// a store with many threads.
+    fn fill_chains(conn: &Connection) {
+        let tx = conn.unchecked_transaction().expect("tx");
+        for t in 0..50 {
+            let thread = format!("t{t}");
+            for i in 0..100 {
+                let version = format!("{i:08}");
+                let base = (i > 0).then(|| format!("{:08}", i - 1));
+                tx.execute(
+                    "INSERT INTO checkpoints VALUES (?1, '', ?2, NULL, x'00', '{}', NULL, ?3)",
+                    rusqlite::params![thread, version, format!(r#"{{"c":"{version}"}}"#)],
+                )
+                .expect("insert");
+                tx.execute(
+                    "INSERT INTO checkpoint_blobs VALUES (?1, '', 'c', ?2, 'append', x'00', ?3)",
+                    rusqlite::params![thread, version, base],
+                )
+                .expect("insert");
+            }
+        }
+        tx.commit().expect("commit");
+        conn.execute_batch("ANALYZE").expect("analyze");
+    }
+
+    /// The chain links of a channel are one range of the primary key: the three key columns
+    /// by equality and the version by its upper bound, also when the bound is null (every
+    /// version).
+    #[test]
+    fn chain_links_are_one_range_of_the_primary_key() {
+        let conn = migrated();
+        fill_chains(&conn);
+        for keys in [
+            r#"[["t1","","c","00000050"],["t2","","c","00000007"]]"#,
+            r#"[["t1","","c",null]]"#,
+        ] {
+            let p = plan(&conn, CHAIN_SQL, &[&keys]);
+            assert_searches(&p, "b");
+            let joined = p.join(" | ");
+            assert!(
+                joined.contains("(thread_id=? AND checkpoint_ns=? AND channel=? AND version<?)"),
+                "expected a range of versions in one channel: {joined}"
+            );
+        }
+    }
+
+    /// Reclaiming deletes within the namespace's range of the primary key and follows each
+    /// chain link with a search of it: nothing is scanned but the JSON of the checkpoints'
+    /// references and the recursive query's own queue.
+    #[test]
+    fn reclaiming_searches_the_primary_key() {
+        let conn = migrated();
+        fill_chains(&conn);
+        let p = plan(&conn, RECLAIM_SQL, &[&"t1", &""]);
+        let joined = p.join(" | ");
+        for expected in [
+            "SEARCH checkpoint_blobs USING COVERING INDEX sqlite_autoindex_checkpoint_blobs_1 \
+             (thread_id=? AND checkpoint_ns=?)",
+            "SEARCH c USING INDEX sqlite_autoindex_checkpoints_1 (thread_id=? AND checkpoint_ns=?)",
+            "SEARCH b USING INDEX sqlite_autoindex_checkpoint_blobs_1 \
+             (thread_id=? AND checkpoint_ns=? AND channel=? AND version=?)",
+        ] {
+            assert!(
+                p.iter().any(|d| d == expected),
+                "expected {expected:?}: {joined}"
+            );
+        }
+        assert!(
+            p.iter()
+                .filter(|d| d.starts_with("SCAN"))
+                .all(|d| d == "SCAN live" || d.starts_with("SCAN j VIRTUAL TABLE")),
+            "the query scans a table: {joined}"
+        );
+    }
+
+    /// A database written before the base column existed gets it filled in for the append
+    /// values it already holds; whole values and malformed headers keep NULL.
+    #[test]
+    fn migrating_fills_in_the_base_of_stored_append_values() {
+        let mut conn = Connection::open_in_memory().expect("open");
+        conn.execute_batch(crate::schema::first_migration_sql())
+            .expect("schema 1");
+        conn.execute_batch(
+            "CREATE TABLE cairn_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL,
+                                            applied_at TEXT NOT NULL);
+             INSERT INTO cairn_migrations VALUES (1, 'schema 1', 'then');",
+        )
+        .expect("migration table");
+        let codec = cairn_checkpoint::ValueCodec::default();
+        let base = cairn_checkpoint::ChannelVersion::first_after(None);
+        let append = codec
+            .encode_append(&base, ["x"].iter())
+            .expect("append value");
+        let whole = codec.encode(&vec!["x"]).expect("whole value");
+        let rows: [(&str, &str, Vec<u8>); 4] = [
+            ("append", "a", append.data.to_vec()),
+            ("msgpack", "b", whole.data.to_vec()),
+            ("append", "c", b"cairn-append/2\n1\nmsgpack\n0\n".to_vec()),
+            ("append", "d", b"cairn-append/1\n".to_vec()),
+        ];
+        for (tag, version, data) in &rows {
+            conn.execute(
+                "INSERT INTO checkpoint_blobs VALUES ('t', '', 'm', ?1, ?2, ?3)",
+                rusqlite::params![version, tag, data],
+            )
+            .expect("insert");
+        }
+        assert_eq!(crate::schema::migrate(&mut conn).expect("migrate"), vec![2]);
+        let bases: Vec<(String, Option<String>)> = conn
+            .prepare("SELECT version, base_version FROM checkpoint_blobs ORDER BY version")
+            .expect("prepare")
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .expect("query")
+            .collect::<rusqlite::Result<_>>()
+            .expect("rows");
+        assert_eq!(
+            bases,
+            [
+                ("a".into(), Some(base.to_storage_string())),
+                ("b".into(), None),
+                ("c".into(), None),
+                ("d".into(), None),
+            ]
+        );
+    }
+}

@@ -1,0 +1,250 @@
+//! Append values on SQLite: how they are stored, read and reclaimed (the shared conformance
+//! kit checks what every saver must do; these check the SQLite layout behind it).
+
+use std::path::{Path, PathBuf};
+
+use cairn_checkpoint::{
+    ChannelVersion, Checkpoint, CheckpointConfig, CheckpointMetadata, CheckpointSaver,
+    CheckpointSource, Error, ListQuery, PruneStrategy, TypedValue, ValueCodec,
+};
+use cairn_sqlite::SqliteSaver;
+use rusqlite::Connection;
+
+const CHANNEL: &str = "messages";
+
+fn temp_db() -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("cairn.db");
+    (dir, path)
+}
+
+fn raw(path: &Path) -> Connection {
+    let conn = Connection::open(path).expect("raw connection");
+    conn.busy_timeout(std::time::Duration::from_secs(10))
+        .expect("busy timeout");
+    conn
+}
+
+/// `(version, type tag, base version)` of every stored `messages` value of `thread`, by
+/// version.
+fn stored_links(path: &Path, thread: &str) -> Vec<(String, String, Option<String>)> {
+    raw(path)
+        .prepare(
+            "SELECT version, type_tag, base_version FROM checkpoint_blobs
+             WHERE thread_id = ?1 AND channel = ?2 ORDER BY version",
+        )
+        .expect("prepare")
+        .query_map([thread, CHANNEL], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .expect("query")
+        .collect::<rusqlite::Result<_>>()
+        .expect("rows")
+}
+
+/// Stores a checkpoint after `parent` whose `messages` is `value` at `version`.
+async fn put_messages(
+    saver: &SqliteSaver,
+    parent: &CheckpointConfig,
+    version: &ChannelVersion,
+    value: TypedValue,
+    run_id: &str,
+) -> CheckpointConfig {
+    let mut cp = Checkpoint::new();
+    cp.channel_values.insert(CHANNEL.into(), value);
+    cp.channel_versions.insert(CHANNEL.into(), version.clone());
+    let meta = CheckpointMetadata::new(CheckpointSource::Loop, 0).with_run_id(run_id);
+    saver
+        .put(
+            parent,
+            cp,
+            meta,
+            [(CHANNEL.to_owned(), version.clone())].into(),
+        )
+        .await
+        .expect("put")
+}
+
+/// The `messages` list `config` reads back as.
+async fn messages(saver: &SqliteSaver, config: &CheckpointConfig) -> Vec<String> {
+    let tuple = saver
+        .get_tuple(config)
+        .await
+        .expect("get_tuple")
+        .expect("stored");
+    tuple
+        .channel_value(&ValueCodec::default(), CHANNEL)
+        .expect("decode")
+        .expect("a value")
+}
+
+/// A chat of 400 steps adding one 200-character message each: every step reads back whole
+/// (latest, by id, through `list`), and the stored values take about the bytes of the
+/// messages themselves instead of growing with the square of the history.
+#[tokio::test]
+async fn a_400_step_chain_reads_back_whole_and_stores_each_message_once() {
+    let (_dir, path) = temp_db();
+    let saver = SqliteSaver::open(&path).expect("open");
+    let codec = ValueCodec::default();
+    let mut parent = CheckpointConfig::thread("chat");
+    let mut version: Option<ChannelVersion> = None;
+    let mut items: Vec<String> = Vec::new();
+    let mut item_bytes = 0;
+    let mut configs = Vec::new();
+    for step in 0..400 {
+        let message = format!("{step:>4} {}", "m".repeat(195));
+        item_bytes += codec.encode(&message).expect("encode").data.len();
+        let next = ChannelVersion::first_after(version.as_ref());
+        let value = match &version {
+            None => codec.encode(&[&message]).expect("encode"),
+            Some(base) => codec
+                .encode_append(base, [&message])
+                .expect("encode an append value"),
+        };
+        parent = put_messages(&saver, &parent, &next, value, "run").await;
+        configs.push(parent.clone());
+        items.push(message);
+        version = Some(next);
+    }
+    assert_eq!(
+        messages(&saver, &CheckpointConfig::thread("chat")).await,
+        items
+    );
+    assert_eq!(messages(&saver, &configs[10]).await, items[..=10]);
+    let listed = saver.list(&ListQuery::thread("chat")).await.expect("list");
+    assert_eq!(listed.len(), 400);
+    for (n, tuple) in listed.iter().rev().enumerate() {
+        let got: Vec<String> = tuple
+            .channel_value(&codec, CHANNEL)
+            .expect("decode")
+            .expect("a value");
+        assert_eq!(got, items[..=n], "checkpoint {n} of the listing");
+    }
+
+    let stored: i64 = raw(&path)
+        .query_row(
+            "SELECT SUM(length(data)) FROM checkpoint_blobs WHERE channel = ?1",
+            [CHANNEL],
+            |r| r.get(0),
+        )
+        .expect("sum");
+    let stored = usize::try_from(stored).expect("a size");
+    assert!(
+        stored < 2 * item_bytes,
+        "{stored} bytes stored for {item_bytes} bytes of messages"
+    );
+    let links = stored_links(&path, "chat");
+    assert_eq!(links.len(), 400);
+    assert!(links[0].2.is_none(), "the root is a whole value");
+    for pair in links.windows(2) {
+        assert_eq!(pair[1].1, "append");
+        assert_eq!(pair[1].2.as_deref(), Some(pair[0].0.as_str()));
+    }
+}
+
+/// Integer versions have no range bound (their strings do not sort as numbers: "10" comes
+/// before "9"), so reads take every stored version of the channel; branches, `list`,
+/// `delete_for_runs` and `prune` work on them as on the default versions.
+#[tokio::test]
+async fn integer_versions_and_branches_read_whole_and_reclaim_exactly() {
+    let (_dir, path) = temp_db();
+    let saver = SqliteSaver::open(&path).expect("open");
+    let codec = ValueCodec::default();
+    let v = ChannelVersion::Int;
+    // The trunk: versions 1..=12, runs "early" (1..=9) and "late" (10..=12).
+    let mut parent = put_messages(
+        &saver,
+        &CheckpointConfig::thread("t"),
+        &v(1),
+        codec.encode(&["m1"]).expect("encode"),
+        "early",
+    )
+    .await;
+    let mut trunk = vec![parent.clone()];
+    for n in 2..=12 {
+        let run = if n < 10 { "early" } else { "late" };
+        let value = codec
+            .encode_append(&v(n - 1), [format!("m{n}")].iter())
+            .expect("encode");
+        parent = put_messages(&saver, &parent, &v(n), value, run).await;
+        trunk.push(parent.clone());
+    }
+    // A branch forking from version 5 with version 100 (run "branch").
+    let value = codec.encode_append(&v(5), ["fork"].iter()).expect("encode");
+    let branch = put_messages(&saver, &trunk[4], &v(100), value, "branch").await;
+
+    let trunk_items = |n: usize| (1..=n).map(|i| format!("m{i}")).collect::<Vec<_>>();
+    assert_eq!(messages(&saver, &trunk[11]).await, trunk_items(12));
+    let mut fork_items = trunk_items(5);
+    fork_items.push("fork".into());
+    assert_eq!(messages(&saver, &branch).await, fork_items);
+    let listed = saver.list(&ListQuery::thread("t")).await.expect("list");
+    assert_eq!(listed.len(), 13);
+    for tuple in &listed {
+        let got: Vec<String> = tuple
+            .channel_value(&codec, CHANNEL)
+            .expect("decode")
+            .expect("a value");
+        let expected = match trunk.iter().position(|c| *c == tuple.config) {
+            Some(at) => trunk_items(at + 1),
+            None => fork_items.clone(),
+        };
+        assert_eq!(got, expected, "{:?}", tuple.config);
+    }
+
+    // Deleting the early run keeps every link the late checkpoints pass through (versions
+    // 1..=9 included); deleting the branch run reclaims the branch's own value only.
+    saver
+        .delete_for_runs(&["early".into(), "branch".into()])
+        .await
+        .expect("delete runs");
+    let versions: Vec<String> = stored_links(&path, "t").into_iter().map(|l| l.0).collect();
+    let mut expected: Vec<String> = (1..=12).map(|n| n.to_string()).collect();
+    expected.sort();
+    assert_eq!(versions, expected);
+    assert_eq!(messages(&saver, &trunk[9]).await, trunk_items(10));
+
+    // Keeping the latest rewrites its value whole; nothing else of the chain stays.
+    saver
+        .prune(&["t".into()], PruneStrategy::KeepLatest)
+        .await
+        .expect("prune");
+    assert_eq!(
+        stored_links(&path, "t"),
+        [("12".to_owned(), "msgpack".to_owned(), None)]
+    );
+    assert_eq!(
+        messages(&saver, &CheckpointConfig::thread("t")).await,
+        trunk_items(12)
+    );
+}
+
+/// A value tagged as an append value whose header cannot be parsed could never be read
+/// back: `put` refuses it and stores nothing.
+#[tokio::test]
+async fn a_malformed_append_value_is_refused() {
+    let saver = SqliteSaver::in_memory().expect("open");
+    let mut cp = Checkpoint::new();
+    cp.channel_values.insert(
+        CHANNEL.into(),
+        TypedValue::new(cairn_checkpoint::TAG_APPEND, &b"not a header"[..]),
+    );
+    cp.channel_versions
+        .insert(CHANNEL.into(), ChannelVersion::Int(2));
+    let err = saver
+        .put(
+            &CheckpointConfig::thread("t"),
+            cp,
+            CheckpointMetadata::default(),
+            [(CHANNEL.to_owned(), ChannelVersion::Int(2))].into(),
+        )
+        .await
+        .expect_err("malformed");
+    assert!(
+        matches!(&err, Error::InvalidArgument(m) if m.contains("malformed append value")),
+        "{err}"
+    );
+    assert!(saver
+        .get_tuple(&CheckpointConfig::thread("t"))
+        .await
+        .expect("get")
+        .is_none());
+}
