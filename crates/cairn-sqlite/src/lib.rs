@@ -43,13 +43,39 @@
 //!   version)`**. A `put` writes only the channels in `new_versions`; a checkpoint finds
 //!   its values through its `channel_versions`. Storing the whole state in every checkpoint
 //!   row (as LangGraph's SqliteSaver does) makes a thread of n steps cost O(n²) bytes; here
-//!   an unchanged channel costs nothing per step.
+//!   an unchanged channel costs nothing per step. `base_version` is set for append values
+//!   (below) and NULL otherwise.
 //! * `checkpoint_writes` — pending writes keyed `(thread, ns, checkpoint_id, task_id, idx)`:
 //!   regular writes are insert-if-absent (a retried task cannot duplicate them), special
 //!   channels (negative index) overwrite.
 //!
 //! `list` never runs one query per checkpoint: one query for the rows, one for all their
-//! values, one for all their writes, inside one read transaction.
+//! values, one for all their writes (and one for append chains, below), inside one read
+//! transaction.
+//!
+//! ## Append values
+//!
+//! A list channel that grows by a few items per step can be stored as an *append value*
+//! ([`cairn_checkpoint::AppendValue`]): the version it extends and the new items. SQLite
+//! stores it as given, in `checkpoint_blobs`, and copies its base version into the
+//! `base_version` column at `put` (a malformed append value is refused there, since it could
+//! never be read back). A thread of n steps adding one message each then stores each message
+//! once, not n times.
+//!
+//! Reads return whole values. When any loaded checkpoint holds append values, one more query
+//! fetches the links of all their chains at once: per `(thread, namespace, channel)`, every
+//! stored version up to the newest head's version, a single range of the primary key
+//! ([`cairn_checkpoint::chain_fetch_bound`]; every version of the channel when versions are
+//! not in the zero-padded form whose text order is their counter order). The links go into
+//! one [`cairn_checkpoint::AppendChains`] per thread and namespace, and the checkpoints are
+//! resolved oldest first, so a listing of a long history joins each link once. Reading the
+//! latest checkpoint stays four queries, however long its chains.
+//!
+//! Deletions keep what chains need: reclaiming unreferenced values (after `delete_for_runs`
+//! and `prune`) follows `base_version` from the values the remaining checkpoints name, in a
+//! recursive query, one primary-key search per link. `prune` with `KeepLatest` first
+//! rewrites the kept checkpoint's append values as whole values, in the same transaction, so
+//! none of the older links stays. `copy_thread` copies values and bases as stored.
 //!
 //! ## Concurrency: one writer thread, group commit
 //!

@@ -3,7 +3,9 @@
 //! A read never issues one query per checkpoint: it fetches the checkpoint rows in one
 //! query, then the channel values of all of them in one query and their pending writes in
 //! another (the keys travel as one JSON array, joined with `json_each`), all inside one read
-//! transaction so the three see the same snapshot.
+//! transaction so the three see the same snapshot. When some of the values are append values,
+//! a fourth query ([`CHAIN_SQL`]) fetches the links of all their chains, one range of the
+//! primary key per channel, and [`AppendChains`] joins them into whole values.
 
 use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
