@@ -1,11 +1,12 @@
 //! [`PostgresSaver`]: the [`CheckpointSaver`] over a pool of PostgreSQL connections.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use cairn_checkpoint::{
-    write_index, ChannelVersions, Checkpoint, CheckpointConfig, CheckpointMetadata,
+    append_base, append_heads, chain_fetch_bound, has_append_values, write_index, AppendChains,
+    ChannelVersion, ChannelVersions, Checkpoint, CheckpointConfig, CheckpointMetadata,
     CheckpointSaver, CheckpointTuple, DataLocation, Error, LatestCheckpoint, ListQuery,
     PendingWrite, PruneStrategy, Result, ThreadSummary, TypedValue,
 };
@@ -229,8 +230,107 @@ impl PostgresSaver {
         })
     }
 
+    /// The whole values of the append values the latest checkpoints of `thread_ids` refer
+    /// to, for `prune` to store in their place: one statement to find them, one to fetch
+    /// their chains (none when there are no append values).
+    async fn whole_latest_heads(
+        &self,
+        client: &ClientWrapper,
+        thread_ids: &[String],
+    ) -> Result<WholeHeads> {
+        let rows = self
+            .query(
+                client,
+                "prune: finding append values",
+                &self.sql.latest_append_heads,
+                &[(&thread_ids, Type::TEXT_ARRAY)],
+            )
+            .await?;
+        let mut heads = Vec::with_capacity(rows.len());
+        for row in &rows {
+            let get = |i: usize| -> Result<String> {
+                row.try_get(i)
+                    .map_err(|e| pg_error("prune: reading an append value's key", e))
+            };
+            heads.push((get(0)?, get(1)?, get(2)?, get(3)?, get(4)?));
+        }
+        let mut whole = WholeHeads::default();
+        if heads.is_empty() {
+            return Ok(whole);
+        }
+        let mut keys = ValueKeys::default();
+        for (thread, ns, _, channel, version) in &heads {
+            let bounded = chain_fetch_bound(&ChannelVersion::Str(version.clone())).is_some();
+            keys.push(thread, ns, channel, version, bounded);
+        }
+        let blobs = self.fetch_values(client, &keys).await?;
+        let mut chains: HashMap<(&str, &str), AppendChains> = HashMap::new();
+        for (thread, ns, checkpoint_id, channel, version) in &heads {
+            let lookup =
+                |v: &str| blobs.get(&(thread.clone(), ns.clone(), channel.clone(), v.to_owned()));
+            // Deleted since it was found: nothing to rewrite.
+            let Some(head) = lookup(version) else {
+                continue;
+            };
+            let chains = chains.entry((thread, ns)).or_default();
+            chains.gather(channel, version, lookup);
+            let value = chains.resolve(channel, version, head).map_err(|e| {
+                Error::corrupt(
+                    location(thread, ns, checkpoint_id, Some(channel)),
+                    e.to_string(),
+                )
+            })?;
+            whole.threads.push(thread.clone());
+            whole.namespaces.push(ns.clone());
+            whole.checkpoint_ids.push(checkpoint_id.clone());
+            whole.channels.push(channel.clone());
+            whole.versions.push(version.clone());
+            whole.tags.push(value.type_tag);
+            whole.blobs.push(value.data.to_vec());
+        }
+        Ok(whole)
+    }
+
+    /// Stored values by key, plus, for every channel where one of them is an append value,
+    /// the stored versions its chains can pass through (one statement; see
+    /// [`Statements::blobs`]).
+    async fn fetch_values(
+        &self,
+        client: &ClientWrapper,
+        keys: &ValueKeys<'_>,
+    ) -> Result<HashMap<BlobKey, TypedValue>> {
+        if keys.threads.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let params: [Param<'_>; 5] = [
+            (&keys.threads, Type::TEXT_ARRAY),
+            (&keys.namespaces, Type::TEXT_ARRAY),
+            (&keys.channels, Type::TEXT_ARRAY),
+            (&keys.versions, Type::TEXT_ARRAY),
+            (&keys.bounds, Type::TEXT_ARRAY),
+        ];
+        let rows = self
+            .query(client, "loading channel values", &self.sql.blobs, &params)
+            .await?;
+        let mut values = HashMap::with_capacity(rows.len());
+        for row in &rows {
+            let read = |e| pg_error("reading a value", e);
+            let key: BlobKey = (
+                row.try_get(0).map_err(read)?,
+                row.try_get(1).map_err(read)?,
+                row.try_get(2).map_err(read)?,
+                row.try_get(3).map_err(read)?,
+            );
+            let type_tag: String = row.try_get(4).map_err(read)?;
+            let data: Vec<u8> = row.try_get(5).map_err(read)?;
+            values.insert(key, TypedValue::new(type_tag, data));
+        }
+        Ok(values)
+    }
+
     /// Attaches values and pending writes to checkpoint rows: two statements, sent together
-    /// on one connection, whatever the number of rows.
+    /// on one connection, whatever the number of rows. Append values come back with the
+    /// links of their chains and are resolved here.
     async fn load(&self, client: &ClientWrapper, rows: Vec<Row>) -> Result<Vec<CheckpointTuple>> {
         let stored = rows
             .iter()
@@ -242,52 +342,31 @@ impl PostgresSaver {
 
         // Distinct (thread, ns, channel, version) keys: checkpoints of one thread share most
         // of their values, and each is fetched once.
-        let mut blob_keys: HashSet<(&str, &str, &str, String)> = HashSet::new();
+        let mut wanted: HashMap<(&str, &str, &str, String), bool> = HashMap::new();
         for s in &stored {
             for (channel, version) in &s.checkpoint.channel_versions {
-                blob_keys.insert((
-                    &s.thread_id,
-                    &s.checkpoint_ns,
-                    channel,
-                    version.to_storage_string(),
-                ));
+                wanted
+                    .entry((
+                        &s.thread_id,
+                        &s.checkpoint_ns,
+                        channel,
+                        version.to_storage_string(),
+                    ))
+                    .or_insert_with(|| chain_fetch_bound(version).is_some());
             }
         }
-        let (mut bt, mut bn, mut bc, mut bv) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-        for (t, n, c, v) in &blob_keys {
-            bt.push(*t);
-            bn.push(*n);
-            bc.push(*c);
-            bv.push(v.as_str());
+        let mut keys = ValueKeys::default();
+        for ((thread, ns, channel, version), bounded) in &wanted {
+            keys.push(thread, ns, channel, version, *bounded);
         }
         let wt: Vec<&str> = stored.iter().map(|s| s.thread_id.as_str()).collect();
         let wn: Vec<&str> = stored.iter().map(|s| s.checkpoint_ns.as_str()).collect();
         let wi: Vec<&str> = stored.iter().map(|s| s.checkpoint.id.as_str()).collect();
-
-        let blob_params: [Param<'_>; 4] = [
-            (&bt, Type::TEXT_ARRAY),
-            (&bn, Type::TEXT_ARRAY),
-            (&bc, Type::TEXT_ARRAY),
-            (&bv, Type::TEXT_ARRAY),
-        ];
         let write_params: [Param<'_>; 3] = [
             (&wt, Type::TEXT_ARRAY),
             (&wn, Type::TEXT_ARRAY),
             (&wi, Type::TEXT_ARRAY),
         ];
-        let blobs_query = async {
-            if blob_keys.is_empty() {
-                Ok(Vec::new())
-            } else {
-                self.query(
-                    client,
-                    "loading channel values",
-                    &self.sql.blobs,
-                    &blob_params,
-                )
-                .await
-            }
-        };
         let writes_query = self.query(
             client,
             "loading pending writes",
@@ -295,20 +374,8 @@ impl PostgresSaver {
             &write_params,
         );
         // Polled together, the two statements are pipelined on the connection.
-        let (blob_rows, write_rows) = futures::try_join!(blobs_query, writes_query)?;
-
-        let mut blobs: HashMap<BlobKey, TypedValue> = HashMap::with_capacity(blob_rows.len());
-        for row in &blob_rows {
-            let key: BlobKey = (
-                row.try_get(0).map_err(|e| pg_error("reading a value", e))?,
-                row.try_get(1).map_err(|e| pg_error("reading a value", e))?,
-                row.try_get(2).map_err(|e| pg_error("reading a value", e))?,
-                row.try_get(3).map_err(|e| pg_error("reading a value", e))?,
-            );
-            let type_tag: String = row.try_get(4).map_err(|e| pg_error("reading a value", e))?;
-            let data: Vec<u8> = row.try_get(5).map_err(|e| pg_error("reading a value", e))?;
-            blobs.insert(key, TypedValue::new(type_tag, data));
-        }
+        let (blobs, write_rows) =
+            futures::try_join!(self.fetch_values(client, &keys), writes_query)?;
 
         let mut writes: HashMap<CheckpointKey, Vec<PendingWrite>> = HashMap::new();
         for row in &write_rows {
@@ -329,7 +396,7 @@ impl PostgresSaver {
             writes.entry(key).or_default().push(write);
         }
 
-        Ok(stored
+        let mut tuples: Vec<CheckpointTuple> = stored
             .into_iter()
             .map(|s| {
                 let mut checkpoint = s.checkpoint;
@@ -372,8 +439,77 @@ impl PostgresSaver {
                     pending_writes,
                 }
             })
-            .collect())
+            .collect();
+        resolve_append_values(&mut tuples, &blobs)?;
+        Ok(tuples)
     }
+}
+
+/// Whole values to store in place of append values, as the columns of
+/// [`Statements::prune_keep_latest`]: the key, the checkpoint it was resolved for, the value.
+#[derive(Default)]
+struct WholeHeads {
+    threads: Vec<String>,
+    namespaces: Vec<String>,
+    checkpoint_ids: Vec<String>,
+    channels: Vec<String>,
+    versions: Vec<String>,
+    tags: Vec<String>,
+    blobs: Vec<Vec<u8>>,
+}
+
+/// Keys of stored values to fetch, as the columns of [`Statements::blobs`].
+#[derive(Default)]
+struct ValueKeys<'a> {
+    threads: Vec<&'a str>,
+    namespaces: Vec<&'a str>,
+    channels: Vec<&'a str>,
+    versions: Vec<&'a str>,
+    /// The version again when a chain starting there can be fetched as the range of
+    /// versions up to it ([`chain_fetch_bound`]); `None` reads every version of the channel
+    /// if the value turns out to be an append value.
+    bounds: Vec<Option<&'a str>>,
+}
+
+impl<'a> ValueKeys<'a> {
+    fn push(
+        &mut self,
+        thread: &'a str,
+        ns: &'a str,
+        channel: &'a str,
+        version: &'a str,
+        bounded: bool,
+    ) {
+        self.threads.push(thread);
+        self.namespaces.push(ns);
+        self.channels.push(channel);
+        self.versions.push(version);
+        self.bounds.push(bounded.then_some(version));
+    }
+}
+
+/// Replaces the append values of `tuples` (newest first, as listed) by whole values, with
+/// one [`AppendChains`] per thread and namespace fed from `blobs`. Oldest first, so the
+/// whole value of a version is built once and each later checkpoint adds its own items.
+fn resolve_append_values(
+    tuples: &mut [CheckpointTuple],
+    blobs: &HashMap<BlobKey, TypedValue>,
+) -> Result<()> {
+    let mut chains: HashMap<(String, String), AppendChains> = HashMap::new();
+    for tuple in tuples.iter_mut().rev() {
+        if !has_append_values(&tuple.checkpoint) {
+            continue;
+        }
+        let (thread, ns) = (&tuple.config.thread_id, &tuple.config.checkpoint_ns);
+        let chains = chains.entry((thread.clone(), ns.clone())).or_default();
+        for (channel, version) in append_heads(&tuple.checkpoint) {
+            chains.gather(channel, &version.to_storage_string(), |v| {
+                blobs.get(&(thread.clone(), ns.clone(), channel.to_owned(), v.to_owned()))
+            });
+        }
+        chains.resolve_tuple(tuple)?;
+    }
+    Ok(())
 }
 
 /// The error of a write without a checkpoint to belong to.
@@ -408,9 +544,17 @@ fn encode_put(
     Ok((header, metadata, values))
 }
 
-/// Value columns (channel, version, type tag, bytes) in the order of the put statements'
-/// `unnest`.
-type BlobColumns<'a> = (Vec<&'a str>, Vec<String>, Vec<&'a str>, Vec<&'a [u8]>);
+/// Value columns in the order of the put statements' `unnest`.
+struct BlobColumns<'a> {
+    channels: Vec<&'a str>,
+    versions: Vec<String>,
+    tags: Vec<&'a str>,
+    blobs: Vec<&'a [u8]>,
+    /// The version an append value extends, kept in a column so that deletions can follow
+    /// chains in SQL; `None` for whole values (and for append values too damaged to name
+    /// their base: stored as given, they read as corrupt like in every other saver).
+    bases: Vec<Option<String>>,
+}
 
 /// The values of `new_versions` as columns for the put statements (`empty` for a channel
 /// without a value).
@@ -419,20 +563,29 @@ fn blob_columns<'a>(
     values: &'a std::collections::BTreeMap<String, TypedValue>,
     empty: &'a TypedValue,
 ) -> Result<BlobColumns<'a>> {
-    let mut channels = Vec::with_capacity(new_versions.len());
-    let mut versions = Vec::with_capacity(new_versions.len());
-    let mut tags = Vec::with_capacity(new_versions.len());
-    let mut blobs: Vec<&[u8]> = Vec::with_capacity(new_versions.len());
+    let n = new_versions.len();
+    let mut columns = BlobColumns {
+        channels: Vec::with_capacity(n),
+        versions: Vec::with_capacity(n),
+        tags: Vec::with_capacity(n),
+        blobs: Vec::with_capacity(n),
+        bases: Vec::with_capacity(n),
+    };
     for (channel, version) in new_versions {
         check_text("channel name", channel)?;
         let value = values.get(channel).unwrap_or(empty);
         check_text("type tag", &value.type_tag)?;
-        channels.push(channel.as_str());
-        versions.push(version.to_storage_string());
-        tags.push(value.type_tag.as_str());
-        blobs.push(&value.data);
+        let base = append_base(value).ok().flatten();
+        if let Some(base) = &base {
+            check_text("append base version", base)?;
+        }
+        columns.channels.push(channel.as_str());
+        columns.versions.push(version.to_storage_string());
+        columns.tags.push(value.type_tag.as_str());
+        columns.blobs.push(&value.data);
+        columns.bases.push(base);
     }
-    Ok((channels, versions, tags, blobs))
+    Ok(columns)
 }
 
 /// Write columns (index, channel, type tag, bytes) in the order of the write statements'
@@ -600,18 +753,19 @@ impl CheckpointSaver for PostgresSaver {
         let mut checkpoint = checkpoint;
         let (header, metadata, values) = encode_put(config, &mut checkpoint, &metadata)?;
         let empty = TypedValue::empty();
-        let (channels, versions, tags, blobs) = blob_columns(&new_versions, &values, &empty)?;
+        let b = blob_columns(&new_versions, &values, &empty)?;
         let params: &[Param<'_>] = &[
             (&config.thread_id, Type::TEXT),
             (&config.checkpoint_ns, Type::TEXT),
             (&checkpoint.id, Type::TEXT),
             (&config.checkpoint_id, Type::TEXT),
             (&header, Type::JSONB),
-            (&channels, Type::TEXT_ARRAY),
-            (&versions, Type::TEXT_ARRAY),
-            (&tags, Type::TEXT_ARRAY),
-            (&blobs, Type::BYTEA_ARRAY),
+            (&b.channels, Type::TEXT_ARRAY),
+            (&b.versions, Type::TEXT_ARRAY),
+            (&b.tags, Type::TEXT_ARRAY),
+            (&b.blobs, Type::BYTEA_ARRAY),
             (&metadata, Type::JSONB),
+            (&b.bases, Type::TEXT_ARRAY),
         ];
         self.with_client(|client| async move {
             self.query(&client, "put", &self.sql.put, params).await
@@ -677,17 +831,17 @@ impl CheckpointSaver for PostgresSaver {
         let mut checkpoint = checkpoint;
         let (header, metadata, values) = encode_put(config, &mut checkpoint, &metadata)?;
         let empty = TypedValue::empty();
-        let (channels, versions, tags, blobs) = blob_columns(&new_versions, &values, &empty)?;
+        let b = blob_columns(&new_versions, &values, &empty)?;
         let params: &[Param<'_>] = &[
             (&config.thread_id, Type::TEXT),
             (&config.checkpoint_ns, Type::TEXT),
             (&checkpoint.id, Type::TEXT),
             (&config.checkpoint_id, Type::TEXT),
             (&header, Type::JSONB),
-            (&channels, Type::TEXT_ARRAY),
-            (&versions, Type::TEXT_ARRAY),
-            (&tags, Type::TEXT_ARRAY),
-            (&blobs, Type::BYTEA_ARRAY),
+            (&b.channels, Type::TEXT_ARRAY),
+            (&b.versions, Type::TEXT_ARRAY),
+            (&b.tags, Type::TEXT_ARRAY),
+            (&b.blobs, Type::BYTEA_ARRAY),
             (&metadata, Type::JSONB),
             (&task_id, Type::TEXT),
             (&task_path, Type::TEXT),
@@ -695,6 +849,7 @@ impl CheckpointSaver for PostgresSaver {
             (&w_channels, Type::TEXT_ARRAY),
             (&w_tags, Type::TEXT_ARRAY),
             (&w_blobs, Type::BYTEA_ARRAY),
+            (&b.bases, Type::TEXT_ARRAY),
         ];
         self.with_client(|client| async move {
             self.query(
@@ -774,13 +929,34 @@ impl CheckpointSaver for PostgresSaver {
         if thread_ids.is_empty() {
             return Ok(());
         }
-        let sql = match strategy {
-            PruneStrategy::KeepLatest => &self.sql.prune_keep_latest,
-            PruneStrategy::Delete => &self.sql.delete_threads,
-        };
-        let params: &[Param<'_>] = &[(&thread_ids, Type::TEXT_ARRAY)];
-        self.with_client(|client| async move { self.query(&client, "prune", sql, params).await })
-            .await?;
+        match strategy {
+            PruneStrategy::KeepLatest => {
+                self.with_client(|client| async move {
+                    let whole = self.whole_latest_heads(&client, thread_ids).await?;
+                    let params: &[Param<'_>] = &[
+                        (&thread_ids, Type::TEXT_ARRAY),
+                        (&whole.threads, Type::TEXT_ARRAY),
+                        (&whole.namespaces, Type::TEXT_ARRAY),
+                        (&whole.checkpoint_ids, Type::TEXT_ARRAY),
+                        (&whole.channels, Type::TEXT_ARRAY),
+                        (&whole.versions, Type::TEXT_ARRAY),
+                        (&whole.tags, Type::TEXT_ARRAY),
+                        (&whole.blobs, Type::BYTEA_ARRAY),
+                    ];
+                    self.query(&client, "prune", &self.sql.prune_keep_latest, params)
+                        .await
+                })
+                .await?;
+            }
+            PruneStrategy::Delete => {
+                let params: &[Param<'_>] = &[(&thread_ids, Type::TEXT_ARRAY)];
+                self.with_client(|client| async move {
+                    self.query(&client, "prune", &self.sql.delete_threads, params)
+                        .await
+                })
+                .await?;
+            }
+        }
         Ok(())
     }
 

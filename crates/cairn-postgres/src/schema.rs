@@ -18,10 +18,11 @@ struct Migration {
 }
 
 /// Every migration, oldest first. Never edit a released one: add a new one.
-const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    description: "checkpoints, checkpoint_blobs and checkpoint_writes",
-    sql: r#"
+const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        description: "checkpoints, checkpoint_blobs and checkpoint_writes",
+        sql: r#"
 CREATE TABLE {s}checkpoints (
     thread_id            text COLLATE "C" NOT NULL,
     checkpoint_ns        text COLLATE "C" NOT NULL DEFAULT '',
@@ -57,10 +58,25 @@ CREATE TABLE {s}checkpoint_writes (
     PRIMARY KEY (thread_id, checkpoint_ns, checkpoint_id, task_id, idx)
 );
 "#,
-}];
+    },
+    Migration {
+        version: 2,
+        description: "checkpoint_blobs.base: the version an append value extends",
+        // Adding a nullable column rewrites nothing. The backfill reads the second header
+        // line of append values stored before the column existed; `escape` never fails on
+        // binary bytes and leaves Cairn's version strings (ASCII) as they are.
+        sql: r#"
+ALTER TABLE {s}checkpoint_blobs ADD COLUMN base text COLLATE "C";
+UPDATE {s}checkpoint_blobs
+   SET base = split_part(encode(substring(blob FROM 1 FOR 4096), 'escape'), E'\n', 2)
+ WHERE type_tag = 'append'
+   AND split_part(encode(substring(blob FROM 1 FOR 4096), 'escape'), E'\n', 1) = 'cairn-append/1';
+"#,
+    },
+];
 
 /// The schema version this build of Cairn reads and writes.
-pub const SCHEMA_VERSION: i32 = 1;
+pub const SCHEMA_VERSION: i32 = 2;
 
 /// Checks a schema name: letters, digits, `_`, `$` and `-`, at most 63 bytes. It is always
 /// double-quoted in SQL, so case is kept.
@@ -213,14 +229,21 @@ pub(crate) struct Statements {
     pub list_threads_all: String,
     pub get_latest: String,
     pub get_one: String,
+    /// Values by key (`$1`..`$4`), with every stored version up to the largest head (`$5`:
+    /// the head's chain fetch bound, NULL for no bound) of channels holding append values.
     pub blobs: String,
     pub writes: String,
     pub put: String,
     pub put_writes: String,
-    /// `put_writes` against the parent (`$4`, params `$11`..`$16`) and `put`, in one statement.
+    /// `put_writes` against the parent (`$4`, params `$11`..`$16`) and `put` (value bases
+    /// `$17`), in one statement.
     pub put_writes_and_put: String,
     pub delete_threads: String,
     pub copy_thread: String,
+    /// The append values the latest checkpoints of threads `$1` refer to.
+    pub latest_append_heads: String,
+    /// Keeps the latest checkpoint of each namespace of threads `$1`, after rewriting the
+    /// values `$2`..`$8` (whole values of its append heads) in place.
     pub prune_keep_latest: String,
     pub delete_for_runs: String,
 }
@@ -238,6 +261,23 @@ impl Statements {
         let p = prefix(schema);
         let cols = CHECKPOINT_COLUMNS;
         let cv = CHANNEL_VERSIONS;
+        // The latest checkpoint of each namespace of threads `$1`, with its versions.
+        let latest = format!(
+            "latest AS ( \
+                 SELECT DISTINCT ON (c.thread_id, c.checkpoint_ns) \
+                        c.thread_id, c.checkpoint_ns, c.checkpoint_id, {cv} AS versions \
+                 FROM {p}checkpoints c WHERE c.thread_id = ANY($1) \
+                 ORDER BY c.thread_id, c.checkpoint_ns, c.checkpoint_id DESC)"
+        );
+        // One step down the append chains of the recursive `kept` set: each kept append
+        // value keeps its base.
+        let chain_step = format!(
+            "SELECT b.thread_id, b.checkpoint_ns, b.channel, b.base \
+             FROM kept k JOIN {p}checkpoint_blobs b ON b.thread_id = k.thread_id \
+                  AND b.checkpoint_ns = k.checkpoint_ns AND b.channel = k.channel \
+                  AND b.version = k.version \
+             WHERE b.base IS NOT NULL"
+        );
         let threads = |first: &str| {
             format!(
                 "WITH t AS ({first}), \
@@ -275,13 +315,37 @@ impl Statements {
                 "SELECT {cols} FROM {p}checkpoints \
                  WHERE thread_id = $1 AND checkpoint_ns = $2 AND checkpoint_id = $3"
             ),
+            // `h`: the values asked for. `a`: channels where one of them is an append value,
+            // with the range their chains can pass through. Those channels come back as the
+            // whole range (which holds their heads), the others as asked, so no row twice.
             blobs: format!(
-                "SELECT b.thread_id, b.checkpoint_ns, b.channel, b.version, b.type_tag, b.blob \
-                 FROM unnest($1::text[], $2::text[], $3::text[], $4::text[]) \
-                      AS k(thread_id, checkpoint_ns, channel, version) \
-                 JOIN {p}checkpoint_blobs b ON b.thread_id = k.thread_id \
-                      AND b.checkpoint_ns = k.checkpoint_ns AND b.channel = k.channel \
-                      AND b.version = k.version"
+                "WITH h AS ( \
+                     SELECT b.thread_id, b.checkpoint_ns, b.channel, b.version, b.type_tag, \
+                            b.blob, k.bound \
+                     FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[]) \
+                          AS k(thread_id, checkpoint_ns, channel, version, bound) \
+                     JOIN {p}checkpoint_blobs b ON b.thread_id = k.thread_id \
+                          AND b.checkpoint_ns = k.checkpoint_ns AND b.channel = k.channel \
+                          AND b.version = k.version), \
+                 a AS ( \
+                     SELECT thread_id, checkpoint_ns, channel, \
+                            CASE WHEN bool_and(bound IS NOT NULL) \
+                                 THEN max(bound COLLATE \"C\") END AS bound \
+                     FROM h GROUP BY thread_id, checkpoint_ns, channel \
+                     HAVING bool_or(type_tag = 'append')) \
+                 SELECT thread_id, checkpoint_ns, channel, version, type_tag, blob FROM h \
+                 WHERE NOT EXISTS (SELECT 1 FROM a WHERE a.thread_id = h.thread_id \
+                     AND a.checkpoint_ns = h.checkpoint_ns AND a.channel = h.channel) \
+                 UNION ALL \
+                 SELECT b.thread_id, b.checkpoint_ns, b.channel, b.version, b.type_tag, b.blob \
+                 FROM a JOIN {p}checkpoint_blobs b ON b.thread_id = a.thread_id \
+                      AND b.checkpoint_ns = a.checkpoint_ns AND b.channel = a.channel \
+                      AND b.version <= a.bound \
+                 UNION ALL \
+                 SELECT b.thread_id, b.checkpoint_ns, b.channel, b.version, b.type_tag, b.blob \
+                 FROM a JOIN {p}checkpoint_blobs b ON b.thread_id = a.thread_id \
+                      AND b.checkpoint_ns = a.checkpoint_ns AND b.channel = a.channel \
+                 WHERE a.bound IS NULL"
             ),
             writes: format!(
                 "SELECT w.thread_id, w.checkpoint_ns, w.checkpoint_id, w.task_id, w.channel, \
@@ -297,12 +361,13 @@ impl Statements {
             put: format!(
                 "WITH blobs AS ( \
                      INSERT INTO {p}checkpoint_blobs \
-                         (thread_id, checkpoint_ns, channel, version, type_tag, blob) \
-                     SELECT $1, $2, u.channel, u.version, u.type_tag, u.blob \
-                     FROM unnest($6::text[], $7::text[], $8::text[], $9::bytea[]) \
-                          AS u(channel, version, type_tag, blob) \
+                         (thread_id, checkpoint_ns, channel, version, type_tag, blob, base) \
+                     SELECT $1, $2, u.channel, u.version, u.type_tag, u.blob, u.base \
+                     FROM unnest($6::text[], $7::text[], $8::text[], $9::bytea[], $11::text[]) \
+                          AS u(channel, version, type_tag, blob, base) \
                      ON CONFLICT (thread_id, checkpoint_ns, channel, version) \
-                     DO UPDATE SET type_tag = EXCLUDED.type_tag, blob = EXCLUDED.blob) \
+                     DO UPDATE SET type_tag = EXCLUDED.type_tag, blob = EXCLUDED.blob, \
+                         base = EXCLUDED.base) \
                  INSERT INTO {p}checkpoints \
                      (thread_id, checkpoint_ns, checkpoint_id, parent_checkpoint_id, header, metadata) \
                  VALUES ($1, $2, $3, $4, $5, $10) \
@@ -336,12 +401,13 @@ impl Statements {
             put_writes_and_put: format!(
                 "WITH blobs AS ( \
                      INSERT INTO {p}checkpoint_blobs \
-                         (thread_id, checkpoint_ns, channel, version, type_tag, blob) \
-                     SELECT $1, $2, u.channel, u.version, u.type_tag, u.blob \
-                     FROM unnest($6::text[], $7::text[], $8::text[], $9::bytea[]) \
-                          AS u(channel, version, type_tag, blob) \
+                         (thread_id, checkpoint_ns, channel, version, type_tag, blob, base) \
+                     SELECT $1, $2, u.channel, u.version, u.type_tag, u.blob, u.base \
+                     FROM unnest($6::text[], $7::text[], $8::text[], $9::bytea[], $17::text[]) \
+                          AS u(channel, version, type_tag, blob, base) \
                      ON CONFLICT (thread_id, checkpoint_ns, channel, version) \
-                     DO UPDATE SET type_tag = EXCLUDED.type_tag, blob = EXCLUDED.blob), \
+                     DO UPDATE SET type_tag = EXCLUDED.type_tag, blob = EXCLUDED.blob, \
+                         base = EXCLUDED.base), \
                  regular AS ( \
                      INSERT INTO {p}checkpoint_writes (thread_id, checkpoint_ns, checkpoint_id, \
                          task_id, task_path, idx, channel, type_tag, blob) \
@@ -386,12 +452,13 @@ impl Statements {
                          header = EXCLUDED.header, metadata = EXCLUDED.metadata), \
                  b AS ( \
                      INSERT INTO {p}checkpoint_blobs \
-                         (thread_id, checkpoint_ns, channel, version, type_tag, blob) \
-                     SELECT $2, checkpoint_ns, channel, version, type_tag, blob \
+                         (thread_id, checkpoint_ns, channel, version, type_tag, blob, base) \
+                     SELECT $2, checkpoint_ns, channel, version, type_tag, blob, base \
                      FROM {p}checkpoint_blobs WHERE thread_id = $1 \
                      ORDER BY checkpoint_ns, channel, version \
                      ON CONFLICT (thread_id, checkpoint_ns, channel, version) \
-                     DO UPDATE SET type_tag = EXCLUDED.type_tag, blob = EXCLUDED.blob) \
+                     DO UPDATE SET type_tag = EXCLUDED.type_tag, blob = EXCLUDED.blob, \
+                         base = EXCLUDED.base) \
                  INSERT INTO {p}checkpoint_writes (thread_id, checkpoint_ns, checkpoint_id, \
                      task_id, idx, channel, type_tag, blob, task_path) \
                  SELECT $2, checkpoint_ns, checkpoint_id, task_id, idx, channel, type_tag, blob, \
@@ -402,18 +469,49 @@ impl Statements {
                  DO UPDATE SET channel = EXCLUDED.channel, type_tag = EXCLUDED.type_tag, \
                      blob = EXCLUDED.blob, task_path = EXCLUDED.task_path"
             ),
-            // All CTEs see the table as it was before the statement, so "kept" is computed
-            // from `latest`, not by reading the checkpoints table after the delete.
-            prune_keep_latest: format!(
-                "WITH latest AS ( \
-                     SELECT DISTINCT ON (c.thread_id, c.checkpoint_ns) \
-                            c.thread_id, c.checkpoint_ns, c.checkpoint_id, {cv} AS versions \
-                     FROM {p}checkpoints c WHERE c.thread_id = ANY($1) \
-                     ORDER BY c.thread_id, c.checkpoint_ns, c.checkpoint_id DESC), \
-                 kept AS ( \
-                     SELECT l.thread_id, l.checkpoint_ns, v.key AS channel, \
+            latest_append_heads: format!(
+                "WITH {latest}, \
+                 heads AS ( \
+                     SELECT l.thread_id, l.checkpoint_ns, l.checkpoint_id, v.key AS channel, \
                             v.value #>> '{{}}' AS version \
-                     FROM latest l CROSS JOIN LATERAL jsonb_each(l.versions) v), \
+                     FROM latest l CROSS JOIN LATERAL jsonb_each(l.versions) v) \
+                 SELECT h.thread_id, h.checkpoint_ns, h.checkpoint_id, h.channel, h.version \
+                 FROM heads h JOIN {p}checkpoint_blobs b ON b.thread_id = h.thread_id \
+                      AND b.checkpoint_ns = h.checkpoint_ns AND b.channel = h.channel \
+                      AND b.version = h.version \
+                 WHERE b.type_tag = 'append'"
+            ),
+            // All CTEs see the tables as they were before the statement, so "kept" is computed
+            // from `latest`, not by reading the checkpoints table after the delete. A rewrite
+            // applies only while its checkpoint is still the latest (a checkpoint put since
+            // it was computed keeps the chains instead); a rewritten head ends its chain.
+            prune_keep_latest: format!(
+                "WITH RECURSIVE {latest}, \
+                 rewrite AS ( \
+                     SELECT u.thread_id, u.checkpoint_ns, u.channel, u.version, u.type_tag, \
+                            u.blob \
+                     FROM unnest($2::text[], $3::text[], $4::text[], $5::text[], $6::text[], \
+                                 $7::text[], $8::bytea[]) \
+                          AS u(thread_id, checkpoint_ns, checkpoint_id, channel, version, \
+                               type_tag, blob) \
+                     JOIN latest l ON l.thread_id = u.thread_id \
+                          AND l.checkpoint_ns = u.checkpoint_ns \
+                          AND l.checkpoint_id = u.checkpoint_id), \
+                 upd AS ( \
+                     UPDATE {p}checkpoint_blobs b \
+                     SET type_tag = r.type_tag, blob = r.blob, base = NULL \
+                     FROM rewrite r \
+                     WHERE b.thread_id = r.thread_id AND b.checkpoint_ns = r.checkpoint_ns \
+                       AND b.channel = r.channel AND b.version = r.version), \
+                 kept(thread_id, checkpoint_ns, channel, version) AS ( \
+                     SELECT l.thread_id, l.checkpoint_ns, v.key COLLATE \"C\", \
+                            (v.value #>> '{{}}') COLLATE \"C\" \
+                     FROM latest l CROSS JOIN LATERAL jsonb_each(l.versions) v \
+                     UNION \
+                     {chain_step} \
+                       AND NOT EXISTS (SELECT 1 FROM rewrite r \
+                           WHERE r.thread_id = k.thread_id AND r.checkpoint_ns = k.checkpoint_ns \
+                             AND r.channel = k.channel AND r.version = k.version)), \
                  del_c AS ( \
                      DELETE FROM {p}checkpoints c USING latest l \
                      WHERE c.thread_id = l.thread_id AND c.checkpoint_ns = l.checkpoint_ns \
@@ -428,8 +526,10 @@ impl Statements {
                        WHERE k.thread_id = b.thread_id AND k.checkpoint_ns = b.checkpoint_ns \
                          AND k.channel = b.channel AND k.version = b.version)"
             ),
+            // "kept": the values the remaining checkpoints of the affected namespaces refer
+            // to, and every link of their append chains.
             delete_for_runs: format!(
-                "WITH doomed AS ( \
+                "WITH RECURSIVE doomed AS ( \
                      SELECT thread_id, checkpoint_ns, checkpoint_id FROM {p}checkpoints \
                      WHERE metadata ->> 'run_id' = ANY($1)), \
                  del_c AS ( \
@@ -441,16 +541,18 @@ impl Statements {
                      WHERE w.thread_id = d.thread_id AND w.checkpoint_ns = d.checkpoint_ns \
                        AND w.checkpoint_id = d.checkpoint_id), \
                  affected AS (SELECT DISTINCT thread_id, checkpoint_ns FROM doomed), \
-                 kept AS ( \
-                     SELECT c.thread_id, c.checkpoint_ns, v.key AS channel, \
-                            v.value #>> '{{}}' AS version \
+                 kept(thread_id, checkpoint_ns, channel, version) AS ( \
+                     SELECT c.thread_id, c.checkpoint_ns, v.key COLLATE \"C\", \
+                            (v.value #>> '{{}}') COLLATE \"C\" \
                      FROM {p}checkpoints c \
                      JOIN affected a ON a.thread_id = c.thread_id \
                                     AND a.checkpoint_ns = c.checkpoint_ns \
                      CROSS JOIN LATERAL jsonb_each({cv}) v \
                      WHERE NOT EXISTS (SELECT 1 FROM doomed d \
                          WHERE d.thread_id = c.thread_id AND d.checkpoint_ns = c.checkpoint_ns \
-                           AND d.checkpoint_id = c.checkpoint_id)) \
+                           AND d.checkpoint_id = c.checkpoint_id) \
+                     UNION \
+                     {chain_step}) \
                  DELETE FROM {p}checkpoint_blobs b USING affected a \
                  WHERE b.thread_id = a.thread_id AND b.checkpoint_ns = a.checkpoint_ns \
                    AND NOT EXISTS (SELECT 1 FROM kept k \
@@ -492,6 +594,7 @@ mod tests {
             &sql.put_writes_and_put,
             &sql.delete_threads,
             &sql.copy_thread,
+            &sql.latest_append_heads,
             &sql.prune_keep_latest,
             &sql.delete_for_runs,
         ] {
