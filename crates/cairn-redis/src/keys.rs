@@ -105,6 +105,17 @@ impl KeyLayout {
         )
     }
 
+    /// `{tag}:b:<hex ns>:<hex channel>:`: what every value key of the channel starts with
+    /// (the links of an append chain differ only in the version that follows).
+    pub(crate) fn blob_channel_prefix(
+        &self,
+        thread_id: &str,
+        checkpoint_ns: &str,
+        channel: &str,
+    ) -> String {
+        self.blob_key(thread_id, checkpoint_ns, channel, "")
+    }
+
     /// `{tag}:b:<hex ns>:`: what every value key of the namespace starts with.
     pub fn blob_prefix(&self, thread_id: &str, checkpoint_ns: &str) -> String {
         format!("{}:b:{}:", self.thread_tag(thread_id), hex(checkpoint_ns))

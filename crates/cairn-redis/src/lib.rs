@@ -104,6 +104,7 @@
 
 #![warn(missing_docs)]
 
+mod chains;
 mod codec;
 mod keys;
 mod saver;

@@ -8,15 +8,17 @@ use async_trait::async_trait;
 use cairn_checkpoint::{
     write_index, ChannelVersions, Checkpoint, CheckpointConfig, CheckpointMetadata,
     CheckpointSaver, CheckpointTuple, DataLocation, Error, LatestCheckpoint, ListQuery,
-    PendingWrite, PruneStrategy, Result, ThreadSummary, TypedValue,
+    PendingWrite, PruneStrategy, Result, ThreadSummary, TypedValue, TAG_APPEND,
 };
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{FromRedisValue, Pipeline, Script, Value};
 use tracing::{debug, warn};
 
+use crate::chains::{
+    parse_read, resolve_appends, ChainScripts, GroupValues, KeyBatch, ReadMode, ValueRef,
+};
 use crate::codec::{
-    decode_header, decode_metadata, decode_value, encode_header, encode_metadata, encode_value,
-    StoredWrite,
+    decode_header, decode_metadata, encode_header, encode_metadata, encode_value, StoredWrite,
 };
 use crate::keys::{
     join, split, KeyLayout, FIELD_CHECKPOINT, FIELD_METADATA, FIELD_PARENT, FIELD_RUN,
@@ -149,6 +151,7 @@ pub struct RedisSaver {
     options: RedisOptions,
     ttl_ms: Option<u64>,
     scripts: Scripts,
+    chain_scripts: ChainScripts,
 }
 
 impl fmt::Debug for RedisSaver {
@@ -259,6 +262,7 @@ impl RedisSaver {
             options,
             ttl_ms,
             scripts: Scripts::new(),
+            chain_scripts: ChainScripts::new(),
         })
     }
 
@@ -318,62 +322,72 @@ impl RedisSaver {
             partials.push(decode_partial(r, fields, writes)?);
         }
 
-        // Second round trip: the values each checkpoint refers to, and TTL refreshes.
-        let mut pipe = redis::pipe();
-        let mut blob_requests: Vec<Option<Vec<String>>> = Vec::with_capacity(rows.len());
+        // Second round trip: the values each checkpoint refers to with the links of their
+        // append chains (one script call per thread and namespace, see `chains`), and TTL
+        // refreshes of the other keys.
+        let refresh_ms = self.ttl_ms.filter(|_| self.options.refresh_ttl_on_read);
+        let mut groups: BTreeMap<(&str, &str), KeyBatch<ValueRef>> = BTreeMap::new();
+        // Per row: each channel with the index of its value key in the row's group.
+        let mut wanted: Vec<Vec<(String, usize)>> = Vec::with_capacity(rows.len());
         let mut refresh: BTreeSet<String> = BTreeSet::new();
         for (r, partial) in rows.iter().zip(&partials) {
             let Some(p) = partial else {
-                blob_requests.push(None);
+                wanted.push(Vec::new());
                 continue;
             };
-            let channels: Vec<String> = p.checkpoint.channel_versions.keys().cloned().collect();
-            let blob_keys = self.referenced_blob_keys(&r.thread, &r.ns, &p.checkpoint);
-            if self.options.refresh_ttl_on_read && self.ttl_ms.is_some() {
+            if refresh_ms.is_some() {
                 refresh.extend(self.row_keys(&r.thread, &r.ns, &r.id, p.run.as_deref()));
-                refresh.extend(blob_keys.iter().cloned());
             }
-            if !channels.is_empty() {
-                pipe.cmd("MGET").arg(blob_keys);
-                blob_requests.push(Some(channels));
-            } else {
-                blob_requests.push(None);
+            let batch = groups.entry((&r.thread, &r.ns)).or_default();
+            let mut own = Vec::with_capacity(p.checkpoint.channel_versions.len());
+            for (channel, version) in &p.checkpoint.channel_versions {
+                let version = version.to_storage_string();
+                let i = batch.add(
+                    self.keys.blob_key(&r.thread, &r.ns, channel, &version),
+                    self.keys.blob_channel_prefix(&r.thread, &r.ns, channel),
+                    || ValueRef {
+                        channel: channel.clone(),
+                        version,
+                        checkpoint_id: r.id.clone(),
+                    },
+                );
+                own.push((channel.clone(), i));
             }
+            wanted.push(own);
+        }
+        let mut pipe = redis::pipe();
+        for batch in groups.values() {
+            self.chain_scripts
+                .queue_read(&mut pipe, ReadMode::Values, refresh_ms, &batch.keys);
         }
         self.expire(&mut pipe, &refresh);
-        let replies: Vec<Value> = if !pipe.is_empty() {
-            pipe.query_async(&mut conn)
-                .await
-                .map_err(backend("reading channel values"))?
-        } else {
-            Vec::new()
-        };
+        let replies = self
+            .query_reading_chains(&pipe, "reading channel values")
+            .await?;
         let mut replies = replies.into_iter();
+        let mut values: BTreeMap<(String, String), GroupValues> = BTreeMap::new();
+        for ((thread, ns), batch) in &groups {
+            let reply = parse_read(
+                next_reply(&mut replies, "reading channel values")?,
+                batch.keys.len(),
+            )?;
+            let decoded = GroupValues::decode(thread, ns, batch, reply)?;
+            values.insert(((*thread).to_owned(), (*ns).to_owned()), decoded);
+        }
+
         let mut out = Vec::with_capacity(rows.len());
-        for ((r, partial), channels) in rows.iter().zip(partials).zip(blob_requests) {
+        for ((r, partial), own) in rows.iter().zip(partials).zip(wanted) {
             let Some(p) = partial else {
                 out.push(None);
                 continue;
             };
             let mut checkpoint = p.checkpoint;
-            if let Some(channels) = channels {
-                let values: Vec<Option<Vec<u8>>> = parse(
-                    next_reply(&mut replies, "reading channel values")?,
-                    "reading channel values",
-                )?;
-                for (channel, raw) in channels.into_iter().zip(values) {
-                    let Some(raw) = raw else { continue };
-                    let value = decode_value(raw).ok_or_else(|| {
-                        Error::corrupt(
-                            DataLocation {
-                                channel: Some(channel.clone()),
-                                ..location(&r.thread, &r.ns, &r.id)
-                            },
-                            "unreadable channel value (expected <tag length>:<tag><bytes>)",
-                        )
-                    })?;
-                    if !value.is_empty_marker() {
-                        checkpoint.channel_values.insert(channel, value);
+            if let Some(group) = values.get(&(r.thread.clone(), r.ns.clone())) {
+                for (channel, i) in own {
+                    if let Some(value) = group.by_key.get(i).cloned().flatten() {
+                        if !value.is_empty_marker() {
+                            checkpoint.channel_values.insert(channel, value);
+                        }
                     }
                 }
             }
@@ -394,7 +408,29 @@ impl RedisSaver {
                 pending_writes: p.writes,
             }));
         }
+        resolve_appends(&mut out, &mut values)?;
         Ok(out)
+    }
+
+    /// Sends `pipe`, which calls the chain-reading script. When the server's script cache
+    /// lacks the script (first use, or after a restart or `SCRIPT FLUSH`), loads it and sends
+    /// `pipe` again: reads and expiry extensions can safely run twice.
+    async fn query_reading_chains(
+        &self,
+        pipe: &Pipeline,
+        what: &'static str,
+    ) -> Result<Vec<Value>> {
+        if pipe.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut conn = self.conn();
+        match pipe.query_async(&mut conn).await {
+            Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
+                self.chain_scripts.load_read(&mut conn).await?;
+                pipe.query_async(&mut conn).await.map_err(backend(what))
+            }
+            other => other.map_err(backend(what)),
+        }
     }
 
     /// The value keys a checkpoint refers to, in `channel_versions` order.
@@ -779,6 +815,8 @@ impl RedisSaver {
         Ok(Some((per_ns, thread_keys)))
     }
 
+    /// Keeps the latest checkpoint of each namespace of `thread`: its append values are
+    /// rewritten as whole values and everything else goes, in one transaction.
     async fn prune_keep_latest(&self, thread: &str) -> Result<()> {
         let mut conn = self.conn();
         let Some((per_ns, thread_keys)) = self
@@ -811,10 +849,7 @@ impl RedisSaver {
             .await
             .map_err(backend("reading a thread to prune"))?;
         let mut replies = replies.into_iter();
-
-        let mut pipe = redis::pipe();
-        pipe.atomic();
-        let keys_key = self.keys.thread_keys_key(thread);
+        let mut kept: Vec<KeptLatest<'_>> = Vec::with_capacity(per_ns.len());
         for (ns, ids) in &per_ns {
             let Some((latest, older)) = ids.split_last() else {
                 continue;
@@ -840,19 +875,44 @@ impl RedisSaver {
                 )?;
                 doomed.push((id.clone(), run));
             }
-            self.queue_checkpoint_removal(&mut pipe, thread, ns, &doomed);
+            kept.push(KeptLatest {
+                ns,
+                latest,
+                header,
+                doomed,
+            });
+        }
+
+        // Round trip 3: the kept checkpoints' append values and their chains, to rewrite.
+        let rewrites = self.whole_values_of(thread, &kept).await?;
+
+        let mut pipe = redis::pipe();
+        pipe.atomic();
+        for (key, whole) in &rewrites {
+            // Keep the key's expiry: the checkpoint referring to it is not being written.
+            pipe.cmd("SET")
+                .arg(key)
+                .arg(encode_value(whole))
+                .arg("KEEPTTL")
+                .ignore();
+        }
+        let keys_key = self.keys.thread_keys_key(thread);
+        for k in &kept {
+            let ns = k.ns;
+            self.queue_checkpoint_removal(&mut pipe, thread, ns, &k.doomed);
             // Writes stored for checkpoints that were never saved.
             let w_prefix = self.keys.writes_key(thread, ns, "");
-            let kept_w = self.keys.writes_key(thread, ns, latest);
+            let kept_w = self.keys.writes_key(thread, ns, k.latest);
             for key in &thread_keys {
                 if key.starts_with(&w_prefix) && *key != kept_w {
                     pipe.cmd("DEL").arg(key).ignore();
                     pipe.cmd("SREM").arg(&keys_key).arg(key).ignore();
                 }
             }
-            // Values the kept checkpoint does not refer to.
+            // Values the kept checkpoint does not refer to: with its append values now
+            // whole, the links of their chains are among them.
             let referenced: HashSet<String> = self
-                .referenced_blob_keys(thread, ns, &header)
+                .referenced_blob_keys(thread, ns, &k.header)
                 .into_iter()
                 .collect();
             let blob_prefix = self.keys.blob_prefix(thread, ns);
@@ -870,6 +930,72 @@ impl RedisSaver {
             .map_err(backend("pruning a thread"))?;
         Ok(())
     }
+
+    /// The whole value of each append value the `kept` checkpoints refer to, by value key,
+    /// read with their chains in one round trip (nothing when none is an append value).
+    async fn whole_values_of(
+        &self,
+        thread: &str,
+        kept: &[KeptLatest<'_>],
+    ) -> Result<Vec<(String, TypedValue)>> {
+        let mut batches = Vec::with_capacity(kept.len());
+        let mut pipe = redis::pipe();
+        for k in kept {
+            let mut batch: KeyBatch<ValueRef> = KeyBatch::default();
+            for (channel, version) in &k.header.channel_versions {
+                let version = version.to_storage_string();
+                batch.add(
+                    self.keys.blob_key(thread, k.ns, channel, &version),
+                    self.keys.blob_channel_prefix(thread, k.ns, channel),
+                    || ValueRef {
+                        channel: channel.clone(),
+                        version,
+                        checkpoint_id: k.latest.to_owned(),
+                    },
+                );
+            }
+            self.chain_scripts
+                .queue_read(&mut pipe, ReadMode::Chains, None, &batch.keys);
+            batches.push(batch);
+        }
+        let what = "reading the append values of a thread to prune";
+        let replies = self.query_reading_chains(&pipe, what).await?;
+        let mut replies = replies.into_iter();
+        let mut rewrites = Vec::new();
+        for (k, batch) in kept.iter().zip(&batches) {
+            let reply = parse_read(next_reply(&mut replies, what)?, batch.keys.len())?;
+            let mut group = GroupValues::decode(thread, k.ns, batch, reply)?;
+            for (i, head) in std::mem::take(&mut group.by_key).into_iter().enumerate() {
+                let Some(head) = head.filter(|v| v.type_tag == TAG_APPEND) else {
+                    continue;
+                };
+                let meta = &batch.meta[i];
+                let whole = group
+                    .chains
+                    .resolve(&meta.channel, &meta.version, &head)
+                    .map_err(|e| {
+                        Error::corrupt(
+                            DataLocation {
+                                channel: Some(meta.channel.clone()),
+                                ..location(thread, k.ns, k.latest)
+                            },
+                            e.to_string(),
+                        )
+                    })?;
+                rewrites.push((batch.keys[i].key.clone(), whole));
+            }
+        }
+        Ok(rewrites)
+    }
+}
+
+/// The checkpoint `prune` keeps in one namespace, and the ones it deletes there.
+struct KeptLatest<'a> {
+    ns: &'a str,
+    latest: &'a str,
+    header: Checkpoint,
+    /// `(id, run)` of each older checkpoint.
+    doomed: Vec<(String, Option<String>)>,
 }
 
 /// Decodes the first-round-trip replies for one checkpoint.
@@ -1152,6 +1278,10 @@ impl CheckpointSaver for RedisSaver {
         pipe.cmd("ZADD").arg(&cps_key).arg(0).arg(&id).ignore();
         pipe.cmd("SADD").arg(&ns_key).arg(ns).ignore();
         let mut touched = vec![cp_key.clone(), cps_key.clone(), ns_key.clone()];
+        // The values this checkpoint writes and the older ones it still refers to: with a
+        // TTL, each (and each link of its append chain) is made to live as long as this
+        // checkpoint, by the chain-aware script (`chains`) rather than a plain PEXPIRE.
+        let mut value_keys: KeyBatch<()> = KeyBatch::default();
         for (channel, version) in &new_versions {
             let value = values
                 .get(channel)
@@ -1160,12 +1290,27 @@ impl CheckpointSaver for RedisSaver {
             let key = self
                 .keys
                 .blob_key(thread, ns, channel, &version.to_storage_string());
-            pipe.cmd("SET").arg(&key).arg(value).ignore();
-            touched.push(key);
+            pipe.cmd("SET").arg(&key).arg(value);
+            if self.ttl_ms.is_some() {
+                // Never shorten an expiry: a longer one may be what keeps a chain extending
+                // this value readable (see `chains`); the script below sets it if missing.
+                pipe.arg("KEEPTTL");
+            }
+            pipe.ignore();
+            let prefix = self.keys.blob_channel_prefix(thread, ns, channel);
+            value_keys.add(key, prefix, || ());
         }
-        // Values written by earlier checkpoints and still referred to by this one: with a
-        // TTL, their expiry is extended so they live as long as this checkpoint.
-        touched.extend(self.referenced_blob_keys(thread, ns, &checkpoint));
+        for (channel, version) in &checkpoint.channel_versions {
+            let key = self
+                .keys
+                .blob_key(thread, ns, channel, &version.to_storage_string());
+            let prefix = self.keys.blob_channel_prefix(thread, ns, channel);
+            value_keys.add(key, prefix, || ());
+        }
+        if let Some(ms) = self.ttl_ms {
+            self.chain_scripts
+                .queue_touch(&mut pipe, ms, &value_keys.keys);
+        }
         if let Some(run) = &metadata.run_id {
             let run_cps = self.keys.run_checkpoints_key(thread, run);
             let run_threads = self.keys.run_threads_key(run);
@@ -1175,7 +1320,11 @@ impl CheckpointSaver for RedisSaver {
             touched.push(run_cps);
             self.expire(&mut pipe, [&run_threads, &runs_key]);
         }
-        pipe.cmd("SADD").arg(&keys_key).arg(&touched).ignore();
+        pipe.cmd("SADD")
+            .arg(&keys_key)
+            .arg(&touched)
+            .arg(value_keys.keys.iter().map(|k| &k.key).collect::<Vec<_>>())
+            .ignore();
         pipe.cmd("SADD")
             .arg(self.keys.threads_key())
             .arg(thread)
