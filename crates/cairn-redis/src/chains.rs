@@ -433,8 +433,15 @@ impl GroupValues {
             let meta = &batch.meta[i];
             let value = match head {
                 Head::Value(raw) => {
-                    let value = decode_value(raw)
-                        .ok_or_else(|| corrupt(i, format!("unreadable channel value {SHAPE}")))?;
+                    let value = decode_value(raw).ok_or_else(|| {
+                        corrupt(
+                            i,
+                            format!(
+                                "unreadable channel value at version {} {SHAPE}",
+                                meta.version
+                            ),
+                        )
+                    })?;
                     chains.insert(&meta.channel, &meta.version, value.clone());
                     Some(value)
                 }
