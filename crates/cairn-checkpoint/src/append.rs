@@ -223,16 +223,52 @@ fn list_parts(value: &TypedValue) -> Result<ListParts<'_>> {
     }
 }
 
-/// `root` (a whole list) followed by the items of `appends`, oldest first.
+/// `append`'s items re-encoded in `tag`'s format (a thread whose codec changed between
+/// runs), through `serde_json::Value`.
+fn transcode(append: &AppendValue, tag: &str) -> Result<AppendValue> {
+    let items: Vec<serde_json::Value> = match append.item_tag.as_str() {
+        TAG_JSON => {
+            let mut text = Vec::with_capacity(append.items.len() + 2);
+            text.push(b'[');
+            text.extend_from_slice(&append.items);
+            text.push(b']');
+            serde_json::from_slice(&text).map_err(malformed)?
+        }
+        _ => {
+            let count = u32::try_from(append.count).map_err(|_| malformed("too many items"))?;
+            let mut data = Vec::with_capacity(append.items.len() + 5);
+            data.push(0xdd);
+            data.extend_from_slice(&count.to_be_bytes());
+            data.extend_from_slice(&append.items);
+            rmp_serde::from_slice(&data).map_err(malformed)?
+        }
+    };
+    let format = if tag == TAG_JSON {
+        Format::Json
+    } else {
+        Format::MsgPack
+    };
+    let codec = ValueCodec::new(format).with_max_value_bytes(usize::MAX);
+    let value = codec.encode_append(&ChannelVersion::Str(append.base.clone()), items.iter())?;
+    AppendValue::parse(&value)?.ok_or_else(|| malformed("transcoding lost the append tag"))
+}
+
+/// `root` (a whole list) followed by the items of `appends`, oldest first. Items in another
+/// format than the root's are transcoded.
 fn join(root: &TypedValue, appends: &[AppendValue]) -> Result<TypedValue> {
     let parts = list_parts(root)?;
-    for a in appends {
-        if a.item_tag != root.type_tag {
-            return Err(malformed(format!(
-                "{} items appended to a {} list",
-                a.item_tag, root.type_tag
-            )));
-        }
+    if appends.iter().any(|a| a.item_tag != root.type_tag) {
+        let same: Vec<AppendValue> = appends
+            .iter()
+            .map(|a| {
+                if a.item_tag == root.type_tag {
+                    Ok(a.clone())
+                } else {
+                    transcode(a, &root.type_tag)
+                }
+            })
+            .collect::<Result<_>>()?;
+        return join(root, &same);
     }
     let extra: usize = appends.iter().map(|a| a.items.len() + 1).sum();
     let mut out = BytesMut::with_capacity(parts.items.len() + extra + 5);
@@ -542,14 +578,26 @@ mod tests {
             .expect("append");
         let err = chains.resolve("m", "5", &cyclic).expect_err("base newer");
         assert!(err.to_string().contains("not older"), "{err}");
-        let json_items = ValueCodec::new(Format::Json)
-            .encode_append(&ChannelVersion::Int(1), [1u8].iter())
-            .expect("append");
-        let err = chains.resolve("m", "5", &json_items).expect_err("mixed");
-        assert!(
-            err.to_string().contains("appended to a msgpack list"),
-            "{err}"
-        );
+    }
+
+    #[test]
+    fn items_in_another_format_are_transcoded() {
+        for (root_codec, item_codec) in [
+            (ValueCodec::default(), ValueCodec::new(Format::Json)),
+            (ValueCodec::new(Format::Json), ValueCodec::default()),
+        ] {
+            let mut chains = AppendChains::default();
+            chains.insert("m", "1", root_codec.encode(&vec!["a"]).expect("root"));
+            let head = item_codec
+                .encode_append(&ChannelVersion::Int(1), ["b", "c"].iter())
+                .expect("append");
+            let whole = chains.resolve("m", "2", &head).expect("resolve");
+            assert_eq!(whole.type_tag, root_codec.format().tag());
+            assert_eq!(
+                root_codec.decode::<Vec<String>>(&whole).expect("decode"),
+                ["a", "b", "c"]
+            );
+        }
     }
 
     #[test]

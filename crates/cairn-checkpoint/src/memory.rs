@@ -11,7 +11,7 @@ use crate::checkpoint::{
     PendingWrite,
 };
 use crate::error::{Error, Result};
-use crate::saver::{CheckpointSaver, PruneStrategy};
+use crate::saver::{CheckpointSaver, KnownValues, PruneStrategy};
 use crate::value::TypedValue;
 use crate::version::ChannelVersions;
 
@@ -181,10 +181,23 @@ fn build_tuple(
     stored: &StoredCheckpoint,
     chains: &mut AppendChains,
 ) -> Result<CheckpointTuple> {
+    build_tuple_known(thread_id, ns_name, ns, stored, chains, &[])
+}
+
+/// [`build_tuple`] without the values of `known` channels.
+fn build_tuple_known(
+    thread_id: &str,
+    ns_name: &str,
+    ns: &Namespace,
+    stored: &StoredCheckpoint,
+    chains: &mut AppendChains,
+    known: &[&str],
+) -> Result<CheckpointTuple> {
     let mut checkpoint = stored.checkpoint.clone();
     checkpoint.channel_values = checkpoint
         .channel_versions
         .iter()
+        .filter(|(channel, _)| !known.contains(&channel.as_str()))
         .filter_map(|(channel, version)| {
             let value = ns
                 .blobs
@@ -278,6 +291,18 @@ fn compact_append_values(
 #[async_trait]
 impl CheckpointSaver for InMemorySaver {
     async fn get_tuple(&self, config: &CheckpointConfig) -> Result<Option<CheckpointTuple>> {
+        let nothing_known = KnownValues {
+            checkpoint_id: "",
+            channels: &[],
+        };
+        self.get_tuple_known(config, nothing_known).await
+    }
+
+    async fn get_tuple_known(
+        &self,
+        config: &CheckpointConfig,
+        known: KnownValues<'_>,
+    ) -> Result<Option<CheckpointTuple>> {
         let threads = self.read();
         let Some(ns) = threads
             .get(&config.thread_id)
@@ -291,12 +316,18 @@ impl CheckpointSaver for InMemorySaver {
         };
         stored
             .map(|s| {
-                build_tuple(
+                let skip = if s.checkpoint.id == known.checkpoint_id {
+                    known.channels
+                } else {
+                    &[]
+                };
+                build_tuple_known(
                     &config.thread_id,
                     &config.checkpoint_ns,
                     ns,
                     s,
                     &mut AppendChains::default(),
+                    skip,
                 )
             })
             .transpose()

@@ -21,6 +21,17 @@ pub enum PruneStrategy {
     Delete,
 }
 
+/// Channel values a caller already holds, so that [`CheckpointSaver::get_tuple_known`] need
+/// not read them again: a runtime that kept a thread's state in memory after a run only needs
+/// the checkpoint's bookkeeping when the next run starts.
+#[derive(Debug, Clone, Copy)]
+pub struct KnownValues<'a> {
+    /// The checkpoint whose values the caller holds.
+    pub checkpoint_id: &'a str,
+    /// The channels whose values it holds.
+    pub channels: &'a [&'a str],
+}
+
 /// The latest checkpoint of a thread, as [`CheckpointSaver::list_threads`] reports it: its
 /// identity, metadata and creation time, without channel values or pending writes.
 #[derive(Debug, Clone, PartialEq)]
@@ -123,6 +134,21 @@ pub trait CheckpointSaver: Send + Sync {
     /// The checkpoint named by `config`, or the latest of its thread and namespace when
     /// `config.checkpoint_id` is `None`. `Ok(None)` when there is no such checkpoint.
     async fn get_tuple(&self, config: &CheckpointConfig) -> Result<Option<CheckpointTuple>>;
+
+    /// Like [`get_tuple`](Self::get_tuple), except that when the checkpoint found is
+    /// `known.checkpoint_id`, the values of `known.channels` may be left out of its
+    /// `channel_values` (their versions stay in `channel_versions`): the caller holds them.
+    ///
+    /// The default implementation calls `get_tuple` and reads everything; backends override
+    /// it to skip reading and resolving those values.
+    async fn get_tuple_known(
+        &self,
+        config: &CheckpointConfig,
+        known: KnownValues<'_>,
+    ) -> Result<Option<CheckpointTuple>> {
+        let _ = known;
+        self.get_tuple(config).await
+    }
 
     /// Checkpoints matching `query`, newest first, with their values and pending writes.
     async fn list(&self, query: &ListQuery) -> Result<Vec<CheckpointTuple>>;

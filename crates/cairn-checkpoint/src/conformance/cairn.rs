@@ -827,3 +827,85 @@ pub async fn put_writes_and_put_saves_both(saver: &dyn CheckpointSaver) {
     let c = get_some(saver, &cfg(&tid).with_checkpoint_id(&child_id)).await;
     assert!(c.pending_writes.is_empty());
 }
+
+/// `get_tuple_known` returns what `get_tuple` returns, except that it may leave out the
+/// values of the known channels when the checkpoint found is the known one.
+pub async fn get_tuple_known_leaves_out_only_known_values(saver: &dyn CheckpointSaver) {
+    let tid = thread_id();
+    let first = put(
+        saver,
+        &cfg(&tid),
+        checkpoint(
+            &[("a", value(&1)), ("b", value(&"x"))],
+            &[("a", 1), ("b", 1)],
+        ),
+        md(Input, -1),
+        versions(&[("a", 1), ("b", 1)]),
+    )
+    .await;
+    let second = put(
+        saver,
+        &first,
+        checkpoint(&[("a", value(&2))], &[("a", 2), ("b", 1)]),
+        md(Loop, 0),
+        versions(&[("a", 2)]),
+    )
+    .await;
+    put_writes(saver, &second, vec![("a", value(&3))], "task-1", "").await;
+    let full = get_some(saver, &cfg(&tid)).await;
+    let known_id = id_of(&second);
+    for (known_checkpoint, expect_skip) in [(known_id.as_str(), true), ("other", false)] {
+        let known = crate::KnownValues {
+            checkpoint_id: known_checkpoint,
+            channels: &["a"],
+        };
+        let result = saver.get_tuple_known(&cfg(&tid), known).await;
+        let Some(t) = ok(result, "get_tuple_known") else {
+            panic!("get_tuple_known found nothing where get_tuple found {known_id}");
+        };
+        assert_eq!(t.config, full.config);
+        assert_eq!(t.parent_config, full.parent_config);
+        assert_eq!(t.metadata, full.metadata);
+        assert_eq!(
+            t.checkpoint.channel_versions,
+            full.checkpoint.channel_versions
+        );
+        assert_eq!(t.checkpoint.versions_seen, full.checkpoint.versions_seen);
+        assert_eq!(
+            writes_json(&t.pending_writes),
+            writes_json(&full.pending_writes)
+        );
+        assert_eq!(
+            t.checkpoint.channel_values.get("b"),
+            full.checkpoint.channel_values.get("b"),
+            "values of channels the caller does not hold are read"
+        );
+        if !expect_skip {
+            assert_eq!(
+                t.checkpoint.channel_values, full.checkpoint.channel_values,
+                "another checkpoint than the known one is read whole"
+            );
+        } else if let Some(a) = t.checkpoint.channel_values.get("a") {
+            assert_eq!(
+                json(a),
+                serde_json::json!(2),
+                "a known value, if read, is right"
+            );
+        }
+    }
+    // By id, an older checkpoint is read whole.
+    let older = saver
+        .get_tuple_known(
+            &first,
+            crate::KnownValues {
+                checkpoint_id: &known_id,
+                channels: &["a"],
+            },
+        )
+        .await;
+    let older = ok(older, "get_tuple_known by id").expect("stored");
+    assert_eq!(
+        json(&older.checkpoint.channel_values["a"]),
+        serde_json::json!(1)
+    );
+}

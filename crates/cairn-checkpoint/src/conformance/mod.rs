@@ -73,7 +73,7 @@
 //! | prune | [`prune_keep_latest_single_thread`], [`prune_keep_latest_multiple_threads`], [`prune_keep_latest_across_namespaces`], [`prune_keep_latest_keeps_writes`], [`prune_delete_all`], [`prune_preserves_other_threads`], [`prune_empty_list_noop`], [`prune_nonexistent_noop`] |
 //! | Cairn: concurrency | [`concurrent_threads_interleaved`] (64 threads written by interleaved futures in one task), [`concurrent_tasks_write_64_threads`] (64 tokio tasks released together; takes a [`SaverHandle`]) |
 //! | Cairn: values and names | [`large_value_roundtrip`] (10 MB value and write), [`unicode_names_roundtrip`], [`versions_roundtrip_unchanged`], [`checkpoint_roundtrips_exactly`], [`metadata_roundtrips_exactly`], [`raw_values_roundtrip`], [`put_channel_without_value_is_absent`] |
-//! | Cairn: reads | [`get_tuple_unknown_checkpoint_id_returns_none`], [`list_paging_covers_every_checkpoint_once`], [`list_all_threads_by_metadata`], [`list_without_namespace_covers_all_namespaces`], [`list_by_checkpoint_id`], [`list_limit_zero_returns_nothing`] |
+//! | Cairn: reads | [`get_tuple_unknown_checkpoint_id_returns_none`], [`get_tuple_known_leaves_out_only_known_values`], [`list_paging_covers_every_checkpoint_once`], [`list_all_threads_by_metadata`], [`list_without_namespace_covers_all_namespaces`], [`list_by_checkpoint_id`], [`list_limit_zero_returns_nothing`] |
 //! | Cairn: writes | [`put_writes_regular_first_wins_special_last_wins`], [`pending_writes_ordered_by_path_task_index`], [`put_writes_without_checkpoint_id_is_an_error`], [`put_writes_and_put_saves_both`] |
 //! | Cairn: deletion | [`delete_thread_removes_values`], [`delete_for_runs_keeps_values_of_survivors`], [`prune_keep_latest_keeps_values`], [`copy_thread_is_independent_of_source`] |
 //! | Cairn: append values | [`append_values_read_back_whole`], [`append_values_branch_independently`], [`append_values_survive_copy_thread`], [`prune_keep_latest_keeps_append_values_whole`], [`delete_for_runs_keeps_append_chains`], [`append_value_with_missing_base_is_corrupt`] (see [`crate::AppendValue`]) |
@@ -258,7 +258,7 @@ macro_rules! __cairn_conformance_cases {
             list_without_namespace_covers_all_namespaces list_by_checkpoint_id
             list_limit_zero_returns_nothing put_writes_regular_first_wins_special_last_wins
             pending_writes_ordered_by_path_task_index put_writes_without_checkpoint_id_is_an_error
-            put_writes_and_put_saves_both
+            put_writes_and_put_saves_both get_tuple_known_leaves_out_only_known_values
             checkpoint_roundtrips_exactly metadata_roundtrips_exactly raw_values_roundtrip
             put_channel_without_value_is_absent delete_thread_removes_values
             delete_for_runs_keeps_values_of_survivors prune_keep_latest_keeps_values
