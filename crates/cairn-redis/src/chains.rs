@@ -23,12 +23,15 @@
 //! per step. Instead [`LUA_COMMON`]'s `ensure` keeps one invariant — *a value never expires
 //! before a value that extends it* — and makes a key live at least one TTL longer by walking
 //! down only until it meets a link that already does (everything below that link does too).
-//! The links it passes get that link's expiry; when the walk reaches the chain's root, the
-//! root and the links above it get **two** TTLs. The next walks then stop after a link or
-//! two until a TTL has passed, so keeping a chain alive costs a few commands per step, and
-//! a chain link outlives the last checkpoint needing it by at most one extra TTL. Expiry
-//! times only ever grow here (an expiry is never shortened), which is what keeps the
-//! invariant true.
+//! The links it passes get that link's expiry (as an absolute time computed from the clock
+//! read when the script started, so never later than that link's, even on a server whose
+//! clock moves while a script runs); when the walk reaches the chain's root, the root and
+//! the links above it get **two** TTLs (the root last, so never earlier than the links
+//! above it). The next walks then stop after a link or two until a TTL has passed, so
+//! keeping a chain alive costs a few commands per step, and a chain link outlives the last
+//! checkpoint needing it by at most one extra TTL. Expiry times only ever grow here (an
+//! expiry is never shortened, and `put` writes values with `KEEPTTL`), which is what keeps
+//! the invariant true.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -69,12 +72,14 @@ local function base_of(key, v)
   bases[key] = b
   return b
 end
+local clock = redis.call('TIME')
+local now_ms = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
 local function ensure(key, prefix, ttl)
-  local path, on_path, target = {}, {}, 2 * ttl
+  local path, on_path, target, until_ms = {}, {}, 2 * ttl, nil
   local k = key
   while true do
     local left = redis.call('PTTL', k)
-    if left >= ttl then target = left break end
+    if left >= ttl then until_ms = now_ms + left break end
     if left == -2 or on_path[k] then break end
     path[#path + 1] = k
     on_path[k] = true
@@ -85,7 +90,13 @@ local function ensure(key, prefix, ttl)
     end
     k = prefix .. b
   end
-  for _, p in ipairs(path) do redis.call('PEXPIRE', p, target) end
+  for _, p in ipairs(path) do
+    if until_ms then
+      redis.call('PEXPIREAT', p, string.format('%d', until_ms))
+    else
+      redis.call('PEXPIRE', p, string.format('%d', target))
+    end
+  end
 end
 "#;
 

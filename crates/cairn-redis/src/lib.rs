@@ -59,7 +59,7 @@
 //! |---|---|---|
 //! | `{tag}:cps:<hex ns>` | sorted set, all scores 0 | the namespace's checkpoint ids; ids are time-ordered strings, so `ZREVRANGEBYLEX` lists newest first and `before` is a range bound: listing never scans |
 //! | `{tag}:cp:<hex ns>:<id>` | hash | `checkpoint` (the header as JSON, without values, so versions keep their type), `metadata` (JSON), `parent`, `run` |
-//! | `{tag}:b:<hex ns>:<hex channel>:<version>` | string | one channel value, `<tag length>:<type tag><bytes>`; stored once per version and shared by every checkpoint that refers to it; one key per value so each can expire on its own |
+//! | `{tag}:b:<hex ns>:<hex channel>:<version>` | string | one channel value, `<tag length>:<type tag><bytes>`; stored once per version and shared by every checkpoint that refers to it; one key per value so each can expire on its own. An append value is stored the same way (`6:append` then its text header, see below) |
 //! | `{tag}:w:<hex ns>:<id>` | hash | a checkpoint's pending writes, field `<task id length>:<task id><index>` (MessagePack) |
 //! | `{tag}:ns` | set | the thread's namespaces |
 //! | `{tag}:run:<hex run>` | set | the thread's checkpoints written by a run (`<ns length>:<ns><id>`) |
@@ -70,15 +70,40 @@
 //!
 //! [`KeyLayout`] computes these names, to inspect a thread with `redis-cli`.
 //!
+//! ## Append values
+//! An append value ([`cairn_checkpoint::AppendValue`]) is stored as given, in the value key
+//! of its version; its header names the version it extends, whose value key differs only in
+//! that last component. Reads return whole values: the values a batch of checkpoints refers
+//! to are read by one Lua script per thread and namespace (`EVALSHA`, keys inside the
+//! thread's hash tag), which follows each append value's chain of bases on the server and
+//! returns every value and every link below it once. Reading the latest checkpoint of a
+//! conversation thousands of steps long therefore still takes three round trips (four
+//! commands); the links are joined in the client with one
+//! [`cairn_checkpoint::AppendChains`] per thread and namespace, oldest checkpoint first, so
+//! a listing joins each link once. No index is kept beside the values: `put` writes nothing
+//! more for an append value than for a whole one, and `copy_thread` (which copies every
+//! value as stored), expiry and deletion need no extra bookkeeping. A chain whose base is
+//! missing reads as [`cairn_checkpoint::Error::Corrupt`] naming the channel and version; a
+//! chain that loops is reported the same way (the script never visits a key twice).
+//!
+//! `prune` with [`cairn_checkpoint::PruneStrategy::KeepLatest`] reads the kept checkpoint's
+//! append values with their chains, and in the transaction that deletes the older
+//! checkpoints rewrites them as whole values (keeping each key's expiry), so no link has to
+//! stay. `delete_for_runs` deletes checkpoints and their writes but leaves values in place
+//! (other checkpoints may share them, and the links of their chains), so every chain a kept
+//! checkpoint needs stays intact; `prune` reclaims what is left over.
+//!
 //! ## Atomicity and round trips
 //! `put` and each `put_writes` call are one `MULTI`/`EXEC` transaction; regular writes use
 //! `HSETNX` (a retried task cannot duplicate its writes), special channels (`__error__`,
 //! `__interrupt__`, ...) use `HSET` (the latest replaces the stored one). `delete_thread` is
 //! one Lua script. `get_tuple` takes at most three round trips (latest id; header, metadata
-//! and writes; values), whatever the length of the history; `list` takes one round trip per
-//! page of ids (all namespaces at once) and two per batch of rows. `copy_thread`, `prune` and
-//! `delete_for_runs` read first and then apply all their changes in one transaction; they
-//! are not meant to race with writers on the same thread.
+//! and writes; values with their append chains), whatever the length of the history or of
+//! a chain; `list` takes one round trip per page of ids (all namespaces at once) and two per
+//! batch of rows. `copy_thread`, `prune` and `delete_for_runs` read first and then apply all
+//! their changes in one transaction (`prune` reads the kept append chains in one more round
+//! trip); they are not meant to race with writers on the same thread. After a server restart
+//! or `SCRIPT FLUSH`, the first read loads the script again and repeats its round trip.
 //!
 //! Metadata filters of `list` are applied in the client after decoding (plain Redis has no
 //! secondary index on JSON): with a filter, the namespace's ids are paged through until
@@ -96,6 +121,15 @@
 //! lazily, the first time a listing meets them; the thread's key set (`{tag}:keys`) keeps
 //! the names of expired keys until the thread is deleted or expires. Without a TTL, nothing
 //! expires: use `prune` or `delete_thread`.
+//!
+//! An append value needs every link of its chain, so value keys are kept alive chain-wise:
+//! a write or refreshing read makes each value it refers to, and each link below it, live at
+//! least one more TTL, and never shortens an expiry (so a link never expires before a value
+//! extending it). To keep that cheap, a walk down a chain stops at the first link that
+//! already lives long enough; when it has to go down to the chain's root, the links it
+//! passes get two TTLs, so for the next TTL a step touches only a link or two. A chain link
+//! can therefore outlive the last checkpoint needing it by up to one more TTL; whole values
+//! no chain passes through keep the plain one-TTL expiry.
 //!
 //! ## Errors
 //! Redis failures are [`cairn_checkpoint::Error::Backend`] (backend `"redis"`, saying what

@@ -343,6 +343,35 @@ async fn pttl(conn: &mut redis::aio::MultiplexedConnection, key: &str) -> i64 {
 }
 
 #[tokio::test]
+async fn chains_keep_the_longest_ttl() {
+    // Longer TTLs are capped to about a thousand years; chain links get twice that.
+    let options = support::options("append-long-ttl")
+        .with_ttl(Duration::from_secs(5000 * 365 * 24 * 3600))
+        .with_refresh_ttl_on_read(true);
+    let Some(saver) = support::saver(options.clone()).await else {
+        return;
+    };
+    let url = support::url().expect("url");
+    let mut conn = support::raw(&url).await;
+    let thread = "long-ttl";
+    let mut chain = Chain::new(thread);
+    chain.grow(&saver, 4).await;
+    let latest = saver
+        .get_tuple(&CheckpointConfig::thread(thread))
+        .await
+        .expect("get")
+        .expect("saved");
+    assert_eq!(messages(&chain.codec, &latest), chain.items);
+    let keys = saver.key_layout().clone();
+    let expiries = chain_expiries(&mut conn, &keys, thread, &chain).await;
+    let year_ms = 365 * 24 * 3600 * 1000i64;
+    for (key, at) in expiries {
+        assert!(at > 900 * year_ms, "{key} expires at {at}");
+    }
+    support::delete_prefix(&url, &options.key_prefix).await;
+}
+
+#[tokio::test]
 async fn chains_read_after_the_server_forgets_its_scripts() {
     let options = support::options("append-flush");
     let Some(saver) = support::saver(options.clone()).await else {
