@@ -478,17 +478,21 @@ impl<S: State> Channels<S> {
                 Chan::Tasks => ch.sends = codec.decode(value).map_err(|e| corrupt(name, e))?,
             }
         }
+        let was_cached = cached.is_some();
         ch.state = cached.unwrap_or_else(|| Arc::new(state));
         // Fields stored item by item continue from the loaded version, when it is whole in
         // the format this codec writes (savers return values whole).
+        // A cached state's values may have been left out of the tuple (the saver was told
+        // they are held); they were stored by this graph, in this codec's format.
         for (f, field) in S::fields().iter().enumerate() {
-            let (Some(value), Some(version)) = (
-                cp.channel_values.get(field.name),
-                cp.channel_versions.get(field.name),
-            ) else {
+            let Some(version) = cp.channel_versions.get(field.name) else {
                 continue;
             };
-            if value.type_tag == codec.format().tag() && chain_fetch_bound(version).is_some() {
+            let whole_in_format = match cp.channel_values.get(field.name) {
+                Some(value) => value.type_tag == codec.format().tag(),
+                None => was_cached,
+            };
+            if whole_in_format && chain_fetch_bound(version).is_some() {
                 ch.stored_items[f] = ch.state.item_count(f).map(|n| (version.clone(), n));
             }
         }

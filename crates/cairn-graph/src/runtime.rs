@@ -5,8 +5,8 @@ use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Mutex, OnceLock};
 
 use cairn_checkpoint::{
-    CheckpointConfig, CheckpointMetadata, CheckpointSaver, CheckpointSource, PendingWrite,
-    TypedValue, ValueCodec, ERROR, INTERRUPT, RESUME,
+    CheckpointConfig, CheckpointMetadata, CheckpointSaver, CheckpointSource, KnownValues,
+    PendingWrite, TypedValue, ValueCodec, ERROR, INTERRUPT, RESUME,
 };
 use futures::future::BoxFuture;
 use futures::{FutureExt, Stream};
@@ -259,6 +259,13 @@ impl<S: State> StateCache<S> {
             return None;
         }
         map.remove(&key).map(|(_, state)| state)
+    }
+
+    /// The checkpoint id whose state is cached for `(thread, ns)`.
+    fn peek_id(&self, thread: &str, ns: &str) -> Option<String> {
+        self.lock()
+            .get(&(thread.to_owned(), ns.to_owned()))
+            .map(|(id, _)| id.clone())
     }
 
     fn put(&self, thread: &str, ns: &str, id: String, state: Arc<S>) {
@@ -689,28 +696,48 @@ impl<S: State> CompiledGraph<S> {
         // 1. Load.
         let tuple = match saver {
             Some(saver) => {
-                let tuple = saver.get_tuple(&cp_config).await?;
+                // The state a previous run left in memory need not be read back.
+                let cached_id = self.inner.states.peek_id(&thread_id, &config.checkpoint_ns);
+                let tuple = match &cached_id {
+                    Some(id) => {
+                        let fields: Vec<&str> = spec.channel_names[..spec.n_fields]
+                            .iter()
+                            .map(String::as_str)
+                            .collect();
+                        let known = KnownValues {
+                            checkpoint_id: id,
+                            channels: &fields,
+                        };
+                        saver.get_tuple_known(&cp_config, known).await?
+                    }
+                    None => saver.get_tuple(&cp_config).await?,
+                };
                 if tuple.is_none() && config.checkpoint_id.is_some() {
                     return Err(GraphError::CheckpointNotFound {
                         thread_id,
                         checkpoint_id: config.checkpoint_id.clone(),
                     });
                 }
-                tuple
+                let cached = tuple.as_ref().and_then(|t| {
+                    self.inner
+                        .states
+                        .take(&thread_id, &config.checkpoint_ns, &t.checkpoint.id)
+                });
+                match (tuple, cached) {
+                    (Some(t), None) if cached_id.as_ref() == Some(&t.checkpoint.id) => {
+                        // The values were left out for a state that is gone since: read them.
+                        (saver.get_tuple(&t.config).await?, None)
+                    }
+                    (tuple, cached) => (tuple, cached),
+                }
             }
-            None => None,
+            None => (None, None),
         };
+        let (tuple, cached_state) = tuple;
         let replaying = config.checkpoint_id.is_some();
         let (mut channels, mut step, mut current, mut pending) = match &tuple {
             Some(t) => (
-                Channels::load_with(
-                    spec,
-                    t,
-                    &codec,
-                    self.inner
-                        .states
-                        .take(&thread_id, &config.checkpoint_ns, &t.checkpoint.id),
-                )?,
+                Channels::load_with(spec, t, &codec, cached_state)?,
                 t.metadata.step.unwrap_or(-1) + 1,
                 Some(t.config.clone()),
                 if replaying {
