@@ -94,6 +94,15 @@
 //! * `update_state` on the thread's head does not also store the update as pending writes
 //!   of a synthetic task on the previous checkpoint (LangGraph does; the resulting
 //!   `update` checkpoint is the same).
+//! * Storage of growing lists: a `Vec` field with `#[reducer(append)]` is stored as an
+//!   *append value* per version — only the items added since the last stored version, plus
+//!   the version it extends ([`cairn_checkpoint::AppendValue`]) — so a conversation of `n`
+//!   messages costs O(n) bytes, not O(n²) (LangGraph stores the whole list at every version;
+//!   its beta `DeltaChannel` stores a full snapshot every K versions, still quadratic). Savers
+//!   hand back whole lists, so nothing else changes: history, time travel, forks,
+//!   `update_state`, `copy_thread` and `prune` work as before (see
+//!   `tests/append_storage.rs`). Other collections with the append reducer (`VecDeque`,
+//!   sets) are stored whole.
 //! * Empty bookkeeping channels are left out of `channel_values` (LangGraph keeps an empty
 //!   `join:` barrier as `[]` and an empty `__pregel_tasks` as `[]`).
 //! * `get_state_history` with a `checkpoint_id` in the config lists that checkpoint and the
