@@ -143,8 +143,10 @@ pub(crate) const BLOBS_SQL: &str = "SELECT b.thread_id, b.checkpoint_ns, b.chann
 /// bound]` keys: every stored version of the channel up to `bound`, a range of the primary
 /// key. A null bound reads every version: `coalesce` turns it into an empty blob, and SQLite
 /// orders every text value before every blob.
-pub(crate) const CHAIN_SQL: &str = "SELECT b.thread_id, b.checkpoint_ns, b.channel, b.version, \
-     b.type_tag, b.data FROM json_each(?1) AS k CROSS JOIN checkpoint_blobs AS b \
+/// Each row names its key by position in the array (`k.key`), which is cheaper to read back
+/// than the three names.
+pub(crate) const CHAIN_SQL: &str = "SELECT k.key, b.version, b.type_tag, b.data \
+     FROM json_each(?1) AS k CROSS JOIN checkpoint_blobs AS b \
      WHERE b.thread_id = k.value ->> 0 AND b.checkpoint_ns = k.value ->> 1 \
        AND b.channel = k.value ->> 2 AND b.version <= coalesce(k.value ->> 3, x'')";
 
@@ -381,14 +383,20 @@ fn decode_rows(rows: Vec<Row>) -> Result<Vec<Decoded>> {
     Ok(decoded)
 }
 
+/// The key of a stored value as the query returned it, borrowed from the row:
+/// `(thread, ns, channel, version)`.
+type BlobKeyRef<'a> = (&'a str, &'a str, &'a str, &'a str);
+
 /// Runs `sql` (selecting thread, ns, channel, version, type tag and data of
-/// `checkpoint_blobs`) with the JSON array `keys`, handing each value to `found`.
+/// `checkpoint_blobs`) with the JSON array `keys`, handing each value to `found`. The key
+/// columns are lent, not copied: a long chain has hundreds of rows, and `found` copies only
+/// what it keeps.
 fn query_values(
     conn: &Connection,
     sql: &str,
     keys: String,
     what: &str,
-    mut found: impl FnMut(BlobKey, TypedValue),
+    mut found: impl FnMut(BlobKeyRef<'_>, TypedValue),
 ) -> Result<()> {
     let e = || sql_error(what.to_owned());
     let mut stmt = conn
@@ -396,19 +404,26 @@ fn query_values(
         .map_err(sql_error(format!("preparing the query for {what}")))?;
     let mut q = stmt.query([keys]).map_err(e())?;
     while let Some(r) = q.next().map_err(e())? {
-        let key: BlobKey = (
-            r.get(0).map_err(e())?,
-            r.get(1).map_err(e())?,
-            r.get(2).map_err(e())?,
-            r.get(3).map_err(e())?,
-        );
         let value = TypedValue::new(
-            r.get::<_, String>(4).map_err(e())?,
+            text(r, 4, what)?,
             Bytes::from(r.get::<_, Vec<u8>>(5).map_err(e())?),
+        );
+        let key = (
+            text(r, 0, what)?,
+            text(r, 1, what)?,
+            text(r, 2, what)?,
+            text(r, 3, what)?,
         );
         found(key, value);
     }
     Ok(())
+}
+
+/// Text column `i` of `r`, borrowed.
+fn text<'r>(r: &'r rusqlite::Row<'_>, i: usize, what: &str) -> Result<&'r str> {
+    r.get_ref(i)
+        .and_then(|v| v.as_str().map_err(rusqlite::Error::from))
+        .map_err(sql_error(what.to_owned()))
 }
 
 /// The stored values the checkpoints of `decoded` refer to, each fetched once.
@@ -437,8 +452,11 @@ fn load_values(conn: &Connection, decoded: &[Decoded]) -> Result<HashMap<BlobKey
         BLOBS_SQL,
         encode_keys(&keys)?,
         "reading channel values",
-        |key, value| {
-            blobs.insert(key, value);
+        |(t, n, c, v), value| {
+            blobs.insert(
+                (t.to_owned(), n.to_owned(), c.to_owned(), v.to_owned()),
+                value,
+            );
         },
     )?;
     Ok(blobs)
@@ -542,10 +560,13 @@ fn build_tuples(
     tuples
 }
 
-/// The `[thread, ns, channel, bound]` keys of [`CHAIN_SQL`] for the append values of
-/// `tuples`: per channel the largest [`chain_fetch_bound`] of its heads, or null (every
-/// version) when a head's version has no bound.
-fn chain_keys(tuples: &[CheckpointTuple]) -> Result<Option<String>> {
+/// A key of [`CHAIN_SQL`]: `[thread, ns, channel, bound]`.
+type ChainKey = (String, String, String, Option<String>);
+
+/// The keys of [`CHAIN_SQL`] for the append values of `tuples`: per channel the largest
+/// [`chain_fetch_bound`] of its heads, or null (every version) when a head's version has no
+/// bound.
+fn chain_keys(tuples: &[CheckpointTuple]) -> Vec<ChainKey> {
     let mut bounds: HashMap<(&str, &str, &str), Option<&str>> = HashMap::new();
     for t in tuples.iter().filter(|t| has_append_values(&t.checkpoint)) {
         for (channel, version) in append_heads(&t.checkpoint) {
@@ -561,14 +582,17 @@ fn chain_keys(tuples: &[CheckpointTuple]) -> Result<Option<String>> {
                 .or_insert(bound);
         }
     }
-    if bounds.is_empty() {
-        return Ok(None);
-    }
-    let keys: Vec<(&str, &str, &str, Option<&str>)> = bounds
+    bounds
         .into_iter()
-        .map(|((t, n, c), b)| (t, n, c, b))
-        .collect();
-    encode_keys(&keys).map(Some)
+        .map(|((t, n, c), b)| {
+            (
+                t.to_owned(),
+                n.to_owned(),
+                c.to_owned(),
+                b.map(str::to_owned),
+            )
+        })
+        .collect()
 }
 
 /// Replaces the append values of `tuples` by their whole values. The links of every chain
@@ -576,32 +600,64 @@ fn chain_keys(tuples: &[CheckpointTuple]) -> Result<Option<String>> {
 /// gets one [`AppendChains`], and tuples are resolved oldest first so a history walks each
 /// link once (the whole value of the previous checkpoint is remembered).
 fn resolve_append_values(conn: &Connection, tuples: &mut [CheckpointTuple]) -> Result<()> {
-    let Some(keys) = chain_keys(tuples)? else {
+    let keys = chain_keys(tuples);
+    if keys.is_empty() {
         return Ok(());
-    };
-    let mut chains: HashMap<(String, String), AppendChains> = HashMap::new();
-    query_values(
-        conn,
-        CHAIN_SQL,
-        keys,
-        "reading the links of append chains",
-        |(thread, ns, channel, version), value| {
-            chains
-                .entry((thread, ns))
-                .or_default()
-                .insert(&channel, &version, value);
-        },
-    )?;
+    }
+    // One AppendChains per (thread, ns); rows of key i go to `chains[slot_of_key[i]]`.
+    let mut slots: HashMap<(&str, &str), usize> = HashMap::new();
+    let mut chains: Vec<AppendChains> = Vec::new();
+    let slot_of_key: Vec<usize> = keys
+        .iter()
+        .map(|(thread, ns, _, _)| {
+            *slots.entry((thread, ns)).or_insert_with(|| {
+                chains.push(AppendChains::default());
+                chains.len() - 1
+            })
+        })
+        .collect();
+    let what = "reading the links of append chains";
+    let e = || sql_error(what);
+    let mut stmt = conn
+        .prepare_cached(CHAIN_SQL)
+        .map_err(sql_error("preparing the append chain query"))?;
+    let mut q = stmt.query([encode_keys(&keys)?]).map_err(e())?;
+    while let Some(r) = q.next().map_err(e())? {
+        let at: i64 = r.get(0).map_err(e())?;
+        let found = usize::try_from(at)
+            .ok()
+            .and_then(|i| Some((keys.get(i)?, chains.get_mut(*slot_of_key.get(i)?)?)));
+        let Some(((_, _, channel, _), chains)) = found else {
+            return Err(Error::Backend {
+                backend: "sqlite",
+                message: format!(
+                    "{what}: the query returned key number {at} of {}",
+                    keys.len()
+                ),
+                source: None,
+            });
+        };
+        let value = TypedValue::new(
+            text(r, 2, what)?,
+            Bytes::from(r.get::<_, Vec<u8>>(3).map_err(e())?),
+        );
+        chains.insert(channel, text(r, 1, what)?, value);
+    }
     // `list` returns newest first (by checkpoint id), so oldest first is back to front.
     for tuple in tuples.iter_mut().rev() {
         if !has_append_values(&tuple.checkpoint) {
             continue;
         }
-        let key = (
-            tuple.config.thread_id.clone(),
-            tuple.config.checkpoint_ns.clone(),
-        );
-        chains.entry(key).or_default().resolve_tuple(tuple)?;
+        let slot = slots.get(&(
+            tuple.config.thread_id.as_str(),
+            tuple.config.checkpoint_ns.as_str(),
+        ));
+        match slot.and_then(|&i| chains.get_mut(i)) {
+            Some(chains) => chains.resolve_tuple(tuple)?,
+            // Every tuple with append values has a key; resolving with nothing stored still
+            // names what is missing.
+            None => AppendChains::default().resolve_tuple(tuple)?,
+        }
     }
     Ok(())
 }
