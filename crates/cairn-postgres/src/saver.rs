@@ -1,6 +1,6 @@
 //! [`PostgresSaver`]: the [`CheckpointSaver`] over a pool of PostgreSQL connections.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -489,25 +489,50 @@ impl<'a> ValueKeys<'a> {
 }
 
 /// Replaces the append values of `tuples` (newest first, as listed) by whole values, with
-/// one [`AppendChains`] per thread and namespace fed from `blobs`. Oldest first, so the
-/// whole value of a version is built once and each later checkpoint adds its own items.
+/// one [`AppendChains`] per thread and namespace holding every fetched value of the channels
+/// that need one. Oldest first, so the whole value of a version is built once and each later
+/// checkpoint adds its own items.
 fn resolve_append_values(
     tuples: &mut [CheckpointTuple],
     blobs: &HashMap<BlobKey, TypedValue>,
 ) -> Result<()> {
-    let mut chains: HashMap<(String, String), AppendChains> = HashMap::new();
+    let mut needed: HashSet<(&str, &str, &str)> = HashSet::new();
+    for tuple in tuples.iter() {
+        let (thread, ns) = (&tuple.config.thread_id, &tuple.config.checkpoint_ns);
+        for (channel, _) in append_heads(&tuple.checkpoint) {
+            needed.insert((thread, ns, channel));
+        }
+    }
+    if needed.is_empty() {
+        return Ok(());
+    }
+    // One pass over the fetched values, not a lookup per link: the values of a channel
+    // with append values are the range its chains pass through.
+    // Thread → namespace → chains (nested, so that a tuple's names find them without
+    // copying).
+    let mut chains: HashMap<&str, HashMap<&str, AppendChains>> = HashMap::new();
+    for ((thread, ns, channel, version), value) in blobs {
+        if needed.contains(&(thread.as_str(), ns.as_str(), channel.as_str())) {
+            chains
+                .entry(thread)
+                .or_default()
+                .entry(ns)
+                .or_default()
+                .insert(channel, version, value.clone());
+        }
+    }
     for tuple in tuples.iter_mut().rev() {
         if !has_append_values(&tuple.checkpoint) {
             continue;
         }
-        let (thread, ns) = (&tuple.config.thread_id, &tuple.config.checkpoint_ns);
-        let chains = chains.entry((thread.clone(), ns.clone())).or_default();
-        for (channel, version) in append_heads(&tuple.checkpoint) {
-            chains.gather(channel, &version.to_storage_string(), |v| {
-                blobs.get(&(thread.clone(), ns.clone(), channel.to_owned(), v.to_owned()))
-            });
+        let found = chains
+            .get_mut(tuple.config.thread_id.as_str())
+            .and_then(|namespaces| namespaces.get_mut(tuple.config.checkpoint_ns.as_str()));
+        match found {
+            Some(chains) => chains.resolve_tuple(tuple)?,
+            // Nothing of the namespace was fetched: resolving reports the missing links.
+            None => AppendChains::default().resolve_tuple(tuple)?,
         }
-        chains.resolve_tuple(tuple)?;
     }
     Ok(())
 }
@@ -551,8 +576,7 @@ struct BlobColumns<'a> {
     tags: Vec<&'a str>,
     blobs: Vec<&'a [u8]>,
     /// The version an append value extends, kept in a column so that deletions can follow
-    /// chains in SQL; `None` for whole values (and for append values too damaged to name
-    /// their base: stored as given, they read as corrupt like in every other saver).
+    /// chains in SQL; `None` for whole values.
     bases: Vec<Option<String>>,
 }
 
@@ -575,7 +599,13 @@ fn blob_columns<'a>(
         check_text("channel name", channel)?;
         let value = values.get(channel).unwrap_or(empty);
         check_text("type tag", &value.type_tag)?;
-        let base = append_base(value).ok().flatten();
+        // A malformed append value could never be read back: refuse it now rather than
+        // leave the thread unreadable.
+        let base = append_base(value).map_err(|e| {
+            Error::InvalidArgument(format!(
+                "cannot store channel {channel:?} version {version}: {e}"
+            ))
+        })?;
         if let Some(base) = &base {
             check_text("append base version", base)?;
         }
