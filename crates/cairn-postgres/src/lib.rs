@@ -56,7 +56,8 @@
 //!
 //! ## Tables
 //! Created by versioned migrations recorded in `cairn_migrations` (current version:
-//! [`SCHEMA_VERSION`]). Migrations run on connect inside a transaction holding
+//! [`SCHEMA_VERSION`]; version 2 adds `checkpoint_blobs.base` and fills it in for stored
+//! append values, one scan of the table). Migrations run on connect inside a transaction holding
 //! `pg_advisory_xact_lock`, so any number of processes can start at once. By default the
 //! tables go into the connection's search path; [`PostgresOptions::schema`] puts them into a
 //! schema of their own (created if missing) — use one if LangGraph's saver shares the
@@ -65,7 +66,7 @@
 //! | table | key | holds |
 //! |---|---|---|
 //! | `checkpoints` | thread, ns, checkpoint id | parent id, the checkpoint header as `jsonb` (everything but the values: versions keep their type, `7` stays an integer), metadata as `jsonb` |
-//! | `checkpoint_blobs` | thread, ns, channel, version | one channel value: type tag and bytes. Stored once per version; a `put` writes only the channels in `new_versions` |
+//! | `checkpoint_blobs` | thread, ns, channel, version | one channel value: type tag and bytes, and for an append value the version it extends (`base`, NULL otherwise). Stored once per version; a `put` writes only the channels in `new_versions` |
 //! | `checkpoint_writes` | thread, ns, checkpoint id, task id, index | pending writes with their task path |
 //!
 //! Key columns use the `"C"` collation, so ordering is byte order, as in every other Cairn
@@ -76,12 +77,41 @@
 //! `put` and `put_writes` are one statement each (batched `INSERT ... SELECT FROM unnest(...)`
 //! in data-modifying CTEs), hence atomic without an explicit transaction. Regular writes are
 //! insert-if-absent; special channels (negative index) replace. `get_tuple` and `list` are
-//! one query for the checkpoint rows and two more, pipelined, for all their values and all
-//! their writes, whatever the number of rows. `delete_thread`, `copy_thread` (`INSERT ...
-//! SELECT`), `prune` and `delete_for_runs` are one statement each; the latter two reclaim
-//! values no remaining checkpoint refers to. Since every statement is idempotent, one the
-//! server aborts as a deadlock victim (copies and prunes racing on one thread) or a
-//! serialization failure is re-sent transparently.
+//! one query for the checkpoint rows and two more, pipelined, for all their values (append
+//! chains included, below) and all their writes, whatever the number of rows.
+//! `delete_thread`, `copy_thread` (`INSERT ... SELECT`) and `delete_for_runs` are one
+//! statement each; `prune` keeping the latest checkpoints is one statement too, after one
+//! query finding the append values they hold (and, if there are any, one fetching their
+//! chains). `prune` and `delete_for_runs` reclaim values no remaining checkpoint refers to.
+//! Since every statement is idempotent, one the server aborts as a deadlock victim (copies
+//! and prunes racing on one thread) or a serialization failure is re-sent transparently.
+//!
+//! ## Append values
+//! A list channel that grows by a few items per step is stored by the runtime as *append
+//! values* ([`AppendValue`](cairn_checkpoint::AppendValue)): the version it extends and the
+//! new items. This saver stores them as given in `checkpoint_blobs` and copies the base
+//! version into the `base` column at `put` (a malformed append value is refused there, since
+//! it could never be read back). A thread of n steps adding one message each then stores
+//! each message once instead of n times: linear, not quadratic, in its history.
+//!
+//! Reads return whole values, in the same statement that loads the values: for every
+//! `(thread, namespace, channel)` where a requested value is an append value, it returns
+//! every stored version up to the newest requested one, a single range of the primary key
+//! ([`chain_fetch_bound`](cairn_checkpoint::chain_fetch_bound); every version of the channel
+//! when versions are not in the zero-padded form whose text order is their counter order),
+//! and the other values as requested. So reading a checkpoint with append values costs no
+//! extra round trip, however long its chains, in either statement mode. The rows go into one
+//! [`AppendChains`](cairn_checkpoint::AppendChains) per thread and namespace and the
+//! checkpoints are resolved oldest first, so listing a long history joins each link once. A
+//! chain whose base is missing reads as
+//! [`Error::Corrupt`](cairn_checkpoint::Error::Corrupt) naming the channel.
+//!
+//! Deletions keep what chains need: reclaiming after `delete_for_runs` and `prune` follows
+//! `base` from the values the remaining checkpoints name, in a recursive query, one
+//! primary-key search per link. `prune` with `KeepLatest` first reads the kept checkpoints'
+//! append values whole and stores them in place of the append values, in the same statement
+//! as the deletion (only while the checkpoint is still the latest), so none of the older
+//! links stays. `copy_thread` copies values and bases as stored.
 //!
 //! Damaged rows (a header that is not a checkpoint, metadata of the wrong shape) are reported
 //! as [`Error::Corrupt`](cairn_checkpoint::Error::Corrupt) naming thread, namespace and
