@@ -69,7 +69,9 @@
 //! not in the zero-padded form whose text order is their counter order). The links go into
 //! one [`cairn_checkpoint::AppendChains`] per thread and namespace, and the checkpoints are
 //! resolved oldest first, so a listing of a long history joins each link once. Reading the
-//! latest checkpoint stays four queries, however long its chains.
+//! latest checkpoint stays four queries, however long its chains; three with
+//! [`CheckpointSaver::get_tuple_known`], which skips the values (and chains) the caller
+//! already holds.
 //!
 //! Deletions keep what chains need: reclaiming unreferenced values (after `delete_for_runs`
 //! and `prune`) follows `base_version` from the values the remaining checkpoints name, in a
@@ -130,8 +132,8 @@ use tokio::sync::{mpsc, oneshot};
 
 use cairn_checkpoint::{
     append_base, ChannelVersions, Checkpoint, CheckpointConfig, CheckpointMetadata,
-    CheckpointSaver, CheckpointTuple, Error, ListQuery, PruneStrategy, Result, ThreadSummary,
-    TypedValue,
+    CheckpointSaver, CheckpointTuple, Error, KnownValues, ListQuery, PruneStrategy, Result,
+    ThreadSummary, TypedValue,
 };
 
 pub use options::{SqliteOptions, Synchronous};
@@ -488,6 +490,21 @@ impl SqliteSaver {
         }
     }
 
+    /// `get_tuple`, leaving out the values `known` names.
+    async fn get_tuple_with(
+        &self,
+        config: &CheckpointConfig,
+        known: Option<read::Known>,
+    ) -> Result<Option<CheckpointTuple>> {
+        let config = config.clone();
+        let read = move |conn: &mut Connection| read::get_tuple(conn, &config, known.as_ref());
+        match &self.inner.readers {
+            // One checkpoint: small enough to read without the hop to the blocking pool.
+            Some(pool) => pool.run_small(read).await,
+            None => self.on_writer(read).await,
+        }
+    }
+
     /// Queues a change for the writer thread and waits until it is committed.
     async fn write<F>(&self, op: F) -> Result<()>
     where
@@ -620,18 +637,22 @@ fn writes_row(
 #[async_trait]
 impl CheckpointSaver for SqliteSaver {
     async fn get_tuple(&self, config: &CheckpointConfig) -> Result<Option<CheckpointTuple>> {
-        let config = config.clone();
-        match &self.inner.readers {
-            // One checkpoint: small enough to read without the hop to the blocking pool.
-            Some(pool) => {
-                pool.run_small(move |conn| read::get_tuple(conn, &config))
-                    .await
-            }
-            None => {
-                self.on_writer(move |conn| read::get_tuple(conn, &config))
-                    .await
-            }
-        }
+        self.get_tuple_with(config, None).await
+    }
+
+    /// The known channels' values are not read, nor are the append chains behind them: a
+    /// runtime holding a thread's state reads the latest checkpoint in three queries,
+    /// however long its chains.
+    async fn get_tuple_known(
+        &self,
+        config: &CheckpointConfig,
+        known: KnownValues<'_>,
+    ) -> Result<Option<CheckpointTuple>> {
+        let known = read::Known {
+            checkpoint_id: known.checkpoint_id.to_owned(),
+            channels: known.channels.iter().map(|c| (*c).to_owned()).collect(),
+        };
+        self.get_tuple_with(config, Some(known)).await
     }
 
     async fn list(&self, query: &ListQuery) -> Result<Vec<CheckpointTuple>> {

@@ -109,6 +109,20 @@ impl ReadPool {
     }
 }
 
+/// Values a caller already holds (an owned [`cairn_checkpoint::KnownValues`]): read neither
+/// them nor the append chains behind them.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Known {
+    pub checkpoint_id: String,
+    pub channels: Vec<String>,
+}
+
+impl Known {
+    fn skips(&self, row: &Row, channel: &str) -> bool {
+        row.checkpoint_id == self.checkpoint_id && self.channels.iter().any(|c| c == channel)
+    }
+}
+
 /// A checkpoint row as stored, before decoding.
 struct Row {
     thread_id: String,
@@ -172,6 +186,7 @@ fn map_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Row> {
 pub(crate) fn get_tuple(
     conn: &mut Connection,
     config: &CheckpointConfig,
+    known: Option<&Known>,
 ) -> Result<Option<CheckpointTuple>> {
     let tx = conn
         .transaction()
@@ -194,7 +209,7 @@ pub(crate) fn get_tuple(
             .map_err(sql_error("reading a checkpoint"))?;
         rows
     };
-    let mut tuples = assemble(&tx, rows)?;
+    let mut tuples = assemble(&tx, rows, known)?;
     Ok(tuples.pop())
 }
 
@@ -299,7 +314,7 @@ pub(crate) fn list(conn: &mut Connection, query: &ListQuery) -> Result<Vec<Check
         rows
     };
     if exact_in_sql {
-        return assemble(&tx, rows);
+        return assemble(&tx, rows, None);
     }
     // Decode metadata first, keep the matching rows up to the limit, then load their values.
     let limit = query.limit.unwrap_or(usize::MAX);
@@ -313,7 +328,7 @@ pub(crate) fn list(conn: &mut Connection, query: &ListQuery) -> Result<Vec<Check
             kept.push(row);
         }
     }
-    assemble(&tx, kept)
+    assemble(&tx, kept, None)
 }
 
 fn location(row: &Row) -> DataLocation {
@@ -358,15 +373,19 @@ type CheckpointKey = (String, String, String);
 /// A checkpoint row with its header and metadata decoded.
 type Decoded = (Row, Checkpoint, CheckpointMetadata);
 
-/// Decodes `rows` and loads their channel values and pending writes (two queries), then
-/// the links of their append chains (one more query, only when some value is an append
-/// value).
-fn assemble(conn: &Connection, rows: Vec<Row>) -> Result<Vec<CheckpointTuple>> {
+/// Decodes `rows` and loads their channel values (but the `known` ones) and pending writes
+/// (two queries), then the links of their append chains (one more query, only when some
+/// value read is an append value).
+fn assemble(
+    conn: &Connection,
+    rows: Vec<Row>,
+    known: Option<&Known>,
+) -> Result<Vec<CheckpointTuple>> {
     if rows.is_empty() {
         return Ok(Vec::new());
     }
     let decoded = decode_rows(rows)?;
-    let blobs = load_values(conn, &decoded)?;
+    let blobs = load_values(conn, &decoded, known)?;
     let writes = load_writes(conn, &decoded)?;
     let mut tuples = build_tuples(decoded, &blobs, writes);
     resolve_append_values(conn, &mut tuples)?;
@@ -426,11 +445,19 @@ fn text<'r>(r: &'r rusqlite::Row<'_>, i: usize, what: &str) -> Result<&'r str> {
         .map_err(sql_error(what.to_owned()))
 }
 
-/// The stored values the checkpoints of `decoded` refer to, each fetched once.
-fn load_values(conn: &Connection, decoded: &[Decoded]) -> Result<HashMap<BlobKey, TypedValue>> {
+/// The stored values the checkpoints of `decoded` refer to, each fetched once, but those
+/// `known` names.
+fn load_values(
+    conn: &Connection,
+    decoded: &[Decoded],
+    known: Option<&Known>,
+) -> Result<HashMap<BlobKey, TypedValue>> {
     let mut wanted: HashSet<(&str, &str, &str, String)> = HashSet::new();
     for (row, checkpoint, _) in decoded {
         for (channel, version) in &checkpoint.channel_versions {
+            if known.is_some_and(|k| k.skips(row, channel)) {
+                continue;
+            }
             wanted.insert((
                 &row.thread_id,
                 &row.checkpoint_ns,
@@ -681,7 +708,7 @@ pub(crate) fn whole_append_values(
             "reading checkpoint {checkpoint_id} of thread {thread_id:?}"
         )))?;
     let decoded = decode_rows(rows)?;
-    let blobs = load_values(conn, &decoded)?;
+    let blobs = load_values(conn, &decoded, None)?;
     let mut tuples = build_tuples(decoded, &blobs, HashMap::new());
     let heads: Vec<(String, String)> = tuples
         .iter()

@@ -248,3 +248,63 @@ async fn a_malformed_append_value_is_refused() {
         .expect("get")
         .is_none());
 }
+
+/// `get_tuple_known` reads neither the known values nor the chains behind them: with a
+/// chain link deleted behind Cairn's back, `get_tuple` reports the corruption while
+/// `get_tuple_known` for the latest checkpoint still returns its bookkeeping. Another
+/// checkpoint than the known one is read whole (and so fails here too).
+#[tokio::test]
+async fn get_tuple_known_skips_the_chains_of_known_values() {
+    let (_dir, path) = temp_db();
+    let saver = SqliteSaver::open(&path).expect("open");
+    let codec = ValueCodec::default();
+    let (v1, v2, v3) = (
+        ChannelVersion::first_after(None),
+        ChannelVersion::first_after(Some(&ChannelVersion::Int(1))),
+        ChannelVersion::first_after(Some(&ChannelVersion::Int(2))),
+    );
+    let root = CheckpointConfig::thread("t");
+    let first = put_messages(
+        &saver,
+        &root,
+        &v1,
+        codec.encode(&["a"]).expect("encode"),
+        "r",
+    )
+    .await;
+    let append = |base: &ChannelVersion, item: &str| {
+        codec
+            .encode_append(base, [item].iter())
+            .expect("encode an append value")
+    };
+    let second = put_messages(&saver, &first, &v2, append(&v1, "b"), "r").await;
+    let latest = put_messages(&saver, &second, &v3, append(&v2, "c"), "r").await;
+    raw(&path)
+        .execute(
+            "DELETE FROM checkpoint_blobs WHERE version = ?1",
+            [v1.to_storage_string()],
+        )
+        .expect("delete the root");
+
+    let thread = CheckpointConfig::thread("t");
+    let err = saver.get_tuple(&thread).await.expect_err("broken chain");
+    assert!(matches!(err, Error::Corrupt { .. }), "{err}");
+    let latest_id = latest.checkpoint_id.clone().expect("an id");
+    let known = cairn_checkpoint::KnownValues {
+        checkpoint_id: &latest_id,
+        channels: &[CHANNEL],
+    };
+    let tuple = saver
+        .get_tuple_known(&thread, known)
+        .await
+        .expect("the known chain is not read")
+        .expect("stored");
+    assert_eq!(tuple.config, latest);
+    assert_eq!(tuple.checkpoint.channel_versions[CHANNEL], v3);
+    assert!(!tuple.checkpoint.channel_values.contains_key(CHANNEL));
+    let err = saver
+        .get_tuple_known(&second, known)
+        .await
+        .expect_err("another checkpoint is read whole");
+    assert!(matches!(err, Error::Corrupt { .. }), "{err}");
+}
