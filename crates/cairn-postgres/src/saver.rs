@@ -7,8 +7,8 @@ use async_trait::async_trait;
 use cairn_checkpoint::{
     append_base, append_heads, chain_fetch_bound, has_append_values, write_index, AppendChains,
     ChannelVersion, ChannelVersions, Checkpoint, CheckpointConfig, CheckpointMetadata,
-    CheckpointSaver, CheckpointTuple, DataLocation, Error, LatestCheckpoint, ListQuery,
-    PendingWrite, PruneStrategy, Result, ThreadSummary, TypedValue,
+    CheckpointSaver, CheckpointTuple, DataLocation, Error, KnownValues, LatestCheckpoint,
+    ListQuery, PendingWrite, PruneStrategy, Result, ThreadSummary, TypedValue,
 };
 use deadpool_postgres::{ClientWrapper, Pool};
 use tokio_postgres::types::{ToSql, Type};
@@ -230,6 +230,45 @@ impl PostgresSaver {
         })
     }
 
+    /// `get_tuple`, leaving out the values `known` names.
+    async fn get_tuple_with(
+        &self,
+        config: &CheckpointConfig,
+        known: Option<KnownValues<'_>>,
+    ) -> Result<Option<CheckpointTuple>> {
+        self.with_client(|client| async move {
+            let rows = match &config.checkpoint_id {
+                Some(id) => {
+                    self.query(
+                        &client,
+                        "get_tuple",
+                        &self.sql.get_one,
+                        &[
+                            (&config.thread_id, Type::TEXT),
+                            (&config.checkpoint_ns, Type::TEXT),
+                            (id, Type::TEXT),
+                        ],
+                    )
+                    .await?
+                }
+                None => {
+                    self.query(
+                        &client,
+                        "get_tuple",
+                        &self.sql.get_latest,
+                        &[
+                            (&config.thread_id, Type::TEXT),
+                            (&config.checkpoint_ns, Type::TEXT),
+                        ],
+                    )
+                    .await?
+                }
+            };
+            Ok(self.load(&client, rows, known).await?.into_iter().next())
+        })
+        .await
+    }
+
     /// The whole values of the append values the latest checkpoints of `thread_ids` refer
     /// to, for `prune` to store in their place: one statement to find them, one to fetch
     /// their chains (none when there are no append values).
@@ -330,8 +369,14 @@ impl PostgresSaver {
 
     /// Attaches values and pending writes to checkpoint rows: two statements, sent together
     /// on one connection, whatever the number of rows. Append values come back with the
-    /// links of their chains and are resolved here.
-    async fn load(&self, client: &ClientWrapper, rows: Vec<Row>) -> Result<Vec<CheckpointTuple>> {
+    /// links of their chains and are resolved here. The values of `known` channels of the
+    /// `known` checkpoint are neither fetched nor returned (the caller holds them).
+    async fn load(
+        &self,
+        client: &ClientWrapper,
+        rows: Vec<Row>,
+        known: Option<KnownValues<'_>>,
+    ) -> Result<Vec<CheckpointTuple>> {
         let stored = rows
             .iter()
             .map(Self::decode_checkpoint_row)
@@ -342,9 +387,15 @@ impl PostgresSaver {
 
         // Distinct (thread, ns, channel, version) keys: checkpoints of one thread share most
         // of their values, and each is fetched once.
+        let skipped = |checkpoint_id: &str, channel: &str| {
+            known.is_some_and(|k| checkpoint_id == k.checkpoint_id && k.channels.contains(&channel))
+        };
         let mut wanted: HashMap<(&str, &str, &str, String), bool> = HashMap::new();
         for s in &stored {
             for (channel, version) in &s.checkpoint.channel_versions {
+                if skipped(&s.checkpoint.id, channel) {
+                    continue;
+                }
                 wanted
                     .entry((
                         &s.thread_id,
@@ -402,6 +453,9 @@ impl PostgresSaver {
                 let mut checkpoint = s.checkpoint;
                 let mut values = BTreeMap::new();
                 for (channel, version) in &checkpoint.channel_versions {
+                    if skipped(&checkpoint.id, channel) {
+                        continue;
+                    }
                     let key = (
                         s.thread_id.clone(),
                         s.checkpoint_ns.clone(),
@@ -653,37 +707,18 @@ fn write_columns<'a>(
 #[async_trait]
 impl CheckpointSaver for PostgresSaver {
     async fn get_tuple(&self, config: &CheckpointConfig) -> Result<Option<CheckpointTuple>> {
-        self.with_client(|client| async move {
-            let rows = match &config.checkpoint_id {
-                Some(id) => {
-                    self.query(
-                        &client,
-                        "get_tuple",
-                        &self.sql.get_one,
-                        &[
-                            (&config.thread_id, Type::TEXT),
-                            (&config.checkpoint_ns, Type::TEXT),
-                            (id, Type::TEXT),
-                        ],
-                    )
-                    .await?
-                }
-                None => {
-                    self.query(
-                        &client,
-                        "get_tuple",
-                        &self.sql.get_latest,
-                        &[
-                            (&config.thread_id, Type::TEXT),
-                            (&config.checkpoint_ns, Type::TEXT),
-                        ],
-                    )
-                    .await?
-                }
-            };
-            Ok(self.load(&client, rows).await?.into_iter().next())
-        })
-        .await
+        self.get_tuple_with(config, None).await
+    }
+
+    /// The known channels' values are not fetched, nor are the append chains behind them: a
+    /// runtime holding a thread's state reads the latest checkpoint's bookkeeping without its
+    /// growing lists.
+    async fn get_tuple_known(
+        &self,
+        config: &CheckpointConfig,
+        known: KnownValues<'_>,
+    ) -> Result<Option<CheckpointTuple>> {
+        self.get_tuple_with(config, Some(known)).await
     }
 
     async fn list(&self, query: &ListQuery) -> Result<Vec<CheckpointTuple>> {
@@ -768,7 +803,7 @@ impl CheckpointSaver for PostgresSaver {
         let (sql, params) = (&sql, &params);
         self.with_client(|client| async move {
             let rows = self.query(&client, "list", sql, params).await?;
-            self.load(&client, rows).await
+            self.load(&client, rows, None).await
         })
         .await
     }

@@ -401,3 +401,66 @@ async fn migration_2_fills_in_the_base_of_stored_append_values() {
     drop(saver);
     support::drop_schema(&url, &schema).await;
 }
+
+/// `get_tuple_known` fetches neither the known values nor the chains behind them: with a
+/// chain link deleted behind Cairn's back, `get_tuple` reports the corruption while
+/// `get_tuple_known` for the latest checkpoint still returns its bookkeeping. Another
+/// checkpoint than the known one is read whole (and so fails here too).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn get_tuple_known_skips_the_chains_of_known_values() {
+    let Some((saver, schema)) = support::fresh_saver().await else {
+        return;
+    };
+    let url = support::url().expect("url");
+    let codec = ValueCodec::default();
+    let v1 = saver.get_next_version(None);
+    let v2 = saver.get_next_version(Some(&v1));
+    let v3 = saver.get_next_version(Some(&v2));
+    let root = CheckpointConfig::thread("t");
+    let first = put_messages(
+        &saver,
+        &root,
+        &v1,
+        codec.encode(&["a"]).expect("encode"),
+        "r",
+    )
+    .await;
+    let append = |base: &ChannelVersion, item: &str| {
+        codec
+            .encode_append(base, [item].iter())
+            .expect("encode an append value")
+    };
+    let second = put_messages(&saver, &first, &v2, append(&v1, "b"), "r").await;
+    let latest = put_messages(&saver, &second, &v3, append(&v2, "c"), "r").await;
+    support::admin_client(&url)
+        .await
+        .execute(
+            &format!("DELETE FROM \"{schema}\".checkpoint_blobs WHERE version = $1"),
+            &[&v1.to_storage_string()],
+        )
+        .await
+        .expect("delete the root");
+
+    let err = saver.get_tuple(&root).await.expect_err("broken chain");
+    assert!(matches!(err, Error::Corrupt { .. }), "{err}");
+    let latest_id = latest.checkpoint_id.clone().expect("an id");
+    let known = cairn_checkpoint::KnownValues {
+        checkpoint_id: &latest_id,
+        channels: &[CHANNEL],
+    };
+    let tuple = saver
+        .get_tuple_known(&root, known)
+        .await
+        .expect("the known chain is not read")
+        .expect("stored");
+    assert_eq!(tuple.config, latest);
+    assert_eq!(tuple.checkpoint.channel_versions[CHANNEL], v3);
+    assert!(!tuple.checkpoint.channel_values.contains_key(CHANNEL));
+    let err = saver
+        .get_tuple_known(&second, known)
+        .await
+        .expect_err("another checkpoint is read whole");
+    assert!(matches!(err, Error::Corrupt { .. }), "{err}");
+    drop(saver);
+    support::drop_schema(&url, &schema).await;
+}
