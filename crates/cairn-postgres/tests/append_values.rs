@@ -165,18 +165,30 @@ async fn a_400_step_chain_reads_back_whole_and_stores_each_message_once() {
 
 /// Integer versions have no range bound (their strings do not sort as numbers: "10" comes
 /// before "9"), so reads take every stored version of the channel; branches, `list`,
-/// `delete_for_runs` and `prune` work on them as on the default versions.
+/// `delete_for_runs` and `prune` work on them as on the default versions, with statements
+/// prepared or sent unnamed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn integer_versions_and_branches_read_whole_and_reclaim_exactly() {
-    let Some((saver, schema)) = support::fresh_saver().await else {
-        return;
-    };
-    let url = support::url().expect("url");
+    let Some(url) = support::url() else { return };
+    for prepared in [true, false] {
+        let schema = support::fresh_schema_name();
+        let saver = support::options(&url, &schema)
+            .prepared_statements(prepared)
+            .connect()
+            .await
+            .expect("connect");
+        integer_versions_and_branches(&saver, &url, &schema).await;
+        drop(saver);
+        support::drop_schema(&url, &schema).await;
+    }
+}
+
+async fn integer_versions_and_branches(saver: &PostgresSaver, url: &str, schema: &str) {
     let codec = ValueCodec::default();
     let v = ChannelVersion::Int;
     // The trunk: versions 1..=12, runs "early" (1..=9) and "late" (10..=12).
     let mut parent = put_messages(
-        &saver,
+        saver,
         &CheckpointConfig::thread("t"),
         &v(1),
         codec.encode(&["m1"]).expect("encode"),
@@ -189,18 +201,18 @@ async fn integer_versions_and_branches_read_whole_and_reclaim_exactly() {
         let value = codec
             .encode_append(&v(n - 1), [format!("m{n}")].iter())
             .expect("encode");
-        parent = put_messages(&saver, &parent, &v(n), value, run).await;
+        parent = put_messages(saver, &parent, &v(n), value, run).await;
         trunk.push(parent.clone());
     }
     // A branch forking from version 5 with version 100 (run "branch").
     let value = codec.encode_append(&v(5), ["fork"].iter()).expect("encode");
-    let branch = put_messages(&saver, &trunk[4], &v(100), value, "branch").await;
+    let branch = put_messages(saver, &trunk[4], &v(100), value, "branch").await;
 
     let trunk_items = |n: usize| (1..=n).map(|i| format!("m{i}")).collect::<Vec<_>>();
-    assert_eq!(messages(&saver, &trunk[11]).await, trunk_items(12));
+    assert_eq!(messages(saver, &trunk[11]).await, trunk_items(12));
     let mut fork_items = trunk_items(5);
     fork_items.push("fork".into());
-    assert_eq!(messages(&saver, &branch).await, fork_items);
+    assert_eq!(messages(saver, &branch).await, fork_items);
     let listed = saver.list(&ListQuery::thread("t")).await.expect("list");
     assert_eq!(listed.len(), 13);
     for tuple in &listed {
@@ -221,7 +233,7 @@ async fn integer_versions_and_branches_read_whole_and_reclaim_exactly() {
         .delete_for_runs(&["early".into(), "branch".into()])
         .await
         .expect("delete runs");
-    let versions: Vec<String> = stored_links(&url, &schema, "t")
+    let versions: Vec<String> = stored_links(url, schema, "t")
         .await
         .into_iter()
         .map(|l| l.0)
@@ -229,7 +241,7 @@ async fn integer_versions_and_branches_read_whole_and_reclaim_exactly() {
     let mut expected: Vec<String> = (1..=12).map(|n| n.to_string()).collect();
     expected.sort();
     assert_eq!(versions, expected);
-    assert_eq!(messages(&saver, &trunk[9]).await, trunk_items(10));
+    assert_eq!(messages(saver, &trunk[9]).await, trunk_items(10));
 
     // Keeping the latest rewrites its value whole; nothing else of the chain stays.
     saver
@@ -237,15 +249,13 @@ async fn integer_versions_and_branches_read_whole_and_reclaim_exactly() {
         .await
         .expect("prune");
     assert_eq!(
-        stored_links(&url, &schema, "t").await,
+        stored_links(url, schema, "t").await,
         [("12".to_owned(), "msgpack".to_owned(), None)]
     );
     assert_eq!(
-        messages(&saver, &CheckpointConfig::thread("t")).await,
+        messages(saver, &CheckpointConfig::thread("t")).await,
         trunk_items(12)
     );
-    drop(saver);
-    support::drop_schema(&url, &schema).await;
 }
 
 /// `prune` keeping the latest checkpoint of several threads and namespaces at once rewrites
