@@ -307,6 +307,59 @@ fn join(root: &TypedValue, appends: &[AppendValue]) -> Result<TypedValue> {
     Ok(TypedValue::new(root.type_tag.clone(), out.freeze()))
 }
 
+/// The append value that turns `base_whole` (the whole list at version `base`) into `whole`,
+/// when `whole` is `base_whole` followed by more items in the same encoding; `None`
+/// otherwise (store `whole` as it is). Tools that copy whole values between savers use it
+/// to keep storage linear.
+///
+/// ```
+/// use cairn_checkpoint::{append_diff, AppendChains, ChannelVersion, ValueCodec};
+/// let codec = ValueCodec::default();
+/// let (old, new) = (codec.encode(&["a"])?, codec.encode(&["a", "b"])?);
+/// let delta = append_diff(&ChannelVersion::Int(1), &old, &new).expect("new extends old");
+/// let mut chains = AppendChains::default();
+/// chains.insert("m", "1", old.clone());
+/// assert_eq!(chains.resolve("m", "2", &delta)?, new);
+/// assert!(append_diff(&ChannelVersion::Int(1), &new, &old).is_none());
+/// # Ok::<(), cairn_checkpoint::Error>(())
+/// ```
+pub fn append_diff(
+    base: &ChannelVersion,
+    base_whole: &TypedValue,
+    whole: &TypedValue,
+) -> Option<TypedValue> {
+    if base_whole.type_tag != whole.type_tag {
+        return None;
+    }
+    let (old, new) = (list_parts(base_whole).ok()?, list_parts(whole).ok()?);
+    let rest = new.items.strip_prefix(old.items)?;
+    let (items, count) = if whole.type_tag == TAG_JSON {
+        let rest = match (old.items.is_empty(), rest) {
+            (true, rest) => rest,
+            (false, []) => rest,
+            (false, [b',', rest @ ..]) => rest,
+            _ => return None,
+        };
+        let mut text = Vec::with_capacity(rest.len() + 2);
+        text.push(b'[');
+        text.extend_from_slice(rest);
+        text.push(b']');
+        let parsed: Vec<serde::de::IgnoredAny> = serde_json::from_slice(&text).ok()?;
+        (rest, parsed.len() as u64)
+    } else {
+        (rest, new.count.checked_sub(old.count)?)
+    };
+    Some(
+        AppendValue {
+            base: base.to_storage_string(),
+            item_tag: whole.type_tag.clone(),
+            count,
+            items: Bytes::copy_from_slice(items),
+        }
+        .to_typed(),
+    )
+}
+
 /// Whether any of `checkpoint`'s values is an append value (a saver must then resolve it).
 pub fn has_append_values(checkpoint: &Checkpoint) -> bool {
     checkpoint
@@ -596,6 +649,33 @@ mod tests {
             assert_eq!(
                 root_codec.decode::<Vec<String>>(&whole).expect("decode"),
                 ["a", "b", "c"]
+            );
+        }
+    }
+
+    #[test]
+    fn diffs_resolve_back_to_the_whole_list() {
+        for codec in [ValueCodec::default(), ValueCodec::new(Format::Json)] {
+            let lists: [Vec<&str>; 4] = [vec![], vec!["a,b"], vec!["a,b", "c"], vec!["x"]];
+            let values: Vec<TypedValue> = lists
+                .iter()
+                .map(|l| codec.encode(l).expect("encode"))
+                .collect();
+            let mut chains = AppendChains::default();
+            chains.insert("m", "1", values[0].clone());
+            for (i, pair) in values.windows(2).enumerate().take(2) {
+                let base = ChannelVersion::Int(i as i64 + 1);
+                let delta = append_diff(&base, &pair[0], &pair[1]).expect("extends");
+                let version = (i + 2).to_string();
+                chains.insert("m", &version, delta.clone());
+                assert_eq!(
+                    chains.resolve("m", &version, &delta).expect("resolve"),
+                    pair[1]
+                );
+            }
+            assert!(
+                append_diff(&ChannelVersion::Int(3), &values[2], &values[3]).is_none(),
+                "a list that does not extend its base has no diff"
             );
         }
     }

@@ -2,8 +2,10 @@
 //!
 //! Every checkpoint of every namespace of each thread is copied oldest first (so parents
 //! are stored before their children) with its id, time, metadata, parent, versions seen and
-//! pending writes; every channel is put with the checkpoint's `channel_versions` as
-//! `new_versions`, so versions are preserved exactly. Checkpoints already present in the
+//! pending writes; versions are preserved exactly. A checkpoint whose parent was just copied
+//! stores only the channels whose version changed, and a list that grew as an append value
+//! holding the new items (`append_diff`), so a long conversation stays linear in size in the
+//! target too; other checkpoints store every channel whole. Checkpoints already present in the
 //! target (same thread, namespace and id) are skipped, so an interrupted migration can
 //! simply be run again. Pending writes are re-saved per task in their stored order (a
 //! task's writes that were saved in several calls get consecutive indexes).
@@ -18,11 +20,13 @@
 //!  "elapsed_ms": 42}
 //! ```
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::io::Write;
 use std::time::Instant;
 
-use cairn_checkpoint::{CheckpointConfig, CheckpointSaver, ListQuery, TypedValue};
+use cairn_checkpoint::{
+    append_diff, ChannelVersion, CheckpointConfig, CheckpointSaver, ListQuery, TypedValue,
+};
 use serde::Serialize;
 
 use super::{write_json, Ctx};
@@ -114,11 +118,39 @@ async fn plan(source: &dyn CheckpointSaver, db: &str, threads: &[String]) -> Res
     Ok(plan)
 }
 
+/// How many recently copied checkpoints keep their whole values for their children.
+const RECENT: usize = 16;
+
+/// Whole channel values (with versions) of the checkpoints copied last, by namespace and id.
+/// A child whose parent is here stores only the channels that changed, and lists as what they
+/// add to the parent's ([`append_diff`]), so a migrated conversation stays linear in size.
+#[derive(Default)]
+struct RecentValues(VecDeque<((String, String), ChannelValues)>);
+
+type ChannelValues = BTreeMap<String, (ChannelVersion, TypedValue)>;
+
+impl RecentValues {
+    fn get(&self, ns: &str, id: &str) -> Option<&ChannelValues> {
+        self.0
+            .iter()
+            .find(|((n, i), _)| n == ns && i == id)
+            .map(|(_, v)| v)
+    }
+
+    fn remember(&mut self, ns: &str, id: &str, values: ChannelValues) {
+        if self.0.len() == RECENT {
+            self.0.pop_front();
+        }
+        self.0.push_back(((ns.to_owned(), id.to_owned()), values));
+    }
+}
+
 /// Copies one checkpoint with its pending writes; `Ok(None)` if the target already has it.
 async fn copy_one(
     source: &dyn CheckpointSaver,
     target: &dyn CheckpointSaver,
     config: &CheckpointConfig,
+    recent: &mut RecentValues,
 ) -> Result<Option<usize>> {
     if target.get_tuple(config).await?.is_some() {
         return Ok(None);
@@ -127,17 +159,45 @@ async fn copy_one(
         // Deleted from the source while migrating: nothing to copy.
         return Ok(None);
     };
+    let parent_id = t
+        .parent_config
+        .as_ref()
+        .and_then(|p| p.checkpoint_id.clone());
     let parent = CheckpointConfig {
-        checkpoint_id: t
-            .parent_config
-            .as_ref()
-            .and_then(|p| p.checkpoint_id.clone()),
+        checkpoint_id: parent_id.clone(),
         ..config.clone()
     };
-    let new_versions = t.checkpoint.channel_versions.clone();
+    let mut checkpoint = t.checkpoint;
+    let whole: ChannelValues = checkpoint
+        .channel_values
+        .iter()
+        .filter_map(|(c, value)| {
+            let version = checkpoint.channel_versions.get(c)?;
+            Some((c.clone(), (version.clone(), value.clone())))
+        })
+        .collect();
+    let ns = config.checkpoint_ns.as_str();
+    let mut new_versions = checkpoint.channel_versions.clone();
+    if let Some(parent_values) = parent_id.as_deref().and_then(|id| recent.get(ns, id)) {
+        for (channel, (version, value)) in &whole {
+            let Some((parent_version, parent_value)) = parent_values.get(channel) else {
+                continue;
+            };
+            if parent_version == version {
+                // Stored with the parent already.
+                new_versions.remove(channel);
+                checkpoint.channel_values.remove(channel);
+            } else if let Some(delta) = append_diff(parent_version, parent_value, value) {
+                checkpoint.channel_values.insert(channel.clone(), delta);
+            }
+        }
+    }
     let stored = target
-        .put(&parent, t.checkpoint, t.metadata, new_versions)
+        .put(&parent, checkpoint, t.metadata, new_versions)
         .await?;
+    if let Some(id) = &stored.checkpoint_id {
+        recent.remember(ns, id, whole);
+    }
     let n = t.pending_writes.len();
     // Consecutive writes of one task go in one call, keeping their order.
     let mut group: Vec<(String, TypedValue)> = Vec::new();
@@ -195,6 +255,7 @@ pub async fn run(ctx: &Ctx, args: &MigrateArgs, out: &mut dyn Write) -> Result<(
     };
     let mut done = 0usize;
     for (thread_id, keys) in plan {
+        let mut recent = RecentValues::default();
         let mut stats = MigratedThread {
             thread_id: thread_id.clone(),
             checkpoints: keys.len(),
@@ -204,7 +265,14 @@ pub async fn run(ctx: &Ctx, args: &MigrateArgs, out: &mut dyn Write) -> Result<(
             let config = CheckpointConfig::thread(thread_id.clone())
                 .with_ns(ns)
                 .with_checkpoint_id(id);
-            match copy_one(source.saver.as_ref(), target.saver.as_ref(), &config).await? {
+            let copied = copy_one(
+                source.saver.as_ref(),
+                target.saver.as_ref(),
+                &config,
+                &mut recent,
+            )
+            .await?;
+            match copied {
                 Some(writes) => {
                     stats.copied += 1;
                     stats.pending_writes += writes;
@@ -258,5 +326,81 @@ fn plural(n: usize) -> &'static str {
         ""
     } else {
         "s"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cairn_checkpoint::{Checkpoint, CheckpointMetadata, CheckpointSource, InMemorySaver};
+
+    /// A thread whose `messages` list grows by one item per checkpoint, stored whole at every
+    /// version (as a saver without append values would hold it).
+    async fn growing_thread(saver: &InMemorySaver, n: usize) -> Vec<CheckpointConfig> {
+        let codec = cairn_checkpoint::ValueCodec::default();
+        let mut config = CheckpointConfig::thread("t");
+        let mut version = None;
+        let mut items: Vec<String> = Vec::new();
+        let mut stored = Vec::new();
+        for i in 0..n {
+            items.push(format!("message {i} {}", "x".repeat(100)));
+            let v = saver.get_next_version(version.as_ref());
+            let mut cp = Checkpoint::new();
+            cp.channel_values
+                .insert("messages".into(), codec.encode(&items).expect("encode"));
+            cp.channel_versions.insert("messages".into(), v.clone());
+            let meta = CheckpointMetadata::new(CheckpointSource::Loop, i as i64);
+            config = saver
+                .put(
+                    &config,
+                    cp,
+                    meta,
+                    [("messages".to_string(), v.clone())].into(),
+                )
+                .await
+                .expect("put");
+            version = Some(v);
+            stored.push(config.clone());
+        }
+        stored
+    }
+
+    #[tokio::test]
+    async fn migrated_lists_are_stored_as_appends_and_read_back_whole() {
+        let (source, target) = (InMemorySaver::new(), InMemorySaver::new());
+        let configs = growing_thread(&source, 60).await;
+        let mut recent = RecentValues::default();
+        for config in &configs {
+            let copied = copy_one(&source, &target, config, &mut recent)
+                .await
+                .expect("copy");
+            assert!(copied.is_some());
+        }
+        for config in &configs {
+            let (a, b) = (
+                source
+                    .get_tuple(config)
+                    .await
+                    .expect("read")
+                    .expect("source"),
+                target
+                    .get_tuple(config)
+                    .await
+                    .expect("read")
+                    .expect("target"),
+            );
+            assert_eq!(a, b, "the migrated checkpoint reads back identical");
+        }
+        let (whole, linear) = (source.stats().value_bytes, target.stats().value_bytes);
+        let last = target
+            .get_tuple(&CheckpointConfig::thread("t"))
+            .await
+            .expect("read")
+            .expect("latest");
+        let list_bytes = last.checkpoint.channel_values["messages"].len();
+        assert!(
+            linear < 2 * list_bytes && whole > 20 * list_bytes,
+            "source {whole} bytes, target {linear} bytes, final list {list_bytes} bytes"
+        );
     }
 }
