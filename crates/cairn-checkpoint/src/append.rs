@@ -89,7 +89,34 @@ impl AppendValue {
         if value.type_tag != TAG_APPEND {
             return Ok(None);
         }
-        let data = &value.data;
+        let h = Header::parse(&value.data)?;
+        Ok(Some(AppendValue {
+            base: h.base.to_owned(),
+            item_tag: h.item_tag.to_owned(),
+            count: h.count,
+            items: value.data.slice(h.items_at..),
+        }))
+    }
+
+    /// The whole value: the items of `base` (a whole list in the same encoding) followed by
+    /// this value's items.
+    pub fn join_onto(&self, base: &TypedValue) -> Result<TypedValue> {
+        join(base, std::slice::from_ref(self))
+    }
+}
+
+/// An append value's header, borrowed from its bytes (reading chains allocates nothing per
+/// link but the joined result).
+struct Header<'a> {
+    base: &'a str,
+    item_tag: &'a str,
+    count: u64,
+    /// Where the items start.
+    items_at: usize,
+}
+
+impl<'a> Header<'a> {
+    fn parse(data: &'a [u8]) -> Result<Self> {
         let mut lines = [""; 4];
         let mut at = 0;
         for line in &mut lines {
@@ -110,25 +137,22 @@ impl AppendValue {
         let count = count
             .parse()
             .map_err(|_| malformed(format!("item count {count:?} is not a number")))?;
-        Ok(Some(AppendValue {
-            base: base.to_owned(),
-            item_tag: item_tag.to_owned(),
+        Ok(Header {
+            base,
+            item_tag,
             count,
-            items: data.slice(at..),
-        }))
-    }
-
-    /// The whole value: the items of `base` (a whole list in the same encoding) followed by
-    /// this value's items.
-    pub fn join_onto(&self, base: &TypedValue) -> Result<TypedValue> {
-        join(base, std::slice::from_ref(self))
+            items_at: at,
+        })
     }
 }
 
 /// The base version of `value` when it is an append value. Backends that index values by
 /// their base call this when storing.
 pub fn append_base(value: &TypedValue) -> Result<Option<String>> {
-    Ok(AppendValue::parse(value)?.map(|a| a.base))
+    if value.type_tag != TAG_APPEND {
+        return Ok(None);
+    }
+    Ok(Some(Header::parse(&value.data)?.base.to_owned()))
 }
 
 impl ValueCodec {
@@ -418,15 +442,32 @@ pub fn chain_fetch_bound(version: &ChannelVersion) -> Option<&str> {
 /// ```
 #[derive(Debug, Default)]
 pub struct AppendChains {
-    stored: HashMap<(String, String), TypedValue>,
-    whole: HashMap<(String, String), TypedValue>,
+    channels: HashMap<String, ChannelChain>,
+}
+
+/// One channel's recorded values and resolved whole values, by version storage string.
+#[derive(Debug, Default)]
+struct ChannelChain {
+    stored: HashMap<String, TypedValue>,
+    whole: HashMap<String, TypedValue>,
 }
 
 impl AppendChains {
+    fn channel_mut(&mut self, channel: &str) -> &mut ChannelChain {
+        if !self.channels.contains_key(channel) {
+            self.channels
+                .insert(channel.to_owned(), ChannelChain::default());
+        }
+        self.channels
+            .get_mut(channel)
+            .unwrap_or_else(|| unreachable!("inserted above"))
+    }
+
     /// Records the stored value of `channel` at `version` (a storage string).
     pub fn insert(&mut self, channel: &str, version: &str, value: TypedValue) {
-        self.stored
-            .insert((channel.to_owned(), version.to_owned()), value);
+        self.channel_mut(channel)
+            .stored
+            .insert(version.to_owned(), value);
     }
 
     /// Records the stored values of the chain starting at `channel`'s `version`, found with
@@ -438,15 +479,17 @@ impl AppendChains {
         version: &str,
         lookup: impl Fn(&str) -> Option<&'a TypedValue>,
     ) {
+        let chain = self.channel_mut(channel);
         let mut version = version.to_owned();
         loop {
-            let key = (channel.to_owned(), version);
-            if self.stored.contains_key(&key) || self.whole.contains_key(&key) {
+            if chain.stored.contains_key(&version) || chain.whole.contains_key(&version) {
                 return;
             }
-            let Some(value) = lookup(&key.1) else { return };
+            let Some(value) = lookup(&version) else {
+                return;
+            };
             let base = append_base(value).ok().flatten();
-            self.stored.insert(key, value.clone());
+            chain.stored.insert(version, value.clone());
             match base {
                 Some(base) => version = base,
                 None => return,
@@ -456,7 +499,7 @@ impl AppendChains {
 
     /// Whether nothing was recorded.
     pub fn is_empty(&self) -> bool {
-        self.stored.is_empty()
+        self.channels.values().all(|c| c.stored.is_empty())
     }
 
     /// The whole value of `channel` at `version`, whose stored value is `head`. `head` is
@@ -471,44 +514,12 @@ impl AppendChains {
         if head.type_tag != TAG_APPEND {
             return Ok(head.clone());
         }
-        let key = (channel.to_owned(), version.to_owned());
-        if let Some(whole) = self.whole.get(&key) {
+        let chain = self.channel_mut(channel);
+        if let Some(whole) = chain.whole.get(version) {
             return Ok(whole.clone());
         }
-        let mut appends = Vec::new();
-        let mut current = head.clone();
-        let mut current_version = version.to_owned();
-        let root = loop {
-            let Some(append) = AppendValue::parse(&current)? else {
-                break current;
-            };
-            let below = counter(&append.base);
-            if below >= counter(&current_version) {
-                return Err(malformed(format!(
-                    "version {current_version} extends version {}, which is not older",
-                    append.base
-                )));
-            }
-            let base_key = (channel.to_owned(), append.base.clone());
-            current_version = append.base.clone();
-            appends.push(append);
-            if let Some(whole) = self.whole.get(&base_key) {
-                break whole.clone();
-            }
-            current = match self.stored.get(&base_key) {
-                Some(v) => v.clone(),
-                None => {
-                    return Err(malformed(format!(
-                        "it extends version {current_version}, which is not stored \
-                         (deleted by something other than Cairn's delete, prune or \
-                         copy?)"
-                    )))
-                }
-            };
-        };
-        appends.reverse();
-        let whole = join(&root, &appends)?;
-        self.whole.insert(key, whole.clone());
+        let whole = chain.walk(version, head)?;
+        chain.whole.insert(version.to_owned(), whole.clone());
         Ok(whole)
     }
 
@@ -538,12 +549,14 @@ impl AppendChains {
     ) -> HashSet<(String, String)> {
         let mut live = HashSet::new();
         for (channel, version) in heads {
+            let stored = self.channels.get(channel).map(|c| &c.stored);
             let mut key = (channel.to_owned(), version.to_owned());
             loop {
                 if !live.insert(key.clone()) {
                     break;
                 }
-                let Some(Ok(Some(base))) = self.stored.get(&key).map(append_base) else {
+                let Some(Ok(Some(base))) = stored.and_then(|s| s.get(&key.1)).map(append_base)
+                else {
                     break;
                 };
                 key = (key.0, base);
@@ -553,9 +566,68 @@ impl AppendChains {
     }
 }
 
-/// The counter of a version's storage string (its leading digits).
-fn counter(version: &str) -> i64 {
-    ChannelVersion::Str(version.to_owned()).counter()
+/// One link of a chain being walked: the items an append value adds.
+struct Link {
+    item_tag_is_json: bool,
+    count: u64,
+    items: Bytes,
+}
+
+impl ChannelChain {
+    /// Follows `head` (stored at `version`) down to a whole value or a remembered one and
+    /// joins the items on the way.
+    fn walk(&self, version: &str, head: &TypedValue) -> Result<TypedValue> {
+        let mut links: Vec<Link> = Vec::new();
+        let mut current = head;
+        let mut current_version = version;
+        let root = loop {
+            if current.type_tag != TAG_APPEND {
+                break current;
+            }
+            let h = Header::parse(&current.data)?;
+            if crate::version::parse_counter(h.base)
+                >= crate::version::parse_counter(current_version)
+            {
+                return Err(malformed(format!(
+                    "version {current_version} extends version {}, which is not older",
+                    h.base
+                )));
+            }
+            links.push(Link {
+                item_tag_is_json: h.item_tag == TAG_JSON,
+                count: h.count,
+                items: current.data.slice(h.items_at..),
+            });
+            current_version = h.base;
+            if let Some(whole) = self.whole.get(h.base) {
+                break whole;
+            }
+            current = self.stored.get(h.base).ok_or_else(|| {
+                malformed(format!(
+                    "it extends version {}, which is not stored (deleted by something \
+                     other than Cairn's delete, prune or copy?)",
+                    h.base
+                ))
+            })?;
+        };
+        let appends: Vec<AppendValue> = links
+            .into_iter()
+            .rev()
+            .map(|l| AppendValue {
+                // The base is not needed to join.
+                base: String::new(),
+                item_tag: if l.item_tag_is_json {
+                    TAG_JSON
+                } else {
+                    TAG_MSGPACK
+                }
+                .to_owned(),
+                count: l.count,
+                items: l.items,
+            })
+            .collect();
+        join(root, &appends)
+    }
 }
 
 #[cfg(test)]
@@ -620,7 +692,7 @@ mod tests {
     fn broken_chains_and_bad_values_are_errors() {
         let codec = ValueCodec::default();
         let (mut chains, head) = chain(codec);
-        chains.stored.remove(&("m".to_owned(), "2".to_owned()));
+        chains.channel_mut("m").stored.remove("2");
         let err = chains.resolve("m", "4", &head).expect_err("broken");
         assert!(err.to_string().contains("not stored"), "{err}");
 

@@ -67,7 +67,7 @@ impl ChannelVersion {
 /// The leading integer of a string version (the text before the first `.`); 0 when it is
 /// not an integer. Same result as `s.split('.').next().parse().unwrap_or(0)`, without the
 /// general-purpose parser (versions are compared on every step).
-fn parse_counter(s: &str) -> i64 {
+pub(crate) fn parse_counter(s: &str) -> i64 {
     let head = s.split_once('.').map_or(s, |(head, _)| head);
     let digits = head.as_bytes();
     // Short all-digit heads (Cairn's and LangGraph's zero-padded counters) parse directly.
