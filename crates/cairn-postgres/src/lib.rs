@@ -125,6 +125,7 @@ mod error;
 mod options;
 mod saver;
 mod schema;
+mod values;
 
 pub use options::PostgresOptions;
 pub use saver::PostgresSaver;

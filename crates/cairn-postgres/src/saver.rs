@@ -1,14 +1,15 @@
 //! [`PostgresSaver`]: the [`CheckpointSaver`] over a pool of PostgreSQL connections.
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use cairn_checkpoint::{
-    append_base, append_heads, chain_fetch_bound, has_append_values, write_index, AppendChains,
-    ChannelVersion, ChannelVersions, Checkpoint, CheckpointConfig, CheckpointMetadata,
-    CheckpointSaver, CheckpointTuple, DataLocation, Error, KnownValues, LatestCheckpoint,
-    ListQuery, PendingWrite, PruneStrategy, Result, ThreadSummary, TypedValue,
+    append_base, chain_fetch_bound, write_index, ChannelVersion, ChannelVersions, Checkpoint,
+    CheckpointConfig, CheckpointMetadata, CheckpointSaver, CheckpointTuple, DataLocation, Error,
+    KnownValues, LatestCheckpoint, ListQuery, PendingWrite, PruneStrategy, Result, ThreadSummary,
+    TypedValue,
 };
 use deadpool_postgres::{ClientWrapper, Pool};
 use tokio_postgres::types::{ToSql, Type};
@@ -17,6 +18,7 @@ use tokio_postgres::Row;
 use crate::error::{check_json, check_text, means_connection_lost, pg_error, pool_error};
 use crate::options::PostgresOptions;
 use crate::schema::{Statements, CHECKPOINT_COLUMNS};
+use crate::values::{Fetched, ValueKeys};
 
 /// One statement parameter and its PostgreSQL type (the type is needed up front when no
 /// statement is prepared).
@@ -53,8 +55,6 @@ struct StoredRow {
     metadata: CheckpointMetadata,
 }
 
-/// `(thread, ns, channel, version)` of a stored channel value.
-type BlobKey = (String, String, String, String);
 /// `(thread, ns, checkpoint id)` of a checkpoint.
 type CheckpointKey = (String, String, String);
 
@@ -300,30 +300,35 @@ impl PostgresSaver {
         let mut keys = ValueKeys::default();
         for (thread, ns, _, channel, version) in &heads {
             let bounded = chain_fetch_bound(&ChannelVersion::Str(version.clone())).is_some();
-            keys.push(thread, ns, channel, version, bounded);
+            keys.add_text(thread, ns, channel, Cow::Borrowed(version), bounded);
         }
-        let blobs = self.fetch_values(client, &keys).await?;
-        let mut chains: HashMap<(&str, &str), AppendChains> = HashMap::new();
-        for (thread, ns, checkpoint_id, channel, version) in &heads {
-            let lookup =
-                |v: &str| blobs.get(&(thread.clone(), ns.clone(), channel.clone(), v.to_owned()));
+        let fetched = self.fetch_values(client, &keys).await?;
+        let found: Vec<Option<TypedValue>> = heads
+            .iter()
+            .map(|(thread, ns, _, channel, version)| {
+                fetched.get(&keys, (thread, ns, channel), version).cloned()
+            })
+            .collect();
+        let mut chains = fetched.into_chains(&keys, &keys.all_groups());
+        for ((thread, ns, checkpoint_id, channel, version), head) in heads.into_iter().zip(found) {
             // Deleted since it was found: nothing to rewrite.
-            let Some(head) = lookup(version) else {
+            let Some(head) = head else {
                 continue;
             };
-            let chains = chains.entry((thread, ns)).or_default();
-            chains.gather(channel, version, lookup);
-            let value = chains.resolve(channel, version, head).map_err(|e| {
-                Error::corrupt(
-                    location(thread, ns, checkpoint_id, Some(channel)),
-                    e.to_string(),
-                )
-            })?;
-            whole.threads.push(thread.clone());
-            whole.namespaces.push(ns.clone());
-            whole.checkpoint_ids.push(checkpoint_id.clone());
-            whole.channels.push(channel.clone());
-            whole.versions.push(version.clone());
+            let value = chains
+                .of(&thread, &ns)
+                .resolve(&channel, &version, &head)
+                .map_err(|e| {
+                    Error::corrupt(
+                        location(&thread, &ns, &checkpoint_id, Some(&channel)),
+                        e.to_string(),
+                    )
+                })?;
+            whole.threads.push(thread);
+            whole.namespaces.push(ns);
+            whole.checkpoint_ids.push(checkpoint_id);
+            whole.channels.push(channel);
+            whole.versions.push(version);
             whole.tags.push(value.type_tag);
             whole.blobs.push(value.data.to_vec());
         }
@@ -333,38 +338,23 @@ impl PostgresSaver {
     /// Stored values by key, plus, for every channel where one of them is an append value,
     /// the stored versions its chains can pass through (one statement; see
     /// [`Statements::blobs`]).
-    async fn fetch_values(
-        &self,
-        client: &ClientWrapper,
-        keys: &ValueKeys<'_>,
-    ) -> Result<HashMap<BlobKey, TypedValue>> {
-        if keys.threads.is_empty() {
-            return Ok(HashMap::new());
+    async fn fetch_values(&self, client: &ClientWrapper, keys: &ValueKeys<'_>) -> Result<Fetched> {
+        if keys.is_empty() {
+            return Fetched::from_rows(keys, &[]);
         }
-        let params: [Param<'_>; 5] = [
+        let bounds = keys.bounds();
+        let params: [Param<'_>; 6] = [
             (&keys.threads, Type::TEXT_ARRAY),
             (&keys.namespaces, Type::TEXT_ARRAY),
             (&keys.channels, Type::TEXT_ARRAY),
             (&keys.versions, Type::TEXT_ARRAY),
-            (&keys.bounds, Type::TEXT_ARRAY),
+            (&bounds, Type::TEXT_ARRAY),
+            (&keys.groups, Type::INT4_ARRAY),
         ];
         let rows = self
             .query(client, "loading channel values", &self.sql.blobs, &params)
             .await?;
-        let mut values = HashMap::with_capacity(rows.len());
-        for row in &rows {
-            let read = |e| pg_error("reading a value", e);
-            let key: BlobKey = (
-                row.try_get(0).map_err(read)?,
-                row.try_get(1).map_err(read)?,
-                row.try_get(2).map_err(read)?,
-                row.try_get(3).map_err(read)?,
-            );
-            let type_tag: String = row.try_get(4).map_err(read)?;
-            let data: Vec<u8> = row.try_get(5).map_err(read)?;
-            values.insert(key, TypedValue::new(type_tag, data));
-        }
-        Ok(values)
+        Fetched::from_rows(keys, &rows)
     }
 
     /// Attaches values and pending writes to checkpoint rows: two statements, sent together
@@ -390,25 +380,13 @@ impl PostgresSaver {
         let skipped = |checkpoint_id: &str, channel: &str| {
             known.is_some_and(|k| checkpoint_id == k.checkpoint_id && k.channels.contains(&channel))
         };
-        let mut wanted: HashMap<(&str, &str, &str, String), bool> = HashMap::new();
+        let mut keys = ValueKeys::default();
         for s in &stored {
             for (channel, version) in &s.checkpoint.channel_versions {
-                if skipped(&s.checkpoint.id, channel) {
-                    continue;
+                if !skipped(&s.checkpoint.id, channel) {
+                    keys.add(&s.thread_id, &s.checkpoint_ns, channel, version);
                 }
-                wanted
-                    .entry((
-                        &s.thread_id,
-                        &s.checkpoint_ns,
-                        channel,
-                        version.to_storage_string(),
-                    ))
-                    .or_insert_with(|| chain_fetch_bound(version).is_some());
             }
-        }
-        let mut keys = ValueKeys::default();
-        for ((thread, ns, channel, version), bounded) in &wanted {
-            keys.push(thread, ns, channel, version, *bounded);
         }
         let wt: Vec<&str> = stored.iter().map(|s| s.thread_id.as_str()).collect();
         let wn: Vec<&str> = stored.iter().map(|s| s.checkpoint_ns.as_str()).collect();
@@ -425,7 +403,7 @@ impl PostgresSaver {
             &write_params,
         );
         // Polled together, the two statements are pipelined on the connection.
-        let (blobs, write_rows) =
+        let (fetched, write_rows) =
             futures::try_join!(self.fetch_values(client, &keys), writes_query)?;
 
         let mut writes: HashMap<CheckpointKey, Vec<PendingWrite>> = HashMap::new();
@@ -447,27 +425,33 @@ impl PostgresSaver {
             writes.entry(key).or_default().push(write);
         }
 
+        // Values are attached while the keys still borrow the rows; the chains of append
+        // values take the fetched values over.
+        let mut chained = HashSet::new();
+        let values: Vec<BTreeMap<String, TypedValue>> = stored
+            .iter()
+            .map(|s| {
+                let versions = s
+                    .checkpoint
+                    .channel_versions
+                    .iter()
+                    .filter(|(channel, _)| !skipped(&s.checkpoint.id, channel));
+                fetched.values_of(
+                    &keys,
+                    (&s.thread_id, &s.checkpoint_ns),
+                    versions,
+                    &mut chained,
+                )
+            })
+            .collect();
+        let mut chains = fetched.into_chains(&keys, &chained);
+        drop(keys);
+
         let mut tuples: Vec<CheckpointTuple> = stored
             .into_iter()
-            .map(|s| {
+            .zip(values)
+            .map(|(s, values)| {
                 let mut checkpoint = s.checkpoint;
-                let mut values = BTreeMap::new();
-                for (channel, version) in &checkpoint.channel_versions {
-                    if skipped(&checkpoint.id, channel) {
-                        continue;
-                    }
-                    let key = (
-                        s.thread_id.clone(),
-                        s.checkpoint_ns.clone(),
-                        channel.clone(),
-                        version.to_storage_string(),
-                    );
-                    if let Some(value) = blobs.get(&key) {
-                        if !value.is_empty_marker() {
-                            values.insert(channel.clone(), value.clone());
-                        }
-                    }
-                }
                 checkpoint.channel_values = values;
                 let pending_writes = writes
                     .remove(&(
@@ -494,7 +478,7 @@ impl PostgresSaver {
                 }
             })
             .collect();
-        resolve_append_values(&mut tuples, &blobs)?;
+        chains.resolve(&mut tuples)?;
         Ok(tuples)
     }
 }
@@ -510,85 +494,6 @@ struct WholeHeads {
     versions: Vec<String>,
     tags: Vec<String>,
     blobs: Vec<Vec<u8>>,
-}
-
-/// Keys of stored values to fetch, as the columns of [`Statements::blobs`].
-#[derive(Default)]
-struct ValueKeys<'a> {
-    threads: Vec<&'a str>,
-    namespaces: Vec<&'a str>,
-    channels: Vec<&'a str>,
-    versions: Vec<&'a str>,
-    /// The version again when a chain starting there can be fetched as the range of
-    /// versions up to it ([`chain_fetch_bound`]); `None` reads every version of the channel
-    /// if the value turns out to be an append value.
-    bounds: Vec<Option<&'a str>>,
-}
-
-impl<'a> ValueKeys<'a> {
-    fn push(
-        &mut self,
-        thread: &'a str,
-        ns: &'a str,
-        channel: &'a str,
-        version: &'a str,
-        bounded: bool,
-    ) {
-        self.threads.push(thread);
-        self.namespaces.push(ns);
-        self.channels.push(channel);
-        self.versions.push(version);
-        self.bounds.push(bounded.then_some(version));
-    }
-}
-
-/// Replaces the append values of `tuples` (newest first, as listed) by whole values, with
-/// one [`AppendChains`] per thread and namespace holding every fetched value of the channels
-/// that need one. Oldest first, so the whole value of a version is built once and each later
-/// checkpoint adds its own items.
-fn resolve_append_values(
-    tuples: &mut [CheckpointTuple],
-    blobs: &HashMap<BlobKey, TypedValue>,
-) -> Result<()> {
-    let mut needed: HashSet<(&str, &str, &str)> = HashSet::new();
-    for tuple in tuples.iter() {
-        let (thread, ns) = (&tuple.config.thread_id, &tuple.config.checkpoint_ns);
-        for (channel, _) in append_heads(&tuple.checkpoint) {
-            needed.insert((thread, ns, channel));
-        }
-    }
-    if needed.is_empty() {
-        return Ok(());
-    }
-    // One pass over the fetched values, not a lookup per link: the values of a channel
-    // with append values are the range its chains pass through.
-    // Thread → namespace → chains (nested, so that a tuple's names find them without
-    // copying).
-    let mut chains: HashMap<&str, HashMap<&str, AppendChains>> = HashMap::new();
-    for ((thread, ns, channel, version), value) in blobs {
-        if needed.contains(&(thread.as_str(), ns.as_str(), channel.as_str())) {
-            chains
-                .entry(thread)
-                .or_default()
-                .entry(ns)
-                .or_default()
-                .insert(channel, version, value.clone());
-        }
-    }
-    for tuple in tuples.iter_mut().rev() {
-        if !has_append_values(&tuple.checkpoint) {
-            continue;
-        }
-        let found = chains
-            .get_mut(tuple.config.thread_id.as_str())
-            .and_then(|namespaces| namespaces.get_mut(tuple.config.checkpoint_ns.as_str()));
-        match found {
-            Some(chains) => chains.resolve_tuple(tuple)?,
-            // Nothing of the namespace was fetched: resolving reports the missing links.
-            None => AppendChains::default().resolve_tuple(tuple)?,
-        }
-    }
-    Ok(())
 }
 
 /// The error of a write without a checkpoint to belong to.

@@ -229,8 +229,9 @@ pub(crate) struct Statements {
     pub list_threads_all: String,
     pub get_latest: String,
     pub get_one: String,
-    /// Values by key (`$1`..`$4`), with every stored version up to the largest head (`$5`:
-    /// the head's chain fetch bound, NULL for no bound) of channels holding append values.
+    /// Values by key (`$1`..`$4`, group number `$6`), with every stored version up to the
+    /// largest head (`$5`: the head's chain fetch bound, NULL for no bound) of groups holding
+    /// append values; rows are (group, version, type tag, bytes).
     pub blobs: String,
     pub writes: String,
     pub put: String,
@@ -315,34 +316,35 @@ impl Statements {
                 "SELECT {cols} FROM {p}checkpoints \
                  WHERE thread_id = $1 AND checkpoint_ns = $2 AND checkpoint_id = $3"
             ),
-            // `h`: the values asked for. `a`: channels where one of them is an append value,
-            // with the range their chains can pass through. Those channels come back as the
-            // whole range (which holds their heads), the others as asked, so no row twice.
+            // `h`: the values asked for. `a`: groups (thread, ns, channel; numbered by the
+            // caller, `$6`) where one of them is an append value, with the range their chains
+            // can pass through. Those groups come back as the whole range (which holds their
+            // heads), the others as asked, so no row twice; rows name their group by number.
             blobs: format!(
                 "WITH h AS ( \
-                     SELECT b.thread_id, b.checkpoint_ns, b.channel, b.version, b.type_tag, \
-                            b.blob, k.bound \
-                     FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[]) \
-                          AS k(thread_id, checkpoint_ns, channel, version, bound) \
+                     SELECT k.g, k.thread_id, k.checkpoint_ns, k.channel, k.bound, \
+                            b.version, b.type_tag, b.blob \
+                     FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], \
+                                 $6::int4[]) \
+                          AS k(thread_id, checkpoint_ns, channel, version, bound, g) \
                      JOIN {p}checkpoint_blobs b ON b.thread_id = k.thread_id \
                           AND b.checkpoint_ns = k.checkpoint_ns AND b.channel = k.channel \
                           AND b.version = k.version), \
                  a AS ( \
-                     SELECT thread_id, checkpoint_ns, channel, \
+                     SELECT g, thread_id, checkpoint_ns, channel, \
                             CASE WHEN bool_and(bound IS NOT NULL) \
                                  THEN max(bound COLLATE \"C\") END AS bound \
-                     FROM h GROUP BY thread_id, checkpoint_ns, channel \
+                     FROM h GROUP BY g, thread_id, checkpoint_ns, channel \
                      HAVING bool_or(type_tag = 'append')) \
-                 SELECT thread_id, checkpoint_ns, channel, version, type_tag, blob FROM h \
-                 WHERE NOT EXISTS (SELECT 1 FROM a WHERE a.thread_id = h.thread_id \
-                     AND a.checkpoint_ns = h.checkpoint_ns AND a.channel = h.channel) \
+                 SELECT g, version, type_tag, blob FROM h \
+                 WHERE NOT EXISTS (SELECT 1 FROM a WHERE a.g = h.g) \
                  UNION ALL \
-                 SELECT b.thread_id, b.checkpoint_ns, b.channel, b.version, b.type_tag, b.blob \
+                 SELECT a.g, b.version, b.type_tag, b.blob \
                  FROM a JOIN {p}checkpoint_blobs b ON b.thread_id = a.thread_id \
                       AND b.checkpoint_ns = a.checkpoint_ns AND b.channel = a.channel \
                       AND b.version <= a.bound \
                  UNION ALL \
-                 SELECT b.thread_id, b.checkpoint_ns, b.channel, b.version, b.type_tag, b.blob \
+                 SELECT a.g, b.version, b.type_tag, b.blob \
                  FROM a JOIN {p}checkpoint_blobs b ON b.thread_id = a.thread_id \
                       AND b.checkpoint_ns = a.checkpoint_ns AND b.channel = a.channel \
                  WHERE a.bound IS NULL"
