@@ -78,7 +78,8 @@
 //! in data-modifying CTEs), hence atomic without an explicit transaction. Regular writes are
 //! insert-if-absent; special channels (negative index) replace. `get_tuple` and `list` are
 //! one query for the checkpoint rows and two more, pipelined, for all their values (append
-//! chains included, below) and all their writes, whatever the number of rows.
+//! chains included; the first time a saver meets a channel's append values, one more query
+//! fetches their chains, below) and all their writes, whatever the number of rows.
 //! `delete_thread`, `copy_thread` (`INSERT ... SELECT`) and `delete_for_runs` are one
 //! statement each; `prune` keeping the latest checkpoints is one statement too, after one
 //! query finding the append values they hold (and, if there are any, one fetching their
@@ -94,13 +95,16 @@
 //! it could never be read back). A thread of n steps adding one message each then stores
 //! each message once instead of n times: linear, not quadratic, in its history.
 //!
-//! Reads return whole values, in the same statement that loads the values: for every
-//! `(thread, namespace, channel)` where a requested value is an append value, it returns
-//! every stored version up to the newest requested one, a single range of the primary key
+//! Reads return whole values. The statement loading the values also returns, for every
+//! `(thread, namespace, channel)` where a requested value is an append value, every stored
+//! version up to the newest requested one: a single range of the primary key
 //! ([`chain_fetch_bound`](cairn_checkpoint::chain_fetch_bound); every version of the channel
-//! when versions are not in the zero-padded form whose text order is their counter order),
-//! and the other values as requested. So reading a checkpoint with append values costs no
-//! extra round trip, however long its chains, in either statement mode. The rows go into one
+//! when versions are not in the zero-padded form whose text order is their counter order). So
+//! reading a checkpoint with append values costs no extra round trip, however long its
+//! chains, in either statement mode. That statement takes longer to plan than a plain key
+//! lookup, so a saver uses it only when a requested channel is one it has read append values
+//! of before (it remembers their names); otherwise it sends the plain statement and, if
+//! append values turn up, fetches their chains with one more. The rows go into one
 //! [`AppendChains`](cairn_checkpoint::AppendChains) per thread and namespace and the
 //! checkpoints are resolved oldest first, so listing a long history joins each link once. A
 //! chain whose base is missing reads as

@@ -34,6 +34,38 @@ pub struct PostgresSaver {
     sql: Arc<Statements>,
     prepared: bool,
     schema: Option<String>,
+    append_channels: Arc<AppendChannels>,
+}
+
+/// Names of channels this saver has read append values of. A read asking for one of them
+/// fetches the append chains in the same statement as the values; other reads use the plain
+/// values statement (cheaper to plan) and fetch chains in a second one only if append values
+/// turn up. A hint only: either way the result is the same.
+#[derive(Debug, Default)]
+struct AppendChannels(std::sync::RwLock<HashSet<String>>);
+
+/// At most this many names are remembered (an application has a handful of list channels;
+/// beyond the cap, reads of other channels just take the second statement).
+const APPEND_CHANNELS_CAP: usize = 1024;
+
+impl AppendChannels {
+    fn any_of<'a>(&self, mut channels: impl Iterator<Item = &'a str>) -> bool {
+        // A panic elsewhere cannot leave the set inconsistent: inserting is its only change.
+        let known = self.0.read().unwrap_or_else(|p| p.into_inner());
+        !known.is_empty() && channels.any(|c| known.contains(c))
+    }
+
+    fn remember<'a>(&self, channels: impl Iterator<Item = &'a str>) {
+        let mut known = self.0.write().unwrap_or_else(|p| p.into_inner());
+        for channel in channels {
+            if known.len() >= APPEND_CHANNELS_CAP {
+                break;
+            }
+            if !known.contains(channel) {
+                known.insert(channel.to_owned());
+            }
+        }
+    }
 }
 
 impl std::fmt::Debug for PostgresSaver {
@@ -108,6 +140,7 @@ impl PostgresSaver {
             sql,
             prepared,
             schema,
+            append_channels: Arc::default(),
         }
     }
 
@@ -336,25 +369,65 @@ impl PostgresSaver {
     }
 
     /// Stored values by key, plus, for every channel where one of them is an append value,
-    /// the stored versions its chains can pass through (one statement; see
-    /// [`Statements::blobs`]).
+    /// the stored versions its chains can pass through: one statement when the channels are
+    /// known to hold append values ([`Statements::blobs_and_chains`]), else the plain values
+    /// statement and, only if append values turn up, one for their chains.
     async fn fetch_values(&self, client: &ClientWrapper, keys: &ValueKeys<'_>) -> Result<Fetched> {
+        let mut fetched = Fetched::new(keys);
         if keys.is_empty() {
-            return Fetched::from_rows(keys, &[]);
+            return Ok(fetched);
         }
-        let bounds = keys.bounds();
-        let params: [Param<'_>; 6] = [
+        if self.append_channels.any_of(keys.channel_names()) {
+            let bounds = keys.bounds();
+            let params: [Param<'_>; 6] = [
+                (&keys.threads, Type::TEXT_ARRAY),
+                (&keys.namespaces, Type::TEXT_ARRAY),
+                (&keys.channels, Type::TEXT_ARRAY),
+                (&keys.versions, Type::TEXT_ARRAY),
+                (&bounds, Type::TEXT_ARRAY),
+                (&keys.groups, Type::INT4_ARRAY),
+            ];
+            let rows = self
+                .query(
+                    client,
+                    "loading channel values",
+                    &self.sql.blobs_and_chains,
+                    &params,
+                )
+                .await?;
+            fetched.add_rows(&rows)?;
+            return Ok(fetched);
+        }
+        let params: [Param<'_>; 5] = [
             (&keys.threads, Type::TEXT_ARRAY),
             (&keys.namespaces, Type::TEXT_ARRAY),
             (&keys.channels, Type::TEXT_ARRAY),
             (&keys.versions, Type::TEXT_ARRAY),
-            (&bounds, Type::TEXT_ARRAY),
             (&keys.groups, Type::INT4_ARRAY),
         ];
         let rows = self
             .query(client, "loading channel values", &self.sql.blobs, &params)
             .await?;
-        Fetched::from_rows(keys, &rows)
+        fetched.add_rows(&rows)?;
+        let chained = fetched.append_groups();
+        if chained.is_empty() {
+            return Ok(fetched);
+        }
+        let request = keys.chain_request(&chained);
+        self.append_channels
+            .remember(request.channels.iter().copied());
+        let params: [Param<'_>; 5] = [
+            (&request.threads, Type::TEXT_ARRAY),
+            (&request.namespaces, Type::TEXT_ARRAY),
+            (&request.channels, Type::TEXT_ARRAY),
+            (&request.bounds, Type::TEXT_ARRAY),
+            (&request.groups, Type::INT4_ARRAY),
+        ];
+        let rows = self
+            .query(client, "loading append chains", &self.sql.chains, &params)
+            .await?;
+        fetched.add_rows(&rows)?;
+        Ok(fetched)
     }
 
     /// Attaches values and pending writes to checkpoint rows: two statements, sent together

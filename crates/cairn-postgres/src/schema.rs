@@ -229,10 +229,16 @@ pub(crate) struct Statements {
     pub list_threads_all: String,
     pub get_latest: String,
     pub get_one: String,
+    /// Values by key (`$1`..`$4`, group number `$5`); rows are (group, version, type tag,
+    /// bytes).
+    pub blobs: String,
     /// Values by key (`$1`..`$4`, group number `$6`), with every stored version up to the
     /// largest head (`$5`: the head's chain fetch bound, NULL for no bound) of groups holding
-    /// append values; rows are (group, version, type tag, bytes).
-    pub blobs: String,
+    /// append values; rows as for `blobs`.
+    pub blobs_and_chains: String,
+    /// The stored versions of groups (`$1`..`$3`, group number `$5`) up to `$4` (NULL: all of
+    /// them), for the chains of append values `blobs` returned; rows as for `blobs`.
+    pub chains: String,
     pub writes: String,
     pub put: String,
     pub put_writes: String,
@@ -321,6 +327,29 @@ impl Statements {
             // can pass through. Those groups come back as the whole range (which holds their
             // heads), the others as asked, so no row twice; rows name their group by number.
             blobs: format!(
+                "SELECT k.g, b.version, b.type_tag, b.blob \
+                 FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::int4[]) \
+                      AS k(thread_id, checkpoint_ns, channel, version, g) \
+                 JOIN {p}checkpoint_blobs b ON b.thread_id = k.thread_id \
+                      AND b.checkpoint_ns = k.checkpoint_ns AND b.channel = k.channel \
+                      AND b.version = k.version"
+            ),
+            chains: format!(
+                "WITH k AS ( \
+                     SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], \
+                                          $5::int4[]) \
+                          AS k(thread_id, checkpoint_ns, channel, bound, g)) \
+                 SELECT k.g, b.version, b.type_tag, b.blob \
+                 FROM k JOIN {p}checkpoint_blobs b ON b.thread_id = k.thread_id \
+                      AND b.checkpoint_ns = k.checkpoint_ns AND b.channel = k.channel \
+                      AND b.version <= k.bound \
+                 UNION ALL \
+                 SELECT k.g, b.version, b.type_tag, b.blob \
+                 FROM k JOIN {p}checkpoint_blobs b ON b.thread_id = k.thread_id \
+                      AND b.checkpoint_ns = k.checkpoint_ns AND b.channel = k.channel \
+                 WHERE k.bound IS NULL"
+            ),
+            blobs_and_chains: format!(
                 "WITH h AS ( \
                      SELECT k.g, k.thread_id, k.checkpoint_ns, k.channel, k.bound, \
                             b.version, b.type_tag, b.blob \
@@ -590,6 +619,8 @@ mod tests {
             &sql.get_latest,
             &sql.get_one,
             &sql.blobs,
+            &sql.blobs_and_chains,
+            &sql.chains,
             &sql.writes,
             &sql.put,
             &sql.put_writes,

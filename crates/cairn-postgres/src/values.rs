@@ -106,6 +106,42 @@ impl<'a> ValueKeys<'a> {
         (0..self.names.len()).collect()
     }
 
+    /// The channel names of the groups.
+    pub fn channel_names(&self) -> impl Iterator<Item = &'a str> + '_ {
+        self.names.iter().map(|(_, _, channel)| *channel)
+    }
+
+    /// The columns of the chains statement for `groups`: each group with the largest of its
+    /// versions as the bound when all of them bound a chain range (text order is byte order,
+    /// as in the `"C"` collation), none otherwise.
+    pub fn chain_request(&self, groups: &HashSet<usize>) -> ChainRequest<'_> {
+        let mut bounds: HashMap<usize, Option<&str>> = HashMap::new();
+        for ((group, version), bounded) in self.groups.iter().zip(&self.versions).zip(&self.bounded)
+        {
+            let group = *group as usize;
+            if !groups.contains(&group) {
+                continue;
+            }
+            let version = bounded.then_some(version.as_ref());
+            bounds
+                .entry(group)
+                .and_modify(|b| *b = b.zip(version).map(|(x, y)| x.max(y)))
+                .or_insert(version);
+        }
+        let mut request = ChainRequest::default();
+        for (group, bound) in bounds {
+            let Some(&(thread, ns, channel)) = self.names.get(group) else {
+                continue;
+            };
+            request.threads.push(thread);
+            request.namespaces.push(ns);
+            request.channels.push(channel);
+            request.bounds.push(bound);
+            request.groups.push(group as i32);
+        }
+        request
+    }
+
     /// The bound column: the version itself where it bounds the chain range, else NULL.
     pub fn bounds(&self) -> Vec<Option<&str>> {
         self.versions
@@ -116,18 +152,34 @@ impl<'a> ValueKeys<'a> {
     }
 }
 
+/// Groups whose chains to fetch, as the columns of the chains statement
+/// ([`Statements::chains`](crate::schema::Statements::chains)).
+#[derive(Default)]
+pub(crate) struct ChainRequest<'a> {
+    pub threads: Vec<&'a str>,
+    pub namespaces: Vec<&'a str>,
+    pub channels: Vec<&'a str>,
+    pub bounds: Vec<Option<&'a str>>,
+    pub groups: Vec<i32>,
+}
+
 /// The fetched values: per group (as numbered by [`ValueKeys`]), version → stored value.
 pub(crate) struct Fetched(Vec<HashMap<String, TypedValue>>);
 
 impl Fetched {
-    /// Reads the values statement's rows: group number, version, type tag, bytes.
-    pub fn from_rows(keys: &ValueKeys<'_>, rows: &[Row]) -> Result<Fetched> {
+    /// Nothing fetched yet for the groups of `keys`.
+    pub fn new(keys: &ValueKeys<'_>) -> Fetched {
         let mut groups: Vec<HashMap<String, TypedValue>> = Vec::new();
         groups.resize_with(keys.names.len(), HashMap::new);
+        Fetched(groups)
+    }
+
+    /// Adds the rows of a values statement: group number, version, type tag, bytes.
+    pub fn add_rows(&mut self, rows: &[Row]) -> Result<()> {
         let read = |e| pg_error("reading a value", e);
         for row in rows {
             let group: i32 = row.try_get(0).map_err(read)?;
-            let Some(slot) = usize::try_from(group).ok().and_then(|g| groups.get_mut(g)) else {
+            let Some(slot) = usize::try_from(group).ok().and_then(|g| self.0.get_mut(g)) else {
                 return Err(Error::Backend {
                     backend: BACKEND,
                     message: format!("the values statement returned unknown group {group}"),
@@ -139,7 +191,17 @@ impl Fetched {
             let data: Vec<u8> = row.try_get(3).map_err(read)?;
             slot.insert(version, TypedValue::new(type_tag, data));
         }
-        Ok(Fetched(groups))
+        Ok(())
+    }
+
+    /// The groups where a fetched value is an append value.
+    pub fn append_groups(&self) -> HashSet<usize> {
+        self.0
+            .iter()
+            .enumerate()
+            .filter(|(_, values)| values.values().any(|v| v.type_tag == TAG_APPEND))
+            .map(|(group, _)| group)
+            .collect()
     }
 
     /// The stored value of `channel` at `version` in `thread` and `ns`, if fetched.

@@ -134,6 +134,25 @@ async fn a_400_step_chain_reads_back_whole_and_stores_each_message_once() {
         })
         .collect();
     assert_eq!(got, [&items[..200], &items[..199], &items[..198]]);
+    // A saver that has not seen append values yet fetches the chains in a second statement
+    // (the first one above did too); the result is the same.
+    let cold = support::options(&url, &schema)
+        .prepared_statements(false)
+        .connect()
+        .await
+        .expect("connect again");
+    assert_eq!(
+        messages(&cold, &configs[300]).await,
+        items[..=300],
+        "a cold saver reads a chain whole"
+    );
+    let cold = support::options(&url, &schema)
+        .connect()
+        .await
+        .expect("connect again");
+    let listed_cold = cold.list(&ListQuery::thread("chat")).await.expect("list");
+    assert_eq!(listed_cold, listed, "a cold saver lists the same history");
+    drop(cold);
 
     let stored: i64 = support::admin_client(&url)
         .await
