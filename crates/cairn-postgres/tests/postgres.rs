@@ -519,6 +519,42 @@ async fn prepared_statements_after_a_workload(prepared: bool) -> Option<i64> {
         .get_tuple(&CheckpointConfig::thread(&thread))
         .await
         .expect("get");
+    // Append values: read cold (values, then chains) and warm (both in one statement).
+    let chat = unique("stmt-chat");
+    let v1 = saver.get_next_version(None);
+    let v2 = saver.get_next_version(Some(&v1));
+    let mut parent = CheckpointConfig::thread(&chat);
+    for (version, value) in [
+        (&v1, codec().encode(&["a"]).expect("e")),
+        (&v2, codec().encode_append(&v1, ["b"].iter()).expect("e")),
+    ] {
+        let mut cp = Checkpoint::new();
+        cp.channel_values.insert("messages".into(), value);
+        cp.channel_versions
+            .insert("messages".into(), version.clone());
+        parent = saver
+            .put(
+                &parent,
+                cp,
+                CheckpointMetadata::new(CheckpointSource::Loop, 0),
+                [("messages".to_string(), version.clone())].into(),
+            )
+            .await
+            .expect("put");
+    }
+    for _ in 0..2 {
+        let t = saver
+            .get_tuple(&parent)
+            .await
+            .expect("get")
+            .expect("stored");
+        let messages: Option<Vec<String>> = t.channel_value(&codec(), "messages").expect("decode");
+        assert_eq!(messages, Some(vec!["a".to_owned(), "b".to_owned()]));
+    }
+    saver
+        .prune(std::slice::from_ref(&chat), PruneStrategy::KeepLatest)
+        .await
+        .expect("prune");
     saver
         .list(
             &ListQuery::thread(&thread)
