@@ -111,7 +111,7 @@ pub(crate) fn spawn(
 /// WAL size, in pages, past which the writer thread copies the WAL into the database (a
 /// PASSIVE checkpoint; SQLite's own automatic checkpoint would run on whichever thread
 /// committed, possibly an async worker, so it is replaced by this).
-pub(crate) const CHECKPOINT_PAGES: i32 = 10_000;
+pub(crate) const CHECKPOINT_PAGES: i32 = 1_000;
 
 thread_local! {
     /// Pages in the WAL after the last commit on this thread (set by [`wal_hook`]).
