@@ -73,18 +73,20 @@
 //! ## Append values
 //! An append value ([`cairn_checkpoint::AppendValue`]) is stored as given, in the value key
 //! of its version; its header names the version it extends, whose value key differs only in
-//! that last component. Reads return whole values: the values a batch of checkpoints refers
-//! to are read by one Lua script per thread and namespace (`EVALSHA`, keys inside the
-//! thread's hash tag), which follows each append value's chain of bases on the server and
-//! returns every value and every link below it once. Reading the latest checkpoint of a
-//! conversation thousands of steps long therefore still takes three round trips (four
-//! commands); the links are joined in the client with one
-//! [`cairn_checkpoint::AppendChains`] per thread and namespace, oldest checkpoint first, so
-//! a listing joins each link once. No index is kept beside the values: `put` writes nothing
-//! more for an append value than for a whole one, and `copy_thread` (which copies every
-//! value as stored), expiry and deletion need no extra bookkeeping. A chain whose base is
-//! missing reads as [`cairn_checkpoint::Error::Corrupt`] naming the channel and version; a
-//! chain that loops is reported the same way (the script never visits a key twice).
+//! that last component. Reads return whole values. Values are read with a plain `MGET`;
+//! when some are append values, one more round trip runs a Lua script per thread and
+//! namespace (`EVALSHA`, keys inside the thread's hash tag) that follows their chains of
+//! bases on the server and returns every link once. Reading the latest checkpoint of a
+//! conversation thousands of steps long therefore takes four round trips (five commands);
+//! checkpoints without append values take three, as before, and never run the script
+//! (values are slow to pass through Lua: about 2 µs per KB). The links are joined in the
+//! client with one [`cairn_checkpoint::AppendChains`] per thread and namespace, oldest
+//! checkpoint first, so a listing joins each link once. `get_tuple_known` reads neither the
+//! values the caller holds nor their chains. No index is kept beside the values: `put`
+//! writes nothing more for an append value than for a whole one, and `copy_thread` (which
+//! copies every value as stored), expiry and deletion need no extra bookkeeping. A chain
+//! whose base is missing reads as [`cairn_checkpoint::Error::Corrupt`] naming the channel
+//! and version; so does a chain that loops (the script never visits a key twice).
 //!
 //! `prune` with [`cairn_checkpoint::PruneStrategy::KeepLatest`] reads the kept checkpoint's
 //! append values with their chains, and in the transaction that deletes the older
@@ -98,9 +100,9 @@
 //! `HSETNX` (a retried task cannot duplicate its writes), special channels (`__error__`,
 //! `__interrupt__`, ...) use `HSET` (the latest replaces the stored one). `delete_thread` is
 //! one Lua script. `get_tuple` takes at most three round trips (latest id; header, metadata
-//! and writes; values with their append chains), whatever the length of the history or of
-//! a chain; `list` takes one round trip per page of ids (all namespaces at once) and two per
-//! batch of rows. `copy_thread`, `prune` and `delete_for_runs` read first and then apply all
+//! and writes; values), plus one for the links of append chains when it meets append
+//! values, whatever the length of the history or of a chain; `list` takes one round trip per
+//! page of ids (all namespaces at once) and two per batch of rows (three with chains). `copy_thread`, `prune` and `delete_for_runs` read first and then apply all
 //! their changes in one transaction (`prune` reads the kept append chains in one more round
 //! trip); they are not meant to race with writers on the same thread. After a server restart
 //! or `SCRIPT FLUSH`, the first read loads the script again and repeats its round trip.
@@ -129,7 +131,10 @@
 //! already lives long enough; when it has to go down to the chain's root, the links it
 //! passes get two TTLs, so for the next TTL a step touches only a link or two. A chain link
 //! can therefore outlive the last checkpoint needing it by up to one more TTL; whole values
-//! no chain passes through keep the plain one-TTL expiry.
+//! no chain passes through keep the plain one-TTL expiry. Value expiries are set by a small
+//! Lua script (`EVAL` inside `put`'s transaction, `EVALSHA` next to a read's `MGET`), so
+//! with a TTL every `put` and refreshing read runs it; `get_tuple_known` does not extend the
+//! values it leaves out (the caller's next `put` does).
 //!
 //! ## Errors
 //! Redis failures are [`cairn_checkpoint::Error::Backend`] (backend `"redis"`, saying what

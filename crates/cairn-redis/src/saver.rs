@@ -6,16 +6,16 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use cairn_checkpoint::{
-    write_index, ChannelVersions, Checkpoint, CheckpointConfig, CheckpointMetadata,
-    CheckpointSaver, CheckpointTuple, DataLocation, Error, LatestCheckpoint, ListQuery,
-    PendingWrite, PruneStrategy, Result, ThreadSummary, TypedValue, TAG_APPEND,
+    write_index, AppendChains, ChannelVersions, Checkpoint, CheckpointConfig, CheckpointMetadata,
+    CheckpointSaver, CheckpointTuple, DataLocation, Error, KnownValues, LatestCheckpoint,
+    ListQuery, PendingWrite, PruneStrategy, Result, ThreadSummary, TypedValue,
 };
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{FromRedisValue, Pipeline, Script, Value};
 use tracing::{debug, warn};
 
 use crate::chains::{
-    parse_read, resolve_appends, ChainScripts, GroupValues, KeyBatch, ReadMode, ValueRef,
+    parse_links, resolve_appends, ChainScripts, GroupValues, KeyBatch, LinkMode, Place, ValueRef,
 };
 use crate::codec::{
     decode_header, decode_metadata, encode_header, encode_metadata, encode_value, StoredWrite,
@@ -289,9 +289,14 @@ impl RedisSaver {
         }
     }
 
-    /// Reads checkpoints (header, metadata, writes, then values) in two round trips.
-    /// `None` for a checkpoint that does not exist (or has expired).
-    async fn fetch_rows(&self, rows: &[RowRef]) -> Result<Vec<Option<CheckpointTuple>>> {
+    /// Reads checkpoints (header, metadata, writes, then values) in two round trips, and a
+    /// third when some values are append values (their chains). `None` for a checkpoint that
+    /// does not exist (or has expired). The values of `known` are left out.
+    async fn fetch_rows(
+        &self,
+        rows: &[RowRef],
+        known: Option<&KnownValues<'_>>,
+    ) -> Result<Vec<Option<CheckpointTuple>>> {
         if rows.is_empty() {
             return Ok(Vec::new());
         }
@@ -322,9 +327,8 @@ impl RedisSaver {
             partials.push(decode_partial(r, fields, writes)?);
         }
 
-        // Second round trip: the values each checkpoint refers to with the links of their
-        // append chains (one script call per thread and namespace, see `chains`), and TTL
-        // refreshes of the other keys.
+        // Second round trip: the values each checkpoint refers to (one MGET per thread and
+        // namespace, each value once), and TTL refreshes.
         let refresh_ms = self.ttl_ms.filter(|_| self.options.refresh_ttl_on_read);
         let mut groups: BTreeMap<(&str, &str), KeyBatch<ValueRef>> = BTreeMap::new();
         // Per row: each channel with the index of its value key in the row's group.
@@ -338,9 +342,16 @@ impl RedisSaver {
             if refresh_ms.is_some() {
                 refresh.extend(self.row_keys(&r.thread, &r.ns, &r.id, p.run.as_deref()));
             }
+            let skip: &[&str] = match known {
+                Some(k) if k.checkpoint_id == r.id => k.channels,
+                _ => &[],
+            };
             let batch = groups.entry((&r.thread, &r.ns)).or_default();
             let mut own = Vec::with_capacity(p.checkpoint.channel_versions.len());
             for (channel, version) in &p.checkpoint.channel_versions {
+                if skip.contains(&channel.as_str()) {
+                    continue;
+                }
                 let version = version.to_storage_string();
                 let i = batch.add(
                     self.keys.blob_key(&r.thread, &r.ns, channel, &version),
@@ -355,24 +366,63 @@ impl RedisSaver {
             }
             wanted.push(own);
         }
+        groups.retain(|_, batch| !batch.is_empty());
         let mut pipe = redis::pipe();
         for batch in groups.values() {
-            self.chain_scripts
-                .queue_read(&mut pipe, ReadMode::Values, refresh_ms, &batch.keys);
+            pipe.cmd("MGET")
+                .arg(batch.keys.iter().map(|k| &k.key).collect::<Vec<_>>());
+            if let Some(ms) = refresh_ms {
+                // Extend-only and chain-aware (see `chains`): a plain PEXPIRE could shorten
+                // a value that a newer append value still needs.
+                self.chain_scripts
+                    .queue_touch_cached(&mut pipe, ms, &batch.keys);
+            }
         }
         self.expire(&mut pipe, &refresh);
         let replies = self
-            .query_reading_chains(&pipe, "reading channel values")
+            .query_with_scripts(&pipe, "reading channel values")
             .await?;
         let mut replies = replies.into_iter();
         let mut values: BTreeMap<(String, String), GroupValues> = BTreeMap::new();
+        // Third round trip, only when some values are append values: the links of their
+        // chains, one script call per thread and namespace.
+        let mut pipe = redis::pipe();
+        let mut walks = Vec::new();
         for ((thread, ns), batch) in &groups {
-            let reply = parse_read(
+            let raw: Vec<Option<Vec<u8>>> = parse(
                 next_reply(&mut replies, "reading channel values")?,
-                batch.keys.len(),
+                "reading channel values",
             )?;
-            let decoded = GroupValues::decode(thread, ns, batch, reply)?;
-            values.insert(((*thread).to_owned(), (*ns).to_owned()), decoded);
+            let place = Place {
+                thread_id: thread,
+                checkpoint_ns: ns,
+            };
+            let group = GroupValues::from_values(&place, batch, raw)?;
+            let (starts, held) = group.chain_starts(&place, batch)?;
+            if !starts.is_empty() {
+                self.chain_scripts
+                    .queue_links(&mut pipe, LinkMode::Links, &starts.keys, &held);
+                walks.push(((*thread, *ns), starts));
+            }
+            values.insert(((*thread).to_owned(), (*ns).to_owned()), group);
+        }
+        let replies = self
+            .query_with_scripts(&pipe, "reading append chains")
+            .await?;
+        let mut replies = replies.into_iter();
+        for ((thread, ns), starts) in walks {
+            let links = parse_links(
+                next_reply(&mut replies, "reading append chains")?,
+                starts.keys.len(),
+            )?;
+            let place = Place {
+                thread_id: thread,
+                checkpoint_ns: ns,
+            };
+            let links = place.decode_links(&starts, links)?;
+            if let Some(group) = values.get_mut(&(thread.to_owned(), ns.to_owned())) {
+                group.add_links(&starts, links);
+            }
         }
 
         let mut out = Vec::with_capacity(rows.len());
@@ -412,21 +462,17 @@ impl RedisSaver {
         Ok(out)
     }
 
-    /// Sends `pipe`, which calls the chain-reading script. When the server's script cache
-    /// lacks the script (first use, or after a restart or `SCRIPT FLUSH`), loads it and sends
-    /// `pipe` again: reads and expiry extensions can safely run twice.
-    async fn query_reading_chains(
-        &self,
-        pipe: &Pipeline,
-        what: &'static str,
-    ) -> Result<Vec<Value>> {
+    /// Sends `pipe`, which may call the chain scripts. When the server's script cache lacks
+    /// them (first use, or after a restart or `SCRIPT FLUSH`), loads them and sends `pipe`
+    /// again: reads and expiry extensions can safely run twice.
+    async fn query_with_scripts(&self, pipe: &Pipeline, what: &'static str) -> Result<Vec<Value>> {
         if pipe.is_empty() {
             return Ok(Vec::new());
         }
         let mut conn = self.conn();
         match pipe.query_async(&mut conn).await {
             Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoScript) => {
-                self.chain_scripts.load_read(&mut conn).await?;
+                self.chain_scripts.load(&mut conn).await?;
                 pipe.query_async(&mut conn).await.map_err(backend(what))
             }
             other => other.map_err(backend(what)),
@@ -932,7 +978,7 @@ impl RedisSaver {
     }
 
     /// The whole value of each append value the `kept` checkpoints refer to, by value key,
-    /// read with their chains in one round trip (nothing when none is an append value).
+    /// read with their chains in one round trip (whole values are not read).
     async fn whole_values_of(
         &self,
         thread: &str,
@@ -955,23 +1001,33 @@ impl RedisSaver {
                 );
             }
             self.chain_scripts
-                .queue_read(&mut pipe, ReadMode::Chains, None, &batch.keys);
+                .queue_links(&mut pipe, LinkMode::Appends, &batch.keys, &[]);
             batches.push(batch);
         }
         let what = "reading the append values of a thread to prune";
-        let replies = self.query_reading_chains(&pipe, what).await?;
+        let replies = self.query_with_scripts(&pipe, what).await?;
         let mut replies = replies.into_iter();
         let mut rewrites = Vec::new();
         for (k, batch) in kept.iter().zip(&batches) {
-            let reply = parse_read(next_reply(&mut replies, what)?, batch.keys.len())?;
-            let mut group = GroupValues::decode(thread, k.ns, batch, reply)?;
-            for (i, head) in std::mem::take(&mut group.by_key).into_iter().enumerate() {
-                let Some(head) = head.filter(|v| v.type_tag == TAG_APPEND) else {
-                    continue;
-                };
+            let links = parse_links(next_reply(&mut replies, what)?, batch.keys.len())?;
+            let place = Place {
+                thread_id: thread,
+                checkpoint_ns: k.ns,
+            };
+            let links = place.decode_links(batch, links)?;
+            // The first value of each walk is the kept checkpoint's own (append) value.
+            let mut heads = Vec::new();
+            let mut chains = AppendChains::default();
+            for (i, version, value) in links {
                 let meta = &batch.meta[i];
-                let whole = group
-                    .chains
+                if version == meta.version {
+                    heads.push((i, value.clone()));
+                }
+                chains.insert(&meta.channel, &version, value);
+            }
+            for (i, head) in heads {
+                let meta = &batch.meta[i];
+                let whole = chains
                     .resolve(&meta.channel, &meta.version, &head)
                     .map_err(|e| {
                         Error::corrupt(
@@ -1060,9 +1116,13 @@ fn decode_partial(
     }))
 }
 
-#[async_trait]
-impl CheckpointSaver for RedisSaver {
-    async fn get_tuple(&self, config: &CheckpointConfig) -> Result<Option<CheckpointTuple>> {
+impl RedisSaver {
+    /// `get_tuple`, leaving out the values of `known` (see `get_tuple_known`).
+    async fn read_tuple(
+        &self,
+        config: &CheckpointConfig,
+        known: Option<&KnownValues<'_>>,
+    ) -> Result<Option<CheckpointTuple>> {
         let thread = &config.thread_id;
         let ns = &config.checkpoint_ns;
         if let Some(id) = &config.checkpoint_id {
@@ -1071,7 +1131,7 @@ impl CheckpointSaver for RedisSaver {
                 thread: thread.clone(),
                 ns: ns.clone(),
             };
-            return Ok(self.fetch_rows(&[row]).await?.pop().flatten());
+            return Ok(self.fetch_rows(&[row], known).await?.pop().flatten());
         }
         let cps_key = self.keys.checkpoints_key(thread, ns);
         let mut conn = self.conn();
@@ -1100,7 +1160,11 @@ impl CheckpointSaver for RedisSaver {
                 thread: thread.clone(),
                 ns: ns.clone(),
             };
-            if let Some(found) = self.fetch_rows(std::slice::from_ref(&row)).await?.pop() {
+            if let Some(found) = self
+                .fetch_rows(std::slice::from_ref(&row), known)
+                .await?
+                .pop()
+            {
                 if found.is_some() {
                     return Ok(found);
                 }
@@ -1118,6 +1182,23 @@ impl CheckpointSaver for RedisSaver {
                 stuck = Some(row.id.clone());
             }
         }
+    }
+}
+
+#[async_trait]
+impl CheckpointSaver for RedisSaver {
+    async fn get_tuple(&self, config: &CheckpointConfig) -> Result<Option<CheckpointTuple>> {
+        self.read_tuple(config, None).await
+    }
+
+    /// Skips reading the values the caller holds, and so the append chains behind them: a
+    /// runtime that kept the state of its last step reads only the header and writes.
+    async fn get_tuple_known(
+        &self,
+        config: &CheckpointConfig,
+        known: KnownValues<'_>,
+    ) -> Result<Option<CheckpointTuple>> {
+        self.read_tuple(config, Some(&known)).await
     }
 
     /// Lists newest first. Metadata filters are applied here, after decoding each candidate
@@ -1211,7 +1292,7 @@ impl CheckpointSaver for RedisSaver {
             if batch.is_empty() {
                 return Ok(out);
             }
-            let rows = self.fetch_rows(&batch).await?;
+            let rows = self.fetch_rows(&batch, None).await?;
             for (r, row) in batch.iter().zip(rows) {
                 match row {
                     None => {

@@ -1,5 +1,6 @@
 //! Append values on Redis, against a real server: long chains read back whole in a fixed
-//! number of commands (the chain is followed by a script on the server), chain links expire
+//! number of commands (the chain is followed by a script on the server, whole values need
+//! none), chain links expire
 //! no sooner than the values extending them, and broken or looping chains are reported.
 //! Each test uses its own key prefix and deletes its keys at the end.
 
@@ -9,7 +10,7 @@ use std::time::Duration;
 
 use cairn_checkpoint::{
     ChannelVersion, Checkpoint, CheckpointConfig, CheckpointMetadata, CheckpointSaver,
-    CheckpointSource, Error, ListQuery, TypedValue, ValueCodec,
+    CheckpointSource, Error, KnownValues, ListQuery, TypedValue, ValueCodec,
 };
 use cairn_redis::{KeyLayout, RedisSaver};
 use futures::StreamExt;
@@ -165,8 +166,16 @@ async fn reading_the_latest_of_a_long_chain_takes_a_fixed_number_of_commands() {
     short.grow(&saver, 3).await;
     let mut long = Chain::new("long");
     long.grow(&saver, 300).await;
+    // Whole values only: a list rewritten at every step.
+    let mut whole = Chain::new("whole");
+    for step in 0..3 {
+        let version = saver.get_next_version(whole.version.as_ref());
+        whole.items.push(format!("item {step}"));
+        let value = whole.codec.encode(&whole.items).expect("encode");
+        whole.put(&saver, version, value).await;
+    }
     // Warm up (loads the script into the server's cache).
-    for thread in ["short", "long"] {
+    for thread in ["short", "long", "whole"] {
         saver
             .get_tuple(&CheckpointConfig::thread(thread))
             .await
@@ -182,7 +191,10 @@ async fn reading_the_latest_of_a_long_chain_takes_a_fixed_number_of_commands() {
         .into_on_message::<String>();
     let mut conn = support::raw(&url).await;
     let mut seen = Vec::new();
-    for (i, (thread, chain)) in [("short", &short), ("long", &long)].into_iter().enumerate() {
+    for (i, (thread, chain)) in [("short", &short), ("long", &long), ("whole", &whole)]
+        .into_iter()
+        .enumerate()
+    {
         let latest = saver
             .get_tuple(&CheckpointConfig::thread(thread))
             .await
@@ -198,29 +210,60 @@ async fn reading_the_latest_of_a_long_chain_takes_a_fixed_number_of_commands() {
         let tag = saver.key_layout().thread_tag(thread);
         seen.push(commands_until(&mut stream, &tag, &marker).await);
     }
-    let (short_sent, _) = &seen[0];
-    let (long_sent, long_scripted) = &seen[1];
-    // Latest id; header, metadata and writes; every value with its chain.
-    assert_eq!(
-        long_sent.len(),
-        4,
-        "commands the saver sent to read the latest checkpoint: {long_sent:#?}"
-    );
-    assert_eq!(short_sent.len(), long_sent.len(), "{short_sent:#?}");
-    assert!(
-        long_sent
+    // A caller holding the latest values (a runtime between steps) reads no value at all.
+    let latest_id = long.head.checkpoint_id.clone().expect("id");
+    let held = saver
+        .get_tuple_known(
+            &CheckpointConfig::thread("long"),
+            KnownValues {
+                checkpoint_id: &latest_id,
+                channels: &[CHANNEL],
+            },
+        )
+        .await
+        .expect("get_tuple_known")
+        .expect("saved");
+    assert!(held.checkpoint.channel_values.is_empty());
+    assert!(held.checkpoint.channel_versions.contains_key(CHANNEL));
+    let marker = format!("{}-done-known", options.key_prefix);
+    let _: String = redis::cmd("ECHO")
+        .arg(&marker)
+        .query_async(&mut conn)
+        .await
+        .expect("ECHO");
+    let tag = saver.key_layout().thread_tag("long");
+    seen.push(commands_until(&mut stream, &tag, &marker).await);
+
+    let names = |commands: &[String]| -> Vec<String> {
+        commands
             .iter()
-            .filter(|c| c.contains("\"EVALSHA\""))
-            .count()
-            == 1,
-        "{long_sent:#?}"
+            .filter_map(|c| c.split('"').nth(1).map(str::to_owned))
+            .collect()
+    };
+    // Latest id; header, metadata and writes; the values; the links of the chain.
+    let (long_sent, long_scripted) = &seen[1];
+    assert_eq!(
+        names(long_sent),
+        ["ZREVRANGEBYLEX", "HMGET", "HGETALL", "MGET", "EVALSHA"],
+        "commands the saver sent to read the latest of a 300-step chain"
     );
-    // The 300 links were read on the server, each once.
+    assert_eq!(names(&seen[0].0), names(long_sent), "a 3-step chain");
+    assert_eq!(
+        names(&seen[2].0),
+        ["ZREVRANGEBYLEX", "HMGET", "HGETALL", "MGET"],
+        "whole values need no script"
+    );
+    assert_eq!(
+        names(&seen[3].0),
+        ["ZREVRANGEBYLEX", "HMGET", "HGETALL"],
+        "get_tuple_known skips the values the caller holds, chains included"
+    );
+    // The 299 links below the latest value were read on the server, each once.
     let gets = long_scripted
         .iter()
         .filter(|c| c.contains("\"GET\""))
         .count();
-    assert_eq!(gets, 300, "links read by the script");
+    assert_eq!(gets, 299, "links read by the script");
     support::delete_prefix(&url, &options.key_prefix).await;
 }
 
