@@ -27,19 +27,20 @@
 //! `get_tuple`; see the `append_read` example). A runtime between steps avoids it with
 //! `get_tuple_known`, which reads neither the values it holds nor their chains.
 //!
-//! # Expiry of chain links
+//! # Expiry of values and chain links
 //! With a TTL, a link must not expire while a checkpoint whose chain passes through it is
 //! still alive. Refreshing the whole chain at every `put` would cost one command per link
 //! per step. Instead [`LUA_TOUCH`]'s `ensure` keeps one invariant — *a value never expires
 //! before a value that extends it* — and makes a key live at least one TTL longer by walking
 //! down only until it meets a link that already does (everything below that link does too).
 //! The links it passes get that link's expiry (as an absolute time computed from the clock
-//! read when the script started, so never later than that link's, even on a server whose
-//! clock moves while a script runs); when the walk reaches the chain's root, the root and
-//! the links above it get **two** TTLs (the root last, so never earlier than the links
-//! above it). The next walks then stop after a link or two until a TTL has passed, so
-//! keeping a chain alive costs a few commands per step, and a chain link outlives the last
-//! checkpoint needing it by at most one extra TTL. Expiry times only ever grow here (an
+//! read before that link's expiry was, so never later than it, even on a server whose clock
+//! moves while a script runs); when the walk reaches the chain's root (a whole value, or the
+//! value itself when it is whole), the root and the links above it get **two** TTLs (the
+//! root last, so never earlier than the links above it). The next walks then stop at once
+//! until a TTL has passed, so keeping a value and its chain alive costs one `PTTL` per
+//! step most of the time, and a value outlives the last checkpoint needing it by at most
+//! one extra TTL. A value just written gets one TTL. Expiry times only ever grow here (an
 //! expiry is never shortened, and `put` writes values with `KEEPTTL`), which is what keeps
 //! the invariant true.
 
@@ -105,8 +106,11 @@ return out
 
 /// Extends the expiry of values and their chains (see the module docs).
 ///
-/// `KEYS`: value keys. `ARGV[1]`: TTL in ms; `ARGV[1 + i]`: the channel prefix of `KEYS[i]`.
-/// `base_of` reads only the start of a value (`PEEK` bytes), and is cached per key.
+/// `KEYS`: value keys. `ARGV[1]`: TTL in ms; `ARGV[1 + i]`: the channel prefix of `KEYS[i]`,
+/// or empty for a whole value just written (no chain to follow). `base_of` reads only the
+/// start of a value (`PEEK` bytes), and is cached per key. The clock is read before the
+/// first expiry a walk compares with, so a time computed from it is never later than that
+/// expiry.
 const LUA_TOUCH: &str = r#"
 local bases = {}
 local function base_of(key)
@@ -119,9 +123,17 @@ local function base_of(key)
   bases[key] = b
   return b
 end
-local clock = redis.call('TIME')
-local now_ms = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
+local now_ms = nil
 local function ensure(key, prefix, ttl)
+  if prefix == '' then
+    local left = redis.call('PTTL', key)
+    if left ~= -2 and left < ttl then redis.call('PEXPIRE', key, string.format('%d', ttl)) end
+    return
+  end
+  if not now_ms then
+    local clock = redis.call('TIME')
+    now_ms = tonumber(clock[1]) * 1000 + math.floor(tonumber(clock[2]) / 1000)
+  end
   local path, on_path, target, until_ms = {}, {}, 2 * ttl, nil
   local k = key
   while true do
@@ -131,10 +143,7 @@ local function ensure(key, prefix, ttl)
     path[#path + 1] = k
     on_path[k] = true
     local b = base_of(k)
-    if not b then
-      if #path == 1 then target = ttl end
-      break
-    end
+    if not b then break end
     k = prefix .. b
   end
   for _, p in ipairs(path) do
@@ -179,6 +188,17 @@ fn lua_literal(bytes: &[u8]) -> String {
     out
 }
 
+/// `source` without indentation and blank lines: `put` sends the touch script whole, and
+/// the server hashes it each time. (No script here has a string spanning lines.)
+fn compact(source: &str) -> String {
+    source
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 /// The constants and `parse_base`, which both scripts start with.
 fn lua_prelude() -> String {
     format!(
@@ -218,9 +238,9 @@ pub(crate) struct ValueKey {
 impl ChainScripts {
     pub fn new() -> Self {
         let prelude = lua_prelude();
-        let touch_source = format!("{prelude}{LUA_TOUCH}");
+        let touch_source = compact(&format!("{prelude}{LUA_TOUCH}"));
         ChainScripts {
-            links: Script::new(&format!("{prelude}{LUA_LINKS}")),
+            links: Script::new(&compact(&format!("{prelude}{LUA_LINKS}"))),
             touch: Script::new(&touch_source),
             touch_source,
         }

@@ -128,13 +128,13 @@
 //! a write or refreshing read makes each value it refers to, and each link below it, live at
 //! least one more TTL, and never shortens an expiry (so a link never expires before a value
 //! extending it). To keep that cheap, a walk down a chain stops at the first link that
-//! already lives long enough; when it has to go down to the chain's root, the links it
-//! passes get two TTLs, so for the next TTL a step touches only a link or two. A chain link
-//! can therefore outlive the last checkpoint needing it by up to one more TTL; whole values
-//! no chain passes through keep the plain one-TTL expiry. Value expiries are set by a small
-//! Lua script (`EVAL` inside `put`'s transaction, `EVALSHA` next to a read's `MGET`), so
-//! with a TTL every `put` and refreshing read runs it; `get_tuple_known` does not extend the
-//! values it leaves out (the caller's next `put` does).
+//! already lives long enough, and what has to be extended gets two TTLs, so for the next
+//! TTL a step only checks the expiry of the values it refers to. A value therefore lives one
+//! TTL after it is written, and after that up to two TTLs after the last checkpoint needing
+//! it was written or read. Value expiries are set by a small Lua script (`EVAL` inside
+//! `put`'s transaction, `EVALSHA` next to a read's `MGET`), so with a TTL every `put` and
+//! refreshing read runs it; `get_tuple_known` does not extend the values it leaves out (the
+//! caller's next `put` does).
 //!
 //! ## Errors
 //! Redis failures are [`cairn_checkpoint::Error::Backend`] (backend `"redis"`, saying what

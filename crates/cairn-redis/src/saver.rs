@@ -8,7 +8,7 @@ use async_trait::async_trait;
 use cairn_checkpoint::{
     write_index, AppendChains, ChannelVersions, Checkpoint, CheckpointConfig, CheckpointMetadata,
     CheckpointSaver, CheckpointTuple, DataLocation, Error, KnownValues, LatestCheckpoint,
-    ListQuery, PendingWrite, PruneStrategy, Result, ThreadSummary, TypedValue,
+    ListQuery, PendingWrite, PruneStrategy, Result, ThreadSummary, TypedValue, TAG_APPEND,
 };
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{FromRedisValue, Pipeline, Script, Value};
@@ -1378,7 +1378,13 @@ impl CheckpointSaver for RedisSaver {
                 pipe.arg("KEEPTTL");
             }
             pipe.ignore();
-            let prefix = self.keys.blob_channel_prefix(thread, ns, channel);
+            // A whole value just written has no chain to keep alive (empty prefix).
+            let prefix = match values.get(channel) {
+                Some(v) if v.type_tag == TAG_APPEND => {
+                    self.keys.blob_channel_prefix(thread, ns, channel)
+                }
+                _ => String::new(),
+            };
             value_keys.add(key, prefix, || ());
         }
         for (channel, version) in &checkpoint.channel_versions {
