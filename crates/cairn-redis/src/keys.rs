@@ -116,6 +116,26 @@ impl KeyLayout {
         self.blob_key(thread_id, checkpoint_ns, channel, "")
     }
 
+    /// The channel prefix ([`Self::blob_channel_prefix`]) of `key`, a value key of the
+    /// thread whose hash tag is `tag`; `None` when `key` is not one.
+    pub(crate) fn channel_prefix_of(key: &str, tag: &str) -> Option<String> {
+        let rest = key.strip_prefix(tag)?;
+        // `:b:<hex ns>:<hex channel>:<version>`: hex has no `:`, the version may.
+        let mut parts = rest.splitn(5, ':');
+        match (
+            parts.next(),
+            parts.next(),
+            parts.next(),
+            parts.next(),
+            parts.next(),
+        ) {
+            (Some(""), Some("b"), Some(ns), Some(channel), Some(_)) => {
+                Some(format!("{tag}:b:{ns}:{channel}:"))
+            }
+            _ => None,
+        }
+    }
+
     /// `{tag}:b:<hex ns>:`: what every value key of the namespace starts with.
     pub fn blob_prefix(&self, thread_id: &str, checkpoint_ns: &str) -> String {
         format!("{}:b:{}:", self.thread_tag(thread_id), hex(checkpoint_ns))
@@ -196,6 +216,29 @@ mod tests {
         assert_eq!(split("nonsense"), None);
         assert_eq!(split("9:short"), None);
         assert_eq!(split("1:é"), None, "length inside a character");
+    }
+
+    #[test]
+    fn value_keys_give_back_their_channel_prefix() {
+        let keys = KeyLayout::new("p").unwrap();
+        let tag = keys.thread_tag("t");
+        for (ns, version) in [
+            ("", "1"),
+            ("a:b", "00000000000000000000000000000002.0.5"),
+            ("x", "v:w"),
+        ] {
+            let key = keys.blob_key("t", ns, "ch", version);
+            assert_eq!(
+                KeyLayout::channel_prefix_of(&key, &tag),
+                Some(keys.blob_channel_prefix("t", ns, "ch")),
+                "{key}"
+            );
+        }
+        assert_eq!(
+            KeyLayout::channel_prefix_of(&keys.checkpoint_key("t", "", "1"), &tag),
+            None
+        );
+        assert_eq!(KeyLayout::channel_prefix_of("other", &tag), None);
     }
 
     #[test]

@@ -1631,11 +1631,14 @@ impl CheckpointSaver for RedisSaver {
                 copied += 1;
             }
         }
+        // Value keys whose expiry the touch script sets (listed in the key set only).
+        let mut listed: Vec<String> = Vec::new();
         if !blob_keys.is_empty() {
             let values: Vec<Option<Vec<u8>>> = parse(
                 next_reply(&mut replies, "reading the thread to copy")?,
                 "reading channel values",
             )?;
+            let mut copied_values: KeyBatch<()> = KeyBatch::default();
             for (key, value) in blob_keys.iter().zip(values) {
                 // Keys of the source thread all start with its tag (filtered above).
                 let (Some(value), Some(rest)) = (value, key.strip_prefix(src_tag.as_str())) else {
@@ -1643,14 +1646,30 @@ impl CheckpointSaver for RedisSaver {
                 };
                 let target = format!("{dst_tag}{rest}");
                 pipe.cmd("SET").arg(&target).arg(value).ignore();
-                touched.push(target);
+                match (self.ttl_ms, KeyLayout::channel_prefix_of(&target, &dst_tag)) {
+                    // Chain-aware expiry, as for `put` (see `chains`): the copies of a
+                    // chain's links never expire before the copies extending them.
+                    (Some(_), Some(prefix)) => {
+                        copied_values.add(target, prefix, || ());
+                    }
+                    _ => touched.push(target),
+                }
             }
+            if let Some(ms) = self.ttl_ms {
+                self.chain_scripts
+                    .queue_touch(&mut pipe, ms, &copied_values.keys);
+            }
+            listed.extend(copied_values.keys.into_iter().map(|k| k.key));
         }
         for run_threads in &global {
             pipe.cmd("SADD").arg(&runs_key).arg(run_threads).ignore();
             pipe.cmd("SADD").arg(run_threads).arg(dst).ignore();
         }
-        pipe.cmd("SADD").arg(&keys_key).arg(&touched).ignore();
+        pipe.cmd("SADD")
+            .arg(&keys_key)
+            .arg(&touched)
+            .arg(&listed)
+            .ignore();
         pipe.cmd("SADD")
             .arg(self.keys.threads_key())
             .arg(dst)

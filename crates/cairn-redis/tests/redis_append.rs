@@ -374,6 +374,19 @@ async fn chain_links_expire_no_sooner_than_the_values_extending_them() {
         );
     }
     chain_expiries(&mut conn, &keys, thread, &chain).await;
+
+    // A copy's links expire no sooner than the copies extending them either.
+    saver
+        .copy_thread(thread, "copied-chain")
+        .await
+        .expect("copy_thread");
+    chain_expiries(&mut conn, &keys, "copied-chain", &chain).await;
+    let copy = saver
+        .get_tuple(&CheckpointConfig::thread("copied-chain"))
+        .await
+        .expect("get")
+        .expect("copied");
+    assert_eq!(messages(&chain.codec, &copy), chain.items);
     support::delete_prefix(&url, &options.key_prefix).await;
 }
 
