@@ -367,63 +367,7 @@ impl RedisSaver {
             wanted.push(own);
         }
         groups.retain(|_, batch| !batch.is_empty());
-        let mut pipe = redis::pipe();
-        for batch in groups.values() {
-            pipe.cmd("MGET")
-                .arg(batch.keys.iter().map(|k| &k.key).collect::<Vec<_>>());
-            if let Some(ms) = refresh_ms {
-                // Extend-only and chain-aware (see `chains`): a plain PEXPIRE could shorten
-                // a value that a newer append value still needs.
-                self.chain_scripts
-                    .queue_touch_cached(&mut pipe, ms, &batch.keys);
-            }
-        }
-        self.expire(&mut pipe, &refresh);
-        let replies = self
-            .query_with_scripts(&pipe, "reading channel values")
-            .await?;
-        let mut replies = replies.into_iter();
-        let mut values: BTreeMap<(String, String), GroupValues> = BTreeMap::new();
-        // Third round trip, only when some values are append values: the links of their
-        // chains, one script call per thread and namespace.
-        let mut pipe = redis::pipe();
-        let mut walks = Vec::new();
-        for ((thread, ns), batch) in &groups {
-            let raw: Vec<Option<Vec<u8>>> = parse(
-                next_reply(&mut replies, "reading channel values")?,
-                "reading channel values",
-            )?;
-            let place = Place {
-                thread_id: thread,
-                checkpoint_ns: ns,
-            };
-            let group = GroupValues::from_values(&place, batch, raw)?;
-            let (starts, held) = group.chain_starts(&place, batch)?;
-            if !starts.is_empty() {
-                self.chain_scripts
-                    .queue_links(&mut pipe, LinkMode::Links, &starts.keys, &held);
-                walks.push(((*thread, *ns), starts));
-            }
-            values.insert(((*thread).to_owned(), (*ns).to_owned()), group);
-        }
-        let replies = self
-            .query_with_scripts(&pipe, "reading append chains")
-            .await?;
-        let mut replies = replies.into_iter();
-        for ((thread, ns), starts) in walks {
-            let links = parse_links(
-                next_reply(&mut replies, "reading append chains")?,
-                starts.keys.len(),
-            )?;
-            let place = Place {
-                thread_id: thread,
-                checkpoint_ns: ns,
-            };
-            let links = place.decode_links(&starts, links)?;
-            if let Some(group) = values.get_mut(&(thread.to_owned(), ns.to_owned())) {
-                group.add_links(&starts, links);
-            }
-        }
+        let mut values = self.read_values(&groups, refresh_ms, &refresh).await?;
 
         let mut out = Vec::with_capacity(rows.len());
         for ((r, partial), own) in rows.iter().zip(partials).zip(wanted) {
@@ -460,6 +404,75 @@ impl RedisSaver {
         }
         resolve_appends(&mut out, &mut values)?;
         Ok(out)
+    }
+
+    /// The values of `groups` (one `MGET` per thread and namespace), with TTL refreshes of
+    /// them (chain-aware) and of the `refresh` keys; then, in one more round trip when some
+    /// are append values, the links of their chains.
+    async fn read_values(
+        &self,
+        groups: &BTreeMap<(&str, &str), KeyBatch<ValueRef>>,
+        refresh_ms: Option<u64>,
+        refresh: &BTreeSet<String>,
+    ) -> Result<BTreeMap<(String, String), GroupValues>> {
+        let mut pipe = redis::pipe();
+        for batch in groups.values() {
+            pipe.cmd("MGET")
+                .arg(batch.keys.iter().map(|k| &k.key).collect::<Vec<_>>());
+            if let Some(ms) = refresh_ms {
+                // Extend-only and chain-aware (see `chains`): a plain PEXPIRE could shorten
+                // a value that a newer append value still needs.
+                self.chain_scripts
+                    .queue_touch_cached(&mut pipe, ms, &batch.keys);
+            }
+        }
+        self.expire(&mut pipe, refresh);
+        let replies = self
+            .query_with_scripts(&pipe, "reading channel values")
+            .await?;
+        let mut replies = replies.into_iter();
+        let mut values: BTreeMap<(String, String), GroupValues> = BTreeMap::new();
+        // Third round trip, only when some values are append values: the links of their
+        // chains, one script call per thread and namespace.
+        let mut pipe = redis::pipe();
+        let mut walks = Vec::new();
+        for ((thread, ns), batch) in groups {
+            let raw: Vec<Option<Vec<u8>>> = parse(
+                next_reply(&mut replies, "reading channel values")?,
+                "reading channel values",
+            )?;
+            let place = Place {
+                thread_id: thread,
+                checkpoint_ns: ns,
+            };
+            let group = GroupValues::from_values(&place, batch, raw)?;
+            let (starts, held) = group.chain_starts(&place, batch)?;
+            if !starts.is_empty() {
+                self.chain_scripts
+                    .queue_links(&mut pipe, LinkMode::Links, &starts.keys, &held);
+                walks.push(((*thread, *ns), starts));
+            }
+            values.insert(((*thread).to_owned(), (*ns).to_owned()), group);
+        }
+        let replies = self
+            .query_with_scripts(&pipe, "reading append chains")
+            .await?;
+        let mut replies = replies.into_iter();
+        for ((thread, ns), starts) in walks {
+            let links = parse_links(
+                next_reply(&mut replies, "reading append chains")?,
+                starts.keys.len(),
+            )?;
+            let place = Place {
+                thread_id: thread,
+                checkpoint_ns: ns,
+            };
+            let links = place.decode_links(&starts, links)?;
+            if let Some(group) = values.get_mut(&(thread.to_owned(), ns.to_owned())) {
+                group.add_links(&starts, links);
+            }
+        }
+        Ok(values)
     }
 
     /// Sends `pipe`, which may call the chain scripts. When the server's script cache lacks
