@@ -179,8 +179,9 @@ async fn main() -> Result<()> {
     let conn = rusqlite::Connection::open(&path).map_err(sql_err)?;
     let mut stmt = conn
         .prepare(
-            "SELECT name, SUM(pgsize), SUM(payload) FROM dbstat GROUP BY name \
-             ORDER BY SUM(pgsize) DESC",
+            "SELECT name, SUM(pgsize), SUM(payload), SUM(pagetype = 'internal'), \
+                    SUM(pagetype = 'overflow'), MAX(length(path) - length(replace(path, '/', ''))) \
+             FROM dbstat GROUP BY name ORDER BY SUM(pgsize) DESC",
         )
         .map_err(sql_err)?;
     let rows = stmt
@@ -189,6 +190,7 @@ async fn main() -> Result<()> {
                 r.get::<_, String>(0)?,
                 r.get::<_, i64>(1)?,
                 r.get::<_, i64>(2)?,
+                (r.get::<_, i64>(3)?, r.get::<_, i64>(4)?, r.get::<_, i64>(5)?),
             ))
         })
         .map_err(sql_err)?
@@ -199,8 +201,11 @@ async fn main() -> Result<()> {
         "schema {}: {turns} turns, {checkpoints} checkpoints",
         saver.schema_version().await?
     );
-    for (name, bytes, payload) in &rows {
-        println!("  {name:40} {bytes:>9} B  (payload {payload:>9} B)");
+    for (name, bytes, payload, (interior, overflow, depth)) in &rows {
+        println!(
+            "  {name:30} {bytes:>9} B  (payload {payload:>9} B; {interior} interior, \
+             {overflow} overflow pages; depth {depth})"
+        );
     }
     println!(
         "  total {total} B = {:.0} B per checkpoint",
@@ -224,5 +229,29 @@ async fn main() -> Result<()> {
         "  WAL: {frames} pages for {commits} commits = {:.2} pages per commit (WAL was {frames_before} B)",
         frames as f64 / commits as f64
     );
+    wal_pages_by_btree(&path, &wal, commits)
+}
+
+/// Which b-trees the frames in the WAL belong to (per commit), from the page numbers in the
+/// frame headers and `dbstat`.
+fn wal_pages_by_btree(db: &std::path::Path, wal: &std::path::Path, commits: u64) -> Result<()> {
+    let bytes = std::fs::read(wal).map_err(|e| Error::backend("io", "reading the WAL", e))?;
+    let conn = rusqlite::Connection::open(db).map_err(sql_err)?;
+    let owner: std::collections::HashMap<u32, String> = conn
+        .prepare("SELECT pageno, name FROM dbstat")
+        .and_then(|mut s| {
+            s.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect::<rusqlite::Result<_>>()
+        })
+        .map_err(sql_err)?;
+    let mut counts: std::collections::BTreeMap<String, u64> = Default::default();
+    for frame in bytes.get(32..).unwrap_or_default().chunks_exact(4096 + 24) {
+        let page = u32::from_be_bytes([frame[0], frame[1], frame[2], frame[3]]);
+        let name = owner.get(&page).cloned().unwrap_or_else(|| "(free)".into());
+        *counts.entry(name).or_default() += 1;
+    }
+    for (name, n) in counts {
+        println!("    {name:38} {:.2} pages per commit", n as f64 / commits as f64);
+    }
     Ok(())
 }

@@ -115,13 +115,13 @@
 
 #![warn(missing_docs)]
 
+mod header;
 mod ops;
 mod options;
 mod read;
 mod schema;
 mod writer;
 
-use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -557,20 +557,11 @@ fn put_row(
 ) -> Result<(ops::PutRow, CheckpointConfig)> {
     let mut checkpoint = checkpoint;
     let mut values = std::mem::take(&mut checkpoint.channel_values);
-    let header = rmp_serde::to_vec_named(&checkpoint)
+    let header = header::encode(&checkpoint)
         .map_err(|e| encode_error("encoding the checkpoint header", e))?;
     let metadata_json = serde_json::to_string(metadata).map_err(|e| Error::Encode {
         format: "json",
         message: format!("encoding the checkpoint metadata: {e}"),
-    })?;
-    let blob_refs: BTreeMap<&str, String> = checkpoint
-        .channel_versions
-        .iter()
-        .map(|(c, v)| (c.as_str(), v.to_storage_string()))
-        .collect();
-    let blob_refs = serde_json::to_string(&blob_refs).map_err(|e| Error::Encode {
-        format: "json",
-        message: format!("encoding the checkpoint's value references: {e}"),
     })?;
     let blobs = new_versions
         .into_iter()
@@ -601,7 +592,6 @@ fn put_row(
         header,
         metadata: metadata_json,
         run_id: metadata.run_id.clone(),
-        blob_refs,
         blobs,
     };
     let stored = CheckpointConfig {

@@ -1,8 +1,10 @@
 //! The changes the writer thread applies, each inside its own savepoint.
 
+use std::collections::HashSet;
+
 use rusqlite::{params, Connection};
 
-use cairn_checkpoint::{write_index, Result, TypedValue};
+use cairn_checkpoint::{write_index, DataLocation, Error, Result, TypedValue};
 
 use crate::sql_error;
 
@@ -15,7 +17,6 @@ pub(crate) struct PutRow {
     pub header: Vec<u8>,
     pub metadata: String,
     pub run_id: Option<String>,
-    pub blob_refs: String,
     /// The values of the channels in `new_versions`.
     pub blobs: Vec<BlobRow>,
 }
@@ -58,12 +59,11 @@ pub(crate) fn put(conn: &Connection, row: &PutRow) -> Result<()> {
     }
     conn.prepare_cached(
         "INSERT INTO checkpoints (thread_id, checkpoint_ns, checkpoint_id, parent_checkpoint_id,
-                                  header, metadata, run_id, blob_refs)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+                                  header, metadata, run_id)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
          ON CONFLICT (thread_id, checkpoint_ns, checkpoint_id) DO UPDATE SET
              parent_checkpoint_id = excluded.parent_checkpoint_id, header = excluded.header,
-             metadata = excluded.metadata, run_id = excluded.run_id,
-             blob_refs = excluded.blob_refs",
+             metadata = excluded.metadata, run_id = excluded.run_id",
     )
     .and_then(|mut s| {
         s.execute(params![
@@ -73,8 +73,7 @@ pub(crate) fn put(conn: &Connection, row: &PutRow) -> Result<()> {
             row.parent_id,
             row.header,
             row.metadata,
-            row.run_id,
-            row.blob_refs
+            row.run_id
         ])
     })
     .map_err(sql_error(format!(
@@ -146,9 +145,9 @@ pub(crate) fn copy_thread(conn: &Connection, source: &str, target: &str) -> Resu
         (
             "checkpoints",
             "INSERT OR REPLACE INTO checkpoints (thread_id, checkpoint_ns, checkpoint_id,
-                 parent_checkpoint_id, header, metadata, run_id, blob_refs)
+                 parent_checkpoint_id, header, metadata, run_id)
              SELECT ?2, checkpoint_ns, checkpoint_id, parent_checkpoint_id, header, metadata,
-                    run_id, blob_refs
+                    run_id
              FROM checkpoints WHERE thread_id = ?1",
         ),
         (
@@ -178,12 +177,12 @@ pub(crate) fn copy_thread(conn: &Connection, source: &str, target: &str) -> Resu
 }
 
 /// Deletes channel values of `(thread, ns)` that no remaining checkpoint refers to, directly
-/// or as a link of an append chain: the values the checkpoints name, then (recursively) the
-/// base each append value extends. `UNION` visits each link once, however many checkpoints
-/// share it; each step is a search of the primary key.
+/// or as a link of an append chain: the values the checkpoints name (`?3`, a JSON array of
+/// `[channel, version]`, see [`referenced_versions`]), then (recursively) the base each
+/// append value extends. `UNION` visits each link once, however many checkpoints share it;
+/// each step is a search of the primary key.
 pub(crate) const RECLAIM_SQL: &str = "WITH RECURSIVE live (channel, version) AS (
-         SELECT j.key, j.value FROM checkpoints AS c, json_each(c.blob_refs) AS j
-         WHERE c.thread_id = ?1 AND c.checkpoint_ns = ?2
+         SELECT k.value ->> 0, k.value ->> 1 FROM json_each(?3) AS k
          UNION
          SELECT b.channel, b.base_version FROM live CROSS JOIN checkpoint_blobs AS b
          WHERE b.thread_id = ?1 AND b.checkpoint_ns = ?2 AND b.channel = live.channel
@@ -192,9 +191,57 @@ pub(crate) const RECLAIM_SQL: &str = "WITH RECURSIVE live (channel, version) AS 
      WHERE thread_id = ?1 AND checkpoint_ns = ?2
        AND (channel, version) NOT IN (SELECT channel, version FROM live)";
 
+/// The `[channel, version]` pairs the checkpoints of `(thread, ns)` refer to, as a JSON
+/// array for [`RECLAIM_SQL`], read from their headers. A header that cannot be decoded is an
+/// error: reclaiming without knowing what it refers to could delete values it needs.
+fn referenced_versions(conn: &Connection, thread_id: &str, ns: &str) -> Result<String> {
+    let what = || {
+        sql_error(format!(
+            "reading the checkpoints of thread {thread_id:?} to reclaim values"
+        ))
+    };
+    let mut stmt = conn
+        .prepare_cached(
+            "SELECT checkpoint_id, header FROM checkpoints
+             WHERE thread_id = ?1 AND checkpoint_ns = ?2",
+        )
+        .map_err(what())?;
+    let mut rows = stmt.query([thread_id, ns]).map_err(what())?;
+    let mut named: HashSet<(String, String)> = HashSet::new();
+    while let Some(r) = rows.next().map_err(what())? {
+        let checkpoint_id: String = r.get(0).map_err(what())?;
+        let header = r.get_ref(1).map_err(what())?.as_blob().map_err(|e| {
+            what()(rusqlite::Error::FromSqlConversionFailure(
+                1,
+                rusqlite::types::Type::Blob,
+                Box::new(e),
+            ))
+        })?;
+        let versions = crate::header::channel_versions(header).map_err(|message| {
+            Error::corrupt(
+                DataLocation {
+                    thread_id: thread_id.to_owned(),
+                    checkpoint_ns: ns.to_owned(),
+                    checkpoint_id: Some(checkpoint_id),
+                    channel: None,
+                },
+                message,
+            )
+        })?;
+        for (channel, version) in versions {
+            named.insert((channel, version.to_storage_string()));
+        }
+    }
+    serde_json::to_string(&named).map_err(|e| Error::Encode {
+        format: "json",
+        message: format!("encoding the values checkpoints refer to: {e}"),
+    })
+}
+
 fn reclaim_blobs(conn: &Connection, thread_id: &str, ns: &str) -> Result<()> {
+    let named = referenced_versions(conn, thread_id, ns)?;
     conn.prepare_cached(RECLAIM_SQL)
-        .and_then(|mut s| s.execute([thread_id, ns]))
+        .and_then(|mut s| s.execute([thread_id, ns, named.as_str()]))
         .map_err(sql_error(format!(
             "reclaiming unreferenced channel values of thread {thread_id:?}"
         )))?;
@@ -275,7 +322,7 @@ pub(crate) fn delete_for_runs(conn: &Connection, run_ids_json: &str) -> Result<(
     let affected: Vec<(String, String)> = conn
         .prepare_cached(
             "SELECT DISTINCT thread_id, checkpoint_ns FROM checkpoints
-             WHERE run_id IN (SELECT value FROM json_each(?1))",
+             WHERE run_id IS NOT NULL AND run_id IN (SELECT value FROM json_each(?1))",
         )
         .and_then(|mut s| {
             s.query_map([run_ids_json], |r| Ok((r.get(0)?, r.get(1)?)))?
@@ -288,12 +335,13 @@ pub(crate) fn delete_for_runs(conn: &Connection, run_ids_json: &str) -> Result<(
     conn.prepare_cached(
         "DELETE FROM checkpoint_writes WHERE (thread_id, checkpoint_ns, checkpoint_id) IN (
              SELECT thread_id, checkpoint_ns, checkpoint_id FROM checkpoints
-             WHERE run_id IN (SELECT value FROM json_each(?1)))",
+             WHERE run_id IS NOT NULL AND run_id IN (SELECT value FROM json_each(?1)))",
     )
     .and_then(|mut s| s.execute([run_ids_json]))
     .map_err(sql_error("deleting the pending writes of the runs"))?;
     conn.prepare_cached(
-        "DELETE FROM checkpoints WHERE run_id IN (SELECT value FROM json_each(?1))",
+        "DELETE FROM checkpoints
+         WHERE run_id IS NOT NULL AND run_id IN (SELECT value FROM json_each(?1))",
     )
     .and_then(|mut s| s.execute([run_ids_json]))
     .map_err(sql_error("deleting the checkpoints of the runs"))?;

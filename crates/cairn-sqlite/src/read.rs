@@ -350,22 +350,8 @@ fn decode_metadata(row: &Row) -> Result<CheckpointMetadata> {
 }
 
 fn decode_header(row: &Row) -> Result<Checkpoint> {
-    let checkpoint: Checkpoint = rmp_serde::from_slice(&row.header).map_err(|e| {
-        Error::corrupt(
-            location(row),
-            format!("cannot decode the checkpoint header (MessagePack): {e}"),
-        )
-    })?;
-    if checkpoint.id != row.checkpoint_id {
-        return Err(Error::corrupt(
-            location(row),
-            format!(
-                "the stored checkpoint header names checkpoint {:?}, not its row's id",
-                checkpoint.id
-            ),
-        ));
-    }
-    Ok(checkpoint)
+    crate::header::decode(&row.header, &row.checkpoint_id)
+        .map_err(|message| Error::corrupt(location(row), message))
 }
 
 type BlobKey = (String, String, String, String);

@@ -84,15 +84,94 @@ WHERE type_tag = 'append'
   AND instr(substr(data, 16), x'0a') > 1;
 "#,
     },
+    Migration {
+        version: 3,
+        name: "compact storage: tables without rowid, no blob_refs column",
+        sql: r#"
+-- Each table becomes its primary key b-tree (WITHOUT ROWID): the separate index SQLite
+-- kept for every primary key is gone, and a commit touches fewer pages. The version
+-- strings in checkpoint_blobs' keys are stored once instead of twice.
+-- blob_refs goes: reclaiming reads the channel versions from the remaining checkpoints'
+-- headers instead.
+CREATE TABLE checkpoints_v3 (
+    thread_id            TEXT NOT NULL,
+    checkpoint_ns        TEXT NOT NULL,
+    checkpoint_id        TEXT NOT NULL,
+    parent_checkpoint_id TEXT,
+    header               BLOB NOT NULL,
+    metadata             TEXT NOT NULL,
+    run_id               TEXT,
+    PRIMARY KEY (thread_id, checkpoint_ns, checkpoint_id)
+) WITHOUT ROWID;
+INSERT INTO checkpoints_v3 (thread_id, checkpoint_ns, checkpoint_id, parent_checkpoint_id,
+                            header, metadata, run_id)
+SELECT thread_id, checkpoint_ns, checkpoint_id, parent_checkpoint_id, header, metadata, run_id
+FROM checkpoints;
+DROP TABLE checkpoints;
+ALTER TABLE checkpoints_v3 RENAME TO checkpoints;
+-- delete_for_runs finds a run's checkpoints here.
+CREATE INDEX checkpoints_run_id ON checkpoints (run_id) WHERE run_id IS NOT NULL;
+-- Listing a thread across all its namespaces, newest first, without sorting the thread.
+CREATE INDEX checkpoints_thread_recent ON checkpoints (thread_id, checkpoint_id);
+
+CREATE TABLE checkpoint_blobs_v3 (
+    thread_id     TEXT NOT NULL,
+    checkpoint_ns TEXT NOT NULL,
+    channel       TEXT NOT NULL,
+    version       TEXT NOT NULL,
+    type_tag      TEXT NOT NULL,
+    data          BLOB NOT NULL,
+    base_version  TEXT,
+    PRIMARY KEY (thread_id, checkpoint_ns, channel, version)
+) WITHOUT ROWID;
+INSERT INTO checkpoint_blobs_v3 (thread_id, checkpoint_ns, channel, version, type_tag, data,
+                                 base_version)
+SELECT thread_id, checkpoint_ns, channel, version, type_tag, data, base_version
+FROM checkpoint_blobs;
+DROP TABLE checkpoint_blobs;
+ALTER TABLE checkpoint_blobs_v3 RENAME TO checkpoint_blobs;
+
+CREATE TABLE checkpoint_writes_v3 (
+    thread_id     TEXT NOT NULL,
+    checkpoint_ns TEXT NOT NULL,
+    checkpoint_id TEXT NOT NULL,
+    task_id       TEXT NOT NULL,
+    idx           INTEGER NOT NULL,
+    task_path     TEXT NOT NULL,
+    channel       TEXT NOT NULL,
+    type_tag      TEXT NOT NULL,
+    data          BLOB NOT NULL,
+    PRIMARY KEY (thread_id, checkpoint_ns, checkpoint_id, task_id, idx)
+) WITHOUT ROWID;
+INSERT INTO checkpoint_writes_v3 (thread_id, checkpoint_ns, checkpoint_id, task_id, idx,
+                                  task_path, channel, type_tag, data)
+SELECT thread_id, checkpoint_ns, checkpoint_id, task_id, idx, task_path, channel, type_tag,
+       data
+FROM checkpoint_writes;
+DROP TABLE checkpoint_writes;
+ALTER TABLE checkpoint_writes_v3 RENAME TO checkpoint_writes;
+"#,
+    },
 ];
 
 /// The schema version this build writes.
-pub const SCHEMA_VERSION: i64 = 2;
+pub const SCHEMA_VERSION: i64 = 3;
 
 /// The SQL of the first migration, for tests of later ones.
 #[cfg(test)]
 pub(crate) fn first_migration_sql() -> &'static str {
     MIGRATIONS[0].sql
+}
+
+/// The SQL of migrations 1 to `version`, in order: the schema an older Cairn wrote, for
+/// tests of upgrading it.
+#[cfg(test)]
+pub(crate) fn migrations_up_to(version: i64) -> Vec<(i64, &'static str, &'static str)> {
+    MIGRATIONS
+        .iter()
+        .filter(|m| m.version <= version)
+        .map(|m| (m.version, m.name, m.sql))
+        .collect()
 }
 
 /// Brings the database up to [`SCHEMA_VERSION`]; a no-op when it already is. Returns the

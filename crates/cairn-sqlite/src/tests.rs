@@ -27,7 +27,7 @@ fn fill(conn: &Connection) {
     let tx = conn.unchecked_transaction().expect("tx");
     for i in 0..2000 {
         tx.execute(
-            "INSERT INTO checkpoints VALUES ('t', '', ?1, NULL, x'00', '{}', NULL, '{}')",
+            "INSERT INTO checkpoints VALUES ('t', '', ?1, NULL, x'00', '{}', NULL)",
             [format!("{i:08}")],
         )
         .expect("insert");
@@ -46,14 +46,14 @@ fn fill(conn: &Connection) {
     conn.execute_batch("ANALYZE").expect("analyze");
 }
 
-/// `plan` searches `table` (or its alias) through an index, scans nothing but the JSON key
+/// `plan` searches `table` (or its alias) through an index or its primary key, scans nothing but the JSON key
 /// list, and needs no sort.
 fn assert_searches(plan: &[String], table: &str) {
     let joined = plan.join(" | ");
     assert!(
         plan.iter()
-            .any(|d| d.starts_with(&format!("SEARCH {table} USING INDEX"))),
-        "expected an index search of {table}: {joined}"
+            .any(|d| d.starts_with(&format!("SEARCH {table} USING"))),
+        "expected an index or primary-key search of {table}: {joined}"
     );
     assert!(
         plan.iter()
@@ -89,7 +89,7 @@ fn value_and_write_lookups_search_their_primary_keys() {
 #[test]
 fn migrating_twice_applies_nothing_the_second_time() {
     let mut conn = Connection::open_in_memory().expect("open");
-    assert_eq!(migrate(&mut conn).expect("first"), vec![1, 2]);
+    assert_eq!(migrate(&mut conn).expect("first"), vec![1, 2, 3]);
     assert_eq!(migrate(&mut conn).expect("second"), Vec::<i64>::new());
     let v: i64 = conn
         .query_row("PRAGMA user_version", [], |r| r.get(0))
@@ -403,8 +403,8 @@ mod append_values {
                 let version = format!("{i:08}");
                 let base = (i > 0).then(|| format!("{:08}", i - 1));
                 tx.execute(
-                    "INSERT INTO checkpoints VALUES (?1, '', ?2, NULL, x'00', '{}', NULL, ?3)",
-                    rusqlite::params![thread, version, format!(r#"{{"c":"{version}"}}"#)],
+                    "INSERT INTO checkpoints VALUES (?1, '', ?2, NULL, x'00', '{}', NULL)",
+                    rusqlite::params![thread, version],
                 )
                 .expect("insert");
                 tx.execute(
@@ -440,19 +440,18 @@ mod append_values {
     }
 
     /// Reclaiming deletes within the namespace's range of the primary key and follows each
-    /// chain link with a search of it: nothing is scanned but the JSON of the checkpoints'
-    /// references and the recursive query's own queue.
+    /// chain link with a search of it: nothing is scanned but the JSON list of the values the
+    /// checkpoints refer to and the recursive query's own queue.
     #[test]
     fn reclaiming_searches_the_primary_key() {
         let conn = migrated();
         fill_chains(&conn);
-        let p = plan(&conn, RECLAIM_SQL, &[&"t1", &""]);
+        let named = r#"[["c","00000050"],["c","00000099"]]"#;
+        let p = plan(&conn, RECLAIM_SQL, &[&"t1", &"", &named]);
         let joined = p.join(" | ");
         for expected in [
-            "SEARCH checkpoint_blobs USING COVERING INDEX sqlite_autoindex_checkpoint_blobs_1 \
-             (thread_id=? AND checkpoint_ns=?)",
-            "SEARCH c USING INDEX sqlite_autoindex_checkpoints_1 (thread_id=? AND checkpoint_ns=?)",
-            "SEARCH b USING INDEX sqlite_autoindex_checkpoint_blobs_1 \
+            "SEARCH checkpoint_blobs USING PRIMARY KEY (thread_id=? AND checkpoint_ns=?)",
+            "SEARCH b USING PRIMARY KEY \
              (thread_id=? AND checkpoint_ns=? AND channel=? AND version=?)",
         ] {
             assert!(
@@ -463,7 +462,7 @@ mod append_values {
         assert!(
             p.iter()
                 .filter(|d| d.starts_with("SCAN"))
-                .all(|d| d == "SCAN live" || d.starts_with("SCAN j VIRTUAL TABLE")),
+                .all(|d| d == "SCAN live" || d.starts_with("SCAN k VIRTUAL TABLE")),
             "the query scans a table: {joined}"
         );
     }
@@ -500,7 +499,10 @@ mod append_values {
             )
             .expect("insert");
         }
-        assert_eq!(crate::schema::migrate(&mut conn).expect("migrate"), vec![2]);
+        assert_eq!(
+            crate::schema::migrate(&mut conn).expect("migrate"),
+            vec![2, 3]
+        );
         let bases: Vec<(String, Option<String>)> = conn
             .prepare("SELECT version, base_version FROM checkpoint_blobs ORDER BY version")
             .expect("prepare")
@@ -516,6 +518,251 @@ mod append_values {
                 ("c".into(), None),
                 ("d".into(), None),
             ]
+        );
+    }
+}
+
+mod upgrade {
+    use std::collections::BTreeMap;
+
+    use cairn_checkpoint::{
+        ChannelVersion, Checkpoint, CheckpointConfig, CheckpointMetadata, CheckpointSaver,
+        CheckpointSource, CheckpointTuple, ListQuery, PruneStrategy, ValueCodec,
+    };
+    use rusqlite::Connection;
+
+    use crate::SqliteSaver;
+
+    /// Two namespaces, append chains, whole values, integer versions, run ids and pending
+    /// writes (a special channel's too).
+    async fn write_history(saver: &SqliteSaver) {
+        let codec = ValueCodec::default();
+        for (ns, run) in [("", "run-a"), ("sub", "run-b")] {
+            let mut parent = CheckpointConfig::thread("t");
+            parent.checkpoint_ns = ns.into();
+            let mut cp = Checkpoint::new();
+            for step in 0..6i64 {
+                let mut next = cp.successor();
+                let base = next.channel_versions.get("messages").cloned();
+                let v = saver.get_next_version(base.as_ref());
+                let value = match &base {
+                    Some(base) if step % 4 != 0 => codec
+                        .encode_append(base, [&format!("m{step}")])
+                        .expect("append"),
+                    _ => codec
+                        .encode(&(0..=step).map(|i| format!("m{i}")).collect::<Vec<_>>())
+                        .expect("whole"),
+                };
+                next.channel_values.insert("messages".into(), value);
+                next.channel_versions.insert("messages".into(), v.clone());
+                let count = ChannelVersion::Int(step + 1);
+                next.channel_values
+                    .insert("count".into(), codec.encode(&step).expect("count"));
+                next.channel_versions.insert("count".into(), count.clone());
+                next.versions_seen
+                    .insert("node".into(), [("count".to_owned(), count.clone())].into());
+                next.updated_channels = Some(vec!["messages".into(), "count".into()]);
+                let run = if step < 3 {
+                    format!("{run}-1")
+                } else {
+                    format!("{run}-2")
+                };
+                let meta = CheckpointMetadata::new(CheckpointSource::Loop, step)
+                    .with_run_id(run)
+                    .with("user", "ada");
+                if parent.checkpoint_id.is_some() {
+                    saver
+                        .put_writes(
+                            &parent,
+                            vec![
+                                ("count".into(), codec.encode(&step).expect("w")),
+                                ("__error__".into(), codec.encode("boom").expect("w")),
+                            ],
+                            "task",
+                            "path",
+                        )
+                        .await
+                        .expect("put_writes");
+                }
+                parent = saver
+                    .put(
+                        &parent,
+                        next.clone(),
+                        meta,
+                        [("messages".into(), v), ("count".into(), count)].into(),
+                    )
+                    .await
+                    .expect("put");
+                next.channel_values.clear();
+                cp = next;
+            }
+        }
+    }
+
+    async fn everything(saver: &SqliteSaver) -> Vec<CheckpointTuple> {
+        saver.list(&ListQuery::default()).await.expect("list")
+    }
+
+    /// A checkpoint row: thread, ns, id, parent, header, metadata, run id.
+    type OldRow = (
+        String,
+        String,
+        String,
+        Option<String>,
+        Vec<u8>,
+        String,
+        Option<String>,
+    );
+
+    /// Copies the database at `from` into a new schema-2 database at `to`, the way Cairn
+    /// before schema 3 stored it: tables with rowids, headers as named MessagePack maps with
+    /// the id, and `blob_refs`.
+    fn write_schema_2_copy(from: &std::path::Path, to: &std::path::Path) {
+        let mut old = Connection::open(to).expect("open");
+        let tx = old.transaction().expect("tx");
+        tx.execute_batch(
+            "CREATE TABLE cairn_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL,
+                                            applied_at TEXT NOT NULL)",
+        )
+        .expect("migrations table");
+        for (version, name, sql) in crate::schema::migrations_up_to(2) {
+            tx.execute_batch(sql).expect("old schema");
+            tx.execute(
+                "INSERT INTO cairn_migrations VALUES (?1, ?2, 'then')",
+                rusqlite::params![version, name],
+            )
+            .expect("record");
+        }
+        tx.execute_batch("PRAGMA user_version = 2")
+            .expect("user_version");
+        tx.execute("ATTACH DATABASE ?1 AS new", [from.to_str().expect("path")])
+            .expect("attach");
+        tx.execute_batch(
+            "INSERT INTO checkpoint_blobs (thread_id, checkpoint_ns, channel, version, type_tag,
+                                           data, base_version)
+             SELECT thread_id, checkpoint_ns, channel, version, type_tag, data, base_version
+             FROM new.checkpoint_blobs;
+             INSERT INTO checkpoint_writes SELECT * FROM new.checkpoint_writes;",
+        )
+        .expect("copy values and writes");
+        let rows: Vec<OldRow> = tx
+            .prepare(
+                "SELECT thread_id, checkpoint_ns, checkpoint_id, parent_checkpoint_id, header,
+                        metadata, run_id FROM new.checkpoints",
+            )
+            .expect("prepare")
+            .query_map([], |r| {
+                Ok((
+                    r.get(0)?,
+                    r.get(1)?,
+                    r.get(2)?,
+                    r.get(3)?,
+                    r.get(4)?,
+                    r.get(5)?,
+                    r.get(6)?,
+                ))
+            })
+            .expect("query")
+            .collect::<rusqlite::Result<_>>()
+            .expect("rows");
+        assert!(!rows.is_empty());
+        for (thread, ns, id, parent, header, metadata, run_id) in rows {
+            let checkpoint = crate::header::decode(&header, &id).expect("header");
+            let named = rmp_serde::to_vec_named(&checkpoint).expect("named header");
+            let refs: BTreeMap<&String, String> = checkpoint
+                .channel_versions
+                .iter()
+                .map(|(c, v)| (c, v.to_storage_string()))
+                .collect();
+            tx.execute(
+                "INSERT INTO checkpoints VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                rusqlite::params![
+                    thread,
+                    ns,
+                    id,
+                    parent,
+                    named,
+                    metadata,
+                    run_id,
+                    serde_json::to_string(&refs).expect("refs")
+                ],
+            )
+            .expect("insert checkpoint");
+        }
+        tx.commit().expect("commit");
+        old.execute("DETACH DATABASE new", []).expect("detach");
+    }
+
+    /// A schema-2 database upgrades in place on open: every checkpoint, value, append chain
+    /// and pending write reads back as before, and pruning and deleting runs still keep
+    /// exactly what the remaining checkpoints need.
+    #[tokio::test]
+    async fn a_schema_2_database_upgrades_in_place_with_its_data_intact() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (new_path, old_path) = (dir.path().join("new.db"), dir.path().join("old.db"));
+        let saver = SqliteSaver::open(&new_path).expect("open");
+        write_history(&saver).await;
+        let expected = everything(&saver).await;
+        assert_eq!(expected.len(), 12);
+        drop(saver);
+        write_schema_2_copy(&new_path, &old_path);
+
+        let upgraded = SqliteSaver::open(&old_path).expect("open schema 2");
+        assert_eq!(upgraded.schema_version().await.expect("version"), 3);
+        assert_eq!(everything(&upgraded).await, expected);
+        let latest = upgraded
+            .get_tuple(&CheckpointConfig::thread("t"))
+            .await
+            .expect("get")
+            .expect("latest");
+        let root_latest = expected
+            .iter()
+            .find(|t| t.config.checkpoint_ns.is_empty())
+            .expect("a root checkpoint");
+        assert_eq!(&latest, root_latest);
+        let conn = Connection::open(&old_path).expect("open");
+        let (rowid_tables, autoindexes): (i64, i64) = conn
+            .query_row(
+                "SELECT SUM(name LIKE 'checkpoint%' AND type = 'table'
+                            AND sql NOT LIKE '%WITHOUT ROWID%'),
+                        SUM(name LIKE 'sqlite_autoindex_checkpoint%')
+                 FROM sqlite_schema",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .expect("schema");
+        assert_eq!((rowid_tables, autoindexes), (0, 0));
+
+        // Deleting a run reclaims only values no remaining checkpoint (or chain) needs.
+        upgraded
+            .delete_for_runs(&["run-a-2".into()])
+            .await
+            .expect("delete run");
+        let kept: Vec<_> = expected
+            .iter()
+            .filter(|t| t.metadata.run_id.as_deref() != Some("run-a-2"))
+            .cloned()
+            .collect();
+        assert_eq!(everything(&upgraded).await, kept);
+        upgraded
+            .prune(&["t".into()], PruneStrategy::KeepLatest)
+            .await
+            .expect("prune");
+        let left = everything(&upgraded).await;
+        assert_eq!(left.len(), 2, "the latest of each namespace");
+        for tuple in left {
+            let before = kept
+                .iter()
+                .find(|t| t.config == tuple.config)
+                .expect("a kept checkpoint");
+            assert_eq!(tuple.checkpoint, before.checkpoint);
+        }
+        let values: i64 = conn
+            .query_row("SELECT COUNT(*) FROM checkpoint_blobs", [], |r| r.get(0))
+            .expect("count");
+        assert_eq!(
+            values, 4,
+            "two channels of each namespace's latest checkpoint"
         );
     }
 }
