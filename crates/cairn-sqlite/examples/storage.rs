@@ -190,7 +190,11 @@ async fn main() -> Result<()> {
                 r.get::<_, String>(0)?,
                 r.get::<_, i64>(1)?,
                 r.get::<_, i64>(2)?,
-                (r.get::<_, i64>(3)?, r.get::<_, i64>(4)?, r.get::<_, i64>(5)?),
+                (
+                    r.get::<_, i64>(3)?,
+                    r.get::<_, i64>(4)?,
+                    r.get::<_, i64>(5)?,
+                ),
             ))
         })
         .map_err(sql_err)?
@@ -251,7 +255,10 @@ fn wal_pages_by_btree(db: &std::path::Path, wal: &std::path::Path, commits: u64)
         *counts.entry(name).or_default() += 1;
     }
     for (name, n) in counts {
-        println!("    {name:38} {:.2} pages per commit", n as f64 / commits as f64);
+        println!(
+            "    {name:38} {:.2} pages per commit",
+            n as f64 / commits as f64
+        );
     }
     Ok(())
 }

@@ -31,12 +31,19 @@
 //! ## Schema, and why
 //!
 //! Four tables (see `schema.rs`; `cairn_migrations` records which migrations ran, so later
-//! schema changes apply once, in order, inside a transaction):
+//! schema changes apply once, in order, inside a transaction). The three data tables are
+//! `WITHOUT ROWID` tables (schema 3): each is stored as its primary key b-tree, with no
+//! second b-tree for the key, so keys (with their 49-character version strings) are stored
+//! once and a commit writes fewer pages.
 //!
 //! * `checkpoints` — one row per checkpoint, primary key `(thread_id, checkpoint_ns,
-//!   checkpoint_id)`. It holds the checkpoint *header* (everything except the channel values,
-//!   MessagePack, so `Int(1)` versions come back as `Int(1)`), the metadata as JSON text (so
-//!   list filters run in SQL with `json_extract`), the parent id, and the run id.
+//!   checkpoint_id)`. It holds the checkpoint *header* (the checkpoint without its id and
+//!   channel values: a MessagePack array `[v, ts, channel_versions, versions_seen,
+//!   updated_channels]`, so `Int(1)` versions come back as `Int(1)`; headers written before
+//!   schema 3 are named maps with the id and read as before), the metadata as JSON text (so
+//!   list filters run in SQL with `json_extract`), the parent id, and the run id (indexed
+//!   for `delete_for_runs`). A second index, `(thread_id, checkpoint_id)`, lists a thread
+//!   across its namespaces newest first without sorting it.
 //!   "Latest checkpoint of a thread" is `ORDER BY checkpoint_id DESC LIMIT 1` on the primary
 //!   key: one index seek, as cheap on a thread with 100 000 checkpoints as on one with 10.
 //! * `checkpoint_blobs` — channel values, stored **once per `(thread, ns, channel,
@@ -74,8 +81,11 @@
 //! already holds.
 //!
 //! Deletions keep what chains need: reclaiming unreferenced values (after `delete_for_runs`
-//! and `prune`) follows `base_version` from the values the remaining checkpoints name, in a
-//! recursive query, one primary-key search per link. `prune` with `KeepLatest` first
+//! and `prune`) reads the channel versions from the headers of the remaining checkpoints of
+//! each affected thread and namespace (MessagePack, so decoded here, not in SQL; these are
+//! rare operations), then follows `base_version` from those values in a recursive query, one
+//! primary-key search per link. A header that cannot be decoded stops the deletion with an
+//! error rather than risk deleting values it refers to. `prune` with `KeepLatest` first
 //! rewrites the kept checkpoint's append values as whole values, in the same transaction, so
 //! none of the older links stays. `copy_thread` copies values and bases as stored.
 //!

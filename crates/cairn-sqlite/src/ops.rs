@@ -318,12 +318,15 @@ pub(crate) fn keep_latest(conn: &Connection, thread_id: &str) -> Result<()> {
     Ok(())
 }
 
+/// The threads and namespaces holding checkpoints of a JSON array of run ids. `run_id IS NOT
+/// NULL` lets SQLite use the partial index on `run_id`.
+pub(crate) const RUNS_AFFECTED_SQL: &str =
+    "SELECT DISTINCT thread_id, checkpoint_ns FROM checkpoints
+     WHERE run_id IS NOT NULL AND run_id IN (SELECT value FROM json_each(?1))";
+
 pub(crate) fn delete_for_runs(conn: &Connection, run_ids_json: &str) -> Result<()> {
     let affected: Vec<(String, String)> = conn
-        .prepare_cached(
-            "SELECT DISTINCT thread_id, checkpoint_ns FROM checkpoints
-             WHERE run_id IS NOT NULL AND run_id IN (SELECT value FROM json_each(?1))",
-        )
+        .prepare_cached(RUNS_AFFECTED_SQL)
         .and_then(|mut s| {
             s.query_map([run_ids_json], |r| Ok((r.get(0)?, r.get(1)?)))?
                 .collect::<rusqlite::Result<Vec<_>>>()

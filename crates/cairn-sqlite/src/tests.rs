@@ -157,6 +157,34 @@ fn listing_a_whole_thread_streams_newest_first() {
     );
 }
 
+#[test]
+fn finding_the_checkpoints_of_runs_searches_the_run_id_index() {
+    let conn = migrated();
+    fill(&conn);
+    conn.execute(
+        "UPDATE checkpoints SET run_id = 'run-' || (CAST(checkpoint_id AS INTEGER) / 3)",
+        [],
+    )
+    .expect("run ids");
+    conn.execute_batch("ANALYZE").expect("analyze");
+    let p = plan(
+        &conn,
+        crate::ops::RUNS_AFFECTED_SQL,
+        &[&r#"["run-1","run-7"]"#],
+    );
+    let joined = p.join(" | ");
+    assert!(
+        joined.contains("SEARCH checkpoints USING COVERING INDEX checkpoints_run_id (run_id=?)"),
+        "{joined}"
+    );
+    assert!(
+        p.iter()
+            .filter(|d| d.starts_with("SCAN"))
+            .all(|d| d.contains("VIRTUAL TABLE")),
+        "{joined}"
+    );
+}
+
 mod writer_failures {
     use std::sync::Arc;
 
