@@ -225,7 +225,7 @@ pub(crate) struct Inner<S: State> {
     durability: Durability,
     /// The last state each thread's run ended with, by the checkpoint that saved it, so the
     /// next invoke of the thread skips decoding it.
-    states: StateCache<S>,
+    pub(crate) states: StateCache<S>,
 }
 
 /// Most threads whose last state [`StateCache`] keeps.
@@ -259,6 +259,14 @@ impl<S: State> StateCache<S> {
             return None;
         }
         map.remove(&key).map(|(_, state)| state)
+    }
+
+    /// The cached state of `(thread, ns)` and the checkpoint id it was saved in, left in
+    /// the cache.
+    pub(crate) fn peek(&self, thread: &str, ns: &str) -> Option<(String, Arc<S>)> {
+        self.lock()
+            .get(&(thread.to_owned(), ns.to_owned()))
+            .map(|(id, state)| (id.clone(), Arc::clone(state)))
     }
 
     /// The checkpoint id whose state is cached for `(thread, ns)`.

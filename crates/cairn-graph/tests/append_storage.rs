@@ -239,6 +239,27 @@ async fn growing_lists_are_stored_as_appends(sqlite: bool) {
          {half_bytes} then {all_bytes}"
     );
 
+    // The head read through the state the run left in memory equals the head read back
+    // from storage by a graph that has no such state.
+    let cached = s
+        .app
+        .get_state(RunConfig::thread("t"))
+        .await
+        .expect("state")
+        .expect("head");
+    let from_storage = s
+        .saver
+        .get_tuple(&CheckpointConfig::thread("t"))
+        .await
+        .expect("read")
+        .expect("head");
+    let stored: Vec<Msg> = ValueCodec::default()
+        .decode(&from_storage.checkpoint.channel_values["messages"])
+        .expect("decode");
+    assert_eq!(cached.values.messages, stored);
+    assert_eq!(cached.config, from_storage.config);
+    assert!(cached.next.is_empty());
+
     // Every checkpoint reads back whole.
     let snapshots = history(&s.app, "t").await;
     assert_eq!(snapshots.len(), 3 * texts.len());
