@@ -24,7 +24,7 @@
 //! start key's channel prefix), so it reads only keys of the Cluster slot named by `KEYS`.
 //! The price is server time per link: each link is one `GET` inside the script, about
 //! 2.5 µs on Redis 7 (an 800-link chain: about 2 ms of server time, 4 ms for the whole
-//! `get_tuple`; see the `append_read` example). A runtime between steps avoids it with
+//! `get_tuple`; see the `redis_append_read` example). A runtime between steps avoids it with
 //! `get_tuple_known`, which reads neither the values it holds nor their chains.
 //!
 //! # Expiry of values and chain links

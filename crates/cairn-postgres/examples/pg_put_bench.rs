@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! BENCH_PG_URL=postgres://postgres@127.0.0.1:5432/bench \
-//!     cargo run --release -p cairn-postgres --example put_bench [steps]
+//!     cargo run --release -p cairn-postgres --example pg_put_bench [steps]
 //! ```
 //!
 //! `BENCH_VERIFY=1` checks connections before reuse. Add

@@ -1,7 +1,7 @@
 //! Reading a long chat stored as append values versus whole values, on Redis.
 //!
 //! ```text
-//! cargo run --release -p cairn-redis --example append_read [steps] [redis url]
+//! cargo run --release -p cairn-redis --example redis_append_read [steps] [redis url]
 //! ```
 //!
 //! Builds one thread of `steps` checkpoints (default 800), each adding one 200-character

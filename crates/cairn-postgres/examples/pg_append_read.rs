@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! BENCH_PG_URL=postgres://postgres@127.0.0.1:5432/bench \
-//!     cargo run --release -p cairn-postgres --example append_read_bench [steps]
+//!     cargo run --release -p cairn-postgres --example pg_append_read [steps]
 //! ```
 //!
 //! Each thread gets `steps` checkpoints (default 600), one 200-character message each. The

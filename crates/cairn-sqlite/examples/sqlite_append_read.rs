@@ -1,7 +1,7 @@
 //! Reading a long chat stored as append values versus whole values, on a SQLite file.
 //!
 //! ```text
-//! cargo run --release -p cairn-sqlite --example append_read [steps]
+//! cargo run --release -p cairn-sqlite --example sqlite_append_read [steps]
 //! ```
 //!
 //! Builds one thread of `steps` checkpoints (default 800), each adding one 200-character

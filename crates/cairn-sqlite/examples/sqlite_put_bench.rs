@@ -1,7 +1,7 @@
 //! A micro-benchmark of the SQLite saver's write path, without the graph runtime.
 //!
 //! ```text
-//! cargo run --release -p cairn-sqlite --example put_bench [steps]
+//! cargo run --release -p cairn-sqlite --example sqlite_put_bench [steps]
 //! ```
 //!
 //! * W2-like loop: `put_writes` + `put` per step on one thread, one channel changed.
