@@ -126,7 +126,9 @@ fsync_probe() { # the disk's durable 4 KiB appends per second, as docs/BENCHMARK
 {
     echo "started_utc: $(date -u +%FT%TZ)"
     if commit=$(git -C "$root" rev-parse HEAD 2>/dev/null); then
-        git -C "$root" diff --quiet HEAD -- crates Cargo.lock || commit+=" (crates/ differ from it in the work tree)"
+        # The run's own outputs (results/ is tracked) do not count as a difference.
+        git -C "$root" diff --quiet HEAD -- crates Cargo.lock ':(exclude)crates/cairn-bench/results' \
+            || commit+=" (crates/ differ from it in the work tree)"
     else
         commit="unknown: $root is not a git checkout"
     fi
