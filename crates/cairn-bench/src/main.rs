@@ -30,6 +30,13 @@ use clap::Parser;
 use serde_json::{json, Map, Value};
 
 use backend::{Backend, Durability, Env, SaverKind};
+
+/// mimalloc serves the many small allocations of decoding states much faster than the system
+/// allocator (feature `mimalloc`, on by default; see docs/BENCHMARKS.md).
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use workloads::{Sizes, FULL, QUICK, WARMUP};
 
 /// Errors of the benchmark binary.
@@ -294,6 +301,14 @@ async fn run(args: Args) -> Result<bool, BoxError> {
     meta.insert(
         "argv".into(),
         json!(std::env::args().skip(1).collect::<Vec<_>>()),
+    );
+    meta.insert(
+        "allocator".into(),
+        json!(if cfg!(feature = "mimalloc") {
+            "mimalloc"
+        } else {
+            "system"
+        }),
     );
     meta.insert(
         "implementation".into(),

@@ -5,6 +5,12 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
+/// mimalloc serves the many small allocations of decoding states much faster than the system
+/// allocator (feature `mimalloc`, on by default; see docs/BENCHMARKS.md).
+#[cfg(feature = "mimalloc")]
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = cairn_cli::cli::Cli::parse();
     let json = cli.json;
