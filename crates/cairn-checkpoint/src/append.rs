@@ -497,11 +497,6 @@ impl AppendChains {
         }
     }
 
-    /// Whether nothing was recorded.
-    pub fn is_empty(&self) -> bool {
-        self.channels.values().all(|c| c.stored.is_empty())
-    }
-
     /// The whole value of `channel` at `version`, whose stored value is `head`. `head` is
     /// returned as it is when it is not an append value. Errors name what is missing; callers
     /// add the location ([`resolve_tuple`](Self::resolve_tuple) does).
@@ -550,19 +545,30 @@ impl AppendChains {
         let mut live = HashSet::new();
         for (channel, version) in heads {
             let stored = self.channels.get(channel).map(|c| &c.stored);
-            let mut key = (channel.to_owned(), version.to_owned());
-            loop {
-                if !live.insert(key.clone()) {
-                    break;
-                }
-                let Some(Ok(Some(base))) = stored.and_then(|s| s.get(&key.1)).map(append_base)
-                else {
-                    break;
-                };
-                key = (key.0, base);
-            }
+            mark_chain_live(&mut live, channel, version, |v| {
+                stored.and_then(|s| s.get(v))
+            });
         }
         live
+    }
+}
+
+/// Adds to `live` the key `(channel, version)` and the keys of every stored value the chain
+/// starting there passes through, found with `lookup` (version storage string → stored
+/// value). Stops at a key already in `live`, so marking many heads of one history walks each
+/// link once. A saver reclaiming values keeps the marked ones.
+pub fn mark_chain_live<'a>(
+    live: &mut HashSet<(String, String)>,
+    channel: &str,
+    version: &str,
+    lookup: impl Fn(&str) -> Option<&'a TypedValue>,
+) {
+    let mut key = (channel.to_owned(), version.to_owned());
+    while live.insert(key.clone()) {
+        let Some(Ok(Some(base))) = lookup(&key.1).map(append_base) else {
+            break;
+        };
+        key.1 = base;
     }
 }
 

@@ -51,8 +51,8 @@ mod version;
 pub mod conformance;
 
 pub use append::{
-    append_base, append_diff, append_heads, chain_fetch_bound, has_append_values, AppendChains,
-    AppendValue, TAG_APPEND,
+    append_base, append_diff, append_heads, chain_fetch_bound, has_append_values, mark_chain_live,
+    AppendChains, AppendValue, TAG_APPEND,
 };
 pub use checkpoint::{
     now_rfc3339, special_write_index, write_index, Checkpoint, CheckpointConfig,

@@ -5,7 +5,7 @@ use std::sync::RwLock;
 
 use async_trait::async_trait;
 
-use crate::append::{append_base, append_heads, has_append_values, AppendChains, TAG_APPEND};
+use crate::append::{append_heads, has_append_values, mark_chain_live, AppendChains, TAG_APPEND};
 use crate::checkpoint::{
     write_index, Checkpoint, CheckpointConfig, CheckpointMetadata, CheckpointTuple, ListQuery,
     PendingWrite,
@@ -253,13 +253,12 @@ fn reclaim_unreferenced_blobs(ns: &mut Namespace) {
     let mut referenced: HashSet<(String, String)> = HashSet::new();
     for stored in ns.checkpoints.values() {
         for (channel, version) in &stored.checkpoint.channel_versions {
-            let mut key = (channel.clone(), version.to_storage_string());
-            while referenced.insert(key.clone()) {
-                let Some(Ok(Some(base))) = ns.blobs.get(&key).map(append_base) else {
-                    break;
-                };
-                key.1 = base;
-            }
+            mark_chain_live(
+                &mut referenced,
+                channel,
+                &version.to_storage_string(),
+                |v| ns.blobs.get(&(channel.clone(), v.to_owned())),
+            );
         }
     }
     ns.blobs.retain(|key, _| referenced.contains(key));
