@@ -5,8 +5,8 @@ use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Mutex, OnceLock};
 
 use cairn_checkpoint::{
-    CheckpointConfig, CheckpointMetadata, CheckpointSaver, CheckpointSource, KnownValues,
-    PendingWrite, TypedValue, ValueCodec, ERROR, INTERRUPT, RESUME,
+    CheckpointConfig, CheckpointMetadata, CheckpointSaver, CheckpointSource, PendingWrite,
+    TypedValue, ValueCodec, ERROR, INTERRUPT, RESUME,
 };
 use futures::future::BoxFuture;
 use futures::{FutureExt, Stream};
@@ -267,13 +267,6 @@ impl<S: State> StateCache<S> {
         self.lock()
             .get(&(thread.to_owned(), ns.to_owned()))
             .map(|(id, state)| (id.clone(), Arc::clone(state)))
-    }
-
-    /// The checkpoint id whose state is cached for `(thread, ns)`.
-    fn peek_id(&self, thread: &str, ns: &str) -> Option<String> {
-        self.lock()
-            .get(&(thread.to_owned(), ns.to_owned()))
-            .map(|(id, _)| id.clone())
     }
 
     fn put(&self, thread: &str, ns: &str, id: String, state: Arc<S>) {
@@ -705,21 +698,14 @@ impl<S: State> CompiledGraph<S> {
         let tuple = match saver {
             Some(saver) => {
                 // The state a previous run left in memory need not be read back.
-                let cached_id = self.inner.states.peek_id(&thread_id, &config.checkpoint_ns);
-                let tuple = match &cached_id {
-                    Some(id) => {
-                        let fields: Vec<&str> = spec.channel_names[..spec.n_fields]
-                            .iter()
-                            .map(String::as_str)
-                            .collect();
-                        let known = KnownValues {
-                            checkpoint_id: id,
-                            channels: &fields,
-                        };
-                        saver.get_tuple_known(&cp_config, known).await?
-                    }
-                    None => saver.get_tuple(&cp_config).await?,
-                };
+                let cached_id = self
+                    .inner
+                    .states
+                    .peek(&thread_id, &config.checkpoint_ns)
+                    .map(|(id, _)| id);
+                let tuple = self
+                    .read_tuple(saver, &cp_config, cached_id.as_deref())
+                    .await?;
                 if tuple.is_none() && config.checkpoint_id.is_some() {
                     return Err(GraphError::CheckpointNotFound {
                         thread_id,

@@ -119,6 +119,29 @@ impl<S: State> CompiledGraph<S> {
             .ok_or(GraphError::NoCheckpointer { operation })
     }
 
+    /// The checkpoint `config` names; when `cached_id` is the id of a checkpoint whose state
+    /// this graph holds in memory, the saver may leave that checkpoint's field values out.
+    pub(crate) async fn read_tuple(
+        &self,
+        saver: &dyn CheckpointSaver,
+        config: &CheckpointConfig,
+        cached_id: Option<&str>,
+    ) -> Result<Option<CheckpointTuple>> {
+        let Some(cached_id) = cached_id else {
+            return Ok(saver.get_tuple(config).await?);
+        };
+        let spec = &self.inner.spec;
+        let fields: Vec<&str> = spec.channel_names[..spec.n_fields]
+            .iter()
+            .map(String::as_str)
+            .collect();
+        let known = KnownValues {
+            checkpoint_id: cached_id,
+            channels: &fields,
+        };
+        Ok(saver.get_tuple_known(config, known).await?)
+    }
+
     /// `latest`: the thread's head read without a checkpoint id, whose `next` leaves out
     /// tasks that already finished (as LangGraph's `get_state` does).
     pub(crate) fn snapshot(
@@ -240,16 +263,10 @@ impl<S: State> CompiledGraph<S> {
                 None => Ok(None),
             };
         };
-        let spec = &self.inner.spec;
-        let fields: Vec<&str> = spec.channel_names[..spec.n_fields]
-            .iter()
-            .map(String::as_str)
-            .collect();
-        let known = KnownValues {
-            checkpoint_id: &cached_id,
-            channels: &fields,
-        };
-        match saver.get_tuple_known(&cp_config, known).await? {
+        match self
+            .read_tuple(saver.as_ref(), &cp_config, Some(&cached_id))
+            .await?
+        {
             Some(tuple) if tuple.checkpoint.id == cached_id => {
                 self.snapshot_with(tuple, latest, Some(state)).map(Some)
             }
