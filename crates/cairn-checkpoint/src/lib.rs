@@ -62,7 +62,10 @@ pub use checkpoint::{
 pub use error::{DataLocation, Error, Result};
 pub use id::new_checkpoint_id;
 pub use memory::{InMemorySaver, MemoryStats};
-pub use saver::{CheckpointSaver, KnownValues, LatestCheckpoint, PruneStrategy, ThreadSummary};
+pub use saver::{
+    CheckpointSaver, KnownValues, LatestCheckpoint, PruneStrategy, PutRequest, TaskWrites,
+    ThreadSummary,
+};
 pub use value::{
     Format, TypedValue, ValueCodec, DEFAULT_MAX_VALUE_BYTES, TAG_BYTES, TAG_EMPTY, TAG_JSON,
     TAG_MSGPACK,

@@ -81,6 +81,45 @@ pub(crate) fn is_later(current: (&str, &str), candidate: (&str, &str)) -> bool {
     rank(candidate) > rank(current)
 }
 
+/// The writes one task made in a step, stored as pending writes of the checkpoint the step
+/// ran from (see [`CheckpointSaver::put_writes`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct TaskWrites {
+    /// The task's id.
+    pub task_id: String,
+    /// The task's path (orders writes of different tasks).
+    pub task_path: String,
+    /// `(channel, value)` pairs, in the order the task made them.
+    pub writes: Vec<(String, TypedValue)>,
+}
+
+/// One checkpoint for [`CheckpointSaver::put_batch`]: the pending writes of the step's tasks,
+/// stored against `config`'s checkpoint, then `checkpoint` as that checkpoint's child.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PutRequest {
+    /// The parent checkpoint (thread, namespace and id), as for [`CheckpointSaver::put`].
+    pub config: CheckpointConfig,
+    /// Writes of the tasks that produced `checkpoint`, stored against `config` first.
+    pub writes: Vec<TaskWrites>,
+    /// The checkpoint to store.
+    pub checkpoint: Checkpoint,
+    /// Its metadata.
+    pub metadata: CheckpointMetadata,
+    /// The channels whose values it stores, as for [`CheckpointSaver::put`].
+    pub new_versions: ChannelVersions,
+}
+
+impl PutRequest {
+    /// The config naming the checkpoint this request stores.
+    pub fn stored_config(&self) -> CheckpointConfig {
+        CheckpointConfig {
+            thread_id: self.config.thread_id.clone(),
+            checkpoint_ns: self.config.checkpoint_ns.clone(),
+            checkpoint_id: Some(self.checkpoint.id.clone()),
+        }
+    }
+}
+
 /// Checkpoints per page when the default [`CheckpointSaver::list_threads`] walks `list`.
 const LIST_THREADS_PAGE: usize = 256;
 
@@ -194,6 +233,59 @@ pub trait CheckpointSaver: Send + Sync {
     ) -> Result<CheckpointConfig> {
         self.put_writes(config, writes, task_id, task_path).await?;
         self.put(config, checkpoint, metadata, new_versions).await
+    }
+
+    /// Stores `requests` in order, each as [`put_writes`](Self::put_writes) for every entry
+    /// of its `writes` followed by [`put`](Self::put) would (with the same errors), and
+    /// returns the configs naming the stored checkpoints, in order. A request may name a
+    /// checkpoint stored by an earlier request of the same batch as its parent.
+    ///
+    /// Cairn's runtime calls it from the background in its asynchronous durability mode, with
+    /// every checkpoint that queued up while the previous batch was being stored, so that one
+    /// commit serves many checkpoints; the run does not wait for it before its next step.
+    ///
+    /// The default implementation stores the requests one by one (a request with exactly one
+    /// task's writes through [`put_writes_and_put`](Self::put_writes_and_put)); on an error
+    /// the requests before the failing one are stored and none after it. Backends override it
+    /// to store the whole batch in one transaction: after an error nothing of it is stored.
+    /// Like its parts it is idempotent, so it can be retried.
+    async fn put_batch(&self, requests: Vec<PutRequest>) -> Result<Vec<CheckpointConfig>> {
+        let mut stored = Vec::with_capacity(requests.len());
+        for request in requests {
+            let PutRequest {
+                config,
+                mut writes,
+                checkpoint,
+                metadata,
+                new_versions,
+            } = request;
+            let saved = if writes.len() == 1 {
+                let TaskWrites {
+                    task_id,
+                    task_path,
+                    writes,
+                } = writes.remove(0);
+                self.put_writes_and_put(
+                    &config,
+                    writes,
+                    &task_id,
+                    &task_path,
+                    checkpoint,
+                    metadata,
+                    new_versions,
+                )
+                .await?
+            } else {
+                for w in writes {
+                    self.put_writes(&config, w.writes, &w.task_id, &w.task_path)
+                        .await?;
+                }
+                self.put(&config, checkpoint, metadata, new_versions)
+                    .await?
+            };
+            stored.push(saved);
+        }
+        Ok(stored)
     }
 
     /// Deletes every checkpoint, value and write of `thread_id`, in every namespace.

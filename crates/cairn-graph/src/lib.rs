@@ -188,6 +188,7 @@ mod config;
 mod error;
 mod graph;
 mod options;
+mod persist;
 mod runtime;
 mod snapshot;
 mod state;

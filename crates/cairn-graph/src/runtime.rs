@@ -19,6 +19,7 @@ use crate::config::RunConfig;
 use crate::error::{GraphError, Result};
 use crate::graph::{StateGraph, START};
 use crate::options::Durability;
+use crate::persist::Persister;
 use crate::state::State;
 
 /// The task id of writes made by no task (a caller's [`Command`]), as in LangGraph.
@@ -352,116 +353,6 @@ struct Unsaved {
     source: CheckpointSource,
 }
 
-/// Checkpoint writing for one run, per durability mode.
-struct Persister<'a> {
-    saver: &'a Arc<dyn CheckpointSaver>,
-    mode: Durability,
-    /// The put still in flight (async mode).
-    inflight: Option<tokio::task::JoinHandle<cairn_checkpoint::Result<CheckpointConfig>>>,
-}
-
-impl Persister<'_> {
-    /// Saves a checkpoint as a child of `parent`; returns its config (in async mode possibly
-    /// before it is stored: [`settle`](Self::settle) waits for it).
-    async fn put(
-        &mut self,
-        parent: &CheckpointConfig,
-        cp: cairn_checkpoint::Checkpoint,
-        meta: CheckpointMetadata,
-        new_versions: cairn_checkpoint::ChannelVersions,
-    ) -> Result<CheckpointConfig> {
-        self.settle().await?;
-        if self.mode != Durability::Async {
-            return Ok(self.saver.put(parent, cp, meta, new_versions).await?);
-        }
-        let config = CheckpointConfig {
-            thread_id: parent.thread_id.clone(),
-            checkpoint_ns: parent.checkpoint_ns.clone(),
-            checkpoint_id: Some(cp.id.clone()),
-        };
-        let saver = Arc::clone(self.saver);
-        let parent = parent.clone();
-        let mut fut = Box::pin(async move { saver.put(&parent, cp, meta, new_versions).await });
-        // Savers that finish without waiting (in memory) cost no spawned task.
-        match futures::poll!(fut.as_mut()) {
-            std::task::Poll::Ready(r) => {
-                r?;
-            }
-            std::task::Poll::Pending => self.inflight = Some(tokio::spawn(fut)),
-        }
-        Ok(config)
-    }
-
-    /// Saves `writes` of `task` against `parent` and a checkpoint as its child, in one saver
-    /// call ([`CheckpointSaver::put_writes_and_put`]), like [`put`](Self::put) otherwise.
-    #[allow(clippy::too_many_arguments)]
-    async fn put_with_writes(
-        &mut self,
-        parent: &CheckpointConfig,
-        writes: Vec<(String, TypedValue)>,
-        task_id: &str,
-        task_path: &str,
-        cp: cairn_checkpoint::Checkpoint,
-        meta: CheckpointMetadata,
-        new_versions: cairn_checkpoint::ChannelVersions,
-    ) -> Result<CheckpointConfig> {
-        self.settle().await?;
-        if self.mode != Durability::Async {
-            return Ok(self
-                .saver
-                .put_writes_and_put(parent, writes, task_id, task_path, cp, meta, new_versions)
-                .await?);
-        }
-        let config = CheckpointConfig {
-            thread_id: parent.thread_id.clone(),
-            checkpoint_ns: parent.checkpoint_ns.clone(),
-            checkpoint_id: Some(cp.id.clone()),
-        };
-        let saver = Arc::clone(self.saver);
-        let parent = parent.clone();
-        let (task_id, task_path) = (task_id.to_owned(), task_path.to_owned());
-        let mut fut = Box::pin(async move {
-            saver
-                .put_writes_and_put(
-                    &parent,
-                    writes,
-                    &task_id,
-                    &task_path,
-                    cp,
-                    meta,
-                    new_versions,
-                )
-                .await
-        });
-        match futures::poll!(fut.as_mut()) {
-            std::task::Poll::Ready(r) => {
-                r?;
-            }
-            std::task::Poll::Pending => self.inflight = Some(tokio::spawn(fut)),
-        }
-        Ok(config)
-    }
-
-    /// Waits for the put in flight, if any.
-    async fn settle(&mut self) -> Result<()> {
-        if let Some(handle) = self.inflight.take() {
-            match handle.await {
-                Ok(r) => {
-                    r?;
-                }
-                Err(e) => {
-                    return Err(GraphError::Checkpoint(cairn_checkpoint::Error::backend(
-                        "graph runtime",
-                        "saving a checkpoint in the background",
-                        e,
-                    )))
-                }
-            }
-        }
-        Ok(())
-    }
-}
-
 impl<S: State> CompiledGraph<S> {
     pub(crate) fn build(
         graph: &StateGraph<S>,
@@ -669,11 +560,7 @@ impl<S: State> CompiledGraph<S> {
             None => crate::channels::Versioner::Int,
         };
         let durability = config.durability.unwrap_or(self.inner.durability);
-        let mut persister = saver_arc.map(|saver| Persister {
-            saver,
-            mode: durability,
-            inflight: None,
-        });
+        let mut persister = saver_arc.map(|saver| Persister::new(saver, durability));
         let exit_mode = saver.is_some() && durability == Durability::Exit;
         let run_id = config
             .run_id
@@ -976,7 +863,9 @@ impl<S: State> CompiledGraph<S> {
                     }
                 } else if let (Some(p), Some(target)) = (&mut persister, &writes_config) {
                     // Writes held back to go with the checkpoint: the step is not applied, so
-                    // they are pending writes of the checkpoint it ran from.
+                    // they are pending writes of the checkpoint it ran from, which must be
+                    // stored first.
+                    p.settle().await?;
                     for (i, w) in to_save {
                         p.saver
                             .put_writes(target, w, &tasks[i].id, &tasks[i].path)
@@ -1039,24 +928,24 @@ impl<S: State> CompiledGraph<S> {
                     meta.source = Some(CheckpointSource::Loop);
                     meta.step = Some(step);
                     let saved = match (&writes_config, to_save.len()) {
-                        (Some(target), 1) if target == parent => {
-                            // A lone task: its writes and the step's checkpoint in one call
-                            // (one transaction where the saver can).
-                            let (i, w) = to_save.swap_remove(0);
-                            p.put_with_writes(
-                                target,
-                                w,
-                                &tasks[i].id,
-                                &tasks[i].path,
-                                cp,
-                                meta,
-                                new_versions,
-                            )
-                            .await?
+                        (Some(target), n) if n > 0 && target == parent => {
+                            // The tasks' writes and the step's checkpoint in one call (one
+                            // transaction where the saver can).
+                            let writes = to_save
+                                .into_iter()
+                                .map(|(i, writes)| cairn_checkpoint::TaskWrites {
+                                    task_id: tasks[i].id.clone(),
+                                    task_path: tasks[i].path.clone(),
+                                    writes,
+                                })
+                                .collect();
+                            p.put_with_writes(target, writes, cp, meta, new_versions)
+                                .await?
                         }
                         (Some(target), n) if n > 0 => {
-                            // Both requests are issued before either is awaited, writes
-                            // first; each keeps its own error.
+                            // Writes of a checkpoint older than the parent (steps without
+                            // checkpoints ran since): both requests are issued before either
+                            // is awaited, writes first; each keeps its own error.
                             let saver = p.saver;
                             let writes = async {
                                 for (i, w) in to_save {

@@ -142,8 +142,8 @@ use tokio::sync::{mpsc, oneshot};
 
 use cairn_checkpoint::{
     append_base, ChannelVersions, Checkpoint, CheckpointConfig, CheckpointMetadata,
-    CheckpointSaver, CheckpointTuple, Error, KnownValues, ListQuery, PruneStrategy, Result,
-    ThreadSummary, TypedValue,
+    CheckpointSaver, CheckpointTuple, Error, KnownValues, ListQuery, PruneStrategy, PutRequest,
+    Result, ThreadSummary, TypedValue,
 };
 
 pub use options::{SqliteOptions, Synchronous};
@@ -519,7 +519,8 @@ impl SqliteSaver {
         }
     }
 
-    /// Queues a change for the writer thread and waits until it is committed.
+    /// Commits a change, on the calling thread when the writer is idle and the synchronous
+    /// level allows it, else through the writer thread; waits until it is committed.
     async fn write<F>(&self, op: F) -> Result<()>
     where
         F: FnOnce(&Connection) -> Result<()> + Send + 'static,
@@ -540,6 +541,11 @@ impl SqliteSaver {
                 Err(back) => op = back,
             }
         }
+        self.write_queued(op).await
+    }
+
+    /// Queues a change for the writer thread and waits until it is committed.
+    async fn write_queued(&self, op: writer::WriteOp) -> Result<()> {
         let (reply, rx) = oneshot::channel();
         self.inner
             .writer
@@ -715,6 +721,49 @@ impl CheckpointSaver for SqliteSaver {
             }
             ops::put(conn, &row)
         })
+        .await?;
+        Ok(stored)
+    }
+
+    /// The whole batch in one write request: one savepoint of one transaction, so stored
+    /// together or not at all, with one commit (shared with other callers' requests by group
+    /// commit). The request always goes to the writer thread, never committing on the calling
+    /// thread: a runtime calls this in the background while its run goes on, and the writer
+    /// thread commits while the run computes its next steps.
+    async fn put_batch(&self, requests: Vec<PutRequest>) -> Result<Vec<CheckpointConfig>> {
+        let mut rows = Vec::with_capacity(requests.len());
+        let mut stored = Vec::with_capacity(requests.len());
+        for request in requests {
+            let mut writes = Vec::with_capacity(request.writes.len());
+            for w in request.writes {
+                writes.extend(writes_row(
+                    &request.config,
+                    w.writes,
+                    &w.task_id,
+                    &w.task_path,
+                )?);
+            }
+            let (row, config) = put_row(
+                &request.config,
+                request.checkpoint,
+                &request.metadata,
+                request.new_versions,
+            )?;
+            rows.push((writes, row));
+            stored.push(config);
+        }
+        if rows.is_empty() {
+            return Ok(stored);
+        }
+        self.write_queued(Box::new(move |conn| {
+            for (writes, row) in &rows {
+                for w in writes {
+                    ops::put_writes(conn, w)?;
+                }
+                ops::put(conn, row)?;
+            }
+            Ok(())
+        }))
         .await?;
         Ok(stored)
     }

@@ -1,0 +1,207 @@
+//! Checkpoint writing for one run, per durability mode.
+//!
+//! In [`Durability::Async`] mode a run never waits for its checkpoints while it has work to do:
+//! each checkpoint joins a queue, and one background flusher per run hands everything queued
+//! to [`CheckpointSaver::put_batch`] in order, taking what queued up meanwhile as the next
+//! batch. A saver that stores a batch in one transaction then commits once for all the steps
+//! that ran while the previous commit was under way, so the commit rate stops bounding the
+//! step rate. Order is kept by construction: one flusher, batches in queue order, and a
+//! batch's requests stored in order.
+
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use cairn_checkpoint::{
+    ChannelVersions, Checkpoint, CheckpointConfig, CheckpointMetadata, CheckpointSaver, PutRequest,
+    TaskWrites,
+};
+
+use crate::error::{GraphError, Result};
+use crate::options::Durability;
+
+/// Checkpoints a run may have queued and unsaved before its next step waits for the queue to
+/// drain: bounds memory and what a crash can lose when steps outrun the saver.
+pub(crate) const MAX_QUEUED: usize = 64;
+
+/// What the run and its flusher share.
+#[derive(Default)]
+struct Queue {
+    /// Checkpoints not yet handed to the saver, oldest first.
+    requests: Vec<PutRequest>,
+    /// Whether a flusher is running (it clears this when it finds the queue empty).
+    flushing: bool,
+    /// The first error a batch failed with; nothing is stored after it.
+    failed: Option<cairn_checkpoint::Error>,
+}
+
+/// Checkpoint writing for one run.
+pub(crate) struct Persister<'a> {
+    pub(crate) saver: &'a Arc<dyn CheckpointSaver>,
+    mode: Durability,
+    queue: Arc<Mutex<Queue>>,
+    /// The flusher task, when it did not finish on its first poll.
+    flusher: Option<tokio::task::JoinHandle<()>>,
+}
+
+fn lock(queue: &Mutex<Queue>) -> MutexGuard<'_, Queue> {
+    // The flusher holds the lock only to move requests and flags, never across a panic point
+    // that could leave them inconsistent.
+    queue.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+impl<'a> Persister<'a> {
+    pub(crate) fn new(saver: &'a Arc<dyn CheckpointSaver>, mode: Durability) -> Self {
+        Persister {
+            saver,
+            mode,
+            queue: Arc::default(),
+            flusher: None,
+        }
+    }
+
+    /// Saves a checkpoint as a child of `parent`; returns its config (in async mode before it
+    /// is stored: [`settle`](Self::settle) waits for it).
+    pub(crate) async fn put(
+        &mut self,
+        parent: &CheckpointConfig,
+        cp: Checkpoint,
+        meta: CheckpointMetadata,
+        new_versions: ChannelVersions,
+    ) -> Result<CheckpointConfig> {
+        self.put_with_writes(parent, Vec::new(), cp, meta, new_versions)
+            .await
+    }
+
+    /// Saves the writes of a step's tasks against `parent` and the step's checkpoint as its
+    /// child, in one saver call (one transaction where the saver can).
+    pub(crate) async fn put_with_writes(
+        &mut self,
+        parent: &CheckpointConfig,
+        writes: Vec<TaskWrites>,
+        cp: Checkpoint,
+        meta: CheckpointMetadata,
+        new_versions: ChannelVersions,
+    ) -> Result<CheckpointConfig> {
+        let request = PutRequest {
+            config: parent.clone(),
+            writes,
+            checkpoint: cp,
+            metadata: meta,
+            new_versions,
+        };
+        if self.mode != Durability::Async {
+            return Ok(self.put_now(request).await?);
+        }
+        let stored = request.stored_config();
+        let start = {
+            let mut queue = lock(&self.queue);
+            if let Some(e) = queue.failed.take() {
+                return Err(e.into());
+            }
+            queue.requests.push(request);
+            let start = !queue.flushing;
+            queue.flushing = true;
+            start
+        };
+        if start {
+            // A flusher that finished left `flushing` false; its handle is done.
+            self.flusher = None;
+            let mut flush = Box::pin(flush(Arc::clone(&self.queue), Arc::clone(self.saver)));
+            // Savers that finish without waiting (in memory) cost no spawned task.
+            if futures::poll!(flush.as_mut()).is_pending() {
+                self.flusher = Some(tokio::spawn(flush));
+            }
+        } else if lock(&self.queue).requests.len() >= MAX_QUEUED {
+            self.settle().await?;
+        }
+        Ok(stored)
+    }
+
+    /// Stores one request and waits for it, through the narrowest saver call that does it.
+    async fn put_now(&self, request: PutRequest) -> cairn_checkpoint::Result<CheckpointConfig> {
+        let PutRequest {
+            config,
+            mut writes,
+            checkpoint,
+            metadata,
+            new_versions,
+        } = request;
+        match writes.len() {
+            0 => {
+                self.saver
+                    .put(&config, checkpoint, metadata, new_versions)
+                    .await
+            }
+            1 => {
+                let w = writes.remove(0);
+                self.saver
+                    .put_writes_and_put(
+                        &config,
+                        w.writes,
+                        &w.task_id,
+                        &w.task_path,
+                        checkpoint,
+                        metadata,
+                        new_versions,
+                    )
+                    .await
+            }
+            _ => {
+                let request = PutRequest {
+                    config,
+                    writes,
+                    checkpoint,
+                    metadata,
+                    new_versions,
+                };
+                let stored = request.stored_config();
+                self.saver.put_batch(vec![request]).await?;
+                Ok(stored)
+            }
+        }
+    }
+
+    /// Waits until every queued checkpoint is stored; the first error of any batch.
+    pub(crate) async fn settle(&mut self) -> Result<()> {
+        if let Some(handle) = self.flusher.take() {
+            if let Err(e) = handle.await {
+                let mut queue = lock(&self.queue);
+                queue.flushing = false;
+                queue.requests.clear();
+                return Err(GraphError::Checkpoint(cairn_checkpoint::Error::backend(
+                    "graph runtime",
+                    "saving checkpoints in the background",
+                    e,
+                )));
+            }
+        }
+        match lock(&self.queue).failed.take() {
+            Some(e) => Err(e.into()),
+            None => Ok(()),
+        }
+    }
+}
+
+/// Hands the queue to the saver batch by batch until it is empty or a batch fails.
+async fn flush(queue: Arc<Mutex<Queue>>, saver: Arc<dyn CheckpointSaver>) {
+    loop {
+        let batch = {
+            let mut q = lock(&queue);
+            if q.requests.is_empty() {
+                q.flushing = false;
+                return;
+            }
+            std::mem::take(&mut q.requests)
+        };
+        let count = batch.len();
+        if let Err(e) = saver.put_batch(batch).await {
+            tracing::warn!(error = %e, checkpoints = count, "saving checkpoints failed");
+            let mut q = lock(&queue);
+            // Later checkpoints descend from the lost ones: storing them would leave a
+            // thread whose history has a hole.
+            q.requests.clear();
+            q.failed = Some(e);
+            q.flushing = false;
+            return;
+        }
+    }
+}
