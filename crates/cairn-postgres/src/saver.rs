@@ -8,8 +8,8 @@ use async_trait::async_trait;
 use cairn_checkpoint::{
     append_base, chain_fetch_bound, write_index, ChannelVersion, ChannelVersions, Checkpoint,
     CheckpointConfig, CheckpointMetadata, CheckpointSaver, CheckpointTuple, DataLocation, Error,
-    KnownValues, LatestCheckpoint, ListQuery, PendingWrite, PruneStrategy, Result, ThreadSummary,
-    TypedValue,
+    KnownValues, LatestCheckpoint, ListQuery, PendingWrite, PruneStrategy, PutRequest, Result,
+    ThreadSummary, TypedValue,
 };
 use deadpool_postgres::{ClientWrapper, Pool};
 use tokio_postgres::types::{ToSql, Type};
@@ -221,6 +221,60 @@ impl PostgresSaver {
                 Err(e) => return Err(pg_error(context, e)),
             }
         }
+    }
+
+    /// Runs `statements` in one transaction, sent together; the whole transaction is sent
+    /// again when the server aborts it as a deadlock victim or a serialization failure.
+    async fn run_batch(
+        &self,
+        mut client: deadpool_postgres::Object,
+        statements: &[(&str, &str, Vec<Param<'_>>)],
+    ) -> Result<()> {
+        const ATTEMPTS: u32 = 5;
+        let mut attempt = 1;
+        loop {
+            match self.try_batch(&mut client, statements).await {
+                Ok(()) => return Ok(()),
+                Err((context, e)) if attempt < ATTEMPTS && is_transient_conflict(&e) => {
+                    tracing::warn!(operation = context, attempt, error = %e, "retrying a batch the server aborted");
+                    attempt += 1;
+                }
+                Err((context, e)) => return Err(pg_error(context, e)),
+            }
+        }
+    }
+
+    /// One attempt of [`run_batch`](Self::run_batch); the error names the statement that
+    /// failed. Dropping the transaction on an error rolls it back.
+    async fn try_batch<'s>(
+        &self,
+        client: &mut deadpool_postgres::Object,
+        statements: &'s [(&'s str, &str, Vec<Param<'_>>)],
+    ) -> std::result::Result<(), (&'s str, tokio_postgres::Error)> {
+        let tx = client
+            .transaction()
+            .await
+            .map_err(|e| ("starting a batch transaction", e))?;
+        let txr = &tx;
+        let sent = statements.iter().map(|(context, sql, params)| async move {
+            let tx = txr;
+            let result = if self.prepared {
+                let types: Vec<Type> = params.iter().map(|(_, t)| t.clone()).collect();
+                match tx.prepare_typed_cached(sql, &types).await {
+                    Ok(statement) => {
+                        let values: Vec<&(dyn ToSql + Sync)> =
+                            params.iter().map(|(v, _)| *v).collect();
+                        tx.query(&statement, &values).await
+                    }
+                    Err(e) => Err(e),
+                }
+            } else {
+                tx.query_typed(sql, params).await
+            };
+            result.map_err(|e| (*context, e))
+        });
+        futures::future::try_join_all(sent).await?;
+        tx.commit().await.map_err(|e| ("committing a batch", e))
     }
 
     fn decode_checkpoint_row(row: &Row) -> Result<StoredRow> {
@@ -909,6 +963,115 @@ impl CheckpointSaver for PostgresSaver {
             checkpoint_ns: config.checkpoint_ns.clone(),
             checkpoint_id: Some(checkpoint.id),
         })
+    }
+
+    /// One transaction for the whole batch: its statements are sent together (pipelined on
+    /// one connection) and committed once, so the batch costs one WAL flush on the server and
+    /// about three round trips, however many checkpoints it holds. A request with one task's
+    /// writes is one statement, as in `put_writes_and_put`. Nothing of the batch is stored
+    /// after an error; a batch the server aborted as a deadlock victim or a serialization
+    /// failure is sent again, like single statements.
+    async fn put_batch(&self, requests: Vec<PutRequest>) -> Result<Vec<CheckpointConfig>> {
+        let stored: Vec<CheckpointConfig> =
+            requests.iter().map(PutRequest::stored_config).collect();
+        if requests.is_empty() {
+            return Ok(stored);
+        }
+        let mut encoded = Vec::with_capacity(requests.len());
+        for mut request in requests {
+            let has_writes = request.writes.iter().any(|w| !w.writes.is_empty());
+            if has_writes && request.config.checkpoint_id.is_none() {
+                return Err(no_checkpoint_id());
+            }
+            let (header, metadata, values) =
+                encode_put(&request.config, &mut request.checkpoint, &request.metadata)?;
+            encoded.push((request, header, metadata, values));
+        }
+        let empty = TypedValue::empty();
+        let blobs = encoded
+            .iter()
+            .map(|(r, _, _, values)| blob_columns(&r.new_versions, values, &empty))
+            .collect::<Result<Vec<_>>>()?;
+        let writes = encoded
+            .iter()
+            .map(|(r, ..)| {
+                r.writes
+                    .iter()
+                    .map(|w| write_columns(&w.writes, &w.task_id, &w.task_path))
+                    .collect::<Result<Vec<_>>>()
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let mut statements: Vec<(&str, &str, Vec<Param<'_>>)> = Vec::new();
+        for (((r, header, metadata, _), b), w) in encoded.iter().zip(&blobs).zip(&writes) {
+            let c = &r.config;
+            let checkpoint: [Param<'_>; 5] = [
+                (&c.thread_id, Type::TEXT),
+                (&c.checkpoint_ns, Type::TEXT),
+                (&r.checkpoint.id, Type::TEXT),
+                (&c.checkpoint_id, Type::TEXT),
+                (header, Type::JSONB),
+            ];
+            let values: [Param<'_>; 4] = [
+                (&b.channels, Type::TEXT_ARRAY),
+                (&b.versions, Type::TEXT_ARRAY),
+                (&b.tags, Type::TEXT_ARRAY),
+                (&b.blobs, Type::BYTEA_ARRAY),
+            ];
+            if let ([task], [(idxs, channels, tags, data)]) = (&r.writes[..], &w[..]) {
+                let mut params = Vec::with_capacity(17);
+                params.extend(checkpoint);
+                params.extend(values);
+                params.extend([
+                    (metadata as &(dyn ToSql + Sync), Type::JSONB),
+                    (&task.task_id, Type::TEXT),
+                    (&task.task_path, Type::TEXT),
+                    (idxs, Type::INT8_ARRAY),
+                    (channels, Type::TEXT_ARRAY),
+                    (tags, Type::TEXT_ARRAY),
+                    (data, Type::BYTEA_ARRAY),
+                    (&b.bases, Type::TEXT_ARRAY),
+                ]);
+                statements.push(("put_writes_and_put", &self.sql.put_writes_and_put, params));
+                continue;
+            }
+            for (task, (idxs, channels, tags, data)) in r.writes.iter().zip(w) {
+                if task.writes.is_empty() {
+                    continue;
+                }
+                let params: Vec<Param<'_>> = vec![
+                    (&c.thread_id, Type::TEXT),
+                    (&c.checkpoint_ns, Type::TEXT),
+                    (&c.checkpoint_id, Type::TEXT),
+                    (&task.task_id, Type::TEXT),
+                    (&task.task_path, Type::TEXT),
+                    (idxs, Type::INT8_ARRAY),
+                    (channels, Type::TEXT_ARRAY),
+                    (tags, Type::TEXT_ARRAY),
+                    (data, Type::BYTEA_ARRAY),
+                ];
+                statements.push(("put_writes", &self.sql.put_writes, params));
+            }
+            let mut params = Vec::with_capacity(11);
+            params.extend(checkpoint);
+            params.extend(values);
+            params.extend([
+                (metadata as &(dyn ToSql + Sync), Type::JSONB),
+                (&b.bases, Type::TEXT_ARRAY),
+            ]);
+            statements.push(("put", &self.sql.put, params));
+        }
+        let statements = &statements;
+        if let [(context, sql, params)] = &statements[..] {
+            // One statement is its own transaction: no BEGIN and COMMIT round trips.
+            self.with_client(
+                |client| async move { self.query(&client, context, sql, params).await },
+            )
+            .await?;
+            return Ok(stored);
+        }
+        self.with_client(|client| async move { self.run_batch(client, statements).await })
+            .await?;
+        Ok(stored)
     }
 
     async fn list_threads(&self, after: Option<&str>, limit: usize) -> Result<Vec<ThreadSummary>> {
