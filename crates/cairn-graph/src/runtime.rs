@@ -778,9 +778,15 @@ impl<S: State> CompiledGraph<S> {
                 });
             }
             // A lone task's writes are saved with the step's checkpoint (writes first), so a
-            // saver that commits queued requests together stores both at once.
-            let defer_writes =
-                !exit_mode && saver.is_some() && tasks.len() == 1 && !any_no_checkpoint;
+            // saver that commits queued requests together stores both at once. In async
+            // mode so are the writes of parallel tasks: that mode already accepts losing the
+            // step in flight to a crash, and one call then stores the whole step. In sync
+            // mode each of several tasks saves its writes as it finishes, so a crash in the
+            // middle of the step does not make the finished ones run again.
+            let defer_writes = !exit_mode
+                && saver.is_some()
+                && !any_no_checkpoint
+                && (tasks.len() == 1 || durability == Durability::Async);
             let span = tracing::debug_span!("superstep", step, thread_id = %thread_id, tasks = tasks.len());
             let writes_config = match &unsaved {
                 Some(u) => Some(CheckpointConfig {

@@ -1,0 +1,322 @@
+//! Checkpoint writing in `Durability::Async` mode: checkpoints queue while the saver is busy
+//! and go to it in batches, in order; a failed batch fails the run and nothing after it is
+//! stored. A saver whose first batch waits on a gate the test opens makes the queueing
+//! deterministic (no sleeps).
+
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use cairn_checkpoint::{
+    ChannelVersion, ChannelVersions, Checkpoint, CheckpointConfig, CheckpointMetadata,
+    CheckpointSaver, CheckpointTuple, Error, InMemorySaver, ListQuery, PruneStrategy, PutRequest,
+    TypedValue,
+};
+use cairn_graph::{Durability, HistoryQuery, RunConfig, State, StateGraph, END, START};
+use futures::TryStreamExt;
+use serde::{Deserialize, Serialize};
+use tokio::sync::{Notify, Semaphore};
+
+#[derive(Clone, Default, Debug, PartialEq, Serialize, Deserialize, State)]
+struct Counter {
+    n: i64,
+    #[reducer(append)]
+    seen: Vec<String>,
+}
+
+/// One `put_batch` call as the saver saw it.
+#[derive(Debug, Clone, PartialEq)]
+struct Batch {
+    checkpoints: usize,
+    /// Tasks whose writes came with each checkpoint.
+    tasks: Vec<usize>,
+}
+
+/// An in-memory saver whose first `put_batch` waits until the gate opens, and whose batch
+/// number `fail_at` (0-based) fails.
+struct Gated {
+    inner: InMemorySaver,
+    gate: Semaphore,
+    batches: Mutex<Vec<Batch>>,
+    fail_at: Option<usize>,
+}
+
+impl Gated {
+    fn new(fail_at: Option<usize>) -> Arc<Self> {
+        Arc::new(Gated {
+            inner: InMemorySaver::new(),
+            gate: Semaphore::new(0),
+            batches: Mutex::new(Vec::new()),
+            fail_at,
+        })
+    }
+
+    fn open(&self) {
+        self.gate.add_permits(1);
+    }
+
+    fn batches(&self) -> Vec<Batch> {
+        self.batches.lock().expect("lock").clone()
+    }
+}
+
+#[async_trait]
+impl CheckpointSaver for Gated {
+    async fn put_batch(
+        &self,
+        requests: Vec<PutRequest>,
+    ) -> cairn_checkpoint::Result<Vec<CheckpointConfig>> {
+        let index = {
+            let mut batches = self.batches.lock().expect("lock");
+            batches.push(Batch {
+                checkpoints: requests.len(),
+                tasks: requests.iter().map(|r| r.writes.len()).collect(),
+            });
+            batches.len() - 1
+        };
+        if index == 0 {
+            self.gate.acquire().await.expect("gate open").forget();
+        }
+        if self.fail_at == Some(index) {
+            return Err(Error::Backend {
+                backend: "gated",
+                message: "disk full".into(),
+                source: None,
+            });
+        }
+        self.inner.put_batch(requests).await
+    }
+    async fn get_tuple(
+        &self,
+        c: &CheckpointConfig,
+    ) -> cairn_checkpoint::Result<Option<CheckpointTuple>> {
+        self.inner.get_tuple(c).await
+    }
+    async fn list(&self, q: &ListQuery) -> cairn_checkpoint::Result<Vec<CheckpointTuple>> {
+        self.inner.list(q).await
+    }
+    async fn put(
+        &self,
+        c: &CheckpointConfig,
+        cp: Checkpoint,
+        m: CheckpointMetadata,
+        v: ChannelVersions,
+    ) -> cairn_checkpoint::Result<CheckpointConfig> {
+        self.inner.put(c, cp, m, v).await
+    }
+    async fn put_writes(
+        &self,
+        c: &CheckpointConfig,
+        w: Vec<(String, TypedValue)>,
+        t: &str,
+        p: &str,
+    ) -> cairn_checkpoint::Result<()> {
+        self.inner.put_writes(c, w, t, p).await
+    }
+    async fn delete_thread(&self, t: &str) -> cairn_checkpoint::Result<()> {
+        self.inner.delete_thread(t).await
+    }
+    async fn copy_thread(&self, s: &str, t: &str) -> cairn_checkpoint::Result<()> {
+        self.inner.copy_thread(s, t).await
+    }
+    async fn prune(&self, t: &[String], s: PruneStrategy) -> cairn_checkpoint::Result<()> {
+        self.inner.prune(t, s).await
+    }
+    async fn delete_for_runs(&self, r: &[String]) -> cairn_checkpoint::Result<()> {
+        self.inner.delete_for_runs(r).await
+    }
+    fn get_next_version(&self, c: Option<&ChannelVersion>) -> ChannelVersion {
+        self.inner.get_next_version(c)
+    }
+}
+
+/// `inc` adds one to `n` and its name to `seen` until `n` reaches `last`, then notifies
+/// `reached` (from inside the last step, before its checkpoint is made).
+fn counting_graph(last: i64, reached: Arc<Notify>) -> StateGraph<Counter> {
+    let mut g = StateGraph::<Counter>::new();
+    g.add_sync_node("inc", move |s: &Counter| {
+        if s.n + 1 == last {
+            reached.notify_one();
+        }
+        Ok(CounterUpdate::default()
+            .n(s.n + 1)
+            .seen(vec![format!("inc {}", s.n + 1)]))
+    })
+    .add_edge(START, "inc")
+    .add_conditional_edges(
+        "inc",
+        move |s: &Counter| {
+            if s.n < last {
+                "inc"
+            } else {
+                END
+            }
+        },
+    );
+    g
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn checkpoints_queue_while_the_saver_is_busy_and_are_stored_in_order() {
+    const LAST: i64 = 20;
+    let saver = Gated::new(None);
+    let reached = Arc::new(Notify::new());
+    let app = counting_graph(LAST, Arc::clone(&reached))
+        .compile(saver.clone())
+        .expect("compile");
+    let config = RunConfig::thread("queued").with_durability(Durability::Async);
+    let run = tokio::spawn({
+        let (app, config) = (app.clone(), config.clone());
+        async move { app.invoke(Some(CounterUpdate::default()), config).await }
+    });
+    // The first batch (the input checkpoint) is held; the run goes on meanwhile.
+    reached.notified().await;
+    saver.open();
+    let out = run.await.expect("join").expect("run");
+    assert_eq!(out.n, LAST);
+
+    // Input (step -1), START (step 0), then one checkpoint per step of inc.
+    let checkpoints = LAST as usize + 2;
+    let batches = saver.batches();
+    assert_eq!(batches[0].checkpoints, 1, "the input checkpoint goes alone");
+    assert!(
+        batches[1].checkpoints >= checkpoints - 2,
+        "the steps that ran while the first batch was held go in one batch: {batches:?}"
+    );
+    assert_eq!(
+        batches.iter().map(|b| b.checkpoints).sum::<usize>(),
+        checkpoints,
+        "every checkpoint is handed over once: {batches:?}"
+    );
+    assert!(
+        batches
+            .iter()
+            .skip(1)
+            .flat_map(|b| &b.tasks[1..])
+            .all(|&t| t == 1),
+        "each step's writes travel with its checkpoint: {batches:?}"
+    );
+
+    let history: Vec<_> = app
+        .get_state_history(config.clone(), HistoryQuery::default())
+        .try_collect()
+        .await
+        .expect("history");
+    let steps: Vec<i64> = history
+        .iter()
+        .map(|s| s.metadata.step.expect("step"))
+        .collect();
+    assert_eq!(steps, (-1..=LAST).rev().collect::<Vec<_>>());
+    for pair in history.windows(2) {
+        assert_eq!(
+            pair[0].parent_config.as_ref().map(|p| &p.checkpoint_id),
+            Some(&pair[1].config.checkpoint_id),
+            "each checkpoint's parent is the one before it"
+        );
+    }
+    assert_eq!(history[0].values.n, LAST);
+    assert_eq!(history[0].values.seen.len(), LAST as usize);
+    for snapshot in &history {
+        let step = snapshot.metadata.step.expect("step");
+        assert_eq!(
+            snapshot.values.n,
+            step.max(0),
+            "the state after step {step}"
+        );
+        assert_eq!(snapshot.values.seen.len() as i64, step.max(0));
+    }
+    let state = app
+        .get_state(config)
+        .await
+        .expect("get_state")
+        .expect("a state");
+    assert_eq!(state.values, out);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_batch_fails_the_run_and_nothing_after_it_is_stored() {
+    const LAST: i64 = 10;
+    let saver = Gated::new(Some(1));
+    let reached = Arc::new(Notify::new());
+    let app = counting_graph(LAST, Arc::clone(&reached))
+        .compile(saver.clone())
+        .expect("compile");
+    let config = RunConfig::thread("failing").with_durability(Durability::Async);
+    let run = tokio::spawn({
+        let (app, config) = (app.clone(), config.clone());
+        async move { app.invoke(Some(CounterUpdate::default()), config).await }
+    });
+    reached.notified().await;
+    saver.open();
+    let err = run
+        .await
+        .expect("join")
+        .expect_err("the second batch fails");
+    assert!(err.to_string().contains("disk full"), "{err}");
+
+    let batches = saver.batches();
+    let stored: Vec<_> = app
+        .get_state_history(config, HistoryQuery::default())
+        .try_collect()
+        .await
+        .expect("history");
+    assert_eq!(
+        stored
+            .iter()
+            .map(|s| s.metadata.step.expect("step"))
+            .collect::<Vec<_>>(),
+        [-1],
+        "only the first batch is stored: {batches:?}"
+    );
+    assert!(
+        batches.len() <= 3,
+        "after the failure at most the step that was running hands over its checkpoint \
+         (it is refused): {batches:?}"
+    );
+}
+
+/// In `Sync` mode each task's writes are saved as it finishes (so a crash loses none); in
+/// `Async` mode they go with the step's checkpoint.
+#[tokio::test]
+async fn async_steps_of_parallel_tasks_store_their_writes_with_the_checkpoint_in_one_call() {
+    #[derive(Clone, Default, Debug, PartialEq, Serialize, Deserialize, State)]
+    struct Fan {
+        #[reducer(append)]
+        done: Vec<String>,
+    }
+    {
+        let durability = Durability::Async;
+        let saver = Gated::new(None);
+        saver.open();
+        let mut g = StateGraph::<Fan>::new();
+        for name in ["a", "b", "c"] {
+            g.add_sync_node(name, move |_: &Fan| {
+                Ok(FanUpdate::default().done(vec![name.to_owned()]))
+            })
+            .add_edge(START, name)
+            .add_edge(name, END);
+        }
+        let app = g.compile(saver.clone()).expect("compile");
+        let config = RunConfig::thread("fan").with_durability(durability);
+        let out = app
+            .invoke(Some(FanUpdate::default()), config.clone())
+            .await
+            .expect("run");
+        assert_eq!(out.done.len(), 3);
+        let batches = saver.batches();
+        assert!(
+            batches.iter().any(|b| b.tasks.contains(&3)),
+            "{durability:?}: the three tasks' writes go with the step's checkpoint: {batches:?}"
+        );
+        let history: Vec<_> = app
+            .get_state_history(config, HistoryQuery::default())
+            .try_collect()
+            .await
+            .expect("history");
+        assert_eq!(history.len(), 3, "input, START, the fan-out step");
+        assert_eq!(
+            history[1].tasks.len(),
+            3,
+            "{durability:?}: the step's three tasks"
+        );
+    }
+}
