@@ -121,6 +121,11 @@
 //!   [`StateGraph::add_sync_node_with`]; its possible targets are declared with
 //!   [`NodeOptions::destinations`] (LangGraph reads them from type hints).
 //! * Task errors are stored as the error's `Display` string, not a Python repr.
+//! * Durability `async` batches: LangGraph chains each step's `put` after the previous one
+//!   (one saver call and one commit per checkpoint); Cairn queues checkpoints while the saver
+//!   is busy and hands each queue to `put_batch` at once (one transaction on SQLite and PostgreSQL), and the writes of a step's parallel
+//!   tasks go with its checkpoint instead of one call per task. Both wait for every put before
+//!   `invoke` returns. The queue holds at most 64 checkpoints; see [`Durability`].
 //! * `Command::resume(value)` with several interrupts pending is refused (LangGraph raises
 //!   too); a resume with nothing pending is stored and ignored.
 //! * Durability: `Async` overlaps a checkpoint's `put` with the next step only when the saver
