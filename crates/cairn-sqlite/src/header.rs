@@ -3,25 +3,31 @@
 //!
 //! Written as a MessagePack array `[v, ts, channel_versions, versions_seen,
 //! updated_channels]`: no field names, no id (the row's `checkpoint_id` column holds it), no
-//! empty `channel_values`. MessagePack keeps version types (`Int(1)` stays `Int(1)`).
+//! empty `channel_values`. MessagePack keeps version types (`Int(1)` stays `Int(1)`). A
+//! string version in Cairn's own format (`{counter:032}.{suffix:016x}`, 49 characters) is
+//! stored as the pair `[counter, suffix]` (about 11 bytes; schema 4), any other version as it
+//! is; a header holds one per channel and one per channel each node has seen, so this halves
+//! it. Headers of schema 3 (every version a string) read as before.
 //!
 //! Databases written before schema 3 hold the whole checkpoint as a MessagePack map with
 //! field names (`rmp_serde::to_vec_named`); those headers are read as they are (their
 //! first byte is a map marker, never an array marker), and their `id` must match the row's.
 
 use std::collections::BTreeMap;
+use std::fmt;
 
-use serde::de::IgnoredAny;
-use serde::Deserialize;
+use serde::de::{IgnoredAny, SeqAccess, Visitor};
+use serde::ser::SerializeMap;
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use cairn_checkpoint::{ChannelVersions, Checkpoint};
+use cairn_checkpoint::{ChannelVersion, ChannelVersions, Checkpoint};
 
 /// The stored form of a header, by reference.
 type CompactRef<'a> = (
     u32,
     &'a str,
-    &'a ChannelVersions,
-    &'a BTreeMap<String, ChannelVersions>,
+    VersionsRef<'a>,
+    SeenRef<'a>,
     &'a Option<Vec<String>>,
 );
 
@@ -29,10 +35,98 @@ type CompactRef<'a> = (
 type Compact = (
     u32,
     String,
-    ChannelVersions,
-    BTreeMap<String, ChannelVersions>,
+    StoredVersions,
+    BTreeMap<String, StoredVersions>,
     Option<Vec<String>>,
 );
+
+/// Channel versions as a header stores them (see the module docs).
+struct VersionsRef<'a>(&'a ChannelVersions);
+
+impl Serialize for VersionsRef<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut map = serializer.serialize_map(Some(self.0.len()))?;
+        for (channel, version) in self.0 {
+            match version.compact_parts() {
+                Some(pair) => map.serialize_entry(channel, &pair)?,
+                None => map.serialize_entry(channel, version)?,
+            }
+        }
+        map.end()
+    }
+}
+
+/// `versions_seen` as a header stores it.
+struct SeenRef<'a>(&'a BTreeMap<String, ChannelVersions>);
+
+impl Serialize for SeenRef<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut map = serializer.serialize_map(Some(self.0.len()))?;
+        for (node, versions) in self.0 {
+            map.serialize_entry(node, &VersionsRef(versions))?;
+        }
+        map.end()
+    }
+}
+
+/// Channel versions read from a header, in either stored form.
+struct StoredVersions(ChannelVersions);
+
+impl<'de> Deserialize<'de> for StoredVersions {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let stored: BTreeMap<String, StoredVersion> = BTreeMap::deserialize(deserializer)?;
+        Ok(StoredVersions(
+            stored.into_iter().map(|(c, v)| (c, v.0)).collect(),
+        ))
+    }
+}
+
+/// One version read from a header: an integer, a string, or `[counter, suffix]`.
+struct StoredVersion(ChannelVersion);
+
+impl<'de> Deserialize<'de> for StoredVersion {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = StoredVersion;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a channel version: an integer, a string or [counter, suffix]")
+            }
+            fn visit_i64<E: serde::de::Error>(self, n: i64) -> Result<StoredVersion, E> {
+                Ok(StoredVersion(ChannelVersion::Int(n)))
+            }
+            fn visit_u64<E: serde::de::Error>(self, n: u64) -> Result<StoredVersion, E> {
+                i64::try_from(n)
+                    .map(|n| StoredVersion(ChannelVersion::Int(n)))
+                    .map_err(|_| E::custom(format!("integer version {n} out of range")))
+            }
+            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<StoredVersion, E> {
+                Ok(StoredVersion(ChannelVersion::Str(s.to_owned())))
+            }
+            fn visit_string<E: serde::de::Error>(self, s: String) -> Result<StoredVersion, E> {
+                Ok(StoredVersion(ChannelVersion::Str(s)))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<StoredVersion, A::Error> {
+                use serde::de::Error;
+                let counter: u64 = seq
+                    .next_element()?
+                    .ok_or_else(|| A::Error::invalid_length(0, &self))?;
+                let suffix: u64 = seq
+                    .next_element()?
+                    .ok_or_else(|| A::Error::invalid_length(1, &self))?;
+                if seq.next_element::<IgnoredAny>()?.is_some() {
+                    return Err(A::Error::invalid_length(3, &self));
+                }
+                ChannelVersion::from_compact_parts(counter, suffix)
+                    .map(StoredVersion)
+                    .ok_or_else(|| {
+                        A::Error::custom(format!("version counter {counter} out of range"))
+                    })
+            }
+        }
+        deserializer.deserialize_any(V)
+    }
+}
 
 /// Encodes `checkpoint`'s header. Its `id` and `channel_values` are not stored (the row holds
 /// the id; values are stored apart).
@@ -47,7 +141,13 @@ pub(crate) fn encode(checkpoint: &Checkpoint) -> Result<Vec<u8>, rmp_serde::enco
         versions_seen,
         updated_channels,
     } = checkpoint;
-    let compact: CompactRef<'_> = (*v, ts, channel_versions, versions_seen, updated_channels);
+    let compact: CompactRef<'_> = (
+        *v,
+        ts,
+        VersionsRef(channel_versions),
+        SeenRef(versions_seen),
+        updated_channels,
+    );
     rmp_serde::to_vec(&compact)
 }
 
@@ -72,8 +172,12 @@ pub(crate) fn decode(bytes: &[u8], checkpoint_id: &str) -> Result<Checkpoint, St
         }
         return Ok(checkpoint);
     }
-    let (v, ts, channel_versions, versions_seen, updated_channels): Compact =
+    let (v, ts, StoredVersions(channel_versions), versions_seen, updated_channels): Compact =
         rmp_serde::from_slice(bytes).map_err(what)?;
+    let versions_seen = versions_seen
+        .into_iter()
+        .map(|(node, StoredVersions(v))| (node, v))
+        .collect();
     Ok(Checkpoint {
         v,
         id: checkpoint_id.to_owned(),
@@ -96,10 +200,10 @@ pub(crate) fn channel_versions(bytes: &[u8]) -> Result<ChannelVersions, String> 
         format!("cannot decode the checkpoint header (MessagePack): {e}")
     };
     if is_compact(bytes) {
-        let (_, _, versions, _, _): (
+        let (_, _, StoredVersions(versions), _, _): (
             IgnoredAny,
             IgnoredAny,
-            ChannelVersions,
+            StoredVersions,
             IgnoredAny,
             IgnoredAny,
         ) = rmp_serde::from_slice(bytes).map_err(what)?;
@@ -149,6 +253,59 @@ mod tests {
     }
 
     #[test]
+    fn cairn_string_versions_are_stored_as_pairs_and_others_as_they_are() {
+        let mut cp = sample();
+        let odd = [
+            ChannelVersion::Str("00000000000000000000000000000002.0.4581837367574718".into()),
+            ChannelVersion::Str("7".into()),
+            ChannelVersion::Str("00000000000000000000000000000002.0123456789ABCDEF".into()),
+            ChannelVersion::Int(-3),
+            ChannelVersion::Int(i64::MAX),
+        ];
+        for (i, v) in odd.iter().enumerate() {
+            cp.channel_versions.insert(format!("odd{i}"), v.clone());
+        }
+        let ours = ChannelVersion::first_after(Some(&ChannelVersion::Int(41)));
+        cp.versions_seen
+            .insert("n2".into(), [("b".to_owned(), ours.clone())].into());
+        let bytes = encode(&cp).expect("encode");
+        let back = decode(&bytes, &cp.id).expect("decode");
+        assert_eq!(back, cp, "every version reads back exactly");
+        assert_eq!(
+            channel_versions(&bytes).expect("versions"),
+            cp.channel_versions
+        );
+        let ours_bytes = |v: &ChannelVersion| {
+            let mut one = Checkpoint::new();
+            one.ts = cp.ts.clone();
+            one.channel_versions.insert("c".into(), v.clone());
+            encode(&one).expect("encode").len()
+        };
+        assert!(
+            ours_bytes(&ours) + 30 < ours_bytes(&ChannelVersion::Str(ours.to_string() + "0")),
+            "a version in Cairn's format takes far fewer bytes than a string"
+        );
+    }
+
+    #[test]
+    fn schema_3_headers_with_string_versions_read_as_before() {
+        let cp = sample();
+        let schema_3 = rmp_serde::to_vec(&(
+            cp.v,
+            &cp.ts,
+            &cp.channel_versions,
+            &cp.versions_seen,
+            &cp.updated_channels,
+        ))
+        .expect("encode");
+        assert_eq!(decode(&schema_3, &cp.id).expect("decode"), cp);
+        assert_eq!(
+            channel_versions(&schema_3).expect("versions"),
+            cp.channel_versions
+        );
+    }
+
+    #[test]
     fn headers_written_before_schema_3_read_as_before() {
         let cp = sample();
         let named = rmp_serde::to_vec_named(&cp).expect("named");
@@ -163,7 +320,22 @@ mod tests {
 
     #[test]
     fn corrupt_headers_are_errors_not_panics() {
-        for bytes in [&b""[..], &[0x95, 0x01][..], &[0xc1][..], &[0x81, 0xa1][..]] {
+        // The last one: a version pair whose counter does not fit an i64.
+        let huge = rmp_serde::to_vec(&(
+            4u32,
+            "ts",
+            BTreeMap::from([("c", (u64::MAX, 1u64))]),
+            BTreeMap::<String, ChannelVersions>::new(),
+            None::<Vec<String>>,
+        ))
+        .expect("encode");
+        for bytes in [
+            &b""[..],
+            &[0x95, 0x01][..],
+            &[0xc1][..],
+            &[0x81, 0xa1][..],
+            &huge[..],
+        ] {
             assert!(decode(bytes, "x").is_err(), "{bytes:?}");
             assert!(channel_versions(bytes).is_err(), "{bytes:?}");
         }

@@ -39,8 +39,10 @@
 //! * `checkpoints` — one row per checkpoint, primary key `(thread_id, checkpoint_ns,
 //!   checkpoint_id)`. It holds the checkpoint *header* (the checkpoint without its id and
 //!   channel values: a MessagePack array `[v, ts, channel_versions, versions_seen,
-//!   updated_channels]`, so `Int(1)` versions come back as `Int(1)`; headers written before
-//!   schema 3 are named maps with the id and read as before), the metadata as JSON text (so
+//!   updated_channels]`, so `Int(1)` versions come back as `Int(1)`; since schema 4 a
+//!   version in Cairn's own 49-character format is stored as the pair `[counter, suffix]`,
+//!   about 11 bytes, which halves a header; headers written before schema 3 are named maps
+//!   with the id and read as before, as do schema 3's), the metadata as JSON text (so
 //!   list filters run in SQL with `json_extract`), the parent id, and the run id (indexed
 //!   for `delete_for_runs`). A second index, `(thread_id, checkpoint_id)`, lists a thread
 //!   across its namespaces newest first without sorting it.

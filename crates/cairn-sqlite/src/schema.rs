@@ -152,10 +152,18 @@ DROP TABLE checkpoint_writes;
 ALTER TABLE checkpoint_writes_v3 RENAME TO checkpoint_writes;
 "#,
     },
+    Migration {
+        version: 4,
+        name: "checkpoint headers store Cairn's own versions as [counter, suffix] pairs",
+        // No table changes: headers written from now on may hold version pairs, which a Cairn
+        // that knows only schema 3 could not read, so the version marks the file as newer.
+        // Existing headers stay as they are and read as before.
+        sql: "",
+    },
 ];
 
 /// The schema version this build writes.
-pub const SCHEMA_VERSION: i64 = 3;
+pub const SCHEMA_VERSION: i64 = 4;
 
 /// The SQL of the first migration, for tests of later ones.
 #[cfg(test)]

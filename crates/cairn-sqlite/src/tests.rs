@@ -89,7 +89,7 @@ fn value_and_write_lookups_search_their_primary_keys() {
 #[test]
 fn migrating_twice_applies_nothing_the_second_time() {
     let mut conn = Connection::open_in_memory().expect("open");
-    assert_eq!(migrate(&mut conn).expect("first"), vec![1, 2, 3]);
+    assert_eq!(migrate(&mut conn).expect("first"), vec![1, 2, 3, 4]);
     assert_eq!(migrate(&mut conn).expect("second"), Vec::<i64>::new());
     let v: i64 = conn
         .query_row("PRAGMA user_version", [], |r| r.get(0))
@@ -529,7 +529,7 @@ mod append_values {
         }
         assert_eq!(
             crate::schema::migrate(&mut conn).expect("migrate"),
-            vec![2, 3]
+            vec![2, 3, 4]
         );
         let bases: Vec<(String, Option<String>)> = conn
             .prepare("SELECT version, base_version FROM checkpoint_blobs ORDER BY version")
@@ -736,7 +736,10 @@ mod upgrade {
         write_schema_2_copy(&new_path, &old_path);
 
         let upgraded = SqliteSaver::open(&old_path).expect("open schema 2");
-        assert_eq!(upgraded.schema_version().await.expect("version"), 3);
+        assert_eq!(
+            upgraded.schema_version().await.expect("version"),
+            crate::SCHEMA_VERSION
+        );
         assert_eq!(everything(&upgraded).await, expected);
         let latest = upgraded
             .get_tuple(&CheckpointConfig::thread("t"))
