@@ -125,7 +125,10 @@
 //!   (one saver call and one commit per checkpoint); Cairn queues checkpoints while the saver
 //!   is busy and hands each queue to `put_batch` at once (one transaction on SQLite and PostgreSQL), and the writes of a step's parallel
 //!   tasks go with its checkpoint instead of one call per task. Both wait for every put before
-//!   `invoke` returns. The queue holds at most 64 checkpoints; see [`Durability`].
+//!   `invoke` returns. The queue holds at most 64 checkpoints; see [`Durability`]. In sync
+//!   mode the input checkpoint is stored together with the START step's checkpoint (one
+//!   commit instead of two): the START step runs no node, and both are durable before the
+//!   first node runs.
 //! * `Command::resume(value)` with several interrupts pending is refused (LangGraph raises
 //!   too); a resume with nothing pending is stored and ignored.
 //! * Durability: `Async` overlaps a checkpoint's `put` with the next step only when the saver

@@ -9,7 +9,7 @@ use crate::error::NodeError;
 ///
 /// | mode | checkpoints written | what a SIGKILL loses |
 /// |---|---|---|
-/// | `Sync` | every step, each `put` awaited before the next step starts | nothing saved: at most the running step's unsaved task writes (finished tasks' writes are saved as they finish) |
+/// | `Sync` | every step, each `put` awaited before the next step starts; the input checkpoint is stored in one call with the START step's, before any node runs | nothing saved: at most the running step's unsaved task writes (finished tasks' writes are saved as they finish) |
 /// | `Async` (default) | every step, in the background: each step's checkpoint (with its tasks' writes) joins a queue that one writer per run hands to the saver in order, everything queued while the previous batch was being stored in one [`put_batch`](cairn_checkpoint::CheckpointSaver::put_batch) call (one commit on SQLite and PostgreSQL); the run waits only when 64 checkpoints are queued, and the call returns once all are stored | the checkpoints still queued or in flight (at most 64 steps, usually the last one or two; the run then resumes from the last stored one and the lost steps' tasks run again); a batch that fails fails the run, and nothing after it is stored |
 /// | `Exit` | once, when the run finishes, stops at an interrupt or fails (plus that step's task writes) | everything since the run started (the thread stays at its previous checkpoint) |
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

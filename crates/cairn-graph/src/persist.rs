@@ -40,6 +40,9 @@ pub(crate) struct Persister<'a> {
     queue: Arc<Mutex<Queue>>,
     /// The flusher task, when it did not finish on its first poll.
     flusher: Option<tokio::task::JoinHandle<()>>,
+    /// Sync mode: the input checkpoint, held until the START step's checkpoint so that both
+    /// are stored in one call (see [`put_input`](Self::put_input)).
+    held_input: Option<PutRequest>,
 }
 
 fn lock(queue: &Mutex<Queue>) -> MutexGuard<'_, Queue> {
@@ -55,7 +58,49 @@ impl<'a> Persister<'a> {
             mode,
             queue: Arc::default(),
             flusher: None,
+            held_input: None,
         }
+    }
+
+    /// Saves a run's input checkpoint. In sync mode it is held until the next checkpoint (or
+    /// [`before_nodes`](Self::before_nodes), or [`settle`](Self::settle)) and stored in the
+    /// same saver call, so a turn that starts with the START step costs one durable commit
+    /// less: the START step runs no node, only the input's routing, so nothing happens
+    /// between the two that a crash could make run twice, and both are stored before any
+    /// node runs.
+    pub(crate) async fn put_input(
+        &mut self,
+        parent: &CheckpointConfig,
+        cp: Checkpoint,
+        meta: CheckpointMetadata,
+        new_versions: ChannelVersions,
+    ) -> Result<CheckpointConfig> {
+        if self.mode != Durability::Sync {
+            return self.put(parent, cp, meta, new_versions).await;
+        }
+        self.store_held_input().await?;
+        let request = PutRequest {
+            config: parent.clone(),
+            writes: Vec::new(),
+            checkpoint: cp,
+            metadata: meta,
+            new_versions,
+        };
+        let stored = request.stored_config();
+        self.held_input = Some(request);
+        Ok(stored)
+    }
+
+    /// Called before a step whose tasks run nodes: a held input checkpoint is stored now.
+    pub(crate) async fn before_nodes(&mut self) -> Result<()> {
+        self.store_held_input().await
+    }
+
+    async fn store_held_input(&mut self) -> Result<()> {
+        if let Some(request) = self.held_input.take() {
+            self.put_now(request).await?;
+        }
+        Ok(())
     }
 
     /// Saves a checkpoint as a child of `parent`; returns its config (in async mode before it
@@ -89,6 +134,11 @@ impl<'a> Persister<'a> {
             new_versions,
         };
         if self.mode != Durability::Async {
+            if let Some(input) = self.held_input.take() {
+                let stored = request.stored_config();
+                self.saver.put_batch(vec![input, request]).await?;
+                return Ok(stored);
+            }
             return Ok(self.put_now(request).await?);
         }
         let stored = request.stored_config();
@@ -162,6 +212,7 @@ impl<'a> Persister<'a> {
 
     /// Waits until every queued checkpoint is stored; the first error of any batch.
     pub(crate) async fn settle(&mut self) -> Result<()> {
+        self.store_held_input().await?;
         if let Some(handle) = self.flusher.take() {
             if let Err(e) = handle.await {
                 let mut queue = lock(&self.queue);

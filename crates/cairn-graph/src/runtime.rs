@@ -684,7 +684,7 @@ impl<S: State> CompiledGraph<S> {
                         let mut meta = meta_base.clone();
                         meta.source = Some(CheckpointSource::Input);
                         meta.step = Some(step);
-                        let saved = p.put(parent, cp, meta, new_versions).await?;
+                        let saved = p.put_input(parent, cp, meta, new_versions).await?;
                         debug_checkpoint(&sink, modes, step, &saved).await;
                         current = Some(saved);
                     }
@@ -787,6 +787,11 @@ impl<S: State> CompiledGraph<S> {
                 && saver.is_some()
                 && !any_no_checkpoint
                 && (tasks.len() == 1 || durability == Durability::Async);
+            if let Some(p) = &mut persister {
+                if tasks.iter().any(|t| t.node != 0) {
+                    p.before_nodes().await?;
+                }
+            }
             let span = tracing::debug_span!("superstep", step, thread_id = %thread_id, tasks = tasks.len());
             let writes_config = match &unsaved {
                 Some(u) => Some(CheckpointConfig {

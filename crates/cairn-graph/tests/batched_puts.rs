@@ -1,7 +1,8 @@
-//! Checkpoint writing in `Durability::Async` mode: checkpoints queue while the saver is busy
-//! and go to it in batches, in order; a failed batch fails the run and nothing after it is
-//! stored. A saver whose first batch waits on a gate the test opens makes the queueing
-//! deterministic (no sleeps).
+//! Checkpoints stored together: in `Durability::Async` mode checkpoints queue while the saver
+//! is busy and go to it in batches, in order, and a failed batch fails the run with nothing
+//! after it stored; in `Durability::Sync` mode the input checkpoint goes with the START step's.
+//! A saver whose first batch waits on a gate the test opens makes the queueing deterministic
+//! (no sleeps).
 
 use std::sync::{Arc, Mutex};
 
@@ -319,4 +320,63 @@ async fn async_steps_of_parallel_tasks_store_their_writes_with_the_checkpoint_in
             "{durability:?}: the step's three tasks"
         );
     }
+}
+
+/// In sync mode the input checkpoint and the START step's checkpoint are stored in one call,
+/// before any node runs; every later checkpoint is stored before the next step starts.
+#[tokio::test]
+async fn sync_runs_store_the_input_with_the_start_step_before_any_node_runs() {
+    let saver = Gated::new(None);
+    saver.open();
+    let stored_before_node = Arc::new(Mutex::new(Vec::new()));
+    let mut g = StateGraph::<Counter>::new();
+    {
+        let (saver, seen) = (Arc::clone(&saver), Arc::clone(&stored_before_node));
+        g.add_node("inc", move |s: Arc<Counter>| {
+            let (saver, seen) = (Arc::clone(&saver), Arc::clone(&seen));
+            async move {
+                let stored = saver
+                    .inner
+                    .list(&ListQuery::thread("sync-input"))
+                    .await
+                    .expect("list");
+                seen.lock().expect("lock").push(stored.len());
+                Ok(CounterUpdate::default().n(s.n + 1))
+            }
+        })
+        .add_edge(START, "inc")
+        .add_conditional_edges("inc", |s: &Counter| if s.n < 3 { "inc" } else { END });
+    }
+    let app = g.compile(saver.clone()).expect("compile");
+    let config = RunConfig::thread("sync-input").with_durability(Durability::Sync);
+    let out = app
+        .invoke(Some(CounterUpdate::default()), config.clone())
+        .await
+        .expect("run");
+    assert_eq!(out.n, 3);
+    assert_eq!(
+        saver.batches(),
+        [Batch {
+            checkpoints: 2,
+            tasks: vec![0, 1],
+        }],
+        "one call stores the input checkpoint and the START step's (with its task's writes)"
+    );
+    assert_eq!(
+        *stored_before_node.lock().expect("lock"),
+        [2, 3, 4],
+        "each node runs after every checkpoint before it is stored"
+    );
+    let history: Vec<_> = app
+        .get_state_history(config, HistoryQuery::default())
+        .try_collect()
+        .await
+        .expect("history");
+    assert_eq!(
+        history
+            .iter()
+            .map(|s| s.metadata.step.expect("step"))
+            .collect::<Vec<_>>(),
+        [3, 2, 1, 0, -1]
+    );
 }
