@@ -245,36 +245,64 @@ impl PostgresSaver {
     }
 
     /// One attempt of [`run_batch`](Self::run_batch); the error names the statement that
-    /// failed. Dropping the transaction on an error rolls it back.
+    /// failed.
+    ///
+    /// `BEGIN`, the statements and `COMMIT` go out in one write, so the batch costs one round
+    /// trip (plus one per statement not yet prepared on this connection, done first). Every
+    /// request is sent on the first poll, so the transaction always ends on the server, even
+    /// if this future is dropped: after a failed statement the server answers the others with
+    /// errors and turns `COMMIT` into a rollback, so nothing of the batch is stored and the
+    /// connection goes back to the pool idle.
     async fn try_batch<'s>(
         &self,
         client: &mut deadpool_postgres::Object,
         statements: &'s [(&'s str, &str, Vec<Param<'_>>)],
     ) -> std::result::Result<(), (&'s str, tokio_postgres::Error)> {
-        let tx = client
-            .transaction()
-            .await
-            .map_err(|e| ("starting a batch transaction", e))?;
-        let txr = &tx;
-        let sent = statements.iter().map(|(context, sql, params)| async move {
-            let tx = txr;
-            let result = if self.prepared {
+        let mut prepared = Vec::with_capacity(statements.len());
+        for (context, sql, params) in statements {
+            prepared.push(if self.prepared {
                 let types: Vec<Type> = params.iter().map(|(_, t)| t.clone()).collect();
-                match tx.prepare_typed_cached(sql, &types).await {
-                    Ok(statement) => {
+                let statement = client
+                    .prepare_typed_cached(sql, &types)
+                    .await
+                    .map_err(|e| (*context, e))?;
+                Some(statement)
+            } else {
+                None
+            });
+        }
+        let client: &ClientWrapper = client;
+        let begin = client.batch_execute("BEGIN");
+        let sent = statements.iter().zip(&prepared).map(
+            |((context, sql, params), statement)| async move {
+                let result = match statement {
+                    Some(statement) => {
                         let values: Vec<&(dyn ToSql + Sync)> =
                             params.iter().map(|(v, _)| *v).collect();
-                        tx.query(&statement, &values).await
+                        client.query(statement, &values).await
                     }
-                    Err(e) => Err(e),
-                }
-            } else {
-                tx.query_typed(sql, params).await
+                    None => client.query_typed(sql, params).await,
+                };
+                result.map_err(|e| (*context, e))
+            },
+        );
+        let commit = client.batch_execute("COMMIT");
+        let (begun, stored, committed) =
+            futures::join!(begin, futures::future::join_all(sent), commit);
+        begun.map_err(|e| ("starting a batch transaction", e))?;
+        // After the first failure the server refuses the rest with "current transaction is
+        // aborted": report the failure that caused it.
+        let mut failures = stored.into_iter().filter_map(std::result::Result::err);
+        if let Some(first) = failures.next() {
+            let aborted = |e: &tokio_postgres::Error| {
+                e.code() == Some(&tokio_postgres::error::SqlState::IN_FAILED_SQL_TRANSACTION)
             };
-            result.map_err(|e| (*context, e))
-        });
-        futures::future::try_join_all(sent).await?;
-        tx.commit().await.map_err(|e| ("committing a batch", e))
+            if aborted(&first.1) {
+                return Err(failures.find(|f| !aborted(&f.1)).unwrap_or(first));
+            }
+            return Err(first);
+        }
+        committed.map_err(|e| ("committing a batch", e))
     }
 
     fn decode_checkpoint_row(row: &Row) -> Result<StoredRow> {

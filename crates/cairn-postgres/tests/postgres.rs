@@ -978,3 +978,103 @@ async fn racing_copies_prunes_and_deletes_all_succeed() {
     drop(saver);
     support::drop_schema(&support::url().expect("url"), &schema).await;
 }
+
+/// A batch whose second statement the server refuses stores nothing, not even the first
+/// checkpoint, and every pooled connection stays usable: the pipelined `BEGIN` … `COMMIT`
+/// always ends on the server (as a rollback here), so no connection goes back to the pool
+/// inside an aborted transaction.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_the_server_refuses_midway_stores_nothing() {
+    let Some((saver, schema)) = support::fresh_saver().await else {
+        return;
+    };
+    let url = support::url().expect("url");
+    support::admin_client(&url)
+        .await
+        .batch_execute(&format!(
+            r#"CREATE FUNCTION "{schema}".refuse() RETURNS trigger LANGUAGE plpgsql AS $$
+               BEGIN
+                 IF NEW.checkpoint_id LIKE '%-refused' THEN
+                   RAISE EXCEPTION 'checkpoint refused by the test';
+                 END IF;
+                 RETURN NEW;
+               END $$;
+               CREATE TRIGGER refuse BEFORE INSERT ON "{schema}".checkpoints
+                 FOR EACH ROW EXECUTE FUNCTION "{schema}".refuse();"#
+        ))
+        .await
+        .expect("install the trigger");
+    let thread = CheckpointConfig::thread("refused-batch");
+    let request = |parent: &CheckpointConfig, id: String, step: i64| {
+        let mut cp = Checkpoint::new();
+        cp.id = id;
+        cp.channel_values
+            .insert("count".into(), codec().encode(&step).expect("encode"));
+        cp.channel_versions
+            .insert("count".into(), ChannelVersion::Int(step + 2));
+        cairn_checkpoint::PutRequest {
+            config: parent.clone(),
+            writes: Vec::new(),
+            new_versions: cp.channel_versions.clone(),
+            checkpoint: cp,
+            metadata: CheckpointMetadata::new(CheckpointSource::Loop, step),
+        }
+    };
+    let ids: Vec<String> = (0..3)
+        .map(|_| cairn_checkpoint::new_checkpoint_id())
+        .collect();
+    let at = |id: &str| thread.clone().with_checkpoint_id(id);
+    let refused = format!("{}-refused", ids[1]);
+    let batch = vec![
+        request(&thread, ids[0].clone(), 0),
+        request(&at(&ids[0]), refused.clone(), 1),
+        request(&at(&refused), ids[2].clone(), 2),
+    ];
+    // With prepared statements and without (PgBouncer mode); more batches than pooled
+    // connections: a connection left in an aborted transaction would make a later one fail
+    // with "current transaction is aborted".
+    let unprepared = support::options(&url, &schema)
+        .prepared_statements(false)
+        .connect()
+        .await
+        .expect("connect without prepared statements");
+    for saver in [&saver, &unprepared].into_iter().cycle().take(24) {
+        let err = saver
+            .put_batch(batch.clone())
+            .await
+            .expect_err("the trigger refuses the second checkpoint");
+        assert!(
+            err.to_string().contains("checkpoint refused by the test"),
+            "the error names the server's reason: {err}"
+        );
+        assert!(
+            saver
+                .list(&ListQuery::thread("refused-batch"))
+                .await
+                .expect("list")
+                .is_empty(),
+            "nothing of the batch is stored"
+        );
+    }
+    let good = vec![
+        request(&thread, ids[0].clone(), 0),
+        request(&at(&ids[0]), ids[1].clone(), 1),
+        request(&at(&ids[1]), ids[2].clone(), 2),
+    ];
+    for saver in [&saver, &unprepared].into_iter().cycle().take(24) {
+        saver.put_batch(good.clone()).await.expect("a good batch");
+    }
+    let stored = saver
+        .list(&ListQuery::thread("refused-batch"))
+        .await
+        .expect("list");
+    assert_eq!(
+        stored
+            .iter()
+            .map(|t| t.checkpoint.id.clone())
+            .collect::<Vec<_>>(),
+        [ids[2].clone(), ids[1].clone(), ids[0].clone()]
+    );
+    drop((saver, unprepared));
+    support::drop_schema(&url, &schema).await;
+}
