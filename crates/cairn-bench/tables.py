@@ -34,10 +34,10 @@ def num(x, digits=1):
     return f"{x:,.{digits}f}"
 
 
-def ratio(a, b):
+def ratio(a, b, digits=1):
     if not a or not b:
         return "-"
-    return f"{a / b:.1f}x"
+    return f"{a / b:.{digits}f}x"
 
 
 def side_by_side(peer, cairn):
@@ -131,9 +131,9 @@ def growth(peer_growth, cairn_growth, variant, label):
                 per_turn = num(measure / turn, 0)
             prev = (turn, measure)
             sql = s == "sqlite"
-            print(f"| {s} | {turn} | {num(pb, 0)} | {num(cb, 0)} | {ratio(pb, cb)} "
+            print(f"| {s} | {turn} | {num(pb, 0)} | {num(cb, 0)} | {ratio(pb, cb, 2)} "
                   f"| {num(pages, 0) if sql else ''} | {num(after, 0) if sql else ''} "
-                  f"| {ratio(pages, after) if sql else ''} | {per_turn} |")
+                  f"| {ratio(pages, after, 2) if sql else ''} | {per_turn} |")
 
 
 def time_per_turn(peer_growth, cairn_growth):
