@@ -118,6 +118,44 @@ impl PutRequest {
             checkpoint_id: Some(self.checkpoint.id.clone()),
         }
     }
+
+    /// Stores this request on its own through the narrowest calls that do it:
+    /// [`put`](CheckpointSaver::put) without writes,
+    /// [`put_writes_and_put`](CheckpointSaver::put_writes_and_put) with one task's writes,
+    /// else [`put_writes`](CheckpointSaver::put_writes) per task then `put`.
+    pub async fn store<S: CheckpointSaver + ?Sized>(self, saver: &S) -> Result<CheckpointConfig> {
+        let PutRequest {
+            config,
+            mut writes,
+            checkpoint,
+            metadata,
+            new_versions,
+        } = self;
+        if writes.len() == 1 {
+            let TaskWrites {
+                task_id,
+                task_path,
+                writes,
+            } = writes.remove(0);
+            return saver
+                .put_writes_and_put(
+                    &config,
+                    writes,
+                    &task_id,
+                    &task_path,
+                    checkpoint,
+                    metadata,
+                    new_versions,
+                )
+                .await;
+        }
+        for w in writes {
+            saver
+                .put_writes(&config, w.writes, &w.task_id, &w.task_path)
+                .await?;
+        }
+        saver.put(&config, checkpoint, metadata, new_versions).await
+    }
 }
 
 /// Checkpoints per page when the default [`CheckpointSaver::list_threads`] walks `list`.
@@ -252,38 +290,7 @@ pub trait CheckpointSaver: Send + Sync {
     async fn put_batch(&self, requests: Vec<PutRequest>) -> Result<Vec<CheckpointConfig>> {
         let mut stored = Vec::with_capacity(requests.len());
         for request in requests {
-            let PutRequest {
-                config,
-                mut writes,
-                checkpoint,
-                metadata,
-                new_versions,
-            } = request;
-            let saved = if writes.len() == 1 {
-                let TaskWrites {
-                    task_id,
-                    task_path,
-                    writes,
-                } = writes.remove(0);
-                self.put_writes_and_put(
-                    &config,
-                    writes,
-                    &task_id,
-                    &task_path,
-                    checkpoint,
-                    metadata,
-                    new_versions,
-                )
-                .await?
-            } else {
-                for w in writes {
-                    self.put_writes(&config, w.writes, &w.task_id, &w.task_path)
-                        .await?;
-                }
-                self.put(&config, checkpoint, metadata, new_versions)
-                    .await?
-            };
-            stored.push(saved);
+            stored.push(request.store(self).await?);
         }
         Ok(stored)
     }

@@ -79,13 +79,7 @@ impl<'a> Persister<'a> {
             return self.put(parent, cp, meta, new_versions).await;
         }
         self.store_held_input().await?;
-        let request = PutRequest {
-            config: parent.clone(),
-            writes: Vec::new(),
-            checkpoint: cp,
-            metadata: meta,
-            new_versions,
-        };
+        let request = request(parent, Vec::new(), cp, meta, new_versions);
         let stored = request.stored_config();
         self.held_input = Some(request);
         Ok(stored)
@@ -126,13 +120,7 @@ impl<'a> Persister<'a> {
         meta: CheckpointMetadata,
         new_versions: ChannelVersions,
     ) -> Result<CheckpointConfig> {
-        let request = PutRequest {
-            config: parent.clone(),
-            writes,
-            checkpoint: cp,
-            metadata: meta,
-            new_versions,
-        };
+        let request = request(parent, writes, cp, meta, new_versions);
         if self.mode != Durability::Async {
             if let Some(input) = self.held_input.take() {
                 let stored = request.stored_config();
@@ -166,48 +154,15 @@ impl<'a> Persister<'a> {
         Ok(stored)
     }
 
-    /// Stores one request and waits for it, through the narrowest saver call that does it.
+    /// Stores one request and waits for it: through the narrowest saver call that does it, or
+    /// for several tasks' writes as a batch of one (one transaction where the saver can).
     async fn put_now(&self, request: PutRequest) -> cairn_checkpoint::Result<CheckpointConfig> {
-        let PutRequest {
-            config,
-            mut writes,
-            checkpoint,
-            metadata,
-            new_versions,
-        } = request;
-        match writes.len() {
-            0 => {
-                self.saver
-                    .put(&config, checkpoint, metadata, new_versions)
-                    .await
-            }
-            1 => {
-                let w = writes.remove(0);
-                self.saver
-                    .put_writes_and_put(
-                        &config,
-                        w.writes,
-                        &w.task_id,
-                        &w.task_path,
-                        checkpoint,
-                        metadata,
-                        new_versions,
-                    )
-                    .await
-            }
-            _ => {
-                let request = PutRequest {
-                    config,
-                    writes,
-                    checkpoint,
-                    metadata,
-                    new_versions,
-                };
-                let stored = request.stored_config();
-                self.saver.put_batch(vec![request]).await?;
-                Ok(stored)
-            }
+        if request.writes.len() <= 1 {
+            return request.store(self.saver.as_ref()).await;
         }
+        let stored = request.stored_config();
+        self.saver.put_batch(vec![request]).await?;
+        Ok(stored)
     }
 
     /// Waits until every queued checkpoint is stored; the first error of any batch.
@@ -229,6 +184,22 @@ impl<'a> Persister<'a> {
             Some(e) => Err(e.into()),
             None => Ok(()),
         }
+    }
+}
+
+fn request(
+    parent: &CheckpointConfig,
+    writes: Vec<TaskWrites>,
+    checkpoint: Checkpoint,
+    metadata: CheckpointMetadata,
+    new_versions: ChannelVersions,
+) -> PutRequest {
+    PutRequest {
+        config: parent.clone(),
+        writes,
+        checkpoint,
+        metadata,
+        new_versions,
     }
 }
 

@@ -764,6 +764,17 @@ fn write_columns<'a>(
     ))
 }
 
+/// Write columns as the last four parameters of the write statements.
+fn write_params<'a>(columns: &'a WriteColumns<'_>) -> [Param<'a>; 4] {
+    let (idxs, channels, tags, data) = columns;
+    [
+        (idxs, Type::INT8_ARRAY),
+        (channels, Type::TEXT_ARRAY),
+        (tags, Type::TEXT_ARRAY),
+        (data, Type::BYTEA_ARRAY),
+    ]
+}
+
 #[async_trait]
 impl CheckpointSaver for PostgresSaver {
     async fn get_tuple(&self, config: &CheckpointConfig) -> Result<Option<CheckpointTuple>> {
@@ -1045,7 +1056,7 @@ impl CheckpointSaver for PostgresSaver {
                 (&b.tags, Type::TEXT_ARRAY),
                 (&b.blobs, Type::BYTEA_ARRAY),
             ];
-            if let ([task], [(idxs, channels, tags, data)]) = (&r.writes[..], &w[..]) {
+            if let ([task], [columns]) = (&r.writes[..], &w[..]) {
                 let mut params = Vec::with_capacity(17);
                 params.extend(checkpoint);
                 params.extend(values);
@@ -1053,30 +1064,24 @@ impl CheckpointSaver for PostgresSaver {
                     (metadata as &(dyn ToSql + Sync), Type::JSONB),
                     (&task.task_id, Type::TEXT),
                     (&task.task_path, Type::TEXT),
-                    (idxs, Type::INT8_ARRAY),
-                    (channels, Type::TEXT_ARRAY),
-                    (tags, Type::TEXT_ARRAY),
-                    (data, Type::BYTEA_ARRAY),
-                    (&b.bases, Type::TEXT_ARRAY),
                 ]);
+                params.extend(write_params(columns));
+                params.push((&b.bases, Type::TEXT_ARRAY));
                 statements.push(("put_writes_and_put", &self.sql.put_writes_and_put, params));
                 continue;
             }
-            for (task, (idxs, channels, tags, data)) in r.writes.iter().zip(w) {
+            for (task, columns) in r.writes.iter().zip(w) {
                 if task.writes.is_empty() {
                     continue;
                 }
-                let params: Vec<Param<'_>> = vec![
+                let mut params: Vec<Param<'_>> = vec![
                     (&c.thread_id, Type::TEXT),
                     (&c.checkpoint_ns, Type::TEXT),
                     (&c.checkpoint_id, Type::TEXT),
                     (&task.task_id, Type::TEXT),
                     (&task.task_path, Type::TEXT),
-                    (idxs, Type::INT8_ARRAY),
-                    (channels, Type::TEXT_ARRAY),
-                    (tags, Type::TEXT_ARRAY),
-                    (data, Type::BYTEA_ARRAY),
                 ];
+                params.extend(write_params(columns));
                 statements.push(("put_writes", &self.sql.put_writes, params));
             }
             let mut params = Vec::with_capacity(11);
