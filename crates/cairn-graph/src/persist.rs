@@ -17,6 +17,7 @@ use cairn_checkpoint::{
 
 use crate::error::{GraphError, Result};
 use crate::options::Durability;
+use crate::runtime::ThreadGuard;
 
 /// Checkpoints a run may have queued and unsaved before its next step waits for the queue to
 /// drain: bounds memory and what a crash can lose when steps outrun the saver.
@@ -43,6 +44,10 @@ pub(crate) struct Persister<'a> {
     /// Sync mode: the input checkpoint, held until the START step's checkpoint so that both
     /// are stored in one call (see [`put_input`](Self::put_input)).
     held_input: Option<PutRequest>,
+    /// The run's hold on its thread; each flusher keeps a clone, so that a run dropped
+    /// mid-way (a cancelled `invoke`) keeps its thread busy until its queued checkpoints are
+    /// stored, and the next run on the thread starts from them.
+    thread: Arc<ThreadGuard>,
 }
 
 fn lock(queue: &Mutex<Queue>) -> MutexGuard<'_, Queue> {
@@ -52,13 +57,18 @@ fn lock(queue: &Mutex<Queue>) -> MutexGuard<'_, Queue> {
 }
 
 impl<'a> Persister<'a> {
-    pub(crate) fn new(saver: &'a Arc<dyn CheckpointSaver>, mode: Durability) -> Self {
+    pub(crate) fn new(
+        saver: &'a Arc<dyn CheckpointSaver>,
+        mode: Durability,
+        thread: &Arc<ThreadGuard>,
+    ) -> Self {
         Persister {
             saver,
             mode,
             queue: Arc::default(),
             flusher: None,
             held_input: None,
+            thread: Arc::clone(thread),
         }
     }
 
@@ -143,7 +153,11 @@ impl<'a> Persister<'a> {
         if start {
             // A flusher that finished left `flushing` false; its handle is done.
             self.flusher = None;
-            let mut flush = Box::pin(flush(Arc::clone(&self.queue), Arc::clone(self.saver)));
+            let mut flush = Box::pin(flush(
+                Arc::clone(&self.queue),
+                Arc::clone(self.saver),
+                Arc::clone(&self.thread),
+            ));
             // Savers that finish without waiting (in memory) cost no spawned task.
             if futures::poll!(flush.as_mut()).is_pending() {
                 self.flusher = Some(tokio::spawn(flush));
@@ -203,8 +217,13 @@ fn request(
     }
 }
 
-/// Hands the queue to the saver batch by batch until it is empty or a batch fails.
-async fn flush(queue: Arc<Mutex<Queue>>, saver: Arc<dyn CheckpointSaver>) {
+/// Hands the queue to the saver batch by batch until it is empty or a batch fails; holds the
+/// run's thread (`_thread`) until then.
+async fn flush(
+    queue: Arc<Mutex<Queue>>,
+    saver: Arc<dyn CheckpointSaver>,
+    _thread: Arc<ThreadGuard>,
+) {
     loop {
         let batch = {
             let mut q = lock(&queue);

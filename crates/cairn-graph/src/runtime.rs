@@ -189,8 +189,9 @@ fn running() -> &'static Mutex<HashSet<RunKey>> {
     RUNNING.get_or_init(|| Mutex::new(HashSet::new()))
 }
 
-/// Releases a thread when its run ends, however it ends.
-struct ThreadGuard(Option<RunKey>);
+/// Releases a thread when its run ends, however it ends (and, in async durability, once its
+/// checkpoints are stored).
+pub(crate) struct ThreadGuard(Option<RunKey>);
 
 impl ThreadGuard {
     fn acquire(key: Option<RunKey>) -> Result<Self> {
@@ -550,7 +551,9 @@ impl<S: State> CompiledGraph<S> {
         modes: Modes,
         nested: Option<Nested>,
     ) -> Result<(Arc<S>, Option<Vec<Interrupt>>)> {
-        let _guard = ThreadGuard::acquire(self.thread_key(&config))?;
+        // Shared with the run's checkpoint flusher: a run whose future is dropped mid-way
+        // keeps its thread busy until its queued checkpoints are stored.
+        let guard = Arc::new(ThreadGuard::acquire(self.thread_key(&config))?);
         let spec = &self.inner.spec;
         let saver_arc = self.inner.saver.as_ref();
         let saver = saver_arc.map(|s| s.as_ref());
@@ -560,7 +563,7 @@ impl<S: State> CompiledGraph<S> {
             None => crate::channels::Versioner::Int,
         };
         let durability = config.durability.unwrap_or(self.inner.durability);
-        let mut persister = saver_arc.map(|saver| Persister::new(saver, durability));
+        let mut persister = saver_arc.map(|saver| Persister::new(saver, durability, &guard));
         let exit_mode = saver.is_some() && durability == Durability::Exit;
         let run_id = config
             .run_id

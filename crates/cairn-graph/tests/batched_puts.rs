@@ -12,7 +12,7 @@ use cairn_checkpoint::{
     CheckpointSaver, CheckpointTuple, Error, InMemorySaver, ListQuery, PruneStrategy, PutRequest,
     TypedValue,
 };
-use cairn_graph::{Durability, HistoryQuery, RunConfig, State, StateGraph, END, START};
+use cairn_graph::{Durability, GraphError, HistoryQuery, RunConfig, State, StateGraph, END, START};
 use futures::TryStreamExt;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Notify, Semaphore};
@@ -379,4 +379,92 @@ async fn sync_runs_store_the_input_with_the_start_step_before_any_node_runs() {
             .collect::<Vec<_>>(),
         [3, 2, 1, 0, -1]
     );
+}
+
+/// A run whose `invoke` is dropped mid-way keeps its thread busy until the checkpoints it
+/// queued are stored, so the next run on the thread starts from the last of them instead of
+/// racing the dropped run's writes; the thread's history stays one unbroken chain.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_run_holds_its_thread_until_its_checkpoints_are_stored() {
+    const LAST: i64 = 100;
+    let saver = Gated::new(None);
+    let reached = Arc::new(Notify::new());
+    let mut g = StateGraph::<Counter>::new();
+    {
+        let reached = Arc::clone(&reached);
+        g.add_sync_node("inc", move |s: &Counter| {
+            if s.n + 1 == 10 {
+                reached.notify_one();
+            }
+            Ok(CounterUpdate::default().n(s.n + 1))
+        })
+        .add_edge(START, "inc")
+        .add_conditional_edges("inc", |s: &Counter| if s.n < LAST { "inc" } else { END });
+    }
+    let app = g.compile(saver.clone()).expect("compile");
+    let config = RunConfig::thread("cancelled")
+        .with_durability(Durability::Async)
+        .with_recursion_limit(1_000);
+    let run = tokio::spawn({
+        let (app, config) = (app.clone(), config.clone());
+        async move { app.invoke(Some(CounterUpdate::default()), config).await }
+    });
+    // The first batch is held, so everything the run produces stays queued.
+    reached.notified().await;
+    run.abort();
+    assert!(
+        run.await.is_err_and(|e| e.is_cancelled()),
+        "the run was cancelled"
+    );
+    let busy = app.invoke(None, config.clone()).await;
+    assert!(
+        matches!(&busy, Err(GraphError::ThreadBusy { thread_id }) if thread_id == "cancelled"),
+        "while the dropped run's checkpoints are queued its thread is busy: {busy:?}"
+    );
+
+    saver.open();
+    let mut resumed = None;
+    for _ in 0..100_000 {
+        match app.invoke(None, config.clone()).await {
+            Err(GraphError::ThreadBusy { .. }) => tokio::task::yield_now().await,
+            other => {
+                resumed = Some(other);
+                break;
+            }
+        }
+    }
+    let out = resumed
+        .expect("the thread is released once the queue is stored")
+        .expect("the next run resumes");
+    assert_eq!(out.n, LAST);
+
+    let history: Vec<_> = app
+        .get_state_history(config, HistoryQuery::default())
+        .try_collect()
+        .await
+        .expect("history");
+    let steps: Vec<i64> = history
+        .iter()
+        .map(|s| s.metadata.step.expect("step"))
+        .collect();
+    assert_eq!(steps.len(), history.len());
+    for pair in history.windows(2) {
+        assert_eq!(
+            pair[0].parent_config.as_ref().map(|p| &p.checkpoint_id),
+            Some(&pair[1].config.checkpoint_id),
+            "one chain: {steps:?}"
+        );
+    }
+    let stored = saver
+        .inner
+        .list(&ListQuery::thread("cancelled"))
+        .await
+        .expect("list");
+    assert_eq!(
+        stored.len(),
+        history.len(),
+        "no checkpoint outside the chain (no fork): {steps:?}"
+    );
+    assert_eq!(steps.first(), Some(&LAST));
+    assert_eq!(steps.last(), Some(&-1));
 }
