@@ -287,6 +287,32 @@ pub trait CheckpointSaver: Send + Sync {
     /// the requests before the failing one are stored and none after it. Backends override it
     /// to store the whole batch in one transaction: after an error nothing of it is stored.
     /// Like its parts it is idempotent, so it can be retried.
+    ///
+    /// ```
+    /// use cairn_checkpoint::*;
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+    /// let saver = InMemorySaver::new();
+    /// let thread = CheckpointConfig::thread("t");
+    /// let first = Checkpoint::new();
+    /// let second = first.successor();
+    /// let request = |parent: &CheckpointConfig, cp: &Checkpoint, step| PutRequest {
+    ///     config: parent.clone(),
+    ///     writes: Vec::new(),
+    ///     checkpoint: cp.clone(),
+    ///     metadata: CheckpointMetadata::new(CheckpointSource::Loop, step),
+    ///     new_versions: ChannelVersions::new(),
+    /// };
+    /// // The second names the first, stored earlier in the same batch, as its parent.
+    /// let batch = vec![
+    ///     request(&thread, &first, 0),
+    ///     request(&thread.clone().with_checkpoint_id(&first.id), &second, 1),
+    /// ];
+    /// let stored = saver.put_batch(batch).await?;
+    /// assert_eq!(stored[1].checkpoint_id.as_deref(), Some(second.id.as_str()));
+    /// let latest = saver.get_tuple(&thread).await?.expect("stored");
+    /// assert_eq!(latest.parent_config.and_then(|p| p.checkpoint_id), Some(first.id));
+    /// # Ok::<(), Error>(()) }).unwrap();
+    /// ```
     async fn put_batch(&self, requests: Vec<PutRequest>) -> Result<Vec<CheckpointConfig>> {
         let mut stored = Vec::with_capacity(requests.len());
         for request in requests {
