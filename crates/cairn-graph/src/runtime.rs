@@ -564,6 +564,7 @@ impl<S: State> CompiledGraph<S> {
         };
         let durability = config.durability.unwrap_or(self.inner.durability);
         let mut persister = saver_arc.map(|saver| Persister::new(saver, durability, &guard));
+        let result: Result<(Arc<S>, Option<Vec<Interrupt>>)> = async {
         let exit_mode = saver.is_some() && durability == Durability::Exit;
         let run_id = config
             .run_id
@@ -1043,6 +1044,18 @@ impl<S: State> CompiledGraph<S> {
             }
         }
         Ok((channels.state, stopped))
+        }
+        .await;
+        if result.is_err() {
+            // A run that fails still stores what it handed over (in sync mode the input
+            // checkpoint held for the START step), as a run that stops normally does.
+            if let Some(p) = &mut persister {
+                if let Err(e) = p.settle().await {
+                    tracing::warn!(error = %e, "storing a failed run's checkpoints");
+                }
+            }
+        }
+        result
     }
 
     /// Applies a caller's command before the run continues: saves resume values and the

@@ -468,3 +468,44 @@ async fn a_cancelled_run_holds_its_thread_until_its_checkpoints_are_stored() {
     assert_eq!(steps.first(), Some(&LAST));
     assert_eq!(steps.last(), Some(&-1));
 }
+
+/// A run that fails after handing checkpoints over returns only once they are stored, in
+/// every mode: the thread's history then shows where it stopped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_run_returns_after_its_checkpoints_are_stored() {
+    #[derive(Clone, Default, Debug, PartialEq, Serialize, Deserialize, State)]
+    struct Doc {
+        title: String,
+    }
+    for durability in [Durability::Async, Durability::Sync] {
+        let saver = Arc::new(cairn_sqlite::SqliteSaver::in_memory().expect("sqlite"));
+        let mut g = StateGraph::<Doc>::new();
+        for name in ["a", "b"] {
+            g.add_sync_node(name, move |_: &Doc| Ok(DocUpdate::default().title(name)))
+                .add_edge(START, name)
+                .add_edge(name, END);
+        }
+        let app = g.compile(saver.clone()).expect("compile");
+        let config = RunConfig::thread("conflict").with_durability(durability);
+        let err = app
+            .invoke(Some(DocUpdate::default()), config.clone())
+            .await
+            .expect_err("two writes to one replace field");
+        assert!(
+            matches!(err, GraphError::ConflictingWrites { .. }),
+            "{durability:?}: {err}"
+        );
+        let steps: Vec<i64> = saver
+            .list(&ListQuery::thread("conflict"))
+            .await
+            .expect("list")
+            .iter()
+            .map(|t| t.metadata.step.expect("step"))
+            .collect();
+        assert_eq!(
+            steps,
+            [0, -1],
+            "{durability:?}: the input and START checkpoints are stored when the error returns"
+        );
+    }
+}
