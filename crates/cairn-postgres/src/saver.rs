@@ -124,6 +124,114 @@ fn location(thread_id: &str, ns: &str, checkpoint_id: &str, channel: Option<&str
 }
 
 impl PostgresSaver {
+    /// Stores checkpoints of one thread and namespace, with their tasks' writes, in one
+    /// statement ([`Statements::put_many`]): atomic, one round trip, and one statement for
+    /// the server to plan and run however many checkpoints the batch holds.
+    async fn put_many(&self, requests: Vec<PutRequest>) -> Result<()> {
+        let Some(first) = requests.first() else {
+            return Ok(());
+        };
+        let (thread_id, checkpoint_ns) = (
+            first.config.thread_id.clone(),
+            first.config.checkpoint_ns.clone(),
+        );
+        let mut encoded = Vec::with_capacity(requests.len());
+        for mut request in requests {
+            let has_writes = request.writes.iter().any(|w| !w.writes.is_empty());
+            if has_writes && request.config.checkpoint_id.is_none() {
+                return Err(no_checkpoint_id());
+            }
+            let (header, metadata, values) =
+                encode_put(&request.config, &mut request.checkpoint, &request.metadata)?;
+            encoded.push((request, header, metadata, values));
+        }
+        let empty = TypedValue::empty();
+        // Values, keyed by (channel, version): a version is written once, but one statement
+        // must not update the same row twice, so a repeated key keeps its last value.
+        let mut values: BTreeMap<(&str, String), (&str, &[u8], Option<String>)> = BTreeMap::new();
+        for (r, _, _, vals) in &encoded {
+            let b = blob_columns(&r.new_versions, vals, &empty)?;
+            let rows = b
+                .channels
+                .into_iter()
+                .zip(b.versions)
+                .zip(b.tags)
+                .zip(b.blobs);
+            for ((((channel, version), tag), blob), base) in rows.zip(b.bases) {
+                values.insert((channel, version), (tag, blob, base));
+            }
+        }
+        let mut v_channels = Vec::with_capacity(values.len());
+        let mut v_versions = Vec::with_capacity(values.len());
+        let mut v_tags = Vec::with_capacity(values.len());
+        let mut v_blobs = Vec::with_capacity(values.len());
+        let mut v_bases = Vec::with_capacity(values.len());
+        for ((channel, version), (tag, blob, base)) in values {
+            v_channels.push(channel);
+            v_versions.push(version);
+            v_tags.push(tag);
+            v_blobs.push(blob);
+            v_bases.push(base);
+        }
+        let mut w_checkpoints: Vec<&str> = Vec::new();
+        let mut w_tasks: Vec<&str> = Vec::new();
+        let mut w_paths: Vec<&str> = Vec::new();
+        let (mut w_idxs, mut w_channels, mut w_tags, mut w_blobs) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for (r, ..) in &encoded {
+            let parent = r.config.checkpoint_id.as_deref().unwrap_or_default();
+            for task in &r.writes {
+                let (idxs, channels, tags, blobs) =
+                    write_columns(&task.writes, &task.task_id, &task.task_path)?;
+                for _ in 0..idxs.len() {
+                    w_checkpoints.push(parent);
+                    w_tasks.push(&task.task_id);
+                    w_paths.push(&task.task_path);
+                }
+                w_idxs.extend(idxs);
+                w_channels.extend(channels);
+                w_tags.extend(tags);
+                w_blobs.extend(blobs);
+            }
+        }
+        let ids: Vec<&str> = encoded
+            .iter()
+            .map(|(r, ..)| r.checkpoint.id.as_str())
+            .collect();
+        let parents: Vec<Option<&str>> = encoded
+            .iter()
+            .map(|(r, ..)| r.config.checkpoint_id.as_deref())
+            .collect();
+        let headers: Vec<&serde_json::Value> = encoded.iter().map(|(_, h, ..)| h).collect();
+        let metadata: Vec<&serde_json::Value> = encoded.iter().map(|(_, _, m, _)| m).collect();
+        let params: &[Param<'_>] = &[
+            (&thread_id, Type::TEXT),
+            (&checkpoint_ns, Type::TEXT),
+            (&v_channels, Type::TEXT_ARRAY),
+            (&v_versions, Type::TEXT_ARRAY),
+            (&v_tags, Type::TEXT_ARRAY),
+            (&v_blobs, Type::BYTEA_ARRAY),
+            (&v_bases, Type::TEXT_ARRAY),
+            (&w_checkpoints, Type::TEXT_ARRAY),
+            (&w_tasks, Type::TEXT_ARRAY),
+            (&w_paths, Type::TEXT_ARRAY),
+            (&w_idxs, Type::INT8_ARRAY),
+            (&w_channels, Type::TEXT_ARRAY),
+            (&w_tags, Type::TEXT_ARRAY),
+            (&w_blobs, Type::BYTEA_ARRAY),
+            (&ids, Type::TEXT_ARRAY),
+            (&parents, Type::TEXT_ARRAY),
+            (&headers, Type::JSONB_ARRAY),
+            (&metadata, Type::JSONB_ARRAY),
+        ];
+        self.with_client(|client| async move {
+            self.query(&client, "put_batch", &self.sql.put_many, params)
+                .await
+        })
+        .await?;
+        Ok(())
+    }
+
     /// Connects to `url` with the default [`PostgresOptions`] and runs migrations.
     pub async fn connect(url: impl Into<String>) -> Result<PostgresSaver> {
         PostgresOptions::new(url).connect().await
@@ -1014,6 +1122,15 @@ impl CheckpointSaver for PostgresSaver {
         let stored: Vec<CheckpointConfig> =
             requests.iter().map(PutRequest::stored_config).collect();
         if requests.is_empty() {
+            return Ok(stored);
+        }
+        let one_thread = requests.windows(2).all(|pair| {
+            pair[0].config.thread_id == pair[1].config.thread_id
+                && pair[0].config.checkpoint_ns == pair[1].config.checkpoint_ns
+        });
+        if requests.len() > 1 && one_thread {
+            // A run's batch: one statement.
+            self.put_many(requests).await?;
             return Ok(stored);
         }
         let mut encoded = Vec::with_capacity(requests.len());

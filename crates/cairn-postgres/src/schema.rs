@@ -245,6 +245,10 @@ pub(crate) struct Statements {
     /// `put_writes` against the parent (`$4`, params `$11`..`$16`) and `put` (value bases
     /// `$17`), in one statement.
     pub put_writes_and_put: String,
+    /// Many checkpoints of one thread (`$1`) and namespace (`$2`) in one statement: their
+    /// values (`$3`..`$7`), their tasks' writes (`$8`..`$14`, each row naming the checkpoint
+    /// it belongs to) and the checkpoint rows (`$15`..`$18`).
+    pub put_many: String,
     pub delete_threads: String,
     pub copy_thread: String,
     /// The append values the latest checkpoints of threads `$1` refer to.
@@ -465,6 +469,50 @@ impl Statements {
                      parent_checkpoint_id = EXCLUDED.parent_checkpoint_id, \
                      header = EXCLUDED.header, metadata = EXCLUDED.metadata"
             ),
+            // A batch of one run: one statement, however many checkpoints, so the server
+            // plans and starts one statement per batch instead of one per checkpoint.
+            put_many: format!(
+                "WITH blobs AS ( \
+                     INSERT INTO {p}checkpoint_blobs \
+                         (thread_id, checkpoint_ns, channel, version, type_tag, blob, base) \
+                     SELECT $1, $2, u.channel, u.version, u.type_tag, u.blob, u.base \
+                     FROM unnest($3::text[], $4::text[], $5::text[], $6::bytea[], $7::text[]) \
+                          AS u(channel, version, type_tag, blob, base) \
+                     ON CONFLICT (thread_id, checkpoint_ns, channel, version) \
+                     DO UPDATE SET type_tag = EXCLUDED.type_tag, blob = EXCLUDED.blob, \
+                         base = EXCLUDED.base), \
+                 regular AS ( \
+                     INSERT INTO {p}checkpoint_writes (thread_id, checkpoint_ns, checkpoint_id, \
+                         task_id, task_path, idx, channel, type_tag, blob) \
+                     SELECT $1, $2, u.checkpoint_id, u.task_id, u.task_path, u.idx, u.channel, \
+                         u.type_tag, u.blob \
+                     FROM unnest($8::text[], $9::text[], $10::text[], $11::int8[], $12::text[], \
+                                 $13::text[], $14::bytea[]) \
+                          AS u(checkpoint_id, task_id, task_path, idx, channel, type_tag, blob) \
+                     WHERE u.idx >= 0 \
+                     ON CONFLICT (thread_id, checkpoint_ns, checkpoint_id, task_id, idx) \
+                     DO NOTHING), \
+                 special AS ( \
+                     INSERT INTO {p}checkpoint_writes (thread_id, checkpoint_ns, checkpoint_id, \
+                         task_id, task_path, idx, channel, type_tag, blob) \
+                     SELECT $1, $2, u.checkpoint_id, u.task_id, u.task_path, u.idx, u.channel, \
+                         u.type_tag, u.blob \
+                     FROM unnest($8::text[], $9::text[], $10::text[], $11::int8[], $12::text[], \
+                                 $13::text[], $14::bytea[]) \
+                          AS u(checkpoint_id, task_id, task_path, idx, channel, type_tag, blob) \
+                     WHERE u.idx < 0 \
+                     ON CONFLICT (thread_id, checkpoint_ns, checkpoint_id, task_id, idx) \
+                     DO UPDATE SET task_path = EXCLUDED.task_path, channel = EXCLUDED.channel, \
+                         type_tag = EXCLUDED.type_tag, blob = EXCLUDED.blob) \
+                 INSERT INTO {p}checkpoints \
+                     (thread_id, checkpoint_ns, checkpoint_id, parent_checkpoint_id, header, metadata) \
+                 SELECT $1, $2, u.checkpoint_id, u.parent, u.header, u.metadata \
+                 FROM unnest($15::text[], $16::text[], $17::jsonb[], $18::jsonb[]) \
+                      AS u(checkpoint_id, parent, header, metadata) \
+                 ON CONFLICT (thread_id, checkpoint_ns, checkpoint_id) DO UPDATE SET \
+                     parent_checkpoint_id = EXCLUDED.parent_checkpoint_id, \
+                     header = EXCLUDED.header, metadata = EXCLUDED.metadata"
+            ),
             delete_threads: format!(
                 "WITH c AS (DELETE FROM {p}checkpoints WHERE thread_id = ANY($1)), \
                       b AS (DELETE FROM {p}checkpoint_blobs WHERE thread_id = ANY($1)) \
@@ -625,6 +673,7 @@ mod tests {
             &sql.put,
             &sql.put_writes,
             &sql.put_writes_and_put,
+            &sql.put_many,
             &sql.delete_threads,
             &sql.copy_thread,
             &sql.latest_append_heads,

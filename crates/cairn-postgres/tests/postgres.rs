@@ -1025,11 +1025,22 @@ async fn a_batch_the_server_refuses_midway_stores_nothing() {
         .collect();
     let at = |id: &str| thread.clone().with_checkpoint_id(id);
     let refused = format!("{}-refused", ids[1]);
-    let batch = vec![
+    // One thread and namespace (one statement), and a batch that also writes another
+    // namespace (one transaction of pipelined statements).
+    let one_thread = vec![
         request(&thread, ids[0].clone(), 0),
         request(&at(&ids[0]), refused.clone(), 1),
         request(&at(&refused), ids[2].clone(), 2),
     ];
+    let mut mixed = one_thread.clone();
+    let other_ns = CheckpointConfig {
+        checkpoint_ns: "sub".into(),
+        ..thread.clone()
+    };
+    mixed.insert(
+        0,
+        request(&other_ns, cairn_checkpoint::new_checkpoint_id(), 0),
+    );
     // With prepared statements and without (PgBouncer mode); more batches than pooled
     // connections: a connection left in an aborted transaction would make a later one fail
     // with "current transaction is aborted".
@@ -1038,7 +1049,9 @@ async fn a_batch_the_server_refuses_midway_stores_nothing() {
         .connect()
         .await
         .expect("connect without prepared statements");
-    for saver in [&saver, &unprepared].into_iter().cycle().take(24) {
+    for round in 0..24 {
+        let saver = [&saver, &unprepared][round % 2];
+        let batch = [&one_thread, &mixed][round / 2 % 2];
         let err = saver
             .put_batch(batch.clone())
             .await
