@@ -123,6 +123,9 @@ fn location(thread_id: &str, ns: &str, checkpoint_id: &str, channel: Option<&str
     }
 }
 
+/// A channel value of a batch, by (channel, version): type tag, bytes, append base.
+type ValueRow<'a> = (&'a str, &'a [u8], Option<String>);
+
 impl PostgresSaver {
     /// Stores checkpoints of one thread and namespace, with their tasks' writes, in one
     /// statement ([`Statements::put_many`]): atomic, one round trip, and one statement for
@@ -148,7 +151,7 @@ impl PostgresSaver {
         let empty = TypedValue::empty();
         // Values, keyed by (channel, version): a version is written once, but one statement
         // must not update the same row twice, so a repeated key keeps its last value.
-        let mut values: BTreeMap<(&str, String), (&str, &[u8], Option<String>)> = BTreeMap::new();
+        let mut values: BTreeMap<(&str, String), ValueRow<'_>> = BTreeMap::new();
         for (r, _, _, vals) in &encoded {
             let b = blob_columns(&r.new_versions, vals, &empty)?;
             let rows = b
