@@ -201,6 +201,7 @@ impl<'a> Persister<'a> {
     }
 }
 
+/// The request storing `checkpoint` as a child of `parent`, with its tasks' `writes`.
 fn request(
     parent: &CheckpointConfig,
     writes: Vec<TaskWrites>,
