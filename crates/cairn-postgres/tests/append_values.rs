@@ -3,9 +3,10 @@
 
 mod support;
 
+use cairn_checkpoint::conformance::helpers::{put_channel, read_list};
 use cairn_checkpoint::{
-    ChannelVersion, Checkpoint, CheckpointConfig, CheckpointMetadata, CheckpointSaver,
-    CheckpointSource, Error, ListQuery, PruneStrategy, TypedValue, ValueCodec,
+    ChannelVersion, Checkpoint, CheckpointConfig, CheckpointMetadata, CheckpointSaver, Error,
+    ListQuery, PruneStrategy, TypedValue, ValueCodec,
 };
 use cairn_postgres::PostgresSaver;
 
@@ -31,42 +32,6 @@ async fn stored_links(
         .iter()
         .map(|r| (r.get(0), r.get(1), r.get(2)))
         .collect()
-}
-
-/// Stores a checkpoint after `parent` whose `messages` is `value` at `version`.
-async fn put_messages(
-    saver: &PostgresSaver,
-    parent: &CheckpointConfig,
-    version: &ChannelVersion,
-    value: TypedValue,
-    run_id: &str,
-) -> CheckpointConfig {
-    let mut cp = Checkpoint::new();
-    cp.channel_values.insert(CHANNEL.into(), value);
-    cp.channel_versions.insert(CHANNEL.into(), version.clone());
-    let meta = CheckpointMetadata::new(CheckpointSource::Loop, 0).with_run_id(run_id);
-    saver
-        .put(
-            parent,
-            cp,
-            meta,
-            [(CHANNEL.to_owned(), version.clone())].into(),
-        )
-        .await
-        .expect("put")
-}
-
-/// The `messages` list `config` reads back as.
-async fn messages(saver: &PostgresSaver, config: &CheckpointConfig) -> Vec<String> {
-    let tuple = saver
-        .get_tuple(config)
-        .await
-        .expect("get_tuple")
-        .expect("stored");
-    tuple
-        .channel_value(&ValueCodec::default(), CHANNEL)
-        .expect("decode")
-        .expect("a value")
 }
 
 /// A chat of 400 steps adding one 200-character message each, with statements sent unnamed
@@ -98,16 +63,16 @@ async fn a_400_step_chain_reads_back_whole_and_stores_each_message_once() {
                 .encode_append(base, [&message])
                 .expect("encode an append value"),
         };
-        parent = put_messages(&saver, &parent, &next, value, "run").await;
+        parent = put_channel(&saver, &parent, CHANNEL, &next, value, "run").await;
         configs.push(parent.clone());
         items.push(message);
         version = Some(next);
     }
     assert_eq!(
-        messages(&saver, &CheckpointConfig::thread("chat")).await,
+        read_list(&saver, &CheckpointConfig::thread("chat"), CHANNEL).await,
         items
     );
-    assert_eq!(messages(&saver, &configs[10]).await, items[..=10]);
+    assert_eq!(read_list(&saver, &configs[10], CHANNEL).await, items[..=10]);
     let listed = saver.list(&ListQuery::thread("chat")).await.expect("list");
     assert_eq!(listed.len(), 400);
     for (n, tuple) in listed.iter().rev().enumerate() {
@@ -142,7 +107,7 @@ async fn a_400_step_chain_reads_back_whole_and_stores_each_message_once() {
         .await
         .expect("connect again");
     assert_eq!(
-        messages(&cold, &configs[300]).await,
+        read_list(&cold, &configs[300], CHANNEL).await,
         items[..=300],
         "a cold saver reads a chain whole"
     );
@@ -206,9 +171,10 @@ async fn integer_versions_and_branches(saver: &PostgresSaver, url: &str, schema:
     let codec = ValueCodec::default();
     let v = ChannelVersion::Int;
     // The trunk: versions 1..=12, runs "early" (1..=9) and "late" (10..=12).
-    let mut parent = put_messages(
+    let mut parent = put_channel(
         saver,
         &CheckpointConfig::thread("t"),
+        CHANNEL,
         &v(1),
         codec.encode(&["m1"]).expect("encode"),
         "early",
@@ -220,18 +186,18 @@ async fn integer_versions_and_branches(saver: &PostgresSaver, url: &str, schema:
         let value = codec
             .encode_append(&v(n - 1), [format!("m{n}")].iter())
             .expect("encode");
-        parent = put_messages(saver, &parent, &v(n), value, run).await;
+        parent = put_channel(saver, &parent, CHANNEL, &v(n), value, run).await;
         trunk.push(parent.clone());
     }
     // A branch forking from version 5 with version 100 (run "branch").
     let value = codec.encode_append(&v(5), ["fork"].iter()).expect("encode");
-    let branch = put_messages(saver, &trunk[4], &v(100), value, "branch").await;
+    let branch = put_channel(saver, &trunk[4], CHANNEL, &v(100), value, "branch").await;
 
     let trunk_items = |n: usize| (1..=n).map(|i| format!("m{i}")).collect::<Vec<_>>();
-    assert_eq!(messages(saver, &trunk[11]).await, trunk_items(12));
+    assert_eq!(read_list(saver, &trunk[11], CHANNEL).await, trunk_items(12));
     let mut fork_items = trunk_items(5);
     fork_items.push("fork".into());
-    assert_eq!(messages(saver, &branch).await, fork_items);
+    assert_eq!(read_list(saver, &branch, CHANNEL).await, fork_items);
     let listed = saver.list(&ListQuery::thread("t")).await.expect("list");
     assert_eq!(listed.len(), 13);
     for tuple in &listed {
@@ -260,7 +226,7 @@ async fn integer_versions_and_branches(saver: &PostgresSaver, url: &str, schema:
     let mut expected: Vec<String> = (1..=12).map(|n| n.to_string()).collect();
     expected.sort();
     assert_eq!(versions, expected);
-    assert_eq!(messages(saver, &trunk[9]).await, trunk_items(10));
+    assert_eq!(read_list(saver, &trunk[9], CHANNEL).await, trunk_items(10));
 
     // Keeping the latest rewrites its value whole; nothing else of the chain stays.
     saver
@@ -272,7 +238,7 @@ async fn integer_versions_and_branches(saver: &PostgresSaver, url: &str, schema:
         [("12".to_owned(), "msgpack".to_owned(), None)]
     );
     assert_eq!(
-        messages(saver, &CheckpointConfig::thread("t")).await,
+        read_list(saver, &CheckpointConfig::thread("t"), CHANNEL).await,
         trunk_items(12)
     );
 }
@@ -291,9 +257,10 @@ async fn prune_rewrites_kept_append_values_whole_in_every_namespace() {
     for (thread, ns) in [("a", ""), ("a", "child:1"), ("b", "")] {
         let mut parent = CheckpointConfig::thread(thread).with_ns(ns);
         let mut version = saver.get_next_version(None);
-        parent = put_messages(
+        parent = put_channel(
             &saver,
             &parent,
+            CHANNEL,
             &version,
             codec.encode(&["0"]).expect("encode"),
             "run",
@@ -304,7 +271,7 @@ async fn prune_rewrites_kept_append_values_whole_in_every_namespace() {
             let value = codec
                 .encode_append(&version, [n.to_string()].iter())
                 .expect("encode");
-            parent = put_messages(&saver, &parent, &next, value, "run").await;
+            parent = put_channel(&saver, &parent, CHANNEL, &next, value, "run").await;
             version = next;
         }
         heads.push(parent);
@@ -316,7 +283,7 @@ async fn prune_rewrites_kept_append_values_whole_in_every_namespace() {
         .expect("prune");
     let all: Vec<String> = (0..6).map(|n| n.to_string()).collect();
     for head in &heads {
-        assert_eq!(messages(&saver, head).await, all, "{head:?}");
+        assert_eq!(read_list(&saver, head, CHANNEL).await, all, "{head:?}");
         let tuples = saver
             .list(&ListQuery::thread(&head.thread_id).ns(&head.checkpoint_ns))
             .await
@@ -335,7 +302,7 @@ async fn prune_rewrites_kept_append_values_whole_in_every_namespace() {
     // The copy still holds the whole chain, and reads it.
     assert_eq!(stored_links(&url, &schema, "a-copy").await.len(), 12);
     let copied = CheckpointConfig::thread("a-copy").with_ns("child:1");
-    assert_eq!(messages(&saver, &copied).await, all);
+    assert_eq!(read_list(&saver, &copied, CHANNEL).await, all);
     drop(saver);
     support::drop_schema(&url, &schema).await;
 }
@@ -388,9 +355,10 @@ async fn migration_2_fills_in_the_base_of_stored_append_values() {
     let codec = ValueCodec::default();
     let mut parent = CheckpointConfig::thread("old");
     let mut version = saver.get_next_version(None);
-    parent = put_messages(
+    parent = put_channel(
         &saver,
         &parent,
+        CHANNEL,
         &version,
         codec.encode(&["a"]).expect("encode"),
         "first",
@@ -401,7 +369,7 @@ async fn migration_2_fills_in_the_base_of_stored_append_values() {
         let value = codec
             .encode_append(&version, [item].iter())
             .expect("encode");
-        parent = put_messages(&saver, &parent, &next, value, "second").await;
+        parent = put_channel(&saver, &parent, CHANNEL, &next, value, "second").await;
         version = next;
     }
     let before = stored_links(&url, &schema, "old").await;
@@ -426,7 +394,7 @@ async fn migration_2_fills_in_the_base_of_stored_append_values() {
         .await
         .expect("delete the run holding the root");
     assert_eq!(stored_links(&url, &schema, "old").await.len(), 3);
-    assert_eq!(messages(&saver, &parent).await, ["a", "b", "c"]);
+    assert_eq!(read_list(&saver, &parent, CHANNEL).await, ["a", "b", "c"]);
     drop(saver);
     support::drop_schema(&url, &schema).await;
 }
@@ -446,9 +414,10 @@ async fn get_tuple_known_skips_the_chains_of_known_values() {
     let v2 = saver.get_next_version(Some(&v1));
     let v3 = saver.get_next_version(Some(&v2));
     let root = CheckpointConfig::thread("t");
-    let first = put_messages(
+    let first = put_channel(
         &saver,
         &root,
+        CHANNEL,
         &v1,
         codec.encode(&["a"]).expect("encode"),
         "r",
@@ -459,8 +428,8 @@ async fn get_tuple_known_skips_the_chains_of_known_values() {
             .encode_append(base, [item].iter())
             .expect("encode an append value")
     };
-    let second = put_messages(&saver, &first, &v2, append(&v1, "b"), "r").await;
-    let latest = put_messages(&saver, &second, &v3, append(&v2, "c"), "r").await;
+    let second = put_channel(&saver, &first, CHANNEL, &v2, append(&v1, "b"), "r").await;
+    let latest = put_channel(&saver, &second, CHANNEL, &v3, append(&v2, "c"), "r").await;
     support::admin_client(&url)
         .await
         .execute(

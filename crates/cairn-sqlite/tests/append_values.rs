@@ -3,9 +3,10 @@
 
 use std::path::{Path, PathBuf};
 
+use cairn_checkpoint::conformance::helpers::{put_channel, read_list};
 use cairn_checkpoint::{
-    ChannelVersion, Checkpoint, CheckpointConfig, CheckpointMetadata, CheckpointSaver,
-    CheckpointSource, Error, ListQuery, PruneStrategy, TypedValue, ValueCodec,
+    ChannelVersion, Checkpoint, CheckpointConfig, CheckpointMetadata, CheckpointSaver, Error,
+    ListQuery, PruneStrategy, TypedValue, ValueCodec,
 };
 use cairn_sqlite::SqliteSaver;
 use rusqlite::Connection;
@@ -40,42 +41,6 @@ fn stored_links(path: &Path, thread: &str) -> Vec<(String, String, Option<String
         .expect("rows")
 }
 
-/// Stores a checkpoint after `parent` whose `messages` is `value` at `version`.
-async fn put_messages(
-    saver: &SqliteSaver,
-    parent: &CheckpointConfig,
-    version: &ChannelVersion,
-    value: TypedValue,
-    run_id: &str,
-) -> CheckpointConfig {
-    let mut cp = Checkpoint::new();
-    cp.channel_values.insert(CHANNEL.into(), value);
-    cp.channel_versions.insert(CHANNEL.into(), version.clone());
-    let meta = CheckpointMetadata::new(CheckpointSource::Loop, 0).with_run_id(run_id);
-    saver
-        .put(
-            parent,
-            cp,
-            meta,
-            [(CHANNEL.to_owned(), version.clone())].into(),
-        )
-        .await
-        .expect("put")
-}
-
-/// The `messages` list `config` reads back as.
-async fn messages(saver: &SqliteSaver, config: &CheckpointConfig) -> Vec<String> {
-    let tuple = saver
-        .get_tuple(config)
-        .await
-        .expect("get_tuple")
-        .expect("stored");
-    tuple
-        .channel_value(&ValueCodec::default(), CHANNEL)
-        .expect("decode")
-        .expect("a value")
-}
-
 /// A chat of 400 steps adding one 200-character message each: every step reads back whole
 /// (latest, by id, through `list`), and the stored values take about the bytes of the
 /// messages themselves instead of growing with the square of the history.
@@ -99,16 +64,16 @@ async fn a_400_step_chain_reads_back_whole_and_stores_each_message_once() {
                 .encode_append(base, [&message])
                 .expect("encode an append value"),
         };
-        parent = put_messages(&saver, &parent, &next, value, "run").await;
+        parent = put_channel(&saver, &parent, CHANNEL, &next, value, "run").await;
         configs.push(parent.clone());
         items.push(message);
         version = Some(next);
     }
     assert_eq!(
-        messages(&saver, &CheckpointConfig::thread("chat")).await,
+        read_list(&saver, &CheckpointConfig::thread("chat"), CHANNEL).await,
         items
     );
-    assert_eq!(messages(&saver, &configs[10]).await, items[..=10]);
+    assert_eq!(read_list(&saver, &configs[10], CHANNEL).await, items[..=10]);
     let listed = saver.list(&ListQuery::thread("chat")).await.expect("list");
     assert_eq!(listed.len(), 400);
     for (n, tuple) in listed.iter().rev().enumerate() {
@@ -150,9 +115,10 @@ async fn integer_versions_and_branches_read_whole_and_reclaim_exactly() {
     let codec = ValueCodec::default();
     let v = ChannelVersion::Int;
     // The trunk: versions 1..=12, runs "early" (1..=9) and "late" (10..=12).
-    let mut parent = put_messages(
+    let mut parent = put_channel(
         &saver,
         &CheckpointConfig::thread("t"),
+        CHANNEL,
         &v(1),
         codec.encode(&["m1"]).expect("encode"),
         "early",
@@ -164,18 +130,21 @@ async fn integer_versions_and_branches_read_whole_and_reclaim_exactly() {
         let value = codec
             .encode_append(&v(n - 1), [format!("m{n}")].iter())
             .expect("encode");
-        parent = put_messages(&saver, &parent, &v(n), value, run).await;
+        parent = put_channel(&saver, &parent, CHANNEL, &v(n), value, run).await;
         trunk.push(parent.clone());
     }
     // A branch forking from version 5 with version 100 (run "branch").
     let value = codec.encode_append(&v(5), ["fork"].iter()).expect("encode");
-    let branch = put_messages(&saver, &trunk[4], &v(100), value, "branch").await;
+    let branch = put_channel(&saver, &trunk[4], CHANNEL, &v(100), value, "branch").await;
 
     let trunk_items = |n: usize| (1..=n).map(|i| format!("m{i}")).collect::<Vec<_>>();
-    assert_eq!(messages(&saver, &trunk[11]).await, trunk_items(12));
+    assert_eq!(
+        read_list(&saver, &trunk[11], CHANNEL).await,
+        trunk_items(12)
+    );
     let mut fork_items = trunk_items(5);
     fork_items.push("fork".into());
-    assert_eq!(messages(&saver, &branch).await, fork_items);
+    assert_eq!(read_list(&saver, &branch, CHANNEL).await, fork_items);
     let listed = saver.list(&ListQuery::thread("t")).await.expect("list");
     assert_eq!(listed.len(), 13);
     for tuple in &listed {
@@ -200,7 +169,7 @@ async fn integer_versions_and_branches_read_whole_and_reclaim_exactly() {
     let mut expected: Vec<String> = (1..=12).map(|n| n.to_string()).collect();
     expected.sort();
     assert_eq!(versions, expected);
-    assert_eq!(messages(&saver, &trunk[9]).await, trunk_items(10));
+    assert_eq!(read_list(&saver, &trunk[9], CHANNEL).await, trunk_items(10));
 
     // Keeping the latest rewrites its value whole; nothing else of the chain stays.
     saver
@@ -212,7 +181,7 @@ async fn integer_versions_and_branches_read_whole_and_reclaim_exactly() {
         [("12".to_owned(), "msgpack".to_owned(), None)]
     );
     assert_eq!(
-        messages(&saver, &CheckpointConfig::thread("t")).await,
+        read_list(&saver, &CheckpointConfig::thread("t"), CHANNEL).await,
         trunk_items(12)
     );
 }
@@ -264,9 +233,10 @@ async fn get_tuple_known_skips_the_chains_of_known_values() {
         ChannelVersion::first_after(Some(&ChannelVersion::Int(2))),
     );
     let root = CheckpointConfig::thread("t");
-    let first = put_messages(
+    let first = put_channel(
         &saver,
         &root,
+        CHANNEL,
         &v1,
         codec.encode(&["a"]).expect("encode"),
         "r",
@@ -277,8 +247,8 @@ async fn get_tuple_known_skips_the_chains_of_known_values() {
             .encode_append(base, [item].iter())
             .expect("encode an append value")
     };
-    let second = put_messages(&saver, &first, &v2, append(&v1, "b"), "r").await;
-    let latest = put_messages(&saver, &second, &v3, append(&v2, "c"), "r").await;
+    let second = put_channel(&saver, &first, CHANNEL, &v2, append(&v1, "b"), "r").await;
+    let latest = put_channel(&saver, &second, CHANNEL, &v3, append(&v2, "c"), "r").await;
     raw(&path)
         .execute(
             "DELETE FROM checkpoint_blobs WHERE version = ?1",

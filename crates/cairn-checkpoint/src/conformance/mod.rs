@@ -90,6 +90,7 @@ mod copy_thread;
 mod delete_for_runs;
 mod delete_thread;
 mod get_tuple;
+pub mod helpers;
 mod list;
 mod list_threads;
 mod model;
