@@ -98,22 +98,46 @@ impl ChannelVersion {
     /// assert_eq!(ChannelVersion::Str("2.0.5".into()).compact_parts(), None);
     /// ```
     pub fn compact_parts(&self) -> Option<(u64, u64)> {
-        let ChannelVersion::Str(s) = self else {
-            return None;
-        };
+        match self {
+            ChannelVersion::Str(s) => ChannelVersion::compact_parts_of(s),
+            ChannelVersion::Int(_) => None,
+        }
+    }
+
+    /// [`compact_parts`](Self::compact_parts) of a version's storage string, without
+    /// building a `ChannelVersion` first.
+    ///
+    /// ```
+    /// use cairn_checkpoint::ChannelVersion;
+    /// let v = ChannelVersion::first_after(None);
+    /// assert_eq!(ChannelVersion::compact_parts_of(&v.to_storage_string()), v.compact_parts());
+    /// assert_eq!(ChannelVersion::compact_parts_of("7"), None);
+    /// ```
+    pub fn compact_parts_of(s: &str) -> Option<(u64, u64)> {
         let b = s.as_bytes();
-        if b.len() != 49 || b[32] != b'.' || !b[..32].iter().all(u8::is_ascii_digit) {
+        if b.len() != 49 || b[32] != b'.' {
             return None;
         }
-        if !b[33..]
-            .iter()
-            .all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(c))
-        {
+        // Digit by digit: this runs for every version of every stored header.
+        let mut counter: u64 = 0;
+        for &d in &b[..32] {
+            if !d.is_ascii_digit() {
+                return None;
+            }
+            counter = counter.checked_mul(10)?.checked_add(u64::from(d - b'0'))?;
+        }
+        if counter > i64::MAX as u64 {
             return None;
         }
-        let counter: i64 = s[..32].parse().ok()?;
-        let suffix = u64::from_str_radix(&s[33..], 16).ok()?;
-        let counter = u64::try_from(counter).ok()?;
+        let mut suffix: u64 = 0;
+        for &h in &b[33..] {
+            let nibble = match h {
+                b'0'..=b'9' => h - b'0',
+                b'a'..=b'f' => h - b'a' + 10,
+                _ => return None,
+            };
+            suffix = (suffix << 4) | u64::from(nibble);
+        }
         Some((counter, suffix))
     }
 
@@ -246,6 +270,49 @@ mod tests {
         ] {
             let expected: i64 = s.split('.').next().unwrap_or("").parse().unwrap_or(0);
             assert_eq!(parse_counter(s), expected, "{s:?}");
+        }
+    }
+
+    /// The digit-by-digit parse agrees with the standard parsers on Cairn's form and refuses
+    /// everything else.
+    #[test]
+    fn compact_parts_match_the_standard_parsers() {
+        let general = |s: &str| -> Option<(u64, u64)> {
+            let b = s.as_bytes();
+            if b.len() != 49 || b[32] != b'.' || !b[..32].iter().all(u8::is_ascii_digit) {
+                return None;
+            }
+            if !b[33..]
+                .iter()
+                .all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(c))
+            {
+                return None;
+            }
+            let counter: i64 = s[..32].parse().ok()?;
+            Some((
+                u64::try_from(counter).ok()?,
+                u64::from_str_radix(&s[33..], 16).ok()?,
+            ))
+        };
+        let mut cases: Vec<String> = [0i64, 1, 10, 12345, i64::MAX]
+            .into_iter()
+            .flat_map(|c| [0u64, 0xdead_beef, u64::MAX].map(|x| format_version(c, x)))
+            .collect();
+        cases.extend(
+            [
+                "00000000000000000000000000000001.ABCDEF0123456789",
+                "00000000000000000000000000000001.abcdef012345678g",
+                "0000000000000000000000000000000x.abcdef0123456789",
+                "00000000000000000000000000000001-abcdef0123456789",
+                "99999999999999999999999999999999.abcdef0123456789",
+                "00000000000009223372036854775808.0000000000000000",
+                "00000000000000000000000000000003.0.7329",
+                "7",
+            ]
+            .map(String::from),
+        );
+        for s in &cases {
+            assert_eq!(ChannelVersion::compact_parts_of(s), general(s), "{s:?}");
         }
     }
 

@@ -175,6 +175,10 @@ async fn main() -> Result<()> {
     }
     saver.checkpoint_wal().await?;
     let checkpoints = 3 * turns;
+    // CAIRN_STORAGE_KEEP=path keeps a copy of the database for inspection.
+    if let Some(keep) = std::env::var_os("CAIRN_STORAGE_KEEP") {
+        std::fs::copy(&path, keep).map_err(|e| Error::backend("io", "keeping a copy", e))?;
+    }
 
     let conn = rusqlite::Connection::open(&path).map_err(sql_err)?;
     let mut stmt = conn

@@ -33,8 +33,7 @@
 //! Four tables (see `schema.rs`; `cairn_migrations` records which migrations ran, so later
 //! schema changes apply once, in order, inside a transaction). The three data tables are
 //! `WITHOUT ROWID` tables (schema 3): each is stored as its primary key b-tree, with no
-//! second b-tree for the key, so keys (with their 49-character version strings) are stored
-//! once and a commit writes fewer pages.
+//! second b-tree for the key, so keys are stored once and a commit writes fewer pages.
 //!
 //! * `checkpoints` — one row per checkpoint, primary key `(thread_id, checkpoint_ns,
 //!   checkpoint_id)`. It holds the checkpoint *header* (the checkpoint without its id and
@@ -53,7 +52,10 @@
 //!   its values through its `channel_versions`. Storing the whole state in every checkpoint
 //!   row (as LangGraph's SqliteSaver does) makes a thread of n steps cost O(n²) bytes; here
 //!   an unchanged channel costs nothing per step. `base_version` is set for append values
-//!   (below) and NULL otherwise.
+//!   (below) and NULL otherwise. Since schema 5 both version columns hold Cairn's own
+//!   49-character versions as 16-byte blobs (counter then suffix, big-endian, so they sort
+//!   by counter as the strings did) and any other version as text (`version_key.rs`; the SQL
+//!   functions `cairn_version_key` / `cairn_version_text` convert).
 //! * `checkpoint_writes` — pending writes keyed `(thread, ns, checkpoint_id, task_id, idx)`:
 //!   regular writes are insert-if-absent (a retried task cannot duplicate them), special
 //!   channels (negative index) overwrite.
@@ -132,6 +134,7 @@ mod ops;
 mod options;
 mod read;
 mod schema;
+mod version_key;
 mod writer;
 
 use std::fmt;
@@ -152,6 +155,7 @@ pub use options::{SqliteOptions, Synchronous};
 pub use schema::SCHEMA_VERSION;
 
 use read::ReadPool;
+use version_key::VersionKey;
 pub use writer::WriterStats;
 use writer::{writer_stopped, Counters, Job};
 
@@ -228,6 +232,7 @@ fn configure(
 ) -> Result<()> {
     conn.busy_timeout(options.busy_timeout_duration())
         .map_err(sql_error("setting the busy timeout"))?;
+    version_key::register_functions(conn)?;
     if file && role == ConnectionRole::Writer {
         // Switching a new file to WAL needs an exclusive lock, and SQLite reports a busy
         // database here without calling the busy handler: retry until the busy timeout.
@@ -596,8 +601,9 @@ fn put_row(
             })?;
             Ok(ops::BlobRow {
                 channel,
+                key: VersionKey::from_storage_string(&version),
+                base_key: base_version.as_deref().map(VersionKey::from_storage_string),
                 version,
-                base_version,
                 value,
             })
         })

@@ -7,6 +7,7 @@ use rusqlite::{params, Connection};
 use cairn_checkpoint::{write_index, DataLocation, Error, Result, TypedValue};
 
 use crate::sql_error;
+use crate::version_key::VersionKey;
 
 /// A checkpoint ready to store: everything encoded by the caller, off the writer thread.
 pub(crate) struct PutRow {
@@ -24,10 +25,13 @@ pub(crate) struct PutRow {
 /// One channel value to store.
 pub(crate) struct BlobRow {
     pub channel: String,
-    /// The version's storage string.
+    /// The version's storage string, for messages.
     pub version: String,
-    /// For an append value, the version it extends (see [`cairn_checkpoint::append_base`]).
-    pub base_version: Option<String>,
+    /// The version as stored.
+    pub key: VersionKey,
+    /// For an append value, the version it extends (see [`cairn_checkpoint::append_base`]),
+    /// as stored.
+    pub base_key: Option<VersionKey>,
     pub value: TypedValue,
 }
 
@@ -47,15 +51,17 @@ pub(crate) fn put(conn: &Connection, row: &PutRow) -> Result<()> {
             row.thread_id,
             row.checkpoint_ns,
             b.channel,
-            b.version,
+            b.key,
             b.value.type_tag,
             b.value.data.as_ref(),
-            b.base_version
+            b.base_key
         ])
-        .map_err(sql_error(format!(
-            "storing channel {:?} version {} of thread {:?}",
-            b.channel, b.version, row.thread_id
-        )))?;
+        .map_err(|e| {
+            sql_error(format!(
+                "storing channel {:?} version {} of thread {:?}",
+                b.channel, b.version, row.thread_id
+            ))(e)
+        })?;
     }
     conn.prepare_cached(
         "INSERT INTO checkpoints (thread_id, checkpoint_ns, checkpoint_id, parent_checkpoint_id,
@@ -76,10 +82,12 @@ pub(crate) fn put(conn: &Connection, row: &PutRow) -> Result<()> {
             row.run_id
         ])
     })
-    .map_err(sql_error(format!(
-        "storing checkpoint {} of thread {:?}",
-        row.checkpoint_id, row.thread_id
-    )))?;
+    .map_err(|e| {
+        sql_error(format!(
+            "storing checkpoint {} of thread {:?}",
+            row.checkpoint_id, row.thread_id
+        ))(e)
+    })?;
     Ok(())
 }
 
@@ -118,10 +126,12 @@ pub(crate) fn put_writes(conn: &Connection, row: &WritesRow) -> Result<()> {
             value.type_tag,
             value.data.as_ref()
         ])
-        .map_err(sql_error(format!(
-            "storing a pending write of task {:?} to channel {channel:?} (checkpoint {} of thread {:?})",
-            row.task_id, row.checkpoint_id, row.thread_id
-        )))?;
+        .map_err(|e| {
+            sql_error(format!(
+                "storing a pending write of task {:?} to channel {channel:?} (checkpoint {} of thread {:?})",
+                row.task_id, row.checkpoint_id, row.thread_id
+            ))(e)
+        })?;
     }
     Ok(())
 }
@@ -182,7 +192,7 @@ pub(crate) fn copy_thread(conn: &Connection, source: &str, target: &str) -> Resu
 /// append value extends. `UNION` visits each link once, however many checkpoints share it;
 /// each step is a search of the primary key.
 pub(crate) const RECLAIM_SQL: &str = "WITH RECURSIVE live (channel, version) AS (
-         SELECT k.value ->> 0, k.value ->> 1 FROM json_each(?3) AS k
+         SELECT k.value ->> 0, cairn_version_key(k.value ->> 1) FROM json_each(?3) AS k
          UNION
          SELECT b.channel, b.base_version FROM live CROSS JOIN checkpoint_blobs AS b
          WHERE b.thread_id = ?1 AND b.checkpoint_ns = ?2 AND b.channel = live.channel
@@ -263,7 +273,8 @@ fn rewrite_append_values_whole(
     let mut update = conn
         .prepare_cached(
             "UPDATE checkpoint_blobs SET type_tag = ?5, data = ?6, base_version = NULL
-             WHERE thread_id = ?1 AND checkpoint_ns = ?2 AND channel = ?3 AND version = ?4",
+             WHERE thread_id = ?1 AND checkpoint_ns = ?2 AND channel = ?3
+               AND version = cairn_version_key(?4)",
         )
         .map_err(sql_error("preparing the channel value update"))?;
     for (channel, version, value) in whole {

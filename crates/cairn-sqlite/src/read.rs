@@ -17,7 +17,7 @@ use rusqlite::Connection;
 use tokio::sync::Semaphore;
 
 use cairn_checkpoint::{
-    append_heads, chain_fetch_bound, has_append_values, AppendChains, Checkpoint, CheckpointConfig,
+    append_heads, has_append_values, AppendChains, Checkpoint, CheckpointConfig,
     CheckpointMetadata, CheckpointTuple, DataLocation, Error, LatestCheckpoint, ListQuery,
     PendingWrite, Result, ThreadSummary, TypedValue,
 };
@@ -148,21 +148,25 @@ pub(crate) const EXACT_SQL: &str = "SELECT thread_id, checkpoint_ns, checkpoint_
      WHERE thread_id = ?1 AND checkpoint_ns = ?2 AND checkpoint_id = ?3";
 
 /// Channel values for a JSON array of `[thread, ns, channel, version]` keys.
-pub(crate) const BLOBS_SQL: &str = "SELECT b.thread_id, b.checkpoint_ns, b.channel, b.version, \
-     b.type_tag, b.data FROM json_each(?1) AS k CROSS JOIN checkpoint_blobs AS b \
-     WHERE b.thread_id = k.value ->> 0 AND b.checkpoint_ns = k.value ->> 1 \
-       AND b.channel = k.value ->> 2 AND b.version = k.value ->> 3";
-
-/// The links append chains may pass through, for a JSON array of `[thread, ns, channel,
-/// bound]` keys: every stored version of the channel up to `bound`, a range of the primary
-/// key. A null bound reads every version: `coalesce` turns it into an empty blob, and SQLite
-/// orders every text value before every blob.
-/// Each row names its key by position in the array (`k.key`), which is cheaper to read back
-/// than the three names.
-pub(crate) const CHAIN_SQL: &str = "SELECT k.key, b.version, b.type_tag, b.data \
+pub(crate) const BLOBS_SQL: &str = "SELECT b.thread_id, b.checkpoint_ns, b.channel, \
+     cairn_version_text(b.version), b.type_tag, b.data \
      FROM json_each(?1) AS k CROSS JOIN checkpoint_blobs AS b \
      WHERE b.thread_id = k.value ->> 0 AND b.checkpoint_ns = k.value ->> 1 \
-       AND b.channel = k.value ->> 2 AND b.version <= coalesce(k.value ->> 3, x'')";
+       AND b.channel = k.value ->> 2 AND b.version = cairn_version_key(k.value ->> 3)";
+
+/// The links append chains may pass through, for a JSON array of `[thread, ns, channel,
+/// bound]` keys: every stored version of the channel up to `bound` (the hex of a compact
+/// stored version, see [`crate::version_key::chain_bound`]), a range of the primary key. A
+/// null bound reads every version: `coalesce` turns it into 17 `0xff` bytes, above every
+/// stored version (SQLite orders every text value before every blob, and compact versions
+/// are 16 bytes).
+/// Each row names its key by position in the array (`k.key`), which is cheaper to read back
+/// than the three names.
+pub(crate) const CHAIN_SQL: &str = "SELECT k.key, cairn_version_text(b.version), b.type_tag, \
+     b.data FROM json_each(?1) AS k CROSS JOIN checkpoint_blobs AS b \
+     WHERE b.thread_id = k.value ->> 0 AND b.checkpoint_ns = k.value ->> 1 \
+       AND b.channel = k.value ->> 2 \
+       AND b.version <= coalesce(unhex(k.value ->> 3), x'ffffffffffffffffffffffffffffffffff')";
 
 /// Pending writes for a JSON array of `[thread, ns, checkpoint_id]` keys.
 pub(crate) const WRITES_SQL: &str = "SELECT w.thread_id, w.checkpoint_ns, w.checkpoint_id, \
@@ -577,10 +581,10 @@ fn build_tuples(
 type ChainKey = (String, String, String, Option<String>);
 
 /// The keys of [`CHAIN_SQL`] for the append values of `tuples`: per channel the largest
-/// [`chain_fetch_bound`] of its heads, or null (every version) when a head's version has no
+/// [`chain_bound`](crate::version_key::chain_bound) of its heads, or null (every version) when a head's version has no
 /// bound.
 fn chain_keys(tuples: &[CheckpointTuple]) -> Vec<ChainKey> {
-    let mut bounds: HashMap<(&str, &str, &str), Option<&str>> = HashMap::new();
+    let mut bounds: HashMap<(&str, &str, &str), Option<String>> = HashMap::new();
     for t in tuples.iter().filter(|t| has_append_values(&t.checkpoint)) {
         for (channel, version) in append_heads(&t.checkpoint) {
             let key = (
@@ -588,23 +592,16 @@ fn chain_keys(tuples: &[CheckpointTuple]) -> Vec<ChainKey> {
                 t.config.checkpoint_ns.as_str(),
                 channel,
             );
-            let bound = chain_fetch_bound(version);
+            let bound = crate::version_key::chain_bound(version);
             bounds
                 .entry(key)
-                .and_modify(|b| *b = b.zip(bound).map(|(x, y)| x.max(y)))
+                .and_modify(|b| *b = b.take().zip(bound.clone()).map(|(x, y)| x.max(y)))
                 .or_insert(bound);
         }
     }
     bounds
         .into_iter()
-        .map(|((t, n, c), b)| {
-            (
-                t.to_owned(),
-                n.to_owned(),
-                c.to_owned(),
-                b.map(str::to_owned),
-            )
-        })
+        .map(|((t, n, c), b)| (t.to_owned(), n.to_owned(), c.to_owned(), b))
         .collect()
 }
 

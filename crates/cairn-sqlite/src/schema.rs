@@ -160,10 +160,18 @@ ALTER TABLE checkpoint_writes_v3 RENAME TO checkpoint_writes;
         // Existing headers stay as they are and read as before.
         sql: "",
     },
+    Migration {
+        version: 5,
+        name: "channel versions in Cairn's own form are stored as 16-byte keys",
+        // `cairn_version_key` (registered on every connection, see `version_key.rs`) turns
+        // Cairn's 49-character versions into 16-byte blobs and leaves any other as it is.
+        sql: "UPDATE checkpoint_blobs SET version = cairn_version_key(version),
+                                      base_version = cairn_version_key(base_version);",
+    },
 ];
 
 /// The schema version this build writes.
-pub const SCHEMA_VERSION: i64 = 4;
+pub const SCHEMA_VERSION: i64 = 5;
 
 /// The SQL of the first migration, for tests of later ones.
 #[cfg(test)]
@@ -185,6 +193,8 @@ pub(crate) fn migrations_up_to(version: i64) -> Vec<(i64, &'static str, &'static
 /// Brings the database up to [`SCHEMA_VERSION`]; a no-op when it already is. Returns the
 /// versions it applied.
 pub(crate) fn migrate(conn: &mut Connection) -> Result<Vec<i64>> {
+    // Migration 5 converts versions with it (a no-op when the connection has it already).
+    crate::version_key::register_functions(conn)?;
     let tx = conn
         .transaction_with_behavior(TransactionBehavior::Immediate)
         .map_err(sql_error("starting the migration transaction"))?;

@@ -89,7 +89,7 @@ fn value_and_write_lookups_search_their_primary_keys() {
 #[test]
 fn migrating_twice_applies_nothing_the_second_time() {
     let mut conn = Connection::open_in_memory().expect("open");
-    assert_eq!(migrate(&mut conn).expect("first"), vec![1, 2, 3, 4]);
+    assert_eq!(migrate(&mut conn).expect("first"), vec![1, 2, 3, 4, 5]);
     assert_eq!(migrate(&mut conn).expect("second"), Vec::<i64>::new());
     let v: i64 = conn
         .query_row("PRAGMA user_version", [], |r| r.get(0))
@@ -529,10 +529,14 @@ mod append_values {
         }
         assert_eq!(
             crate::schema::migrate(&mut conn).expect("migrate"),
-            vec![2, 3, 4]
+            vec![2, 3, 4, 5]
         );
+        // Schema 5 stores the base (Cairn's own form) as 16 bytes, the other versions as text.
         let bases: Vec<(String, Option<String>)> = conn
-            .prepare("SELECT version, base_version FROM checkpoint_blobs ORDER BY version")
+            .prepare(
+                "SELECT version, cairn_version_text(base_version) FROM checkpoint_blobs
+                 WHERE base_version IS NULL OR length(base_version) = 16 ORDER BY version",
+            )
             .expect("prepare")
             .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
             .expect("query")
@@ -647,6 +651,8 @@ mod upgrade {
     /// the id, and `blob_refs`.
     fn write_schema_2_copy(from: &std::path::Path, to: &std::path::Path) {
         let mut old = Connection::open(to).expect("open");
+        // Versions were text before schema 5.
+        crate::version_key::register_functions(&old).expect("functions");
         let tx = old.transaction().expect("tx");
         tx.execute_batch(
             "CREATE TABLE cairn_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL,
@@ -668,7 +674,8 @@ mod upgrade {
         tx.execute_batch(
             "INSERT INTO checkpoint_blobs (thread_id, checkpoint_ns, channel, version, type_tag,
                                            data, base_version)
-             SELECT thread_id, checkpoint_ns, channel, version, type_tag, data, base_version
+             SELECT thread_id, checkpoint_ns, channel, cairn_version_text(version), type_tag,
+                    data, cairn_version_text(base_version)
              FROM new.checkpoint_blobs;
              INSERT INTO checkpoint_writes SELECT * FROM new.checkpoint_writes;",
         )

@@ -26,6 +26,33 @@ fn raw(path: &Path) -> Connection {
     conn
 }
 
+/// The stored form of a version (schema 5): Cairn's own versions as 16 bytes, the counter
+/// then the suffix, big-endian; any other as its text.
+fn stored_version(version: &ChannelVersion) -> rusqlite::types::Value {
+    match version.compact_parts() {
+        Some((counter, suffix)) => {
+            let mut bytes = counter.to_be_bytes().to_vec();
+            bytes.extend(suffix.to_be_bytes());
+            rusqlite::types::Value::Blob(bytes)
+        }
+        None => rusqlite::types::Value::Text(version.to_storage_string()),
+    }
+}
+
+/// The version string of a stored version column.
+fn version_text(r: &rusqlite::Row<'_>, i: usize) -> rusqlite::Result<Option<String>> {
+    Ok(match r.get::<_, rusqlite::types::Value>(i)? {
+        rusqlite::types::Value::Blob(b) => {
+            assert_eq!(b.len(), 16, "a compact version is 16 bytes");
+            let part = |at: usize| u64::from_be_bytes(b[at..at + 8].try_into().expect("8"));
+            let v = ChannelVersion::from_compact_parts(part(0), part(8)).expect("in range");
+            Some(v.to_storage_string())
+        }
+        rusqlite::types::Value::Text(t) => Some(t),
+        _ => None,
+    })
+}
+
 /// `(version, type tag, base version)` of every stored `messages` value of `thread`, by
 /// version.
 fn stored_links(path: &Path, thread: &str) -> Vec<(String, String, Option<String>)> {
@@ -35,7 +62,13 @@ fn stored_links(path: &Path, thread: &str) -> Vec<(String, String, Option<String
              WHERE thread_id = ?1 AND channel = ?2 ORDER BY version",
         )
         .expect("prepare")
-        .query_map([thread, CHANNEL], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+        .query_map([thread, CHANNEL], |r| {
+            Ok((
+                version_text(r, 0)?.unwrap_or_default(),
+                r.get(1)?,
+                version_text(r, 2)?,
+            ))
+        })
         .expect("query")
         .collect::<rusqlite::Result<_>>()
         .expect("rows")
@@ -98,6 +131,19 @@ async fn a_400_step_chain_reads_back_whole_and_stores_each_message_once() {
     );
     let links = stored_links(&path, "chat");
     assert_eq!(links.len(), 400);
+    let not_compact: i64 = raw(&path)
+        .query_row(
+            "SELECT COUNT(*) FROM checkpoint_blobs
+             WHERE typeof(version) <> 'blob' OR length(version) <> 16
+                OR (base_version IS NOT NULL AND length(base_version) <> 16)",
+            [],
+            |r| r.get(0),
+        )
+        .expect("count");
+    assert_eq!(
+        not_compact, 0,
+        "Cairn's own versions are stored as 16 bytes"
+    );
     assert!(links[0].2.is_none(), "the root is a whole value");
     for pair in links.windows(2) {
         assert_eq!(pair[1].1, "append");
@@ -252,7 +298,7 @@ async fn get_tuple_known_skips_the_chains_of_known_values() {
     raw(&path)
         .execute(
             "DELETE FROM checkpoint_blobs WHERE version = ?1",
-            [v1.to_storage_string()],
+            [stored_version(&v1)],
         )
         .expect("delete the root");
 
@@ -277,4 +323,90 @@ async fn get_tuple_known_skips_the_chains_of_known_values() {
         .await
         .expect_err("another checkpoint is read whole");
     assert!(matches!(err, Error::Corrupt { .. }), "{err}");
+}
+
+/// Versions in other forms stay text, and a chain may cross from them to Cairn's compact
+/// ones: a thread carried over with LangGraph's `…0001.0.5` versions or with integer
+/// versions, continued with Cairn's, reads back whole at every checkpoint, after a reopen
+/// too, and pruning to the latest keeps exactly its value.
+#[tokio::test]
+async fn chains_cross_from_text_versions_to_compact_ones() {
+    let (_dir, path) = temp_db();
+    let codec = ValueCodec::default();
+    let roots = [
+        (
+            "langgraph",
+            ChannelVersion::Str("00000000000000000000000000000001.0.5".into()),
+        ),
+        ("integer", ChannelVersion::Int(7)),
+    ];
+    let mut checkpoints = Vec::new();
+    {
+        let saver = SqliteSaver::open(&path).expect("open");
+        for (thread, root) in &roots {
+            let whole = codec.encode(&["a"]).expect("encode");
+            let first = put_channel(
+                &saver,
+                &CheckpointConfig::thread(*thread),
+                CHANNEL,
+                root,
+                whole,
+                "r",
+            )
+            .await;
+            let v2 = saver.get_next_version(Some(root));
+            assert!(v2.compact_parts().is_some(), "Cairn's own form: {v2}");
+            let append = codec.encode_append(root, ["b"].iter()).expect("append");
+            let second = put_channel(&saver, &first, CHANNEL, &v2, append, "r").await;
+            let v3 = saver.get_next_version(Some(&v2));
+            let append = codec.encode_append(&v2, ["c"].iter()).expect("append");
+            put_channel(&saver, &second, CHANNEL, &v3, append, "r").await;
+            let links = stored_links(&path, thread);
+            assert_eq!(
+                links,
+                [
+                    (root.to_storage_string(), "msgpack".to_owned(), None),
+                    (
+                        v2.to_storage_string(),
+                        "append".to_owned(),
+                        Some(root.to_storage_string())
+                    ),
+                    (
+                        v3.to_storage_string(),
+                        "append".to_owned(),
+                        Some(v2.to_storage_string())
+                    ),
+                ]
+            );
+            checkpoints.push((thread, first, second));
+        }
+    }
+    let saver = SqliteSaver::open(&path).expect("reopen");
+    for (thread, first, second) in &checkpoints {
+        let latest = CheckpointConfig::thread(**thread);
+        assert_eq!(read_list(&saver, &latest, CHANNEL).await, ["a", "b", "c"]);
+        assert_eq!(read_list(&saver, second, CHANNEL).await, ["a", "b"]);
+        assert_eq!(read_list(&saver, first, CHANNEL).await, ["a"]);
+        let listed = saver
+            .list(&ListQuery::thread(**thread))
+            .await
+            .expect("list");
+        let lengths: Vec<usize> = listed
+            .iter()
+            .map(|t| {
+                let list: Vec<String> = t
+                    .channel_value(&codec, CHANNEL)
+                    .expect("decode")
+                    .expect("a value");
+                list.len()
+            })
+            .collect();
+        assert_eq!(lengths, [3, 2, 1]);
+        saver
+            .prune(&[thread.to_string()], PruneStrategy::KeepLatest)
+            .await
+            .expect("prune");
+        assert_eq!(read_list(&saver, &latest, CHANNEL).await, ["a", "b", "c"]);
+        assert_eq!(stored_links(&path, thread).len(), 1);
+    }
 }
