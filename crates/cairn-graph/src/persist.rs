@@ -19,8 +19,13 @@ use crate::error::{GraphError, Result};
 use crate::options::Durability;
 use crate::runtime::ThreadGuard;
 
-/// Checkpoints a run may have queued and unsaved before its next step waits for the queue to
-/// drain: bounds memory and what a crash can lose when steps outrun the saver.
+/// Checkpoints a run may have queued, not yet handed to the saver, before its next step waits
+/// for the flusher to take them: bounds memory and what a crash can lose when steps outrun
+/// the saver (at most this many queued plus the batch being stored).
+///
+/// The run waits only for room, not for the queue to drain: while the flusher stores one
+/// batch the run fills the next, so steps and commits overlap. (Waiting for a full drain
+/// made them alternate: W2 on SQLite ran batches of 1 and 64 by turns, with one core idle.)
 pub(crate) const MAX_QUEUED: usize = 64;
 
 /// What the run and its flusher share.
@@ -34,11 +39,19 @@ struct Queue {
     failed: Option<cairn_checkpoint::Error>,
 }
 
+/// The queue and the signal a flusher sends each time it takes the queue (or stops), for a
+/// run waiting for room.
+#[derive(Default)]
+struct Shared {
+    queue: Mutex<Queue>,
+    taken: tokio::sync::Notify,
+}
+
 /// Checkpoint writing for one run.
 pub(crate) struct Persister<'a> {
     pub(crate) saver: &'a Arc<dyn CheckpointSaver>,
     mode: Durability,
-    queue: Arc<Mutex<Queue>>,
+    shared: Arc<Shared>,
     /// The flusher task, when it did not finish on its first poll.
     flusher: Option<tokio::task::JoinHandle<()>>,
     /// Sync mode: the input checkpoint, held until the START step's checkpoint so that both
@@ -65,7 +78,7 @@ impl<'a> Persister<'a> {
         Persister {
             saver,
             mode,
-            queue: Arc::default(),
+            shared: Arc::default(),
             flusher: None,
             held_input: None,
             thread: Arc::clone(thread),
@@ -141,7 +154,7 @@ impl<'a> Persister<'a> {
         }
         let stored = request.stored_config();
         let start = {
-            let mut queue = lock(&self.queue);
+            let mut queue = lock(&self.shared.queue);
             if let Some(e) = queue.failed.take() {
                 return Err(e.into());
             }
@@ -154,7 +167,7 @@ impl<'a> Persister<'a> {
             // A flusher that finished left `flushing` false; its handle is done.
             self.flusher = None;
             let mut flush = Box::pin(flush(
-                Arc::clone(&self.queue),
+                Arc::clone(&self.shared),
                 Arc::clone(self.saver),
                 Arc::clone(&self.thread),
             ));
@@ -162,10 +175,28 @@ impl<'a> Persister<'a> {
             if futures::poll!(flush.as_mut()).is_pending() {
                 self.flusher = Some(tokio::spawn(flush));
             }
-        } else if lock(&self.queue).requests.len() >= MAX_QUEUED {
-            self.settle().await?;
+        } else {
+            self.wait_for_room().await;
         }
         Ok(stored)
+    }
+
+    /// Returns once fewer than [`MAX_QUEUED`] checkpoints wait in the queue (the flusher took
+    /// them, or stopped on an error the next checkpoint reports).
+    async fn wait_for_room(&self) {
+        loop {
+            let taken = self.shared.taken.notified();
+            tokio::pin!(taken);
+            // Registered before the check, so a flusher taking the queue in between is seen.
+            taken.as_mut().enable();
+            {
+                let queue = lock(&self.shared.queue);
+                if queue.requests.len() < MAX_QUEUED || !queue.flushing {
+                    return;
+                }
+            }
+            taken.await;
+        }
     }
 
     /// Stores one request and waits for it: through the narrowest saver call that does it, or
@@ -184,7 +215,7 @@ impl<'a> Persister<'a> {
         self.store_held_input().await?;
         if let Some(handle) = self.flusher.take() {
             if let Err(e) = handle.await {
-                let mut queue = lock(&self.queue);
+                let mut queue = lock(&self.shared.queue);
                 queue.flushing = false;
                 queue.requests.clear();
                 return Err(GraphError::Checkpoint(cairn_checkpoint::Error::backend(
@@ -194,7 +225,7 @@ impl<'a> Persister<'a> {
                 )));
             }
         }
-        match lock(&self.queue).failed.take() {
+        match lock(&self.shared.queue).failed.take() {
             Some(e) => Err(e.into()),
             None => Ok(()),
         }
@@ -220,24 +251,42 @@ fn request(
 
 /// Hands the queue to the saver batch by batch until it is empty or a batch fails; holds the
 /// run's thread (`_thread`) until then.
-async fn flush(
-    queue: Arc<Mutex<Queue>>,
-    saver: Arc<dyn CheckpointSaver>,
-    _thread: Arc<ThreadGuard>,
-) {
+async fn flush(shared: Arc<Shared>, saver: Arc<dyn CheckpointSaver>, _thread: Arc<ThreadGuard>) {
+    // Wakes a run waiting for room however this returns. A saver that panics fails the run
+    // like a failed batch: nothing queued after it is stored, and the next checkpoint (or
+    // `settle`) reports it instead of waiting for a flusher that is gone.
+    struct WakeOnExit<'a>(&'a Shared);
+    impl Drop for WakeOnExit<'_> {
+        fn drop(&mut self) {
+            if std::thread::panicking() {
+                let mut q = lock(&self.0.queue);
+                q.requests.clear();
+                q.flushing = false;
+                q.failed.get_or_insert(cairn_checkpoint::Error::Backend {
+                    backend: "graph runtime",
+                    message: "saving checkpoints in the background: the saver panicked".into(),
+                    source: None,
+                });
+            }
+            self.0.taken.notify_waiters();
+        }
+    }
+    let _wake = WakeOnExit(&shared);
+    let queue = &shared.queue;
     loop {
         let batch = {
-            let mut q = lock(&queue);
+            let mut q = lock(queue);
             if q.requests.is_empty() {
                 q.flushing = false;
                 return;
             }
             std::mem::take(&mut q.requests)
         };
+        shared.taken.notify_waiters();
         let count = batch.len();
         if let Err(e) = saver.put_batch(batch).await {
             tracing::warn!(error = %e, checkpoints = count, "saving checkpoints failed");
-            let mut q = lock(&queue);
+            let mut q = lock(queue);
             // Later checkpoints descend from the lost ones: storing them would leave a
             // thread whose history has a hole.
             q.requests.clear();

@@ -32,22 +32,29 @@ struct Batch {
     tasks: Vec<usize>,
 }
 
-/// An in-memory saver whose first `put_batch` waits until the gate opens, and whose batch
-/// number `fail_at` (0-based) fails.
+/// An in-memory saver whose first `held` calls of `put_batch` each wait until the gate opens
+/// once more, and whose batch number `fail_at` (0-based) fails.
 struct Gated {
     inner: InMemorySaver,
     gate: Semaphore,
     batches: Mutex<Vec<Batch>>,
     fail_at: Option<usize>,
+    held: usize,
 }
 
 impl Gated {
+    /// Holds the first batch.
     fn new(fail_at: Option<usize>) -> Arc<Self> {
+        Gated::holding(1, fail_at)
+    }
+
+    fn holding(held: usize, fail_at: Option<usize>) -> Arc<Self> {
         Arc::new(Gated {
             inner: InMemorySaver::new(),
             gate: Semaphore::new(0),
             batches: Mutex::new(Vec::new()),
             fail_at,
+            held,
         })
     }
 
@@ -74,7 +81,7 @@ impl CheckpointSaver for Gated {
             });
             batches.len() - 1
         };
-        if index == 0 {
+        if index < self.held {
             self.gate.acquire().await.expect("gate open").forget();
         }
         if self.fail_at == Some(index) {
@@ -132,11 +139,20 @@ impl CheckpointSaver for Gated {
 
 /// `inc` adds one to `n` and its name to `seen` until `n` reaches `last`, then notifies
 /// `reached` (from inside the last step, before its checkpoint is made).
+/// Counts to `last`, one step per increment; `reached` is notified when the node computes
+/// `last` (see [`counting_graph_notifying`]).
 fn counting_graph(last: i64, reached: Arc<Notify>) -> StateGraph<Counter> {
+    counting_graph_notifying(last, vec![(last, reached)])
+}
+
+/// Counts to `last`; each `(n, notify)` is notified when the node computes `n`.
+fn counting_graph_notifying(last: i64, marks: Vec<(i64, Arc<Notify>)>) -> StateGraph<Counter> {
     let mut g = StateGraph::<Counter>::new();
     g.add_sync_node("inc", move |s: &Counter| {
-        if s.n + 1 == last {
-            reached.notify_one();
+        for (n, notify) in &marks {
+            if s.n + 1 == *n {
+                notify.notify_one();
+            }
         }
         Ok(CounterUpdate::default()
             .n(s.n + 1)
@@ -231,6 +247,65 @@ async fn checkpoints_queue_while_the_saver_is_busy_and_are_stored_in_order() {
         .expect("get_state")
         .expect("a state");
     assert_eq!(state.values, out);
+}
+
+/// A run whose queue is full waits only until the flusher takes the queue, not until it is
+/// stored: with the second batch still held by the saver, the run goes on and fills the next
+/// one, so steps and commits overlap. (Waiting for the queue to drain made the run stop at
+/// about `MAX_QUEUED` steps here.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_queue_waits_for_room_not_for_the_queue_to_drain() {
+    const LAST: i64 = 200;
+    // Below 64 queued checkpoints while the first batch is held; beyond 64 + 64 once the
+    // second batch is handed over and held in turn.
+    let (queued, beyond) = (Arc::new(Notify::new()), Arc::new(Notify::new()));
+    let saver = Gated::holding(2, None);
+    let app = counting_graph_notifying(
+        LAST,
+        vec![(60, Arc::clone(&queued)), (110, Arc::clone(&beyond))],
+    )
+    .compile(saver.clone())
+    .expect("compile");
+    let config = RunConfig::thread("room")
+        .with_durability(Durability::Async)
+        .with_recursion_limit(LAST as usize + 10);
+    let run = tokio::spawn({
+        let (app, config) = (app.clone(), config.clone());
+        async move { app.invoke(Some(CounterUpdate::default()), config).await }
+    });
+    // Timeouts guard against hanging, they do not synchronise: the run gets there at once or
+    // never.
+    let guard = std::time::Duration::from_secs(60);
+    tokio::time::timeout(guard, queued.notified())
+        .await
+        .expect("the run reached step 60 while its first batch was held");
+    saver.open();
+    tokio::time::timeout(guard, beyond.notified())
+        .await
+        .expect("the run went on while its previous batch was being stored");
+    let held = saver.batches();
+    assert_eq!(held.len(), 2, "the second batch is still held: {held:?}");
+    assert!(held[1].checkpoints >= 59, "{held:?}");
+    saver.open();
+    let out = run.await.expect("join").expect("run");
+    assert_eq!(out.n, LAST);
+    let batches = saver.batches();
+    assert_eq!(
+        batches.iter().map(|b| b.checkpoints).sum::<usize>(),
+        LAST as usize + 2,
+        "every checkpoint is handed over once: {batches:?}"
+    );
+    assert!(
+        batches.iter().all(|b| b.checkpoints <= 64),
+        "a batch holds at most the queue's bound: {batches:?}"
+    );
+    let steps: Vec<i64> = app
+        .get_state_history(config, HistoryQuery::default())
+        .map_ok(|s| s.metadata.step.expect("step"))
+        .try_collect()
+        .await
+        .expect("history");
+    assert_eq!(steps, (-1..=LAST).rev().collect::<Vec<_>>());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
