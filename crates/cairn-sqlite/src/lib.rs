@@ -723,13 +723,8 @@ impl CheckpointSaver for SqliteSaver {
     ) -> Result<CheckpointConfig> {
         let writes = writes_row(config, writes, task_id, task_path)?;
         let (row, stored) = put_row(config, checkpoint, &metadata, new_versions)?;
-        self.write(move |conn| {
-            if let Some(writes) = &writes {
-                ops::put_writes(conn, writes)?;
-            }
-            ops::put(conn, &row)
-        })
-        .await?;
+        self.write(move |conn| ops::store(conn, writes.as_slice(), std::slice::from_ref(&row)))
+            .await?;
         Ok(stored)
     }
 
@@ -740,9 +735,9 @@ impl CheckpointSaver for SqliteSaver {
     /// thread commits while the run computes its next steps.
     async fn put_batch(&self, requests: Vec<PutRequest>) -> Result<Vec<CheckpointConfig>> {
         let mut rows = Vec::with_capacity(requests.len());
+        let mut writes = Vec::new();
         let mut stored = Vec::with_capacity(requests.len());
         for request in requests {
-            let mut writes = Vec::with_capacity(request.writes.len());
             for w in request.writes {
                 writes.extend(writes_row(
                     &request.config,
@@ -757,22 +752,14 @@ impl CheckpointSaver for SqliteSaver {
                 &request.metadata,
                 request.new_versions,
             )?;
-            rows.push((writes, row));
+            rows.push(row);
             stored.push(config);
         }
         if rows.is_empty() {
             return Ok(stored);
         }
-        self.write_queued(Box::new(move |conn| {
-            for (writes, row) in &rows {
-                for w in writes {
-                    ops::put_writes(conn, w)?;
-                }
-                ops::put(conn, row)?;
-            }
-            Ok(())
-        }))
-        .await?;
+        self.write_queued(Box::new(move |conn| ops::store(conn, &writes, &rows)))
+            .await?;
         Ok(stored)
     }
 

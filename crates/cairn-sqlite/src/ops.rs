@@ -36,59 +36,7 @@ pub(crate) struct BlobRow {
 }
 
 pub(crate) fn put(conn: &Connection, row: &PutRow) -> Result<()> {
-    let mut blob = conn
-        .prepare_cached(
-            "INSERT INTO checkpoint_blobs (thread_id, checkpoint_ns, channel, version, type_tag,
-                                           data, base_version)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
-             ON CONFLICT (thread_id, checkpoint_ns, channel, version)
-             DO UPDATE SET type_tag = excluded.type_tag, data = excluded.data,
-                           base_version = excluded.base_version",
-        )
-        .map_err(sql_error("preparing the channel value insert"))?;
-    for b in &row.blobs {
-        blob.execute(params![
-            row.thread_id,
-            row.checkpoint_ns,
-            b.channel,
-            b.key,
-            b.value.type_tag,
-            b.value.data.as_ref(),
-            b.base_key
-        ])
-        .map_err(|e| {
-            sql_error(format!(
-                "storing channel {:?} version {} of thread {:?}",
-                b.channel, b.version, row.thread_id
-            ))(e)
-        })?;
-    }
-    conn.prepare_cached(
-        "INSERT INTO checkpoints (thread_id, checkpoint_ns, checkpoint_id, parent_checkpoint_id,
-                                  header, metadata, run_id)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
-         ON CONFLICT (thread_id, checkpoint_ns, checkpoint_id) DO UPDATE SET
-             parent_checkpoint_id = excluded.parent_checkpoint_id, header = excluded.header,
-             metadata = excluded.metadata, run_id = excluded.run_id",
-    )
-    .and_then(|mut s| {
-        s.execute(params![
-            row.thread_id,
-            row.checkpoint_ns,
-            row.checkpoint_id,
-            row.parent_id,
-            row.header,
-            row.metadata,
-            row.run_id
-        ])
-    })
-    .map_err(|e| {
-        sql_error(format!(
-            "storing checkpoint {} of thread {:?}",
-            row.checkpoint_id, row.thread_id
-        ))(e)
-    })?;
-    Ok(())
+    store(conn, &[], std::slice::from_ref(row))
 }
 
 /// Pending writes of one task against one checkpoint.
@@ -102,36 +50,197 @@ pub(crate) struct WritesRow {
 }
 
 pub(crate) fn put_writes(conn: &Connection, row: &WritesRow) -> Result<()> {
-    const COLUMNS: &str = "INTO checkpoint_writes (thread_id, checkpoint_ns, checkpoint_id, \
-        task_id, idx, task_path, channel, type_tag, data) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)";
+    store(conn, std::slice::from_ref(row), &[])
+}
+
+/// Stores `writes` and `checkpoints` (with their channel values) with a few multi-row
+/// statements per table instead of one statement per row: on a batch of 64 W2 checkpoints the
+/// statements' fixed costs (binding, stepping and resetting a program) were most of the
+/// writer thread's time. Rows go in the order given, so a key given twice ends as one
+/// statement per row would leave it: the first regular write is kept, the last special write,
+/// value and checkpoint win.
+pub(crate) fn store(conn: &Connection, writes: &[WritesRow], checkpoints: &[PutRow]) -> Result<()> {
     // A regular write is kept if already stored (a retried task cannot duplicate it); a
     // special channel's write (negative index) replaces the stored one.
-    let mut keep = conn
-        .prepare_cached(&format!("INSERT OR IGNORE {COLUMNS}"))
-        .map_err(sql_error("preparing the pending write insert"))?;
-    let mut replace = conn
-        .prepare_cached(&format!("INSERT OR REPLACE {COLUMNS}"))
-        .map_err(sql_error("preparing the pending write insert"))?;
-    for (position, (channel, value)) in row.writes.iter().enumerate() {
-        let idx = write_index(channel, position);
-        let stmt = if idx >= 0 { &mut keep } else { &mut replace };
-        stmt.execute(params![
-            row.thread_id,
-            row.checkpoint_ns,
-            row.checkpoint_id,
-            row.task_id,
-            idx,
-            row.task_path,
-            channel,
-            value.type_tag,
-            value.data.as_ref()
-        ])
-        .map_err(|e| {
-            sql_error(format!(
-                "storing a pending write of task {:?} to channel {channel:?} (checkpoint {} of thread {:?})",
-                row.task_id, row.checkpoint_id, row.thread_id
-            ))(e)
-        })?;
+    let mut keep = Vec::new();
+    let mut replace = Vec::new();
+    for row in writes {
+        for (position, (channel, value)) in row.writes.iter().enumerate() {
+            let idx = write_index(channel, position);
+            let write = (row, idx, channel.as_str(), value);
+            if idx >= 0 {
+                keep.push(write);
+            } else {
+                replace.push(write);
+            }
+        }
+    }
+    for (rows, verb) in [(&keep, "INSERT OR IGNORE"), (&replace, "INSERT OR REPLACE")] {
+        insert_rows(
+            conn,
+            &format!("{verb} INTO checkpoint_writes {WRITE_COLUMNS}"),
+            9,
+            "",
+            rows,
+            |stmt, at, (row, idx, channel, value)| {
+                bind(stmt, at, &row.thread_id)?;
+                bind(stmt, at + 1, &row.checkpoint_ns)?;
+                bind(stmt, at + 2, &row.checkpoint_id)?;
+                bind(stmt, at + 3, &row.task_id)?;
+                bind(stmt, at + 4, idx)?;
+                bind(stmt, at + 5, &row.task_path)?;
+                bind(stmt, at + 6, channel)?;
+                bind(stmt, at + 7, &value.type_tag)?;
+                bind(stmt, at + 8, value.data.as_ref())
+            },
+            || match writes.first() {
+                Some(w) => format!(
+                    "storing {} pending writes (task {:?}, checkpoint {} of thread {:?}{})",
+                    rows.len(),
+                    w.task_id,
+                    w.checkpoint_id,
+                    w.thread_id,
+                    if writes.len() > 1 { ", and others" } else { "" }
+                ),
+                None => "storing pending writes".into(),
+            },
+        )?;
+    }
+    let blobs: Vec<(&PutRow, &BlobRow)> = checkpoints
+        .iter()
+        .flat_map(|row| row.blobs.iter().map(move |b| (row, b)))
+        .collect();
+    insert_rows(
+        conn,
+        "INSERT INTO checkpoint_blobs (thread_id, checkpoint_ns, channel, version, type_tag, \
+         data, base_version)",
+        7,
+        " ON CONFLICT (thread_id, checkpoint_ns, channel, version) \
+         DO UPDATE SET type_tag = excluded.type_tag, data = excluded.data, \
+                       base_version = excluded.base_version",
+        &blobs,
+        |stmt, at, (row, b)| {
+            bind(stmt, at, &row.thread_id)?;
+            bind(stmt, at + 1, &row.checkpoint_ns)?;
+            bind(stmt, at + 2, &b.channel)?;
+            bind(stmt, at + 3, &b.key)?;
+            bind(stmt, at + 4, &b.value.type_tag)?;
+            bind(stmt, at + 5, b.value.data.as_ref())?;
+            bind(stmt, at + 6, &b.base_key)
+        },
+        || match blobs.as_slice() {
+            [(row, b)] => format!(
+                "storing channel {:?} version {} of thread {:?}",
+                b.channel, b.version, row.thread_id
+            ),
+            _ => format!(
+                "storing {} channel values (thread {:?}{})",
+                blobs.len(),
+                checkpoints.first().map_or("", |r| r.thread_id.as_str()),
+                if checkpoints.len() > 1 {
+                    " and others"
+                } else {
+                    ""
+                }
+            ),
+        },
+    )?;
+    insert_rows(
+        conn,
+        "INSERT INTO checkpoints (thread_id, checkpoint_ns, checkpoint_id, \
+         parent_checkpoint_id, header, metadata, run_id)",
+        7,
+        " ON CONFLICT (thread_id, checkpoint_ns, checkpoint_id) DO UPDATE SET \
+         parent_checkpoint_id = excluded.parent_checkpoint_id, header = excluded.header, \
+         metadata = excluded.metadata, run_id = excluded.run_id",
+        checkpoints,
+        |stmt, at, row| {
+            bind(stmt, at, &row.thread_id)?;
+            bind(stmt, at + 1, &row.checkpoint_ns)?;
+            bind(stmt, at + 2, &row.checkpoint_id)?;
+            bind(stmt, at + 3, &row.parent_id)?;
+            bind(stmt, at + 4, &row.header)?;
+            bind(stmt, at + 5, &row.metadata)?;
+            bind(stmt, at + 6, &row.run_id)
+        },
+        || match checkpoints {
+            [row] => format!(
+                "storing checkpoint {} of thread {:?}",
+                row.checkpoint_id, row.thread_id
+            ),
+            _ => format!(
+                "storing {} checkpoints (thread {:?}{})",
+                checkpoints.len(),
+                checkpoints.first().map_or("", |r| r.thread_id.as_str()),
+                if checkpoints.len() > 1 {
+                    " and others"
+                } else {
+                    ""
+                }
+            ),
+        },
+    )?;
+    Ok(())
+}
+
+const WRITE_COLUMNS: &str = "(thread_id, checkpoint_ns, checkpoint_id, task_id, idx, task_path, \
+    channel, type_tag, data)";
+
+/// Rows per statement: a batch goes in statements of 16 rows, its remainder in statements of
+/// 4 and of 1, so at most three statements per table stay in the statement cache.
+const CHUNKS: [usize; 3] = [16, 4, 1];
+
+fn bind<T: rusqlite::ToSql>(
+    stmt: &mut rusqlite::Statement<'_>,
+    index: usize,
+    value: T,
+) -> rusqlite::Result<()> {
+    stmt.raw_bind_parameter(index, value)
+}
+
+/// Inserts `rows` with `head VALUES (…), (…) tail` statements of [`CHUNKS`] rows of
+/// `columns` parameters; `bind_row` binds one row's parameters from the given 1-based index
+/// on. `what` names the rows for an error message (built only on failure).
+fn insert_rows<T>(
+    conn: &Connection,
+    head: &str,
+    columns: usize,
+    tail: &str,
+    rows: &[T],
+    bind_row: impl Fn(&mut rusqlite::Statement<'_>, usize, &T) -> rusqlite::Result<()>,
+    what: impl Fn() -> String,
+) -> Result<()> {
+    let mut rest = rows;
+    while !rest.is_empty() {
+        let size = CHUNKS.into_iter().find(|&k| k <= rest.len()).unwrap_or(1);
+        let (chunk, after) = rest.split_at(size.min(rest.len()));
+        let mut sql = String::with_capacity(head.len() + tail.len() + size * (4 * columns + 8));
+        sql.push_str(head);
+        sql.push_str(" VALUES ");
+        for i in 0..size {
+            if i > 0 {
+                sql.push_str(", ");
+            }
+            sql.push('(');
+            for c in 0..columns {
+                if c > 0 {
+                    sql.push(',');
+                }
+                sql.push('?');
+            }
+            sql.push(')');
+        }
+        sql.push_str(tail);
+        let mut stmt = conn
+            .prepare_cached(&sql)
+            .map_err(|e| sql_error(format!("preparing the statement for {}", what()))(e))?;
+        let result = chunk
+            .iter()
+            .enumerate()
+            .try_for_each(|(i, row)| bind_row(&mut stmt, i * columns + 1, row))
+            .and_then(|()| stmt.raw_execute());
+        result.map_err(|e| sql_error(what())(e))?;
+        rest = after;
     }
     Ok(())
 }

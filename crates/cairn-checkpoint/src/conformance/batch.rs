@@ -196,3 +196,127 @@ pub async fn put_batch_stops_at_a_failing_request(saver: &dyn CheckpointSaver) {
     );
     assert!(stored.contains(&id_of(&root)), "earlier checkpoints stay");
 }
+
+/// A large batch (41 requests: a chain of 40 with two tasks' regular and special writes each,
+/// and a fork that repeats a task's writes on a checkpoint of the chain and a value already in
+/// the batch) stores exactly what storing the same requests one call each stores: the same
+/// history, values and pending writes. The first regular write of a task at an index is kept,
+/// the last special write (and the last value of a channel version) wins, in a batch as one by
+/// one. Savers that store batches with multi-row statements split them in chunks; 41 crosses
+/// several chunk sizes.
+pub async fn put_batch_matches_one_call_per_request(saver: &dyn CheckpointSaver) {
+    let (batched, one_by_one) = (thread_id(), thread_id());
+    let requests = |tid: &str| {
+        let mut requests = Vec::new();
+        let mut parent = cfg(tid);
+        let mut cp = Checkpoint::new();
+        let mut fork_parent = None;
+        let mut fork_version = None;
+        for step in 0..40i64 {
+            let mut next = cp.successor();
+            next.channel_values.clear();
+            let v = ChannelVersion::first_after(next.channel_versions.get("n"));
+            next.channel_values.insert("n".into(), value(&step));
+            next.channel_versions.insert("n".into(), v.clone());
+            let writes = if parent.checkpoint_id.is_some() {
+                vec![
+                    task_writes(
+                        "t-a",
+                        "~a",
+                        &[
+                            ("n", value(&step)),
+                            ("__error__", value(&format!("a{step}"))),
+                        ],
+                    ),
+                    task_writes("t-b", "~b", &[("log", value(&[step]))]),
+                ]
+            } else {
+                Vec::new()
+            };
+            let mut r = request(&parent, &next, step, writes);
+            r.new_versions = [("n".to_owned(), v.clone())].into();
+            requests.push(r);
+            if step == 5 {
+                fork_parent = Some(parent.clone());
+                fork_version = Some(v);
+            }
+            parent = cfg(tid).with_checkpoint_id(&next.id);
+            cp = next;
+        }
+        // A fork from the parent of step 5: same task, same indexes, another value for the
+        // version step 5 stored.
+        if let (Some(fork_parent), Some(v)) = (fork_parent, fork_version) {
+            let mut fork = Checkpoint::new();
+            fork.channel_values.insert("n".into(), value(&"fork"));
+            fork.channel_versions.insert("n".into(), v.clone());
+            let mut r = request(
+                &fork_parent,
+                &fork,
+                5,
+                vec![task_writes(
+                    "t-a",
+                    "~a",
+                    &[("n", value(&"again")), ("__error__", value(&"fork"))],
+                )],
+            );
+            r.new_versions = [("n".to_owned(), v)].into();
+            requests.push(r);
+        }
+        requests
+    };
+    let batch = requests(&batched);
+    assert_eq!(batch.len(), 41);
+    let ids_in_batch: Vec<String> = batch.iter().map(|r| r.checkpoint.id.clone()).collect();
+    let stored = ok(saver.put_batch(batch).await, "put_batch of 41 requests");
+    assert_eq!(config_ids(&stored), ids_in_batch);
+    for (i, r) in requests(&one_by_one).into_iter().enumerate() {
+        ok(
+            saver.put_batch(vec![r]).await,
+            &format!("put_batch of request {i} alone"),
+        );
+    }
+
+    // Compare everything but the thread ids (and checkpoint ids, new per call of `requests`).
+    let view = |history: &[crate::CheckpointTuple]| -> Vec<serde_json::Value> {
+        history
+            .iter()
+            .map(|t| {
+                let values: Vec<(String, serde_json::Value)> = t
+                    .checkpoint
+                    .channel_values
+                    .iter()
+                    .map(|(c, v)| (c.clone(), json(v)))
+                    .collect();
+                json!({
+                    "step": t.metadata.step,
+                    "has_parent": t.parent_config.is_some(),
+                    "values": values,
+                    "writes": writes_json(&t.pending_writes),
+                })
+            })
+            .collect()
+    };
+    let a = list(saver, &query(&batched)).await;
+    let b = list(saver, &query(&one_by_one)).await;
+    assert_eq!(a.len(), 41);
+    assert_eq!(
+        view(&a),
+        view(&b),
+        "a batch stores what one call per request stores"
+    );
+    let fork_parent = a
+        .iter()
+        .find(|t| {
+            t.pending_writes
+                .iter()
+                .any(|w| w.channel == "__error__" && json(&w.value) == json!("fork"))
+        })
+        .expect("the fork's special write replaced the chain's");
+    let regular: Vec<_> = fork_parent
+        .pending_writes
+        .iter()
+        .filter(|w| w.task_id == "t-a" && w.channel == "n")
+        .map(|w| json(&w.value))
+        .collect();
+    assert_eq!(regular, [json!(5)], "the first regular write is kept");
+}

@@ -77,7 +77,7 @@
 //! | Cairn: writes | [`put_writes_regular_first_wins_special_last_wins`], [`pending_writes_ordered_by_path_task_index`], [`put_writes_without_checkpoint_id_is_an_error`], [`put_writes_and_put_saves_both`] |
 //! | Cairn: deletion | [`delete_thread_removes_values`], [`delete_for_runs_keeps_values_of_survivors`], [`prune_keep_latest_keeps_values`], [`copy_thread_is_independent_of_source`] |
 //! | Cairn: append values | [`append_values_read_back_whole`], [`append_values_branch_independently`], [`append_values_survive_copy_thread`], [`prune_keep_latest_keeps_append_values_whole`], [`delete_for_runs_keeps_append_chains`], [`append_value_with_missing_base_is_corrupt`] (see [`crate::AppendValue`]) |
-//! | Cairn: batches | [`put_batch_stores_checkpoints_in_order`], [`put_batch_stops_at_a_failing_request`] (see [`CheckpointSaver::put_batch`](crate::CheckpointSaver::put_batch)) |
+//! | Cairn: batches | [`put_batch_stores_checkpoints_in_order`], [`put_batch_stops_at_a_failing_request`], [`put_batch_matches_one_call_per_request`] (see [`CheckpointSaver::put_batch`](crate::CheckpointSaver::put_batch)) |
 //! | Cairn: model | [`random_operations_match_the_model`] (random operations, every read compared with [`InMemorySaver`](crate::InMemorySaver)) |
 
 use std::future::Future;
@@ -273,6 +273,7 @@ macro_rules! __cairn_conformance_cases {
             delete_for_runs_keeps_append_chains append_value_with_missing_base_is_corrupt
             // Cairn: batches
             put_batch_stores_checkpoints_in_order put_batch_stops_at_a_failing_request
+            put_batch_matches_one_call_per_request
             ;
             concurrent_tasks_write_64_threads
         }
