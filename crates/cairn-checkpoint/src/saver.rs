@@ -321,6 +321,14 @@ pub trait CheckpointSaver: Send + Sync {
         Ok(stored)
     }
 
+    /// [`put_batch`](Self::put_batch) for a caller that waits for the result with nothing
+    /// else to do meanwhile (a run storing what it queued as it ends): a saver may do the work
+    /// on the calling thread instead of handing it to a background writer, sparing the thread
+    /// hops. Same effects as `put_batch`, which the default calls.
+    async fn put_batch_now(&self, requests: Vec<PutRequest>) -> Result<Vec<CheckpointConfig>> {
+        self.put_batch(requests).await
+    }
+
     /// Deletes every checkpoint, value and write of `thread_id`, in every namespace.
     async fn delete_thread(&self, thread_id: &str) -> Result<()>;
 

@@ -8,6 +8,11 @@ use crate::options::Durability;
 /// not counting the step that applies the input.
 pub const DEFAULT_RECURSION_LIMIT: usize = 25;
 
+/// How long, in durability [`Async`](crate::Durability::Async), a run's first queued
+/// checkpoint may wait before it is handed to the saver, so that the checkpoints of the steps
+/// that follow at once go in the same batch (see [`RunConfig::commit_delay`]).
+pub const DEFAULT_COMMIT_DELAY: std::time::Duration = std::time::Duration::from_millis(1);
+
 /// Which thread (and optionally which checkpoint) a call is about, plus run settings.
 ///
 /// ```
@@ -37,6 +42,13 @@ pub struct RunConfig {
     pub interrupt_before: Option<Vec<String>>,
     /// Breakpoints after these nodes for this run, replacing the compiled ones.
     pub interrupt_after: Option<Vec<String>>,
+    /// Durability [`Async`](crate::Durability::Async) only: how long the first checkpoint
+    /// queued while no batch is being stored waits before the queue goes to the saver, unless
+    /// the run ends (or fills the queue) first. A run that ends within it stores all its
+    /// checkpoints in one batch, one commit; a longer run has each checkpoint handed over at
+    /// most this long after it was made, as with a commit delay in a database. Zero hands
+    /// each queue over at once. Default [`DEFAULT_COMMIT_DELAY`] (1 ms).
+    pub commit_delay: std::time::Duration,
 }
 
 impl Default for RunConfig {
@@ -51,6 +63,7 @@ impl Default for RunConfig {
             durability: None,
             interrupt_before: None,
             interrupt_after: None,
+            commit_delay: DEFAULT_COMMIT_DELAY,
         }
     }
 }
@@ -95,6 +108,21 @@ impl RunConfig {
     /// Sets this run's durability.
     pub fn with_durability(mut self, durability: Durability) -> Self {
         self.durability = Some(durability);
+        self
+    }
+
+    /// Sets how long a queued checkpoint may wait for the next ones in durability `Async`
+    /// (see [`commit_delay`](Self::commit_delay)).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use cairn_graph::RunConfig;
+    /// // Hand every checkpoint to the saver as soon as the previous batch is stored.
+    /// let config = RunConfig::thread("chat").with_commit_delay(Duration::ZERO);
+    /// assert_eq!(config.commit_delay, Duration::ZERO);
+    /// ```
+    pub fn with_commit_delay(mut self, delay: std::time::Duration) -> Self {
+        self.commit_delay = delay;
         self
     }
 

@@ -208,7 +208,7 @@ pub use command::{
     interrupt, interrupt_as, Command, Interrupt, IntoNodeOutput, NodeInterrupted, Resume,
     RunOutcome,
 };
-pub use config::{RunConfig, DEFAULT_RECURSION_LIMIT};
+pub use config::{RunConfig, DEFAULT_COMMIT_DELAY, DEFAULT_RECURSION_LIMIT};
 pub use error::{GraphError, NodeError, Result};
 pub use graph::{EdgeSources, Goto, NodeResult, Route, SendTo, StateGraph, END, START};
 pub use options::{Durability, NodeOptions, RetryPolicy, RetryPredicate};

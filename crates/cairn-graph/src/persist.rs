@@ -35,6 +35,12 @@ struct Queue {
     requests: Vec<PutRequest>,
     /// Whether a flusher is running (it clears this when it finds the queue empty).
     flushing: bool,
+    /// Set while the running flusher is still in its commit delay, having taken nothing: its
+    /// hold on the run's thread, kept here rather than in the flusher's task so that the run,
+    /// settling, can take the queue over and release the flusher's hold at once (the flusher,
+    /// finding this empty when its delay ends, stops). A run dropped during the delay leaves
+    /// the hold here until the flusher has stored the queue.
+    delayed: Option<Arc<ThreadGuard>>,
     /// The first error a batch failed with; nothing is stored after it.
     failed: Option<cairn_checkpoint::Error>,
 }
@@ -45,6 +51,8 @@ struct Queue {
 struct Shared {
     queue: Mutex<Queue>,
     taken: tokio::sync::Notify,
+    /// Ends a flusher's commit delay early: the run is settling, or its queue is full.
+    flush_now: tokio::sync::Notify,
 }
 
 /// Checkpoint writing for one run.
@@ -61,6 +69,8 @@ pub(crate) struct Persister<'a> {
     /// mid-way (a cancelled `invoke`) keeps its thread busy until its queued checkpoints are
     /// stored, and the next run on the thread starts from them.
     thread: Arc<ThreadGuard>,
+    /// How long a flusher waits before taking its first batch (`RunConfig::commit_delay`).
+    commit_delay: std::time::Duration,
 }
 
 fn lock(queue: &Mutex<Queue>) -> MutexGuard<'_, Queue> {
@@ -74,6 +84,7 @@ impl<'a> Persister<'a> {
         saver: &'a Arc<dyn CheckpointSaver>,
         mode: Durability,
         thread: &Arc<ThreadGuard>,
+        commit_delay: std::time::Duration,
     ) -> Self {
         Persister {
             saver,
@@ -82,6 +93,7 @@ impl<'a> Persister<'a> {
             flusher: None,
             held_input: None,
             thread: Arc::clone(thread),
+            commit_delay,
         }
     }
 
@@ -161,19 +173,41 @@ impl<'a> Persister<'a> {
             queue.requests.push(request);
             let start = !queue.flushing;
             queue.flushing = true;
+            if start && !self.commit_delay.is_zero() {
+                queue.delayed = Some(Arc::clone(&self.thread));
+            }
             start
         };
         if start {
             // A flusher that finished left `flushing` false; its handle is done.
             self.flusher = None;
-            let mut flush = Box::pin(flush(
-                Arc::clone(&self.shared),
-                Arc::clone(self.saver),
-                Arc::clone(&self.thread),
-            ));
-            // Savers that finish without waiting (in memory) cost no spawned task.
-            if futures::poll!(flush.as_mut()).is_pending() {
-                self.flusher = Some(tokio::spawn(flush));
+            if self.commit_delay.is_zero() {
+                let mut flush = Box::pin(flush(
+                    Arc::clone(&self.shared),
+                    Arc::clone(self.saver),
+                    Arc::clone(&self.thread),
+                    Waiting::No,
+                ));
+                // Savers that finish without waiting (in memory) cost no spawned task.
+                if futures::poll!(flush.as_mut()).is_pending() {
+                    self.flusher = Some(tokio::spawn(flush));
+                }
+            } else {
+                // The steps that follow at once join this checkpoint's batch: a short run
+                // stores all of its checkpoints with one commit.
+                let (shared, delay) = (Arc::clone(&self.shared), self.commit_delay);
+                let saver = Arc::clone(self.saver);
+                self.flusher = Some(tokio::spawn(async move {
+                    tokio::select! {
+                        () = tokio::time::sleep(delay) => {}
+                        () = shared.flush_now.notified() => {}
+                    }
+                    let hold = lock(&shared.queue).delayed.take();
+                    // None: the run took the queue over.
+                    if let Some(thread) = hold {
+                        flush(Arc::clone(&shared), saver, thread, Waiting::No).await;
+                    }
+                }));
             }
         } else {
             self.wait_for_room().await;
@@ -184,6 +218,9 @@ impl<'a> Persister<'a> {
     /// Returns once fewer than [`MAX_QUEUED`] checkpoints wait in the queue (the flusher took
     /// them, or stopped on an error the next checkpoint reports).
     async fn wait_for_room(&self) {
+        if lock(&self.shared.queue).requests.len() >= MAX_QUEUED {
+            self.shared.flush_now.notify_one();
+        }
         loop {
             let taken = self.shared.taken.notified();
             tokio::pin!(taken);
@@ -213,7 +250,26 @@ impl<'a> Persister<'a> {
     /// Waits until every queued checkpoint is stored; the first error of any batch.
     pub(crate) async fn settle(&mut self) -> Result<()> {
         self.store_held_input().await?;
+        let flusher_hold = lock(&self.shared.queue).delayed.take();
+        if let Some(flusher_hold) = flusher_hold {
+            drop(flusher_hold);
+            // The flusher has taken nothing yet: store the queue from here, sparing the hop
+            // to the flusher's task and back (a short run's one commit is then all it waits
+            // for). Dropped mid-way (a cancelled `invoke`), the flush goes on in the
+            // background, holding the thread, as the flusher would have.
+            if let Some(handle) = self.flusher.take() {
+                handle.abort();
+            }
+            DetachOnDrop(Some(Box::pin(flush(
+                Arc::clone(&self.shared),
+                Arc::clone(self.saver),
+                Arc::clone(&self.thread),
+                Waiting::Yes,
+            ))))
+            .await;
+        }
         if let Some(handle) = self.flusher.take() {
+            self.shared.flush_now.notify_one();
             if let Err(e) = handle.await {
                 let mut queue = lock(&self.shared.queue);
                 queue.flushing = false;
@@ -228,6 +284,36 @@ impl<'a> Persister<'a> {
         match lock(&self.shared.queue).failed.take() {
             Some(e) => Err(e.into()),
             None => Ok(()),
+        }
+    }
+}
+
+/// A future run in place that, when dropped before it finishes, finishes in a spawned task
+/// instead of being cancelled.
+struct DetachOnDrop(Option<std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>>);
+
+impl std::future::Future for DetachOnDrop {
+    type Output = ();
+
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<()> {
+        let Some(inner) = self.0.as_mut() else {
+            return std::task::Poll::Ready(());
+        };
+        let poll = inner.as_mut().poll(cx);
+        if poll.is_ready() {
+            self.0 = None;
+        }
+        poll
+    }
+}
+
+impl Drop for DetachOnDrop {
+    fn drop(&mut self) {
+        if let (Some(rest), Ok(runtime)) = (self.0.take(), tokio::runtime::Handle::try_current()) {
+            runtime.spawn(rest);
         }
     }
 }
@@ -249,9 +335,22 @@ fn request(
     }
 }
 
+/// Whether the run waits for a flush with nothing else to do (it is settling).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Waiting {
+    Yes,
+    No,
+}
+
 /// Hands the queue to the saver batch by batch until it is empty or a batch fails; holds the
-/// run's thread (`_thread`) until then.
-async fn flush(shared: Arc<Shared>, saver: Arc<dyn CheckpointSaver>, _thread: Arc<ThreadGuard>) {
+/// run's thread (`_thread`) until then. A settling run's batches go through
+/// [`CheckpointSaver::put_batch_now`].
+async fn flush(
+    shared: Arc<Shared>,
+    saver: Arc<dyn CheckpointSaver>,
+    _thread: Arc<ThreadGuard>,
+    waiting: Waiting,
+) {
     // Wakes a run waiting for room however this returns. A saver that panics fails the run
     // like a failed batch: nothing queued after it is stored, and the next checkpoint (or
     // `settle`) reports it instead of waiting for a flusher that is gone.
@@ -284,7 +383,11 @@ async fn flush(shared: Arc<Shared>, saver: Arc<dyn CheckpointSaver>, _thread: Ar
         };
         shared.taken.notify_waiters();
         let count = batch.len();
-        if let Err(e) = saver.put_batch(batch).await {
+        let stored = match waiting {
+            Waiting::Yes => saver.put_batch_now(batch).await,
+            Waiting::No => saver.put_batch(batch).await,
+        };
+        if let Err(e) = stored {
             tracing::warn!(error = %e, checkpoints = count, "saving checkpoints failed");
             let mut q = lock(queue);
             // Later checkpoints descend from the lost ones: storing them would leave a

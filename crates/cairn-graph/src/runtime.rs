@@ -563,7 +563,8 @@ impl<S: State> CompiledGraph<S> {
             None => crate::channels::Versioner::Int,
         };
         let durability = config.durability.unwrap_or(self.inner.durability);
-        let mut persister = saver_arc.map(|saver| Persister::new(saver, durability, &guard));
+        let mut persister =
+            saver_arc.map(|saver| Persister::new(saver, durability, &guard, config.commit_delay));
         let result: Result<(Arc<S>, Option<Vec<Interrupt>>)> = async {
         let exit_mode = saver.is_some() && durability == Durability::Exit;
         let run_id = config

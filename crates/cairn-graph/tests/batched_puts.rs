@@ -5,6 +5,7 @@
 //! (no sleeps).
 
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use cairn_checkpoint::{
@@ -40,6 +41,8 @@ struct Gated {
     batches: Mutex<Vec<Batch>>,
     fail_at: Option<usize>,
     held: usize,
+    /// Notified on every `put_batch` call.
+    received: Notify,
 }
 
 impl Gated {
@@ -55,6 +58,7 @@ impl Gated {
             batches: Mutex::new(Vec::new()),
             fail_at,
             held,
+            received: Notify::new(),
         })
     }
 
@@ -81,6 +85,7 @@ impl CheckpointSaver for Gated {
             });
             batches.len() - 1
         };
+        self.received.notify_one();
         if index < self.held {
             self.gate.acquire().await.expect("gate open").forget();
         }
@@ -139,6 +144,14 @@ impl CheckpointSaver for Gated {
 
 /// `inc` adds one to `n` and its name to `seen` until `n` reaches `last`, then notifies
 /// `reached` (from inside the last step, before its checkpoint is made).
+/// Durability `Async` with no commit delay: each queue goes to the saver as soon as the
+/// previous batch is stored, the behaviour the queueing tests pin down.
+fn async_at_once(thread: &str) -> RunConfig {
+    RunConfig::thread(thread)
+        .with_durability(Durability::Async)
+        .with_commit_delay(Duration::ZERO)
+}
+
 /// Counts to `last`, one step per increment; `reached` is notified when the node computes
 /// `last` (see [`counting_graph_notifying`]).
 fn counting_graph(last: i64, reached: Arc<Notify>) -> StateGraph<Counter> {
@@ -180,7 +193,7 @@ async fn checkpoints_queue_while_the_saver_is_busy_and_are_stored_in_order() {
     let app = counting_graph(LAST, Arc::clone(&reached))
         .compile(saver.clone())
         .expect("compile");
-    let config = RunConfig::thread("queued").with_durability(Durability::Async);
+    let config = async_at_once("queued");
     let run = tokio::spawn({
         let (app, config) = (app.clone(), config.clone());
         async move { app.invoke(Some(CounterUpdate::default()), config).await }
@@ -266,16 +279,14 @@ async fn a_full_queue_waits_for_room_not_for_the_queue_to_drain() {
     )
     .compile(saver.clone())
     .expect("compile");
-    let config = RunConfig::thread("room")
-        .with_durability(Durability::Async)
-        .with_recursion_limit(LAST as usize + 10);
+    let config = async_at_once("room").with_recursion_limit(LAST as usize + 10);
     let run = tokio::spawn({
         let (app, config) = (app.clone(), config.clone());
         async move { app.invoke(Some(CounterUpdate::default()), config).await }
     });
     // Timeouts guard against hanging, they do not synchronise: the run gets there at once or
     // never.
-    let guard = std::time::Duration::from_secs(60);
+    let guard = Duration::from_secs(60);
     tokio::time::timeout(guard, queued.notified())
         .await
         .expect("the run reached step 60 while its first batch was held");
@@ -308,6 +319,92 @@ async fn a_full_queue_waits_for_room_not_for_the_queue_to_drain() {
     assert_eq!(steps, (-1..=LAST).rev().collect::<Vec<_>>());
 }
 
+/// With the default commit delay a run that ends within it stores all its checkpoints in one
+/// batch: the run's end hands the queue over at once instead of waiting out the delay (an
+/// hour here; the guard fails the test long before).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_short_run_stores_all_its_checkpoints_in_one_batch() {
+    const LAST: i64 = 20;
+    let saver = Gated::holding(0, None);
+    let app = counting_graph(LAST, Arc::new(Notify::new()))
+        .compile(saver.clone())
+        .expect("compile");
+    let config = RunConfig::thread("short")
+        .with_durability(Durability::Async)
+        .with_commit_delay(Duration::from_secs(3600));
+    let out = tokio::time::timeout(
+        Duration::from_secs(60),
+        app.invoke(Some(CounterUpdate::default()), config.clone()),
+    )
+    .await
+    .expect("the run's end flushes without waiting out the delay")
+    .expect("run");
+    assert_eq!(out.n, LAST);
+    let batches = saver.batches();
+    assert_eq!(
+        batches.iter().map(|b| b.checkpoints).collect::<Vec<_>>(),
+        [LAST as usize + 2],
+        "input, START and every step in one batch"
+    );
+    // The run stored its queue itself; its flusher, still in its delay, no longer holds the
+    // thread: the next run starts at once.
+    let again = app
+        .invoke(None, config)
+        .await
+        .expect("the next run on the thread");
+    assert_eq!(again.n, LAST);
+}
+
+/// A run still busy when the commit delay has passed gets what it queued handed over
+/// meanwhile: the node blocks until the saver has received the first batch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_long_run_hands_its_checkpoints_over_after_the_commit_delay() {
+    let saver = Gated::holding(0, None);
+    let release = Arc::new(Notify::new());
+    let mut g = StateGraph::<Counter>::new();
+    {
+        let release = Arc::clone(&release);
+        g.add_sync_node("first", |s: &Counter| {
+            Ok(CounterUpdate::default().n(s.n + 1))
+        })
+        .add_node("slow", move |s: Arc<Counter>| {
+            let release = Arc::clone(&release);
+            async move {
+                release.notified().await;
+                Ok(CounterUpdate::default().n(s.n + 1))
+            }
+        })
+        .add_edge(START, "first")
+        .add_edge("first", "slow")
+        .add_edge("slow", END);
+    }
+    let app = g.compile(saver.clone()).expect("compile");
+    let config = RunConfig::thread("long")
+        .with_durability(Durability::Async)
+        .with_commit_delay(Duration::from_millis(1));
+    let run = tokio::spawn({
+        let app = app.clone();
+        async move { app.invoke(Some(CounterUpdate::default()), config).await }
+    });
+    tokio::time::timeout(Duration::from_secs(60), saver.received.notified())
+        .await
+        .expect("a batch was handed over while the run waited in a node");
+    let first = saver.batches();
+    assert_eq!(first.len(), 1, "{first:?}");
+    assert!(
+        (1..=3).contains(&first[0].checkpoints),
+        "what the run made before the slow node (input, START, first): {first:?}"
+    );
+    release.notify_one();
+    let out = run.await.expect("join").expect("run");
+    assert_eq!(out.n, 2);
+    assert_eq!(
+        saver.batches().iter().map(|b| b.checkpoints).sum::<usize>(),
+        4,
+        "input, START, first, slow"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_batch_fails_the_run_and_nothing_after_it_is_stored() {
     const LAST: i64 = 10;
@@ -316,7 +413,7 @@ async fn a_failed_batch_fails_the_run_and_nothing_after_it_is_stored() {
     let app = counting_graph(LAST, Arc::clone(&reached))
         .compile(saver.clone())
         .expect("compile");
-    let config = RunConfig::thread("failing").with_durability(Durability::Async);
+    let config = async_at_once("failing");
     let run = tokio::spawn({
         let (app, config) = (app.clone(), config.clone());
         async move { app.invoke(Some(CounterUpdate::default()), config).await }
@@ -461,6 +558,14 @@ async fn sync_runs_store_the_input_with_the_start_step_before_any_node_runs() {
 /// racing the dropped run's writes; the thread's history stays one unbroken chain.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cancelled_run_holds_its_thread_until_its_checkpoints_are_stored() {
+    // With no commit delay the flusher holds the first batch when the run is dropped; with
+    // the default one, it may still be in its delay.
+    for delay in [Duration::ZERO, cairn_graph::DEFAULT_COMMIT_DELAY] {
+        cancelled_run_holds_its_thread(delay).await;
+    }
+}
+
+async fn cancelled_run_holds_its_thread(delay: Duration) {
     const LAST: i64 = 100;
     let saver = Gated::new(None);
     let reached = Arc::new(Notify::new());
@@ -477,9 +582,9 @@ async fn a_cancelled_run_holds_its_thread_until_its_checkpoints_are_stored() {
         .add_conditional_edges("inc", |s: &Counter| if s.n < LAST { "inc" } else { END });
     }
     let app = g.compile(saver.clone()).expect("compile");
-    let config = RunConfig::thread("cancelled")
-        .with_durability(Durability::Async)
-        .with_recursion_limit(1_000);
+    let config = async_at_once("cancelled")
+        .with_recursion_limit(1_000)
+        .with_commit_delay(delay);
     let run = tokio::spawn({
         let (app, config) = (app.clone(), config.clone());
         async move { app.invoke(Some(CounterUpdate::default()), config).await }
@@ -497,6 +602,11 @@ async fn a_cancelled_run_holds_its_thread_until_its_checkpoints_are_stored() {
         "while the dropped run's checkpoints are queued its thread is busy: {busy:?}"
     );
 
+    // The first batch reaches the saver (at once, or once the delay has passed), then the gate
+    // opens.
+    tokio::time::timeout(Duration::from_secs(60), saver.received.notified())
+        .await
+        .expect("the dropped run's first batch reaches the saver");
     saver.open();
     let mut resumed = None;
     for _ in 0..100_000 {

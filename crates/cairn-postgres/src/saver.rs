@@ -123,6 +123,10 @@ fn location(thread_id: &str, ns: &str, checkpoint_id: &str, channel: Option<&str
     }
 }
 
+/// A pending write of a batch: checkpoint id, task id, task path, index, channel, type tag,
+/// bytes.
+type WriteRow<'a> = (&'a str, &'a str, &'a str, i64, &'a str, &'a str, &'a [u8]);
+
 /// A channel value of a batch, by (channel, version): type tag, bytes, append base.
 type ValueRow<'a> = (&'a str, &'a [u8], Option<String>);
 
@@ -176,37 +180,53 @@ impl PostgresSaver {
             v_blobs.push(blob);
             v_bases.push(base);
         }
-        let mut w_checkpoints: Vec<&str> = Vec::new();
-        let mut w_tasks: Vec<&str> = Vec::new();
-        let mut w_paths: Vec<&str> = Vec::new();
-        let (mut w_idxs, mut w_channels, mut w_tags, mut w_blobs) =
-            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        // Writes in batch order. One statement must not update a row twice: a special write
+        // (negative index) repeated for the same checkpoint and task keeps its last value, as
+        // separate statements would leave it; repeated regular writes are `DO NOTHING`, so the
+        // first stays.
+        let mut writes: Vec<WriteRow<'_>> = Vec::new();
         for (r, ..) in &encoded {
             let parent = r.config.checkpoint_id.as_deref().unwrap_or_default();
             for task in &r.writes {
                 let (idxs, channels, tags, blobs) =
                     write_columns(&task.writes, &task.task_id, &task.task_path)?;
-                for _ in 0..idxs.len() {
-                    w_checkpoints.push(parent);
-                    w_tasks.push(&task.task_id);
-                    w_paths.push(&task.task_path);
+                for (((idx, channel), tag), blob) in
+                    idxs.into_iter().zip(channels).zip(tags).zip(blobs)
+                {
+                    writes.push((
+                        parent,
+                        &task.task_id,
+                        &task.task_path,
+                        idx,
+                        channel,
+                        tag,
+                        blob,
+                    ));
                 }
-                w_idxs.extend(idxs);
-                w_channels.extend(channels);
-                w_tags.extend(tags);
-                w_blobs.extend(blobs);
             }
         }
-        let ids: Vec<&str> = encoded
+        let writes = keep_last(writes, |w| (w.3 < 0).then_some((w.0, w.1, w.3)));
+        let w_checkpoints: Vec<&str> = writes.iter().map(|w| w.0).collect();
+        let w_tasks: Vec<&str> = writes.iter().map(|w| w.1).collect();
+        let w_paths: Vec<&str> = writes.iter().map(|w| w.2).collect();
+        let w_idxs: Vec<i64> = writes.iter().map(|w| w.3).collect();
+        let w_channels: Vec<&str> = writes.iter().map(|w| w.4).collect();
+        let w_tags: Vec<&str> = writes.iter().map(|w| w.5).collect();
+        let w_blobs: Vec<&[u8]> = writes.iter().map(|w| w.6).collect();
+        // A checkpoint given twice keeps its last form, as separate statements would.
+        let checkpoints = keep_last(encoded.iter().collect(), |(r, ..)| {
+            Some(r.checkpoint.id.as_str())
+        });
+        let ids: Vec<&str> = checkpoints
             .iter()
             .map(|(r, ..)| r.checkpoint.id.as_str())
             .collect();
-        let parents: Vec<Option<&str>> = encoded
+        let parents: Vec<Option<&str>> = checkpoints
             .iter()
             .map(|(r, ..)| r.config.checkpoint_id.as_deref())
             .collect();
-        let headers: Vec<&serde_json::Value> = encoded.iter().map(|(_, h, ..)| h).collect();
-        let metadata: Vec<&serde_json::Value> = encoded.iter().map(|(_, _, m, _)| m).collect();
+        let headers: Vec<&serde_json::Value> = checkpoints.iter().map(|(_, h, ..)| h).collect();
+        let metadata: Vec<&serde_json::Value> = checkpoints.iter().map(|(_, _, m, _)| m).collect();
         let params: &[Param<'_>] = &[
             (&thread_id, Type::TEXT),
             (&checkpoint_ns, Type::TEXT),
@@ -850,6 +870,19 @@ type WriteColumns<'a> = (Vec<i64>, Vec<&'a str>, Vec<&'a str>, Vec<&'a [u8]>);
 /// The writes of a task as columns for the write statements, after checking the names. A
 /// special channel written twice in one call: the last write wins (one statement cannot
 /// update the same row twice).
+/// `rows` in order without the earlier ones of rows whose `key` repeats (rows with no key all
+/// stay): what a sequence of upserts leaves, for one statement that may touch a row once.
+fn keep_last<T, K: std::hash::Hash + Eq>(rows: Vec<T>, key: impl Fn(&T) -> Option<K>) -> Vec<T> {
+    let mut seen = HashSet::new();
+    let mut kept: Vec<T> = rows
+        .into_iter()
+        .rev()
+        .filter(|row| key(row).is_none_or(|k| seen.insert(k)))
+        .collect();
+    kept.reverse();
+    kept
+}
+
 fn write_columns<'a>(
     writes: &'a [(String, TypedValue)],
     task_id: &str,

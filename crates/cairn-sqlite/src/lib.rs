@@ -652,6 +652,35 @@ fn writes_row(
     }))
 }
 
+/// A batch's rows, encoded off the writer thread: the tasks' writes, the checkpoints, and the
+/// configs naming the stored checkpoints.
+type BatchRows = (Vec<ops::WritesRow>, Vec<ops::PutRow>, Vec<CheckpointConfig>);
+
+fn batch_rows(requests: Vec<PutRequest>) -> Result<BatchRows> {
+    let mut rows = Vec::with_capacity(requests.len());
+    let mut writes = Vec::new();
+    let mut stored = Vec::with_capacity(requests.len());
+    for request in requests {
+        for w in request.writes {
+            writes.extend(writes_row(
+                &request.config,
+                w.writes,
+                &w.task_id,
+                &w.task_path,
+            )?);
+        }
+        let (row, config) = put_row(
+            &request.config,
+            request.checkpoint,
+            &request.metadata,
+            request.new_versions,
+        )?;
+        rows.push(row);
+        stored.push(config);
+    }
+    Ok((writes, rows, stored))
+}
+
 #[async_trait]
 impl CheckpointSaver for SqliteSaver {
     async fn get_tuple(&self, config: &CheckpointConfig) -> Result<Option<CheckpointTuple>> {
@@ -734,31 +763,23 @@ impl CheckpointSaver for SqliteSaver {
     /// thread: a runtime calls this in the background while its run goes on, and the writer
     /// thread commits while the run computes its next steps.
     async fn put_batch(&self, requests: Vec<PutRequest>) -> Result<Vec<CheckpointConfig>> {
-        let mut rows = Vec::with_capacity(requests.len());
-        let mut writes = Vec::new();
-        let mut stored = Vec::with_capacity(requests.len());
-        for request in requests {
-            for w in request.writes {
-                writes.extend(writes_row(
-                    &request.config,
-                    w.writes,
-                    &w.task_id,
-                    &w.task_path,
-                )?);
-            }
-            let (row, config) = put_row(
-                &request.config,
-                request.checkpoint,
-                &request.metadata,
-                request.new_versions,
-            )?;
-            rows.push(row);
-            stored.push(config);
-        }
+        let (writes, rows, stored) = batch_rows(requests)?;
         if rows.is_empty() {
             return Ok(stored);
         }
         self.write_queued(Box::new(move |conn| ops::store(conn, &writes, &rows)))
+            .await?;
+        Ok(stored)
+    }
+
+    /// Commits on the calling thread when nothing else is writing (as `put` does), since the
+    /// caller waits anyway: no hop to the writer thread and back.
+    async fn put_batch_now(&self, requests: Vec<PutRequest>) -> Result<Vec<CheckpointConfig>> {
+        let (writes, rows, stored) = batch_rows(requests)?;
+        if rows.is_empty() {
+            return Ok(stored);
+        }
+        self.write(move |conn| ops::store(conn, &writes, &rows))
             .await?;
         Ok(stored)
     }
