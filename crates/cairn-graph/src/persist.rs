@@ -71,6 +71,31 @@ pub(crate) struct Persister<'a> {
     thread: Arc<ThreadGuard>,
     /// How long a flusher waits before taking its first batch (`RunConfig::commit_delay`).
     commit_delay: std::time::Duration,
+    /// When the oldest checkpoint queued while no flusher runs was queued.
+    first_queued: Option<std::time::Instant>,
+}
+
+impl Drop for Persister<'_> {
+    /// A run dropped with checkpoints queued and no flusher started (it was cancelled within
+    /// the commit delay) still gets them stored, holding its thread until then.
+    fn drop(&mut self) {
+        let pending = {
+            let mut queue = lock(&self.shared.queue);
+            let pending = !queue.flushing && !queue.requests.is_empty();
+            if pending {
+                queue.flushing = true;
+            }
+            pending
+        };
+        if let (true, Ok(runtime)) = (pending, tokio::runtime::Handle::try_current()) {
+            runtime.spawn(flush(
+                Arc::clone(&self.shared),
+                Arc::clone(self.saver),
+                Arc::clone(&self.thread),
+                Waiting::No,
+            ));
+        }
+    }
 }
 
 fn lock(queue: &Mutex<Queue>) -> MutexGuard<'_, Queue> {
@@ -94,6 +119,7 @@ impl<'a> Persister<'a> {
             held_input: None,
             thread: Arc::clone(thread),
             commit_delay,
+            first_queued: None,
         }
     }
 
@@ -165,54 +191,82 @@ impl<'a> Persister<'a> {
             return Ok(self.put_now(request).await?);
         }
         let stored = request.stored_config();
-        let start = {
+        let (idle, queued) = {
             let mut queue = lock(&self.shared.queue);
             if let Some(e) = queue.failed.take() {
                 return Err(e.into());
             }
             queue.requests.push(request);
-            let start = !queue.flushing;
-            queue.flushing = true;
-            if start && !self.commit_delay.is_zero() {
-                queue.delayed = Some(Arc::clone(&self.thread));
-            }
-            start
+            (!queue.flushing, queue.requests.len())
         };
-        if start {
-            // A flusher that finished left `flushing` false; its handle is done.
-            self.flusher = None;
-            if self.commit_delay.is_zero() {
-                let mut flush = Box::pin(flush(
-                    Arc::clone(&self.shared),
-                    Arc::clone(self.saver),
-                    Arc::clone(&self.thread),
-                    Waiting::No,
-                ));
-                // Savers that finish without waiting (in memory) cost no spawned task.
-                if futures::poll!(flush.as_mut()).is_pending() {
-                    self.flusher = Some(tokio::spawn(flush));
-                }
-            } else {
-                // The steps that follow at once join this checkpoint's batch: a short run
-                // stores all of its checkpoints with one commit.
-                let (shared, delay) = (Arc::clone(&self.shared), self.commit_delay);
-                let saver = Arc::clone(self.saver);
-                self.flusher = Some(tokio::spawn(async move {
-                    tokio::select! {
-                        () = tokio::time::sleep(delay) => {}
-                        () = shared.flush_now.notified() => {}
-                    }
-                    let hold = lock(&shared.queue).delayed.take();
-                    // None: the run took the queue over.
-                    if let Some(thread) = hold {
-                        flush(Arc::clone(&shared), saver, thread, Waiting::No).await;
-                    }
-                }));
-            }
-        } else {
+        if !idle {
             self.wait_for_room().await;
+        } else if self.commit_delay.is_zero() || queued >= MAX_QUEUED {
+            self.start_flusher(None).await;
+        } else {
+            // The steps that follow at once join this checkpoint's batch: a run that ends,
+            // or waits in a node (see `arm`), hands the queue over; one that keeps stepping
+            // hands it over once the delay has passed.
+            let first = *self
+                .first_queued
+                .get_or_insert_with(std::time::Instant::now);
+            if first.elapsed() >= self.commit_delay {
+                self.start_flusher(None).await;
+            }
         }
         Ok(stored)
+    }
+
+    /// Called when the run is about to wait for a step's tasks (a node did not finish at
+    /// once): checkpoints queued and not handed over go to the saver once the commit delay
+    /// since the first of them has passed, while the run waits.
+    pub(crate) async fn arm(&mut self) {
+        let Some(first) = self.first_queued else {
+            return;
+        };
+        if self.mode != Durability::Async || lock(&self.shared.queue).flushing {
+            return;
+        }
+        let left = self.commit_delay.saturating_sub(first.elapsed());
+        self.start_flusher((!left.is_zero()).then_some(left)).await;
+    }
+
+    /// Starts the run's flusher on the queue, at once or after `delay`.
+    async fn start_flusher(&mut self, delay: Option<std::time::Duration>) {
+        self.first_queued = None;
+        // A flusher that finished left `flushing` false; its handle is done.
+        self.flusher = None;
+        {
+            let mut queue = lock(&self.shared.queue);
+            queue.flushing = true;
+            queue.delayed = delay.map(|_| Arc::clone(&self.thread));
+        }
+        let Some(delay) = delay else {
+            let mut flush = Box::pin(flush(
+                Arc::clone(&self.shared),
+                Arc::clone(self.saver),
+                Arc::clone(&self.thread),
+                Waiting::No,
+            ));
+            // Savers that finish without waiting (in memory) cost no spawned task.
+            if futures::poll!(flush.as_mut()).is_pending() {
+                self.flusher = Some(tokio::spawn(flush));
+            }
+            return;
+        };
+        let shared = Arc::clone(&self.shared);
+        let saver = Arc::clone(self.saver);
+        self.flusher = Some(tokio::spawn(async move {
+            tokio::select! {
+                () = tokio::time::sleep(delay) => {}
+                () = shared.flush_now.notified() => {}
+            }
+            let hold = lock(&shared.queue).delayed.take();
+            // None: the run took the queue over.
+            if let Some(thread) = hold {
+                flush(Arc::clone(&shared), saver, thread, Waiting::No).await;
+            }
+        }));
     }
 
     /// Returns once fewer than [`MAX_QUEUED`] checkpoints wait in the queue (the flusher took
@@ -250,13 +304,23 @@ impl<'a> Persister<'a> {
     /// Waits until every queued checkpoint is stored; the first error of any batch.
     pub(crate) async fn settle(&mut self) -> Result<()> {
         self.store_held_input().await?;
-        let flusher_hold = lock(&self.shared.queue).delayed.take();
-        if let Some(flusher_hold) = flusher_hold {
-            drop(flusher_hold);
-            // The flusher has taken nothing yet: store the queue from here, sparing the hop
-            // to the flusher's task and back (a short run's one commit is then all it waits
-            // for). Dropped mid-way (a cancelled `invoke`), the flush goes on in the
-            // background, holding the thread, as the flusher would have.
+        let take_over = {
+            let mut queue = lock(&self.shared.queue);
+            // No flusher yet, or one still in its delay (having taken nothing; its hold on
+            // the thread goes now, so the next run is not kept waiting for its task).
+            let take_over =
+                (!queue.flushing && !queue.requests.is_empty()) || queue.delayed.take().is_some();
+            if take_over {
+                queue.flushing = true;
+            }
+            take_over
+        };
+        self.first_queued = None;
+        if take_over {
+            // Store the queue from here, sparing the hop to the flusher's task and back (a
+            // short run's one commit is then all it waits for). Dropped mid-way (a cancelled
+            // `invoke`), the flush goes on in the background, holding the thread, as the
+            // flusher would have.
             if let Some(handle) = self.flusher.take() {
                 handle.abort();
             }

@@ -805,7 +805,8 @@ impl<S: State> CompiledGraph<S> {
                 }),
                 None => current.clone(),
             };
-            let outcomes = self
+            let outcomes = {
+            let step_tasks = self
                 .run_tasks(
                     &tasks,
                     &channels,
@@ -823,8 +824,20 @@ impl<S: State> CompiledGraph<S> {
                         modes,
                     },
                 )
-                .instrument(span.clone())
-                .await;
+                .instrument(span.clone());
+            tokio::pin!(step_tasks);
+            match futures::poll!(step_tasks.as_mut()) {
+                std::task::Poll::Ready(outcomes) => outcomes,
+                std::task::Poll::Pending => {
+                    // A node is waiting (on a model, a tool, I/O): queued checkpoints go to
+                    // the saver meanwhile, once the commit delay has passed.
+                    if let Some(p) = &mut persister {
+                        p.arm().await;
+                    }
+                    step_tasks.await
+                }
+            }
+            };
             // The tasks ran: release their hold on the state so applying the writes updates
             // it in place instead of copying it.
             for task in &mut tasks {
