@@ -125,7 +125,10 @@
 //!   (one saver call and one commit per checkpoint); Cairn queues checkpoints while the saver
 //!   is busy and hands each queue to `put_batch` at once (one transaction on SQLite and PostgreSQL), and the writes of a step's parallel
 //!   tasks go with its checkpoint instead of one call per task. Both wait for every put before
-//!   `invoke` returns. The queue holds at most 64 checkpoints; see [`Durability`]. In sync
+//!   `invoke` returns. The queue holds at most 64 checkpoints; see [`Durability`]. Cairn
+//!   also waits up to [`RunConfig::commit_delay`] (1 ms) before handing a queue over, so a
+//!   run that ends within it (a chat turn whose model answered at once) stores its
+//!   checkpoints with one commit instead of one per step; LangGraph has no such delay. In sync
 //!   mode the input checkpoint is stored together with the START step's checkpoint (one
 //!   commit instead of two): the START step runs no node, and both are durable before the
 //!   first node runs.
