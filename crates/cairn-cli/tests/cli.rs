@@ -908,11 +908,9 @@ fn demo_crashes_resumes_and_starts_new_editions() {
     let err = stderr(&o);
     assert!(err.contains("simulated crash after 3 super-steps"), "{err}");
     assert!(err.contains("step  2  ✓ research_risks"), "{err}");
-    assert!(
-        !err.contains("summarize  "),
-        "crashed before summarize finished: {err}"
-    );
-    // Input at -1, then START (0), plan (1), research (2).
+    // In durability async the run may have gone on past step 2 (its nodes take no time
+    // here) before the process died: what it did after the last stored checkpoint is lost
+    // and runs again on resume. Stored: input at -1, then START (0), plan (1), research (2).
     assert_eq!(steps(&json_ok(&db, &["history", "demo"])), [2, 1, 0, -1]);
 
     let o = cairn(&db, &["--json", "demo", "--delay-ms", "0"]);
