@@ -257,9 +257,14 @@ impl<'a> Persister<'a> {
         let shared = Arc::clone(&self.shared);
         let saver = Arc::clone(self.saver);
         self.flusher = Some(tokio::spawn(async move {
-            tokio::select! {
-                () = tokio::time::sleep(delay) => {}
-                () = shared.flush_now.notified() => {}
+            // A Tokio runtime built without timers panics on `sleep`: the delay is then
+            // skipped rather than leaving the queue without a flusher.
+            let sleep = std::panic::catch_unwind(|| tokio::time::sleep(delay));
+            if let Ok(sleep) = sleep {
+                tokio::select! {
+                    () = sleep => {}
+                    () = shared.flush_now.notified() => {}
+                }
             }
             let hold = lock(&shared.queue).delayed.take();
             // None: the run took the queue over.

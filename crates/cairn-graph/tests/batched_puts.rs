@@ -694,3 +694,40 @@ async fn a_failed_run_returns_after_its_checkpoints_are_stored() {
         );
     }
 }
+
+/// On a Tokio runtime built without timers the commit delay is skipped (the flusher starts at
+/// once) instead of failing or leaving the queue without a flusher: a run whose nodes wait
+/// completes with every checkpoint stored.
+#[test]
+fn a_runtime_without_timers_skips_the_commit_delay() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .build()
+        .expect("a runtime without timers");
+    runtime.block_on(async {
+        // Beyond `MAX_QUEUED`, so the run also waits for room while its nodes wait.
+        const LAST: i64 = 200;
+        let saver = Gated::holding(0, None);
+        let mut g = StateGraph::<Counter>::new();
+        g.add_node("inc", |s: Arc<Counter>| async move {
+            // Not done on the first poll: the run arms its flusher while it waits.
+            tokio::task::yield_now().await;
+            Ok(CounterUpdate::default().n(s.n + 1))
+        })
+        .add_edge(START, "inc")
+        .add_conditional_edges("inc", |s: &Counter| if s.n < LAST { "inc" } else { END });
+        let app = g.compile(saver.clone()).expect("compile");
+        let config = RunConfig::thread("no-timers")
+            .with_durability(Durability::Async)
+            .with_recursion_limit(300);
+        let out = app
+            .invoke(Some(CounterUpdate::default()), config)
+            .await
+            .expect("run");
+        assert_eq!(out.n, LAST);
+        assert_eq!(
+            saver.batches().iter().map(|b| b.checkpoints).sum::<usize>(),
+            LAST as usize + 2
+        );
+    });
+}
