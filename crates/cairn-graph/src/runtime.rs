@@ -441,6 +441,50 @@ impl<S: State> CompiledGraph<S> {
             .await
     }
 
+    /// Like [`invoke`](Self::invoke), returning the state shared with the runtime's
+    /// per-thread cache (which keeps it for the thread's next run) instead of a copy of it:
+    /// no clone of the whole state, such as a chat's growing message list, per call.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use cairn_graph::{State, StateGraph, RunConfig, START, END};
+    /// use cairn_checkpoint::InMemorySaver;
+    ///
+    /// #[derive(Clone, Default, Debug, serde::Serialize, serde::Deserialize, State)]
+    /// struct Chat {
+    ///     #[reducer(append)]
+    ///     messages: Vec<String>,
+    /// }
+    ///
+    /// # tokio::runtime::Runtime::new().unwrap().block_on(async {
+    /// let mut g = StateGraph::<Chat>::new();
+    /// g.add_sync_node("echo", |s: &Chat| {
+    ///     let last = s.messages.last().cloned().unwrap_or_default();
+    ///     Ok(ChatUpdate::default().messages(vec![format!("echo: {last}")]))
+    /// })
+    /// .add_edge(START, "echo")
+    /// .add_edge("echo", END);
+    /// let app = g.compile(Arc::new(InMemorySaver::new()))?;
+    /// let input = ChatUpdate::default().messages(vec!["hi".to_owned()]);
+    /// let state: Arc<Chat> = app.invoke_shared(Some(input), RunConfig::thread("t")).await?;
+    /// assert_eq!(state.messages, ["hi", "echo: hi"]);
+    /// # Ok::<(), cairn_graph::GraphError>(()) }).unwrap();
+    /// ```
+    pub async fn invoke_shared(
+        &self,
+        input: Option<S::Update>,
+        config: impl Into<RunConfig>,
+    ) -> Result<Arc<S>> {
+        let input = match input {
+            Some(u) => RunInput::Update(u),
+            None => RunInput::Continue,
+        };
+        let (state, _) = self
+            .run(input, config.into(), None, Modes::default(), None)
+            .await?;
+        Ok(state)
+    }
+
     /// Continues the thread's run with a [`Command`]: answers pending interrupts
     /// ([`Command::resume`]), applies an update and schedules `goto` nodes, then runs on.
     pub async fn invoke_command(
