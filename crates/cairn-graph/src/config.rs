@@ -45,9 +45,15 @@ pub struct RunConfig {
     /// Durability [`Async`](crate::Durability::Async) only: how long the first checkpoint
     /// queued while no batch is being stored waits before the queue goes to the saver, unless
     /// the run ends (or fills the queue) first. A run that ends within it stores all its
-    /// checkpoints in one batch, one commit; a longer run has each checkpoint handed over at
-    /// most this long after it was made, as with a commit delay in a database. Zero hands
-    /// each queue over at once. Default [`DEFAULT_COMMIT_DELAY`] (1 ms).
+    /// checkpoints in one batch, one commit; a longer run hands its queue over once this long
+    /// has passed, at its next step or while it waits (in a node that awaits a model, a tool
+    /// or I/O, or on a stream consumer reading slowly), as with a commit delay in a database.
+    /// A node that blocks its thread instead of awaiting (a long [`add_sync_node`] body)
+    /// holds the queue back until it returns, as it holds back everything else on that Tokio
+    /// worker: run long work in async nodes. Zero hands each queue over at once. Default
+    /// [`DEFAULT_COMMIT_DELAY`] (1 ms).
+    ///
+    /// [`add_sync_node`]: crate::StateGraph::add_sync_node
     pub commit_delay: std::time::Duration,
 }
 

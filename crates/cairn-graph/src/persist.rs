@@ -79,21 +79,31 @@ impl Drop for Persister<'_> {
     /// A run dropped with checkpoints queued and no flusher started (it was cancelled within
     /// the commit delay) still gets them stored, holding its thread until then.
     fn drop(&mut self) {
-        let pending = {
-            let mut queue = lock(&self.shared.queue);
-            let pending = !queue.flushing && !queue.requests.is_empty();
-            if pending {
+        let mut queue = lock(&self.shared.queue);
+        if queue.delayed.is_some() {
+            // A flusher in its delay: it stores the dropped run's queue now, not after the
+            // delay, and holds the thread until then.
+            self.shared.flush_now.notify_one();
+            return;
+        }
+        if queue.flushing || queue.requests.is_empty() {
+            return;
+        }
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
                 queue.flushing = true;
+                drop(queue);
+                runtime.spawn(flush(
+                    Arc::clone(&self.shared),
+                    Arc::clone(self.saver),
+                    Arc::clone(&self.thread),
+                    Waiting::No,
+                ));
             }
-            pending
-        };
-        if let (true, Ok(runtime)) = (pending, tokio::runtime::Handle::try_current()) {
-            runtime.spawn(flush(
-                Arc::clone(&self.shared),
-                Arc::clone(self.saver),
-                Arc::clone(&self.thread),
-                Waiting::No,
-            ));
+            Err(_) => tracing::warn!(
+                checkpoints = queue.requests.len(),
+                "a run was dropped outside a Tokio runtime with checkpoints not yet stored"
+            ),
         }
     }
 }
@@ -257,10 +267,7 @@ impl<'a> Persister<'a> {
         let shared = Arc::clone(&self.shared);
         let saver = Arc::clone(self.saver);
         self.flusher = Some(tokio::spawn(async move {
-            // A Tokio runtime built without timers panics on `sleep`: the delay is then
-            // skipped rather than leaving the queue without a flusher.
-            let sleep = std::panic::catch_unwind(|| tokio::time::sleep(delay));
-            if let Ok(sleep) = sleep {
+            if let Some(sleep) = sleep_if_timers(delay) {
                 tokio::select! {
                     () = sleep => {}
                     () = shared.flush_now.notified() => {}
@@ -277,8 +284,13 @@ impl<'a> Persister<'a> {
     /// Returns once fewer than [`MAX_QUEUED`] checkpoints wait in the queue (the flusher took
     /// them, or stopped on an error the next checkpoint reports).
     async fn wait_for_room(&self) {
-        if lock(&self.shared.queue).requests.len() >= MAX_QUEUED {
-            self.shared.flush_now.notify_one();
+        {
+            // A flusher still in its delay takes a full queue at once (only then: a stored
+            // permit would cut the next flusher's delay short).
+            let queue = lock(&self.shared.queue);
+            if queue.requests.len() >= MAX_QUEUED && queue.delayed.is_some() {
+                self.shared.flush_now.notify_one();
+            }
         }
         loop {
             let taken = self.shared.taken.notified();
@@ -381,10 +393,28 @@ impl std::future::Future for DetachOnDrop {
 
 impl Drop for DetachOnDrop {
     fn drop(&mut self) {
+        // Dropped while unwinding, the future itself panicked: it cannot be resumed.
+        if std::thread::panicking() {
+            return;
+        }
         if let (Some(rest), Ok(runtime)) = (self.0.take(), tokio::runtime::Handle::try_current()) {
             runtime.spawn(rest);
         }
     }
+}
+
+/// `sleep(delay)`, or `None` on a Tokio runtime built without timers (where creating it
+/// panics, and the panic hook reports it): the commit delay is then skipped rather than
+/// leaving the queue without a flusher.
+fn sleep_if_timers(delay: std::time::Duration) -> Option<tokio::time::Sleep> {
+    let sleep = std::panic::catch_unwind(|| tokio::time::sleep(delay)).ok();
+    if sleep.is_none() {
+        tracing::warn!(
+            "the Tokio runtime has no timers (build it with `enable_time`): checkpoints are \
+             stored without a commit delay"
+        );
+    }
+    sleep
 }
 
 /// The request storing `checkpoint` as a child of `parent`, with its tasks' `writes`.

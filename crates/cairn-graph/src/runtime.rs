@@ -1045,6 +1045,13 @@ impl<S: State> CompiledGraph<S> {
                 }
             }
             if let Some(tx) = &sink {
+                // A consumer that reads slowly makes the sends below wait: checkpoints queued
+                // meanwhile go to the saver once the commit delay has passed.
+                if tx.capacity() <= updates.len() + usize::from(modes.values) {
+                    if let Some(p) = &mut persister {
+                        p.arm().await;
+                    }
+                }
                 for (node, update) in updates {
                     if tx
                         .send(Ok(StreamEvent::Updates { step, node, update }))

@@ -867,9 +867,6 @@ fn blob_columns<'a>(
 /// `unnest`.
 type WriteColumns<'a> = (Vec<i64>, Vec<&'a str>, Vec<&'a str>, Vec<&'a [u8]>);
 
-/// The writes of a task as columns for the write statements, after checking the names. A
-/// special channel written twice in one call: the last write wins (one statement cannot
-/// update the same row twice).
 /// `rows` in order without the earlier ones of rows whose `key` repeats (rows with no key all
 /// stay): what a sequence of upserts leaves, for one statement that may touch a row once.
 fn keep_last<T, K: std::hash::Hash + Eq>(rows: Vec<T>, key: impl Fn(&T) -> Option<K>) -> Vec<T> {
@@ -883,6 +880,9 @@ fn keep_last<T, K: std::hash::Hash + Eq>(rows: Vec<T>, key: impl Fn(&T) -> Optio
     kept
 }
 
+/// The writes of a task as columns for the write statements, after checking the names. A
+/// special channel written twice in one call: the last write wins (one statement cannot
+/// update the same row twice).
 fn write_columns<'a>(
     writes: &'a [(String, TypedValue)],
     task_id: &str,
