@@ -731,3 +731,65 @@ fn a_runtime_without_timers_skips_the_commit_delay() {
         );
     });
 }
+
+/// A run dropped while its flusher waits out the commit delay (an hour here) has its queue
+/// stored at once: the next run on the thread does not wait for the delay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_dropped_during_the_commit_delay_is_stored_at_once() {
+    let saver = Gated::holding(0, None);
+    let stuck = Arc::new(Notify::new());
+    let mut g = StateGraph::<Counter>::new();
+    {
+        let stuck = Arc::clone(&stuck);
+        g.add_sync_node("first", |s: &Counter| {
+            Ok(CounterUpdate::default().n(s.n + 1))
+        })
+        .add_node("stuck", move |s: Arc<Counter>| {
+            let stuck = Arc::clone(&stuck);
+            async move {
+                stuck.notify_one();
+                // Never finishes: the run waits here (its flusher in its delay) until
+                // it is dropped.
+                std::future::pending::<()>().await;
+                Ok(CounterUpdate::default().n(s.n + 1))
+            }
+        })
+        .add_edge(START, "first")
+        .add_edge("first", "stuck")
+        .add_edge("stuck", END);
+    }
+    let app = g.compile(saver.clone()).expect("compile");
+    let config = RunConfig::thread("dropped-delay")
+        .with_durability(Durability::Async)
+        .with_commit_delay(Duration::from_secs(3600));
+    let run = tokio::spawn({
+        let (app, config) = (app.clone(), config.clone());
+        async move { app.invoke(Some(CounterUpdate::default()), config).await }
+    });
+    let guard = Duration::from_secs(60);
+    tokio::time::timeout(guard, stuck.notified())
+        .await
+        .expect("the run reached the stuck node");
+    assert!(
+        saver.batches().is_empty(),
+        "nothing handed over within the delay"
+    );
+    run.abort();
+    assert!(run.await.is_err_and(|e| e.is_cancelled()));
+    let state = tokio::time::timeout(guard, async {
+        loop {
+            match app.get_state(config.clone()).await {
+                Ok(Some(state)) if state.values.n == 1 => break state,
+                _ => tokio::task::yield_now().await,
+            }
+        }
+    })
+    .await
+    .expect("the dropped run's checkpoints are stored without waiting out the delay");
+    assert_eq!(state.values.n, 1);
+    assert_eq!(
+        saver.batches().iter().map(|b| b.checkpoints).sum::<usize>(),
+        3,
+        "input, START and first"
+    );
+}
