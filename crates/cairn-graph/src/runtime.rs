@@ -317,6 +317,16 @@ pub(crate) enum RunInput<S: State> {
     Command(Command<S>),
 }
 
+impl<S: State> RunInput<S> {
+    /// `Some(update)`: a fresh run from START; `None`: continue the thread's run.
+    fn from_update(input: Option<S::Update>) -> Self {
+        match input {
+            Some(u) => RunInput::Update(u),
+            None => RunInput::Continue,
+        }
+    }
+}
+
 /// How one task ended.
 pub(crate) enum TaskEnd<S: State> {
     Done(TaskWrites<S>),
@@ -433,10 +443,7 @@ impl<S: State> CompiledGraph<S> {
         input: Option<S::Update>,
         config: impl Into<RunConfig>,
     ) -> Result<RunOutcome<S>> {
-        let input = match input {
-            Some(u) => RunInput::Update(u),
-            None => RunInput::Continue,
-        };
+        let input = RunInput::from_update(input);
         self.run_outcome(input, config.into(), None, Modes::default())
             .await
     }
@@ -475,10 +482,7 @@ impl<S: State> CompiledGraph<S> {
         input: Option<S::Update>,
         config: impl Into<RunConfig>,
     ) -> Result<Arc<S>> {
-        let input = match input {
-            Some(u) => RunInput::Update(u),
-            None => RunInput::Continue,
-        };
+        let input = RunInput::from_update(input);
         let (state, _) = self
             .run(input, config.into(), None, Modes::default(), None)
             .await?;
@@ -526,10 +530,7 @@ impl<S: State> CompiledGraph<S> {
         config: impl Into<RunConfig>,
         modes: &[StreamMode],
     ) -> impl Stream<Item = Result<StreamEvent<S>>> + Send + 'static {
-        let input = match input {
-            Some(u) => RunInput::Update(u),
-            None => RunInput::Continue,
-        };
+        let input = RunInput::from_update(input);
         self.stream_input(input, config.into(), modes)
     }
 
