@@ -13,7 +13,9 @@ use cairn_checkpoint::{
     CheckpointSaver, CheckpointTuple, Error, InMemorySaver, ListQuery, PruneStrategy, PutRequest,
     TypedValue,
 };
-use cairn_graph::{Durability, GraphError, HistoryQuery, RunConfig, State, StateGraph, END, START};
+use cairn_graph::{
+    CompiledGraph, Durability, GraphError, HistoryQuery, RunConfig, State, StateGraph, END, START,
+};
 use futures::TryStreamExt;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{Notify, Semaphore};
@@ -152,6 +154,39 @@ fn async_at_once(thread: &str) -> RunConfig {
         .with_commit_delay(Duration::ZERO)
 }
 
+/// Runs `app` from a fresh input in a spawned task.
+fn spawn_run(
+    app: &CompiledGraph<Counter>,
+    config: &RunConfig,
+) -> tokio::task::JoinHandle<Result<Counter, GraphError>> {
+    let (app, config) = (app.clone(), config.clone());
+    tokio::spawn(async move { app.invoke(Some(CounterUpdate::default()), config).await })
+}
+
+/// START → `first` (a sync increment) → `waiting` (an increment that first awaits `wait()`)
+/// → END.
+fn first_then_waiting<F, Fut>(wait: F) -> StateGraph<Counter>
+where
+    F: Fn() -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let mut g = StateGraph::<Counter>::new();
+    g.add_sync_node("first", |s: &Counter| {
+        Ok(CounterUpdate::default().n(s.n + 1))
+    })
+    .add_node("waiting", move |s: Arc<Counter>| {
+        let waited = wait();
+        async move {
+            waited.await;
+            Ok(CounterUpdate::default().n(s.n + 1))
+        }
+    })
+    .add_edge(START, "first")
+    .add_edge("first", "waiting")
+    .add_edge("waiting", END);
+    g
+}
+
 /// Counts to `last`, one step per increment; `reached` is notified when the node computes
 /// `last` (see [`counting_graph_notifying`]).
 fn counting_graph(last: i64, reached: Arc<Notify>) -> StateGraph<Counter> {
@@ -194,10 +229,7 @@ async fn checkpoints_queue_while_the_saver_is_busy_and_are_stored_in_order() {
         .compile(saver.clone())
         .expect("compile");
     let config = async_at_once("queued");
-    let run = tokio::spawn({
-        let (app, config) = (app.clone(), config.clone());
-        async move { app.invoke(Some(CounterUpdate::default()), config).await }
-    });
+    let run = spawn_run(&app, &config);
     // The first batch (the input checkpoint) is held; the run goes on meanwhile.
     reached.notified().await;
     saver.open();
@@ -280,10 +312,7 @@ async fn a_full_queue_waits_for_room_not_for_the_queue_to_drain() {
     .compile(saver.clone())
     .expect("compile");
     let config = async_at_once("room").with_recursion_limit(LAST as usize + 10);
-    let run = tokio::spawn({
-        let (app, config) = (app.clone(), config.clone());
-        async move { app.invoke(Some(CounterUpdate::default()), config).await }
-    });
+    let run = spawn_run(&app, &config);
     // Timeouts guard against hanging, they do not synchronise: the run gets there at once or
     // never.
     let guard = Duration::from_secs(60);
@@ -361,31 +390,18 @@ async fn a_short_run_stores_all_its_checkpoints_in_one_batch() {
 async fn a_long_run_hands_its_checkpoints_over_after_the_commit_delay() {
     let saver = Gated::holding(0, None);
     let release = Arc::new(Notify::new());
-    let mut g = StateGraph::<Counter>::new();
-    {
+    let g = first_then_waiting({
         let release = Arc::clone(&release);
-        g.add_sync_node("first", |s: &Counter| {
-            Ok(CounterUpdate::default().n(s.n + 1))
-        })
-        .add_node("slow", move |s: Arc<Counter>| {
+        move || {
             let release = Arc::clone(&release);
-            async move {
-                release.notified().await;
-                Ok(CounterUpdate::default().n(s.n + 1))
-            }
-        })
-        .add_edge(START, "first")
-        .add_edge("first", "slow")
-        .add_edge("slow", END);
-    }
+            async move { release.notified().await }
+        }
+    });
     let app = g.compile(saver.clone()).expect("compile");
     let config = RunConfig::thread("long")
         .with_durability(Durability::Async)
         .with_commit_delay(Duration::from_millis(1));
-    let run = tokio::spawn({
-        let app = app.clone();
-        async move { app.invoke(Some(CounterUpdate::default()), config).await }
-    });
+    let run = spawn_run(&app, &config);
     tokio::time::timeout(Duration::from_secs(60), saver.received.notified())
         .await
         .expect("a batch was handed over while the run waited in a node");
@@ -393,7 +409,7 @@ async fn a_long_run_hands_its_checkpoints_over_after_the_commit_delay() {
     assert_eq!(first.len(), 1, "{first:?}");
     assert!(
         (1..=3).contains(&first[0].checkpoints),
-        "what the run made before the slow node (input, START, first): {first:?}"
+        "what the run made before the waiting node (input, START, first): {first:?}"
     );
     release.notify_one();
     let out = run.await.expect("join").expect("run");
@@ -401,7 +417,7 @@ async fn a_long_run_hands_its_checkpoints_over_after_the_commit_delay() {
     assert_eq!(
         saver.batches().iter().map(|b| b.checkpoints).sum::<usize>(),
         4,
-        "input, START, first, slow"
+        "input, START, first, waiting"
     );
 }
 
@@ -414,10 +430,7 @@ async fn a_failed_batch_fails_the_run_and_nothing_after_it_is_stored() {
         .compile(saver.clone())
         .expect("compile");
     let config = async_at_once("failing");
-    let run = tokio::spawn({
-        let (app, config) = (app.clone(), config.clone());
-        async move { app.invoke(Some(CounterUpdate::default()), config).await }
-    });
+    let run = spawn_run(&app, &config);
     reached.notified().await;
     saver.open();
     let err = run
@@ -585,10 +598,7 @@ async fn cancelled_run_holds_its_thread(delay: Duration) {
     let config = async_at_once("cancelled")
         .with_recursion_limit(1_000)
         .with_commit_delay(delay);
-    let run = tokio::spawn({
-        let (app, config) = (app.clone(), config.clone());
-        async move { app.invoke(Some(CounterUpdate::default()), config).await }
-    });
+    let run = spawn_run(&app, &config);
     // The first batch is held, so everything the run produces stays queued.
     reached.notified().await;
     run.abort();
@@ -738,34 +748,23 @@ fn a_runtime_without_timers_skips_the_commit_delay() {
 async fn a_run_dropped_during_the_commit_delay_is_stored_at_once() {
     let saver = Gated::holding(0, None);
     let stuck = Arc::new(Notify::new());
-    let mut g = StateGraph::<Counter>::new();
-    {
+    let g = first_then_waiting({
         let stuck = Arc::clone(&stuck);
-        g.add_sync_node("first", |s: &Counter| {
-            Ok(CounterUpdate::default().n(s.n + 1))
-        })
-        .add_node("stuck", move |s: Arc<Counter>| {
+        move || {
             let stuck = Arc::clone(&stuck);
             async move {
                 stuck.notify_one();
-                // Never finishes: the run waits here (its flusher in its delay) until
-                // it is dropped.
-                std::future::pending::<()>().await;
-                Ok(CounterUpdate::default().n(s.n + 1))
+                // Never finishes: the run waits here (its flusher in its delay) until it
+                // is dropped.
+                std::future::pending::<()>().await
             }
-        })
-        .add_edge(START, "first")
-        .add_edge("first", "stuck")
-        .add_edge("stuck", END);
-    }
+        }
+    });
     let app = g.compile(saver.clone()).expect("compile");
     let config = RunConfig::thread("dropped-delay")
         .with_durability(Durability::Async)
         .with_commit_delay(Duration::from_secs(3600));
-    let run = tokio::spawn({
-        let (app, config) = (app.clone(), config.clone());
-        async move { app.invoke(Some(CounterUpdate::default()), config).await }
-    });
+    let run = spawn_run(&app, &config);
     let guard = Duration::from_secs(60);
     tokio::time::timeout(guard, stuck.notified())
         .await
