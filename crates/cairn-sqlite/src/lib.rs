@@ -652,6 +652,35 @@ fn writes_row(
     }))
 }
 
+/// Which thread commits a batch.
+#[derive(Clone, Copy)]
+enum Committer {
+    /// Always the writer thread (the caller goes on meanwhile).
+    WriterThread,
+    /// The calling thread when nothing else is writing, else the writer thread.
+    CallingThreadWhenIdle,
+}
+
+impl SqliteSaver {
+    /// Encodes `requests` here and stores them in one write request committed by `committer`.
+    async fn store_batch(
+        &self,
+        requests: Vec<PutRequest>,
+        committer: Committer,
+    ) -> Result<Vec<CheckpointConfig>> {
+        let (writes, rows, stored) = batch_rows(requests)?;
+        if rows.is_empty() {
+            return Ok(stored);
+        }
+        let op = move |conn: &Connection| ops::store(conn, &writes, &rows);
+        match committer {
+            Committer::WriterThread => self.write_queued(Box::new(op)).await?,
+            Committer::CallingThreadWhenIdle => self.write(op).await?,
+        }
+        Ok(stored)
+    }
+}
+
 /// A batch's rows, encoded off the writer thread: the tasks' writes, the checkpoints, and the
 /// configs naming the stored checkpoints.
 type BatchRows = (Vec<ops::WritesRow>, Vec<ops::PutRow>, Vec<CheckpointConfig>);
@@ -763,25 +792,14 @@ impl CheckpointSaver for SqliteSaver {
     /// thread: a runtime calls this in the background while its run goes on, and the writer
     /// thread commits while the run computes its next steps.
     async fn put_batch(&self, requests: Vec<PutRequest>) -> Result<Vec<CheckpointConfig>> {
-        let (writes, rows, stored) = batch_rows(requests)?;
-        if rows.is_empty() {
-            return Ok(stored);
-        }
-        self.write_queued(Box::new(move |conn| ops::store(conn, &writes, &rows)))
-            .await?;
-        Ok(stored)
+        self.store_batch(requests, Committer::WriterThread).await
     }
 
     /// Commits on the calling thread when nothing else is writing (as `put` does), since the
     /// caller waits anyway: no hop to the writer thread and back.
     async fn put_batch_now(&self, requests: Vec<PutRequest>) -> Result<Vec<CheckpointConfig>> {
-        let (writes, rows, stored) = batch_rows(requests)?;
-        if rows.is_empty() {
-            return Ok(stored);
-        }
-        self.write(move |conn| ops::store(conn, &writes, &rows))
-            .await?;
-        Ok(stored)
+        self.store_batch(requests, Committer::CallingThreadWhenIdle)
+            .await
     }
 
     async fn delete_thread(&self, thread_id: &str) -> Result<()> {

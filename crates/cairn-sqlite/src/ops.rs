@@ -133,16 +133,7 @@ pub(crate) fn store(conn: &Connection, writes: &[WritesRow], checkpoints: &[PutR
                 "storing channel {:?} version {} of thread {:?}",
                 b.channel, b.version, row.thread_id
             ),
-            _ => format!(
-                "storing {} channel values (thread {:?}{})",
-                blobs.len(),
-                checkpoints.first().map_or("", |r| r.thread_id.as_str()),
-                if checkpoints.len() > 1 {
-                    " and others"
-                } else {
-                    ""
-                }
-            ),
+            _ => storing_many(blobs.len(), "channel values", checkpoints),
         },
     )?;
     insert_rows(
@@ -168,19 +159,23 @@ pub(crate) fn store(conn: &Connection, writes: &[WritesRow], checkpoints: &[PutR
                 "storing checkpoint {} of thread {:?}",
                 row.checkpoint_id, row.thread_id
             ),
-            _ => format!(
-                "storing {} checkpoints (thread {:?}{})",
-                checkpoints.len(),
-                checkpoints.first().map_or("", |r| r.thread_id.as_str()),
-                if checkpoints.len() > 1 {
-                    " and others"
-                } else {
-                    ""
-                }
-            ),
+            _ => storing_many(checkpoints.len(), "checkpoints", checkpoints),
         },
     )?;
     Ok(())
+}
+
+/// What a failed statement was storing: `count` `rows` of the batch `checkpoints`.
+fn storing_many(count: usize, rows: &str, checkpoints: &[PutRow]) -> String {
+    format!(
+        "storing {count} {rows} (thread {:?}{})",
+        checkpoints.first().map_or("", |r| r.thread_id.as_str()),
+        if checkpoints.len() > 1 {
+            " and others"
+        } else {
+            ""
+        }
+    )
 }
 
 const WRITE_COLUMNS: &str = "(thread_id, checkpoint_ns, checkpoint_id, task_id, idx, task_path, \
