@@ -62,11 +62,10 @@ fn compact(s: &str) -> Option<[u8; 16]> {
 
 /// The version string of a stored 16-byte key; `None` when `bytes` is not one.
 fn expand(bytes: &[u8]) -> Option<String> {
-    let counter = u64::from_be_bytes(bytes.get(..8)?.try_into().ok()?);
-    let suffix = u64::from_be_bytes(bytes.get(8..16)?.try_into().ok()?);
-    if bytes.len() != 16 {
-        return None;
-    }
+    let bytes: &[u8; 16] = bytes.try_into().ok()?;
+    let (counter, suffix) = bytes.split_at(8);
+    let counter = u64::from_be_bytes(counter.try_into().ok()?);
+    let suffix = u64::from_be_bytes(suffix.try_into().ok()?);
     ChannelVersion::from_compact_parts(counter, suffix).map(|v| v.to_storage_string())
 }
 
