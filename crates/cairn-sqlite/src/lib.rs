@@ -42,9 +42,9 @@
 //!   version in Cairn's own 49-character format is stored as the pair `[counter, suffix]`,
 //!   about 11 bytes, which halves a header; headers written before schema 3 are named maps
 //!   with the id and read as before, as do schema 3's), the metadata as JSON text (so
-//!   list filters run in SQL with `json_extract`), the parent id, and the run id (indexed
-//!   for `delete_for_runs`). A second index, `(thread_id, checkpoint_id)`, lists a thread
-//!   across its namespaces newest first without sorting it.
+//!   list filters run in SQL with `json_extract`), the parent id, and the run id. An
+//!   index, `(thread_id, checkpoint_id)`, lists a thread across its namespaces newest first
+//!   without sorting it.
 //!   "Latest checkpoint of a thread" is `ORDER BY checkpoint_id DESC LIMIT 1` on the primary
 //!   key: one index seek, as cheap on a thread with 100 000 checkpoints as on one with 10.
 //! * `checkpoint_blobs` — channel values, stored **once per `(thread, ns, channel,
@@ -59,6 +59,11 @@
 //! * `checkpoint_writes` — pending writes keyed `(thread, ns, checkpoint_id, task_id, idx)`:
 //!   regular writes are insert-if-absent (a retried task cannot duplicate them), special
 //!   channels (negative index) overwrite.
+//! * `checkpoint_runs` — `(run_id, thread_id, checkpoint_ns)`, one row per run and thread
+//!   namespace holding its checkpoints, so `delete_for_runs` finds them with a primary-key
+//!   search per run id and then tests `run_id` only in those namespaces. Since schema 6 it
+//!   replaces an index on `checkpoints.run_id`, which took an entry per checkpoint (64 per
+//!   batch of a long run, about 80 bytes each) where this takes one per run and batch.
 //!
 //! `list` never runs one query per checkpoint: one query for the rows, one for all their
 //! values, one for all their writes (and one for append chains, below), inside one read

@@ -162,7 +162,41 @@ pub(crate) fn store(conn: &Connection, writes: &[WritesRow], checkpoints: &[PutR
             _ => storing_many(checkpoints.len(), "checkpoints", checkpoints),
         },
     )?;
+    let runs = runs_of(checkpoints);
+    insert_rows(
+        conn,
+        "INSERT OR IGNORE INTO checkpoint_runs (run_id, thread_id, checkpoint_ns)",
+        3,
+        "",
+        &runs,
+        |stmt, at, (run_id, row)| {
+            bind(stmt, at, run_id)?;
+            bind(stmt, at + 1, &row.thread_id)?;
+            bind(stmt, at + 2, &row.checkpoint_ns)
+        },
+        || storing_many(runs.len(), "run ids", checkpoints),
+    )?;
     Ok(())
+}
+
+/// The distinct `(run id, thread and namespace)` pairs of `checkpoints`: a batch holds many
+/// checkpoints of few runs (one run's steps follow each other), so most are repeats.
+fn runs_of(checkpoints: &[PutRow]) -> Vec<(&str, &PutRow)> {
+    let mut runs: Vec<(&str, &PutRow)> = Vec::new();
+    for row in checkpoints {
+        let Some(run_id) = row.run_id.as_deref() else {
+            continue;
+        };
+        let seen = runs.iter().rev().any(|(r, other)| {
+            *r == run_id
+                && other.thread_id == row.thread_id
+                && other.checkpoint_ns == row.checkpoint_ns
+        });
+        if !seen {
+            runs.push((run_id, row));
+        }
+    }
+    runs
 }
 
 /// What a failed statement was storing: `count` `rows` of the batch `checkpoints`.
@@ -240,7 +274,32 @@ fn insert_rows<T>(
     Ok(())
 }
 
+/// Deletes the `checkpoint_runs` rows of the checkpoints of `thread_id` (of namespace `ns`
+/// when given) that are about to be deleted: all of them, or with `keep` all but the run of
+/// checkpoint `keep`. Runs before the checkpoints go, since the rows are found through them.
+fn forget_runs(
+    conn: &Connection,
+    thread_id: &str,
+    ns: Option<&str>,
+    keep: Option<&str>,
+) -> Result<()> {
+    conn.prepare_cached(
+        "DELETE FROM checkpoint_runs WHERE (run_id, thread_id, checkpoint_ns) IN (
+             SELECT run_id, thread_id, checkpoint_ns FROM checkpoints
+             WHERE thread_id = ?1 AND (?2 IS NULL OR checkpoint_ns = ?2) AND run_id IS NOT NULL
+               AND run_id IS NOT (SELECT run_id FROM checkpoints
+                                  WHERE thread_id = ?1 AND checkpoint_ns = ?2
+                                    AND checkpoint_id = ?3))",
+    )
+    .and_then(|mut s| s.execute(params![thread_id, ns, keep]))
+    .map_err(sql_error(format!(
+        "deleting the run ids of thread {thread_id:?}"
+    )))?;
+    Ok(())
+}
+
 pub(crate) fn delete_thread(conn: &Connection, thread_id: &str) -> Result<()> {
+    forget_runs(conn, thread_id, None, None)?;
     for table in ["checkpoint_writes", "checkpoint_blobs", "checkpoints"] {
         conn.prepare_cached(&format!("DELETE FROM {table} WHERE thread_id = ?1"))
             .and_then(|mut s| s.execute([thread_id]))
@@ -278,6 +337,12 @@ pub(crate) fn copy_thread(conn: &Connection, source: &str, target: &str) -> Resu
              SELECT ?2, checkpoint_ns, checkpoint_id, task_id, idx, task_path, channel,
                     type_tag, data
              FROM checkpoint_writes WHERE thread_id = ?1",
+        ),
+        (
+            "checkpoint_runs",
+            "INSERT OR IGNORE INTO checkpoint_runs (run_id, thread_id, checkpoint_ns)
+             SELECT DISTINCT run_id, ?2, checkpoint_ns FROM checkpoints
+             WHERE thread_id = ?1 AND run_id IS NOT NULL",
         ),
     ];
     for (table, sql) in copies {
@@ -421,6 +486,7 @@ pub(crate) fn keep_latest(conn: &Connection, thread_id: &str) -> Result<()> {
                 "finding the latest checkpoint of thread {thread_id:?}"
             )))?;
         rewrite_append_values_whole(conn, thread_id, &ns, &latest)?;
+        forget_runs(conn, thread_id, Some(&ns), Some(&latest))?;
         for table in ["checkpoint_writes", "checkpoints"] {
             conn.prepare_cached(&format!(
                 "DELETE FROM {table} WHERE thread_id = ?1 AND checkpoint_ns = ?2 AND checkpoint_id <> ?3"
@@ -433,12 +499,15 @@ pub(crate) fn keep_latest(conn: &Connection, thread_id: &str) -> Result<()> {
     Ok(())
 }
 
-/// The threads and namespaces holding checkpoints of a JSON array of run ids. `run_id IS NOT
-/// NULL` lets SQLite use the partial index on `run_id`.
+/// The threads and namespaces holding checkpoints of a JSON array of run ids: a search of
+/// `checkpoint_runs`' primary key per run id.
 pub(crate) const RUNS_AFFECTED_SQL: &str =
-    "SELECT DISTINCT thread_id, checkpoint_ns FROM checkpoints
-     WHERE run_id IS NOT NULL AND run_id IN (SELECT value FROM json_each(?1))";
+    "SELECT DISTINCT thread_id, checkpoint_ns FROM checkpoint_runs
+     WHERE run_id IN (SELECT value FROM json_each(?1))";
 
+/// Deletes the checkpoints of the runs in the JSON array `run_ids_json` (with their pending
+/// writes), then the values no remaining checkpoint needs. Each thread namespace a run
+/// touched is searched by its primary key, its rows tested on `run_id`.
 pub(crate) fn delete_for_runs(conn: &Connection, run_ids_json: &str) -> Result<()> {
     let affected: Vec<(String, String)> = conn
         .prepare_cached(RUNS_AFFECTED_SQL)
@@ -447,24 +516,29 @@ pub(crate) fn delete_for_runs(conn: &Connection, run_ids_json: &str) -> Result<(
                 .collect::<rusqlite::Result<Vec<_>>>()
         })
         .map_err(sql_error("finding the checkpoints of the runs"))?;
-    if affected.is_empty() {
-        return Ok(());
+    for (thread_id, ns) in &affected {
+        let what = |rows: &str| format!("deleting the {rows} of the runs in thread {thread_id:?}");
+        conn.prepare_cached(
+            "DELETE FROM checkpoint_writes
+             WHERE thread_id = ?2 AND checkpoint_ns = ?3 AND checkpoint_id IN (
+                 SELECT checkpoint_id FROM checkpoints
+                 WHERE thread_id = ?2 AND checkpoint_ns = ?3
+                   AND run_id IN (SELECT value FROM json_each(?1)))",
+        )
+        .and_then(|mut s| s.execute([run_ids_json, thread_id, ns]))
+        .map_err(sql_error(what("pending writes")))?;
+        conn.prepare_cached(
+            "DELETE FROM checkpoints WHERE thread_id = ?2 AND checkpoint_ns = ?3
+               AND run_id IN (SELECT value FROM json_each(?1))",
+        )
+        .and_then(|mut s| s.execute([run_ids_json, thread_id, ns]))
+        .map_err(sql_error(what("checkpoints")))?;
+        reclaim_blobs(conn, thread_id, ns)?;
     }
     conn.prepare_cached(
-        "DELETE FROM checkpoint_writes WHERE (thread_id, checkpoint_ns, checkpoint_id) IN (
-             SELECT thread_id, checkpoint_ns, checkpoint_id FROM checkpoints
-             WHERE run_id IS NOT NULL AND run_id IN (SELECT value FROM json_each(?1)))",
+        "DELETE FROM checkpoint_runs WHERE run_id IN (SELECT value FROM json_each(?1))",
     )
     .and_then(|mut s| s.execute([run_ids_json]))
-    .map_err(sql_error("deleting the pending writes of the runs"))?;
-    conn.prepare_cached(
-        "DELETE FROM checkpoints
-         WHERE run_id IS NOT NULL AND run_id IN (SELECT value FROM json_each(?1))",
-    )
-    .and_then(|mut s| s.execute([run_ids_json]))
-    .map_err(sql_error("deleting the checkpoints of the runs"))?;
-    for (thread_id, ns) in affected {
-        reclaim_blobs(conn, &thread_id, &ns)?;
-    }
+    .map_err(sql_error("deleting the run ids"))?;
     Ok(())
 }

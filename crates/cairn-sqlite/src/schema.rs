@@ -168,10 +168,29 @@ ALTER TABLE checkpoint_writes_v3 RENAME TO checkpoint_writes;
         sql: "UPDATE checkpoint_blobs SET version = cairn_version_key(version),
                                       base_version = cairn_version_key(base_version);",
     },
+    Migration {
+        version: 6,
+        name: "runs table instead of the run_id index",
+        sql: r#"
+-- One row per run and thread namespace holding its checkpoints, for delete_for_runs. The
+-- index on checkpoints.run_id it replaces took an entry per checkpoint (64 per batch of a
+-- long run); this takes one per run. A row may outlive its run's checkpoints when a
+-- checkpoint is stored again under another run: delete_for_runs then finds nothing there.
+CREATE TABLE checkpoint_runs (
+    run_id        TEXT NOT NULL,
+    thread_id     TEXT NOT NULL,
+    checkpoint_ns TEXT NOT NULL,
+    PRIMARY KEY (run_id, thread_id, checkpoint_ns)
+) WITHOUT ROWID;
+INSERT OR IGNORE INTO checkpoint_runs (run_id, thread_id, checkpoint_ns)
+SELECT DISTINCT run_id, thread_id, checkpoint_ns FROM checkpoints WHERE run_id IS NOT NULL;
+DROP INDEX checkpoints_run_id;
+"#,
+    },
 ];
 
 /// The schema version this build writes.
-pub const SCHEMA_VERSION: i64 = 5;
+pub const SCHEMA_VERSION: i64 = 6;
 
 /// The SQL of the first migration, for tests of later ones.
 #[cfg(test)]

@@ -89,7 +89,7 @@ fn value_and_write_lookups_search_their_primary_keys() {
 #[test]
 fn migrating_twice_applies_nothing_the_second_time() {
     let mut conn = Connection::open_in_memory().expect("open");
-    assert_eq!(migrate(&mut conn).expect("first"), vec![1, 2, 3, 4, 5]);
+    assert_eq!(migrate(&mut conn).expect("first"), vec![1, 2, 3, 4, 5, 6]);
     assert_eq!(migrate(&mut conn).expect("second"), Vec::<i64>::new());
     let v: i64 = conn
         .query_row("PRAGMA user_version", [], |r| r.get(0))
@@ -158,15 +158,16 @@ fn listing_a_whole_thread_streams_newest_first() {
 }
 
 #[test]
-fn finding_the_checkpoints_of_runs_searches_the_run_id_index() {
+fn finding_the_checkpoints_of_runs_searches_the_runs_table() {
     let conn = migrated();
     fill(&conn);
-    conn.execute(
-        "UPDATE checkpoints SET run_id = 'run-' || (CAST(checkpoint_id AS INTEGER) / 3)",
-        [],
+    conn.execute_batch(
+        "UPDATE checkpoints SET run_id = 'run-' || (CAST(checkpoint_id AS INTEGER) / 3);
+         INSERT INTO checkpoint_runs SELECT DISTINCT run_id, thread_id, checkpoint_ns
+         FROM checkpoints;
+         ANALYZE",
     )
     .expect("run ids");
-    conn.execute_batch("ANALYZE").expect("analyze");
     let p = plan(
         &conn,
         crate::ops::RUNS_AFFECTED_SQL,
@@ -174,7 +175,7 @@ fn finding_the_checkpoints_of_runs_searches_the_run_id_index() {
     );
     let joined = p.join(" | ");
     assert!(
-        joined.contains("SEARCH checkpoints USING COVERING INDEX checkpoints_run_id (run_id=?)"),
+        joined.contains("SEARCH checkpoint_runs USING PRIMARY KEY (run_id=?)"),
         "{joined}"
     );
     assert!(
@@ -529,7 +530,7 @@ mod append_values {
         }
         assert_eq!(
             crate::schema::migrate(&mut conn).expect("migrate"),
-            vec![2, 3, 4, 5]
+            vec![2, 3, 4, 5, 6]
         );
         // Schema 5 stores the base (Cairn's own form) as 16 bytes, the other versions as text.
         let bases: Vec<(String, Option<String>)> = conn
@@ -633,6 +634,73 @@ mod upgrade {
 
     async fn everything(saver: &SqliteSaver) -> Vec<CheckpointTuple> {
         saver.list(&ListQuery::default()).await.expect("list")
+    }
+
+    /// `checkpoint_runs` names exactly the runs, threads and namespaces of the stored
+    /// checkpoints: nothing missing (delete_for_runs would miss them), nothing left behind.
+    fn assert_runs_match_checkpoints(conn: &Connection, when: &str) {
+        let difference = |sql: &str| -> Vec<(String, String, String)> {
+            conn.prepare(sql)
+                .expect("prepare")
+                .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
+                .expect("query")
+                .collect::<rusqlite::Result<_>>()
+                .expect("rows")
+        };
+        let of_checkpoints = "SELECT DISTINCT run_id, thread_id, checkpoint_ns FROM checkpoints
+                              WHERE run_id IS NOT NULL";
+        let of_table = "SELECT run_id, thread_id, checkpoint_ns FROM checkpoint_runs";
+        assert_eq!(
+            difference(&format!("{of_checkpoints} EXCEPT {of_table}")),
+            [],
+            "runs missing from checkpoint_runs {when}"
+        );
+        assert_eq!(
+            difference(&format!("{of_table} EXCEPT {of_checkpoints}")),
+            [],
+            "runs left in checkpoint_runs {when}"
+        );
+    }
+
+    /// Storing, copying, pruning, deleting runs and deleting threads keep `checkpoint_runs`
+    /// in step with the checkpoints.
+    #[tokio::test]
+    async fn the_runs_table_follows_every_change() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("runs.db");
+        let saver = SqliteSaver::open(&path).expect("open");
+        write_history(&saver).await;
+        let conn = Connection::open(&path).expect("open");
+        let runs: i64 = conn
+            .query_row("SELECT COUNT(*) FROM checkpoint_runs", [], |r| r.get(0))
+            .expect("count");
+        assert_eq!(runs, 4, "two runs in each of two namespaces");
+        assert_runs_match_checkpoints(&conn, "after storing");
+        saver.copy_thread("t", "t2").await.expect("copy");
+        assert_runs_match_checkpoints(&conn, "after copy_thread");
+        saver
+            .delete_for_runs(&["run-a-1".into(), "run-b-2".into()])
+            .await
+            .expect("delete runs");
+        assert_runs_match_checkpoints(&conn, "after delete_for_runs");
+        let left = everything(&saver).await;
+        assert_eq!(
+            left.len(),
+            12,
+            "three of six per namespace, in both threads"
+        );
+        assert!(left.iter().all(|t| {
+            let run = t.metadata.run_id.as_deref();
+            run == Some("run-a-2") || run == Some("run-b-1")
+        }));
+        saver
+            .prune(&["t".into()], PruneStrategy::KeepLatest)
+            .await
+            .expect("prune");
+        assert_runs_match_checkpoints(&conn, "after prune");
+        saver.delete_thread("t2").await.expect("delete");
+        assert_runs_match_checkpoints(&conn, "after delete_thread");
+        assert_eq!(everything(&saver).await.len(), 2);
     }
 
     /// A checkpoint row: thread, ns, id, parent, header, metadata, run id.
@@ -795,6 +863,7 @@ mod upgrade {
                 .expect("a kept checkpoint");
             assert_eq!(tuple.checkpoint, before.checkpoint);
         }
+        assert_runs_match_checkpoints(&conn, "after the upgrade, delete_for_runs and prune");
         let values: i64 = conn
             .query_row("SELECT COUNT(*) FROM checkpoint_blobs", [], |r| r.get(0))
             .expect("count");
