@@ -116,10 +116,14 @@
 //!
 //! Reads of a file database use a small pool of read connections on tokio's blocking pool
 //! (`get_tuple`, one checkpoint, runs right on the calling thread when a read connection is
-//! free); WAL mode lets them read while the writer writes. Several processes (or several
-//! `SqliteSaver`s) can share one file: each writer waits up to the busy timeout for the
-//! write lock. An in-memory database has a single connection, owned by the writer thread,
-//! which serves reads too.
+//! free); WAL mode lets them read while the writer writes. `get_tuple` first tries the
+//! write connection itself: when nothing holds it, the read runs there, on the calling
+//! thread. A read connection drops its page cache whenever another connection has
+//! committed, so a chat turn reading the head it has just written would read those pages
+//! from the file again; the write connection still holds them. Several processes (or
+//! several `SqliteSaver`s) can share one file: each writer waits up to the busy timeout for
+//! the write lock. An in-memory database has a single connection, owned by the writer
+//! thread, which serves reads too (`get_tuple` on the calling thread when it is idle).
 //!
 //! ## Durability: `synchronous`
 //!
@@ -293,6 +297,10 @@ struct Inner {
     /// `None` in memory and under `synchronous=FULL`/`EXTRA` (a commit then waits for
     /// fsync, too long to block an async worker).
     inline: Option<writer::SharedConn>,
+    /// The write connection again, for reading a checkpoint on it when it is idle: its page
+    /// cache survives its own commits, where a read connection's is dropped after every
+    /// commit and re-read from the file.
+    writer_conn: writer::SharedConn,
     busy_timeout: std::time::Duration,
     /// The writer thread, joined when the last handle is dropped.
     writer_thread: Option<std::thread::JoinHandle<()>>,
@@ -378,7 +386,8 @@ impl SqliteSaver {
                     options.synchronous_level(),
                     Synchronous::Off | Synchronous::Normal
                 )
-                .then_some(handle.conn),
+                .then(|| Arc::clone(&handle.conn)),
+                writer_conn: handle.conn,
                 busy_timeout: options.busy_timeout_duration(),
                 writer_thread: Some(handle.thread),
                 writer_stopped: std::sync::Mutex::new(handle.stopped),
@@ -406,6 +415,7 @@ impl SqliteSaver {
             inner: Arc::new(Inner {
                 writer: handle.jobs,
                 inline: None,
+                writer_conn: handle.conn,
                 busy_timeout: options.busy_timeout_duration(),
                 writer_thread: Some(handle.thread),
                 writer_stopped: std::sync::Mutex::new(handle.stopped),
@@ -524,6 +534,12 @@ impl SqliteSaver {
     ) -> Result<Option<CheckpointTuple>> {
         let config = config.clone();
         let read = move |conn: &mut Connection| read::get_tuple(conn, &config, known.as_ref());
+        // On the write connection when it is idle (a chat turn reads the head it has just
+        // committed: the pages are in that connection's cache), else on a read connection.
+        let read = match writer::try_read_inline(&self.inner.writer_conn, read) {
+            Ok(result) => return result,
+            Err(back) => back,
+        };
         match &self.inner.readers {
             // One checkpoint: small enough to read without the hop to the blocking pool.
             Some(pool) => pool.run_small(read).await,

@@ -202,6 +202,8 @@ mod writer_failures {
             inner: Arc::new(Inner {
                 writer,
                 inline: None,
+                // What the writer thread leaves when it stops: no connection.
+                writer_conn: Arc::new(std::sync::Mutex::new(None)),
                 busy_timeout: std::time::Duration::from_secs(1),
                 writer_thread: None,
                 writer_stopped: std::sync::Mutex::new(std::sync::mpsc::channel().1),
@@ -231,6 +233,40 @@ mod writer_failures {
             err.to_string().contains("writer thread has stopped"),
             "{err}"
         );
+    }
+
+    /// `get_tuple` reads on the write connection when it is idle and on a read connection
+    /// while something holds it: both give the same checkpoint.
+    #[tokio::test]
+    // Holding the write connection across the read is the point: it stands for a commit.
+    #[allow(clippy::await_holding_lock)]
+    async fn get_tuple_reads_on_a_read_connection_while_the_writer_is_held() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let saver = SqliteSaver::open(dir.path().join("held.db")).expect("open");
+        let stored = saver
+            .put(
+                &CheckpointConfig::thread("t"),
+                Checkpoint::new(),
+                CheckpointMetadata::default(),
+                Default::default(),
+            )
+            .await
+            .expect("put");
+        let on_writer = saver
+            .get_tuple(&CheckpointConfig::thread("t"))
+            .await
+            .expect("get")
+            .expect("stored");
+        let held = saver.inner.writer_conn.lock().expect("lock");
+        assert!(held.is_some(), "the writer's connection is there to hold");
+        let on_reader = saver
+            .get_tuple(&CheckpointConfig::thread("t"))
+            .await
+            .expect("get")
+            .expect("stored");
+        drop(held);
+        assert_eq!(on_writer, on_reader);
+        assert_eq!(on_reader.config, stored);
     }
 
     #[tokio::test]

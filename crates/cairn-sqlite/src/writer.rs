@@ -193,6 +193,21 @@ pub(crate) fn try_inline(
     Ok(result)
 }
 
+/// Runs the read `f` right here on the write connection if nothing holds it; otherwise
+/// hands `f` back (for a read connection). `f` opens its own read transaction.
+pub(crate) fn try_read_inline<T, F>(shared: &SharedConn, f: F) -> std::result::Result<Result<T>, F>
+where
+    F: FnOnce(&mut Connection) -> Result<T>,
+{
+    let Ok(mut guard) = shared.try_lock() else {
+        return Err(f);
+    };
+    match guard.as_mut() {
+        Some(conn) => Ok(f(conn)),
+        None => Err(f),
+    }
+}
+
 fn run(shared: &SharedConn, mut rx: mpsc::Receiver<Job>, max_batch: usize, counters: &Counters) {
     tracing::debug!("SQLite writer thread started");
     while let Some(first) = rx.blocking_recv() {
