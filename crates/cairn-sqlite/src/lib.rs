@@ -42,9 +42,11 @@
 //!   version in Cairn's own 49-character format is stored as the pair `[counter, suffix]`,
 //!   about 11 bytes, which halves a header; headers written before schema 3 are named maps
 //!   with the id and read as before, as do schema 3's), the metadata as JSON text (so
-//!   list filters run in SQL with `json_extract`), the parent id, and the run id. An
-//!   index, `(thread_id, checkpoint_id)`, lists a thread across its namespaces newest first
-//!   without sorting it.
+//!   list filters run in SQL with `json_extract`), the parent id, and the run id. A
+//!   partial index, `(thread_id, checkpoint_id) WHERE checkpoint_ns <> ''` (schema 6),
+//!   holds the subgraphs' checkpoints; listing a whole thread merges it with the root
+//!   namespace's primary-key range, newest first, without sorting, and a thread without
+//!   subgraphs adds no index entry per checkpoint.
 //!   "Latest checkpoint of a thread" is `ORDER BY checkpoint_id DESC LIMIT 1` on the primary
 //!   key: one index seek, as cheap on a thread with 100 000 checkpoints as on one with 10.
 //! * `checkpoint_blobs` — channel values, stored **once per `(thread, ns, channel,

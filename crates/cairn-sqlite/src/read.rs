@@ -257,6 +257,11 @@ fn metadata_condition(
 
 /// The SQL of `list` for `query`, its parameters, and whether SQL applied the whole
 /// metadata filter (and so the limit too).
+///
+/// A whole thread (a thread id, no namespace) is listed as the merge of two ordered
+/// searches: its root namespace along the primary key, its other namespaces along the
+/// partial index `checkpoints_thread_recent` (which holds only those, so a thread without
+/// subgraphs costs it nothing per checkpoint). SQLite merges the two without sorting.
 pub(crate) fn list_sql(query: &ListQuery) -> (String, Vec<Value>, bool) {
     let mut conditions: Vec<String> = Vec::new();
     let mut params: Vec<Value> = Vec::new();
@@ -284,15 +289,42 @@ pub(crate) fn list_sql(query: &ListQuery) -> (String, Vec<Value>, bool) {
             None => exact_in_sql = false,
         }
     }
-    let mut sql = format!("SELECT {ROW_COLUMNS} FROM checkpoints");
-    if !conditions.is_empty() {
-        sql.push_str(" WHERE ");
-        sql.push_str(&conditions.join(" AND "));
-    }
-    sql.push_str(" ORDER BY checkpoint_id DESC, thread_id DESC, checkpoint_ns DESC");
-    if let (Some(limit), true) = (query.limit, exact_in_sql) {
+    let limit = match (query.limit, exact_in_sql) {
+        (Some(limit), true) => Some(Value::Integer(i64::try_from(limit).unwrap_or(i64::MAX))),
+        _ => None,
+    };
+    let order = " ORDER BY checkpoint_id DESC, thread_id DESC, checkpoint_ns DESC";
+    let select = |extra: &str| {
+        let mut sql = format!("SELECT {ROW_COLUMNS} FROM checkpoints");
+        let all: Vec<&str> = conditions
+            .iter()
+            .map(String::as_str)
+            .chain((!extra.is_empty()).then_some(extra))
+            .collect();
+        if !all.is_empty() {
+            sql.push_str(" WHERE ");
+            sql.push_str(&all.join(" AND "));
+        }
+        sql
+    };
+    let whole_thread = query.thread_id.is_some() && query.checkpoint_ns.is_none();
+    let mut sql = if whole_thread {
+        // SQLite runs each arm as an ordered search and merges them (no sort), stopping at
+        // the limit.
+        params.extend(params.clone());
+        format!(
+            "{} UNION ALL {}{order}",
+            select("checkpoint_ns = ''"),
+            select("checkpoint_ns <> ''")
+        )
+    } else {
+        let mut sql = select("");
+        sql.push_str(order);
+        sql
+    };
+    if let Some(limit) = limit {
         sql.push_str(" LIMIT ?");
-        params.push(Value::Integer(i64::try_from(limit).unwrap_or(i64::MAX)));
+        params.push(limit);
     }
     (sql, params, exact_in_sql)
 }

@@ -170,7 +170,7 @@ ALTER TABLE checkpoint_writes_v3 RENAME TO checkpoint_writes;
     },
     Migration {
         version: 6,
-        name: "runs table instead of the run_id index",
+        name: "runs table instead of the run_id index; root namespace out of the thread index",
         sql: r#"
 -- One row per run and thread namespace holding its checkpoints, for delete_for_runs. The
 -- index on checkpoints.run_id it replaces took an entry per checkpoint (64 per batch of a
@@ -185,6 +185,12 @@ CREATE TABLE checkpoint_runs (
 INSERT OR IGNORE INTO checkpoint_runs (run_id, thread_id, checkpoint_ns)
 SELECT DISTINCT run_id, thread_id, checkpoint_ns FROM checkpoints WHERE run_id IS NOT NULL;
 DROP INDEX checkpoints_run_id;
+-- The root namespace's checkpoints are already in thread order in the primary key; listing
+-- a whole thread merges that with this index of the other namespaces' (subgraphs'), so a
+-- thread without subgraphs adds no index entry per checkpoint.
+DROP INDEX checkpoints_thread_recent;
+CREATE INDEX checkpoints_thread_recent ON checkpoints (thread_id, checkpoint_id)
+WHERE checkpoint_ns <> '';
 "#,
     },
 ];
