@@ -131,20 +131,22 @@ struct Row {
     parent_id: Option<String>,
     header: Vec<u8>,
     metadata: String,
+    /// The `run_id` column: since schema 6 the metadata JSON leaves the run id out.
+    run_id: Option<String>,
 }
 
 const ROW_COLUMNS: &str =
-    "thread_id, checkpoint_ns, checkpoint_id, parent_checkpoint_id, header, metadata";
+    "thread_id, checkpoint_ns, checkpoint_id, parent_checkpoint_id, header, metadata, run_id";
 
 /// The query `get_tuple` runs for the latest checkpoint of a thread and namespace: a search
 /// of the primary key, newest first, one row.
 pub(crate) const LATEST_SQL: &str = "SELECT thread_id, checkpoint_ns, checkpoint_id, \
-     parent_checkpoint_id, header, metadata FROM checkpoints \
+     parent_checkpoint_id, header, metadata, run_id FROM checkpoints \
      WHERE thread_id = ?1 AND checkpoint_ns = ?2 ORDER BY checkpoint_id DESC LIMIT 1";
 
 /// The query `get_tuple` runs for one named checkpoint.
 pub(crate) const EXACT_SQL: &str = "SELECT thread_id, checkpoint_ns, checkpoint_id, \
-     parent_checkpoint_id, header, metadata FROM checkpoints \
+     parent_checkpoint_id, header, metadata, run_id FROM checkpoints \
      WHERE thread_id = ?1 AND checkpoint_ns = ?2 AND checkpoint_id = ?3";
 
 /// Channel values for a JSON array of `[thread, ns, channel, version]` keys.
@@ -183,6 +185,7 @@ fn map_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Row> {
         parent_id: r.get(3)?,
         header: r.get(4)?,
         metadata: r.get(5)?,
+        run_id: r.get(6)?,
     })
 }
 
@@ -225,6 +228,16 @@ fn metadata_condition(
     value: &serde_json::Value,
     params: &mut Vec<Value>,
 ) -> Option<String> {
+    if key == "run_id" {
+        // The run id lives in its own column (a string); the JSON may not hold it.
+        return Some(match value {
+            serde_json::Value::String(run_id) => {
+                params.push(Value::Text(run_id.clone()));
+                "run_id = ?".into()
+            }
+            _ => "0".into(),
+        });
+    }
     if key.contains('"') || key.contains('\\') {
         return None;
     }
@@ -377,12 +390,17 @@ fn location(row: &Row) -> DataLocation {
 }
 
 fn decode_metadata(row: &Row) -> Result<CheckpointMetadata> {
-    serde_json::from_str(&row.metadata).map_err(|e| {
+    let mut metadata: CheckpointMetadata = serde_json::from_str(&row.metadata).map_err(|e| {
         Error::corrupt(
             location(row),
             format!("cannot decode the checkpoint metadata (JSON): {e}"),
         )
-    })
+    })?;
+    // Rows written before schema 6 hold the run id in the JSON as well.
+    if metadata.run_id.is_none() {
+        metadata.run_id.clone_from(&row.run_id);
+    }
+    Ok(metadata)
 }
 
 fn decode_header(row: &Row) -> Result<Checkpoint> {
@@ -770,7 +788,7 @@ const THREAD_NS_ALL_SQL: &str = "WITH t AS (SELECT DISTINCT thread_id FROM check
 
 /// Checkpoint rows for a JSON array of `[thread, ns, checkpoint_id]` keys.
 const ROWS_BY_KEY_SQL: &str = "SELECT c.thread_id, c.checkpoint_ns, c.checkpoint_id, \
-     c.parent_checkpoint_id, c.header, c.metadata \
+     c.parent_checkpoint_id, c.header, c.metadata, c.run_id \
      FROM json_each(?1) AS k CROSS JOIN checkpoints AS c \
      WHERE c.thread_id = k.value ->> 0 AND c.checkpoint_ns = k.value ->> 1 \
        AND c.checkpoint_id = k.value ->> 2";

@@ -642,7 +642,8 @@ mod upgrade {
                 };
                 let meta = CheckpointMetadata::new(CheckpointSource::Loop, step)
                     .with_run_id(run)
-                    .with("user", "ada");
+                    .with("user", "ada")
+                    .with("tags", serde_json::json!(["x"]));
                 if parent.checkpoint_id.is_some() {
                     saver
                         .put_writes(
@@ -700,6 +701,65 @@ mod upgrade {
             [],
             "runs left in checkpoint_runs {when}"
         );
+    }
+
+    /// The metadata JSON leaves the run id to its column; reads put it back, filters on it
+    /// use the column, and rows holding it in the JSON too (before schema 6) read the same.
+    #[tokio::test]
+    async fn the_run_id_is_stored_once_and_read_back_into_the_metadata() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("run_id.db");
+        let saver = SqliteSaver::open(&path).expect("open");
+        write_history(&saver).await;
+        let conn = Connection::open(&path).expect("open");
+        let in_json: i64 = conn
+            .query_row(
+                "SELECT COUNT(*) FROM checkpoints WHERE metadata LIKE '%run_id%'",
+                [],
+                |r| r.get(0),
+            )
+            .expect("count");
+        assert_eq!(in_json, 0, "the run id is stored in its column only");
+        let stored = everything(&saver).await;
+        assert_eq!(stored.len(), 12);
+        assert!(stored.iter().all(|t| t
+            .metadata
+            .run_id
+            .as_deref()
+            .is_some_and(|r| r.starts_with("run-"))));
+        let run = |run: serde_json::Value| ListQuery::default().filter("run_id", run);
+        let listed = saver
+            .list(&run("run-a-2".into()).filter("user", "ada"))
+            .await
+            .expect("list");
+        assert_eq!(listed.len(), 3);
+        assert!(listed
+            .iter()
+            .all(|t| t.metadata.run_id.as_deref() == Some("run-a-2")));
+        // A filter SQL cannot test (an array) is applied after decoding, with the run id.
+        let listed = saver
+            .list(&run("run-b-1".into()).filter("tags", serde_json::json!(["x"])))
+            .await
+            .expect("list");
+        assert_eq!(listed.len(), 3);
+        assert!(listed
+            .iter()
+            .all(|t| t.metadata.run_id.as_deref() == Some("run-b-1")));
+        let listed = saver
+            .list(&run("run-b-1".into()).filter("tags", serde_json::json!(["y"])))
+            .await
+            .expect("list");
+        assert!(listed.is_empty());
+        assert!(saver.list(&run(5.into())).await.expect("list").is_empty());
+
+        conn.execute(
+            "UPDATE checkpoints SET metadata = json_set(metadata, '$.run_id', run_id)",
+            [],
+        )
+        .expect("old-style metadata");
+        assert_eq!(everything(&saver).await, stored);
+        let listed = saver.list(&run("run-a-2".into())).await.expect("list");
+        assert_eq!(listed.len(), 3);
     }
 
     /// Storing, copying, pruning, deleting runs and deleting threads keep `checkpoint_runs`
