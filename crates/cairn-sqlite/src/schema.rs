@@ -170,7 +170,8 @@ ALTER TABLE checkpoint_writes_v3 RENAME TO checkpoint_writes;
     },
     Migration {
         version: 6,
-        name: "runs table instead of the run_id index; root namespace out of the thread index",
+        name: "runs table instead of the run_id index; root namespace out of the thread index; \
+               headers may hold ts as microseconds, metadata JSON leaves run_id to its column",
         sql: r#"
 -- One row per run and thread namespace holding its checkpoints, for delete_for_runs. The
 -- index on checkpoints.run_id it replaces took an entry per checkpoint (64 per batch of a
