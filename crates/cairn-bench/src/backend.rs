@@ -246,10 +246,13 @@ impl Backend {
                 ..
             } => {
                 let now = saver.writer_stats();
-                Some(WriterStats {
-                    batches: now.batches.saturating_sub(stats_at_open.batches),
-                    requests: now.requests.saturating_sub(stats_at_open.requests),
-                })
+                let mut since_open = now;
+                since_open.batches = now.batches.saturating_sub(stats_at_open.batches);
+                since_open.requests = now.requests.saturating_sub(stats_at_open.requests);
+                since_open.wal_checkpoints = now
+                    .wal_checkpoints
+                    .saturating_sub(stats_at_open.wal_checkpoints);
+                Some(since_open)
             }
             _ => None,
         }

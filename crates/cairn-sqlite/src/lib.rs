@@ -115,7 +115,8 @@
 //! and the database's write lock free commits right on the calling thread, in its own
 //! transaction, saving two thread hand-offs. Anything else — the writer busy, another
 //! process holding the lock, `Full` durability — goes through the queue as above. WAL
-//! checkpoints always run on the writer thread.
+//! checkpoints run on a thread of their own with a connection of their own (PASSIVE: they
+//! never take the write lock), so no commit waits for one.
 //!
 //! Reads of a file database use a small pool of read connections on tokio's blocking pool
 //! (`get_tuple`, one checkpoint, runs right on the calling thread when a read connection is
@@ -141,6 +142,7 @@
 
 #![warn(missing_docs)]
 
+mod checkpointer;
 mod header;
 mod ops;
 mod options;
@@ -268,7 +270,7 @@ fn configure(
                 .map_err(sql_error("setting synchronous"))?;
             if file {
                 // Copy the WAL into the database every 1 000 pages (4 MB, SQLite's own
-                // threshold), always on the writer thread: the hook replaces SQLite's
+                // threshold), on the checkpointer thread: the hook replaces SQLite's
                 // automatic checkpoint, which would run on whichever thread committed. With
                 // append values a commit adds a few pages at most, so the WAL, not the
                 // data, would dominate the files of a larger threshold (10 000 pages made a
@@ -304,6 +306,8 @@ struct Inner {
     /// cache survives its own commits, where a read connection's is dropped after every
     /// commit and re-read from the file.
     writer_conn: writer::SharedConn,
+    /// Asks the checkpointer thread to copy the WAL (`None` in memory: no WAL).
+    checkpoints: Option<checkpointer::CheckpointRequests>,
     busy_timeout: std::time::Duration,
     /// The writer thread, joined when the last handle is dropped.
     writer_thread: Option<std::thread::JoinHandle<()>>,
@@ -379,8 +383,18 @@ impl SqliteSaver {
         let mut conn = open_connection(&path, &options, ConnectionRole::Writer)?;
         schema::migrate(&mut conn)?;
         let readers = ReadPool::new(path.clone(), options.clone())?;
+        let checkpointer = checkpointer::Checkpointer::start(open_connection(
+            &path,
+            &options,
+            ConnectionRole::Writer,
+        )?)?;
         let counters = Arc::new(Counters::default());
-        let handle = writer::spawn(conn, options.max_batch_size(), Arc::clone(&counters))?;
+        let handle = writer::spawn(
+            conn,
+            options.max_batch_size(),
+            Arc::clone(&counters),
+            Some(checkpointer),
+        )?;
         tracing::debug!(path = %path.display(), "opened SQLite checkpoint store");
         Ok(SqliteSaver {
             inner: Arc::new(Inner {
@@ -391,6 +405,7 @@ impl SqliteSaver {
                 )
                 .then(|| Arc::clone(&handle.conn)),
                 writer_conn: handle.conn,
+                checkpoints: handle.checkpoints,
                 busy_timeout: options.busy_timeout_duration(),
                 writer_thread: Some(handle.thread),
                 writer_stopped: std::sync::Mutex::new(handle.stopped),
@@ -413,12 +428,13 @@ impl SqliteSaver {
         configure(&conn, &options, ConnectionRole::Writer, false)?;
         schema::migrate(&mut conn)?;
         let counters = Arc::new(Counters::default());
-        let handle = writer::spawn(conn, options.max_batch_size(), Arc::clone(&counters))?;
+        let handle = writer::spawn(conn, options.max_batch_size(), Arc::clone(&counters), None)?;
         Ok(SqliteSaver {
             inner: Arc::new(Inner {
                 writer: handle.jobs,
                 inline: None,
                 writer_conn: handle.conn,
+                checkpoints: None,
                 busy_timeout: options.busy_timeout_duration(),
                 writer_thread: Some(handle.thread),
                 writer_stopped: std::sync::Mutex::new(handle.stopped),
@@ -485,7 +501,13 @@ impl SqliteSaver {
     /// How many transactions the writer thread committed, for how many write requests
     /// (requests / batches is the group-commit factor).
     pub fn writer_stats(&self) -> WriterStats {
-        self.inner.counters.snapshot()
+        let mut stats = self.inner.counters.snapshot();
+        stats.wal_checkpoints = self
+            .inner
+            .checkpoints
+            .as_ref()
+            .map_or(0, checkpointer::CheckpointRequests::completed);
+        stats
     }
 
     /// The schema version of the open database (the highest migration applied).
@@ -561,11 +583,9 @@ impl SqliteSaver {
             match writer::try_inline(shared, op, self.inner.busy_timeout, &self.inner.counters) {
                 Ok(result) => {
                     if writer::checkpoint_due() {
-                        // Best effort: when the queue is full the writer is busy anyway,
-                        // and the next commit past the threshold asks again.
-                        let _ = self.inner.writer.try_send(Job::Direct(Box::new(|conn| {
-                            writer::checkpoint(conn);
-                        })));
+                        if let Some(checkpoints) = &self.inner.checkpoints {
+                            checkpoints.request();
+                        }
                     }
                     return result;
                 }

@@ -208,6 +208,7 @@ mod writer_failures {
                 inline: None,
                 // What the writer thread leaves when it stops: no connection.
                 writer_conn: Arc::new(std::sync::Mutex::new(None)),
+                checkpoints: None,
                 busy_timeout: std::time::Duration::from_secs(1),
                 writer_thread: None,
                 writer_stopped: std::sync::Mutex::new(std::sync::mpsc::channel().1),
@@ -271,6 +272,53 @@ mod writer_failures {
         drop(held);
         assert_eq!(on_writer, on_reader);
         assert_eq!(on_reader.config, stored);
+    }
+
+    /// Past 1 000 WAL pages a commit asks the checkpointer thread for a checkpoint; once it
+    /// has run, the next commit starts the WAL over from its beginning.
+    #[tokio::test]
+    async fn the_checkpointer_thread_keeps_the_wal_short() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("wal.db");
+        let saver = SqliteSaver::open(&path).expect("open");
+        let codec = cairn_checkpoint::ValueCodec::default();
+        let mut parent = CheckpointConfig::thread("t");
+        let put = |parent: CheckpointConfig, size: usize| {
+            let saver = saver.clone();
+            let value = codec.encode(&"x".repeat(size)).expect("value");
+            async move {
+                let mut cp = Checkpoint::new();
+                let version = saver.get_next_version(None);
+                cp.channel_values.insert("big".into(), value);
+                cp.channel_versions.insert("big".into(), version.clone());
+                saver
+                    .put(
+                        &parent,
+                        cp,
+                        CheckpointMetadata::default(),
+                        [("big".to_owned(), version)].into(),
+                    )
+                    .await
+                    .expect("put")
+            }
+        };
+        // About 1 100 pages of 4 KiB, in commits of about 25.
+        for _ in 0..44 {
+            parent = put(parent, 100_000).await;
+        }
+        let checkpoints = saver.inner.checkpoints.clone().expect("a file database");
+        // Nothing writes now, so the last checkpoint copied the whole WAL.
+        checkpoints.wait_idle();
+        assert!(saver.writer_stats().wal_checkpoints >= 1);
+        put(parent, 10).await;
+        let frames: i64 = rusqlite::Connection::open(&path)
+            .expect("open")
+            .query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |r| r.get(1))
+            .expect("wal frames");
+        assert!(
+            (1..100).contains(&frames),
+            "the WAL started over after the checkpoint: {frames} frames"
+        );
     }
 
     #[tokio::test]

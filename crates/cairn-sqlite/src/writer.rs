@@ -16,6 +16,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use cairn_checkpoint::{Error, Result};
 
+use crate::checkpointer::{checkpoint, CheckpointRequests, Checkpointer};
 use crate::sql_error;
 
 /// A change to apply inside the batch transaction.
@@ -47,17 +48,21 @@ impl Counters {
         WriterStats {
             batches: self.batches.load(Ordering::Relaxed),
             requests: self.requests.load(Ordering::Relaxed),
+            wal_checkpoints: 0,
         }
     }
 }
 
 /// What the writer thread has committed so far: how well group commit is batching.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
 pub struct WriterStats {
     /// Transactions committed.
     pub batches: u64,
     /// Write requests committed in them (successful or individually rolled back).
     pub requests: u64,
+    /// WAL checkpoints run in the background (one per 1 000 WAL pages written).
+    pub wal_checkpoints: u64,
 }
 
 /// The error callers get when the writer thread is gone.
@@ -79,16 +84,21 @@ pub(crate) type SharedConn = Arc<std::sync::Mutex<Option<Connection>>>;
 pub(crate) struct WriterHandle {
     pub(crate) jobs: mpsc::Sender<Job>,
     pub(crate) conn: SharedConn,
+    /// Asks the checkpointer thread (of a file database) to copy the WAL.
+    pub(crate) checkpoints: Option<CheckpointRequests>,
     pub(crate) thread: std::thread::JoinHandle<()>,
     pub(crate) stopped: std::sync::mpsc::Receiver<()>,
 }
 
-/// Starts the writer thread owning `conn`.
+/// Starts the writer thread owning `conn` (and `checkpointer`, stopped before `conn` is
+/// closed, so the writer's connection is the last one and cleans up the WAL).
 pub(crate) fn spawn(
     conn: Connection,
     max_batch: usize,
     counters: Arc<Counters>,
+    checkpointer: Option<Checkpointer>,
 ) -> Result<WriterHandle> {
+    let checkpoints = checkpointer.as_ref().map(Checkpointer::requests);
     let (tx, rx) = mpsc::channel(max_batch.max(1) * 4);
     let (stopped_tx, stopped) = std::sync::mpsc::channel();
     let conn: SharedConn = Arc::new(std::sync::Mutex::new(Some(conn)));
@@ -96,21 +106,23 @@ pub(crate) fn spawn(
     let thread = std::thread::Builder::new()
         .name("cairn-sqlite-writer".into())
         .spawn(move || {
-            run(&shared, rx, max_batch, &counters);
+            run(&shared, rx, max_batch, &counters, checkpointer);
             let _ = stopped_tx.send(());
         })
         .map_err(|e| Error::backend("sqlite", "starting the writer thread", e))?;
     Ok(WriterHandle {
         jobs: tx,
         conn,
+        checkpoints,
         thread,
         stopped,
     })
 }
 
-/// WAL size, in pages, past which the writer thread copies the WAL into the database (a
-/// PASSIVE checkpoint; SQLite's own automatic checkpoint would run on whichever thread
-/// committed, possibly an async worker, so it is replaced by this).
+/// WAL size, in pages, past which a commit asks the checkpointer thread to copy the WAL
+/// into the database (a PASSIVE checkpoint; SQLite's own automatic checkpoint would run on
+/// whichever thread committed, possibly an async worker, holding up that commit, so it is
+/// replaced by this).
 pub(crate) const CHECKPOINT_PAGES: i32 = 1_000;
 
 thread_local! {
@@ -129,14 +141,6 @@ pub(crate) fn wal_hook(_: &rusqlite::hooks::Wal, pages: std::ffi::c_int) -> rusq
 /// forgets it, so the checkpoint is asked for once).
 pub(crate) fn checkpoint_due() -> bool {
     WAL_PAGES.with(|p| p.replace(0) >= CHECKPOINT_PAGES)
-}
-
-/// Copies the WAL into the database without waiting for readers or writers.
-pub(crate) fn checkpoint(conn: &Connection) {
-    match conn.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(())) {
-        Ok(()) => tracing::trace!("checkpointed the WAL"),
-        Err(e) => tracing::debug!(error = %e, "a WAL checkpoint did not complete"),
-    }
 }
 
 fn lock(conn: &SharedConn) -> std::sync::MutexGuard<'_, Option<Connection>> {
@@ -208,7 +212,14 @@ where
     }
 }
 
-fn run(shared: &SharedConn, mut rx: mpsc::Receiver<Job>, max_batch: usize, counters: &Counters) {
+fn run(
+    shared: &SharedConn,
+    mut rx: mpsc::Receiver<Job>,
+    max_batch: usize,
+    counters: &Counters,
+    checkpointer: Option<Checkpointer>,
+) {
+    let checkpoints = checkpointer.as_ref().map(Checkpointer::requests);
     tracing::debug!("SQLite writer thread started");
     while let Some(first) = rx.blocking_recv() {
         let mut guard = lock(shared);
@@ -237,9 +248,13 @@ fn run(shared: &SharedConn, mut rx: mpsc::Receiver<Job>, max_batch: usize, count
         }
         commit_batch(conn, writes, counters);
         if checkpoint_due() {
-            checkpoint(conn);
+            match &checkpoints {
+                Some(checkpoints) => checkpoints.request(),
+                None => checkpoint(conn),
+            }
         }
     }
+    drop(checkpointer);
     // Closing the last connection to a file copies the WAL into it and removes the WAL
     // and shared-memory files.
     let conn = lock(shared).take();
