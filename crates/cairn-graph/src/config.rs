@@ -95,7 +95,9 @@ impl RunConfig {
         self
     }
 
-    /// Adds a metadata key written into every checkpoint of the run.
+    /// Adds a metadata key written into every checkpoint of the run. `run_id` is reserved
+    /// for the run id (set it with [`with_run_id`](Self::with_run_id)): SQLite stores the
+    /// run id apart and refuses a checkpoint whose metadata names a different one.
     pub fn with_metadata(
         mut self,
         key: impl Into<String>,

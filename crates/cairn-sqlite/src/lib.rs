@@ -44,7 +44,8 @@
 //!   with the id and read as before, as do schema 3's), the metadata as JSON text (so
 //!   list filters run in SQL with `json_extract`), the parent id, and the run id in its own
 //!   column (since schema 6 the JSON leaves it out: reads put it back, a filter on `run_id`
-//!   tests the column). A partial index, `(thread_id, checkpoint_id) WHERE checkpoint_ns
+//!   tests the column; a `run_id` string among the caller's own keys counts as the run id,
+//!   any other such key is refused at `put`). A partial index, `(thread_id, checkpoint_id) WHERE checkpoint_ns
 //!   <> ''` (schema 6), holds the subgraphs' checkpoints; listing a whole thread merges it with the root
 //!   namespace's primary-key range, newest first, without sorting, and a thread without
 //!   subgraphs adds no index entry per checkpoint.
@@ -558,13 +559,18 @@ impl SqliteSaver {
         known: Option<read::Known>,
     ) -> Result<Option<CheckpointTuple>> {
         let config = config.clone();
-        let read = move |conn: &mut Connection| read::get_tuple(conn, &config, known.as_ref());
-        // On the write connection when it is idle (a chat turn reads the head it has just
-        // committed: the pages are in that connection's cache), else on a read connection.
-        let read = match writer::try_read_inline(&self.inner.writer_conn, read) {
-            Ok(result) => return result,
-            Err(back) => back,
-        };
+        let small = known.is_some();
+        let mut read = move |conn: &mut Connection| read::get_tuple(conn, &config, known.as_ref());
+        // A read that skips the values the caller holds (the runtime checking a thread's
+        // head at the start of a run) is small: on the write connection when it is idle (a
+        // chat turn reads the head it has just committed, whose pages are in that
+        // connection's cache). Other reads, however large the state, never hold up commits.
+        if small {
+            read = match writer::try_read_inline(&self.inner.writer_conn, read) {
+                Ok(result) => return result,
+                Err(back) => back,
+            };
+        }
         match &self.inner.readers {
             // One checkpoint: small enough to read without the hop to the blocking pool.
             Some(pool) => pool.run_small(read).await,
@@ -625,17 +631,50 @@ struct StoredMetadata<'a> {
     step: Option<i64>,
     parents: &'a std::collections::BTreeMap<String, String>,
     #[serde(flatten)]
-    extra: &'a serde_json::Map<String, serde_json::Value>,
+    extra: ExtraKeys<'a>,
 }
 
 impl<'a> StoredMetadata<'a> {
-    fn of(metadata: &'a CheckpointMetadata) -> Self {
-        StoredMetadata {
+    fn of(metadata: &'a CheckpointMetadata) -> Result<Self> {
+        run_id_of(metadata)?;
+        Ok(StoredMetadata {
             source: metadata.source,
             step: metadata.step,
             parents: &metadata.parents,
-            extra: &metadata.extra,
+            extra: ExtraKeys(&metadata.extra),
+        })
+    }
+}
+
+/// The caller's own metadata keys but `run_id` (see [`run_id_of`]).
+struct ExtraKeys<'a>(&'a serde_json::Map<String, serde_json::Value>);
+
+impl serde::Serialize for ExtraKeys<'_> {
+    fn serialize<S: serde::Serializer>(
+        &self,
+        serializer: S,
+    ) -> std::result::Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = serializer.serialize_map(None)?;
+        for (key, value) in self.0.iter().filter(|(key, _)| *key != "run_id") {
+            map.serialize_entry(key, value)?;
         }
+        map.end()
+    }
+}
+
+/// The run id `metadata` names: its `run_id`, or a `run_id` string among the caller's own
+/// keys (where the runtime's metadata keys are merged in). Any other `run_id` key is
+/// refused: the `run_id` column holds one string, which reads hand back as `run_id`.
+fn run_id_of(metadata: &CheckpointMetadata) -> Result<Option<&str>> {
+    match (metadata.run_id.as_deref(), metadata.extra.get("run_id")) {
+        (run_id, None) => Ok(run_id),
+        (None, Some(serde_json::Value::String(run_id))) => Ok(Some(run_id)),
+        (Some(run_id), Some(serde_json::Value::String(key))) if key == run_id => Ok(Some(run_id)),
+        (run_id, Some(key)) => Err(Error::InvalidArgument(format!(
+            "checkpoint metadata holds the key \"run_id\" ({key}) besides its run id \
+             ({run_id:?}); `run_id` is reserved for the run id: rename the key"
+        ))),
     }
 }
 
@@ -652,7 +691,7 @@ fn put_row(
     let header = header::encode(&checkpoint)
         .map_err(|e| encode_error("encoding the checkpoint header", e))?;
     let metadata_json =
-        serde_json::to_string(&StoredMetadata::of(metadata)).map_err(|e| Error::Encode {
+        serde_json::to_string(&StoredMetadata::of(metadata)?).map_err(|e| Error::Encode {
             format: "json",
             message: format!("encoding the checkpoint metadata: {e}"),
         })?;
@@ -685,7 +724,7 @@ fn put_row(
         parent_id: config.checkpoint_id.clone(),
         header,
         metadata: metadata_json,
-        run_id: metadata.run_id.clone(),
+        run_id: run_id_of(metadata)?.map(str::to_owned),
         blobs,
     };
     let stored = CheckpointConfig {

@@ -274,32 +274,44 @@ fn insert_rows<T>(
     Ok(())
 }
 
-/// Deletes the `checkpoint_runs` rows of the checkpoints of `thread_id` (of namespace `ns`
-/// when given) that are about to be deleted: all of them, or with `keep` all but the run of
-/// checkpoint `keep`. Runs before the checkpoints go, since the rows are found through them.
-fn forget_runs(
-    conn: &Connection,
-    thread_id: &str,
-    ns: Option<&str>,
-    keep: Option<&str>,
-) -> Result<()> {
-    conn.prepare_cached(
-        "DELETE FROM checkpoint_runs WHERE (run_id, thread_id, checkpoint_ns) IN (
-             SELECT run_id, thread_id, checkpoint_ns FROM checkpoints
-             WHERE thread_id = ?1 AND (?2 IS NULL OR checkpoint_ns = ?2) AND run_id IS NOT NULL
-               AND run_id IS NOT (SELECT run_id FROM checkpoints
-                                  WHERE thread_id = ?1 AND checkpoint_ns = ?2
-                                    AND checkpoint_id = ?3))",
-    )
-    .and_then(|mut s| s.execute(params![thread_id, ns, keep]))
-    .map_err(sql_error(format!(
+/// The `checkpoint_runs` rows of a thread's checkpoints (`?1`).
+pub(crate) const FORGET_THREAD_RUNS_SQL: &str =
+    "DELETE FROM checkpoint_runs WHERE (run_id, thread_id, checkpoint_ns) IN (
+         SELECT run_id, thread_id, checkpoint_ns FROM checkpoints
+         WHERE thread_id = ?1 AND run_id IS NOT NULL)";
+
+/// The `checkpoint_runs` rows of namespace `?2` of thread `?1` but the run of its
+/// checkpoint `?3`.
+pub(crate) const FORGET_RUNS_BUT_KEPT_SQL: &str =
+    "DELETE FROM checkpoint_runs WHERE (run_id, thread_id, checkpoint_ns) IN (
+         SELECT run_id, thread_id, checkpoint_ns FROM checkpoints
+         WHERE thread_id = ?1 AND checkpoint_ns = ?2 AND run_id IS NOT NULL
+           AND run_id IS NOT (SELECT run_id FROM checkpoints
+                              WHERE thread_id = ?1 AND checkpoint_ns = ?2
+                                AND checkpoint_id = ?3))";
+
+/// Deletes the `checkpoint_runs` rows of the checkpoints of `thread_id` that are about to be
+/// deleted: all of them, or with `keep` (a namespace and a checkpoint in it) those of that
+/// namespace but the kept checkpoint's run. Runs go before the checkpoints, since the rows
+/// are found through them. (Two statements, so each is one search of the primary key: one
+/// with an optional namespace searched the whole thread once per namespace.)
+fn forget_runs(conn: &Connection, thread_id: &str, keep: Option<(&str, &str)>) -> Result<()> {
+    let result = match keep {
+        None => conn
+            .prepare_cached(FORGET_THREAD_RUNS_SQL)
+            .and_then(|mut s| s.execute([thread_id])),
+        Some((ns, checkpoint_id)) => conn
+            .prepare_cached(FORGET_RUNS_BUT_KEPT_SQL)
+            .and_then(|mut s| s.execute([thread_id, ns, checkpoint_id])),
+    };
+    result.map_err(sql_error(format!(
         "deleting the run ids of thread {thread_id:?}"
     )))?;
     Ok(())
 }
 
 pub(crate) fn delete_thread(conn: &Connection, thread_id: &str) -> Result<()> {
-    forget_runs(conn, thread_id, None, None)?;
+    forget_runs(conn, thread_id, None)?;
     for table in ["checkpoint_writes", "checkpoint_blobs", "checkpoints"] {
         conn.prepare_cached(&format!("DELETE FROM {table} WHERE thread_id = ?1"))
             .and_then(|mut s| s.execute([thread_id]))
@@ -486,7 +498,7 @@ pub(crate) fn keep_latest(conn: &Connection, thread_id: &str) -> Result<()> {
                 "finding the latest checkpoint of thread {thread_id:?}"
             )))?;
         rewrite_append_values_whole(conn, thread_id, &ns, &latest)?;
-        forget_runs(conn, thread_id, Some(&ns), Some(&latest))?;
+        forget_runs(conn, thread_id, Some((&ns, &latest)))?;
         for table in ["checkpoint_writes", "checkpoints"] {
             conn.prepare_cached(&format!(
                 "DELETE FROM {table} WHERE thread_id = ?1 AND checkpoint_ns = ?2 AND checkpoint_id <> ?3"

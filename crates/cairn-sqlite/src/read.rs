@@ -396,8 +396,8 @@ fn decode_metadata(row: &Row) -> Result<CheckpointMetadata> {
             format!("cannot decode the checkpoint metadata (JSON): {e}"),
         )
     })?;
-    // Rows written before schema 6 hold the run id in the JSON as well.
-    if metadata.run_id.is_none() {
+    // The column is the run id (rows written before schema 6 hold it in the JSON as well).
+    if row.run_id.is_some() {
         metadata.run_id.clone_from(&row.run_id);
     }
     Ok(metadata)

@@ -190,6 +190,30 @@ fn finding_the_checkpoints_of_runs_searches_the_runs_table() {
     );
 }
 
+#[test]
+fn pruning_forgets_runs_with_one_search_per_namespace() {
+    let conn = migrated();
+    fill(&conn);
+    let p = plan(
+        &conn,
+        crate::ops::FORGET_RUNS_BUT_KEPT_SQL,
+        &[&"t", &"", &"00000007"],
+    );
+    let joined = p.join(" | ");
+    assert!(
+        joined.contains("SEARCH checkpoints USING PRIMARY KEY (thread_id=? AND checkpoint_ns=?)"),
+        "{joined}"
+    );
+    assert!(!joined.contains("SCAN"), "{joined}");
+    let p = plan(&conn, crate::ops::FORGET_THREAD_RUNS_SQL, &[&"t"]);
+    let joined = p.join(" | ");
+    assert!(
+        joined.contains("SEARCH checkpoints USING PRIMARY KEY (thread_id=?)"),
+        "{joined}"
+    );
+    assert!(!joined.contains("SCAN"), "{joined}");
+}
+
 mod writer_failures {
     use std::sync::Arc;
 
@@ -240,8 +264,8 @@ mod writer_failures {
         );
     }
 
-    /// `get_tuple` reads on the write connection when it is idle and on a read connection
-    /// while something holds it: both give the same checkpoint.
+    /// `get_tuple_known` reads on the write connection when it is idle and on a read
+    /// connection while something holds it: both give the same checkpoint.
     #[tokio::test]
     // Holding the write connection across the read is the point: it stands for a commit.
     #[allow(clippy::await_holding_lock)]
@@ -257,21 +281,44 @@ mod writer_failures {
             )
             .await
             .expect("put");
+        let id = stored.checkpoint_id.clone().expect("an id");
+        let known = || cairn_checkpoint::KnownValues {
+            checkpoint_id: &id,
+            channels: &[],
+        };
         let on_writer = saver
-            .get_tuple(&CheckpointConfig::thread("t"))
+            .get_tuple_known(&CheckpointConfig::thread("t"), known())
             .await
             .expect("get")
             .expect("stored");
         let held = saver.inner.writer_conn.lock().expect("lock");
         assert!(held.is_some(), "the writer's connection is there to hold");
         let on_reader = saver
-            .get_tuple(&CheckpointConfig::thread("t"))
+            .get_tuple_known(&CheckpointConfig::thread("t"), known())
             .await
             .expect("get")
             .expect("stored");
         drop(held);
         assert_eq!(on_writer, on_reader);
         assert_eq!(on_reader.config, stored);
+
+        // A request that panicked holding the connection poisons its lock; the next read
+        // on it clears that instead of leaving the shortcut off for good.
+        let conn = Arc::clone(&saver.inner.writer_conn);
+        let panicked = std::thread::spawn(move || {
+            let _held = conn.lock();
+            panic!("a request panicking on the write connection");
+        })
+        .join();
+        assert!(panicked.is_err());
+        assert!(saver.inner.writer_conn.is_poisoned());
+        let after = saver
+            .get_tuple_known(&CheckpointConfig::thread("t"), known())
+            .await
+            .expect("get")
+            .expect("stored");
+        assert_eq!(after, on_writer);
+        assert!(!saver.inner.writer_conn.is_poisoned());
     }
 
     /// Past 1 000 WAL pages a commit asks the checkpointer thread for a checkpoint; once it
@@ -799,6 +846,40 @@ mod upgrade {
             .expect("list");
         assert!(listed.is_empty());
         assert!(saver.list(&run(5.into())).await.expect("list").is_empty());
+
+        // A `run_id` among the caller's own keys is the run id; another one is refused.
+        let keyed = CheckpointMetadata::default().with("run_id", "custom");
+        let stored_keyed = saver
+            .put(
+                &CheckpointConfig::thread("keyed"),
+                Checkpoint::new(),
+                keyed,
+                Default::default(),
+            )
+            .await
+            .expect("put");
+        let listed = saver.list(&run("custom".into())).await.expect("list");
+        assert_eq!(listed.len(), 1);
+        assert_eq!(listed[0].config, stored_keyed);
+        assert_eq!(listed[0].metadata.run_id.as_deref(), Some("custom"));
+        for clash in [
+            CheckpointMetadata::default()
+                .with_run_id("real")
+                .with("run_id", "custom"),
+            CheckpointMetadata::default().with("run_id", 5),
+        ] {
+            let err = saver
+                .put(
+                    &CheckpointConfig::thread("keyed"),
+                    Checkpoint::new(),
+                    clash,
+                    Default::default(),
+                )
+                .await
+                .expect_err("a second run id");
+            assert!(err.to_string().contains("reserved"), "{err}");
+        }
+        saver.delete_thread("keyed").await.expect("delete");
 
         conn.execute(
             "UPDATE checkpoints SET metadata = json_set(metadata, '$.run_id', run_id)",

@@ -143,6 +143,21 @@ pub(crate) fn checkpoint_due() -> bool {
     WAL_PAGES.with(|p| p.replace(0) >= CHECKPOINT_PAGES)
 }
 
+/// The write connection if nothing holds it. A request that panicked while holding it
+/// left it poisoned: its transaction was rolled back when the panic dropped it, so the
+/// connection is as good as before and the poison is cleared (else the shortcuts through it
+/// would stay off for good).
+fn try_lock(conn: &SharedConn) -> Option<std::sync::MutexGuard<'_, Option<Connection>>> {
+    match conn.try_lock() {
+        Ok(guard) => Some(guard),
+        Err(std::sync::TryLockError::Poisoned(poisoned)) => {
+            conn.clear_poison();
+            Some(poisoned.into_inner())
+        }
+        Err(std::sync::TryLockError::WouldBlock) => None,
+    }
+}
+
 fn lock(conn: &SharedConn) -> std::sync::MutexGuard<'_, Option<Connection>> {
     conn.lock().unwrap_or_else(|p| p.into_inner())
 }
@@ -156,7 +171,7 @@ pub(crate) fn try_inline(
     busy_timeout: std::time::Duration,
     counters: &Counters,
 ) -> std::result::Result<Result<()>, WriteOp> {
-    let Ok(mut guard) = shared.try_lock() else {
+    let Some(mut guard) = try_lock(shared) else {
         return Err(op);
     };
     let Some(conn) = guard.as_mut() else {
@@ -203,7 +218,7 @@ pub(crate) fn try_read_inline<T, F>(shared: &SharedConn, f: F) -> std::result::R
 where
     F: FnOnce(&mut Connection) -> Result<T>,
 {
-    let Ok(mut guard) = shared.try_lock() else {
+    let Some(mut guard) = try_lock(shared) else {
         return Err(f);
     };
     match guard.as_mut() {
