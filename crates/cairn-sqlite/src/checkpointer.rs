@@ -3,8 +3,15 @@
 //! A PASSIVE checkpoint runs alongside writers: it copies the frames no reader still needs
 //! and never takes the write lock. Run on the writer thread, it held every commit queued
 //! behind it for as long as it took (copying 1 000 pages and syncing the database file: a
-//! few milliseconds, the slowest turns of a chat); here commits go on meanwhile, and the
-//! next commit after a complete checkpoint starts the WAL over from its beginning.
+//! few milliseconds, the slowest turns of a chat); here commits go on meanwhile.
+//!
+//! The WAL starts over from its beginning only after a checkpoint that copied every frame,
+//! and under a steady stream of commits a background pass never does: frames keep coming
+//! while it runs, and the WAL would grow without end (each commit then also grows the
+//! file, which makes a `sync` commit's fsync dearer). So once a background pass has run,
+//! the next commit past the threshold *finishes* on the write connection: a PASSIVE
+//! checkpoint there copies only the frames written during the pass (no commit runs
+//! meanwhile, so it copies them all) and the commit after it starts the WAL over.
 
 use std::sync::{Arc, Condvar, Mutex};
 
@@ -20,6 +27,17 @@ struct State {
     running: bool,
     /// Checkpoints run so far.
     completed: u64,
+    /// `completed` when a commit last finished a checkpoint on the write connection.
+    finished_after: u64,
+}
+
+/// What a commit that left the WAL past the threshold does.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum PastThreshold {
+    /// A background pass is asked for (or under way).
+    Requested,
+    /// A background pass has run since: checkpoint on the write connection now.
+    Finish,
 }
 
 /// Asks the checkpointer thread for a checkpoint; cheap to clone and to call often (asks
@@ -30,8 +48,18 @@ pub(crate) struct CheckpointRequests {
 }
 
 impl CheckpointRequests {
-    pub(crate) fn request(&self) {
-        self.update(|state| state.requested = true);
+    /// Called after a commit that left the WAL past the threshold.
+    pub(crate) fn past_threshold(&self) -> PastThreshold {
+        let mut next = PastThreshold::Requested;
+        self.update(|state| {
+            if state.completed > state.finished_after {
+                state.finished_after = state.completed;
+                next = PastThreshold::Finish;
+            } else {
+                state.requested = true;
+            }
+        });
+        next
     }
 
     /// Checkpoints the thread has run so far.

@@ -588,10 +588,16 @@ impl SqliteSaver {
         if let Some(shared) = &self.inner.inline {
             match writer::try_inline(shared, op, self.inner.busy_timeout, &self.inner.counters) {
                 Ok(result) => {
-                    if writer::checkpoint_due() {
-                        if let Some(checkpoints) = &self.inner.checkpoints {
-                            checkpoints.request();
-                        }
+                    let finish = writer::checkpoint_due()
+                        && self.inner.checkpoints.as_ref().map(|c| c.past_threshold())
+                            == Some(checkpointer::PastThreshold::Finish);
+                    if finish {
+                        // On the writer thread, never an async worker. Best effort: when
+                        // the queue is full the writer is busy anyway, and the next commit
+                        // past the threshold after another background pass finishes.
+                        let _ = self.inner.writer.try_send(Job::Direct(Box::new(|conn| {
+                            checkpointer::checkpoint(conn);
+                        })));
                     }
                     return result;
                 }

@@ -368,6 +368,44 @@ mod writer_failures {
         );
     }
 
+    /// Under commits that never pause, background passes never copy the whole WAL; the
+    /// commit after one finishes the checkpoint, so the WAL still starts over and stays
+    /// near the threshold instead of growing with everything written.
+    #[tokio::test]
+    async fn the_wal_stays_short_under_commits_that_never_pause() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("steady.db");
+        let saver = SqliteSaver::open(&path).expect("open");
+        let value = cairn_checkpoint::ValueCodec::default()
+            .encode(&"x".repeat(100_000))
+            .expect("value");
+        let mut parent = CheckpointConfig::thread("t");
+        let mut largest_wal = 0;
+        // About 6 000 pages (24 MB) in commits of about 25 pages.
+        for _ in 0..240 {
+            let mut cp = Checkpoint::new();
+            let version = saver.get_next_version(None);
+            cp.channel_values.insert("big".into(), value.clone());
+            cp.channel_versions.insert("big".into(), version.clone());
+            parent = saver
+                .put(
+                    &parent,
+                    cp,
+                    CheckpointMetadata::default(),
+                    [("big".to_owned(), version)].into(),
+                )
+                .await
+                .expect("put");
+            let wal = std::fs::metadata(dir.path().join("steady.db-wal")).map_or(0, |m| m.len());
+            largest_wal = largest_wal.max(wal);
+        }
+        assert!(saver.writer_stats().wal_checkpoints >= 1);
+        assert!(
+            largest_wal < 12 << 20,
+            "the WAL grew to {largest_wal} bytes for 24 MB written"
+        );
+    }
+
     #[tokio::test]
     async fn a_panicking_request_fails_alone_and_the_writer_keeps_working() {
         let saver = SqliteSaver::in_memory().expect("open");

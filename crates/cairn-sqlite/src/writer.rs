@@ -16,7 +16,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use cairn_checkpoint::{Error, Result};
 
-use crate::checkpointer::{checkpoint, CheckpointRequests, Checkpointer};
+use crate::checkpointer::{checkpoint, CheckpointRequests, Checkpointer, PastThreshold};
 use crate::sql_error;
 
 /// A change to apply inside the batch transaction.
@@ -263,9 +263,9 @@ fn run(
         }
         commit_batch(conn, writes, counters);
         if checkpoint_due() {
-            match &checkpoints {
-                Some(checkpoints) => checkpoints.request(),
-                None => checkpoint(conn),
+            match checkpoints.as_ref().map(CheckpointRequests::past_threshold) {
+                Some(PastThreshold::Requested) => {}
+                Some(PastThreshold::Finish) | None => checkpoint(conn),
             }
         }
     }
