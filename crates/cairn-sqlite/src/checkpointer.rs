@@ -32,12 +32,34 @@ struct State {
 }
 
 /// What a commit that left the WAL past the threshold does.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum PastThreshold {
     /// A background pass is asked for (or under way).
     Requested,
     /// A background pass has run since: checkpoint on the write connection now.
     Finish,
+    /// The WAL is past [`WAIT_PAGES`] with a pass asked for or under way: wait for it,
+    /// then finish. Only when commits outrun the checkpointer thread (a slow disk, a
+    /// starved thread); it bounds the WAL.
+    WaitThenFinish,
+}
+
+/// WAL size, in pages, past which commits wait for the background pass (three times the
+/// threshold, 12 MB).
+pub(crate) const WAIT_PAGES: i32 = 3 * crate::writer::CHECKPOINT_PAGES;
+
+impl PastThreshold {
+    /// Does what `self` says on the write connection `conn` (the writer thread's).
+    pub(crate) fn run(self, requests: &CheckpointRequests, conn: &Connection) {
+        match self {
+            PastThreshold::Requested => {}
+            PastThreshold::Finish => checkpoint(conn),
+            PastThreshold::WaitThenFinish => {
+                requests.wait_for_pass();
+                checkpoint(conn);
+            }
+        }
+    }
 }
 
 /// Asks the checkpointer thread for a checkpoint; cheap to clone and to call often (asks
@@ -48,8 +70,8 @@ pub(crate) struct CheckpointRequests {
 }
 
 impl CheckpointRequests {
-    /// Called after a commit that left the WAL past the threshold.
-    pub(crate) fn past_threshold(&self) -> PastThreshold {
+    /// Called after a commit that left the WAL at `pages`, past the threshold.
+    pub(crate) fn past_threshold(&self, pages: i32) -> PastThreshold {
         let mut next = PastThreshold::Requested;
         self.update(|state| {
             if state.completed > state.finished_after {
@@ -57,9 +79,22 @@ impl CheckpointRequests {
                 next = PastThreshold::Finish;
             } else {
                 state.requested = true;
+                if pages >= WAIT_PAGES {
+                    next = PastThreshold::WaitThenFinish;
+                }
             }
         });
         next
+    }
+
+    /// Waits until the pass asked for or under way has run.
+    fn wait_for_pass(&self) {
+        let (state, wake) = &*self.shared;
+        let mut state = state.lock().unwrap_or_else(|p| p.into_inner());
+        while (state.requested || state.running) && !state.stop {
+            state = wake.wait(state).unwrap_or_else(|p| p.into_inner());
+        }
+        state.finished_after = state.completed;
     }
 
     /// Checkpoints the thread has run so far.

@@ -588,16 +588,22 @@ impl SqliteSaver {
         if let Some(shared) = &self.inner.inline {
             match writer::try_inline(shared, op, self.inner.busy_timeout, &self.inner.counters) {
                 Ok(result) => {
-                    let finish = writer::checkpoint_due()
-                        && self.inner.checkpoints.as_ref().map(|c| c.past_threshold())
-                            == Some(checkpointer::PastThreshold::Finish);
-                    if finish {
+                    let next = writer::checkpoint_due().and_then(|pages| {
+                        let checkpoints = self.inner.checkpoints.clone()?;
+                        let next = checkpoints.past_threshold(pages);
+                        (next != checkpointer::PastThreshold::Requested)
+                            .then_some((next, checkpoints))
+                    });
+                    if let Some((next, checkpoints)) = next {
                         // On the writer thread, never an async worker. Best effort: when
-                        // the queue is full the writer is busy anyway, and the next commit
-                        // past the threshold after another background pass finishes.
-                        let _ = self.inner.writer.try_send(Job::Direct(Box::new(|conn| {
-                            checkpointer::checkpoint(conn);
-                        })));
+                        // the queue is full the writer is busy anyway, and a later commit
+                        // past the threshold asks again.
+                        let _ = self
+                            .inner
+                            .writer
+                            .try_send(Job::Direct(Box::new(move |conn| {
+                                next.run(&checkpoints, conn);
+                            })));
                     }
                     return result;
                 }

@@ -16,7 +16,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use cairn_checkpoint::{Error, Result};
 
-use crate::checkpointer::{checkpoint, CheckpointRequests, Checkpointer, PastThreshold};
+use crate::checkpointer::{checkpoint, CheckpointRequests, Checkpointer};
 use crate::sql_error;
 
 /// A change to apply inside the batch transaction.
@@ -137,10 +137,11 @@ pub(crate) fn wal_hook(_: &rusqlite::hooks::Wal, pages: std::ffi::c_int) -> rusq
     Ok(())
 }
 
-/// Whether the last commit on this thread left the WAL past [`CHECKPOINT_PAGES`] (and
-/// forgets it, so the checkpoint is asked for once).
-pub(crate) fn checkpoint_due() -> bool {
-    WAL_PAGES.with(|p| p.replace(0) >= CHECKPOINT_PAGES)
+/// The WAL's size in pages if the last commit on this thread left it past
+/// [`CHECKPOINT_PAGES`] (and forgets it, so the checkpoint is asked for once).
+pub(crate) fn checkpoint_due() -> Option<i32> {
+    let pages = WAL_PAGES.with(|p| p.replace(0));
+    (pages >= CHECKPOINT_PAGES).then_some(pages)
 }
 
 /// The write connection if nothing holds it. A request that panicked while holding it
@@ -262,10 +263,10 @@ fn run(
             }
         }
         commit_batch(conn, writes, counters);
-        if checkpoint_due() {
-            match checkpoints.as_ref().map(CheckpointRequests::past_threshold) {
-                Some(PastThreshold::Requested) => {}
-                Some(PastThreshold::Finish) | None => checkpoint(conn),
+        if let Some(pages) = checkpoint_due() {
+            match &checkpoints {
+                Some(checkpoints) => checkpoints.past_threshold(pages).run(checkpoints, conn),
+                None => checkpoint(conn),
             }
         }
     }
