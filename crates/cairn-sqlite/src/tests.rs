@@ -5,6 +5,19 @@ use rusqlite::Connection;
 use crate::read::{BLOBS_SQL, EXACT_SQL, LATEST_SQL, WRITES_SQL};
 use crate::schema::migrate;
 
+/// Stores an empty checkpoint with `metadata` as a child of `config`.
+async fn put_empty(
+    saver: &crate::SqliteSaver,
+    config: &cairn_checkpoint::CheckpointConfig,
+    metadata: cairn_checkpoint::CheckpointMetadata,
+) -> cairn_checkpoint::Result<cairn_checkpoint::CheckpointConfig> {
+    use cairn_checkpoint::CheckpointSaver;
+    let checkpoint = cairn_checkpoint::Checkpoint::new();
+    saver
+        .put(config, checkpoint, metadata, Default::default())
+        .await
+}
+
 fn migrated() -> Connection {
     let mut conn = Connection::open_in_memory().expect("open");
     migrate(&mut conn).expect("migrate");
@@ -241,15 +254,13 @@ mod writer_failures {
                 counters: Default::default(),
             }),
         };
-        let err = saver
-            .put(
-                &CheckpointConfig::thread("t"),
-                Checkpoint::new(),
-                CheckpointMetadata::default(),
-                Default::default(),
-            )
-            .await
-            .expect_err("no writer");
+        let err = super::put_empty(
+            &saver,
+            &CheckpointConfig::thread("t"),
+            CheckpointMetadata::default(),
+        )
+        .await
+        .expect_err("no writer");
         assert!(
             err.to_string().contains("writer thread has stopped"),
             "{err}"
@@ -272,15 +283,13 @@ mod writer_failures {
     async fn get_tuple_reads_on_a_read_connection_while_the_writer_is_held() {
         let dir = tempfile::tempdir().expect("tempdir");
         let saver = SqliteSaver::open(dir.path().join("held.db")).expect("open");
-        let stored = saver
-            .put(
-                &CheckpointConfig::thread("t"),
-                Checkpoint::new(),
-                CheckpointMetadata::default(),
-                Default::default(),
-            )
-            .await
-            .expect("put");
+        let stored = super::put_empty(
+            &saver,
+            &CheckpointConfig::thread("t"),
+            CheckpointMetadata::default(),
+        )
+        .await
+        .expect("put");
         let id = stored.checkpoint_id.clone().expect("an id");
         let known = || cairn_checkpoint::KnownValues {
             checkpoint_id: &id,
@@ -417,15 +426,13 @@ mod writer_failures {
             .await
             .expect_err("panicked");
         assert!(err.to_string().contains("stopped"), "{err}");
-        saver
-            .put(
-                &CheckpointConfig::thread("t"),
-                Checkpoint::new(),
-                CheckpointMetadata::default(),
-                Default::default(),
-            )
-            .await
-            .expect("the writer still works");
+        super::put_empty(
+            &saver,
+            &CheckpointConfig::thread("t"),
+            CheckpointMetadata::default(),
+        )
+        .await
+        .expect("the writer still works");
         assert!(saver
             .get_tuple(&CheckpointConfig::thread("t"))
             .await
@@ -834,15 +841,30 @@ mod upgrade {
         );
     }
 
+    /// A file saver holding [`write_history`], and a connection of its own to the file.
+    async fn with_history() -> (tempfile::TempDir, SqliteSaver, Connection) {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("history.db");
+        let saver = SqliteSaver::open(&path).expect("open");
+        write_history(&saver).await;
+        let conn = Connection::open(&path).expect("open");
+        (dir, saver, conn)
+    }
+
+    /// The run ids of the checkpoints `query` lists.
+    async fn run_ids(saver: &SqliteSaver, query: &ListQuery) -> Vec<String> {
+        let listed = saver.list(query).await.expect("list");
+        listed
+            .into_iter()
+            .map(|t| t.metadata.run_id.unwrap_or_default())
+            .collect()
+    }
+
     /// The metadata JSON leaves the run id to its column; reads put it back, filters on it
     /// use the column, and rows holding it in the JSON too (before schema 6) read the same.
     #[tokio::test]
     async fn the_run_id_is_stored_once_and_read_back_into_the_metadata() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("run_id.db");
-        let saver = SqliteSaver::open(&path).expect("open");
-        write_history(&saver).await;
-        let conn = Connection::open(&path).expect("open");
+        let (_dir, saver, conn) = with_history().await;
         let in_json: i64 = conn
             .query_row(
                 "SELECT COUNT(*) FROM checkpoints WHERE metadata LIKE '%run_id%'",
@@ -859,39 +881,24 @@ mod upgrade {
             .as_deref()
             .is_some_and(|r| r.starts_with("run-"))));
         let run = |run: serde_json::Value| ListQuery::default().filter("run_id", run);
-        let listed = saver
-            .list(&run("run-a-2".into()).filter("user", "ada"))
-            .await
-            .expect("list");
-        assert_eq!(listed.len(), 3);
-        assert!(listed
-            .iter()
-            .all(|t| t.metadata.run_id.as_deref() == Some("run-a-2")));
+        assert_eq!(
+            run_ids(&saver, &run("run-a-2".into()).filter("user", "ada")).await,
+            ["run-a-2"; 3]
+        );
         // A filter SQL cannot test (an array) is applied after decoding, with the run id.
-        let listed = saver
-            .list(&run("run-b-1".into()).filter("tags", serde_json::json!(["x"])))
+        let tags = |tags: serde_json::Value| run("run-b-1".into()).filter("tags", tags);
+        assert_eq!(
+            run_ids(&saver, &tags(serde_json::json!(["x"]))).await,
+            ["run-b-1"; 3]
+        );
+        assert!(run_ids(&saver, &tags(serde_json::json!(["y"])))
             .await
-            .expect("list");
-        assert_eq!(listed.len(), 3);
-        assert!(listed
-            .iter()
-            .all(|t| t.metadata.run_id.as_deref() == Some("run-b-1")));
-        let listed = saver
-            .list(&run("run-b-1".into()).filter("tags", serde_json::json!(["y"])))
-            .await
-            .expect("list");
-        assert!(listed.is_empty());
+            .is_empty());
         assert!(saver.list(&run(5.into())).await.expect("list").is_empty());
 
         // A `run_id` among the caller's own keys is the run id; another one is refused.
         let keyed = CheckpointMetadata::default().with("run_id", "custom");
-        let stored_keyed = saver
-            .put(
-                &CheckpointConfig::thread("keyed"),
-                Checkpoint::new(),
-                keyed,
-                Default::default(),
-            )
+        let stored_keyed = super::put_empty(&saver, &CheckpointConfig::thread("keyed"), keyed)
             .await
             .expect("put");
         let listed = saver.list(&run("custom".into())).await.expect("list");
@@ -904,13 +911,7 @@ mod upgrade {
                 .with("run_id", "custom"),
             CheckpointMetadata::default().with("run_id", 5),
         ] {
-            let err = saver
-                .put(
-                    &CheckpointConfig::thread("keyed"),
-                    Checkpoint::new(),
-                    clash,
-                    Default::default(),
-                )
+            let err = super::put_empty(&saver, &CheckpointConfig::thread("keyed"), clash)
                 .await
                 .expect_err("a second run id");
             assert!(err.to_string().contains("reserved"), "{err}");
@@ -931,11 +932,7 @@ mod upgrade {
     /// in step with the checkpoints.
     #[tokio::test]
     async fn the_runs_table_follows_every_change() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let path = dir.path().join("runs.db");
-        let saver = SqliteSaver::open(&path).expect("open");
-        write_history(&saver).await;
-        let conn = Connection::open(&path).expect("open");
+        let (_dir, saver, conn) = with_history().await;
         let runs: i64 = conn
             .query_row("SELECT COUNT(*) FROM checkpoint_runs", [], |r| r.get(0))
             .expect("count");
