@@ -153,7 +153,14 @@ impl Checkpointer {
             .name("cairn-sqlite-checkpointer".into())
             .spawn(move || {
                 while waiting.next() {
-                    checkpoint(&conn);
+                    // Commits may wait for this pass (past `WAIT_PAGES`): it must end, and
+                    // the thread must live on, whatever happens inside it.
+                    let pass = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        checkpoint(&conn);
+                    }));
+                    if pass.is_err() {
+                        tracing::error!("a WAL checkpoint panicked");
+                    }
                     waiting.update(|state| {
                         state.running = false;
                         state.completed += 1;
