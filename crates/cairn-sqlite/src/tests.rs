@@ -1100,6 +1100,7 @@ mod upgrade {
             )
             .expect("schema");
         assert_eq!((rowid_tables, autoindexes), (0, 0));
+        assert_runs_match_checkpoints(&conn, "right after the upgrade");
 
         // Deleting a run reclaims only values no remaining checkpoint (or chain) needs.
         upgraded
