@@ -2,8 +2,8 @@
 //!
 //! A PASSIVE checkpoint runs alongside writers: it copies the frames no reader still needs
 //! and never takes the write lock. Run on the writer thread, it held every commit queued
-//! behind it for as long as it took (copying 1 000 pages and syncing the database file: a
-//! few milliseconds, the slowest turns of a chat); here commits go on meanwhile.
+//! behind it for as long as it took (copying 1 000 pages and syncing the database file);
+//! here commits go on meanwhile.
 //!
 //! The WAL starts over from its beginning only after a checkpoint that copied every frame,
 //! and under a steady stream of commits a background pass never does: frames keep coming

@@ -117,7 +117,8 @@
 //! transaction, saving two thread hand-offs. Anything else — the writer busy, another
 //! process holding the lock, `Full` durability — goes through the queue as above. WAL
 //! checkpoints run on a thread of their own with a connection of their own (PASSIVE: they
-//! never take the write lock), so no commit waits for one.
+//! never take the write lock), so commits go on meanwhile; the writer thread then copies
+//! only what was written during the pass, so the WAL starts over (see `checkpointer.rs`).
 //!
 //! Reads of a file database use a small pool of read connections on tokio's blocking pool
 //! (`get_tuple`, one checkpoint, runs right on the calling thread when a read connection is
