@@ -34,7 +34,8 @@ struct State {
 /// What a commit that left the WAL past the threshold does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum PastThreshold {
-    /// A background pass is asked for (or under way).
+    /// A background pass is asked for (or under way): nothing to do on the write
+    /// connection.
     Requested,
     /// A background pass has run since: checkpoint on the write connection now.
     Finish,
@@ -70,8 +71,19 @@ pub(crate) struct CheckpointRequests {
 }
 
 impl CheckpointRequests {
+    /// What the write connection does after a commit on this thread: nothing (`None`)
+    /// unless the commit left the WAL past the threshold and a background pass has run
+    /// since the last finish, or must be waited for; asks for a pass when one is due.
+    pub(crate) fn after_commit(&self) -> Option<PastThreshold> {
+        let pages = crate::writer::checkpoint_due()?;
+        match self.past_threshold(pages) {
+            PastThreshold::Requested => None,
+            next => Some(next),
+        }
+    }
+
     /// Called after a commit that left the WAL at `pages`, past the threshold.
-    pub(crate) fn past_threshold(&self, pages: i32) -> PastThreshold {
+    fn past_threshold(&self, pages: i32) -> PastThreshold {
         let mut next = PastThreshold::Requested;
         self.update(|state| {
             if state.completed > state.finished_after {

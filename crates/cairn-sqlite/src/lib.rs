@@ -45,10 +45,10 @@
 //!   list filters run in SQL with `json_extract`), the parent id, and the run id in its own
 //!   column (since schema 6 the JSON leaves it out: reads put it back, a filter on `run_id`
 //!   tests the column; a `run_id` string among the caller's own keys counts as the run id,
-//!   any other such key is refused at `put`). A partial index, `(thread_id, checkpoint_id) WHERE checkpoint_ns
-//!   <> ''` (schema 6), holds the subgraphs' checkpoints; listing a whole thread merges it with the root
-//!   namespace's primary-key range, newest first, without sorting, and a thread without
-//!   subgraphs adds no index entry per checkpoint.
+//!   any other such key is refused at `put`). A partial index, `(thread_id, checkpoint_id)
+//!   WHERE checkpoint_ns <> ''` (schema 6), holds the subgraphs' checkpoints; listing a
+//!   whole thread merges it with the root namespace's primary-key range, newest first,
+//!   without sorting, and a thread without subgraphs adds no index entry per checkpoint.
 //!   "Latest checkpoint of a thread" is `ORDER BY checkpoint_id DESC LIMIT 1` on the primary
 //!   key: one index seek, as cheap on a thread with 100 000 checkpoints as on one with 10.
 //! * `checkpoint_blobs` — channel values, stored **once per `(thread, ns, channel,
@@ -122,14 +122,16 @@
 //!
 //! Reads of a file database use a small pool of read connections on tokio's blocking pool
 //! (`get_tuple`, one checkpoint, runs right on the calling thread when a read connection is
-//! free); WAL mode lets them read while the writer writes. `get_tuple` first tries the
-//! write connection itself: when nothing holds it, the read runs there, on the calling
-//! thread. A read connection drops its page cache whenever another connection has
+//! free); WAL mode lets them read while the writer writes. `get_tuple_known` (the runtime's
+//! check of a thread's head, which skips the values the runtime holds: a small read) first
+//! tries the write connection itself: when nothing holds it, the read runs there, on the
+//! calling thread. A read connection drops its page cache whenever another connection has
 //! committed, so a chat turn reading the head it has just written would read those pages
 //! from the file again; the write connection still holds them. Several processes (or
 //! several `SqliteSaver`s) can share one file: each writer waits up to the busy timeout for
 //! the write lock. An in-memory database has a single connection, owned by the writer
-//! thread, which serves reads too (`get_tuple` on the calling thread when it is idle).
+//! thread, which serves reads too (`get_tuple_known` on the calling thread when it is
+//! idle).
 //!
 //! ## Durability: `synchronous`
 //!
@@ -503,13 +505,9 @@ impl SqliteSaver {
     /// How many transactions the writer thread committed, for how many write requests
     /// (requests / batches is the group-commit factor).
     pub fn writer_stats(&self) -> WriterStats {
-        let mut stats = self.inner.counters.snapshot();
-        stats.wal_checkpoints = self
-            .inner
-            .checkpoints
-            .as_ref()
-            .map_or(0, checkpointer::CheckpointRequests::completed);
-        stats
+        self.inner
+            .counters
+            .snapshot(self.inner.checkpoints.as_ref())
     }
 
     /// The schema version of the open database (the highest migration applied).
@@ -589,22 +587,16 @@ impl SqliteSaver {
         if let Some(shared) = &self.inner.inline {
             match writer::try_inline(shared, op, self.inner.busy_timeout, &self.inner.counters) {
                 Ok(result) => {
-                    let next = writer::checkpoint_due().and_then(|pages| {
-                        let checkpoints = self.inner.checkpoints.clone()?;
-                        let next = checkpoints.past_threshold(pages);
-                        (next != checkpointer::PastThreshold::Requested)
-                            .then_some((next, checkpoints))
-                    });
-                    if let Some((next, checkpoints)) = next {
+                    let checkpoints = &self.inner.checkpoints;
+                    if let Some((c, next)) = checkpoints
+                        .as_ref()
+                        .and_then(|c| c.after_commit().map(|next| (c.clone(), next)))
+                    {
                         // On the writer thread, never an async worker. Best effort: when
                         // the queue is full the writer is busy anyway, and a later commit
                         // past the threshold asks again.
-                        let _ = self
-                            .inner
-                            .writer
-                            .try_send(Job::Direct(Box::new(move |conn| {
-                                next.run(&checkpoints, conn);
-                            })));
+                        let job = Job::Direct(Box::new(move |conn| next.run(&c, conn)));
+                        let _ = self.inner.writer.try_send(job);
                     }
                     return result;
                 }
@@ -648,14 +640,14 @@ struct StoredMetadata<'a> {
 }
 
 impl<'a> StoredMetadata<'a> {
-    fn of(metadata: &'a CheckpointMetadata) -> Result<Self> {
-        run_id_of(metadata)?;
-        Ok(StoredMetadata {
+    /// `metadata` as stored; [`run_id_of`] has vetted its `run_id` key.
+    fn of(metadata: &'a CheckpointMetadata) -> Self {
+        StoredMetadata {
             source: metadata.source,
             step: metadata.step,
             parents: &metadata.parents,
             extra: ExtraKeys(&metadata.extra),
-        })
+        }
     }
 }
 
@@ -703,8 +695,9 @@ fn put_row(
     let mut values = std::mem::take(&mut checkpoint.channel_values);
     let header = header::encode(&checkpoint)
         .map_err(|e| encode_error("encoding the checkpoint header", e))?;
+    let run_id = run_id_of(metadata)?.map(str::to_owned);
     let metadata_json =
-        serde_json::to_string(&StoredMetadata::of(metadata)?).map_err(|e| Error::Encode {
+        serde_json::to_string(&StoredMetadata::of(metadata)).map_err(|e| Error::Encode {
             format: "json",
             message: format!("encoding the checkpoint metadata: {e}"),
         })?;
@@ -737,7 +730,7 @@ fn put_row(
         parent_id: config.checkpoint_id.clone(),
         header,
         metadata: metadata_json,
-        run_id: run_id_of(metadata)?.map(str::to_owned),
+        run_id,
         blobs,
     };
     let stored = CheckpointConfig {

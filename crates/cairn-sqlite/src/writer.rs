@@ -16,7 +16,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use cairn_checkpoint::{Error, Result};
 
-use crate::checkpointer::{checkpoint, CheckpointRequests, Checkpointer};
+use crate::checkpointer::{CheckpointRequests, Checkpointer};
 use crate::sql_error;
 
 /// A change to apply inside the batch transaction.
@@ -44,11 +44,12 @@ pub(crate) struct Counters {
 }
 
 impl Counters {
-    pub(crate) fn snapshot(&self) -> WriterStats {
+    /// The counts so far, with the WAL checkpoints `checkpoints` has run (none in memory).
+    pub(crate) fn snapshot(&self, checkpoints: Option<&CheckpointRequests>) -> WriterStats {
         WriterStats {
             batches: self.batches.load(Ordering::Relaxed),
             requests: self.requests.load(Ordering::Relaxed),
-            wal_checkpoints: 0,
+            wal_checkpoints: checkpoints.map_or(0, CheckpointRequests::completed),
         }
     }
 }
@@ -263,10 +264,9 @@ fn run(
             }
         }
         commit_batch(conn, writes, counters);
-        if let Some(pages) = checkpoint_due() {
-            match &checkpoints {
-                Some(checkpoints) => checkpoints.past_threshold(pages).run(checkpoints, conn),
-                None => checkpoint(conn),
+        if let Some(checkpoints) = &checkpoints {
+            if let Some(next) = checkpoints.after_commit() {
+                next.run(checkpoints, conn);
             }
         }
     }
