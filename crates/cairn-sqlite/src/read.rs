@@ -135,19 +135,31 @@ struct Row {
     run_id: Option<String>,
 }
 
-const ROW_COLUMNS: &str =
-    "thread_id, checkpoint_ns, checkpoint_id, parent_checkpoint_id, header, metadata, run_id";
+/// The columns of `checkpoints` that [`map_row`] reads, in its order (a macro, so the
+/// queries below can be built with `concat!`).
+macro_rules! row_columns {
+    () => {
+        "thread_id, checkpoint_ns, checkpoint_id, parent_checkpoint_id, header, metadata, run_id"
+    };
+}
+
+const ROW_COLUMNS: &str = row_columns!();
 
 /// The query `get_tuple` runs for the latest checkpoint of a thread and namespace: a search
 /// of the primary key, newest first, one row.
-pub(crate) const LATEST_SQL: &str = "SELECT thread_id, checkpoint_ns, checkpoint_id, \
-     parent_checkpoint_id, header, metadata, run_id FROM checkpoints \
-     WHERE thread_id = ?1 AND checkpoint_ns = ?2 ORDER BY checkpoint_id DESC LIMIT 1";
+pub(crate) const LATEST_SQL: &str = concat!(
+    "SELECT ",
+    row_columns!(),
+    " FROM checkpoints WHERE thread_id = ?1 AND checkpoint_ns = ?2 \
+     ORDER BY checkpoint_id DESC LIMIT 1"
+);
 
 /// The query `get_tuple` runs for one named checkpoint.
-pub(crate) const EXACT_SQL: &str = "SELECT thread_id, checkpoint_ns, checkpoint_id, \
-     parent_checkpoint_id, header, metadata, run_id FROM checkpoints \
-     WHERE thread_id = ?1 AND checkpoint_ns = ?2 AND checkpoint_id = ?3";
+pub(crate) const EXACT_SQL: &str = concat!(
+    "SELECT ",
+    row_columns!(),
+    " FROM checkpoints WHERE thread_id = ?1 AND checkpoint_ns = ?2 AND checkpoint_id = ?3"
+);
 
 /// Channel values for a JSON array of `[thread, ns, channel, version]` keys.
 pub(crate) const BLOBS_SQL: &str = "SELECT b.thread_id, b.checkpoint_ns, b.channel, \
@@ -787,11 +799,14 @@ const THREAD_NS_ALL_SQL: &str = "WITH t AS (SELECT DISTINCT thread_id FROM check
      GROUP BY c.thread_id, c.checkpoint_ns";
 
 /// Checkpoint rows for a JSON array of `[thread, ns, checkpoint_id]` keys.
-const ROWS_BY_KEY_SQL: &str = "SELECT c.thread_id, c.checkpoint_ns, c.checkpoint_id, \
-     c.parent_checkpoint_id, c.header, c.metadata, c.run_id \
-     FROM json_each(?1) AS k CROSS JOIN checkpoints AS c \
+/// (`json_each`'s own columns share no name with them.)
+const ROWS_BY_KEY_SQL: &str = concat!(
+    "SELECT ",
+    row_columns!(),
+    " FROM json_each(?1) AS k CROSS JOIN checkpoints AS c \
      WHERE c.thread_id = k.value ->> 0 AND c.checkpoint_ns = k.value ->> 1 \
-       AND c.checkpoint_id = k.value ->> 2";
+       AND c.checkpoint_id = k.value ->> 2"
+);
 
 /// A thread's checkpoint count, namespaces and `(ns, id)` of its latest checkpoint.
 type ThreadGroups = (u64, Vec<String>, (String, String));
