@@ -3,7 +3,9 @@
 //! A read never issues one query per checkpoint: it fetches the checkpoint rows in one
 //! query, then the channel values of all of them in one query and their pending writes in
 //! another (the keys travel as one JSON array, joined with `json_each`), all inside one read
-//! transaction so the three see the same snapshot. When some of the values are append values,
+//! transaction so the three see the same snapshot. A read of one checkpoint with a few
+//! values (the runtime's head read) looks each value up by its key and the writes by the
+//! checkpoint's instead ([`FEW_KEYS`]). When some of the values are append values,
 //! a fourth query ([`CHAIN_SQL`]) fetches the links of all their chains, one range of the
 //! primary key per channel, and [`AppendChains`] joins them into whole values.
 
@@ -13,7 +15,7 @@ use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use rusqlite::types::Value;
-use rusqlite::Connection;
+use rusqlite::{Connection, OptionalExtension};
 use tokio::sync::Semaphore;
 
 use cairn_checkpoint::{
@@ -22,6 +24,7 @@ use cairn_checkpoint::{
     PendingWrite, Result, ThreadSummary, TypedValue,
 };
 
+use crate::version_key::VersionKey;
 use crate::{open_connection, sql_error, ConnectionRole, SqliteOptions};
 
 /// A small pool of read-only connections to a file database (WAL lets them read while the
@@ -207,9 +210,9 @@ pub(crate) fn get_tuple(
     config: &CheckpointConfig,
     known: Option<&Known>,
 ) -> Result<Option<CheckpointTuple>> {
-    let tx = conn
-        .transaction()
-        .map_err(sql_error("starting a read transaction"))?;
+    // Runs once per invoke: the transaction's statements come from the statement cache
+    // instead of being parsed each time (`Connection::transaction` parses them).
+    let tx = ReadTransaction::begin(conn)?;
     let rows = {
         let (sql, params): (&str, Vec<&dyn rusqlite::ToSql>) = match &config.checkpoint_id {
             Some(id) => (
@@ -229,7 +232,53 @@ pub(crate) fn get_tuple(
         rows
     };
     let mut tuples = assemble(&tx, rows, known)?;
+    tx.commit()?;
     Ok(tuples.pop())
+}
+
+/// A read transaction begun and ended through cached statements. Dropped without
+/// [`commit`](Self::commit) (an error, a panic) it rolls back, so the connection, which may
+/// be the write connection, is never left inside a transaction.
+struct ReadTransaction<'c> {
+    conn: &'c Connection,
+    open: bool,
+}
+
+impl<'c> ReadTransaction<'c> {
+    fn begin(conn: &'c Connection) -> Result<Self> {
+        run_cached(conn, "BEGIN", "starting a read transaction")?;
+        Ok(ReadTransaction { conn, open: true })
+    }
+
+    fn commit(mut self) -> Result<()> {
+        self.open = false;
+        run_cached(self.conn, "COMMIT", "ending a read transaction")
+    }
+}
+
+impl std::ops::Deref for ReadTransaction<'_> {
+    type Target = Connection;
+    fn deref(&self) -> &Connection {
+        self.conn
+    }
+}
+
+impl Drop for ReadTransaction<'_> {
+    fn drop(&mut self) {
+        if self.open {
+            if let Err(e) = run_cached(self.conn, "ROLLBACK", "rolling back a read transaction") {
+                tracing::warn!(error = %e, "could not end a read transaction");
+            }
+        }
+    }
+}
+
+/// Runs a parameterless statement through the statement cache.
+fn run_cached(conn: &Connection, sql: &str, what: &str) -> Result<()> {
+    conn.prepare_cached(sql)
+        .and_then(|mut stmt| stmt.execute([]))
+        .map(drop)
+        .map_err(sql_error(what))
 }
 
 /// One `WHERE` condition on metadata key `key` equal to `value`, if SQL can test it
@@ -522,6 +571,23 @@ fn load_values(
     if wanted.is_empty() {
         return Ok(blobs);
     }
+    if wanted.len() <= FEW_KEYS {
+        for (thread, ns, channel, version) in wanted {
+            let key = VersionKey::from_storage_string(&version);
+            if let Some(value) = value_by_key(conn, thread, ns, channel, &key)? {
+                blobs.insert(
+                    (
+                        thread.to_owned(),
+                        ns.to_owned(),
+                        channel.to_owned(),
+                        version,
+                    ),
+                    value,
+                );
+            }
+        }
+        return Ok(blobs);
+    }
     let keys: Vec<[&str; 4]> = wanted
         .iter()
         .map(|(t, n, c, v)| [*t, *n, *c, v.as_str()])
@@ -541,12 +607,80 @@ fn load_values(
     Ok(blobs)
 }
 
+/// At most this many values (the head read of a run, a single `get_tuple` of a small state)
+/// are looked up one primary-key search each: cheaper than building, parsing and joining
+/// the JSON array of keys that pays off for a page of history.
+const FEW_KEYS: usize = 8;
+
+/// One stored value by its exact key (see [`FEW_KEYS`]).
+fn value_by_key(
+    conn: &Connection,
+    thread: &str,
+    ns: &str,
+    channel: &str,
+    version: &VersionKey,
+) -> Result<Option<TypedValue>> {
+    let what = "reading a channel value";
+    let mut stmt = conn
+        .prepare_cached(ONE_BLOB_SQL)
+        .map_err(sql_error("preparing the channel value query"))?;
+    stmt.query_row(rusqlite::params![thread, ns, channel, version], |r| {
+        Ok(TypedValue::new(
+            r.get::<_, String>(0)?,
+            Bytes::from(r.get::<_, Vec<u8>>(1)?),
+        ))
+    })
+    .optional()
+    .map_err(sql_error(what))
+}
+
+/// One stored value by its key, the version in its stored form.
+pub(crate) const ONE_BLOB_SQL: &str = "SELECT type_tag, data FROM checkpoint_blobs \
+     WHERE thread_id = ?1 AND checkpoint_ns = ?2 AND channel = ?3 AND version = ?4";
+
+/// The pending writes of one checkpoint, by its key.
+pub(crate) const ONE_CHECKPOINT_WRITES_SQL: &str =
+    "SELECT task_id, idx, task_path, channel, type_tag, data \
+     FROM checkpoint_writes WHERE thread_id = ?1 AND checkpoint_ns = ?2 AND checkpoint_id = ?3";
+
 /// The pending writes of the checkpoints of `decoded`, in stored order.
 fn load_writes(
     conn: &Connection,
     decoded: &[Decoded],
 ) -> Result<HashMap<CheckpointKey, Vec<(i64, PendingWrite)>>> {
     let mut writes: HashMap<CheckpointKey, Vec<(i64, PendingWrite)>> = HashMap::new();
+    if let [(row, _, _)] = decoded {
+        // One checkpoint (get_tuple): one range of the primary key, no JSON keys.
+        let e = || sql_error("reading pending writes");
+        let mut stmt = conn
+            .prepare_cached(ONE_CHECKPOINT_WRITES_SQL)
+            .map_err(sql_error("preparing the pending write query"))?;
+        let mut q = stmt
+            .query([&row.thread_id, &row.checkpoint_ns, &row.checkpoint_id])
+            .map_err(e())?;
+        let mut found = Vec::new();
+        while let Some(r) = q.next().map_err(e())? {
+            let write = PendingWrite {
+                task_id: r.get(0).map_err(e())?,
+                task_path: r.get(2).map_err(e())?,
+                channel: r.get(3).map_err(e())?,
+                value: TypedValue::new(
+                    r.get::<_, String>(4).map_err(e())?,
+                    Bytes::from(r.get::<_, Vec<u8>>(5).map_err(e())?),
+                ),
+            };
+            found.push((r.get::<_, i64>(1).map_err(e())?, write));
+        }
+        if !found.is_empty() {
+            let key = (
+                row.thread_id.clone(),
+                row.checkpoint_ns.clone(),
+                row.checkpoint_id.clone(),
+            );
+            writes.insert(key, found);
+        }
+        return Ok(writes);
+    }
     let keys: Vec<[&str; 3]> = decoded
         .iter()
         .map(|(row, _, _)| {

@@ -2,7 +2,9 @@
 
 use rusqlite::Connection;
 
-use crate::read::{BLOBS_SQL, EXACT_SQL, LATEST_SQL, WRITES_SQL};
+use crate::read::{
+    BLOBS_SQL, EXACT_SQL, LATEST_SQL, ONE_BLOB_SQL, ONE_CHECKPOINT_WRITES_SQL, WRITES_SQL,
+};
 use crate::schema::migrate;
 
 /// Stores an empty checkpoint with `metadata` as a child of `config`.
@@ -97,6 +99,11 @@ fn value_and_write_lookups_search_their_primary_keys() {
     assert_searches(&plan(&conn, BLOBS_SQL, &[&keys]), "b");
     let keys = r#"[["t","","00000001"]]"#;
     assert_searches(&plan(&conn, WRITES_SQL, &[&keys]), "w");
+    // The single-checkpoint forms a head read uses.
+    let p = plan(&conn, ONE_BLOB_SQL, &[&"t", &"", &"c", &"00000001"]);
+    assert_searches(&p, "checkpoint_blobs");
+    let p = plan(&conn, ONE_CHECKPOINT_WRITES_SQL, &[&"t", &"", &"00000001"]);
+    assert_searches(&p, "checkpoint_writes");
 }
 
 #[test]
@@ -328,6 +335,48 @@ mod writer_failures {
             .expect("stored");
         assert_eq!(after, on_writer);
         assert!(!saver.inner.writer_conn.is_poisoned());
+    }
+
+    /// A read on the write connection that fails half-way (a damaged header) ends its read
+    /// transaction: the writes after it commit instead of finding a transaction open.
+    #[tokio::test]
+    async fn a_failed_read_on_the_write_connection_leaves_no_transaction_open() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let saver = SqliteSaver::open(dir.path().join("damaged.db")).expect("open");
+        let config = CheckpointConfig::thread("t");
+        let stored = super::put_empty(&saver, &config, CheckpointMetadata::default())
+            .await
+            .expect("put");
+        let id = stored.checkpoint_id.clone().expect("an id");
+        {
+            let held = saver.inner.writer_conn.lock().expect("lock");
+            let conn = held.as_ref().expect("the write connection");
+            conn.execute("UPDATE checkpoints SET header = x'c1'", [])
+                .expect("damage the header");
+        }
+        let known = cairn_checkpoint::KnownValues {
+            checkpoint_id: &id,
+            channels: &[],
+        };
+        let err = saver
+            .get_tuple_known(&config, known)
+            .await
+            .expect_err("a damaged header is an error");
+        assert!(err.to_string().contains("header"), "{err}");
+        {
+            let held = saver.inner.writer_conn.lock().expect("lock");
+            let conn = held.as_ref().expect("the write connection");
+            assert!(conn.is_autocommit(), "the read transaction was left open");
+        }
+        let next = super::put_empty(&saver, &stored, CheckpointMetadata::default())
+            .await
+            .expect("a write after the failed read commits");
+        let latest = saver
+            .get_tuple(&config)
+            .await
+            .expect("get")
+            .expect("stored");
+        assert_eq!(latest.config, next);
     }
 
     /// Past 1 000 WAL pages a commit asks the checkpointer thread for a checkpoint, which
