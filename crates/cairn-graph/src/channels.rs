@@ -387,7 +387,16 @@ pub(crate) struct Channels<S: State> {
     /// Channel versions when the run last resumed past an interrupt (LangGraph's
     /// `versions_seen["__interrupt__"]`).
     pub(crate) interrupt_seen: Option<Vec<(usize, ChannelVersion)>>,
+    /// Per channel that is not a state field (input, branch triggers, joins, sends): the
+    /// version last loaded or handed to the saver and the value stored with it (`None`:
+    /// stored without a value). What the next run's head read may leave out, see
+    /// [`stored_extras`](Self::stored_extras).
+    stored_extra: Vec<Option<(ChannelVersion, Option<TypedValue>)>>,
 }
+
+/// A channel that is not a state field, as the checkpoint a run ended with stores it: its
+/// name, version and value (`None`: stored without one).
+pub(crate) type StoredExtra = (String, ChannelVersion, Option<TypedValue>);
 
 impl<S: State> Channels<S> {
     pub(crate) fn new(spec: &Spec<S>) -> Self {
@@ -408,7 +417,31 @@ impl<S: State> Channels<S> {
             stored_items: vec![None; spec.n_fields],
             updated: None,
             interrupt_seen: None,
+            stored_extra: vec![None; spec.n_channels()],
         }
+    }
+
+    /// The channels other than state fields as the last saved checkpoint stores them, when
+    /// that is known exactly for every one of them (each was loaded or saved at its current
+    /// version); `None` otherwise. Call it right after the run's last checkpoint was handed
+    /// to the saver: a runtime holding the state and these need not read any value back.
+    pub(crate) fn stored_extras(&self, spec: &Spec<S>) -> Option<Vec<StoredExtra>> {
+        let mut extras = Vec::new();
+        for (c, version) in self.versions.iter().enumerate() {
+            let Some(version) = version else { continue };
+            if matches!(spec.kind(c), Chan::Field(_)) {
+                continue;
+            }
+            match &self.stored_extra[c] {
+                Some((stored, value)) if stored == version && !self.dirty[c] => extras.push((
+                    spec.channel_names[c].clone(),
+                    version.clone(),
+                    value.clone(),
+                )),
+                _ => return None,
+            }
+        }
+        Some(extras)
     }
 
     /// Restores the channels of a saved checkpoint.
@@ -440,6 +473,10 @@ impl<S: State> Channels<S> {
         for (name, version) in &cp.channel_versions {
             if let Some(&c) = spec.channel_index.get(name) {
                 ch.versions[c] = Some(version.clone());
+                if !matches!(spec.kind(c), Chan::Field(_)) {
+                    let value = cp.channel_values.get(name).cloned();
+                    ch.stored_extra[c] = Some((version.clone(), value));
+                }
             }
             // Every channel counts for the next version, even one this graph lacks.
             let newer = match &ch.max_version {
@@ -798,6 +835,9 @@ impl<S: State> Channels<S> {
                     .then(|| codec.encode(&self.sends))
                     .transpose()?,
             };
+            if !matches!(spec.kind(c), Chan::Field(_)) {
+                self.stored_extra[c] = Some((version.clone(), value.clone()));
+            }
             if let Some(value) = value {
                 cp.channel_values.insert(name.clone(), value);
             }

@@ -13,7 +13,9 @@ use futures::{FutureExt, Stream};
 use tokio::sync::mpsc;
 use tracing::Instrument;
 
-use crate::channels::{is_special, resolve_goto, resolve_route, Channels, Spec, Task, TaskWrites};
+use crate::channels::{
+    is_special, resolve_goto, resolve_route, Channels, Spec, StoredExtra, Task, TaskWrites,
+};
 use crate::command::{interrupt_id, Command, Interrupt, Resume, RunOutcome, Scratch};
 use crate::config::RunConfig;
 use crate::error::{GraphError, Result};
@@ -233,10 +235,29 @@ pub(crate) struct Inner<S: State> {
 /// Most threads whose last state [`StateCache`] keeps.
 const STATE_CACHE_CAP: usize = 64;
 
-/// `(thread, namespace)` → (checkpoint id, the state saved in it).
+/// `(thread, namespace)` → the state a run ended with.
 pub(crate) struct StateCache<S: State>(Mutex<CachedStates<S>>);
 
-type CachedStates<S> = HashMap<(String, String), (String, Arc<S>)>;
+type CachedStates<S> = HashMap<(String, String), CachedState<S>>;
+
+/// The state a run left in memory: the checkpoint that saved it, the state, and the
+/// checkpoint's other channels as stored (when known exactly), so the next run's head read
+/// fetches no value at all.
+pub(crate) struct CachedState<S: State> {
+    pub(crate) id: String,
+    pub(crate) state: Arc<S>,
+    pub(crate) extras: Option<Arc<[StoredExtra]>>,
+}
+
+impl<S: State> Clone for CachedState<S> {
+    fn clone(&self) -> Self {
+        CachedState {
+            id: self.id.clone(),
+            state: Arc::clone(&self.state),
+            extras: self.extras.clone(),
+        }
+    }
+}
 
 impl<S: State> Default for StateCache<S> {
     fn default() -> Self {
@@ -256,29 +277,27 @@ impl<S: State> StateCache<S> {
     fn take(&self, thread: &str, ns: &str, id: &str) -> Option<Arc<S>> {
         let mut map = self.lock();
         let key = (thread.to_owned(), ns.to_owned());
-        let (cached_id, _) = map.get(&key)?;
-        if cached_id != id {
+        if map.get(&key)?.id != id {
             return None;
         }
-        map.remove(&key).map(|(_, state)| state)
+        map.remove(&key).map(|cached| cached.state)
     }
 
-    /// The cached state of `(thread, ns)` and the checkpoint id it was saved in, left in
-    /// the cache.
-    pub(crate) fn peek(&self, thread: &str, ns: &str) -> Option<(String, Arc<S>)> {
+    /// The cached state of `(thread, ns)`, left in the cache.
+    pub(crate) fn peek(&self, thread: &str, ns: &str) -> Option<CachedState<S>> {
         self.lock()
             .get(&(thread.to_owned(), ns.to_owned()))
-            .map(|(id, state)| (id.clone(), Arc::clone(state)))
+            .cloned()
     }
 
-    fn put(&self, thread: &str, ns: &str, id: String, state: Arc<S>) {
+    fn put(&self, thread: &str, ns: &str, cached: CachedState<S>) {
         let mut map = self.lock();
         let key = (thread.to_owned(), ns.to_owned());
         if map.len() >= STATE_CACHE_CAP && !map.contains_key(&key) {
             // Small and simple: start over rather than track recency.
             map.clear();
         }
-        map.insert(key, (id, state));
+        map.insert(key, cached);
     }
 }
 
@@ -635,14 +654,13 @@ impl<S: State> CompiledGraph<S> {
         let tuple = match saver {
             Some(saver) => {
                 // The state a previous run left in memory need not be read back.
-                let cached_id = self
-                    .inner
-                    .states
-                    .peek(&thread_id, &config.checkpoint_ns)
-                    .map(|(id, _)| id);
+                let cached = self.inner.states.peek(&thread_id, &config.checkpoint_ns);
+                let cached_id = cached.as_ref().map(|c| c.id.clone());
                 let tuple = self
-                    .read_tuple(saver, &cp_config, cached_id.as_deref())
+                    .read_tuple(saver, &cp_config, cached.as_ref())
                     .await?;
+                // Let go of the state before taking it over, or updating it would copy it.
+                drop(cached);
                 if tuple.is_none() && config.checkpoint_id.is_some() {
                     return Err(GraphError::CheckpointNotFound {
                         thread_id,
@@ -1101,12 +1119,14 @@ impl<S: State> CompiledGraph<S> {
             }
             p.settle().await?;
             if let Some(id) = current.and_then(|c| c.checkpoint_id) {
-                self.inner.states.put(
-                    &thread_id,
-                    &config.checkpoint_ns,
+                let cached = CachedState {
                     id,
-                    Arc::clone(&channels.state),
-                );
+                    state: Arc::clone(&channels.state),
+                    extras: channels.stored_extras(spec).map(Arc::from),
+                };
+                self.inner
+                    .states
+                    .put(&thread_id, &config.checkpoint_ns, cached);
             }
         }
         Ok((channels.state, stopped))

@@ -14,7 +14,7 @@ use crate::command::Interrupt;
 use crate::config::RunConfig;
 use crate::error::{GraphError, Result};
 use crate::graph::{END, START};
-use crate::runtime::CompiledGraph;
+use crate::runtime::{CachedState, CompiledGraph};
 use crate::state::State;
 
 /// A thread's state at one checkpoint.
@@ -119,27 +119,45 @@ impl<S: State> CompiledGraph<S> {
             .ok_or(GraphError::NoCheckpointer { operation })
     }
 
-    /// The checkpoint `config` names; when `cached_id` is the id of a checkpoint whose state
-    /// this graph holds in memory, the saver may leave that checkpoint's field values out.
+    /// The checkpoint `config` names. When it is the checkpoint of `cached` (a state this
+    /// graph holds in memory), the saver leaves out the field values, and the other channels'
+    /// values too when the cache holds them as stored: those are put back into the tuple here,
+    /// so callers see every value but the fields'.
     pub(crate) async fn read_tuple(
         &self,
         saver: &dyn CheckpointSaver,
         config: &CheckpointConfig,
-        cached_id: Option<&str>,
+        cached: Option<&CachedState<S>>,
     ) -> Result<Option<CheckpointTuple>> {
-        let Some(cached_id) = cached_id else {
+        let Some(cached) = cached else {
             return Ok(saver.get_tuple(config).await?);
         };
         let spec = &self.inner.spec;
-        let fields: Vec<&str> = spec.channel_names[..spec.n_fields]
+        let mut known_channels: Vec<&str> = spec.channel_names[..spec.n_fields]
             .iter()
             .map(String::as_str)
             .collect();
+        let extras = cached.extras.as_deref().unwrap_or_default();
+        known_channels.extend(extras.iter().map(|(name, _, _)| name.as_str()));
         let known = KnownValues {
-            checkpoint_id: cached_id,
-            channels: &fields,
+            checkpoint_id: &cached.id,
+            channels: &known_channels,
         };
-        Ok(saver.get_tuple_known(config, known).await?)
+        let mut tuple = saver.get_tuple_known(config, known).await?;
+        if let Some(t) = tuple.as_mut().filter(|t| t.checkpoint.id == cached.id) {
+            for (name, version, value) in extras {
+                if t.checkpoint.channel_versions.get(name) != Some(version) {
+                    // Not the checkpoint the cache describes after all: read it whole.
+                    return Ok(saver.get_tuple(&t.config).await?);
+                }
+                if let Some(value) = value {
+                    t.checkpoint
+                        .channel_values
+                        .insert(name.clone(), value.clone());
+                }
+            }
+        }
+        Ok(tuple)
     }
 
     /// `latest`: the thread's head read without a checkpoint id, whose `next` leaves out
@@ -257,19 +275,19 @@ impl<S: State> CompiledGraph<S> {
             .thread_id
             .as_deref()
             .and_then(|t| self.inner.states.peek(t, &config.checkpoint_ns));
-        let Some((cached_id, state)) = cached else {
+        let Some(cached) = cached else {
             return match saver.get_tuple(&cp_config).await? {
                 Some(tuple) => self.snapshot(tuple, latest).map(Some),
                 None => Ok(None),
             };
         };
         match self
-            .read_tuple(saver.as_ref(), &cp_config, Some(&cached_id))
+            .read_tuple(saver.as_ref(), &cp_config, Some(&cached))
             .await?
         {
-            Some(tuple) if tuple.checkpoint.id == cached_id => {
-                self.snapshot_with(tuple, latest, Some(state)).map(Some)
-            }
+            Some(tuple) if tuple.checkpoint.id == cached.id => self
+                .snapshot_with(tuple, latest, Some(cached.state))
+                .map(Some),
             Some(tuple) => self.snapshot(tuple, latest).map(Some),
             None => Ok(None),
         }

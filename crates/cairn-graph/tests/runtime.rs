@@ -8,8 +8,8 @@ use std::sync::{Arc, Mutex};
 use async_trait::async_trait;
 use cairn_checkpoint::{
     ChannelVersion, ChannelVersions, Checkpoint, CheckpointConfig, CheckpointMetadata,
-    CheckpointSaver, CheckpointSource, CheckpointTuple, InMemorySaver, ListQuery, PruneStrategy,
-    TypedValue,
+    CheckpointSaver, CheckpointSource, CheckpointTuple, InMemorySaver, KnownValues, ListQuery,
+    PruneStrategy, TypedValue,
 };
 use cairn_graph::{
     current_task, GraphError, HistoryQuery, NodeError, RunConfig, State, StateGraph, StreamEvent,
@@ -466,6 +466,8 @@ struct Recording {
     inner: InMemorySaver,
     stored: Mutex<Vec<Vec<String>>>,
     tasks: Mutex<Vec<String>>,
+    /// The channels each `get_tuple_known` was told the caller holds.
+    known: Mutex<Vec<Vec<String>>>,
 }
 
 #[async_trait]
@@ -475,6 +477,16 @@ impl CheckpointSaver for Recording {
         c: &CheckpointConfig,
     ) -> cairn_checkpoint::Result<Option<CheckpointTuple>> {
         self.inner.get_tuple(c).await
+    }
+    async fn get_tuple_known(
+        &self,
+        c: &CheckpointConfig,
+        known: KnownValues<'_>,
+    ) -> cairn_checkpoint::Result<Option<CheckpointTuple>> {
+        let mut channels: Vec<String> = known.channels.iter().map(|c| c.to_string()).collect();
+        channels.sort();
+        self.known.lock().expect("lock").push(channels);
+        self.inner.get_tuple_known(c, known).await
     }
     async fn list(&self, q: &ListQuery) -> cairn_checkpoint::Result<Vec<CheckpointTuple>> {
         self.inner.list(q).await
@@ -516,6 +528,86 @@ impl CheckpointSaver for Recording {
     fn get_next_version(&self, c: Option<&ChannelVersion>) -> ChannelVersion {
         self.inner.get_next_version(c)
     }
+}
+
+/// A run that starts from the checkpoint the graph's last run on the thread ended with reads
+/// no value back: the head read leaves out every channel of that checkpoint (the state's
+/// fields, the input, the branch triggers), and the run goes on exactly as a run of a graph
+/// that read them all.
+#[tokio::test]
+async fn a_warm_thread_reads_no_value_back_and_runs_as_a_cold_one() {
+    let saver = Arc::new(Recording::default());
+    let graph = || {
+        let mut g = StateGraph::<Doc>::new();
+        g.add_sync_node("one", |s: &Doc| {
+            Ok(DocUpdate::default()
+                .items(vec![format!("one saw {}", s.items.len())])
+                .total(1))
+        })
+        .add_sync_node("two", |s: &Doc| Ok(DocUpdate::default().high(s.total)))
+        .add_edge(START, "one")
+        .add_conditional_edges("one", |s: &Doc| if s.total % 2 == 1 { "two" } else { END })
+        .add_edge("two", END);
+        g
+    };
+    let app = graph().compile(saver.clone()).expect("compile");
+    let input = |t: &str| Some(DocUpdate::default().title(t).items(vec![t.to_owned()]));
+    app.invoke(input("first"), RunConfig::thread("warm"))
+        .await
+        .expect("run 1");
+    saver.inner.copy_thread("warm", "cold").await.expect("copy");
+    let head = saver
+        .inner
+        .get_tuple(&CheckpointConfig::thread("warm"))
+        .await
+        .expect("get")
+        .expect("head");
+    let mut head_channels: Vec<String> = head.checkpoint.channel_versions.keys().cloned().collect();
+    head_channels.sort();
+    assert!(head_channels.len() > 1, "{head_channels:?}");
+
+    saver.known.lock().expect("lock").clear();
+    let warm = app
+        .invoke(input("second"), RunConfig::thread("warm"))
+        .await
+        .expect("run 2");
+    let known = saver.known.lock().expect("lock").clone();
+    let first_read = known.first().expect("a head read that names held values");
+    for channel in &head_channels {
+        assert!(
+            first_read.contains(channel),
+            "{channel} was read back: {first_read:?}"
+        );
+    }
+
+    // A graph with nothing in memory reads everything and must end the same way.
+    let cold_app = graph().compile(saver.clone()).expect("compile");
+    let cold = cold_app
+        .invoke(input("second"), RunConfig::thread("cold"))
+        .await
+        .expect("cold run");
+    assert_eq!(warm, cold);
+    let history = |thread: &'static str| {
+        let app = graph().compile(saver.clone()).expect("compile");
+        async move {
+            let snaps: Vec<_> = app
+                .get_state_history(RunConfig::thread(thread), HistoryQuery::default())
+                .try_collect()
+                .await
+                .expect("history");
+            snaps
+                .into_iter()
+                .map(|s| (s.values, s.next, s.metadata.step))
+                .collect::<Vec<_>>()
+        }
+    };
+    assert_eq!(history("warm").await, history("cold").await);
+    // Third run on the warm thread, from a warm cache again.
+    let third = app
+        .invoke(input("third"), RunConfig::thread("warm"))
+        .await
+        .expect("run 3");
+    assert_eq!(third.items.len(), warm.items.len() + 2);
 }
 
 #[tokio::test]
