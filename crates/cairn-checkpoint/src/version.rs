@@ -118,13 +118,20 @@ impl ChannelVersion {
         if b.len() != 49 || b[32] != b'.' {
             return None;
         }
-        // Digit by digit: this runs for every version of every stored header.
+        // This runs for every version of every stored header. A counter up to i64::MAX has
+        // at most 19 digits, so the first 13 of the 32 must be zeros, and 19 digits cannot
+        // overflow a u64 (10^19 - 1 < 2^64): no checked arithmetic per digit.
+        let (zeros, digits) = b[..32].split_at(13);
+        if zeros.iter().any(|&d| d != b'0') {
+            return None;
+        }
         let mut counter: u64 = 0;
-        for &d in &b[..32] {
-            if !d.is_ascii_digit() {
+        for &d in digits {
+            let digit = d.wrapping_sub(b'0');
+            if digit > 9 {
                 return None;
             }
-            counter = counter.checked_mul(10)?.checked_add(u64::from(d - b'0'))?;
+            counter = counter * 10 + u64::from(digit);
         }
         if counter > i64::MAX as u64 {
             return None;
@@ -166,7 +173,8 @@ fn format_version(counter: i64, suffix: u64) -> String {
     for (k, byte) in out[33..].iter_mut().enumerate() {
         *byte = HEX[((suffix >> (60 - 4 * k)) & 0xf) as usize];
     }
-    out.iter().map(|&b| b as char).collect()
+    // ASCII only: the check passes at once and nothing is replaced.
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 impl fmt::Display for ChannelVersion {
@@ -306,6 +314,10 @@ mod tests {
                 "00000000000000000000000000000001-abcdef0123456789",
                 "99999999999999999999999999999999.abcdef0123456789",
                 "00000000000009223372036854775808.0000000000000000",
+                "00000000000009999999999999999999.0000000000000000",
+                "00000000000010000000000000000001.0000000000000000",
+                "10000000000000000000000000000001.0000000000000000",
+                "0000000000000000000000000000000:.0000000000000000",
                 "00000000000000000000000000000003.0.7329",
                 "7",
             ]
