@@ -238,7 +238,12 @@ const STATE_CACHE_CAP: usize = 64;
 /// `(thread, namespace)` → the state a run ended with.
 pub(crate) struct StateCache<S: State>(Mutex<CachedStates<S>>);
 
-type CachedStates<S> = HashMap<(String, String), CachedState<S>>;
+/// The cached states by `(thread, namespace)`, each with the sequence number of its
+/// insertion, so that a full cache gives up its oldest entry.
+struct CachedStates<S: State> {
+    by_thread: HashMap<(String, String), (u64, CachedState<S>)>,
+    next_seq: u64,
+}
 
 /// The state a run left in memory: the checkpoint that saved it, the state, and the
 /// checkpoint's other channels as stored (when known exactly), so the next run's head read
@@ -261,7 +266,10 @@ impl<S: State> Clone for CachedState<S> {
 
 impl<S: State> Default for StateCache<S> {
     fn default() -> Self {
-        StateCache(Mutex::new(HashMap::new()))
+        StateCache(Mutex::new(CachedStates {
+            by_thread: HashMap::new(),
+            next_seq: 0,
+        }))
     }
 }
 
@@ -275,29 +283,41 @@ impl<S: State> StateCache<S> {
     /// The entry is removed (the run puts its own state back when it ends), so the run owns
     /// the state and updates it in place.
     fn take(&self, thread: &str, ns: &str, id: &str) -> Option<Arc<S>> {
-        let mut map = self.lock();
+        let mut cache = self.lock();
         let key = (thread.to_owned(), ns.to_owned());
-        if map.get(&key)?.id != id {
+        if cache.by_thread.get(&key)?.1.id != id {
             return None;
         }
-        map.remove(&key).map(|cached| cached.state)
+        cache.by_thread.remove(&key).map(|(_, cached)| cached.state)
     }
 
     /// The cached state of `(thread, ns)`, left in the cache.
     pub(crate) fn peek(&self, thread: &str, ns: &str) -> Option<CachedState<S>> {
         self.lock()
+            .by_thread
             .get(&(thread.to_owned(), ns.to_owned()))
-            .cloned()
+            .map(|(_, cached)| cached.clone())
     }
 
     fn put(&self, thread: &str, ns: &str, cached: CachedState<S>) {
-        let mut map = self.lock();
+        let mut cache = self.lock();
         let key = (thread.to_owned(), ns.to_owned());
-        if map.len() >= STATE_CACHE_CAP && !map.contains_key(&key) {
-            // Small and simple: start over rather than track recency.
-            map.clear();
+        if cache.by_thread.len() >= STATE_CACHE_CAP && !cache.by_thread.contains_key(&key) {
+            // Give up the entry put longest ago: with many threads served at once, the
+            // threads still running keep theirs (a run takes its entry out while it runs
+            // and puts it back when it ends).
+            let oldest = cache
+                .by_thread
+                .iter()
+                .min_by_key(|(_, (seq, _))| *seq)
+                .map(|(k, _)| k.clone());
+            if let Some(oldest) = oldest {
+                cache.by_thread.remove(&oldest);
+            }
         }
-        map.insert(key, cached);
+        let seq = cache.next_seq;
+        cache.next_seq += 1;
+        cache.by_thread.insert(key, (seq, cached));
     }
 }
 
@@ -1785,6 +1805,37 @@ mod tests {
 
     fn said(text: &str) -> LogUpdate {
         LogUpdate::default().items(vec![text.to_owned()])
+    }
+
+    /// A full cache gives up only the entry put longest ago, not every entry: the threads
+    /// served most recently keep their states.
+    #[test]
+    fn a_full_state_cache_gives_up_its_oldest_entry() {
+        use super::{CachedState, StateCache, STATE_CACHE_CAP};
+        let cache = StateCache::<Log>::default();
+        let entry = |id: usize| CachedState {
+            id: format!("cp-{id}"),
+            state: Arc::new(Log::default()),
+            extras: None,
+        };
+        for t in 0..STATE_CACHE_CAP {
+            cache.put(&format!("thread-{t}"), "", entry(t));
+        }
+        // Thread 0 runs again: its entry is put back as the newest.
+        cache.put("thread-0", "", entry(100));
+        cache.put("one more", "", entry(200));
+        assert!(cache.peek("thread-1", "").is_none(), "the oldest went");
+        assert_eq!(
+            cache.peek("thread-0", "").map(|c| c.id).as_deref(),
+            Some("cp-100")
+        );
+        assert!(cache.peek("one more", "").is_some());
+        for t in 2..STATE_CACHE_CAP {
+            assert!(
+                cache.peek(&format!("thread-{t}"), "").is_some(),
+                "thread-{t}"
+            );
+        }
     }
 
     /// Re-invoking a thread reuses the state the last run ended with only while the thread's
