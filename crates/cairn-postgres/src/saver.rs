@@ -488,7 +488,7 @@ impl PostgresSaver {
                     self.query(
                         &client,
                         "get_tuple",
-                        &self.sql.get_one,
+                        &self.sql.get_one_with_writes,
                         &[
                             (&config.thread_id, Type::TEXT),
                             (&config.checkpoint_ns, Type::TEXT),
@@ -501,7 +501,7 @@ impl PostgresSaver {
                     self.query(
                         &client,
                         "get_tuple",
-                        &self.sql.get_latest,
+                        &self.sql.get_latest_with_writes,
                         &[
                             (&config.thread_id, Type::TEXT),
                             (&config.checkpoint_ns, Type::TEXT),
@@ -510,7 +510,7 @@ impl PostgresSaver {
                     .await?
                 }
             };
-            Ok(self.load(&client, rows, known).await?.into_iter().next())
+            self.load_one(&client, rows, known).await
         })
         .await
     }
@@ -657,6 +657,60 @@ impl PostgresSaver {
             .iter()
             .map(Self::decode_checkpoint_row)
             .collect::<Result<Vec<_>>>()?;
+        self.attach(client, stored, known, None).await
+    }
+
+    /// [`load`](Self::load) for the rows of [`Statements::get_latest_with_writes`] or
+    /// [`Statements::get_one_with_writes`]: one checkpoint, its pending writes joined on.
+    /// When the caller holds every value this makes the read one round trip.
+    async fn load_one(
+        &self,
+        client: &ClientWrapper,
+        rows: Vec<Row>,
+        known: Option<KnownValues<'_>>,
+    ) -> Result<Option<CheckpointTuple>> {
+        let Some(first) = rows.first() else {
+            return Ok(None);
+        };
+        let stored = Self::decode_checkpoint_row(first)?;
+        let mut pending = Vec::new();
+        for row in &rows {
+            let e = |e| pg_error("reading a pending write", e);
+            // A checkpoint without writes comes as one row with null write columns.
+            let Some(task_id) = row.try_get::<_, Option<String>>(6).map_err(e)? else {
+                continue;
+            };
+            pending.push(PendingWrite {
+                task_id,
+                channel: row.try_get(7).map_err(e)?,
+                value: TypedValue::new(
+                    row.try_get::<_, String>(8).map_err(e)?,
+                    row.try_get::<_, Vec<u8>>(9).map_err(e)?,
+                ),
+                task_path: row.try_get(10).map_err(e)?,
+            });
+        }
+        let key = (
+            stored.thread_id.clone(),
+            stored.checkpoint_ns.clone(),
+            stored.checkpoint.id.clone(),
+        );
+        let writes = HashMap::from([(key, pending)]);
+        let mut tuples = self
+            .attach(client, vec![stored], known, Some(writes))
+            .await?;
+        Ok(tuples.pop())
+    }
+
+    /// Attaches values and pending writes to decoded checkpoint rows; the writes are read
+    /// unless `prefetched` holds them already.
+    async fn attach(
+        &self,
+        client: &ClientWrapper,
+        stored: Vec<StoredRow>,
+        known: Option<KnownValues<'_>>,
+        prefetched: Option<HashMap<CheckpointKey, Vec<PendingWrite>>>,
+    ) -> Result<Vec<CheckpointTuple>> {
         if stored.is_empty() {
             return Ok(Vec::new());
         }
@@ -682,17 +736,25 @@ impl PostgresSaver {
             (&wn, Type::TEXT_ARRAY),
             (&wi, Type::TEXT_ARRAY),
         ];
-        let writes_query = self.query(
-            client,
-            "loading pending writes",
-            &self.sql.writes,
-            &write_params,
-        );
+        let writes_query = async {
+            match prefetched {
+                Some(_) => Ok(Vec::new()),
+                None => {
+                    self.query(
+                        client,
+                        "loading pending writes",
+                        &self.sql.writes,
+                        &write_params,
+                    )
+                    .await
+                }
+            }
+        };
         // Polled together, the two statements are pipelined on the connection.
         let (fetched, write_rows) =
             futures::try_join!(self.fetch_values(client, &keys), writes_query)?;
 
-        let mut writes: HashMap<CheckpointKey, Vec<PendingWrite>> = HashMap::new();
+        let mut writes = prefetched.unwrap_or_default();
         for row in &write_rows {
             let get = |i: usize| -> Result<String> {
                 row.try_get(i)

@@ -227,8 +227,12 @@ pub(crate) struct Statements {
     pub list_threads_after: String,
     /// `list_threads` from the first thread, at most `$1` threads.
     pub list_threads_all: String,
-    pub get_latest: String,
-    pub get_one: String,
+    /// The latest checkpoint of a thread and namespace (`$1`, `$2`), and one named
+    /// checkpoint (`$3`), each with its pending writes joined on: one row per write (one with
+    /// null write columns when there is none), so that reading a checkpoint whose values the
+    /// caller holds takes one round trip.
+    pub get_latest_with_writes: String,
+    pub get_one_with_writes: String,
     /// Values by key (`$1`..`$4`, group number `$5`); rows are (group, version, type tag,
     /// bytes).
     pub blobs: String,
@@ -272,6 +276,17 @@ impl Statements {
         let p = prefix(schema);
         let cols = CHECKPOINT_COLUMNS;
         let cv = CHANNEL_VERSIONS;
+        // The checkpoint `one` selects (at most one row), then its pending writes in stored
+        // order: columns 6 to 10 are task id, channel, type tag, value and task path.
+        let with_writes = |one: &str| {
+            format!(
+                "SELECT c.*, w.task_id, w.channel, w.type_tag, w.blob, w.task_path \
+                 FROM ({one}) AS c LEFT JOIN {p}checkpoint_writes w \
+                   ON w.thread_id = c.thread_id AND w.checkpoint_ns = c.checkpoint_ns \
+                   AND w.checkpoint_id = c.checkpoint_id \
+                 ORDER BY w.task_path, w.task_id, w.idx"
+            )
+        };
         // The latest checkpoint of each namespace of threads `$1`, with its versions.
         let latest = format!(
             "latest AS ( \
@@ -318,14 +333,14 @@ impl Statements {
             list_threads_all: threads(&format!(
                 "SELECT DISTINCT thread_id FROM {p}checkpoints ORDER BY thread_id LIMIT $1"
             )),
-            get_latest: format!(
+            get_latest_with_writes: with_writes(&format!(
                 "SELECT {cols} FROM {p}checkpoints WHERE thread_id = $1 AND checkpoint_ns = $2 \
                  ORDER BY checkpoint_id DESC LIMIT 1"
-            ),
-            get_one: format!(
+            )),
+            get_one_with_writes: with_writes(&format!(
                 "SELECT {cols} FROM {p}checkpoints \
                  WHERE thread_id = $1 AND checkpoint_ns = $2 AND checkpoint_id = $3"
-            ),
+            )),
             // `h`: the values asked for. `a`: groups (thread, ns, channel; numbered by the
             // caller, `$6`) where one of them is an append value, with the range their chains
             // can pass through. Those groups come back as the whole range (which holds their
@@ -664,8 +679,8 @@ mod tests {
     fn statements_name_the_schema_everywhere() {
         let sql = Statements::new(Some("Tenant-1"));
         for statement in [
-            &sql.get_latest,
-            &sql.get_one,
+            &sql.get_latest_with_writes,
+            &sql.get_one_with_writes,
             &sql.blobs,
             &sql.blobs_and_chains,
             &sql.chains,
