@@ -109,8 +109,9 @@
 //! checkpoints are resolved oldest first, so listing a long history joins each link once. A
 //! chain whose base is missing reads as
 //! [`Error::Corrupt`](cairn_checkpoint::Error::Corrupt) naming the channel.
+//! `get_tuple` reads the checkpoint and its pending writes in one statement, then its values;
 //! [`get_tuple_known`](cairn_checkpoint::CheckpointSaver::get_tuple_known) fetches neither
-//! the values the caller holds nor the chains behind them.
+//! the values the caller holds nor the chains behind them (holding them all, one round trip).
 //!
 //! Deletions keep what chains need: reclaiming after `delete_for_runs` and `prune` follows
 //! `base` from the values the remaining checkpoints name, in a recursive query, one
