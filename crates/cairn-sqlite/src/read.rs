@@ -638,10 +638,10 @@ fn value_by_key(
 pub(crate) const ONE_BLOB_SQL: &str = "SELECT type_tag, data FROM checkpoint_blobs \
      WHERE thread_id = ?1 AND checkpoint_ns = ?2 AND channel = ?3 AND version = ?4";
 
-/// The pending writes of one checkpoint, by its key.
-pub(crate) const ONE_CHECKPOINT_WRITES_SQL: &str =
-    "SELECT task_id, idx, task_path, channel, type_tag, data \
-     FROM checkpoint_writes WHERE thread_id = ?1 AND checkpoint_ns = ?2 AND checkpoint_id = ?3";
+/// The pending writes of one checkpoint, by its key (the columns of [`WRITES_SQL`]).
+pub(crate) const ONE_CHECKPOINT_WRITES_SQL: &str = "SELECT thread_id, checkpoint_ns, \
+     checkpoint_id, task_id, idx, task_path, channel, type_tag, data FROM checkpoint_writes \
+     WHERE thread_id = ?1 AND checkpoint_ns = ?2 AND checkpoint_id = ?3";
 
 /// The pending writes of the checkpoints of `decoded`, in stored order.
 fn load_writes(
@@ -651,34 +651,8 @@ fn load_writes(
     let mut writes: HashMap<CheckpointKey, Vec<(i64, PendingWrite)>> = HashMap::new();
     if let [(row, _, _)] = decoded {
         // One checkpoint (get_tuple): one range of the primary key, no JSON keys.
-        let e = || sql_error("reading pending writes");
-        let mut stmt = conn
-            .prepare_cached(ONE_CHECKPOINT_WRITES_SQL)
-            .map_err(sql_error("preparing the pending write query"))?;
-        let mut q = stmt
-            .query([&row.thread_id, &row.checkpoint_ns, &row.checkpoint_id])
-            .map_err(e())?;
-        let mut found = Vec::new();
-        while let Some(r) = q.next().map_err(e())? {
-            let write = PendingWrite {
-                task_id: r.get(0).map_err(e())?,
-                task_path: r.get(2).map_err(e())?,
-                channel: r.get(3).map_err(e())?,
-                value: TypedValue::new(
-                    r.get::<_, String>(4).map_err(e())?,
-                    Bytes::from(r.get::<_, Vec<u8>>(5).map_err(e())?),
-                ),
-            };
-            found.push((r.get::<_, i64>(1).map_err(e())?, write));
-        }
-        if !found.is_empty() {
-            let key = (
-                row.thread_id.clone(),
-                row.checkpoint_ns.clone(),
-                row.checkpoint_id.clone(),
-            );
-            writes.insert(key, found);
-        }
+        let key = [&row.thread_id, &row.checkpoint_ns, &row.checkpoint_id];
+        collect_writes(conn, ONE_CHECKPOINT_WRITES_SQL, key, &mut writes)?;
         return Ok(writes);
     }
     let keys: Vec<[&str; 3]> = decoded
@@ -691,14 +665,23 @@ fn load_writes(
             ]
         })
         .collect();
-    let keys = encode_keys(&keys)?;
-    let mut stmt = conn
-        .prepare_cached(WRITES_SQL)
-        .map_err(sql_error("preparing the pending write query"))?;
-    let mut q = stmt
-        .query([keys])
-        .map_err(sql_error("reading pending writes"))?;
+    collect_writes(conn, WRITES_SQL, [encode_keys(&keys)?], &mut writes)?;
+    Ok(writes)
+}
+
+/// Runs `sql` (selecting the columns of [`WRITES_SQL`]) and files each write under its
+/// checkpoint, with its index.
+fn collect_writes(
+    conn: &Connection,
+    sql: &str,
+    params: impl rusqlite::Params,
+    writes: &mut HashMap<CheckpointKey, Vec<(i64, PendingWrite)>>,
+) -> Result<()> {
     let e = || sql_error("reading pending writes");
+    let mut stmt = conn
+        .prepare_cached(sql)
+        .map_err(sql_error("preparing the pending write query"))?;
+    let mut q = stmt.query(params).map_err(e())?;
     while let Some(r) = q.next().map_err(e())? {
         let key: CheckpointKey = (
             r.get(0).map_err(e())?,
@@ -717,7 +700,7 @@ fn load_writes(
         let idx: i64 = r.get(4).map_err(e())?;
         writes.entry(key).or_default().push((idx, write));
     }
-    Ok(writes)
+    Ok(())
 }
 
 /// The tuples of `decoded` with their stored values (append values as stored) and writes.
