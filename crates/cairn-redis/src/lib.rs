@@ -82,7 +82,7 @@
 //! (values are slow to pass through Lua: about 2 µs per KB). The links are joined in the
 //! client with one [`cairn_checkpoint::AppendChains`] per thread and namespace, oldest
 //! checkpoint first, so a listing joins each link once. `get_tuple_known` reads neither the
-//! values the caller holds nor their chains. No index is kept beside the values: `put`
+//! values the caller holds nor their chains (unless it must extend their expiry, see below). No index is kept beside the values: `put`
 //! writes nothing more for an append value than for a whole one, and `copy_thread` (which
 //! copies every value as stored), expiry and deletion need no extra bookkeeping. A chain
 //! whose base is missing reads as [`cairn_checkpoint::Error::Corrupt`] naming the channel
@@ -133,8 +133,10 @@
 //! TTL after it is written, and after that up to two TTLs after the last checkpoint needing
 //! it was written or read. Value expiries are set by a small Lua script (`EVAL` inside
 //! `put`'s transaction, `EVALSHA` next to a read's `MGET`), so with a TTL every `put` and
-//! refreshing read runs it; `get_tuple_known` does not extend the values it leaves out (the
-//! caller's next `put` does).
+//! refreshing read runs it. With refresh on read, `get_tuple_known` reads the values the
+//! caller holds all the same, so that they (and their chains) are extended with the
+//! checkpoint: a thread that is only read (polled with `get_state`, say) never keeps a
+//! checkpoint whose values expired. Without refresh it leaves them out.
 //!
 //! ## Errors
 //! Redis failures are [`cairn_checkpoint::Error::Backend`] (backend `"redis"`, saying what

@@ -342,8 +342,11 @@ impl RedisSaver {
             if refresh_ms.is_some() {
                 refresh.extend(self.row_keys(&r.thread, &r.ns, &r.id, p.run.as_deref()));
             }
+            // With refresh on read, values the caller holds are read all the same: reading
+            // them is what extends their expiry (and their chains'), and a held value must
+            // not expire before the checkpoint that refers to it.
             let skip: &[&str] = match known {
-                Some(k) if k.checkpoint_id == r.id => k.channels,
+                Some(k) if k.checkpoint_id == r.id && refresh_ms.is_none() => k.channels,
                 _ => &[],
             };
             let batch = groups.entry((&r.thread, &r.ns)).or_default();

@@ -188,6 +188,33 @@ async fn ttl_is_set_on_every_thread_key_and_refreshed_on_read() {
         );
     }
 
+    // A read that leaves out values the caller holds refreshes them too: they must outlive
+    // the checkpoint's other keys no less than a full read would make them.
+    for key in thread_keys.iter().chain(&global) {
+        let _: () = redis::cmd("PEXPIRE")
+            .arg(key)
+            .arg(5_000)
+            .query_async(&mut conn)
+            .await
+            .expect("PEXPIRE");
+    }
+    let known = cairn_checkpoint::KnownValues {
+        checkpoint_id: &id,
+        channels: &["a"],
+    };
+    saver
+        .get_tuple_known(&cfg, known)
+        .await
+        .expect("get")
+        .expect("saved");
+    for key in thread_keys.iter().chain(&global) {
+        let left = pttl(&mut conn, key).await;
+        assert!(
+            left > 5_000,
+            "{key} should have been refreshed by the read naming held values, PTTL is {left}"
+        );
+    }
+
     // A saver that does not refresh on read leaves the expiry alone.
     let no_refresh = support::saver(options.clone().with_refresh_ttl_on_read(false))
         .await
