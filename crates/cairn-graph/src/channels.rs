@@ -875,6 +875,13 @@ impl<S: State> Channels<S> {
         Ok((cp, new_versions))
     }
 
+    /// Whether some channel changed since the last checkpoint was handed to the saver (a
+    /// command's update applied with no step after it, say): the state in memory is then not
+    /// the state of the thread's latest checkpoint.
+    pub(crate) fn has_unsaved_changes(&self) -> bool {
+        self.dirty.iter().any(|d| *d)
+    }
+
     /// Marks every channel clean (after a checkpoint was saved by other means).
     pub(crate) fn mark_clean(&mut self) {
         self.dirty.iter_mut().for_each(|d| *d = false);

@@ -1138,7 +1138,11 @@ impl<S: State> CompiledGraph<S> {
                 current = Some(saved);
             }
             p.settle().await?;
-            if let Some(id) = current.and_then(|c| c.checkpoint_id) {
+            // Only a state that is exactly the latest checkpoint's is kept for the next run.
+            let saved_id = current
+                .and_then(|c| c.checkpoint_id)
+                .filter(|_| !channels.has_unsaved_changes());
+            if let Some(id) = saved_id {
                 let cached = CachedState {
                     id,
                     state: Arc::clone(&channels.state),

@@ -610,6 +610,42 @@ async fn a_warm_thread_reads_no_value_back_and_runs_as_a_cold_one() {
     assert_eq!(third.items.len(), warm.items.len() + 2);
 }
 
+/// A command whose update runs no step leaves the state in memory ahead of the thread's
+/// latest checkpoint; that state is not kept for the next run, which reads the same state as
+/// a graph with nothing in memory.
+#[tokio::test]
+async fn a_state_ahead_of_its_checkpoint_is_not_reused() {
+    let saver = Arc::new(Recording::default());
+    let graph = || {
+        let mut g = StateGraph::<Doc>::new();
+        g.add_sync_node("one", |_: &Doc| Ok(DocUpdate::default().total(1)))
+            .add_edge(START, "one")
+            .add_edge("one", END);
+        g
+    };
+    let app = graph().compile(saver.clone()).expect("compile");
+    let thread = || RunConfig::thread("ahead");
+    app.invoke(Some(DocUpdate::default().title("t")), thread())
+        .await
+        .expect("run");
+    app.invoke_command(
+        cairn_graph::Command::update(DocUpdate::default().title("edited")),
+        thread(),
+    )
+    .await
+    .expect("command");
+    let warm = app.get_state(thread()).await.expect("get").expect("state");
+    let cold = graph()
+        .compile(saver.clone())
+        .expect("compile")
+        .get_state(thread())
+        .await
+        .expect("get")
+        .expect("state");
+    assert_eq!(warm.values, cold.values);
+    assert_eq!(warm.config, cold.config);
+}
+
 #[tokio::test]
 async fn checkpoints_store_only_changed_channels_and_task_ids_are_deterministic() {
     let saver = Arc::new(Recording::default());

@@ -251,8 +251,10 @@ impl<'c> ReadTransaction<'c> {
     }
 
     fn commit(mut self) -> Result<()> {
+        run_cached(self.conn, "COMMIT", "ending a read transaction")?;
+        // Only now: a COMMIT that failed leaves the rollback to `drop`.
         self.open = false;
-        run_cached(self.conn, "COMMIT", "ending a read transaction")
+        Ok(())
     }
 }
 
