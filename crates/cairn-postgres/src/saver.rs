@@ -660,8 +660,8 @@ impl PostgresSaver {
         self.attach(client, stored, known, None).await
     }
 
-    /// [`load`](Self::load) for the rows of [`Statements::get_latest_with_writes`] or
-    /// [`Statements::get_one_with_writes`]: one checkpoint, its pending writes joined on.
+    /// [`load`](Self::load) for the row of [`Statements::get_latest_with_writes`] or
+    /// [`Statements::get_one_with_writes`]: one checkpoint, its pending writes in arrays.
     /// When the caller holds every value this makes the read one round trip.
     async fn load_one(
         &self,
@@ -669,27 +669,56 @@ impl PostgresSaver {
         rows: Vec<Row>,
         known: Option<KnownValues<'_>>,
     ) -> Result<Option<CheckpointTuple>> {
-        let Some(first) = rows.first() else {
+        let Some(row) = rows.first() else {
             return Ok(None);
         };
-        let stored = Self::decode_checkpoint_row(first)?;
-        let mut pending = Vec::new();
-        for row in &rows {
-            let e = |e| pg_error("reading a pending write", e);
-            // A checkpoint without writes comes as one row with null write columns.
-            let Some(task_id) = row.try_get::<_, Option<String>>(6).map_err(e)? else {
-                continue;
-            };
-            pending.push(PendingWrite {
-                task_id,
-                channel: row.try_get(7).map_err(e)?,
-                value: TypedValue::new(
-                    row.try_get::<_, String>(8).map_err(e)?,
-                    row.try_get::<_, Vec<u8>>(9).map_err(e)?,
-                ),
-                task_path: row.try_get(10).map_err(e)?,
-            });
+        let stored = Self::decode_checkpoint_row(row)?;
+        let e = |e| pg_error("reading pending writes", e);
+        let task_ids: Option<Vec<String>> = row.try_get(6).map_err(e)?;
+        let channels: Option<Vec<String>> = row.try_get(7).map_err(e)?;
+        let type_tags: Option<Vec<String>> = row.try_get(8).map_err(e)?;
+        let blobs: Option<Vec<Vec<u8>>> = row.try_get(9).map_err(e)?;
+        let task_paths: Option<Vec<String>> = row.try_get(10).map_err(e)?;
+        let n = task_ids.as_ref().map_or(0, Vec::len);
+        let (channels, type_tags, blobs, task_paths) = (
+            channels.unwrap_or_default(),
+            type_tags.unwrap_or_default(),
+            blobs.unwrap_or_default(),
+            task_paths.unwrap_or_default(),
+        );
+        if [
+            channels.len(),
+            type_tags.len(),
+            blobs.len(),
+            task_paths.len(),
+        ] != [n; 4]
+        {
+            let here = location(
+                &stored.thread_id,
+                &stored.checkpoint_ns,
+                &stored.checkpoint.id,
+                None,
+            );
+            return Err(Error::corrupt(
+                here,
+                "the pending writes came back as arrays of different lengths",
+            ));
         }
+        let pending: Vec<PendingWrite> = task_ids
+            .unwrap_or_default()
+            .into_iter()
+            .zip(channels)
+            .zip(type_tags.into_iter().zip(blobs))
+            .zip(task_paths)
+            .map(
+                |(((task_id, channel), (tag, blob)), task_path)| PendingWrite {
+                    task_id,
+                    channel,
+                    value: TypedValue::new(tag, blob),
+                    task_path,
+                },
+            )
+            .collect();
         let key = (
             stored.thread_id.clone(),
             stored.checkpoint_ns.clone(),

@@ -228,9 +228,8 @@ pub(crate) struct Statements {
     /// `list_threads` from the first thread, at most `$1` threads.
     pub list_threads_all: String,
     /// The latest checkpoint of a thread and namespace (`$1`, `$2`), and one named
-    /// checkpoint (`$3`), each with its pending writes joined on: one row per write (one with
-    /// null write columns when there is none), so that reading a checkpoint whose values the
-    /// caller holds takes one round trip.
+    /// checkpoint (`$3`), each with its pending writes as arrays in the same row, so that
+    /// reading a checkpoint whose values the caller holds takes one round trip.
     pub get_latest_with_writes: String,
     pub get_one_with_writes: String,
     /// Values by key (`$1`..`$4`, group number `$5`); rows are (group, version, type tag,
@@ -276,15 +275,27 @@ impl Statements {
         let p = prefix(schema);
         let cols = CHECKPOINT_COLUMNS;
         let cv = CHANNEL_VERSIONS;
-        // The checkpoint `one` selects (at most one row), then its pending writes in stored
-        // order: columns 6 to 10 are task id, channel, type tag, value and task path.
+        // The checkpoint `one` selects (at most one row) and its pending writes in stored
+        // order, as arrays (null when there is none) so that the row comes once however many
+        // writes there are: columns 6 to 10 are task ids, channels, type tags, values and
+        // task paths.
         let with_writes = |one: &str| {
+            let agg = |column: &str| {
+                format!("array_agg(w.{column} ORDER BY w.task_path, w.task_id, w.idx)")
+            };
             format!(
-                "SELECT c.*, w.task_id, w.channel, w.type_tag, w.blob, w.task_path \
-                 FROM ({one}) AS c LEFT JOIN {p}checkpoint_writes w \
-                   ON w.thread_id = c.thread_id AND w.checkpoint_ns = c.checkpoint_ns \
-                   AND w.checkpoint_id = c.checkpoint_id \
-                 ORDER BY w.task_path, w.task_id, w.idx"
+                "SELECT c.*, w.task_ids, w.channels, w.type_tags, w.blobs, w.task_paths \
+                 FROM ({one}) AS c LEFT JOIN LATERAL ( \
+                   SELECT {} AS task_ids, {} AS channels, {} AS type_tags, {} AS blobs, \
+                          {} AS task_paths \
+                   FROM {p}checkpoint_writes w \
+                   WHERE w.thread_id = c.thread_id AND w.checkpoint_ns = c.checkpoint_ns \
+                     AND w.checkpoint_id = c.checkpoint_id) AS w ON true",
+                agg("task_id"),
+                agg("channel"),
+                agg("type_tag"),
+                agg("blob"),
+                agg("task_path"),
             )
         };
         // The latest checkpoint of each namespace of threads `$1`, with its versions.

@@ -184,6 +184,70 @@ async fn sixty_four_tasks_write_sixty_four_threads_at_once() {
     support::drop_schema(&support::url().expect("url"), &schema).await;
 }
 
+/// Reading one checkpoint brings its pending writes in the same statement: the latest and a
+/// named checkpoint, with and without the values the caller holds, read the writes of every
+/// task in stored order, and a checkpoint without writes reads none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_checkpoint_reads_its_writes_in_order_with_or_without_held_values() {
+    let Some((saver, schema)) = support::fresh_saver().await else {
+        return;
+    };
+    let thread = unique("writes");
+    let root = CheckpointConfig::thread(&thread);
+    let (first, first_cp) = put_count(&saver, &root, None, 1).await;
+    for task in ["task-b", "task-a", "task-c"] {
+        let writes = (0..3)
+            .map(|i| {
+                (
+                    format!("ch{i}"),
+                    codec().encode(&format!("{task} {i}")).expect("encode"),
+                )
+            })
+            .collect();
+        saver
+            .put_writes(&first, writes, task, &format!("~path {task}"))
+            .await
+            .expect("put_writes");
+    }
+    let full = saver.get_tuple(&first).await.expect("get").expect("stored");
+    let order: Vec<(String, String)> = full
+        .pending_writes
+        .iter()
+        .map(|w| (w.task_id.clone(), w.channel.clone()))
+        .collect();
+    let expected: Vec<(String, String)> = ["task-a", "task-b", "task-c"]
+        .iter()
+        .flat_map(|t| (0..3).map(move |i| (t.to_string(), format!("ch{i}"))))
+        .collect();
+    assert_eq!(order, expected);
+    assert_eq!(full.pending_writes[4].task_path, "~path task-b");
+    let id = first_cp.id.clone();
+    let known = cairn_checkpoint::KnownValues {
+        checkpoint_id: &id,
+        channels: &["count"],
+    };
+    let held = saver
+        .get_tuple_known(&root, known)
+        .await
+        .expect("get")
+        .expect("stored");
+    assert_eq!(held.pending_writes, full.pending_writes);
+    assert!(
+        held.checkpoint.channel_values.is_empty(),
+        "the held value was left out"
+    );
+    let latest = saver.get_tuple(&root).await.expect("get").expect("stored");
+    assert_eq!(latest, full);
+
+    // A newer checkpoint without writes reads none.
+    let (second, _) = put_count(&saver, &first, Some(&first_cp), 2).await;
+    let newest = saver.get_tuple(&root).await.expect("get").expect("stored");
+    assert_eq!(newest.config, second);
+    assert!(newest.pending_writes.is_empty());
+    drop(saver);
+    support::drop_schema(&support::url().expect("url"), &schema).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_megabyte_value_round_trips() {
     let Some((saver, schema)) = support::fresh_saver().await else {
