@@ -109,6 +109,15 @@ impl CheckpointRequests {
         state.finished_after = state.completed;
     }
 
+    /// Waits until no background pass is under way (one may be asked for).
+    pub(crate) fn wait_while_running(&self) {
+        let (state, wake) = &*self.shared;
+        let mut state = state.lock().unwrap_or_else(|p| p.into_inner());
+        while state.running && !state.stop {
+            state = wake.wait(state).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+
     /// Checkpoints the thread has run so far.
     pub(crate) fn completed(&self) -> u64 {
         self.shared

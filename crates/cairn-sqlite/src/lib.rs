@@ -491,15 +491,47 @@ impl SqliteSaver {
     /// Copies the WAL into the database file and truncates it (`PRAGMA
     /// wal_checkpoint(TRUNCATE)`). SQLite does this on its own from time to time; call it to
     /// measure the database size or before copying the file. A no-op in memory.
+    ///
+    /// A checkpoint that cannot complete is an error, not a silent no-op: while the saver's
+    /// own background pass holds the checkpoint lock it waits for the pass and tries again;
+    /// a read transaction of another connection (or process) that still needs the WAL keeps
+    /// it from completing past the busy timeout, and the error says so.
     pub async fn checkpoint_wal(&self) -> Result<()> {
         if self.inner.path.is_none() {
             return Ok(());
         }
-        self.on_writer(|conn| {
-            conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))
-                .map_err(sql_error("checkpointing the WAL"))
-        })
-        .await
+        let deadline = std::time::Instant::now() + self.inner.busy_timeout;
+        loop {
+            // The first column of the pragma's row is 1 when the checkpoint did not complete.
+            let busy = self
+                .on_writer(|conn| {
+                    conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |r| {
+                        r.get::<_, i64>(0)
+                    })
+                    .map_err(sql_error("checkpointing the WAL"))
+                })
+                .await?;
+            if busy == 0 {
+                return Ok(());
+            }
+            if std::time::Instant::now() >= deadline {
+                return Err(Error::backend(
+                    "sqlite",
+                    "checkpointing the WAL",
+                    std::io::Error::other(
+                        "the WAL is still in use (a read transaction of another connection \
+                         or process needs it); end it and try again, or raise \
+                         SqliteOptions::busy_timeout",
+                    ),
+                ));
+            }
+            if let Some(requests) = self.inner.checkpoints.clone() {
+                // The background pass is the usual holder of the checkpoint lock.
+                tokio::task::spawn_blocking(move || requests.wait_while_running())
+                    .await
+                    .map_err(|e| Error::backend("sqlite", "waiting for a WAL checkpoint", e))?;
+            }
+        }
     }
 
     /// How many transactions the writer thread committed, for how many write requests

@@ -379,6 +379,40 @@ mod writer_failures {
         assert_eq!(latest.config, next);
     }
 
+    /// `checkpoint_wal` reports a checkpoint that a reader keeps from completing instead of
+    /// returning as if the WAL were copied, and completes once the reader is done.
+    #[tokio::test]
+    async fn a_wal_checkpoint_a_reader_blocks_is_an_error_not_a_silent_no_op() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("blocked.db");
+        let options =
+            crate::SqliteOptions::default().busy_timeout(std::time::Duration::from_millis(100));
+        let saver = SqliteSaver::open_with(&path, options).expect("open");
+        let config = CheckpointConfig::thread("t");
+        let first = super::put_empty(&saver, &config, CheckpointMetadata::default())
+            .await
+            .expect("put");
+        // Another connection reads in a transaction: its snapshot holds the WAL.
+        let reader = rusqlite::Connection::open(&path).expect("open a reader");
+        reader.execute_batch("BEGIN").expect("begin");
+        let _: i64 = reader
+            .query_row("SELECT COUNT(*) FROM checkpoints", [], |r| r.get(0))
+            .expect("read");
+        super::put_empty(&saver, &first, CheckpointMetadata::default())
+            .await
+            .expect("put");
+        let err = saver
+            .checkpoint_wal()
+            .await
+            .expect_err("a reader keeps the WAL in use");
+        assert!(err.to_string().contains("still in use"), "{err}");
+
+        reader.execute_batch("COMMIT").expect("end the read");
+        saver.checkpoint_wal().await.expect("checkpoint");
+        let wal = std::fs::metadata(dir.path().join("blocked.db-wal")).expect("wal");
+        assert_eq!(wal.len(), 0, "TRUNCATE empties the WAL");
+    }
+
     /// Past 1 000 WAL pages a commit asks the checkpointer thread for a checkpoint, which
     /// runs while commits go on (the WAL starting over: see the next test).
     #[tokio::test]
