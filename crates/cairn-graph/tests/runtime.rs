@@ -12,8 +12,8 @@ use cairn_checkpoint::{
     PruneStrategy, TypedValue,
 };
 use cairn_graph::{
-    current_task, GraphError, HistoryQuery, NodeError, RunConfig, State, StateGraph, StreamEvent,
-    StreamMode, END, START,
+    current_task, Durability, GraphError, HistoryQuery, NodeError, RunConfig, State, StateGraph,
+    StreamEvent, StreamMode, END, START,
 };
 use futures::{StreamExt, TryStreamExt};
 use serde::{Deserialize, Serialize};
@@ -608,6 +608,102 @@ async fn a_warm_thread_reads_no_value_back_and_runs_as_a_cold_one() {
         .await
         .expect("run 3");
     assert_eq!(third.items.len(), warm.items.len() + 2);
+}
+
+/// The same with a fan-out of sends, a join of two branches and every durability mode: the
+/// warm run reads no value back and ends as the cold one, checkpoint for checkpoint.
+#[tokio::test]
+async fn warm_and_cold_runs_agree_with_sends_joins_and_every_durability() {
+    for durability in [Durability::Async, Durability::Sync, Durability::Exit] {
+        let saver = Arc::new(Recording::default());
+        let graph = || {
+            let mut g = StateGraph::<Doc>::new();
+            g.add_sync_node("fan", |s: &Doc| {
+                Ok(DocUpdate::default()
+                    .items(vec![format!("fan {}", s.title)])
+                    .total(1))
+            })
+            .add_sync_node("a", |s: &Doc| Ok(DocUpdate::default().high(s.total)))
+            .add_sync_node("b", |_: &Doc| Ok(DocUpdate::default().total(10)))
+            .add_sync_node("join", |s: &Doc| {
+                Ok(DocUpdate::default().items(vec![format!("joined at {}", s.total)]))
+            })
+            .add_conditional_edges(START, |s: &Doc| {
+                ["x", "y"].map(|t| {
+                    cairn_graph::SendTo::new(
+                        "fan",
+                        Doc {
+                            title: format!("{t}{}", s.items.len()),
+                            ..Doc::default()
+                        },
+                    )
+                })
+            })
+            .add_edge("fan", "a")
+            .add_edge("fan", "b")
+            .add_edge(["a", "b"], "join")
+            .add_edge("join", END);
+            g
+        };
+        let thread = |t: &str| RunConfig::thread(t).with_durability(durability);
+        let input = |t: &str| Some(DocUpdate::default().items(vec![t.to_owned()]));
+        let app = graph().compile(saver.clone()).expect("compile");
+        app.invoke(input("first"), thread("warm"))
+            .await
+            .expect("run 1");
+        saver.inner.copy_thread("warm", "cold").await.expect("copy");
+        let head = saver
+            .inner
+            .get_tuple(&CheckpointConfig::thread("warm"))
+            .await
+            .expect("get")
+            .expect("head");
+        // Sends, the join and both branches leave channels of their own in the head.
+        for channel in ["__pregel_tasks", "join:a+b:join", "branch:to:b"] {
+            assert!(
+                head.checkpoint.channel_versions.contains_key(channel),
+                "{channel}"
+            );
+        }
+        saver.known.lock().expect("lock").clear();
+        let warm = app
+            .invoke(input("second"), thread("warm"))
+            .await
+            .expect("run 2");
+        let known = saver.known.lock().expect("lock").clone();
+        let first_read = known.first().expect("a head read naming held values");
+        for channel in head.checkpoint.channel_versions.keys() {
+            assert!(
+                first_read.contains(channel),
+                "{durability:?}: {channel} was read back: {first_read:?}"
+            );
+        }
+        let cold_app = graph().compile(saver.clone()).expect("compile");
+        let cold = cold_app
+            .invoke(input("second"), thread("cold"))
+            .await
+            .expect("cold run");
+        assert_eq!(warm, cold, "{durability:?}");
+        let history = |t: &'static str| {
+            let app = graph().compile(saver.clone()).expect("compile");
+            async move {
+                let snaps: Vec<_> = app
+                    .get_state_history(RunConfig::thread(t), HistoryQuery::default())
+                    .try_collect()
+                    .await
+                    .expect("history");
+                snaps
+                    .into_iter()
+                    .map(|s| (s.values, s.next, s.metadata.step))
+                    .collect::<Vec<_>>()
+            }
+        };
+        assert_eq!(
+            history("warm").await,
+            history("cold").await,
+            "{durability:?}"
+        );
+    }
 }
 
 /// A command whose update runs no step leaves the state in memory ahead of the thread's
