@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Cairn side by side with LangGraph, in one go (see docs/BENCHMARKS.md):
 #   1. the Python peer (langgraph_peer.py) on memory, SQLite and PostgreSQL, modes default + sync
-#   2. Cairn's bench (cargo run --release -p cairn-bench), modes default + sync + exit
+#   2. Cairn's bench (built with cargo build --release -p cairn-bench, then run from a copy),
+#      modes default + sync + exit
 #   3. the W1 storage-growth runs of both
 #   4. compare.py (ratios) and targets.py (Cairn's targets)
 # Everything lands in the output dir: peer.json, cairn.json, peer-growth.json, cairn-growth.json,
@@ -143,14 +144,21 @@ fsync_probe >"$out/fsync-before.txt"
 cd "$root" || exit 2
 
 # --- 1. the peer, 2. Cairn (built first so compiling does not sit between the two runs) ---
-step "cairn build" cargo build --release -p cairn-bench
+# The steps run a copy of the binary built here: sources edited while the run goes on change
+# nothing it measures, and nothing is compiled between the peer's run and Cairn's.
+build_copy() {
+    cargo build --release -p cairn-bench &&
+        cp "${CARGO_TARGET_DIR:-$root/target}/release/cairn-bench" "$bench_bin"
+}
+bench_bin="$(mktemp -d)/cairn-bench"
+step "cairn build" build_copy
 step "peer" logged "$out/peer.log" "$py" "$peer_dir/langgraph_peer.py" "${quick[@]}" --json "$out/peer.json"
-cairn_step "cairn" logged "$out/cairn.log" cargo run --release -q -p cairn-bench -- "${quick[@]}" --json "$out/cairn.json"
+cairn_step "cairn" logged "$out/cairn.log" "$bench_bin" "${quick[@]}" --json "$out/cairn.json"
 
 # --- 3. growth --------------------------------------------------------------------------
 step "peer growth" logged "$out/peer-growth.log" "$py" "$peer_dir/langgraph_peer.py" --growth "${growth_peer[@]}" \
     --json "$out/peer-growth.json"
-cairn_step "cairn growth" logged "$out/cairn-growth.log" cargo run --release -q -p cairn-bench -- --growth "${growth_cairn[@]}" \
+cairn_step "cairn growth" logged "$out/cairn-growth.log" "$bench_bin" --growth "${growth_cairn[@]}" \
     --json "$out/cairn-growth.json"
 
 fsync_probe >"$out/fsync-after.txt"
