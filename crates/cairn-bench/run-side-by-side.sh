@@ -146,11 +146,19 @@ cd "$root" || exit 2
 # --- 1. the peer, 2. Cairn (built first so compiling does not sit between the two runs) ---
 # The steps run a copy of the binary built here: sources edited while the run goes on change
 # nothing it measures, and nothing is compiled between the peer's run and Cairn's.
-build_copy() {
-    cargo build --release -p cairn-bench &&
-        cp "${CARGO_TARGET_DIR:-$root/target}/release/cairn-bench" "$bench_bin"
+build_copy() { # the path of the binary as cargo reports it, wherever the target dir is
+    local built
+    built=$(cargo build --release -p cairn-bench --message-format=json-render-diagnostics |
+        python3 -c 'import json, sys
+for line in sys.stdin:
+    m = json.loads(line)
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"] == "cairn-bench":
+        print(m["executable"])') &&
+        [[ -n $built ]] && cp "$built" "$bench_bin"
 }
-bench_bin="$(mktemp -d)/cairn-bench"
+bench_dir=$(mktemp -d)
+trap 'rm -rf "$bench_dir"' EXIT
+bench_bin="$bench_dir/cairn-bench"
 step "cairn build" build_copy
 step "peer" logged "$out/peer.log" "$py" "$peer_dir/langgraph_peer.py" "${quick[@]}" --json "$out/peer.json"
 cairn_step "cairn" logged "$out/cairn.log" "$bench_bin" "${quick[@]}" --json "$out/cairn.json"

@@ -109,13 +109,15 @@ impl CheckpointRequests {
         state.finished_after = state.completed;
     }
 
-    /// Waits until no background pass is under way (one may be asked for).
-    pub(crate) fn wait_while_running(&self) {
+    /// Waits until no background pass is under way (one may be asked for); whether one was.
+    pub(crate) fn wait_while_running(&self) -> bool {
         let (state, wake) = &*self.shared;
         let mut state = state.lock().unwrap_or_else(|p| p.into_inner());
+        let waited = state.running;
         while state.running && !state.stop {
             state = wake.wait(state).unwrap_or_else(|p| p.into_inner());
         }
+        waited
     }
 
     /// Checkpoints the thread has run so far.

@@ -406,6 +406,7 @@ mod writer_failures {
             .await
             .expect_err("a reader keeps the WAL in use");
         assert!(err.to_string().contains("still in use"), "{err}");
+        assert!(err.to_string().contains("busy_timeout"), "{err}");
 
         reader.execute_batch("COMMIT").expect("end the read");
         saver.checkpoint_wal().await.expect("checkpoint");
