@@ -530,6 +530,22 @@ impl CheckpointSaver for Recording {
     }
 }
 
+/// A thread's history as values, next nodes and steps, read by `app`.
+async fn history_of(
+    app: &cairn_graph::CompiledGraph<Doc>,
+    thread: &str,
+) -> Vec<(Doc, Vec<String>, Option<i64>)> {
+    let snaps: Vec<_> = app
+        .get_state_history(RunConfig::thread(thread), HistoryQuery::default())
+        .try_collect()
+        .await
+        .expect("history");
+    snaps
+        .into_iter()
+        .map(|s| (s.values, s.next, s.metadata.step))
+        .collect()
+}
+
 /// A run that starts from the checkpoint the graph's last run on the thread ended with reads
 /// no value back: the head read leaves out every channel of that checkpoint (the state's
 /// fields, the input, the branch triggers), and the run goes on exactly as a run of a graph
@@ -587,21 +603,11 @@ async fn a_warm_thread_reads_no_value_back_and_runs_as_a_cold_one() {
         .await
         .expect("cold run");
     assert_eq!(warm, cold);
-    let history = |thread: &'static str| {
-        let app = graph().compile(saver.clone()).expect("compile");
-        async move {
-            let snaps: Vec<_> = app
-                .get_state_history(RunConfig::thread(thread), HistoryQuery::default())
-                .try_collect()
-                .await
-                .expect("history");
-            snaps
-                .into_iter()
-                .map(|s| (s.values, s.next, s.metadata.step))
-                .collect::<Vec<_>>()
-        }
-    };
-    assert_eq!(history("warm").await, history("cold").await);
+    let fresh = || graph().compile(saver.clone()).expect("compile");
+    assert_eq!(
+        history_of(&fresh(), "warm").await,
+        history_of(&fresh(), "cold").await
+    );
     // Third run on the warm thread, from a warm cache again.
     let third = app
         .invoke(input("third"), RunConfig::thread("warm"))
@@ -684,23 +690,10 @@ async fn warm_and_cold_runs_agree_with_sends_joins_and_every_durability() {
             .await
             .expect("cold run");
         assert_eq!(warm, cold, "{durability:?}");
-        let history = |t: &'static str| {
-            let app = graph().compile(saver.clone()).expect("compile");
-            async move {
-                let snaps: Vec<_> = app
-                    .get_state_history(RunConfig::thread(t), HistoryQuery::default())
-                    .try_collect()
-                    .await
-                    .expect("history");
-                snaps
-                    .into_iter()
-                    .map(|s| (s.values, s.next, s.metadata.step))
-                    .collect::<Vec<_>>()
-            }
-        };
+        let fresh = || graph().compile(saver.clone()).expect("compile");
         assert_eq!(
-            history("warm").await,
-            history("cold").await,
+            history_of(&fresh(), "warm").await,
+            history_of(&fresh(), "cold").await,
             "{durability:?}"
         );
     }
