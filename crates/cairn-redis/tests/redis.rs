@@ -54,22 +54,6 @@ async fn pttl(conn: &mut redis::aio::MultiplexedConnection, key: &str) -> i64 {
         .expect("PTTL")
 }
 
-/// Sets every key of `keys` to expire in `ms` milliseconds.
-async fn expire_in<'k>(
-    conn: &mut redis::aio::MultiplexedConnection,
-    keys: impl Iterator<Item = &'k String>,
-    ms: u64,
-) {
-    for key in keys {
-        let _: () = redis::cmd("PEXPIRE")
-            .arg(key)
-            .arg(ms)
-            .query_async(conn)
-            .await
-            .expect("PEXPIRE");
-    }
-}
-
 async fn keys_matching(conn: &mut redis::aio::MultiplexedConnection, pattern: &str) -> Vec<String> {
     let mut out = Vec::new();
     let mut cursor: u64 = 0;
@@ -186,7 +170,7 @@ async fn ttl_is_set_on_every_thread_key_and_refreshed_on_read() {
     // Shorten the expiry by hand; a read extends it again.
     let id = saved.checkpoint_id.clone().expect("id");
     let cp_key = keys.checkpoint_key(thread, "", &id);
-    expire_in(&mut conn, thread_keys.iter().chain(&global), 5_000).await;
+    support::expire_in(&mut conn, thread_keys.iter().chain(&global), 5_000).await;
     let tuple = saver.get_tuple(&cfg).await.expect("get").expect("saved");
     assert_eq!(tuple.pending_writes.len(), 1);
     for key in thread_keys.iter().chain(&global) {
@@ -199,7 +183,7 @@ async fn ttl_is_set_on_every_thread_key_and_refreshed_on_read() {
 
     // A read that leaves out values the caller holds refreshes them too: they must outlive
     // the checkpoint's other keys no less than a full read would make them.
-    expire_in(&mut conn, thread_keys.iter().chain(&global), 5_000).await;
+    support::expire_in(&mut conn, thread_keys.iter().chain(&global), 5_000).await;
     let known = cairn_checkpoint::KnownValues {
         checkpoint_id: &id,
         channels: &["a"],

@@ -276,17 +276,6 @@ async fn expire_time(conn: &mut redis::aio::MultiplexedConnection, key: &str) ->
         .expect("PEXPIRETIME (Redis 7)")
 }
 
-async fn shorten(conn: &mut redis::aio::MultiplexedConnection, keys: &[String], ms: u64) {
-    for key in keys {
-        let _: () = redis::cmd("PEXPIRE")
-            .arg(key)
-            .arg(ms)
-            .query_async(conn)
-            .await
-            .expect("PEXPIRE");
-    }
-}
-
 /// Each value key of `chain`, oldest first, with its expiry; asserts that every one expires
 /// and none before the value extending it.
 async fn chain_expiries(
@@ -341,7 +330,7 @@ async fn chain_links_expire_no_sooner_than_the_values_extending_them() {
 
     // As if most of a TTL had passed: the next step extends the whole chain.
     let value_keys: Vec<String> = after.iter().map(|(k, _)| k.clone()).collect();
-    shorten(&mut conn, &value_keys, 5_000).await;
+    support::expire_in(&mut conn, value_keys.iter(), 5_000).await;
     chain.grow(&saver, 1).await;
     for (key, _) in &after {
         let left = pttl(&mut conn, key).await;
@@ -359,7 +348,7 @@ async fn chain_links_expire_no_sooner_than_the_values_extending_them() {
         .iter()
         .map(|v| keys.blob_key(thread, "", CHANNEL, v))
         .collect();
-    shorten(&mut conn, &value_keys, 5_000).await;
+    support::expire_in(&mut conn, value_keys.iter(), 5_000).await;
     let latest = saver
         .get_tuple(&CheckpointConfig::thread(thread))
         .await

@@ -100,3 +100,19 @@ pub async fn delete_prefix(url: &str, prefix: &str) {
 
 /// A TTL long enough never to fire during a test run, short enough to clean up after it.
 pub const TEST_TTL: Duration = Duration::from_secs(3600);
+
+/// Sets every key of `keys` to expire in `ms` milliseconds.
+pub async fn expire_in<'k>(
+    conn: &mut redis::aio::MultiplexedConnection,
+    keys: impl Iterator<Item = &'k String>,
+    ms: u64,
+) {
+    for key in keys {
+        let _: () = redis::cmd("PEXPIRE")
+            .arg(key)
+            .arg(ms)
+            .query_async(conn)
+            .await
+            .expect("PEXPIRE");
+    }
+}
