@@ -530,6 +530,18 @@ impl CheckpointSaver for Recording {
     }
 }
 
+/// Copies thread `warm` to `cold` (a thread no graph holds in memory) and returns the
+/// latest checkpoint of `warm`.
+async fn copy_warm_to_cold(saver: &Recording) -> CheckpointTuple {
+    saver.inner.copy_thread("warm", "cold").await.expect("copy");
+    saver
+        .inner
+        .get_tuple(&CheckpointConfig::thread("warm"))
+        .await
+        .expect("get")
+        .expect("head")
+}
+
 /// A thread's history as values, next nodes and steps, read by `app`.
 async fn history_of(
     app: &cairn_graph::CompiledGraph<Doc>,
@@ -571,13 +583,7 @@ async fn a_warm_thread_reads_no_value_back_and_runs_as_a_cold_one() {
     app.invoke(input("first"), RunConfig::thread("warm"))
         .await
         .expect("run 1");
-    saver.inner.copy_thread("warm", "cold").await.expect("copy");
-    let head = saver
-        .inner
-        .get_tuple(&CheckpointConfig::thread("warm"))
-        .await
-        .expect("get")
-        .expect("head");
+    let head = copy_warm_to_cold(&saver).await;
     let mut head_channels: Vec<String> = head.checkpoint.channel_versions.keys().cloned().collect();
     head_channels.sort();
     assert!(head_channels.len() > 1, "{head_channels:?}");
@@ -657,13 +663,7 @@ async fn warm_and_cold_runs_agree_with_sends_joins_and_every_durability() {
         app.invoke(input("first"), thread("warm"))
             .await
             .expect("run 1");
-        saver.inner.copy_thread("warm", "cold").await.expect("copy");
-        let head = saver
-            .inner
-            .get_tuple(&CheckpointConfig::thread("warm"))
-            .await
-            .expect("get")
-            .expect("head");
+        let head = copy_warm_to_cold(&saver).await;
         // Sends, the join and both branches leave channels of their own in the head.
         for channel in ["__pregel_tasks", "join:a+b:join", "branch:to:b"] {
             assert!(
