@@ -210,8 +210,6 @@ pub(crate) fn get_tuple(
     config: &CheckpointConfig,
     known: Option<&Known>,
 ) -> Result<Option<CheckpointTuple>> {
-    // Runs once per invoke: the transaction's statements come from the statement cache
-    // instead of being parsed each time (`Connection::transaction` parses them).
     let tx = ReadTransaction::begin(conn)?;
     let rows = {
         let (sql, params): (&str, Vec<&dyn rusqlite::ToSql>) = match &config.checkpoint_id {
@@ -236,7 +234,8 @@ pub(crate) fn get_tuple(
     Ok(tuples.pop())
 }
 
-/// A read transaction begun and ended through cached statements. Dropped without
+/// A read transaction begun and ended through cached statements (`Connection::transaction`
+/// parses them each time, and the runtime's head read runs once per invoke). Dropped without
 /// [`commit`](Self::commit) (an error, a panic) it rolls back, so the connection, which may
 /// be the write connection, is never left inside a transaction.
 struct ReadTransaction<'c> {
@@ -411,9 +410,7 @@ pub(crate) fn list(conn: &mut Connection, query: &ListQuery) -> Result<Vec<Check
         return Ok(Vec::new());
     }
     let (sql, params, exact_in_sql) = list_sql(query);
-    let tx = conn
-        .transaction()
-        .map_err(sql_error("starting a read transaction"))?;
+    let tx = ReadTransaction::begin(conn)?;
     let rows = {
         let mut stmt = tx
             .prepare_cached(&sql)
@@ -426,7 +423,9 @@ pub(crate) fn list(conn: &mut Connection, query: &ListQuery) -> Result<Vec<Check
         rows
     };
     if exact_in_sql {
-        return assemble(&tx, rows, None);
+        let tuples = assemble(&tx, rows, None)?;
+        tx.commit()?;
+        return Ok(tuples);
     }
     // Decode metadata first, keep the matching rows up to the limit, then load their values.
     let limit = query.limit.unwrap_or(usize::MAX);
@@ -440,7 +439,9 @@ pub(crate) fn list(conn: &mut Connection, query: &ListQuery) -> Result<Vec<Check
             kept.push(row);
         }
     }
-    assemble(&tx, kept, None)
+    let tuples = assemble(&tx, kept, None)?;
+    tx.commit()?;
+    Ok(tuples)
 }
 
 fn location(row: &Row) -> DataLocation {
@@ -940,9 +941,7 @@ pub(crate) fn list_threads(
     if limit == 0 {
         return Ok(Vec::new());
     }
-    let tx = conn
-        .transaction()
-        .map_err(sql_error("starting a read transaction"))?;
+    let tx = ReadTransaction::begin(conn)?;
     let limit_sql = i64::try_from(limit).unwrap_or(i64::MAX);
     let groups: Vec<(String, String, i64, String)> = {
         let sql = if after.is_some() {
@@ -1030,5 +1029,6 @@ pub(crate) fn list_threads(
             latest,
         });
     }
+    tx.commit()?;
     Ok(out)
 }
