@@ -195,15 +195,31 @@ pub(crate) fn sql_error(what: impl fmt::Display) -> impl FnOnce(rusqlite::Error)
     }
 }
 
+/// Pauses between tries of something a busy database refused: 1 ms, doubling up to 20 ms.
+struct BusyBackoff(std::time::Duration);
+
+impl BusyBackoff {
+    fn new() -> Self {
+        BusyBackoff(std::time::Duration::from_millis(1))
+    }
+
+    /// The next pause.
+    fn next(&mut self) -> std::time::Duration {
+        let pause = self.0;
+        self.0 = (pause * 2).min(std::time::Duration::from_millis(20));
+        pause
+    }
+}
+
 /// Runs `f` again while it fails with "database is busy/locked", for at most `timeout`,
-/// backing off from 1 ms to 20 ms. For the few statements SQLite does not run through the
+/// backing off ([`BusyBackoff`]). For the few statements SQLite does not run through the
 /// busy handler.
 pub(crate) fn retry_busy<T>(
     timeout: std::time::Duration,
     mut f: impl FnMut() -> rusqlite::Result<T>,
 ) -> rusqlite::Result<T> {
     let deadline = std::time::Instant::now() + timeout;
-    let mut pause = std::time::Duration::from_millis(1);
+    let mut backoff = BusyBackoff::new();
     loop {
         match f() {
             Err(e)
@@ -212,8 +228,7 @@ pub(crate) fn retry_busy<T>(
                     Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked)
                 ) && std::time::Instant::now() < deadline =>
             {
-                std::thread::sleep(pause);
-                pause = (pause * 2).min(std::time::Duration::from_millis(20));
+                std::thread::sleep(backoff.next());
             }
             other => return other,
         }
@@ -502,7 +517,7 @@ impl SqliteSaver {
             return Ok(());
         }
         let deadline = std::time::Instant::now() + self.inner.busy_timeout;
-        let mut pause = std::time::Duration::from_millis(1);
+        let mut backoff = BusyBackoff::new();
         loop {
             // The first column of the pragma's row is 1 when the checkpoint did not complete.
             let busy = self
@@ -529,7 +544,7 @@ impl SqliteSaver {
             }
             // The background pass is the usual holder of the checkpoint lock: wait for it.
             // SQLite does not wait for a checkpoint lock held elsewhere (another saver on the
-            // file, the sqlite3 shell): back off from 1 ms to 20 ms instead of spinning.
+            // file, the sqlite3 shell): back off instead of spinning.
             let waited = match self.inner.checkpoints.clone() {
                 Some(requests) => {
                     tokio::task::spawn_blocking(move || requests.wait_while_running())
@@ -539,8 +554,7 @@ impl SqliteSaver {
                 None => false,
             };
             if !waited {
-                tokio::time::sleep(pause).await;
-                pause = (pause * 2).min(std::time::Duration::from_millis(20));
+                tokio::time::sleep(backoff.next()).await;
             }
         }
     }
