@@ -82,8 +82,9 @@
 //! (values are slow to pass through Lua: about 2 µs per KB). The links are joined in the
 //! client with one [`cairn_checkpoint::AppendChains`] per thread and namespace, oldest
 //! checkpoint first, so a listing joins each link once. `get_tuple_known` reads neither the
-//! values the caller holds nor their chains (unless it must extend their expiry, see below). No index is kept beside the values: `put`
-//! writes nothing more for an append value than for a whole one, and `copy_thread` (which
+//! values the caller holds nor their chains (unless it must extend their expiry, see below).
+//! No index is kept beside the values: `put` writes nothing more for an append value than
+//! for a whole one, and `copy_thread` (which
 //! copies every value as stored), expiry and deletion need no extra bookkeeping. A chain
 //! whose base is missing reads as [`cairn_checkpoint::Error::Corrupt`] naming the channel
 //! and version; so does a chain that loops (the script never visits a key twice).
