@@ -68,6 +68,53 @@ impl TypedValue {
     pub fn is_empty(&self) -> bool {
         self.data.is_empty()
     }
+
+    /// When this value and `later` are MessagePack lists and this one's items are, byte for
+    /// byte, the leading items of `later`: how many items this one holds. `None` otherwise
+    /// (other formats are not compared).
+    ///
+    /// An older version of an append-stored channel is such a prefix of a newer one, so a
+    /// reader that has decoded the newer list can take the older one's items from it instead
+    /// of decoding them again (what `get_state_history` does). MessagePack items are
+    /// self-delimiting, so equal leading bytes mean equal leading items.
+    ///
+    /// ```
+    /// use cairn_checkpoint::ValueCodec;
+    /// let codec = ValueCodec::default();
+    /// let older = codec.encode(&vec!["a", "b"])?;
+    /// let newer = codec.encode(&vec!["a", "b", "c"])?;
+    /// assert_eq!(older.list_prefix_of(&newer), Some(2));
+    /// assert_eq!(newer.list_prefix_of(&older), None);
+    /// assert_eq!(codec.encode(&vec!["x"])?.list_prefix_of(&newer), None);
+    /// # Ok::<(), cairn_checkpoint::Error>(())
+    /// ```
+    pub fn list_prefix_of(&self, later: &TypedValue) -> Option<usize> {
+        if self.type_tag != TAG_MSGPACK || later.type_tag != TAG_MSGPACK {
+            return None;
+        }
+        let (count, head) = msgpack_array_header(&self.data)?;
+        let (later_count, later_head) = msgpack_array_header(&later.data)?;
+        let items = self.data.get(head..)?;
+        let later_items = later.data.get(later_head..)?;
+        (count <= later_count && later_items.starts_with(items)).then_some(count)
+    }
+}
+
+/// The item count and header length of a MessagePack array, `None` if `data` does not start
+/// with one.
+fn msgpack_array_header(data: &[u8]) -> Option<(usize, usize)> {
+    match *data.first()? {
+        b @ 0x90..=0x9f => Some(((b & 0x0f) as usize, 1)),
+        0xdc => {
+            let n = u16::from_be_bytes(data.get(1..3)?.try_into().ok()?);
+            Some((n as usize, 3))
+        }
+        0xdd => {
+            let n = u32::from_be_bytes(data.get(1..5)?.try_into().ok()?);
+            Some((n as usize, 5))
+        }
+        _ => None,
+    }
 }
 
 /// The wire format a [`ValueCodec`] writes.
@@ -189,6 +236,59 @@ impl ValueCodec {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn list_prefixes_across_every_array_header_size() {
+        let codec = ValueCodec::default();
+        let list: Vec<u32> = (0..70_000).collect();
+        // fixarray, array16 and array32 headers, on both sides.
+        for (older, newer) in [
+            (0, 3),
+            (15, 16),
+            (16, 17),
+            (3, 65_535),
+            (65_535, 65_536),
+            (66_000, 70_000),
+        ] {
+            let a = codec.encode(&list[..older].to_vec()).unwrap();
+            let b = codec.encode(&list[..newer].to_vec()).unwrap();
+            assert_eq!(a.list_prefix_of(&b), Some(older), "{older} of {newer}");
+            assert_eq!(a.list_prefix_of(&a), Some(older));
+            assert_eq!(b.list_prefix_of(&a), None, "{newer} of {older}");
+        }
+    }
+
+    #[test]
+    fn values_that_are_not_list_prefixes() {
+        let codec = ValueCodec::default();
+        let newer = codec.encode(&vec!["a", "b", "c"]).unwrap();
+        // A different item, a map, a string, truncated and empty bytes, JSON.
+        assert_eq!(
+            codec
+                .encode(&vec!["a", "x"])
+                .unwrap()
+                .list_prefix_of(&newer),
+            None
+        );
+        let map = codec
+            .encode(&std::collections::BTreeMap::from([("a", 1)]))
+            .unwrap();
+        assert_eq!(map.list_prefix_of(&newer), None);
+        assert_eq!(codec.encode(&"a").unwrap().list_prefix_of(&newer), None);
+        let cut = TypedValue::new(TAG_MSGPACK, vec![0xdc, 0x01]);
+        assert_eq!(cut.list_prefix_of(&newer), None);
+        assert_eq!(newer.list_prefix_of(&cut), None);
+        assert_eq!(
+            TypedValue::new(TAG_MSGPACK, Vec::new()).list_prefix_of(&newer),
+            None
+        );
+        let json = ValueCodec::new(Format::Json);
+        let a = json.encode(&vec!["a"]).unwrap();
+        assert_eq!(
+            a.list_prefix_of(&json.encode(&vec!["a", "b"]).unwrap()),
+            None
+        );
+    }
 
     #[derive(Debug, PartialEq, Serialize, Deserialize)]
     struct Message {

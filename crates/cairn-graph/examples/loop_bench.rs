@@ -7,6 +7,9 @@
 //!   200 turns per thread (more turns go to further threads), each an invoke with one user
 //!   message. Reports turns/s on the in-memory saver and on SQLite.
 //!
+//! - History: one W1 thread of 200 turns (600 checkpoints), then its whole `get_state_history`
+//!   with values read again and again; reports milliseconds per whole history.
+//!
 //! Optional arguments: `[loop invokes] [chat turns] [filter]` (defaults 100, 200, and every
 //! case; a filter such as `loop-mem` or `chat-sqlite` runs only the cases whose key contains it).
 
@@ -115,6 +118,35 @@ async fn w1(
     Ok(())
 }
 
+async fn history(
+    name: &str,
+    saver: Arc<dyn CheckpointSaver>,
+    reads: usize,
+) -> Result<(), Box<dyn std::error::Error>> {
+    use futures::TryStreamExt;
+    let app = chat_graph().compile(saver)?;
+    let config = RunConfig::thread("history");
+    for i in 0..TURNS_PER_THREAD {
+        let update = ChatUpdate::default().messages(vec![Message {
+            role: "user".into(),
+            content: format!("{i:>6}{}", "u".repeat(194)),
+        }]);
+        app.invoke_shared(Some(update), config.clone()).await?;
+    }
+    let t = Instant::now();
+    let mut items = 0;
+    for _ in 0..reads {
+        let all: Vec<_> = app
+            .get_state_history(config.clone(), Default::default())
+            .try_collect()
+            .await?;
+        items += all.iter().map(|s| s.values.messages.len()).sum::<usize>();
+    }
+    let ms = t.elapsed().as_secs_f64() * 1e3 / reads as f64;
+    println!("History {name:<14} {ms:>8.2} ms per whole history ({items} messages read)");
+    Ok(())
+}
+
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
@@ -145,6 +177,18 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     if run("chat-sqlite") {
         let sqlite = Arc::new(SqliteSaver::open(dir.path().join("chat.db"))?);
         w1("SqliteSaver", sqlite, turns).await?;
+    }
+    if run("history-mem") {
+        history(
+            "InMemorySaver",
+            Arc::new(InMemorySaver::new()),
+            invokes / 10 + 1,
+        )
+        .await?;
+    }
+    if run("history-sqlite") {
+        let sqlite = Arc::new(SqliteSaver::open(dir.path().join("history.db"))?);
+        history("SqliteSaver", sqlite, invokes / 10 + 1).await?;
     }
     Ok(())
 }

@@ -450,16 +450,19 @@ impl<S: State> Channels<S> {
         tuple: &CheckpointTuple,
         codec: &ValueCodec,
     ) -> Result<Self> {
-        Channels::load_with(spec, tuple, codec, None)
+        Channels::load_with(spec, tuple, codec, None, None)
     }
 
     /// Like [`load`](Self::load); `state`, when given, is the checkpoint's already decoded
-    /// state (its fields are then not decoded again).
+    /// state (its fields are then not decoded again). `known`, when given, is another
+    /// checkpoint's decoded state and stored values: list fields whose items lead that
+    /// checkpoint's take them from it ([`State::decode_field_sharing`]).
     pub(crate) fn load_with(
         spec: &Spec<S>,
         tuple: &CheckpointTuple,
         codec: &ValueCodec,
         state: Option<Arc<S>>,
+        known: Option<(&S, &BTreeMap<String, TypedValue>)>,
     ) -> Result<Self> {
         let cached = state;
         let mut ch = Channels::new(spec);
@@ -495,9 +498,13 @@ impl<S: State> Channels<S> {
             };
             match spec.kind(c) {
                 Chan::Field(_) if cached.is_some() => {}
-                Chan::Field(f) => state
-                    .decode_field(f, value, codec)
-                    .map_err(|e| corrupt(name, e))?,
+                Chan::Field(f) => match known.and_then(|(k, v)| Some((k, v.get(name)?))) {
+                    Some((known, known_value)) => {
+                        state.decode_field_sharing(f, value, codec, known, known_value)
+                    }
+                    None => state.decode_field(f, value, codec),
+                }
+                .map_err(|e| corrupt(name, e))?,
                 Chan::Start => ch.input = Some(codec.decode(value).map_err(|e| corrupt(name, e))?),
                 Chan::Branch(n) => ch.branch[n] = true,
                 Chan::Join(j) => {

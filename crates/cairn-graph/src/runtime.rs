@@ -706,7 +706,7 @@ impl<S: State> CompiledGraph<S> {
         let replaying = config.checkpoint_id.is_some();
         let (mut channels, mut step, mut current, mut pending) = match &tuple {
             Some(t) => (
-                Channels::load_with(spec, t, &codec, cached_state)?,
+                Channels::load_with(spec, t, &codec, cached_state, None)?,
                 t.metadata.step.unwrap_or(-1) + 1,
                 Some(t.config.clone()),
                 if replaying {

@@ -1,11 +1,11 @@
 //! The state API: read a thread's state and history, change it, fork it.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use cairn_checkpoint::{
     CheckpointConfig, CheckpointMetadata, CheckpointSaver, CheckpointSource, CheckpointTuple,
-    KnownValues, ListQuery, MetadataFilter, ERROR, INTERRUPT, RESUME,
+    KnownValues, ListQuery, MetadataFilter, TypedValue, ERROR, INTERRUPT, RESUME,
 };
 use futures::Stream;
 
@@ -110,6 +110,10 @@ impl HistoryQuery {
 const HISTORY_PAGE: usize = 32;
 /// The largest page `get_state_history` reads at once.
 const HISTORY_PAGE_MAX: usize = 1024;
+/// Snapshots `get_state_history` decodes together, each taking the list items it shares
+/// with the one before it from that one (see `history_run`); at most this many decoded
+/// snapshots wait in the stream.
+const HISTORY_DECODE_RUN: usize = 32;
 
 impl<S: State> CompiledGraph<S> {
     fn require_saver(&self, operation: &'static str) -> Result<&Arc<dyn CheckpointSaver>> {
@@ -167,19 +171,24 @@ impl<S: State> CompiledGraph<S> {
         tuple: CheckpointTuple,
         latest: bool,
     ) -> Result<StateSnapshot<S>> {
-        self.snapshot_with(tuple, latest, None)
+        self.snapshot_with(tuple, latest, None, None)
+            .map(|(snapshot, _)| snapshot)
     }
 
     /// [`snapshot`](Self::snapshot) of a checkpoint whose state is `cached` when given (its
-    /// field values are then neither read nor decoded).
+    /// field values are then neither read nor decoded); `known`, when given, is another
+    /// checkpoint's state and stored values to take shared list items from. Also returns
+    /// the checkpoint's stored values.
     fn snapshot_with(
         &self,
-        tuple: CheckpointTuple,
+        mut tuple: CheckpointTuple,
         latest: bool,
         cached: Option<Arc<S>>,
-    ) -> Result<StateSnapshot<S>> {
+        known: Option<(&S, &BTreeMap<String, TypedValue>)>,
+    ) -> Result<(StateSnapshot<S>, BTreeMap<String, TypedValue>)> {
         let spec = &self.inner.spec;
-        let channels = Channels::load_with(spec, &tuple, &self.codec, cached)?;
+        let channels = Channels::load_with(spec, &tuple, &self.codec, cached, known)?;
+        let stored = std::mem::take(&mut tuple.checkpoint.channel_values);
         let step = tuple.metadata.step.unwrap_or(-1) + 1;
         let tasks = channels.prepare_tasks(
             spec,
@@ -248,7 +257,7 @@ impl<S: State> CompiledGraph<S> {
         // The prepared tasks hold the state too: drop them so the state is moved, not cloned.
         drop(prepared);
         let values = Arc::try_unwrap(channels.state).unwrap_or_else(|s| (*s).clone());
-        Ok(StateSnapshot {
+        let snapshot = StateSnapshot {
             values,
             next,
             created_at: tuple.checkpoint.ts.clone(),
@@ -257,7 +266,28 @@ impl<S: State> CompiledGraph<S> {
             parent_config: tuple.parent_config,
             tasks,
             interrupts,
-        })
+        };
+        Ok((snapshot, stored))
+    }
+
+    /// Snapshots of the next `n` checkpoints of a history page (newest first). Each older
+    /// checkpoint's list fields are usually the leading items of the one before it: they
+    /// are cloned from that one's decoded state instead of being decoded again, which
+    /// roughly halves the cost of reading a long chat's history.
+    fn history_run(
+        &self,
+        page: &mut impl Iterator<Item = CheckpointTuple>,
+        n: usize,
+    ) -> Result<Vec<StateSnapshot<S>>> {
+        let mut run: Vec<StateSnapshot<S>> = Vec::with_capacity(n);
+        let mut known_values = None;
+        for tuple in page.take(n) {
+            let known = run.last().map(|s| &s.values).zip(known_values.as_ref());
+            let (snapshot, stored) = self.snapshot_with(tuple, false, None, known)?;
+            known_values = Some(stored);
+            run.push(snapshot);
+        }
+        Ok(run)
     }
 
     /// The state at the thread's latest checkpoint (or at `config.checkpoint_id`); `None`
@@ -286,8 +316,8 @@ impl<S: State> CompiledGraph<S> {
             .await?
         {
             Some(tuple) if tuple.checkpoint.id == cached.id => self
-                .snapshot_with(tuple, latest, Some(cached.state))
-                .map(Some),
+                .snapshot_with(tuple, latest, Some(cached.state), None)
+                .map(|(snapshot, _)| Some(snapshot)),
             Some(tuple) => self.snapshot(tuple, latest).map(Some),
             None => Ok(None),
         }
@@ -327,6 +357,7 @@ impl<S: State> CompiledGraph<S> {
             before: Option<String>,
             remaining: usize,
             page: std::vec::IntoIter<CheckpointTuple>,
+            ready: std::vec::IntoIter<StateSnapshot<S>>,
             page_size: usize,
             done: bool,
         }
@@ -346,6 +377,7 @@ impl<S: State> CompiledGraph<S> {
             before,
             remaining: query.limit.unwrap_or(usize::MAX),
             page: Vec::new().into_iter(),
+            ready: Vec::new().into_iter(),
             page_size: HISTORY_PAGE,
             done: false,
         };
@@ -354,10 +386,14 @@ impl<S: State> CompiledGraph<S> {
                 if c.remaining == 0 {
                     return Ok(None);
                 }
-                if let Some(tuple) = c.page.next() {
+                if let Some(snapshot) = c.ready.next() {
                     c.remaining -= 1;
-                    let snapshot = c.graph.snapshot(tuple, false)?;
                     return Ok(Some((snapshot, c)));
+                }
+                if c.page.len() > 0 {
+                    let n = c.remaining.min(HISTORY_DECODE_RUN);
+                    c.ready = c.graph.history_run(&mut c.page, n)?.into_iter();
+                    continue;
                 }
                 if c.done {
                     return Ok(None);

@@ -63,6 +63,23 @@ pub trait State: Clone + Default + Send + Sync + Serialize + DeserializeOwned + 
     /// Replaces field `index` with the decoded `value`.
     fn decode_field(&mut self, index: usize, value: &TypedValue, codec: &ValueCodec) -> Result<()>;
 
+    /// Like [`decode_field`](Self::decode_field), for a value that may be an older version of
+    /// the same field of `known`, whose stored value was `known_value`: a `Vec` field with the
+    /// append reducer whose items are the leading items of `known_value`
+    /// ([`TypedValue::list_prefix_of`]) takes them from `known` instead of decoding them.
+    /// Every other field is decoded (the default).
+    fn decode_field_sharing(
+        &mut self,
+        index: usize,
+        value: &TypedValue,
+        codec: &ValueCodec,
+        known: &Self,
+        known_value: &TypedValue,
+    ) -> Result<()> {
+        let _ = (known, known_value);
+        self.decode_field(index, value, codec)
+    }
+
     /// Encodes each field `update` writes, as `(field index, value)`.
     fn encode_update(update: &Self::Update, codec: &ValueCodec)
         -> Result<Vec<(usize, TypedValue)>>;
@@ -161,6 +178,12 @@ pub mod __private {
 
     /// Storage of a `Vec` field with the append reducer: item by item.
     pub trait ItemByItem {
+        /// The field's type.
+        type Value;
+        /// The items of `value` when they are the leading items of `known_value`, the
+        /// stored form of this field: taken from this field, not decoded.
+        fn shared_items(&self, value: &TypedValue, known_value: &TypedValue)
+            -> Option<Self::Value>;
         /// How many items the field holds.
         fn item_count(&self) -> Option<usize>;
         /// The items from `from` on, as an append value extending `base`.
@@ -172,7 +195,12 @@ pub mod __private {
         ) -> Result<Option<TypedValue>>;
     }
 
-    impl<T: serde::Serialize> ItemByItem for Field<'_, Vec<T>> {
+    impl<T: serde::Serialize + Clone> ItemByItem for Field<'_, Vec<T>> {
+        type Value = Vec<T>;
+        fn shared_items(&self, value: &TypedValue, known_value: &TypedValue) -> Option<Vec<T>> {
+            let count = value.list_prefix_of(known_value)?;
+            self.0.get(..count).map(<[T]>::to_vec)
+        }
         fn item_count(&self) -> Option<usize> {
             Some(self.0.len())
         }
@@ -191,6 +219,11 @@ pub mod __private {
 
     /// Storage of any other field: whole.
     pub trait Whole {
+        /// The field's type.
+        type Value;
+        /// `None`: decoded as a whole.
+        fn shared_items(&self, value: &TypedValue, known_value: &TypedValue)
+            -> Option<Self::Value>;
         /// `None`: not stored item by item.
         fn item_count(&self) -> Option<usize>;
         /// `None`: not stored item by item.
@@ -203,6 +236,10 @@ pub mod __private {
     }
 
     impl<T> Whole for &Field<'_, T> {
+        type Value = T;
+        fn shared_items(&self, _value: &TypedValue, _known_value: &TypedValue) -> Option<T> {
+            None
+        }
         fn item_count(&self) -> Option<usize> {
             None
         }

@@ -137,6 +137,7 @@ fn expand(input: DeriveInput) -> syn::Result<TokenStream2> {
     let mut decode_updates = Vec::new();
     let mut item_counts = Vec::new();
     let mut encode_items = Vec::new();
+    let mut shared_decodes = Vec::new();
 
     for (index, field) in fields.named.iter().enumerate() {
         let ident = field
@@ -199,6 +200,16 @@ fn expand(input: DeriveInput) -> syn::Result<TokenStream2> {
             });
             encode_items.push(quote! {
                 #index => (&#private::Field(&self.#ident)).encode_items(from, base, codec),
+            });
+            shared_decodes.push(quote! {
+                #index => {
+                    if let ::core::option::Option::Some(items) =
+                        (&#private::Field(&known.#ident)).shared_items(value, known_value)
+                    {
+                        self.#ident = items;
+                        return ::core::result::Result::Ok(());
+                    }
+                }
             });
         }
         encodes.push(quote! { #index => codec.encode(&self.#ident), });
@@ -299,6 +310,24 @@ fn expand(input: DeriveInput) -> syn::Result<TokenStream2> {
                     #(#decodes)*
                     _ => ::core::result::Result::Err(#private::no_such_field(index)),
                 }
+            }
+
+            fn decode_field_sharing(
+                &mut self,
+                index: usize,
+                value: &#private::TypedValue,
+                codec: &#private::ValueCodec,
+                known: &Self,
+                known_value: &#private::TypedValue,
+            ) -> #private::Result<()> {
+                #[allow(unused_imports)]
+                use #private::{ItemByItem as _, Whole as _};
+                let _ = (known, known_value);
+                match index {
+                    #(#shared_decodes)*
+                    _ => {}
+                }
+                self.decode_field(index, value, codec)
             }
 
             fn encode_update(
