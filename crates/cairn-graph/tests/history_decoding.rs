@@ -1,0 +1,222 @@
+//! `get_state_history` decodes a list field once per run of snapshots: an older checkpoint's
+//! list, whose items lead the newer one's, is taken from the newer snapshot's decoded state.
+//! These tests count item decodes and check every snapshot against a cold `get_state`,
+//! across forks (where an older list is not a prefix of the newer one) and long histories
+//! read in several pages, on the in-memory saver and on SQLite.
+
+use std::cell::Cell;
+use std::sync::Arc;
+
+use cairn_checkpoint::{CheckpointSaver, CheckpointSource, InMemorySaver};
+use cairn_graph::{
+    CompiledGraph, HistoryQuery, RunConfig, State, StateGraph, StateSnapshot, END, START,
+};
+use futures::TryStreamExt;
+use serde::{Deserialize, Serialize};
+
+thread_local! {
+    /// Messages decoded on this thread (tests run on a current-thread runtime, and the
+    /// runtime decodes snapshots on the caller's task).
+    static DECODED: Cell<usize> = const { Cell::new(0) };
+}
+
+fn decoded() -> usize {
+    DECODED.with(Cell::get)
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(from = "StoredMsg")]
+struct Msg {
+    content: String,
+}
+
+#[derive(Deserialize)]
+struct StoredMsg {
+    content: String,
+}
+
+impl From<StoredMsg> for Msg {
+    fn from(m: StoredMsg) -> Self {
+        DECODED.with(|d| d.set(d.get() + 1));
+        Msg { content: m.content }
+    }
+}
+
+#[derive(Clone, Default, Debug, PartialEq, Serialize, Deserialize, State)]
+struct Chat {
+    #[reducer(append)]
+    messages: Vec<Msg>,
+    #[reducer(add)]
+    turns: i64,
+}
+
+fn say(text: &str) -> ChatUpdate {
+    ChatUpdate::default().messages(vec![Msg {
+        content: text.into(),
+    }])
+}
+
+fn app(sqlite: bool) -> (CompiledGraph<Chat>, Option<tempfile::TempDir>) {
+    let (saver, dir): (Arc<dyn CheckpointSaver>, _) = if sqlite {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let saver = cairn_sqlite::SqliteSaver::open(dir.path().join("h.sqlite")).expect("open");
+        (Arc::new(saver), Some(dir))
+    } else {
+        (Arc::new(InMemorySaver::new()), None)
+    };
+    let mut g = StateGraph::<Chat>::new();
+    g.add_sync_node("reply", |s: &Chat| {
+        Ok(ChatUpdate::default()
+            .messages(vec![Msg {
+                content: format!("reply {}", s.messages.len()),
+            }])
+            .turns(1))
+    })
+    .add_edge(START, "reply")
+    .add_edge("reply", END);
+    (g.compile(saver).expect("compile"), dir)
+}
+
+async fn chat(app: &CompiledGraph<Chat>, config: &RunConfig, turns: std::ops::Range<usize>) {
+    for i in turns {
+        app.invoke_shared(Some(say(&format!("user {i}"))), config.clone())
+            .await
+            .expect("turn");
+    }
+}
+
+async fn history(app: &CompiledGraph<Chat>, thread: &str) -> Vec<StateSnapshot<Chat>> {
+    app.get_state_history(RunConfig::thread(thread), HistoryQuery::default())
+        .try_collect()
+        .await
+        .expect("history")
+}
+
+/// Messages an input checkpoint's pending input holds (one user message each), which
+/// `get_state_history` decodes too (the snapshot's next tasks come from it).
+fn inputs(snapshots: &[StateSnapshot<Chat>]) -> usize {
+    snapshots
+        .iter()
+        .filter(|s| s.metadata.source == Some(CheckpointSource::Input))
+        .count()
+}
+
+/// Every snapshot's values equal what a cold `get_state` of its checkpoint decodes.
+async fn check_against_get_state(app: &CompiledGraph<Chat>, snapshots: &[StateSnapshot<Chat>]) {
+    for snap in snapshots {
+        let cold = app
+            .get_state(snap.config.clone())
+            .await
+            .expect("get_state")
+            .expect("the checkpoint exists");
+        assert_eq!(
+            snap.values, cold.values,
+            "at {:?}",
+            snap.config.checkpoint_id
+        );
+    }
+}
+
+macro_rules! on_both_savers {
+    ($($name:ident),* $(,)?) => {
+        mod memory {
+            $( #[tokio::test] async fn $name() { super::$name(false).await } )*
+        }
+        mod sqlite {
+            $( #[tokio::test] async fn $name() { super::$name(true).await } )*
+        }
+    };
+}
+
+on_both_savers!(
+    a_linear_history_decodes_only_the_newest_list,
+    a_fork_is_decoded_whole_and_its_neighbours_stay_right,
+    a_long_history_decodes_one_list_per_run,
+);
+
+async fn a_linear_history_decodes_only_the_newest_list(sqlite: bool) {
+    let (app, _dir) = app(sqlite);
+    let config = RunConfig::thread("t");
+    chat(&app, &config, 0..10).await;
+    let before = decoded();
+    let snapshots = history(&app, "t").await;
+    // 30 checkpoints, within one decode run: only the newest list (20 messages) is decoded,
+    // and each turn's input.
+    assert_eq!(snapshots.len(), 30);
+    assert_eq!(inputs(&snapshots), 10);
+    assert_eq!(decoded() - before, 20 + 10);
+    let lengths: Vec<usize> = snapshots.iter().map(|s| s.values.messages.len()).collect();
+    let want: Vec<usize> = (0..10)
+        .rev()
+        .flat_map(|t| [2 * t + 2, 2 * t + 1, 2 * t])
+        .collect();
+    assert_eq!(lengths, want);
+    check_against_get_state(&app, &snapshots).await;
+}
+
+async fn a_fork_is_decoded_whole_and_its_neighbours_stay_right(sqlite: bool) {
+    let (app, _dir) = app(sqlite);
+    let config = RunConfig::thread("f");
+    chat(&app, &config, 0..2).await;
+    // Fork from the end of the first turn with three messages of its own: the fork's oldest
+    // list (5 messages) is longer than the original branch's newest (4), which comes right
+    // after it in history, and they part at the third message.
+    let after_first = history(&app, "f")
+        .await
+        .into_iter()
+        .find(|s| s.values.messages.len() == 2 && s.next.is_empty())
+        .expect("the end of the first turn");
+    let three = ["fork a", "fork b", "fork c"].map(|c| Msg { content: c.into() });
+    let fork = app
+        .update_state(
+            after_first.config.clone(),
+            ChatUpdate::default().messages(three.to_vec()),
+            Some("reply"),
+        )
+        .await
+        .expect("fork");
+    app.invoke_shared(Some(say("on the fork")), RunConfig::from(fork))
+        .await
+        .expect("continue the fork");
+    let before = decoded();
+    let snapshots = history(&app, "f").await;
+    let decoded_items = decoded() - before;
+    let contents: Vec<Vec<String>> = snapshots
+        .iter()
+        .map(|s| {
+            s.values
+                .messages
+                .iter()
+                .map(|m| m.content.clone())
+                .collect()
+        })
+        .collect();
+    let fork_start = ["user 0", "reply 1", "fork a", "fork b", "fork c"];
+    assert_eq!(contents[0].len(), 7);
+    assert_eq!(contents[0][..5], fork_start);
+    assert_eq!(contents[2], fork_start, "the fork's input checkpoint");
+    assert_eq!(contents[3], fork_start, "the fork's update checkpoint");
+    assert_eq!(contents[4], ["user 0", "reply 1", "user 1", "reply 3"]);
+    // The fork's newest list (7 messages) and the original branch's newest (4) are decoded,
+    // and the inputs (two turns and the fork's); the rest are shared.
+    assert_eq!(inputs(&snapshots), 3);
+    assert_eq!(decoded_items, 7 + 4 + 3, "items decoded");
+    check_against_get_state(&app, &snapshots).await;
+}
+
+async fn a_long_history_decodes_one_list_per_run(sqlite: bool) {
+    let (app, _dir) = app(sqlite);
+    let config = RunConfig::thread("l");
+    // 40 turns, 120 checkpoints: history pages of 32 and 64, then the last 24, decoded in
+    // runs of up to 32; each run decodes its newest list once.
+    chat(&app, &config, 0..40).await;
+    let before = decoded();
+    let snapshots = history(&app, "l").await;
+    assert_eq!(snapshots.len(), 120);
+    let run_heads: usize = [0, 32, 64, 96]
+        .iter()
+        .map(|&i| snapshots[i].values.messages.len())
+        .sum();
+    assert_eq!(decoded() - before, run_heads + inputs(&snapshots));
+    check_against_get_state(&app, &snapshots).await;
+}
