@@ -8,7 +8,8 @@
 //!   message. Reports turns/s on the in-memory saver and on SQLite.
 //!
 //! - History: one W1 thread of 200 turns (600 checkpoints), then its whole `get_state_history`
-//!   with values read again and again; reports milliseconds per whole history.
+//!   with values read again and again; reports milliseconds per whole history, and per
+//!   `list` of the same checkpoints straight from the saver (the part the saver takes).
 //!
 //! Optional arguments: `[loop invokes] [chat turns] [filter]` (defaults 100, 200, and every
 //! case; a filter such as `loop-mem` or `chat-sqlite` runs only the cases whose key contains it).
@@ -124,6 +125,7 @@ async fn history(
     reads: usize,
 ) -> Result<(), Box<dyn std::error::Error>> {
     use futures::TryStreamExt;
+    let list_saver = saver.clone();
     let app = chat_graph().compile(saver)?;
     let config = RunConfig::thread("history");
     for i in 0..TURNS_PER_THREAD {
@@ -144,6 +146,15 @@ async fn history(
     }
     let ms = t.elapsed().as_secs_f64() * 1e3 / reads as f64;
     println!("History {name:<14} {ms:>8.2} ms per whole history ({items} messages read)");
+    let t = Instant::now();
+    for _ in 0..reads {
+        let all = list_saver
+            .list(&cairn_checkpoint::ListQuery::thread("history"))
+            .await?;
+        items += all.len();
+    }
+    let ms = t.elapsed().as_secs_f64() * 1e3 / reads as f64;
+    println!("List    {name:<14} {ms:>8.2} ms per list");
     Ok(())
 }
 
