@@ -102,13 +102,13 @@ impl HistoryQuery {
     }
 }
 
-/// Checkpoints read by the first `list` call while paging through history; each further
-/// page is twice as large, up to [`HISTORY_PAGE_MAX`]. The first snapshots come quickly, and
-/// a long walk takes few calls: each call resolves the append chains of its checkpoints from
-/// their roots, so reading 600 checkpoints in 5 pages instead of 19 reads each chain's links
-/// 5 times instead of 19.
+/// Checkpoints read by the first `list` call while paging through history; every further
+/// page is [`HISTORY_PAGE_MAX`] (or what is left of the caller's limit). The first snapshots
+/// come quickly, and a long walk takes few calls: each call resolves the append chains of its
+/// checkpoints from their roots, so reading 600 checkpoints in 2 pages instead of 5 (pages
+/// doubling in size) or 19 (pages of 32) reads each chain's links twice.
 const HISTORY_PAGE: usize = 32;
-/// The largest page `get_state_history` reads at once.
+/// The pages `get_state_history` reads after the first.
 const HISTORY_PAGE_MAX: usize = 1024;
 /// Snapshots `get_state_history` decodes together, each taking the list items it shares
 /// with the one before it from that one (see `history_run`); at most this many decoded
@@ -402,7 +402,7 @@ impl<S: State> CompiledGraph<S> {
                 let mut q = c.base.clone();
                 q.before = c.before.clone();
                 let page_size = c.remaining.min(c.page_size);
-                c.page_size = (c.page_size * 2).min(HISTORY_PAGE_MAX);
+                c.page_size = HISTORY_PAGE_MAX;
                 q.limit = Some(page_size);
                 let page = saver.list(&q).await?;
                 if page.len() < page_size {

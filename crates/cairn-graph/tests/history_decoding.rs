@@ -207,7 +207,7 @@ async fn a_fork_is_decoded_whole_and_its_neighbours_stay_right(sqlite: bool) {
 async fn a_long_history_decodes_one_list_per_run(sqlite: bool) {
     let (app, _dir) = app(sqlite);
     let config = RunConfig::thread("l");
-    // 40 turns, 120 checkpoints: history pages of 32 and 64, then the last 24, decoded in
+    // 40 turns, 120 checkpoints: a history page of 32, then one of the other 88, decoded in
     // runs of up to 32; each run decodes its newest list once.
     chat(&app, &config, 0..40).await;
     let before = decoded();
@@ -219,4 +219,102 @@ async fn a_long_history_decodes_one_list_per_run(sqlite: bool) {
         .sum();
     assert_eq!(decoded() - before, run_heads + inputs(&snapshots));
     check_against_get_state(&app, &snapshots).await;
+}
+
+/// Records the limit of every `list` call, then passes calls on to an in-memory saver.
+#[derive(Default)]
+struct ListLimits {
+    inner: InMemorySaver,
+    limits: std::sync::Mutex<Vec<Option<usize>>>,
+}
+
+#[async_trait::async_trait]
+impl CheckpointSaver for ListLimits {
+    async fn get_tuple(
+        &self,
+        config: &cairn_checkpoint::CheckpointConfig,
+    ) -> cairn_checkpoint::Result<Option<cairn_checkpoint::CheckpointTuple>> {
+        self.inner.get_tuple(config).await
+    }
+    async fn list(
+        &self,
+        query: &cairn_checkpoint::ListQuery,
+    ) -> cairn_checkpoint::Result<Vec<cairn_checkpoint::CheckpointTuple>> {
+        self.limits
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(query.limit);
+        self.inner.list(query).await
+    }
+    async fn put(
+        &self,
+        config: &cairn_checkpoint::CheckpointConfig,
+        checkpoint: cairn_checkpoint::Checkpoint,
+        metadata: cairn_checkpoint::CheckpointMetadata,
+        new_versions: cairn_checkpoint::ChannelVersions,
+    ) -> cairn_checkpoint::Result<cairn_checkpoint::CheckpointConfig> {
+        self.inner
+            .put(config, checkpoint, metadata, new_versions)
+            .await
+    }
+    async fn put_writes(
+        &self,
+        config: &cairn_checkpoint::CheckpointConfig,
+        writes: Vec<(String, cairn_checkpoint::TypedValue)>,
+        task_id: &str,
+        task_path: &str,
+    ) -> cairn_checkpoint::Result<()> {
+        self.inner
+            .put_writes(config, writes, task_id, task_path)
+            .await
+    }
+    async fn delete_thread(&self, thread_id: &str) -> cairn_checkpoint::Result<()> {
+        self.inner.delete_thread(thread_id).await
+    }
+    async fn copy_thread(&self, source: &str, target: &str) -> cairn_checkpoint::Result<()> {
+        self.inner.copy_thread(source, target).await
+    }
+    async fn prune(
+        &self,
+        thread_ids: &[String],
+        strategy: cairn_checkpoint::PruneStrategy,
+    ) -> cairn_checkpoint::Result<()> {
+        self.inner.prune(thread_ids, strategy).await
+    }
+    async fn delete_for_runs(&self, run_ids: &[String]) -> cairn_checkpoint::Result<()> {
+        self.inner.delete_for_runs(run_ids).await
+    }
+    fn get_next_version(
+        &self,
+        current: Option<&cairn_checkpoint::ChannelVersion>,
+    ) -> cairn_checkpoint::ChannelVersion {
+        self.inner.get_next_version(current)
+    }
+}
+
+/// A long history is read as a first page of 32, then pages of up to 1,024; a limit caps
+/// every page at what is left of it.
+#[tokio::test]
+async fn history_pages_are_32_then_up_to_1024_within_the_limit() {
+    let saver = Arc::new(ListLimits::default());
+    let mut g = StateGraph::<Chat>::new();
+    g.add_sync_node("reply", |_s: &Chat| Ok(ChatUpdate::default().turns(1)))
+        .add_edge(START, "reply")
+        .add_edge("reply", END);
+    let app = g.compile(saver.clone()).expect("compile");
+    let config = RunConfig::thread("pages");
+    chat(&app, &config, 0..400).await;
+    let take =
+        |s: &ListLimits| std::mem::take(&mut *s.limits.lock().unwrap_or_else(|p| p.into_inner()));
+    take(&saver);
+    // 1,200 checkpoints: 32, 1,024, then the 144 left (a short page ends the walk).
+    assert_eq!(history(&app, "pages").await.len(), 1200);
+    assert_eq!(take(&saver), [Some(32), Some(1024), Some(1024)]);
+    let limited: Vec<_> = app
+        .get_state_history(config.clone(), HistoryQuery::default().limit(50))
+        .try_collect()
+        .await
+        .expect("history");
+    assert_eq!(limited.len(), 50);
+    assert_eq!(take(&saver), [Some(32), Some(18)]);
 }
