@@ -5,16 +5,17 @@
 
 use std::sync::{Arc, Mutex};
 
-use async_trait::async_trait;
 use cairn_checkpoint::{
-    ChannelVersion, ChannelVersions, Checkpoint, CheckpointConfig, CheckpointMetadata,
-    CheckpointSaver, CheckpointTuple, InMemorySaver, ListQuery, PruneStrategy, TypedValue,
+    Checkpoint, CheckpointConfig, CheckpointSaver, InMemorySaver, PruneStrategy, TypedValue,
     ValueCodec, TAG_APPEND,
 };
 use cairn_graph::{
     CompiledGraph, Durability, HistoryQuery, RunConfig, State, StateGraph, END, START,
 };
 use futures::TryStreamExt;
+use support::{Observed, Observer};
+
+mod support;
 use serde::{Deserialize, Serialize};
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -52,75 +53,24 @@ fn contents(chat: &Chat) -> Vec<String> {
     chat.messages.iter().map(|m| m.content.clone()).collect()
 }
 
-/// Records the stored form of every `messages` value put, then passes the call on.
-struct Recording {
-    inner: Arc<dyn CheckpointSaver>,
-    messages: Mutex<Vec<TypedValue>>,
-}
+/// Records the stored form of every `messages` value put.
+#[derive(Default)]
+struct MessagesPut(Mutex<Vec<TypedValue>>);
 
-#[async_trait]
-impl CheckpointSaver for Recording {
-    async fn get_tuple(
-        &self,
-        config: &CheckpointConfig,
-    ) -> cairn_checkpoint::Result<Option<CheckpointTuple>> {
-        self.inner.get_tuple(config).await
-    }
-    async fn list(&self, query: &ListQuery) -> cairn_checkpoint::Result<Vec<CheckpointTuple>> {
-        self.inner.list(query).await
-    }
-    async fn put(
-        &self,
-        config: &CheckpointConfig,
-        checkpoint: Checkpoint,
-        metadata: CheckpointMetadata,
-        new_versions: ChannelVersions,
-    ) -> cairn_checkpoint::Result<CheckpointConfig> {
+impl Observer for MessagesPut {
+    fn putting(&self, checkpoint: &Checkpoint) {
         if let Some(v) = checkpoint.channel_values.get("messages") {
-            self.messages
+            self.0
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .push(v.clone());
         }
-        self.inner
-            .put(config, checkpoint, metadata, new_versions)
-            .await
-    }
-    async fn put_writes(
-        &self,
-        config: &CheckpointConfig,
-        writes: Vec<(String, TypedValue)>,
-        task_id: &str,
-        task_path: &str,
-    ) -> cairn_checkpoint::Result<()> {
-        self.inner
-            .put_writes(config, writes, task_id, task_path)
-            .await
-    }
-    async fn delete_thread(&self, thread_id: &str) -> cairn_checkpoint::Result<()> {
-        self.inner.delete_thread(thread_id).await
-    }
-    async fn copy_thread(&self, source: &str, target: &str) -> cairn_checkpoint::Result<()> {
-        self.inner.copy_thread(source, target).await
-    }
-    async fn prune(
-        &self,
-        thread_ids: &[String],
-        strategy: PruneStrategy,
-    ) -> cairn_checkpoint::Result<()> {
-        self.inner.prune(thread_ids, strategy).await
-    }
-    async fn delete_for_runs(&self, run_ids: &[String]) -> cairn_checkpoint::Result<()> {
-        self.inner.delete_for_runs(run_ids).await
-    }
-    fn get_next_version(&self, current: Option<&ChannelVersion>) -> ChannelVersion {
-        self.inner.get_next_version(current)
     }
 }
 
 struct Setup {
     app: CompiledGraph<Chat>,
-    saver: Arc<Recording>,
+    saver: Arc<Observed<MessagesPut>>,
     _dir: Option<tempfile::TempDir>,
 }
 
@@ -133,10 +83,7 @@ fn setup(sqlite: bool) -> Setup {
     } else {
         (Arc::new(InMemorySaver::new()), None)
     };
-    let saver = Arc::new(Recording {
-        inner,
-        messages: Mutex::new(Vec::new()),
-    });
+    let saver = Arc::new(Observed::new(inner, MessagesPut::default()));
     let mut g = StateGraph::<Chat>::new();
     g.add_sync_node("reply", |s: &Chat| {
         let last = s
@@ -207,15 +154,15 @@ async fn growing_lists_are_stored_as_appends(sqlite: bool) {
         .collect();
     let texts: Vec<&str> = texts.iter().map(String::as_str).collect();
     let stored_after = |n: usize| -> usize {
-        let stored = s.saver.messages.lock().expect("lock");
+        let stored = s.saver.observer.0.lock().expect("lock");
         stored[..n].iter().map(TypedValue::len).sum()
     };
     let half = chat(&s.app, RunConfig::thread("t"), &texts[..30]).await;
-    let half_puts = s.saver.messages.lock().expect("lock").len();
+    let half_puts = s.saver.observer.0.lock().expect("lock").len();
     let out = chat(&s.app, RunConfig::thread("t"), &texts[30..]).await;
     assert_eq!(contents(&out), expected(&texts));
 
-    let stored = s.saver.messages.lock().expect("lock").clone();
+    let stored = s.saver.observer.0.lock().expect("lock").clone();
     assert_eq!(
         stored[0].type_tag, "msgpack",
         "the first value is stored whole"

@@ -12,13 +12,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 
-use async_trait::async_trait;
-use cairn_checkpoint::{
-    ChannelVersion, Checkpoint, CheckpointConfig, CheckpointMetadata, CheckpointSaver,
-    CheckpointTuple, InMemorySaver, ListQuery, PruneStrategy, TypedValue,
-};
+use cairn_checkpoint::InMemorySaver;
 use cairn_graph::{current_task, CompiledGraph, RunConfig, State, StateGraph, END, START};
 use serde::{Deserialize, Serialize};
+use support::{Observed, Observer};
+
+mod support;
 
 #[derive(Clone, Default, Debug, PartialEq, Serialize, Deserialize, State)]
 struct Job {
@@ -100,70 +99,17 @@ fn job_graph(side_file: Option<PathBuf>) -> StateGraph<Job> {
     g
 }
 
-/// A saver that notes in the side file each task whose writes were durably saved.
-struct RecordingSaver<S> {
-    inner: S,
-    side_file: PathBuf,
-}
+/// Notes in the side file each task whose writes were durably saved, and reports progress
+/// after each save.
+struct SideFile(PathBuf);
 
-#[async_trait]
-impl<S: CheckpointSaver> CheckpointSaver for RecordingSaver<S> {
-    async fn get_tuple(
-        &self,
-        config: &CheckpointConfig,
-    ) -> cairn_checkpoint::Result<Option<CheckpointTuple>> {
-        self.inner.get_tuple(config).await
-    }
-    async fn list(&self, query: &ListQuery) -> cairn_checkpoint::Result<Vec<CheckpointTuple>> {
-        self.inner.list(query).await
-    }
-    async fn put(
-        &self,
-        config: &CheckpointConfig,
-        checkpoint: Checkpoint,
-        metadata: CheckpointMetadata,
-        new_versions: cairn_checkpoint::ChannelVersions,
-    ) -> cairn_checkpoint::Result<CheckpointConfig> {
-        let step = metadata.step;
-        let saved = self
-            .inner
-            .put(config, checkpoint, metadata, new_versions)
-            .await?;
+impl Observer for SideFile {
+    fn put_done(&self, step: Option<i64>) {
         progress(&format!("checkpoint {step:?}"));
-        Ok(saved)
     }
-    async fn put_writes(
-        &self,
-        config: &CheckpointConfig,
-        writes: Vec<(String, TypedValue)>,
-        task_id: &str,
-        task_path: &str,
-    ) -> cairn_checkpoint::Result<()> {
-        self.inner
-            .put_writes(config, writes, task_id, task_path)
-            .await?;
-        append_line(&self.side_file, &format!("saved {task_id}"));
+    fn writes_done(&self, task_id: &str) {
+        append_line(&self.0, &format!("saved {task_id}"));
         progress("saved");
-        Ok(())
-    }
-    async fn delete_thread(&self, thread_id: &str) -> cairn_checkpoint::Result<()> {
-        self.inner.delete_thread(thread_id).await
-    }
-    async fn copy_thread(&self, source: &str, target: &str) -> cairn_checkpoint::Result<()> {
-        self.inner.copy_thread(source, target).await
-    }
-    async fn prune(
-        &self,
-        thread_ids: &[String],
-        strategy: PruneStrategy,
-    ) -> cairn_checkpoint::Result<()> {
-        self.inner.prune(thread_ids, strategy).await
-    }
-    async fn delete_for_runs(&self, run_ids: &[String]) -> cairn_checkpoint::Result<()> {
-        self.inner.delete_for_runs(run_ids).await
-    }
-    fn get_next_version(&self, current: Option<&ChannelVersion>) -> ChannelVersion {
-        self.inner.get_next_version(current)
     }
 }
 
@@ -174,10 +120,7 @@ fn input() -> JobUpdate {
 /// The worker: starts or resumes the job on the SQLite file, prints DONE at the end.
 async fn worker(db: PathBuf, side_file: PathBuf) {
     let saver = cairn_sqlite::SqliteSaver::open(&db).expect("open sqlite");
-    let saver = Arc::new(RecordingSaver {
-        inner: saver,
-        side_file: side_file.clone(),
-    });
+    let saver = Arc::new(Observed::new(Arc::new(saver), SideFile(side_file.clone())));
     let app: CompiledGraph<Job> = job_graph(Some(side_file)).compile(saver).expect("compile");
     let config = RunConfig::thread(THREAD).with_recursion_limit(100);
     let input = match app.get_state(config.clone()).await.expect("get_state") {

@@ -13,6 +13,9 @@ use cairn_graph::{
 };
 use futures::TryStreamExt;
 use serde::{Deserialize, Serialize};
+use support::{Observed, Observer};
+
+mod support;
 
 thread_local! {
     /// Messages decoded on this thread (tests run on a current-thread runtime, and the
@@ -221,74 +224,16 @@ async fn a_long_history_decodes_one_list_per_run(sqlite: bool) {
     check_against_get_state(&app, &snapshots).await;
 }
 
-/// Records the limit of every `list` call, then passes calls on to an in-memory saver.
+/// Records the limit of every `list` call.
 #[derive(Default)]
-struct ListLimits {
-    inner: InMemorySaver,
-    limits: std::sync::Mutex<Vec<Option<usize>>>,
-}
+struct ListLimits(std::sync::Mutex<Vec<Option<usize>>>);
 
-#[async_trait::async_trait]
-impl CheckpointSaver for ListLimits {
-    async fn get_tuple(
-        &self,
-        config: &cairn_checkpoint::CheckpointConfig,
-    ) -> cairn_checkpoint::Result<Option<cairn_checkpoint::CheckpointTuple>> {
-        self.inner.get_tuple(config).await
-    }
-    async fn list(
-        &self,
-        query: &cairn_checkpoint::ListQuery,
-    ) -> cairn_checkpoint::Result<Vec<cairn_checkpoint::CheckpointTuple>> {
-        self.limits
+impl Observer for ListLimits {
+    fn listing(&self, query: &cairn_checkpoint::ListQuery) {
+        self.0
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .push(query.limit);
-        self.inner.list(query).await
-    }
-    async fn put(
-        &self,
-        config: &cairn_checkpoint::CheckpointConfig,
-        checkpoint: cairn_checkpoint::Checkpoint,
-        metadata: cairn_checkpoint::CheckpointMetadata,
-        new_versions: cairn_checkpoint::ChannelVersions,
-    ) -> cairn_checkpoint::Result<cairn_checkpoint::CheckpointConfig> {
-        self.inner
-            .put(config, checkpoint, metadata, new_versions)
-            .await
-    }
-    async fn put_writes(
-        &self,
-        config: &cairn_checkpoint::CheckpointConfig,
-        writes: Vec<(String, cairn_checkpoint::TypedValue)>,
-        task_id: &str,
-        task_path: &str,
-    ) -> cairn_checkpoint::Result<()> {
-        self.inner
-            .put_writes(config, writes, task_id, task_path)
-            .await
-    }
-    async fn delete_thread(&self, thread_id: &str) -> cairn_checkpoint::Result<()> {
-        self.inner.delete_thread(thread_id).await
-    }
-    async fn copy_thread(&self, source: &str, target: &str) -> cairn_checkpoint::Result<()> {
-        self.inner.copy_thread(source, target).await
-    }
-    async fn prune(
-        &self,
-        thread_ids: &[String],
-        strategy: cairn_checkpoint::PruneStrategy,
-    ) -> cairn_checkpoint::Result<()> {
-        self.inner.prune(thread_ids, strategy).await
-    }
-    async fn delete_for_runs(&self, run_ids: &[String]) -> cairn_checkpoint::Result<()> {
-        self.inner.delete_for_runs(run_ids).await
-    }
-    fn get_next_version(
-        &self,
-        current: Option<&cairn_checkpoint::ChannelVersion>,
-    ) -> cairn_checkpoint::ChannelVersion {
-        self.inner.get_next_version(current)
     }
 }
 
@@ -296,7 +241,10 @@ impl CheckpointSaver for ListLimits {
 /// every page at what is left of it.
 #[tokio::test]
 async fn history_pages_are_32_then_up_to_1024_within_the_limit() {
-    let saver = Arc::new(ListLimits::default());
+    let saver = Arc::new(Observed::new(
+        Arc::new(InMemorySaver::new()),
+        ListLimits::default(),
+    ));
     let mut g = StateGraph::<Chat>::new();
     g.add_sync_node("reply", |_s: &Chat| Ok(ChatUpdate::default().turns(1)))
         .add_edge(START, "reply")
@@ -304,8 +252,9 @@ async fn history_pages_are_32_then_up_to_1024_within_the_limit() {
     let app = g.compile(saver.clone()).expect("compile");
     let config = RunConfig::thread("pages");
     chat(&app, &config, 0..400).await;
-    let take =
-        |s: &ListLimits| std::mem::take(&mut *s.limits.lock().unwrap_or_else(|p| p.into_inner()));
+    let take = |s: &Observed<ListLimits>| {
+        std::mem::take(&mut *s.observer.0.lock().unwrap_or_else(|p| p.into_inner()))
+    };
     take(&saver);
     // 1,200 checkpoints: 32, 1,024, then the 144 left (a short page ends the walk).
     assert_eq!(history(&app, "pages").await.len(), 1200);

@@ -5,11 +5,9 @@ use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
-use async_trait::async_trait;
 use cairn_checkpoint::{
-    ChannelVersion, ChannelVersions, Checkpoint, CheckpointConfig, CheckpointMetadata,
-    CheckpointSaver, CheckpointSource, CheckpointTuple, InMemorySaver, KnownValues, ListQuery,
-    PruneStrategy, TypedValue,
+    Checkpoint, CheckpointConfig, CheckpointSaver, CheckpointSource, CheckpointTuple,
+    InMemorySaver, KnownValues,
 };
 use cairn_graph::{
     current_task, Durability, GraphError, HistoryQuery, NodeError, RunConfig, State, StateGraph,
@@ -17,6 +15,9 @@ use cairn_graph::{
 };
 use futures::{StreamExt, TryStreamExt};
 use serde::{Deserialize, Serialize};
+use support::{Observed, Observer};
+
+mod support;
 
 fn max_reducer(current: &mut i64, new: i64) {
     *current = (*current).max(new);
@@ -460,79 +461,43 @@ async fn metadata_carries_run_id_and_caller_keys_and_steps_continue() {
         .all(|s| s.metadata.extra.get("user") == Some(&"ada".into())));
 }
 
-/// Records which channels each `put` stores, around an in-memory saver.
+/// Records which channels each `put` stores, the tasks whose writes are put and the
+/// channels each `get_tuple_known` is told the caller holds.
 #[derive(Default)]
 struct Recording {
-    inner: InMemorySaver,
     stored: Mutex<Vec<Vec<String>>>,
     tasks: Mutex<Vec<String>>,
     /// The channels each `get_tuple_known` was told the caller holds.
     known: Mutex<Vec<Vec<String>>>,
 }
 
-#[async_trait]
-impl CheckpointSaver for Recording {
-    async fn get_tuple(
-        &self,
-        c: &CheckpointConfig,
-    ) -> cairn_checkpoint::Result<Option<CheckpointTuple>> {
-        self.inner.get_tuple(c).await
+impl Observer for Recording {
+    fn putting(&self, checkpoint: &Checkpoint) {
+        let mut values: Vec<String> = checkpoint.channel_values.keys().cloned().collect();
+        values.sort();
+        self.stored.lock().expect("lock").push(values);
     }
-    async fn get_tuple_known(
-        &self,
-        c: &CheckpointConfig,
-        known: KnownValues<'_>,
-    ) -> cairn_checkpoint::Result<Option<CheckpointTuple>> {
+    fn putting_writes(&self, task_id: &str) {
+        self.tasks.lock().expect("lock").push(task_id.to_owned());
+    }
+    fn reading_known(&self, known: &KnownValues<'_>) {
         let mut channels: Vec<String> = known.channels.iter().map(|c| c.to_string()).collect();
         channels.sort();
         self.known.lock().expect("lock").push(channels);
-        self.inner.get_tuple_known(c, known).await
     }
-    async fn list(&self, q: &ListQuery) -> cairn_checkpoint::Result<Vec<CheckpointTuple>> {
-        self.inner.list(q).await
-    }
-    async fn put(
-        &self,
-        c: &CheckpointConfig,
-        cp: Checkpoint,
-        m: CheckpointMetadata,
-        v: ChannelVersions,
-    ) -> cairn_checkpoint::Result<CheckpointConfig> {
-        let mut values: Vec<String> = cp.channel_values.keys().cloned().collect();
-        values.sort();
-        self.stored.lock().expect("lock").push(values);
-        self.inner.put(c, cp, m, v).await
-    }
-    async fn put_writes(
-        &self,
-        c: &CheckpointConfig,
-        w: Vec<(String, TypedValue)>,
-        t: &str,
-        p: &str,
-    ) -> cairn_checkpoint::Result<()> {
-        self.tasks.lock().expect("lock").push(t.to_owned());
-        self.inner.put_writes(c, w, t, p).await
-    }
-    async fn delete_thread(&self, t: &str) -> cairn_checkpoint::Result<()> {
-        self.inner.delete_thread(t).await
-    }
-    async fn copy_thread(&self, s: &str, t: &str) -> cairn_checkpoint::Result<()> {
-        self.inner.copy_thread(s, t).await
-    }
-    async fn prune(&self, t: &[String], s: PruneStrategy) -> cairn_checkpoint::Result<()> {
-        self.inner.prune(t, s).await
-    }
-    async fn delete_for_runs(&self, r: &[String]) -> cairn_checkpoint::Result<()> {
-        self.inner.delete_for_runs(r).await
-    }
-    fn get_next_version(&self, c: Option<&ChannelVersion>) -> ChannelVersion {
-        self.inner.get_next_version(c)
-    }
+}
+
+/// An in-memory saver whose calls are recorded.
+fn recording() -> Arc<Observed<Recording>> {
+    Arc::new(Observed::new(
+        Arc::new(InMemorySaver::new()),
+        Recording::default(),
+    ))
 }
 
 /// Copies thread `warm` to `cold` (a thread no graph holds in memory) and returns the
 /// latest checkpoint of `warm`.
-async fn copy_warm_to_cold(saver: &Recording) -> CheckpointTuple {
+async fn copy_warm_to_cold(saver: &Observed<Recording>) -> CheckpointTuple {
     saver.inner.copy_thread("warm", "cold").await.expect("copy");
     saver
         .inner
@@ -564,7 +529,7 @@ async fn history_of(
 /// that read them all.
 #[tokio::test]
 async fn a_warm_thread_reads_no_value_back_and_runs_as_a_cold_one() {
-    let saver = Arc::new(Recording::default());
+    let saver = recording();
     let graph = || {
         let mut g = StateGraph::<Doc>::new();
         g.add_sync_node("one", |s: &Doc| {
@@ -588,12 +553,12 @@ async fn a_warm_thread_reads_no_value_back_and_runs_as_a_cold_one() {
     head_channels.sort();
     assert!(head_channels.len() > 1, "{head_channels:?}");
 
-    saver.known.lock().expect("lock").clear();
+    saver.observer.known.lock().expect("lock").clear();
     let warm = app
         .invoke(input("second"), RunConfig::thread("warm"))
         .await
         .expect("run 2");
-    let known = saver.known.lock().expect("lock").clone();
+    let known = saver.observer.known.lock().expect("lock").clone();
     let first_read = known.first().expect("a head read that names held values");
     for channel in &head_channels {
         assert!(
@@ -627,7 +592,7 @@ async fn a_warm_thread_reads_no_value_back_and_runs_as_a_cold_one() {
 #[tokio::test]
 async fn warm_and_cold_runs_agree_with_sends_joins_and_every_durability() {
     for durability in [Durability::Async, Durability::Sync, Durability::Exit] {
-        let saver = Arc::new(Recording::default());
+        let saver = recording();
         let graph = || {
             let mut g = StateGraph::<Doc>::new();
             g.add_sync_node("fan", |s: &Doc| {
@@ -671,12 +636,12 @@ async fn warm_and_cold_runs_agree_with_sends_joins_and_every_durability() {
                 "{channel}"
             );
         }
-        saver.known.lock().expect("lock").clear();
+        saver.observer.known.lock().expect("lock").clear();
         let warm = app
             .invoke(input("second"), thread("warm"))
             .await
             .expect("run 2");
-        let known = saver.known.lock().expect("lock").clone();
+        let known = saver.observer.known.lock().expect("lock").clone();
         let first_read = known.first().expect("a head read naming held values");
         for channel in head.checkpoint.channel_versions.keys() {
             assert!(
@@ -704,7 +669,7 @@ async fn warm_and_cold_runs_agree_with_sends_joins_and_every_durability() {
 /// a graph with nothing in memory.
 #[tokio::test]
 async fn a_state_ahead_of_its_checkpoint_is_not_reused() {
-    let saver = Arc::new(Recording::default());
+    let saver = recording();
     let graph = || {
         let mut g = StateGraph::<Doc>::new();
         g.add_sync_node("one", |_: &Doc| Ok(DocUpdate::default().total(1)))
@@ -737,7 +702,7 @@ async fn a_state_ahead_of_its_checkpoint_is_not_reused() {
 
 #[tokio::test]
 async fn checkpoints_store_only_changed_channels_and_task_ids_are_deterministic() {
-    let saver = Arc::new(Recording::default());
+    let saver = recording();
     let mut g = StateGraph::<Doc>::new();
     g.add_sync_node("one", |_| {
         let task = current_task().expect("task context");
@@ -757,7 +722,7 @@ async fn checkpoints_store_only_changed_channels_and_task_ids_are_deterministic(
         )
         .await
         .expect("run");
-    let stored = saver.stored.lock().expect("lock").clone();
+    let stored = saver.observer.stored.lock().expect("lock").clone();
     assert_eq!(stored[0], ["__start__"], "input checkpoint");
     assert_eq!(stored[1], ["branch:to:one", "title"], "START step");
     assert_eq!(
@@ -767,7 +732,7 @@ async fn checkpoints_store_only_changed_channels_and_task_ids_are_deterministic(
     );
     assert_eq!(stored[3], ["total"]);
     // The id a node sees is the id its writes were saved under, and is reproducible.
-    let tasks = saver.tasks.lock().expect("lock").clone();
+    let tasks = saver.observer.tasks.lock().expect("lock").clone();
     assert_eq!(out.items.len(), 1);
     assert!(tasks.contains(&out.items[0]));
     let history: Vec<_> = app
