@@ -273,21 +273,27 @@ impl<S: State> CompiledGraph<S> {
     /// Snapshots of the next `n` checkpoints of a history page (newest first). Each older
     /// checkpoint's list fields are usually the leading items of the one before it: they
     /// are cloned from that one's decoded state instead of being decoded again, which
-    /// roughly halves the cost of reading a long chat's history.
+    /// roughly halves the cost of reading a long chat's history. A checkpoint that cannot be
+    /// read ends the run: the snapshots before it come back with its error, so a caller
+    /// still gets every snapshot newer than a corrupt checkpoint.
     fn history_run(
         &self,
         page: &mut impl Iterator<Item = CheckpointTuple>,
         n: usize,
-    ) -> Result<Vec<StateSnapshot<S>>> {
+    ) -> (Vec<StateSnapshot<S>>, Option<GraphError>) {
         let mut run: Vec<StateSnapshot<S>> = Vec::with_capacity(n);
         let mut known_values = None;
         for tuple in page.take(n) {
             let known = run.last().map(|s| &s.values).zip(known_values.as_ref());
-            let (snapshot, stored) = self.snapshot_with(tuple, false, None, known)?;
-            known_values = Some(stored);
-            run.push(snapshot);
+            match self.snapshot_with(tuple, false, None, known) {
+                Ok((snapshot, stored)) => {
+                    known_values = Some(stored);
+                    run.push(snapshot);
+                }
+                Err(e) => return (run, Some(e)),
+            }
         }
-        Ok(run)
+        (run, None)
     }
 
     /// The state at the thread's latest checkpoint (or at `config.checkpoint_id`); `None`
@@ -358,6 +364,8 @@ impl<S: State> CompiledGraph<S> {
             remaining: usize,
             page: std::vec::IntoIter<CheckpointTuple>,
             ready: std::vec::IntoIter<StateSnapshot<S>>,
+            /// The error that ended the last decode run, reported after its snapshots.
+            failed: Option<GraphError>,
             page_size: usize,
             done: bool,
         }
@@ -378,6 +386,7 @@ impl<S: State> CompiledGraph<S> {
             remaining: query.limit.unwrap_or(usize::MAX),
             page: Vec::new().into_iter(),
             ready: Vec::new().into_iter(),
+            failed: None,
             page_size: HISTORY_PAGE,
             done: false,
         };
@@ -390,9 +399,14 @@ impl<S: State> CompiledGraph<S> {
                     c.remaining -= 1;
                     return Ok(Some((snapshot, c)));
                 }
+                if let Some(e) = c.failed.take() {
+                    return Err(e);
+                }
                 if c.page.len() > 0 {
                     let n = c.remaining.min(HISTORY_DECODE_RUN);
-                    c.ready = c.graph.history_run(&mut c.page, n)?.into_iter();
+                    let (run, failed) = c.graph.history_run(&mut c.page, n);
+                    c.ready = run.into_iter();
+                    c.failed = failed;
                     continue;
                 }
                 if c.done {

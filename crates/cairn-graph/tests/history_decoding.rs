@@ -67,6 +67,10 @@ fn app(sqlite: bool) -> (CompiledGraph<Chat>, Option<tempfile::TempDir>) {
     } else {
         (Arc::new(InMemorySaver::new()), None)
     };
+    (app_on(saver), dir)
+}
+
+fn app_on(saver: Arc<dyn CheckpointSaver>) -> CompiledGraph<Chat> {
     let mut g = StateGraph::<Chat>::new();
     g.add_sync_node("reply", |s: &Chat| {
         Ok(ChatUpdate::default()
@@ -77,7 +81,7 @@ fn app(sqlite: bool) -> (CompiledGraph<Chat>, Option<tempfile::TempDir>) {
     })
     .add_edge(START, "reply")
     .add_edge("reply", END);
-    (g.compile(saver).expect("compile"), dir)
+    g.compile(saver).expect("compile")
 }
 
 async fn chat(app: &CompiledGraph<Chat>, config: &RunConfig, turns: std::ops::Range<usize>) {
@@ -133,6 +137,7 @@ macro_rules! on_both_savers {
 
 on_both_savers!(
     a_linear_history_decodes_only_the_newest_list,
+    a_corrupt_checkpoint_ends_the_history_after_every_newer_snapshot,
     a_fork_is_decoded_whole_and_its_neighbours_stay_right,
     a_long_history_decodes_one_list_per_run,
 );
@@ -222,6 +227,63 @@ async fn a_long_history_decodes_one_list_per_run(sqlite: bool) {
         .sum();
     assert_eq!(decoded() - before, run_heads + inputs(&snapshots));
     check_against_get_state(&app, &snapshots).await;
+}
+
+/// A checkpoint whose `turns` value cannot be decoded, in the middle of a decode run: the
+/// history yields every newer snapshot, then an error naming the checkpoint and channel.
+async fn a_corrupt_checkpoint_ends_the_history_after_every_newer_snapshot(sqlite: bool) {
+    let (app, _dir) = app(sqlite);
+    let config = RunConfig::thread("c");
+    chat(&app, &config, 0..20).await;
+    let saver = app.saver().expect("a saver").clone();
+    let tuples = saver
+        .list(&cairn_checkpoint::ListQuery::thread("c"))
+        .await
+        .expect("list");
+    // Overwrite the `turns` value of the 41st newest checkpoint (the second decode run).
+    let mut victim = tuples[40].clone();
+    let version = victim.checkpoint.channel_versions["turns"].clone();
+    victim.checkpoint.channel_values.insert(
+        "turns".into(),
+        cairn_checkpoint::TypedValue::new(cairn_checkpoint::TAG_MSGPACK, vec![0xc1]),
+    );
+    let mut parent = victim.config.clone();
+    parent.checkpoint_id = victim.parent_config.and_then(|p| p.checkpoint_id);
+    saver
+        .put(
+            &parent,
+            victim.checkpoint,
+            victim.metadata,
+            [("turns".to_string(), version.clone())]
+                .into_iter()
+                .collect(),
+        )
+        .await
+        .expect("overwrite");
+    let first_bad = tuples
+        .iter()
+        .position(|t| t.checkpoint.channel_versions.get("turns") == Some(&version))
+        .expect("a checkpoint with that version");
+    assert!((32..=40).contains(&first_bad), "{first_bad}");
+
+    let mut stream = std::pin::pin!(app.get_state_history(config.clone(), HistoryQuery::default()));
+    let mut good = 0;
+    let err = loop {
+        match stream.try_next().await {
+            Ok(Some(_)) => good += 1,
+            Ok(None) => panic!("the history ended without an error"),
+            Err(e) => break e,
+        }
+    };
+    assert_eq!(
+        good, first_bad,
+        "every snapshot newer than the corrupt one comes first"
+    );
+    let message = err.to_string();
+    assert!(
+        message.contains("turns") && message.contains("cannot decode"),
+        "{message}"
+    );
 }
 
 /// Records the limit of every `list` call.
