@@ -71,12 +71,14 @@ impl TypedValue {
 
     /// When this value and `later` are MessagePack lists and this one's items are, byte for
     /// byte, the leading items of `later`: how many items this one holds. `None` otherwise
-    /// (other formats are not compared).
+    /// (other formats are not compared, and neither is a value whose bytes do not frame
+    /// exactly the items its header counts, such as a corrupt one).
     ///
     /// An older version of an append-stored channel is such a prefix of a newer one, so a
     /// reader that has decoded the newer list can take the older one's items from it instead
     /// of decoding them again (what `get_state_history` does). MessagePack items are
-    /// self-delimiting, so equal leading bytes mean equal leading items.
+    /// self-delimiting, so equal leading bytes that frame whole items mean equal leading
+    /// items.
     ///
     /// ```
     /// use cairn_checkpoint::ValueCodec;
@@ -96,8 +98,69 @@ impl TypedValue {
         let (later_count, later_head) = msgpack_array_header(&later.data)?;
         let items = self.data.get(head..)?;
         let later_items = later.data.get(later_head..)?;
-        (count <= later_count && later_items.starts_with(items)).then_some(count)
+        (count <= later_count
+            && msgpack_items_end(items, count) == Some(items.len())
+            && later_items.starts_with(items))
+        .then_some(count)
     }
+}
+
+/// Where `count` consecutive MessagePack values starting at `data[0]` end, following their
+/// markers and lengths only (nothing is decoded or allocated); `None` if `data` ends first or
+/// holds a marker MessagePack does not define. Iterative, so nesting depth costs no stack.
+fn msgpack_items_end(data: &[u8], count: usize) -> Option<usize> {
+    let mut at = 0usize;
+    // Values still to step over: the items, plus the elements of containers met on the way.
+    let mut pending = count as u64;
+    let be = |at: usize, n: usize| -> Option<u64> {
+        let bytes = data.get(at..at.checked_add(n)?)?;
+        Some(bytes.iter().fold(0u64, |v, &b| (v << 8) | u64::from(b)))
+    };
+    while pending > 0 {
+        // Every value takes at least one byte: more pending values than bytes left is a
+        // header that overstates its contents.
+        if pending > (data.len() - at) as u64 {
+            return None;
+        }
+        pending -= 1;
+        let marker = *data.get(at)?;
+        at += 1;
+        // (payload bytes to skip, child values to step over)
+        let (skip, children): (u64, u64) = match marker {
+            0x00..=0x7f | 0xe0..=0xff | 0xc0 | 0xc2 | 0xc3 => (0, 0),
+            0x80..=0x8f => (0, 2 * u64::from(marker & 0x0f)),
+            0x90..=0x9f => (0, u64::from(marker & 0x0f)),
+            0xa0..=0xbf => (u64::from(marker & 0x1f), 0),
+            0xc4 | 0xd9 => (be(at, 1)? + 1, 0),
+            0xc5 | 0xda => (be(at, 2)? + 2, 0),
+            0xc6 | 0xdb => (be(at, 4)? + 4, 0),
+            0xc7 => (be(at, 1)? + 2, 0),
+            0xc8 => (be(at, 2)? + 3, 0),
+            0xc9 => (be(at, 4)? + 5, 0),
+            0xca => (4, 0),
+            0xcb => (8, 0),
+            0xcc | 0xd0 => (1, 0),
+            0xcd | 0xd1 => (2, 0),
+            0xce | 0xd2 => (4, 0),
+            0xcf | 0xd3 => (8, 0),
+            0xd4 => (2, 0),
+            0xd5 => (3, 0),
+            0xd6 => (5, 0),
+            0xd7 => (9, 0),
+            0xd8 => (17, 0),
+            0xdc => (2, be(at, 2)?),
+            0xdd => (4, be(at, 4)?),
+            0xde => (2, 2 * be(at, 2)?),
+            0xdf => (4, 2 * be(at, 4)?),
+            0xc1 => return None,
+        };
+        at = at.checked_add(usize::try_from(skip).ok()?)?;
+        if at > data.len() {
+            return None;
+        }
+        pending = pending.checked_add(children)?;
+    }
+    Some(at)
 }
 
 /// The item count and header length of a MessagePack array, `None` if `data` does not start
@@ -259,6 +322,75 @@ mod tests {
     }
 
     #[test]
+    fn item_framing_follows_every_msgpack_type() {
+        use serde::Serialize;
+        #[derive(Serialize)]
+        struct Item {
+            text: String,
+            bytes: serde_bytes_like::Bytes,
+            n: Vec<i64>,
+            f: (f32, f64),
+            map: std::collections::BTreeMap<String, Option<bool>>,
+        }
+        mod serde_bytes_like {
+            /// Serializes as MessagePack bin, not as an array of integers.
+            pub struct Bytes(pub Vec<u8>);
+            impl serde::Serialize for Bytes {
+                fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                    s.serialize_bytes(&self.0)
+                }
+            }
+        }
+        let codec = ValueCodec::default();
+        let ints = vec![
+            0,
+            -1,
+            -33,
+            127,
+            128,
+            255,
+            256,
+            65_535,
+            65_536,
+            -129,
+            -32_769,
+            i64::MIN,
+            i64::MAX,
+        ];
+        let items: Vec<Item> = [0usize, 31, 32, 255, 256, 65_536]
+            .iter()
+            .map(|&len| Item {
+                text: "é".repeat(len / 2 + 1),
+                bytes: serde_bytes_like::Bytes(vec![7; len]),
+                n: ints.clone(),
+                f: (1.5, -2.25),
+                map: (0..(len % 20))
+                    .map(|i| (i.to_string(), (i % 3 != 0).then_some(i % 2 == 0)))
+                    .collect(),
+            })
+            .collect();
+        for n in 0..=items.len() {
+            let older = codec
+                .encode(&items.iter().take(n).collect::<Vec<_>>())
+                .unwrap();
+            let newer = codec.encode(&items.iter().collect::<Vec<_>>()).unwrap();
+            assert_eq!(older.list_prefix_of(&newer), Some(n), "{n} items");
+        }
+        // Ext values (fixext and ext 8), as another writer may store them.
+        let mut ext = vec![0x92, 0xd4, 0x01, 0x02, 0xc7, 0x03, 0x05, 1, 2, 3];
+        let whole = TypedValue::new(TAG_MSGPACK, ext.clone());
+        assert_eq!(whole.list_prefix_of(&whole), Some(2));
+        ext.truncate(8);
+        assert_eq!(
+            TypedValue::new(TAG_MSGPACK, ext).list_prefix_of(&whole),
+            None
+        );
+        // A marker MessagePack does not define.
+        let bad = TypedValue::new(TAG_MSGPACK, vec![0x91, 0xc1]);
+        assert_eq!(bad.list_prefix_of(&bad), None);
+    }
+
+    #[test]
     fn values_that_are_not_list_prefixes() {
         let codec = ValueCodec::default();
         let newer = codec.encode(&vec!["a", "b", "c"]).unwrap();
@@ -277,6 +409,20 @@ mod tests {
         assert_eq!(codec.encode(&"a").unwrap().list_prefix_of(&newer), None);
         let cut = TypedValue::new(TAG_MSGPACK, vec![0xdc, 0x01]);
         assert_eq!(cut.list_prefix_of(&newer), None);
+        // A header that counts more items than the bytes hold, and one that counts fewer.
+        let items = &newer.data[1..];
+        let mut over = vec![0x93];
+        over.extend_from_slice(&items[..2]);
+        assert_eq!(
+            TypedValue::new(TAG_MSGPACK, over).list_prefix_of(&newer),
+            None
+        );
+        let mut under = vec![0x91];
+        under.extend_from_slice(&items[..4]);
+        assert_eq!(
+            TypedValue::new(TAG_MSGPACK, under).list_prefix_of(&newer),
+            None
+        );
         assert_eq!(newer.list_prefix_of(&cut), None);
         assert_eq!(
             TypedValue::new(TAG_MSGPACK, Vec::new()).list_prefix_of(&newer),

@@ -110,9 +110,10 @@ impl HistoryQuery {
 const HISTORY_PAGE: usize = 32;
 /// The pages `get_state_history` reads after the first.
 const HISTORY_PAGE_MAX: usize = 1024;
-/// Snapshots `get_state_history` decodes together, each taking the list items it shares
-/// with the one before it from that one (see `history_run`); at most this many decoded
-/// snapshots wait in the stream.
+/// The most snapshots `get_state_history` decodes together, each taking the list items it
+/// shares with the one before it from that one (see `history_run`). Runs start at one
+/// snapshot and double, so a caller that reads only the first few snapshots decodes few
+/// more than it reads; at most this many decoded snapshots wait in the stream.
 const HISTORY_DECODE_RUN: usize = 32;
 
 impl<S: State> CompiledGraph<S> {
@@ -350,8 +351,12 @@ impl<S: State> CompiledGraph<S> {
         Ok(Some(SnapshotWithSubgraphs { state, subgraphs }))
     }
 
-    /// The thread's checkpoints as snapshots, newest first, read a page at a time (values
-    /// are decoded only as the stream is consumed).
+    /// The thread's checkpoints as snapshots, newest first, read a page at a time (a first
+    /// page of 32 checkpoints, then pages of 1,024; a [`HistoryQuery::limit`] caps them) and
+    /// decoded as the stream is consumed, in runs of 1, 2, 4, … up to 32 snapshots: within a
+    /// run, an older checkpoint's list items shared with the newer one are cloned, not
+    /// decoded again (see [`State::decode_field_sharing`]). A checkpoint that cannot be
+    /// decoded ends the stream with its error after every newer snapshot.
     pub fn get_state_history(
         &self,
         config: impl Into<RunConfig>,
@@ -366,6 +371,8 @@ impl<S: State> CompiledGraph<S> {
             ready: std::vec::IntoIter<StateSnapshot<S>>,
             /// The error that ended the last decode run, reported after its snapshots.
             failed: Option<GraphError>,
+            /// Snapshots the next decode run may hold (doubling up to `HISTORY_DECODE_RUN`).
+            run_size: usize,
             page_size: usize,
             done: bool,
         }
@@ -387,6 +394,7 @@ impl<S: State> CompiledGraph<S> {
             page: Vec::new().into_iter(),
             ready: Vec::new().into_iter(),
             failed: None,
+            run_size: 1,
             page_size: HISTORY_PAGE,
             done: false,
         };
@@ -403,7 +411,8 @@ impl<S: State> CompiledGraph<S> {
                     return Err(e);
                 }
                 if c.page.len() > 0 {
-                    let n = c.remaining.min(HISTORY_DECODE_RUN);
+                    let n = c.remaining.min(c.run_size);
+                    c.run_size = (c.run_size * 2).min(HISTORY_DECODE_RUN);
                     let (run, failed) = c.graph.history_run(&mut c.page, n);
                     c.ready = run.into_iter();
                     c.failed = failed;

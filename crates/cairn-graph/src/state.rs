@@ -64,10 +64,17 @@ pub trait State: Clone + Default + Send + Sync + Serialize + DeserializeOwned + 
     fn decode_field(&mut self, index: usize, value: &TypedValue, codec: &ValueCodec) -> Result<()>;
 
     /// Like [`decode_field`](Self::decode_field), for a value that may be an older version of
-    /// the same field of `known`, whose stored value was `known_value`: a `Vec` field with the
+    /// the same field of `known`, which was decoded from `known_value`: a `Vec` field with the
     /// append reducer whose items are the leading items of `known_value`
     /// ([`TypedValue::list_prefix_of`]) takes them from `known` instead of decoding them.
     /// Every other field is decoded (the default).
+    ///
+    /// The result must equal what `decode_field` gives. `#[derive(State)]` copies the shared
+    /// items with `Clone`, which holds for items whose decoding is a function of their bytes
+    /// and whose `Clone` makes an independent copy; an item type that fills fields from a
+    /// clock or a random source while decoding (a `#[serde(default = ...)]` id, say), or that
+    /// holds shared handles (`Arc<Mutex<_>>`), sees in older snapshots the newer snapshot's
+    /// copies. `get_state_history` relies on this.
     fn decode_field_sharing(
         &mut self,
         index: usize,
@@ -178,12 +185,6 @@ pub mod __private {
 
     /// Storage of a `Vec` field with the append reducer: item by item.
     pub trait ItemByItem {
-        /// The field's type.
-        type Value;
-        /// The items of `value` when they are the leading items of `known_value`, the
-        /// stored form of this field: taken from this field, not decoded.
-        fn shared_items(&self, value: &TypedValue, known_value: &TypedValue)
-            -> Option<Self::Value>;
         /// How many items the field holds.
         fn item_count(&self) -> Option<usize>;
         /// The items from `from` on, as an append value extending `base`.
@@ -195,12 +196,7 @@ pub mod __private {
         ) -> Result<Option<TypedValue>>;
     }
 
-    impl<T: serde::Serialize + Clone> ItemByItem for Field<'_, Vec<T>> {
-        type Value = Vec<T>;
-        fn shared_items(&self, value: &TypedValue, known_value: &TypedValue) -> Option<Vec<T>> {
-            let count = value.list_prefix_of(known_value)?;
-            self.0.get(..count).map(<[T]>::to_vec)
-        }
+    impl<T: serde::Serialize> ItemByItem for Field<'_, Vec<T>> {
         fn item_count(&self) -> Option<usize> {
             Some(self.0.len())
         }
@@ -219,11 +215,6 @@ pub mod __private {
 
     /// Storage of any other field: whole.
     pub trait Whole {
-        /// The field's type.
-        type Value;
-        /// `None`: decoded as a whole.
-        fn shared_items(&self, value: &TypedValue, known_value: &TypedValue)
-            -> Option<Self::Value>;
         /// `None`: not stored item by item.
         fn item_count(&self) -> Option<usize>;
         /// `None`: not stored item by item.
@@ -236,10 +227,6 @@ pub mod __private {
     }
 
     impl<T> Whole for &Field<'_, T> {
-        type Value = T;
-        fn shared_items(&self, _value: &TypedValue, _known_value: &TypedValue) -> Option<T> {
-            None
-        }
         fn item_count(&self) -> Option<usize> {
             None
         }
@@ -250,6 +237,42 @@ pub mod __private {
             _codec: &ValueCodec,
         ) -> Result<Option<TypedValue>> {
             Ok(None)
+        }
+    }
+
+    /// Decoding of a `Vec` field with the append reducer whose items can be cloned: the
+    /// items a stored older version shares with a decoded newer one are cloned from it. A
+    /// trait of its own, so that the `Clone` bound never changes how a field is stored.
+    pub trait ShareItems {
+        /// The field's type.
+        type Value;
+        /// The items of `value` when they are the leading items of `known_value`, the
+        /// stored form of this field: cloned from this field, not decoded.
+        fn shared_items(&self, value: &TypedValue, known_value: &TypedValue)
+            -> Option<Self::Value>;
+    }
+
+    impl<T: Clone> ShareItems for Field<'_, Vec<T>> {
+        type Value = Vec<T>;
+        fn shared_items(&self, value: &TypedValue, known_value: &TypedValue) -> Option<Vec<T>> {
+            let count = value.list_prefix_of(known_value)?;
+            self.0.get(..count).map(<[T]>::to_vec)
+        }
+    }
+
+    /// Decoding of any other field: always decoded.
+    pub trait NoShare {
+        /// The field's type.
+        type Value;
+        /// `None`: decoded as a whole.
+        fn shared_items(&self, value: &TypedValue, known_value: &TypedValue)
+            -> Option<Self::Value>;
+    }
+
+    impl<T> NoShare for &Field<'_, T> {
+        type Value = T;
+        fn shared_items(&self, _value: &TypedValue, _known_value: &TypedValue) -> Option<T> {
+            None
         }
     }
 

@@ -108,6 +108,30 @@ fn inputs(snapshots: &[StateSnapshot<Chat>]) -> usize {
         .count()
 }
 
+/// Where `get_state_history` starts its decode runs in a history of `len` checkpoints: runs
+/// of 1, 2, 4, … up to 32 snapshots, none crossing a page (32 checkpoints, then 1,024).
+fn run_starts(len: usize) -> Vec<usize> {
+    let mut starts = Vec::new();
+    let (mut at, mut run, mut page_end) = (0, 1, 32.min(len));
+    while at < len {
+        starts.push(at);
+        at = (at + run).min(page_end);
+        run = (run * 2).min(32);
+        if at == page_end {
+            page_end = (page_end + 1024).min(len);
+        }
+    }
+    starts
+}
+
+/// Messages decoded when every decode run decodes its newest list.
+fn run_heads(snapshots: &[StateSnapshot<Chat>]) -> usize {
+    run_starts(snapshots.len())
+        .iter()
+        .map(|&i| snapshots[i].values.messages.len())
+        .sum()
+}
+
 /// Every snapshot's values equal what a cold `get_state` of its checkpoint decodes.
 async fn check_against_get_state(app: &CompiledGraph<Chat>, snapshots: &[StateSnapshot<Chat>]) {
     for snap in snapshots {
@@ -148,11 +172,12 @@ async fn a_linear_history_decodes_only_the_newest_list(sqlite: bool) {
     chat(&app, &config, 0..10).await;
     let before = decoded();
     let snapshots = history(&app, "t").await;
-    // 30 checkpoints, within one decode run: only the newest list (20 messages) is decoded,
-    // and each turn's input.
+    // 30 checkpoints in decode runs of 1, 2, 4, 8 and 15: each run's newest list is
+    // decoded (20 + 19 + 18 + 15 + 10 messages), and each turn's input.
     assert_eq!(snapshots.len(), 30);
+    assert_eq!(run_starts(30), [0, 1, 3, 7, 15]);
     assert_eq!(inputs(&snapshots), 10);
-    assert_eq!(decoded() - before, 20 + 10);
+    assert_eq!(decoded() - before, 20 + 19 + 18 + 15 + 10 + 10);
     let lengths: Vec<usize> = snapshots.iter().map(|s| s.values.messages.len()).collect();
     let want: Vec<usize> = (0..10)
         .rev()
@@ -205,10 +230,20 @@ async fn a_fork_is_decoded_whole_and_its_neighbours_stay_right(sqlite: bool) {
     assert_eq!(contents[2], fork_start, "the fork's input checkpoint");
     assert_eq!(contents[3], fork_start, "the fork's update checkpoint");
     assert_eq!(contents[4], ["user 0", "reply 1", "user 1", "reply 3"]);
-    // The fork's newest list (7 messages) and the original branch's newest (4) are decoded,
-    // and the inputs (two turns and the fork's); the rest are shared.
+    // Decoded: the newest list of each decode run, the original branch's newest list (4
+    // messages, not a prefix of the fork's 5 before it), and the inputs (two turns and the
+    // fork's); every other list is shared.
     assert_eq!(inputs(&snapshots), 3);
-    assert_eq!(decoded_items, 7 + 4 + 3, "items decoded");
+    let starts = run_starts(snapshots.len());
+    let expected: usize = (0..contents.len())
+        .filter(|&i| starts.contains(&i) || !contents[i - 1].starts_with(&contents[i]))
+        .map(|i| contents[i].len())
+        .sum();
+    assert!(
+        !starts.contains(&4),
+        "the original branch's end is not a run start"
+    );
+    assert_eq!(decoded_items, expected + 3, "items decoded");
     check_against_get_state(&app, &snapshots).await;
 }
 
@@ -216,16 +251,20 @@ async fn a_long_history_decodes_one_list_per_run(sqlite: bool) {
     let (app, _dir) = app(sqlite);
     let config = RunConfig::thread("l");
     // 40 turns, 120 checkpoints: a history page of 32, then one of the other 88, decoded in
-    // runs of up to 32; each run decodes its newest list once.
+    // runs of 1, 2, 4, … up to 32 within a page; each run decodes its newest list once.
     chat(&app, &config, 0..40).await;
     let before = decoded();
     let snapshots = history(&app, "l").await;
     assert_eq!(snapshots.len(), 120);
-    let run_heads: usize = [0, 32, 64, 96]
-        .iter()
-        .map(|&i| snapshots[i].values.messages.len())
-        .sum();
-    assert_eq!(decoded() - before, run_heads + inputs(&snapshots));
+    assert_eq!(
+        run_starts(120),
+        [0, 1, 3, 7, 15, 31, 32, 64, 96],
+        "runs end at the first page's end"
+    );
+    assert_eq!(
+        decoded() - before,
+        run_heads(&snapshots) + inputs(&snapshots)
+    );
     check_against_get_state(&app, &snapshots).await;
 }
 

@@ -321,7 +321,7 @@ fn expand(input: DeriveInput) -> syn::Result<TokenStream2> {
                 known_value: &#private::TypedValue,
             ) -> #private::Result<()> {
                 #[allow(unused_imports)]
-                use #private::{ItemByItem as _, Whole as _};
+                use #private::{NoShare as _, ShareItems as _};
                 let _ = (known, known_value);
                 match index {
                     #(#shared_decodes)*
