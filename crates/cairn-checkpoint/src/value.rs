@@ -91,27 +91,97 @@ impl TypedValue {
     /// # Ok::<(), cairn_checkpoint::Error>(())
     /// ```
     pub fn list_prefix_of(&self, later: &TypedValue) -> Option<usize> {
-        if self.type_tag != TAG_MSGPACK || later.type_tag != TAG_MSGPACK {
-            return None;
-        }
-        let (count, head) = msgpack_array_header(&self.data)?;
-        let (later_count, later_head) = msgpack_array_header(&later.data)?;
-        let items = self.data.get(head..)?;
-        let later_items = later.data.get(later_head..)?;
-        (count <= later_count
-            && msgpack_items_end(items, count) == Some(items.len())
-            && later_items.starts_with(items))
-        .then_some(count)
+        ListFrames::of(later)?
+            .leading(later, self)
+            .map(|frames| frames.count())
     }
 }
 
-/// Where `count` consecutive MessagePack values starting at `data[0]` end, following their
-/// markers and lengths only (nothing is decoded or allocated); `None` if `data` ends first or
-/// holds a marker MessagePack does not define. Iterative, so nesting depth costs no stack.
-fn msgpack_items_end(data: &[u8], count: usize) -> Option<usize> {
-    let mut at = 0usize;
-    // Values still to step over: the items, plus the elements of containers met on the way.
-    let mut pending = count as u64;
+/// Where each item of a MessagePack list value ends, found once by following the items'
+/// markers and lengths (nothing is decoded or allocated). With it, an older version of the
+/// list is recognised as the list's leading items at the cost of comparing its bytes
+/// ([`leading`](Self::leading)), and that older version's frames come for free: reading a
+/// chat's history checks each older list this way instead of walking its items again.
+///
+/// ```
+/// use cairn_checkpoint::{ListFrames, ValueCodec};
+/// let codec = ValueCodec::default();
+/// let newer = codec.encode(&vec!["a", "b", "c"])?;
+/// let frames = ListFrames::of(&newer).expect("a MessagePack list");
+/// assert_eq!(frames.count(), 3);
+/// let older = codec.encode(&vec!["a", "b"])?;
+/// let older_frames = frames.leading(&newer, &older).expect("its leading items");
+/// assert_eq!(older_frames.count(), 2);
+/// assert!(frames.leading(&newer, &codec.encode(&vec!["a", "x"])?).is_none());
+/// # Ok::<(), cairn_checkpoint::Error>(())
+/// ```
+#[derive(Debug, Clone)]
+pub struct ListFrames {
+    /// End of each item, counted from the first item's start; shared with the frames of the
+    /// list's prefixes.
+    ends: std::sync::Arc<[usize]>,
+    /// How many of `ends` belong to this list.
+    count: usize,
+}
+
+impl ListFrames {
+    /// The frames of `value`; `None` unless it is a MessagePack list whose bytes hold exactly
+    /// the items its header counts (a corrupt or truncated list has none).
+    pub fn of(value: &TypedValue) -> Option<ListFrames> {
+        if value.type_tag != TAG_MSGPACK {
+            return None;
+        }
+        let (count, head) = msgpack_array_header(&value.data)?;
+        let items = value.data.get(head..)?;
+        // Every item takes at least one byte: a larger count is a header that overstates.
+        if count > items.len() {
+            return None;
+        }
+        let mut ends = Vec::with_capacity(count);
+        let mut at = 0;
+        for _ in 0..count {
+            at = msgpack_value_end(items, at)?;
+            ends.push(at);
+        }
+        (at == items.len()).then(|| ListFrames {
+            ends: ends.into(),
+            count,
+        })
+    }
+
+    /// How many items the list holds.
+    pub fn count(&self) -> usize {
+        self.count
+    }
+
+    /// When `older` is a MessagePack list whose items are, byte for byte, the leading items
+    /// of `value` (the list these frames were found in) and whose bytes hold exactly the
+    /// items its header counts: its frames. `None` otherwise.
+    pub fn leading(&self, value: &TypedValue, older: &TypedValue) -> Option<ListFrames> {
+        if older.type_tag != TAG_MSGPACK || value.type_tag != TAG_MSGPACK {
+            return None;
+        }
+        let (count, head) = msgpack_array_header(&older.data)?;
+        let items = older.data.get(head..)?;
+        let (_, value_head) = msgpack_array_header(&value.data)?;
+        let value_items = value.data.get(value_head..)?;
+        let framed_len = match count {
+            0 => 0,
+            n => *self.ends.get(..self.count)?.get(n - 1)?,
+        };
+        (items.len() == framed_len && value_items.starts_with(items)).then(|| ListFrames {
+            ends: self.ends.clone(),
+            count,
+        })
+    }
+}
+
+/// Where the MessagePack value starting at `data[at]` ends, following markers and lengths
+/// only (nothing is decoded or allocated); `None` if `data` ends first or holds a marker
+/// MessagePack does not define. Iterative, so nesting depth costs no stack.
+fn msgpack_value_end(data: &[u8], mut at: usize) -> Option<usize> {
+    // Values still to step over: this one, plus the elements of containers met on the way.
+    let mut pending: u64 = 1;
     let be = |at: usize, n: usize| -> Option<u64> {
         let bytes = data.get(at..at.checked_add(n)?)?;
         Some(bytes.iter().fold(0u64, |v, &b| (v << 8) | u64::from(b)))

@@ -455,14 +455,15 @@ impl<S: State> Channels<S> {
 
     /// Like [`load`](Self::load); `state`, when given, is the checkpoint's already decoded
     /// state (its fields are then not decoded again). `known`, when given, is another
-    /// checkpoint's decoded state and stored values: list fields whose items lead that
-    /// checkpoint's take them from it ([`State::decode_field_sharing`]).
+    /// checkpoint's decoded state and, by channel, how many leading items of that
+    /// checkpoint's stored list this checkpoint's list is made of: those fields take their
+    /// items from it ([`State::decode_field_sharing`]).
     pub(crate) fn load_with(
         spec: &Spec<S>,
         tuple: &CheckpointTuple,
         codec: &ValueCodec,
         state: Option<Arc<S>>,
-        known: Option<(&S, &BTreeMap<String, TypedValue>)>,
+        known: Option<(&S, &HashMap<String, usize>)>,
     ) -> Result<Self> {
         let cached = state;
         let mut ch = Channels::new(spec);
@@ -498,9 +499,10 @@ impl<S: State> Channels<S> {
             };
             match spec.kind(c) {
                 Chan::Field(_) if cached.is_some() => {}
-                Chan::Field(f) => match known.and_then(|(k, v)| Some((k, v.get(name)?))) {
-                    Some((known, known_value)) => {
-                        state.decode_field_sharing(f, value, codec, known, known_value)
+                Chan::Field(f) => match known.and_then(|(k, shared)| Some((k, *shared.get(name)?)))
+                {
+                    Some((known, shared)) => {
+                        state.decode_field_sharing(f, value, codec, known, shared)
                     }
                     None => state.decode_field(f, value, codec),
                 }

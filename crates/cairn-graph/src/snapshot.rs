@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use cairn_checkpoint::{
     CheckpointConfig, CheckpointMetadata, CheckpointSaver, CheckpointSource, CheckpointTuple,
-    KnownValues, ListQuery, MetadataFilter, TypedValue, ERROR, INTERRUPT, RESUME,
+    KnownValues, ListFrames, ListQuery, MetadataFilter, TypedValue, ERROR, INTERRUPT, RESUME,
 };
 use futures::Stream;
 
@@ -15,7 +15,7 @@ use crate::config::RunConfig;
 use crate::error::{GraphError, Result};
 use crate::graph::{END, START};
 use crate::runtime::{CachedState, CompiledGraph};
-use crate::state::State;
+use crate::state::{ReducerKind, State};
 
 /// A thread's state at one checkpoint.
 #[derive(Debug, Clone)]
@@ -116,6 +116,9 @@ const HISTORY_PAGE_MAX: usize = 1024;
 /// more than it reads; at most this many decoded snapshots wait in the stream.
 const HISTORY_DECODE_RUN: usize = 32;
 
+/// A checkpoint's stored channel values, by channel.
+type StoredValues = BTreeMap<String, TypedValue>;
+
 impl<S: State> CompiledGraph<S> {
     fn require_saver(&self, operation: &'static str) -> Result<&Arc<dyn CheckpointSaver>> {
         self.inner
@@ -185,8 +188,8 @@ impl<S: State> CompiledGraph<S> {
         mut tuple: CheckpointTuple,
         latest: bool,
         cached: Option<Arc<S>>,
-        known: Option<(&S, &BTreeMap<String, TypedValue>)>,
-    ) -> Result<(StateSnapshot<S>, BTreeMap<String, TypedValue>)> {
+        known: Option<(&S, &HashMap<String, usize>)>,
+    ) -> Result<(StateSnapshot<S>, StoredValues)> {
         let spec = &self.inner.spec;
         let channels = Channels::load_with(spec, &tuple, &self.codec, cached, known)?;
         let stored = std::mem::take(&mut tuple.checkpoint.channel_values);
@@ -282,13 +285,44 @@ impl<S: State> CompiledGraph<S> {
         page: &mut impl Iterator<Item = CheckpointTuple>,
         n: usize,
     ) -> (Vec<StateSnapshot<S>>, Option<GraphError>) {
+        let lists: Vec<&str> = S::fields()
+            .iter()
+            .filter(|f| f.reducer == ReducerKind::Append)
+            .map(|f| f.name)
+            .collect();
         let mut run: Vec<StateSnapshot<S>> = Vec::with_capacity(n);
-        let mut known_values = None;
+        // The stored values of the snapshot before and the frames of its lists.
+        let mut before: Option<(StoredValues, HashMap<&str, ListFrames>)> = None;
         for tuple in page.take(n) {
-            let known = run.last().map(|s| &s.values).zip(known_values.as_ref());
+            let mut shared = HashMap::new();
+            let mut frames = HashMap::new();
+            for &name in &lists {
+                let Some(value) = tuple.checkpoint.channel_values.get(name) else {
+                    continue;
+                };
+                let leading = before.as_ref().and_then(|(values, frames)| {
+                    frames.get(name)?.leading(values.get(name)?, value)
+                });
+                let found = match leading {
+                    Some(f) => {
+                        shared.insert(name.to_owned(), f.count());
+                        Some(f)
+                    }
+                    // Walked once here; the older lists that lead it are then checked
+                    // by comparing bytes.
+                    None => ListFrames::of(value),
+                };
+                if let Some(f) = found {
+                    frames.insert(name, f);
+                }
+            }
+            let known = run
+                .last()
+                .filter(|_| !shared.is_empty())
+                .map(|s| (&s.values, &shared));
             match self.snapshot_with(tuple, false, None, known) {
                 Ok((snapshot, stored)) => {
-                    known_values = Some(stored);
+                    before = Some((stored, frames));
                     run.push(snapshot);
                 }
                 Err(e) => return (run, Some(e)),

@@ -63,11 +63,12 @@ pub trait State: Clone + Default + Send + Sync + Serialize + DeserializeOwned + 
     /// Replaces field `index` with the decoded `value`.
     fn decode_field(&mut self, index: usize, value: &TypedValue, codec: &ValueCodec) -> Result<()>;
 
-    /// Like [`decode_field`](Self::decode_field), for a value that may be an older version of
-    /// the same field of `known`, which was decoded from `known_value`: a `Vec` field with the
-    /// append reducer whose items are the leading items of `known_value`
-    /// ([`TypedValue::list_prefix_of`]) takes them from `known` instead of decoding them.
-    /// Every other field is decoded (the default).
+    /// Like [`decode_field`](Self::decode_field), for a value whose first `shared` items are
+    /// known to be, byte for byte, the first `shared` items of the stored value `known`'s
+    /// field `index` was decoded from (the caller checked, with
+    /// [`cairn_checkpoint::ListFrames`]): a `Vec` field with the append reducer clones those
+    /// items from `known` instead of decoding them (it is used when `shared` is the value's
+    /// whole item count). Every other field is decoded (the default).
     ///
     /// The result must equal what `decode_field` gives. `#[derive(State)]` copies the shared
     /// items with `Clone`, which holds for items whose decoding is a function of their bytes
@@ -81,9 +82,9 @@ pub trait State: Clone + Default + Send + Sync + Serialize + DeserializeOwned + 
         value: &TypedValue,
         codec: &ValueCodec,
         known: &Self,
-        known_value: &TypedValue,
+        shared: usize,
     ) -> Result<()> {
-        let _ = (known, known_value);
+        let _ = (known, shared);
         self.decode_field(index, value, codec)
     }
 
@@ -246,16 +247,13 @@ pub mod __private {
     pub trait ShareItems {
         /// The field's type.
         type Value;
-        /// The items of `value` when they are the leading items of `known_value`, the
-        /// stored form of this field: cloned from this field, not decoded.
-        fn shared_items(&self, value: &TypedValue, known_value: &TypedValue)
-            -> Option<Self::Value>;
+        /// The field's first `count` items, cloned; `None` if it holds fewer.
+        fn shared_items(&self, count: usize) -> Option<Self::Value>;
     }
 
     impl<T: Clone> ShareItems for Field<'_, Vec<T>> {
         type Value = Vec<T>;
-        fn shared_items(&self, value: &TypedValue, known_value: &TypedValue) -> Option<Vec<T>> {
-            let count = value.list_prefix_of(known_value)?;
+        fn shared_items(&self, count: usize) -> Option<Vec<T>> {
             self.0.get(..count).map(<[T]>::to_vec)
         }
     }
@@ -265,13 +263,12 @@ pub mod __private {
         /// The field's type.
         type Value;
         /// `None`: decoded as a whole.
-        fn shared_items(&self, value: &TypedValue, known_value: &TypedValue)
-            -> Option<Self::Value>;
+        fn shared_items(&self, count: usize) -> Option<Self::Value>;
     }
 
     impl<T> NoShare for &Field<'_, T> {
         type Value = T;
-        fn shared_items(&self, _value: &TypedValue, _known_value: &TypedValue) -> Option<T> {
+        fn shared_items(&self, _count: usize) -> Option<T> {
             None
         }
     }

@@ -204,7 +204,7 @@ fn expand(input: DeriveInput) -> syn::Result<TokenStream2> {
             shared_decodes.push(quote! {
                 #index => {
                     if let ::core::option::Option::Some(items) =
-                        (&#private::Field(&known.#ident)).shared_items(value, known_value)
+                        (&#private::Field(&known.#ident)).shared_items(shared)
                     {
                         self.#ident = items;
                         return ::core::result::Result::Ok(());
@@ -318,11 +318,11 @@ fn expand(input: DeriveInput) -> syn::Result<TokenStream2> {
                 value: &#private::TypedValue,
                 codec: &#private::ValueCodec,
                 known: &Self,
-                known_value: &#private::TypedValue,
+                shared: usize,
             ) -> #private::Result<()> {
                 #[allow(unused_imports)]
                 use #private::{NoShare as _, ShareItems as _};
-                let _ = (known, known_value);
+                let _ = (known, shared);
                 match index {
                     #(#shared_decodes)*
                     _ => {}
