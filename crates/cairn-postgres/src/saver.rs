@@ -12,7 +12,7 @@ use cairn_checkpoint::{
     ThreadSummary, TypedValue,
 };
 use deadpool_postgres::{ClientWrapper, Pool};
-use tokio_postgres::types::{ToSql, Type};
+use tokio_postgres::types::{Json, ToSql, Type};
 use tokio_postgres::Row;
 
 use crate::error::{check_json, check_text, means_connection_lost, pg_error, pool_error};
@@ -448,14 +448,13 @@ impl PostgresSaver {
         let parent_id: Option<String> = row
             .try_get(3)
             .map_err(|e| Error::corrupt(here(), format!("unreadable parent id: {e}")))?;
-        let header: serde_json::Value = row
+        // Straight from the JSONB text into the types, without a `serde_json::Value` between.
+        let Json(checkpoint): Json<Checkpoint> = row
             .try_get(4)
-            .map_err(|e| Error::corrupt(here(), format!("unreadable checkpoint header: {e}")))?;
-        let metadata: serde_json::Value = row
-            .try_get(5)
-            .map_err(|e| Error::corrupt(here(), format!("unreadable metadata: {e}")))?;
-        let checkpoint: Checkpoint = serde_json::from_value(header)
             .map_err(|e| Error::corrupt(here(), format!("invalid checkpoint header: {e}")))?;
+        let Json(metadata): Json<CheckpointMetadata> = row
+            .try_get(5)
+            .map_err(|e| Error::corrupt(here(), format!("invalid metadata: {e}")))?;
         if checkpoint.id != checkpoint_id {
             return Err(Error::corrupt(
                 here(),
@@ -465,8 +464,6 @@ impl PostgresSaver {
                 ),
             ));
         }
-        let metadata: CheckpointMetadata = serde_json::from_value(metadata)
-            .map_err(|e| Error::corrupt(here(), format!("invalid metadata: {e}")))?;
         Ok(StoredRow {
             thread_id,
             checkpoint_ns,
