@@ -8,8 +8,12 @@
 //! stored as the pair `[counter, suffix]` (about 11 bytes; schema 4), any other version as it
 //! is; a header holds one per channel and one per channel each node has seen, so this halves
 //! it. Since schema 6 a `ts` in Cairn's own form (RFC 3339, UTC, microseconds) is stored as
-//! microseconds since the Unix epoch, any other as text. Headers of schema 3 (every version
-//! a string) read as before.
+//! microseconds since the Unix epoch, any other as text. Since schema 7 `versions_seen` and
+//! `updated_channels` name a channel that `channel_versions` also holds by its position there
+//! (in key order; one byte instead of the name), and a seen version equal to the channel's
+//! current one is `nil` (one byte instead of about eleven): what a node has seen is mostly the
+//! channels of this very header, often at their current versions. Headers of schema 3 (every
+//! version a string) and of schemas 4 to 6 (names everywhere) read as before.
 //!
 //! Databases written before schema 3 hold the whole checkpoint as a MessagePack map with
 //! field names (`rmp_serde::to_vec_named`); those headers are read as they are (their
@@ -30,7 +34,7 @@ type CompactRef<'a> = (
     TsRef<'a>,
     VersionsRef<'a>,
     SeenRef<'a>,
-    &'a Option<Vec<String>>,
+    Option<ChannelsRef<'a>>,
 );
 
 /// The stored form of a header, owned.
@@ -38,8 +42,8 @@ type Compact = (
     u32,
     StoredTs,
     StoredVersions,
-    BTreeMap<String, StoredVersions>,
-    Option<Vec<String>>,
+    BTreeMap<String, StoredSeen>,
+    Option<Vec<StoredChannel>>,
 );
 
 /// A checkpoint's `ts` as a header stores it: whole microseconds since the Unix epoch when
@@ -123,16 +127,167 @@ impl Serialize for VersionsRef<'_> {
     }
 }
 
-/// `versions_seen` as a header stores it.
-struct SeenRef<'a>(&'a BTreeMap<String, ChannelVersions>);
+/// A channel as `versions_seen` and `updated_channels` store it (schema 7): its position in
+/// the header's `channel_versions` when that names it, else its name.
+enum ChannelRef<'a> {
+    Position(usize),
+    Name(&'a str),
+}
+
+impl<'a> ChannelRef<'a> {
+    fn of(channel: &'a str, current: &ChannelVersions) -> Self {
+        if current.contains_key(channel) {
+            ChannelRef::Position(current.keys().take_while(|k| k.as_str() < channel).count())
+        } else {
+            ChannelRef::Name(channel)
+        }
+    }
+}
+
+impl Serialize for ChannelRef<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self {
+            ChannelRef::Position(i) => serializer.serialize_u64(*i as u64),
+            ChannelRef::Name(name) => serializer.serialize_str(name),
+        }
+    }
+}
+
+/// `versions_seen` as a header stores it: each channel as a [`ChannelRef`], each version
+/// equal to the channel's current one as `nil`.
+struct SeenRef<'a> {
+    seen: &'a BTreeMap<String, ChannelVersions>,
+    current: &'a ChannelVersions,
+}
 
 impl Serialize for SeenRef<'_> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let mut map = serializer.serialize_map(Some(self.0.len()))?;
-        for (node, versions) in self.0 {
-            map.serialize_entry(node, &VersionsRef(versions))?;
+        struct NodeSeen<'a> {
+            versions: &'a ChannelVersions,
+            current: &'a ChannelVersions,
+        }
+        impl Serialize for NodeSeen<'_> {
+            fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                let mut map = serializer.serialize_map(Some(self.versions.len()))?;
+                for (channel, version) in self.versions {
+                    let key = ChannelRef::of(channel, self.current);
+                    if self.current.get(channel) == Some(version) {
+                        map.serialize_entry(&key, &())?;
+                    } else {
+                        match version.compact_parts() {
+                            Some(pair) => map.serialize_entry(&key, &pair)?,
+                            None => map.serialize_entry(&key, version)?,
+                        }
+                    }
+                }
+                map.end()
+            }
+        }
+        let mut map = serializer.serialize_map(Some(self.seen.len()))?;
+        for (node, versions) in self.seen {
+            let node_seen = NodeSeen {
+                versions,
+                current: self.current,
+            };
+            map.serialize_entry(node, &node_seen)?;
         }
         map.end()
+    }
+}
+
+/// `updated_channels` as a header stores it: each channel as a [`ChannelRef`].
+struct ChannelsRef<'a> {
+    channels: &'a [String],
+    current: &'a ChannelVersions,
+}
+
+impl Serialize for ChannelsRef<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_seq(
+            self.channels
+                .iter()
+                .map(|c| ChannelRef::of(c, self.current)),
+        )
+    }
+}
+
+/// A channel read from `versions_seen` or `updated_channels`: a position in the header's
+/// `channel_versions` (schema 7) or a name.
+enum StoredChannel {
+    Position(u64),
+    Name(String),
+}
+
+impl<'de> Deserialize<'de> for StoredChannel {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = StoredChannel;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a channel: its name or its position in channel_versions")
+            }
+            fn visit_u64<E: serde::de::Error>(self, i: u64) -> Result<StoredChannel, E> {
+                Ok(StoredChannel::Position(i))
+            }
+            fn visit_i64<E: serde::de::Error>(self, i: i64) -> Result<StoredChannel, E> {
+                u64::try_from(i)
+                    .map(StoredChannel::Position)
+                    .map_err(|_| E::custom(format!("channel position {i} is negative")))
+            }
+            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<StoredChannel, E> {
+                Ok(StoredChannel::Name(s.to_owned()))
+            }
+            fn visit_string<E: serde::de::Error>(self, s: String) -> Result<StoredChannel, E> {
+                Ok(StoredChannel::Name(s))
+            }
+        }
+        deserializer.deserialize_any(V)
+    }
+}
+
+impl StoredChannel {
+    /// The channel's name, looking a position up in `names` (`channel_versions`' keys).
+    fn resolve(self, names: &[&String]) -> Result<String, String> {
+        match self {
+            StoredChannel::Name(name) => Ok(name),
+            StoredChannel::Position(i) => usize::try_from(i)
+                .ok()
+                .and_then(|i| names.get(i))
+                .map(|name| (*name).clone())
+                .ok_or_else(|| {
+                    format!(
+                        "the header names channel number {i}, but its channel_versions hold {}",
+                        names.len()
+                    )
+                }),
+        }
+    }
+}
+
+/// What one node has seen, read from a header: channels with a version, or `None` for the
+/// channel's current version (schema 7).
+struct StoredSeen(Vec<(StoredChannel, Option<StoredVersion>)>);
+
+impl<'de> Deserialize<'de> for StoredSeen {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = StoredSeen;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a map of channels to versions")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> Result<StoredSeen, A::Error> {
+                let mut entries = Vec::with_capacity(map.size_hint().unwrap_or(0).min(64));
+                while let Some(entry) = map.next_entry()? {
+                    entries.push(entry);
+                }
+                Ok(StoredSeen(entries))
+            }
+        }
+        deserializer.deserialize_map(V)
     }
 }
 
@@ -212,8 +367,14 @@ pub(crate) fn encode(checkpoint: &Checkpoint) -> Result<Vec<u8>, rmp_serde::enco
         *v,
         TsRef(ts),
         VersionsRef(channel_versions),
-        SeenRef(versions_seen),
-        updated_channels,
+        SeenRef {
+            seen: versions_seen,
+            current: channel_versions,
+        },
+        updated_channels.as_deref().map(|channels| ChannelsRef {
+            channels,
+            current: channel_versions,
+        }),
     );
     rmp_serde::to_vec(&compact)
 }
@@ -239,12 +400,35 @@ pub(crate) fn decode(bytes: &[u8], checkpoint_id: &str) -> Result<Checkpoint, St
         }
         return Ok(checkpoint);
     }
-    let (v, StoredTs(ts), StoredVersions(channel_versions), versions_seen, updated_channels): Compact =
+    let (v, StoredTs(ts), StoredVersions(channel_versions), seen, updated): Compact =
         rmp_serde::from_slice(bytes).map_err(what)?;
-    let versions_seen = versions_seen
-        .into_iter()
-        .map(|(node, StoredVersions(v))| (node, v))
-        .collect();
+    let names: Vec<&String> = channel_versions.keys().collect();
+    let mut versions_seen = BTreeMap::new();
+    for (node, StoredSeen(entries)) in seen {
+        let mut versions = ChannelVersions::new();
+        for (channel, version) in entries {
+            let channel = channel.resolve(&names)?;
+            let version = match version {
+                Some(StoredVersion(version)) => version,
+                None => channel_versions.get(&channel).cloned().ok_or_else(|| {
+                    format!(
+                        "node {node:?} saw channel {channel:?} at its current version, \
+                         but the header has none"
+                    )
+                })?,
+            };
+            versions.insert(channel, version);
+        }
+        versions_seen.insert(node, versions);
+    }
+    let updated_channels = updated
+        .map(|channels| {
+            channels
+                .into_iter()
+                .map(|c| c.resolve(&names))
+                .collect::<Result<Vec<_>, _>>()
+        })
+        .transpose()?;
     Ok(Checkpoint {
         v,
         id: checkpoint_id.to_owned(),
@@ -408,12 +592,125 @@ mod tests {
             cp.v,
             &cp.ts,
             VersionsRef(&cp.channel_versions),
-            SeenRef(&cp.versions_seen),
-            &cp.updated_channels,
+            SeenRef {
+                seen: &cp.versions_seen,
+                current: &cp.channel_versions,
+            },
+            cp.updated_channels.as_deref().map(|channels| ChannelsRef {
+                channels,
+                current: &cp.channel_versions,
+            }),
         ))
         .expect("encode");
         assert_eq!(bytes.len() + 19, as_text.len(), "9 bytes instead of 28");
         assert_eq!(decode(&bytes, &cp.id).expect("decode"), cp);
+    }
+
+    /// A W1-shaped header: the reply step's checkpoint of a chat.
+    fn chat_header() -> Checkpoint {
+        let mut cp = Checkpoint::new();
+        let start = ChannelVersion::first_after(None);
+        let branch_seen = ChannelVersion::first_after(Some(&start));
+        let branch = ChannelVersion::first_after(Some(&branch_seen));
+        let messages = ChannelVersion::first_after(Some(&branch));
+        cp.channel_versions = [
+            ("__start__".to_owned(), start.clone()),
+            ("branch:to:reply".to_owned(), branch),
+            ("messages".to_owned(), messages),
+        ]
+        .into();
+        cp.versions_seen = [
+            ("__input__".to_owned(), ChannelVersions::new()),
+            (
+                "__start__".to_owned(),
+                [("__start__".to_owned(), start)].into(),
+            ),
+            (
+                "reply".to_owned(),
+                [("branch:to:reply".to_owned(), branch_seen)].into(),
+            ),
+            // A channel this header does not hold any more.
+            (
+                "old".to_owned(),
+                [("gone".to_owned(), ChannelVersion::Int(3))].into(),
+            ),
+        ]
+        .into();
+        cp.updated_channels = Some(vec!["messages".into(), "gone".into()]);
+        cp
+    }
+
+    /// The schema 6 form of `cp`'s header: names everywhere, every seen version written out.
+    fn schema6_header(cp: &Checkpoint) -> Vec<u8> {
+        let seen: BTreeMap<&String, VersionsRef<'_>> = cp
+            .versions_seen
+            .iter()
+            .map(|(node, versions)| (node, VersionsRef(versions)))
+            .collect();
+        rmp_serde::to_vec(&(
+            cp.v,
+            TsRef(&cp.ts),
+            VersionsRef(&cp.channel_versions),
+            seen,
+            &cp.updated_channels,
+        ))
+        .expect("encode")
+    }
+
+    #[test]
+    fn seen_channels_are_positions_and_current_versions_nil() {
+        let cp = chat_header();
+        let bytes = encode(&cp).expect("encode");
+        assert_eq!(decode(&bytes, &cp.id).expect("decode"), cp);
+        let old = schema6_header(&cp);
+        // Two names and one version in versions_seen, two names in updated_channels.
+        assert!(
+            bytes.len() + 40 < old.len(),
+            "{} bytes, {} before",
+            bytes.len(),
+            old.len()
+        );
+        // Headers written before schema 7 read as before.
+        assert_eq!(decode(&old, &cp.id).expect("decode the old form"), cp);
+        assert_eq!(
+            channel_versions(&bytes).expect("versions"),
+            cp.channel_versions
+        );
+    }
+
+    #[test]
+    fn a_position_or_nil_without_its_channel_is_an_error() {
+        let (v, ts) = (4u32, 1u64);
+        let versions = BTreeMap::from([("c", 7i64)]);
+        let bad_position = rmp_serde::to_vec(&(
+            v,
+            ts,
+            &versions,
+            BTreeMap::from([("node", BTreeMap::from([(5u64, ())]))]),
+            None::<Vec<String>>,
+        ))
+        .expect("encode");
+        let err = decode(&bad_position, "x").expect_err("position 5 of 1");
+        assert!(err.contains("channel number 5"), "{err}");
+        let nil_for_unknown = rmp_serde::to_vec(&(
+            v,
+            ts,
+            &versions,
+            BTreeMap::from([("node", BTreeMap::from([("gone", ())]))]),
+            None::<Vec<String>>,
+        ))
+        .expect("encode");
+        let err = decode(&nil_for_unknown, "x").expect_err("nil for a channel not held");
+        assert!(err.contains("\"gone\""), "{err}");
+        let bad_updated = rmp_serde::to_vec(&(
+            v,
+            ts,
+            &versions,
+            BTreeMap::<String, ChannelVersions>::new(),
+            Some(vec![1u64]),
+        ))
+        .expect("encode");
+        assert!(decode(&bad_updated, "x").is_err());
     }
 
     #[test]

@@ -194,10 +194,19 @@ CREATE INDEX checkpoints_thread_recent ON checkpoints (thread_id, checkpoint_id)
 WHERE checkpoint_ns <> '';
 "#,
     },
+    Migration {
+        version: 7,
+        name: "checkpoint headers name channels in versions_seen and updated_channels by \
+               position, and current seen versions as nil",
+        // No table changes: headers written from now on may hold positions and nils, which a
+        // Cairn that knows only schema 6 could not read, so the version marks the file as
+        // newer. Existing headers stay as they are and read as before.
+        sql: "",
+    },
 ];
 
 /// The schema version this build writes.
-pub const SCHEMA_VERSION: i64 = 6;
+pub const SCHEMA_VERSION: i64 = 7;
 
 /// The SQL of the first migration, for tests of later ones.
 #[cfg(test)]
