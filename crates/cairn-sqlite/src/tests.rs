@@ -109,7 +109,10 @@ fn value_and_write_lookups_search_their_primary_keys() {
 #[test]
 fn migrating_twice_applies_nothing_the_second_time() {
     let mut conn = Connection::open_in_memory().expect("open");
-    assert_eq!(migrate(&mut conn).expect("first"), vec![1, 2, 3, 4, 5, 6, 7]);
+    assert_eq!(
+        migrate(&mut conn).expect("first"),
+        vec![1, 2, 3, 4, 5, 6, 7]
+    );
     assert_eq!(migrate(&mut conn).expect("second"), Vec::<i64>::new());
     let v: i64 = conn
         .query_row("PRAGMA user_version", [], |r| r.get(0))
