@@ -43,7 +43,7 @@ use serde::Serialize;
 
 use crate::checkpoint::{Checkpoint, CheckpointTuple};
 use crate::error::{Error, Result};
-use crate::value::{Format, TypedValue, ValueCodec, TAG_JSON, TAG_MSGPACK};
+use crate::value::{msgpack_array_header, Format, TypedValue, ValueCodec, TAG_JSON, TAG_MSGPACK};
 use crate::version::ChannelVersion;
 
 /// Type tag of an append value (see [`AppendValue`]).
@@ -212,19 +212,10 @@ fn list_parts(value: &TypedValue) -> Result<ListParts<'_>> {
     let data = &value.data[..];
     match value.type_tag.as_str() {
         TAG_MSGPACK => {
-            let (count, header) = match data.first() {
-                Some(&b) if (0x90..=0x9f).contains(&b) => (u64::from(b & 0x0f), 1),
-                Some(0xdc) if data.len() >= 3 => {
-                    (u64::from(u16::from_be_bytes([data[1], data[2]])), 3)
-                }
-                Some(0xdd) if data.len() >= 5 => (
-                    u64::from(u32::from_be_bytes([data[1], data[2], data[3], data[4]])),
-                    5,
-                ),
-                _ => return Err(malformed("the base value is not a MessagePack list")),
-            };
+            let (count, header) = msgpack_array_header(data)
+                .ok_or_else(|| malformed("the base value is not a MessagePack list"))?;
             Ok(ListParts {
-                count,
+                count: count as u64,
                 items: &data[header..],
             })
         }

@@ -235,7 +235,7 @@ fn msgpack_value_end(data: &[u8], mut at: usize) -> Option<usize> {
 
 /// The item count and header length of a MessagePack array, `None` if `data` does not start
 /// with one.
-fn msgpack_array_header(data: &[u8]) -> Option<(usize, usize)> {
+pub(crate) fn msgpack_array_header(data: &[u8]) -> Option<(usize, usize)> {
     match *data.first()? {
         b @ 0x90..=0x9f => Some(((b & 0x0f) as usize, 1)),
         0xdc => {
