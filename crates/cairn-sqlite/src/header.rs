@@ -118,12 +118,22 @@ impl Serialize for VersionsRef<'_> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         let mut map = serializer.serialize_map(Some(self.0.len()))?;
         for (channel, version) in self.0 {
-            match version.compact_parts() {
-                Some(pair) => map.serialize_entry(channel, &pair)?,
-                None => map.serialize_entry(channel, version)?,
-            }
+            map.serialize_entry(channel, &VersionRef(version))?;
         }
         map.end()
+    }
+}
+
+/// One version as a header stores it: `[counter, suffix]` for Cairn's own string form, any
+/// other as it is.
+struct VersionRef<'a>(&'a ChannelVersion);
+
+impl Serialize for VersionRef<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self.0.compact_parts() {
+            Some(pair) => pair.serialize(serializer),
+            None => self.0.serialize(serializer),
+        }
     }
 }
 
@@ -174,10 +184,7 @@ impl Serialize for SeenRef<'_> {
                     if self.current.get(channel) == Some(version) {
                         map.serialize_entry(&key, &())?;
                     } else {
-                        match version.compact_parts() {
-                            Some(pair) => map.serialize_entry(&key, &pair)?,
-                            None => map.serialize_entry(&key, version)?,
-                        }
+                        map.serialize_entry(&key, &VersionRef(version))?;
                     }
                 }
                 map.end()
