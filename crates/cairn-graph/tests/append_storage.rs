@@ -9,12 +9,10 @@ use cairn_checkpoint::{
     Checkpoint, CheckpointConfig, CheckpointSaver, InMemorySaver, PruneStrategy, TypedValue,
     ValueCodec, TAG_APPEND,
 };
-use cairn_graph::{
-    CompiledGraph, Durability, HistoryQuery, RunConfig, State, StateGraph, END, START,
-};
-use futures::TryStreamExt;
-use support::{Observed, Observer};
+use cairn_graph::{CompiledGraph, Durability, RunConfig, State, StateGraph, END, START};
+use support::{history, Observed, Observer};
 
+#[macro_use]
 mod support;
 use serde::{Deserialize, Serialize};
 
@@ -117,24 +115,6 @@ async fn chat(app: &CompiledGraph<Chat>, config: RunConfig, texts: &[&str]) -> C
             .expect("turn");
     }
     last
-}
-
-async fn history(app: &CompiledGraph<Chat>, thread: &str) -> Vec<cairn_graph::StateSnapshot<Chat>> {
-    app.get_state_history(RunConfig::thread(thread), HistoryQuery::default())
-        .try_collect()
-        .await
-        .expect("history")
-}
-
-macro_rules! on_both_savers {
-    ($($name:ident),* $(,)?) => {
-        mod memory {
-            $( #[tokio::test] async fn $name() { super::$name(false).await } )*
-        }
-        mod sqlite {
-            $( #[tokio::test] async fn $name() { super::$name(true).await } )*
-        }
-    };
 }
 
 on_both_savers!(

@@ -13,8 +13,9 @@ use cairn_graph::{
 };
 use futures::TryStreamExt;
 use serde::{Deserialize, Serialize};
-use support::{Observed, Observer};
+use support::{history, Observed, Observer};
 
+#[macro_use]
 mod support;
 
 thread_local! {
@@ -92,13 +93,6 @@ async fn chat(app: &CompiledGraph<Chat>, config: &RunConfig, turns: std::ops::Ra
     }
 }
 
-async fn history(app: &CompiledGraph<Chat>, thread: &str) -> Vec<StateSnapshot<Chat>> {
-    app.get_state_history(RunConfig::thread(thread), HistoryQuery::default())
-        .try_collect()
-        .await
-        .expect("history")
-}
-
 /// Messages an input checkpoint's pending input holds (one user message each), which
 /// `get_state_history` decodes too (the snapshot's next tasks come from it).
 fn inputs(snapshots: &[StateSnapshot<Chat>]) -> usize {
@@ -146,17 +140,6 @@ async fn check_against_get_state(app: &CompiledGraph<Chat>, snapshots: &[StateSn
             snap.config.checkpoint_id
         );
     }
-}
-
-macro_rules! on_both_savers {
-    ($($name:ident),* $(,)?) => {
-        mod memory {
-            $( #[tokio::test] async fn $name() { super::$name(false).await } )*
-        }
-        mod sqlite {
-            $( #[tokio::test] async fn $name() { super::$name(true).await } )*
-        }
-    };
 }
 
 on_both_savers!(

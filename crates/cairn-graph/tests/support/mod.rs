@@ -1,8 +1,13 @@
-//! A saver wrapper for tests that watch what the runtime asks of its saver.
+//! Shared by the runtime's test files: a saver wrapper for tests that watch what the runtime
+//! asks of its saver, a whole-history helper and a macro running a test on both embedded
+//! savers.
 
 use std::sync::Arc;
 
 use async_trait::async_trait;
+use cairn_graph::{CompiledGraph, HistoryQuery, RunConfig, State, StateSnapshot};
+use futures::TryStreamExt;
+
 use cairn_checkpoint::{
     ChannelVersion, ChannelVersions, Checkpoint, CheckpointConfig, CheckpointMetadata,
     CheckpointSaver, CheckpointTuple, KnownValues, ListQuery, PruneStrategy, Result, TypedValue,
@@ -100,4 +105,27 @@ impl<O: Observer> CheckpointSaver for Observed<O> {
     fn get_next_version(&self, current: Option<&ChannelVersion>) -> ChannelVersion {
         self.inner.get_next_version(current)
     }
+}
+
+/// The whole history of `thread`, newest first.
+#[allow(dead_code)]
+pub async fn history<S: State>(app: &CompiledGraph<S>, thread: &str) -> Vec<StateSnapshot<S>> {
+    app.get_state_history(RunConfig::thread(thread), HistoryQuery::default())
+        .try_collect()
+        .await
+        .expect("history")
+}
+
+/// Runs each named `async fn(sqlite: bool)` as two tests: on the in-memory saver
+/// (`memory::name`) and on SQLite (`sqlite::name`).
+#[allow(unused_macros)]
+macro_rules! on_both_savers {
+    ($($name:ident),* $(,)?) => {
+        mod memory {
+            $( #[tokio::test] async fn $name() { super::$name(false).await } )*
+        }
+        mod sqlite {
+            $( #[tokio::test] async fn $name() { super::$name(true).await } )*
+        }
+    };
 }
