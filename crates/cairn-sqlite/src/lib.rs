@@ -758,10 +758,16 @@ fn put_row(
             format: "json",
             message: format!("encoding the checkpoint metadata: {e}"),
         })?;
+    // A channel updated to no value (an empty marker, or no value given) gets no row: a
+    // version without a row reads as no value, exactly as an empty marker does, and a
+    // consumed trigger channel is one such version per step.
     let blobs = new_versions
         .into_iter()
-        .map(|(channel, version)| {
-            let value = values.remove(&channel).unwrap_or_else(TypedValue::empty);
+        .filter_map(|(channel, version)| {
+            let value = values.remove(&channel)?;
+            (!value.is_empty_marker()).then_some((channel, version, value))
+        })
+        .map(|(channel, version, value)| {
             let version = version.to_storage_string();
             // A malformed append value could never be read back: refuse it now rather than
             // leave the thread unreadable.

@@ -1223,3 +1223,76 @@ mod upgrade {
         );
     }
 }
+
+/// What the stored rows look like: values that need no row get none, and what is stored
+/// reads back as given.
+mod compact_rows {
+    use cairn_checkpoint::*;
+
+    /// How many value rows `saver` holds for `channel`.
+    async fn value_rows(saver: &crate::SqliteSaver, channel: &'static str) -> i64 {
+        saver
+            .on_writer(move |conn| {
+                conn.query_row(
+                    "SELECT count(*) FROM checkpoint_blobs WHERE channel = ?1",
+                    [channel],
+                    |r| r.get(0),
+                )
+                .map_err(crate::sql_error("counting value rows"))
+            })
+            .await
+            .expect("count")
+    }
+
+    #[tokio::test]
+    async fn a_channel_updated_to_no_value_stores_no_row_and_reads_as_no_value() {
+        let saver = crate::SqliteSaver::in_memory().expect("open");
+        let config = CheckpointConfig::thread("t");
+        let mut first = Checkpoint::new();
+        first.channel_values.insert(
+            "start".into(),
+            ValueCodec::default().encode(&1u8).expect("encode"),
+        );
+        first
+            .channel_versions
+            .insert("start".into(), ChannelVersion::Int(1));
+        let versions: ChannelVersions = first.channel_versions.clone();
+        let stored = saver
+            .put(
+                &config,
+                first.clone(),
+                CheckpointMetadata::default(),
+                versions,
+            )
+            .await
+            .expect("put");
+        assert_eq!(value_rows(&saver, "start").await, 1);
+
+        // The next checkpoint consumes `start`: a new version, no value (given as an empty
+        // marker, or not given at all for `other`).
+        let mut next = first.successor();
+        next.channel_values.clear();
+        next.channel_values
+            .insert("start".into(), TypedValue::empty());
+        next.channel_versions
+            .insert("start".into(), ChannelVersion::Int(2));
+        next.channel_versions
+            .insert("other".into(), ChannelVersion::Int(1));
+        let new_versions: ChannelVersions = next.channel_versions.clone();
+        let latest = saver
+            .put(&stored, next, CheckpointMetadata::default(), new_versions)
+            .await
+            .expect("put");
+        assert_eq!(value_rows(&saver, "start").await, 1, "no row for version 2");
+        assert_eq!(value_rows(&saver, "other").await, 0);
+
+        let tuple = saver.get_tuple(&latest).await.expect("get").expect("found");
+        assert_eq!(
+            tuple.checkpoint.channel_versions.get("start"),
+            Some(&ChannelVersion::Int(2))
+        );
+        assert!(tuple.checkpoint.channel_values.is_empty());
+        let older = saver.get_tuple(&stored).await.expect("get").expect("found");
+        assert_eq!(older.checkpoint.channel_values, first.channel_values);
+    }
+}
