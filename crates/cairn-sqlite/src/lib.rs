@@ -152,6 +152,7 @@ mod ops;
 mod options;
 mod read;
 mod schema;
+mod stored_value;
 mod version_key;
 mod writer;
 
@@ -782,7 +783,7 @@ fn put_row(
                 key: VersionKey::from_storage_string(&version),
                 base_key: base_version.as_deref().map(VersionKey::from_storage_string),
                 version,
-                value,
+                value: stored_value::to_row(value)?,
             })
         })
         .collect::<Result<_>>()?;

@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use rusqlite::types::Value;
-use rusqlite::{Connection, OptionalExtension};
+use rusqlite::Connection;
 use tokio::sync::Semaphore;
 
 use cairn_checkpoint::{
@@ -166,7 +166,7 @@ pub(crate) const EXACT_SQL: &str = concat!(
 
 /// Channel values for a JSON array of `[thread, ns, channel, version]` keys.
 pub(crate) const BLOBS_SQL: &str = "SELECT b.thread_id, b.checkpoint_ns, b.channel, \
-     cairn_version_text(b.version), b.type_tag, b.data \
+     cairn_version_text(b.version), b.type_tag, b.data, cairn_version_text(b.base_version) \
      FROM json_each(?1) AS k CROSS JOIN checkpoint_blobs AS b \
      WHERE b.thread_id = k.value ->> 0 AND b.checkpoint_ns = k.value ->> 1 \
        AND b.channel = k.value ->> 2 AND b.version = cairn_version_key(k.value ->> 3)";
@@ -180,7 +180,7 @@ pub(crate) const BLOBS_SQL: &str = "SELECT b.thread_id, b.checkpoint_ns, b.chann
 /// Each row names its key by position in the array (`k.key`), which is cheaper to read back
 /// than the three names.
 pub(crate) const CHAIN_SQL: &str = "SELECT k.key, cairn_version_text(b.version), b.type_tag, \
-     b.data FROM json_each(?1) AS k CROSS JOIN checkpoint_blobs AS b \
+     b.data, cairn_version_text(b.base_version) FROM json_each(?1) AS k CROSS JOIN checkpoint_blobs AS b \
      WHERE b.thread_id = k.value ->> 0 AND b.checkpoint_ns = k.value ->> 1 \
        AND b.channel = k.value ->> 2 \
        AND b.version <= coalesce(unhex(k.value ->> 3), x'ffffffffffffffffffffffffffffffffff')";
@@ -527,16 +527,13 @@ fn query_values(
         .map_err(sql_error(format!("preparing the query for {what}")))?;
     let mut q = stmt.query([keys]).map_err(e())?;
     while let Some(r) = q.next().map_err(e())? {
-        let value = TypedValue::new(
-            text(r, 4, what)?,
-            Bytes::from(r.get::<_, Vec<u8>>(5).map_err(e())?),
-        );
         let key = (
             text(r, 0, what)?,
             text(r, 1, what)?,
             text(r, 2, what)?,
             text(r, 3, what)?,
         );
+        let value = stored_value(r, [4, 5, 6], what, || (key.0, key.1, key.2))?;
         found(key, value);
     }
     Ok(())
@@ -627,18 +624,51 @@ fn value_by_key(
     let mut stmt = conn
         .prepare_cached(ONE_BLOB_SQL)
         .map_err(sql_error("preparing the channel value query"))?;
-    stmt.query_row(rusqlite::params![thread, ns, channel, version], |r| {
-        Ok(TypedValue::new(
-            r.get::<_, String>(0)?,
-            Bytes::from(r.get::<_, Vec<u8>>(1)?),
-        ))
+    let mut rows = stmt
+        .query(rusqlite::params![thread, ns, channel, version])
+        .map_err(sql_error(what))?;
+    match rows.next().map_err(sql_error(what))? {
+        Some(r) => stored_value(r, [0, 1, 2], what, || (thread, ns, channel)).map(Some),
+        None => Ok(None),
+    }
+}
+
+/// The value of a `checkpoint_blobs` row whose type tag, data and base version (as text)
+/// are columns `columns` of `r` (see [`crate::stored_value`]); `at` names the thread,
+/// namespace and channel for the error when the row is corrupt.
+fn stored_value<'a>(
+    r: &rusqlite::Row<'_>,
+    [tag, data, base]: [usize; 3],
+    what: &str,
+    at: impl FnOnce() -> (&'a str, &'a str, &'a str),
+) -> Result<TypedValue> {
+    let e = || sql_error(what.to_owned());
+    let base: Option<&str> = r
+        .get_ref(base)
+        .and_then(|v| v.as_str_or_null().map_err(rusqlite::Error::from))
+        .map_err(e())?;
+    crate::stored_value::from_row(
+        text(r, tag, what)?,
+        r.get::<_, Vec<u8>>(data).map_err(e())?,
+        base,
+    )
+    .map_err(|reason| {
+        let (thread, ns, channel) = at();
+        Error::corrupt(
+            DataLocation {
+                thread_id: thread.to_owned(),
+                checkpoint_ns: ns.to_owned(),
+                checkpoint_id: None,
+                channel: Some(channel.to_owned()),
+            },
+            reason,
+        )
     })
-    .optional()
-    .map_err(sql_error(what))
 }
 
 /// One stored value by its key, the version in its stored form.
-pub(crate) const ONE_BLOB_SQL: &str = "SELECT type_tag, data FROM checkpoint_blobs \
+pub(crate) const ONE_BLOB_SQL: &str = "SELECT type_tag, data, cairn_version_text(base_version) \
+     FROM checkpoint_blobs \
      WHERE thread_id = ?1 AND checkpoint_ns = ?2 AND channel = ?3 AND version = ?4";
 
 /// The pending writes of one checkpoint, by its key (the columns of [`WRITES_SQL`]).
@@ -819,7 +849,7 @@ fn resolve_append_values(conn: &Connection, tuples: &mut [CheckpointTuple]) -> R
         let found = usize::try_from(at)
             .ok()
             .and_then(|i| Some((keys.get(i)?, chains.get_mut(*slot_of_key.get(i)?)?)));
-        let Some(((_, _, channel, _), chains)) = found else {
+        let Some(((thread, ns, channel, _), chains)) = found else {
             return Err(Error::Backend {
                 backend: "sqlite",
                 message: format!(
@@ -829,10 +859,9 @@ fn resolve_append_values(conn: &Connection, tuples: &mut [CheckpointTuple]) -> R
                 source: None,
             });
         };
-        let value = TypedValue::new(
-            text(r, 2, what)?,
-            Bytes::from(r.get::<_, Vec<u8>>(3).map_err(e())?),
-        );
+        let value = stored_value(r, [2, 3, 4], what, || {
+            (thread.as_str(), ns.as_str(), channel.as_str())
+        })?;
         chains.insert(channel, text(r, 1, what)?, value);
     }
     // `list` returns newest first (by checkpoint id), so oldest first is back to front.

@@ -203,10 +203,20 @@ WHERE checkpoint_ns <> '';
         // newer. Existing headers stay as they are and read as before.
         sql: "",
     },
+    Migration {
+        version: 8,
+        name: "append values stored in a compact form: item code, count, items; the base \
+               only in base_version",
+        // No table changes: values written from now on may be compact append values (see
+        // `stored_value.rs`), which a Cairn that knows only schema 7 could not read, so the
+        // version marks the file as newer. Existing values stay as they are and read as
+        // before.
+        sql: "",
+    },
 ];
 
 /// The schema version this build writes.
-pub const SCHEMA_VERSION: i64 = 7;
+pub const SCHEMA_VERSION: i64 = 8;
 
 /// The SQL of the first migration, for tests of later ones.
 #[cfg(test)]

@@ -146,7 +146,7 @@ async fn a_400_step_chain_reads_back_whole_and_stores_each_message_once() {
     );
     assert!(links[0].2.is_none(), "the root is a whole value");
     for pair in links.windows(2) {
-        assert_eq!(pair[1].1, "append");
+        assert_eq!(pair[1].1, "append/2", "the compact form (schema 8)");
         assert_eq!(pair[1].2.as_deref(), Some(pair[0].0.as_str()));
     }
 }
@@ -368,12 +368,12 @@ async fn chains_cross_from_text_versions_to_compact_ones() {
                     (root.to_storage_string(), "msgpack".to_owned(), None),
                     (
                         v2.to_storage_string(),
-                        "append".to_owned(),
+                        "append/2".to_owned(),
                         Some(root.to_storage_string())
                     ),
                     (
                         v3.to_storage_string(),
-                        "append".to_owned(),
+                        "append/2".to_owned(),
                         Some(v2.to_storage_string())
                     ),
                 ]
@@ -408,5 +408,64 @@ async fn chains_cross_from_text_versions_to_compact_ones() {
             .expect("prune");
         assert_eq!(read_list(&saver, &latest, CHANNEL).await, ["a", "b", "c"]);
         assert_eq!(stored_links(&path, thread).len(), 1);
+    }
+}
+
+/// Schema 8 stores an append value without its text header: an item code, the count and the
+/// items, its base only in `base_version`. Reads give back the same whole values, and a
+/// compact row that cannot be read is a corrupt-data error naming its channel.
+#[tokio::test]
+async fn append_values_are_stored_compact_and_a_corrupt_one_is_named() {
+    let (_dir, path) = temp_db();
+    let saver = SqliteSaver::open(&path).expect("open");
+    let codec = ValueCodec::default();
+    let first = ChannelVersion::first_after(None);
+    let second = first.next();
+    let root = put_channel(
+        &saver,
+        &CheckpointConfig::thread("t"),
+        CHANNEL,
+        &first,
+        codec.encode(&["hello"]).expect("encode"),
+        "run",
+    )
+    .await;
+    let message = "m".repeat(200);
+    let delta = codec
+        .encode_append(&first, [&message, &message].iter())
+        .expect("encode");
+    let head = put_channel(&saver, &root, CHANNEL, &second, delta.clone(), "run").await;
+    assert_eq!(
+        read_list(&saver, &head, CHANNEL).await,
+        ["hello", message.as_str(), message.as_str()]
+    );
+
+    let (tag, data): (String, Vec<u8>) = raw(&path)
+        .query_row(
+            "SELECT type_tag, data FROM checkpoint_blobs WHERE base_version IS NOT NULL",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .expect("the append row");
+    assert_eq!(tag, "append/2");
+    assert_eq!(&data[..2], &[b'm', 2], "item code, then the count");
+    let header = delta.data.len() - data.len();
+    assert!(
+        header >= 60,
+        "the text header is gone ({header} bytes saved)"
+    );
+
+    raw(&path)
+        .execute(
+            "UPDATE checkpoint_blobs SET data = x'7801' WHERE base_version IS NOT NULL",
+            [],
+        )
+        .expect("corrupt the row");
+    match saver.get_tuple(&head).await {
+        Err(Error::Corrupt { location, reason }) => {
+            assert_eq!(location.channel.as_deref(), Some(CHANNEL));
+            assert!(reason.contains("item code"), "{reason}");
+        }
+        other => panic!("expected a corrupt-data error, got {other:?}"),
     }
 }

@@ -1,0 +1,174 @@
+//! How a channel value is stored in a `checkpoint_blobs` row (schema 8).
+//!
+//! An append value ([`cairn_checkpoint::AppendValue`]) carries a text header of about 76
+//! bytes: a magic line, its base version (49 characters for Cairn's own versions), its item
+//! tag and its item count. A W1 message is about 220 bytes, so the header was a quarter of
+//! every appended message's row, and the base was stored twice: in the header and in the
+//! row's `base_version` column. Rows written since schema 8 hold an append value in its
+//! *compact* form instead, type tag [`TAG_COMPACT_APPEND`]:
+//!
+//! * one byte for the items' tag (`m` MessagePack, `j` JSON),
+//! * the item count as an unsigned LEB128 number (one byte below 128),
+//! * the items as the append value holds them.
+//!
+//! The base is the row's `base_version`. Reads rebuild the append value, so everything above
+//! the row (chains, history decoding, other backends during a migration) sees the same
+//! value as before. Rows of earlier schemas keep the text form and read as before.
+
+use bytes::{BufMut, Bytes, BytesMut};
+
+use cairn_checkpoint::{AppendValue, TypedValue, TAG_APPEND, TAG_JSON, TAG_MSGPACK};
+
+/// Type tag of an append value stored in its compact form.
+pub(crate) const TAG_COMPACT_APPEND: &str = "append/2";
+
+/// The form `value` is stored in: its compact form when it is an append value whose items
+/// are MessagePack or JSON, `value` itself otherwise. A malformed append value is an error
+/// (the caller refuses to store it).
+pub(crate) fn to_row(value: TypedValue) -> cairn_checkpoint::Result<TypedValue> {
+    let Some(append) = AppendValue::parse(&value)? else {
+        return Ok(value);
+    };
+    let code = match append.item_tag.as_str() {
+        TAG_MSGPACK => b'm',
+        TAG_JSON => b'j',
+        _ => return Ok(value),
+    };
+    let mut data = BytesMut::with_capacity(11 + append.items.len());
+    data.put_u8(code);
+    put_leb128(&mut data, append.count);
+    data.put_slice(&append.items);
+    Ok(TypedValue::new(TAG_COMPACT_APPEND, data.freeze()))
+}
+
+/// The value a row holds, from its type tag, data and base version (as a version string):
+/// a compact append value becomes the append value it was stored from. Errors say what is
+/// wrong with the row.
+pub(crate) fn from_row(
+    type_tag: &str,
+    data: Vec<u8>,
+    base: Option<&str>,
+) -> Result<TypedValue, String> {
+    if type_tag != TAG_COMPACT_APPEND {
+        return Ok(TypedValue::new(type_tag, data));
+    }
+    let base = base.ok_or("a compact append value has no base version in its row")?;
+    let data = Bytes::from(data);
+    let item_tag = match data.first() {
+        Some(b'm') => TAG_MSGPACK,
+        Some(b'j') => TAG_JSON,
+        Some(other) => return Err(format!("a compact append value has item code {other:#04x}")),
+        None => return Err("a compact append value is empty".into()),
+    };
+    let (count, at) = read_leb128(&data[1..])
+        .ok_or("the item count of a compact append value is cut short or too large")?;
+    let value = AppendValue {
+        base: base.to_owned(),
+        item_tag: item_tag.to_owned(),
+        count,
+        items: data.slice(1 + at..),
+    };
+    let typed = value.to_typed();
+    debug_assert_eq!(typed.type_tag, TAG_APPEND);
+    Ok(typed)
+}
+
+fn put_leb128(out: &mut BytesMut, mut n: u64) {
+    loop {
+        let low = (n & 0x7f) as u8;
+        n >>= 7;
+        if n == 0 {
+            out.put_u8(low);
+            return;
+        }
+        out.put_u8(low | 0x80);
+    }
+}
+
+/// The number at the start of `bytes` and how many bytes it took; `None` when cut short
+/// or above `u64::MAX`.
+fn read_leb128(bytes: &[u8]) -> Option<(u64, usize)> {
+    let mut n: u64 = 0;
+    for (i, &b) in bytes.iter().enumerate().take(10) {
+        let part = u64::from(b & 0x7f);
+        let shifted = part.checked_shl(7 * i as u32)?;
+        if i == 9 && part > 1 {
+            return None;
+        }
+        n |= shifted;
+        if b & 0x80 == 0 {
+            return Some((n, i + 1));
+        }
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cairn_checkpoint::{ChannelVersion, ValueCodec};
+
+    #[test]
+    fn append_values_round_trip_through_their_compact_form() {
+        let codec = ValueCodec::default();
+        let base = ChannelVersion::first_after(None).next();
+        let items: Vec<String> = (0..300).map(|i| format!("item {i}")).collect();
+        let value = codec.encode_append(&base, items.iter()).expect("encode");
+        let row = to_row(value.clone()).expect("compact");
+        assert_eq!(row.type_tag, TAG_COMPACT_APPEND);
+        let header = value.data.len() - row.data.len();
+        assert!(header > 60, "the text header ({header} bytes) is gone");
+        let back = from_row(
+            &row.type_tag,
+            row.data.to_vec(),
+            Some(&base.to_storage_string()),
+        )
+        .expect("read");
+        assert_eq!(back, value);
+    }
+
+    #[test]
+    fn other_values_are_stored_as_given() {
+        let value = ValueCodec::default()
+            .encode(&vec![1, 2, 3])
+            .expect("encode");
+        assert_eq!(to_row(value.clone()).expect("row"), value);
+        let back = from_row(&value.type_tag, value.data.to_vec(), None).expect("read");
+        assert_eq!(back, value);
+    }
+
+    #[test]
+    fn counts_take_as_many_bytes_as_they_need() {
+        for n in [
+            0,
+            1,
+            127,
+            128,
+            300,
+            16_383,
+            16_384,
+            u64::from(u32::MAX),
+            u64::MAX,
+        ] {
+            let mut out = BytesMut::new();
+            put_leb128(&mut out, n);
+            assert_eq!(read_leb128(&out), Some((n, out.len())), "{n}");
+        }
+        let mut one = BytesMut::new();
+        put_leb128(&mut one, 100);
+        assert_eq!(one.len(), 1);
+    }
+
+    #[test]
+    fn corrupt_compact_rows_are_errors() {
+        let base = Some("1");
+        assert!(from_row(TAG_COMPACT_APPEND, vec![], base).is_err());
+        assert!(from_row(TAG_COMPACT_APPEND, vec![b'x', 1], base).is_err());
+        assert!(from_row(TAG_COMPACT_APPEND, vec![b'm', 0x80], base).is_err());
+        let mut too_large = vec![b'm'];
+        too_large.extend([0xff; 12]);
+        assert!(from_row(TAG_COMPACT_APPEND, too_large, base).is_err());
+        assert!(from_row(TAG_COMPACT_APPEND, vec![b'm', 1, 0xc0], None).is_err());
+        assert!(from_row(TAG_COMPACT_APPEND, vec![b'm', 1, 0xc0], base).is_ok());
+    }
+}
