@@ -43,7 +43,10 @@ use serde::Serialize;
 
 use crate::checkpoint::{Checkpoint, CheckpointTuple};
 use crate::error::{Error, Result};
-use crate::value::{msgpack_array_header, Format, TypedValue, ValueCodec, TAG_JSON, TAG_MSGPACK};
+use crate::value::{
+    msgpack_array_header, put_msgpack_array_header, Format, TypedValue, ValueCodec, TAG_JSON,
+    TAG_MSGPACK,
+};
 use crate::version::ChannelVersion;
 
 /// Type tag of an append value (see [`AppendValue`]).
@@ -289,19 +292,12 @@ fn join(root: &TypedValue, appends: &[AppendValue]) -> Result<TypedValue> {
     let mut out = BytesMut::with_capacity(parts.items.len() + extra + 5);
     if root.type_tag == TAG_MSGPACK {
         let total = appends.iter().map(|a| a.count).sum::<u64>() + parts.count;
-        match total {
-            0..=15 => out.put_u8(0x90 | total as u8),
-            16..=0xffff => {
-                out.put_u8(0xdc);
-                out.put_u16(total as u16);
-            }
-            _ => {
-                let total = u32::try_from(total)
-                    .map_err(|_| malformed("more than 2^32 items in one list"))?;
-                out.put_u8(0xdd);
-                out.put_u32(total);
-            }
-        }
+        let mut header = Vec::with_capacity(5);
+        usize::try_from(total)
+            .ok()
+            .and_then(|total| put_msgpack_array_header(&mut header, total))
+            .ok_or_else(|| malformed("more than 2^32 items in one list"))?;
+        out.put_slice(&header);
         out.put_slice(parts.items);
         for a in appends {
             out.put_slice(&a.items);

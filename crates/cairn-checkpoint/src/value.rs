@@ -174,6 +174,98 @@ impl ListFrames {
             count,
         })
     }
+
+    /// Where `sub`, a MessagePack list of one or more items, occurs in `value` (the list these
+    /// frames were found in) as a run of whole items: the index of its first item. `None`
+    /// when it does not, when `sub` is empty, and when `sub` is not exactly what
+    /// [`sublist`](Self::sublist) would build for that run (a header longer than needed, bytes
+    /// that do not frame exactly the items its header counts), so a found `sub` can always be
+    /// rebuilt byte for byte from `value`.
+    ///
+    /// A pending write that appended items to a list holds the same items as the list's new
+    /// version, so a saver can store the write as a reference to them.
+    ///
+    /// ```
+    /// use cairn_checkpoint::{ListFrames, ValueCodec};
+    /// let codec = ValueCodec::default();
+    /// let list = codec.encode(&vec!["a", "b", "c", "d"])?;
+    /// let frames = ListFrames::of(&list).expect("a MessagePack list");
+    /// let sub = codec.encode(&vec!["b", "c"])?;
+    /// assert_eq!(frames.find(&list, &sub), Some(1));
+    /// assert_eq!(frames.sublist(&list, 1, 2), Some(sub));
+    /// assert_eq!(frames.find(&list, &codec.encode(&vec!["c", "b"])?), None);
+    /// # Ok::<(), cairn_checkpoint::Error>(())
+    /// ```
+    pub fn find(&self, value: &TypedValue, sub: &TypedValue) -> Option<usize> {
+        let sub_frames = ListFrames::of(sub)?;
+        let n = sub_frames.count;
+        let (_, sub_head) = msgpack_array_header(&sub.data)?;
+        if n == 0 || sub_head != msgpack_array_header_len(n) || n > self.count {
+            return None;
+        }
+        let sub_items = sub.data.get(sub_head..)?;
+        let (_, head) = msgpack_array_header(&value.data)?;
+        let items = value.data.get(head..)?;
+        let ends = self.ends.get(..self.count)?;
+        (0..=self.count - n).find(|&first| {
+            let start = if first == 0 { 0 } else { ends[first - 1] };
+            // Whole items of `sub` matching from an item boundary end on one: MessagePack
+            // values delimit themselves.
+            items
+                .get(start..start + sub_items.len())
+                .is_some_and(|run| run == sub_items)
+        })
+    }
+
+    /// Items `first..first + n` of `value` (the list these frames were found in) as a
+    /// MessagePack list of their own, with the shortest header for `n`; `None` when the list
+    /// has fewer items.
+    pub fn sublist(&self, value: &TypedValue, first: usize, n: usize) -> Option<TypedValue> {
+        let last = first.checked_add(n)?;
+        if last > self.count {
+            return None;
+        }
+        let (_, head) = msgpack_array_header(&value.data)?;
+        let items = value.data.get(head..)?;
+        let start = match first {
+            0 => 0,
+            i => *self.ends.get(i - 1)?,
+        };
+        let end = match last {
+            0 => 0,
+            i => *self.ends.get(i - 1)?,
+        };
+        let run = items.get(start..end)?;
+        let mut data = Vec::with_capacity(5 + run.len());
+        put_msgpack_array_header(&mut data, n)?;
+        data.extend_from_slice(run);
+        Some(TypedValue::new(TAG_MSGPACK, data))
+    }
+}
+
+/// The length of the shortest MessagePack array header for `count` items.
+fn msgpack_array_header_len(count: usize) -> usize {
+    match count {
+        0..=15 => 1,
+        16..=0xffff => 3,
+        _ => 5,
+    }
+}
+
+/// Writes the shortest MessagePack array header for `count` items; `None` above 2^32 - 1.
+pub(crate) fn put_msgpack_array_header(out: &mut Vec<u8>, count: usize) -> Option<()> {
+    match count {
+        0..=15 => out.push(0x90 | count as u8),
+        16..=0xffff => {
+            out.push(0xdc);
+            out.extend_from_slice(&(count as u16).to_be_bytes());
+        }
+        _ => {
+            out.push(0xdd);
+            out.extend_from_slice(&u32::try_from(count).ok()?.to_be_bytes());
+        }
+    }
+    Some(())
 }
 
 /// Where the MessagePack value starting at `data[at]` ends, following markers and lengths

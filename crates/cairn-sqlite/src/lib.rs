@@ -154,6 +154,7 @@ mod read;
 mod schema;
 mod stored_value;
 mod version_key;
+mod write_refs;
 mod writer;
 
 use std::fmt;
@@ -869,8 +870,9 @@ fn batch_rows(requests: Vec<PutRequest>) -> Result<BatchRows> {
     let mut writes = Vec::new();
     let mut stored = Vec::with_capacity(requests.len());
     for request in requests {
+        let mut own = Vec::with_capacity(request.writes.len());
         for w in request.writes {
-            writes.extend(writes_row(
+            own.extend(writes_row(
                 &request.config,
                 w.writes,
                 &w.task_id,
@@ -883,6 +885,8 @@ fn batch_rows(requests: Vec<PutRequest>) -> Result<BatchRows> {
             &request.metadata,
             request.new_versions,
         )?;
+        write_refs::link(&mut own, &row);
+        writes.append(&mut own);
         rows.push(row);
         stored.push(config);
     }
@@ -958,8 +962,9 @@ impl CheckpointSaver for SqliteSaver {
         metadata: CheckpointMetadata,
         new_versions: ChannelVersions,
     ) -> Result<CheckpointConfig> {
-        let writes = writes_row(config, writes, task_id, task_path)?;
+        let mut writes = writes_row(config, writes, task_id, task_path)?;
         let (row, stored) = put_row(config, checkpoint, &metadata, new_versions)?;
+        write_refs::link(writes.as_mut_slice(), &row);
         self.write(move |conn| ops::store(conn, writes.as_slice(), std::slice::from_ref(&row)))
             .await?;
         Ok(stored)

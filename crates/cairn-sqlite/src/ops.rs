@@ -8,6 +8,7 @@ use cairn_checkpoint::{write_index, DataLocation, Error, Result, TypedValue};
 
 use crate::sql_error;
 use crate::version_key::VersionKey;
+use crate::write_refs::WriteRef;
 
 /// A checkpoint ready to store: everything encoded by the caller, off the writer thread.
 pub(crate) struct PutRow {
@@ -382,9 +383,10 @@ pub(crate) const RECLAIM_SQL: &str = "WITH RECURSIVE live (channel, version) AS 
      WHERE thread_id = ?1 AND checkpoint_ns = ?2
        AND (channel, version) NOT IN (SELECT channel, version FROM live)";
 
-/// The `[channel, version]` pairs the checkpoints of `(thread, ns)` refer to, as a JSON
-/// array for [`RECLAIM_SQL`], read from their headers. A header that cannot be decoded is an
-/// error: reclaiming without knowing what it refers to could delete values it needs.
+/// The `[channel, version]` pairs the checkpoints of `(thread, ns)` and their pending writes
+/// refer to, as a JSON array for [`RECLAIM_SQL`], read from the checkpoints' headers and the
+/// writes stored as references. A header or reference that cannot be decoded is an error:
+/// reclaiming without knowing what it refers to could delete values it needs.
 fn referenced_versions(conn: &Connection, thread_id: &str, ns: &str) -> Result<String> {
     let what = || {
         sql_error(format!(
@@ -423,11 +425,38 @@ fn referenced_versions(conn: &Connection, thread_id: &str, ns: &str) -> Result<S
             named.insert((channel, version.to_storage_string()));
         }
     }
+    // The values pending writes refer to (see `write_refs.rs`) stay as well.
+    let mut stmt = conn.prepare_cached(REFERRING_WRITES_SQL).map_err(what())?;
+    let mut rows = stmt.query([thread_id, ns]).map_err(what())?;
+    while let Some(r) = rows.next().map_err(what())? {
+        let checkpoint_id: String = r.get(0).map_err(what())?;
+        let channel: String = r.get(1).map_err(what())?;
+        let data: Vec<u8> = r.get(2).map_err(what())?;
+        let version = WriteRef::decode(&data)
+            .and_then(|reference| reference.version_string())
+            .map_err(|reason| {
+                Error::corrupt(
+                    DataLocation {
+                        thread_id: thread_id.to_owned(),
+                        checkpoint_ns: ns.to_owned(),
+                        checkpoint_id: Some(checkpoint_id),
+                        channel: Some(channel.clone()),
+                    },
+                    format!("a pending write stored as a reference: {reason}"),
+                )
+            })?;
+        named.insert((channel, version));
+    }
     serde_json::to_string(&named).map_err(|e| Error::Encode {
         format: "json",
         message: format!("encoding the values checkpoints refer to: {e}"),
     })
 }
+
+/// The pending writes of `(thread, ns)` stored as references: one range of the primary key.
+pub(crate) const REFERRING_WRITES_SQL: &str = "SELECT checkpoint_id, channel, data
+     FROM checkpoint_writes
+     WHERE thread_id = ?1 AND checkpoint_ns = ?2 AND type_tag = 'ref/append'";
 
 fn reclaim_blobs(conn: &Connection, thread_id: &str, ns: &str) -> Result<()> {
     let named = referenced_versions(conn, thread_id, ns)?;

@@ -25,6 +25,7 @@ use cairn_checkpoint::{
 };
 
 use crate::version_key::VersionKey;
+use crate::write_refs::{WriteRef, TAG_WRITE_REF};
 use crate::{open_connection, sql_error, ConnectionRole, SqliteOptions};
 
 /// A small pool of read-only connections to a file database (WAL lets them read while the
@@ -490,10 +491,63 @@ fn assemble(
     }
     let decoded = decode_rows(rows)?;
     let blobs = load_values(conn, &decoded, known)?;
-    let writes = load_writes(conn, &decoded)?;
+    let mut writes = load_writes(conn, &decoded)?;
+    resolve_write_refs(conn, &mut writes, &blobs)?;
     let mut tuples = build_tuples(decoded, &blobs, writes);
     resolve_append_values(conn, &mut tuples)?;
     Ok(tuples)
+}
+
+/// Rebuilds the pending writes stored as references ([`crate::write_refs`]) from the values
+/// they refer to: taken from `blobs` when this read loaded them (a page of history holds the
+/// checkpoint after each one), else looked up once each.
+fn resolve_write_refs(
+    conn: &Connection,
+    writes: &mut HashMap<CheckpointKey, Vec<(i64, PendingWrite)>>,
+    blobs: &HashMap<BlobKey, TypedValue>,
+) -> Result<()> {
+    let mut fetched: HashMap<BlobKey, TypedValue> = HashMap::new();
+    for ((thread, ns, checkpoint_id), list) in writes.iter_mut() {
+        for (_, write) in list.iter_mut() {
+            if write.value.type_tag != TAG_WRITE_REF {
+                continue;
+            }
+            let corrupt = |reason: String| {
+                Error::corrupt(
+                    DataLocation {
+                        thread_id: thread.clone(),
+                        checkpoint_ns: ns.clone(),
+                        checkpoint_id: Some(checkpoint_id.clone()),
+                        channel: Some(write.channel.clone()),
+                    },
+                    format!(
+                        "pending write of task {} stored as a reference: {reason}",
+                        write.task_id
+                    ),
+                )
+            };
+            let reference = WriteRef::decode(&write.value.data).map_err(corrupt)?;
+            let version = reference.version_string().map_err(corrupt)?;
+            let key = (thread.clone(), ns.clone(), write.channel.clone(), version);
+            let value = match blobs.get(&key).or_else(|| fetched.get(&key)) {
+                Some(value) => value.clone(),
+                None => {
+                    let found = value_by_key(conn, thread, ns, &write.channel, &reference.version)?;
+                    let value = found.ok_or_else(|| {
+                        corrupt(format!(
+                            "the value it refers to (version {}) is not stored",
+                            key.3
+                        ))
+                    })?;
+                    fetched.insert(key, value.clone());
+                    value
+                }
+            };
+            let resolved = reference.resolve(&value).map_err(corrupt)?;
+            write.value = resolved;
+        }
+    }
+    Ok(())
 }
 
 fn decode_rows(rows: Vec<Row>) -> Result<Vec<Decoded>> {

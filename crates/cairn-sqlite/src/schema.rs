@@ -205,12 +205,13 @@ WHERE checkpoint_ns <> '';
     },
     Migration {
         version: 8,
-        name: "append values stored in a compact form: item code, count, items; the base \
-               only in base_version",
-        // No table changes: values written from now on may be compact append values (see
-        // `stored_value.rs`), which a Cairn that knows only schema 7 could not read, so the
-        // version marks the file as newer. Existing values stay as they are and read as
-        // before.
+        name: "append values stored in a compact form (item code, count, items; the base \
+               only in base_version); pending writes stored as references to the items they \
+               appended",
+        // No table changes: values and writes stored from now on may be compact append
+        // values (see `stored_value.rs`) and references (`write_refs.rs`), which a Cairn that
+        // knows only schema 7 could not read, so the version marks the file as newer.
+        // Existing rows stay as they are and read as before.
         sql: "",
     },
 ];

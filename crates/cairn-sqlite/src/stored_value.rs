@@ -73,7 +73,7 @@ pub(crate) fn from_row(
     Ok(typed)
 }
 
-fn put_leb128(out: &mut BytesMut, mut n: u64) {
+pub(crate) fn put_leb128(out: &mut BytesMut, mut n: u64) {
     loop {
         let low = (n & 0x7f) as u8;
         n >>= 7;
@@ -87,7 +87,7 @@ fn put_leb128(out: &mut BytesMut, mut n: u64) {
 
 /// The number at the start of `bytes` and how many bytes it took; `None` when cut short
 /// or above `u64::MAX`.
-fn read_leb128(bytes: &[u8]) -> Option<(u64, usize)> {
+pub(crate) fn read_leb128(bytes: &[u8]) -> Option<(u64, usize)> {
     let mut n: u64 = 0;
     for (i, &b) in bytes.iter().enumerate().take(10) {
         let part = u64::from(b & 0x7f);

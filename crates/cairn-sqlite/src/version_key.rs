@@ -42,6 +42,18 @@ impl VersionKey {
     }
 }
 
+impl VersionKey {
+    /// The version string this key stores (what [`from_storage_string`] was given).
+    ///
+    /// [`from_storage_string`]: VersionKey::from_storage_string
+    pub(crate) fn to_storage_string(&self) -> Option<String> {
+        match self {
+            VersionKey::Compact(bytes) => expand(bytes),
+            VersionKey::Text(s) => Some(s.clone()),
+        }
+    }
+}
+
 impl ToSql for VersionKey {
     fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
         Ok(match self {

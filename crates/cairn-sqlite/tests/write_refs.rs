@@ -1,0 +1,270 @@
+//! Pending writes stored as references to the items they appended (schema 8): stored that
+//! way only when the checkpoint their step produced comes with them, read back byte for byte
+//! through every read, and kept readable through deleting runs, copying and pruning.
+
+use std::path::{Path, PathBuf};
+
+use cairn_checkpoint::conformance::helpers::put_channel;
+use cairn_checkpoint::{
+    ChannelVersion, Checkpoint, CheckpointConfig, CheckpointMetadata, CheckpointSaver,
+    CheckpointSource, Error, ListQuery, PendingWrite, PruneStrategy, PutRequest, TaskWrites,
+    TypedValue, ValueCodec,
+};
+use cairn_sqlite::SqliteSaver;
+use rusqlite::Connection;
+
+const CHANNEL: &str = "messages";
+
+fn temp_db() -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("cairn.db");
+    (dir, path)
+}
+
+fn raw(path: &Path) -> Connection {
+    let conn = Connection::open(path).expect("raw connection");
+    conn.busy_timeout(std::time::Duration::from_secs(10))
+        .expect("busy timeout");
+    conn
+}
+
+/// `(task, type tag)` of every stored write of `thread`, by task.
+fn stored_writes(path: &Path, thread: &str) -> Vec<(String, String)> {
+    raw(path)
+        .prepare(
+            "SELECT task_id, type_tag FROM checkpoint_writes WHERE thread_id = ?1
+             ORDER BY task_id, idx",
+        )
+        .and_then(|mut s| {
+            s.query_map([thread], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect::<rusqlite::Result<Vec<_>>>()
+        })
+        .expect("stored writes")
+}
+
+fn message(i: usize) -> String {
+    format!("message {i}: {}", "x".repeat(150))
+}
+
+/// A chat step as the runtime stores it: the writes of tasks `a` (one message), `b` (two)
+/// and `c` (a bookkeeping value), then the checkpoint appending the three messages, in one
+/// `put_batch`.
+struct Step {
+    root: CheckpointConfig,
+    head: CheckpointConfig,
+    writes: Vec<(String, String, TypedValue)>,
+}
+
+async fn chat_step(saver: &SqliteSaver, thread: &str) -> Step {
+    let codec = ValueCodec::default();
+    let first = ChannelVersion::first_after(None);
+    let root = put_channel(
+        saver,
+        &CheckpointConfig::thread(thread),
+        CHANNEL,
+        &first,
+        codec.encode(&vec![message(0)]).expect("encode"),
+        "first",
+    )
+    .await;
+    let writes = vec![
+        (
+            "a".to_owned(),
+            CHANNEL.to_owned(),
+            codec.encode(&vec![message(1)]).expect("encode"),
+        ),
+        (
+            "b".to_owned(),
+            CHANNEL.to_owned(),
+            codec.encode(&vec![message(2), message(3)]).expect("encode"),
+        ),
+        (
+            "c".to_owned(),
+            "branch:to:reply".to_owned(),
+            codec.encode(&()).expect("encode"),
+        ),
+    ];
+    let second = first.next();
+    let mut checkpoint = Checkpoint::new();
+    let delta = codec
+        .encode_append(&first, [message(1), message(2), message(3)].iter())
+        .expect("encode");
+    checkpoint.channel_values.insert(CHANNEL.into(), delta);
+    checkpoint
+        .channel_versions
+        .insert(CHANNEL.into(), second.clone());
+    let request = PutRequest {
+        config: root.clone(),
+        writes: writes
+            .iter()
+            .map(|(task, channel, value)| TaskWrites {
+                task_id: task.clone(),
+                task_path: format!("~__pregel_pull, {task}"),
+                writes: vec![(channel.clone(), value.clone())],
+            })
+            .collect(),
+        checkpoint,
+        metadata: CheckpointMetadata::new(CheckpointSource::Loop, 1).with_run_id("second"),
+        new_versions: [(CHANNEL.to_owned(), second)].into(),
+    };
+    let head = saver
+        .put_batch(vec![request])
+        .await
+        .expect("put_batch")
+        .remove(0);
+    Step { root, head, writes }
+}
+
+/// The writes of `tuple`'s checkpoint as `(task, channel, value)`, by task.
+fn writes_of(pending: &[PendingWrite]) -> Vec<(String, String, TypedValue)> {
+    let mut out: Vec<_> = pending
+        .iter()
+        .map(|w| (w.task_id.clone(), w.channel.clone(), w.value.clone()))
+        .collect();
+    out.sort_by(|x, y| x.0.cmp(&y.0));
+    out
+}
+
+async fn assert_writes_read_back(saver: &SqliteSaver, step: &Step, at: &CheckpointConfig) {
+    let tuple = saver.get_tuple(at).await.expect("get").expect("stored");
+    assert_eq!(writes_of(&tuple.pending_writes), step.writes, "get_tuple");
+    let listed = saver
+        .list(&ListQuery::thread(&at.thread_id))
+        .await
+        .expect("list");
+    let root = listed
+        .iter()
+        .find(|t| t.config.checkpoint_id == at.checkpoint_id)
+        .expect("listed");
+    assert_eq!(writes_of(&root.pending_writes), step.writes, "list");
+}
+
+#[tokio::test]
+async fn appended_items_are_stored_once_and_every_read_rebuilds_the_writes() {
+    let (_dir, path) = temp_db();
+    let saver = SqliteSaver::open(&path).expect("open");
+    let step = chat_step(&saver, "t").await;
+    assert_eq!(
+        stored_writes(&path, "t"),
+        [
+            ("a".into(), "ref/append".into()),
+            ("b".into(), "ref/append".into()),
+            ("c".into(), "msgpack".into()),
+        ],
+        "the message writes refer to the appended items; the other write is stored as given"
+    );
+    assert_writes_read_back(&saver, &step, &step.root).await;
+    let head = saver
+        .get_tuple(&step.head)
+        .await
+        .expect("get")
+        .expect("stored");
+    let messages: Vec<String> = head
+        .channel_value(&ValueCodec::default(), CHANNEL)
+        .expect("decode")
+        .expect("a value");
+    assert_eq!(messages, (0..4).map(message).collect::<Vec<_>>());
+}
+
+#[tokio::test]
+async fn writes_stored_on_their_own_keep_their_values() {
+    let (_dir, path) = temp_db();
+    let saver = SqliteSaver::open(&path).expect("open");
+    let codec = ValueCodec::default();
+    let root = put_channel(
+        &saver,
+        &CheckpointConfig::thread("t"),
+        CHANNEL,
+        &ChannelVersion::first_after(None),
+        codec.encode(&vec![message(0)]).expect("encode"),
+        "first",
+    )
+    .await;
+    let value = codec.encode(&vec![message(1)]).expect("encode");
+    saver
+        .put_writes(&root, vec![(CHANNEL.into(), value.clone())], "a", "")
+        .await
+        .expect("put_writes");
+    assert_eq!(stored_writes(&path, "t"), [("a".into(), "msgpack".into())]);
+}
+
+/// Deleting the run that stored the appended value keeps the value the older checkpoint's
+/// writes refer to; so do copying the thread and pruning it to its latest checkpoint.
+#[tokio::test]
+async fn the_values_writes_refer_to_outlive_their_checkpoint() {
+    let (_dir, path) = temp_db();
+    let saver = SqliteSaver::open(&path).expect("open");
+    let step = chat_step(&saver, "t").await;
+    saver
+        .delete_for_runs(&["second".into()])
+        .await
+        .expect("delete the run");
+    assert!(saver.get_tuple(&step.head).await.expect("get").is_none());
+    assert_writes_read_back(&saver, &step, &step.root).await;
+
+    saver.copy_thread("t", "u").await.expect("copy");
+    let copied = CheckpointConfig {
+        thread_id: "u".into(),
+        ..step.root.clone()
+    };
+    assert_writes_read_back(&saver, &step, &copied).await;
+
+    saver
+        .prune(&["t".into()], PruneStrategy::KeepLatest)
+        .await
+        .expect("prune");
+    assert_writes_read_back(&saver, &step, &step.root).await;
+}
+
+/// Pruning to the latest checkpoint rewrites its append value whole; writes counted from the
+/// end of that value still find their items.
+#[tokio::test]
+async fn a_reference_survives_its_value_being_rewritten_whole() {
+    let (_dir, path) = temp_db();
+    let saver = SqliteSaver::open(&path).expect("open");
+    let step = chat_step(&saver, "t").await;
+    // The value the writes refer to becomes whole, as `prune` stores a kept head.
+    let (tag, data): (String, Vec<u8>) = {
+        let tuple = saver
+            .get_tuple(&step.head)
+            .await
+            .expect("get")
+            .expect("stored");
+        let whole = tuple.checkpoint.channel_values[CHANNEL].clone();
+        (whole.type_tag, whole.data.to_vec())
+    };
+    raw(&path)
+        .execute(
+            "UPDATE checkpoint_blobs SET type_tag = ?1, data = ?2, base_version = NULL
+             WHERE base_version IS NOT NULL",
+            rusqlite::params![tag, data],
+        )
+        .expect("rewrite whole");
+    assert_writes_read_back(&saver, &step, &step.root).await;
+}
+
+#[tokio::test]
+async fn a_corrupt_reference_is_an_error_naming_the_write() {
+    let (_dir, path) = temp_db();
+    let saver = SqliteSaver::open(&path).expect("open");
+    let step = chat_step(&saver, "t").await;
+    raw(&path)
+        .execute(
+            "UPDATE checkpoint_writes SET data = x'0001' WHERE task_id = 'b'",
+            [],
+        )
+        .expect("corrupt the reference");
+    match saver.get_tuple(&step.root).await {
+        Err(Error::Corrupt { location, reason }) => {
+            assert_eq!(location.channel.as_deref(), Some(CHANNEL));
+            assert_eq!(location.checkpoint_id, step.root.checkpoint_id);
+            assert!(reason.contains("task b"), "{reason}");
+        }
+        other => panic!("expected a corrupt-data error, got {other:?}"),
+    }
+    // Reclaiming cannot tell what the corrupt write needs, so it refuses to delete.
+    match saver.delete_for_runs(&["second".into()]).await {
+        Err(Error::Corrupt { .. }) => {}
+        other => panic!("expected a corrupt-data error, got {other:?}"),
+    }
+}
