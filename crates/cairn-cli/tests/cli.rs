@@ -856,7 +856,7 @@ fn corrupt_data_is_reported_without_panicking() {
         let conn = rusqlite::Connection::open(&db).unwrap();
         // A damaged checkpoint header: the saver reports where.
         conn.execute(
-            "UPDATE checkpoints SET header = x'00ff' WHERE checkpoint_id = ?1",
+            "UPDATE checkpoints SET header = x'00ff' WHERE checkpoint_id = unhex(replace(?1, '-', ''))",
             [&ids.cp2],
         )
         .unwrap();

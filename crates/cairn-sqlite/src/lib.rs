@@ -148,6 +148,7 @@
 
 mod checkpointer;
 mod header;
+mod id_key;
 mod ops;
 mod options;
 mod read;
@@ -268,6 +269,7 @@ fn configure(
     conn.busy_timeout(options.busy_timeout_duration())
         .map_err(sql_error("setting the busy timeout"))?;
     version_key::register_functions(conn)?;
+    id_key::register_functions(conn)?;
     if file && role == ConnectionRole::Writer {
         // Switching a new file to WAL needs an exclusive lock, and SQLite reports a busy
         // database here without calling the busy handler: retry until the busy timeout.

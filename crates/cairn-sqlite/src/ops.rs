@@ -6,6 +6,7 @@ use rusqlite::{params, Connection};
 
 use cairn_checkpoint::{write_index, DataLocation, Error, Result, TypedValue};
 
+use crate::id_key::{self, IdKey, StoredId};
 use crate::sql_error;
 use crate::version_key::VersionKey;
 use crate::write_refs::WriteRef;
@@ -86,8 +87,8 @@ pub(crate) fn store(conn: &Connection, writes: &[WritesRow], checkpoints: &[PutR
             |stmt, at, (row, idx, channel, value)| {
                 bind(stmt, at, &row.thread_id)?;
                 bind(stmt, at + 1, &row.checkpoint_ns)?;
-                bind(stmt, at + 2, &row.checkpoint_id)?;
-                bind(stmt, at + 3, &row.task_id)?;
+                bind(stmt, at + 2, IdKey::of(&row.checkpoint_id))?;
+                bind(stmt, at + 3, IdKey::of(&row.task_id))?;
                 bind(stmt, at + 4, idx)?;
                 bind(stmt, at + 5, &row.task_path)?;
                 bind(stmt, at + 6, channel)?;
@@ -149,11 +150,11 @@ pub(crate) fn store(conn: &Connection, writes: &[WritesRow], checkpoints: &[PutR
         |stmt, at, row| {
             bind(stmt, at, &row.thread_id)?;
             bind(stmt, at + 1, &row.checkpoint_ns)?;
-            bind(stmt, at + 2, &row.checkpoint_id)?;
-            bind(stmt, at + 3, &row.parent_id)?;
+            bind(stmt, at + 2, IdKey::of(&row.checkpoint_id))?;
+            bind(stmt, at + 3, id_key::optional(row.parent_id.as_deref()))?;
             bind(stmt, at + 4, &row.header)?;
             bind(stmt, at + 5, &row.metadata)?;
-            bind(stmt, at + 6, &row.run_id)
+            bind(stmt, at + 6, id_key::optional(row.run_id.as_deref()))
         },
         || match checkpoints {
             [row] => format!(
@@ -171,7 +172,7 @@ pub(crate) fn store(conn: &Connection, writes: &[WritesRow], checkpoints: &[PutR
         "",
         &runs,
         |stmt, at, (run_id, row)| {
-            bind(stmt, at, run_id)?;
+            bind(stmt, at, IdKey::of(run_id))?;
             bind(stmt, at + 1, &row.thread_id)?;
             bind(stmt, at + 2, &row.checkpoint_ns)
         },
@@ -303,7 +304,7 @@ fn forget_runs(conn: &Connection, thread_id: &str, keep: Option<(&str, &str)>) -
             .and_then(|mut s| s.execute([thread_id])),
         Some((ns, checkpoint_id)) => conn
             .prepare_cached(FORGET_RUNS_BUT_KEPT_SQL)
-            .and_then(|mut s| s.execute([thread_id, ns, checkpoint_id])),
+            .and_then(|mut s| s.execute(params![thread_id, ns, IdKey::of(checkpoint_id)])),
     };
     result.map_err(sql_error(format!(
         "deleting the run ids of thread {thread_id:?}"
@@ -402,7 +403,7 @@ fn referenced_versions(conn: &Connection, thread_id: &str, ns: &str) -> Result<S
     let mut rows = stmt.query([thread_id, ns]).map_err(what())?;
     let mut named: HashSet<(String, String)> = HashSet::new();
     while let Some(r) = rows.next().map_err(what())? {
-        let checkpoint_id: String = r.get(0).map_err(what())?;
+        let StoredId(checkpoint_id) = r.get(0).map_err(what())?;
         let header = r.get_ref(1).map_err(what())?.as_blob().map_err(|e| {
             what()(rusqlite::Error::FromSqlConversionFailure(
                 1,
@@ -429,7 +430,7 @@ fn referenced_versions(conn: &Connection, thread_id: &str, ns: &str) -> Result<S
     let mut stmt = conn.prepare_cached(REFERRING_WRITES_SQL).map_err(what())?;
     let mut rows = stmt.query([thread_id, ns]).map_err(what())?;
     while let Some(r) = rows.next().map_err(what())? {
-        let checkpoint_id: String = r.get(0).map_err(what())?;
+        let StoredId(checkpoint_id) = r.get(0).map_err(what())?;
         let channel: String = r.get(1).map_err(what())?;
         let data: Vec<u8> = r.get(2).map_err(what())?;
         let version = WriteRef::decode(&data)
@@ -517,7 +518,7 @@ pub(crate) fn keep_latest(conn: &Connection, thread_id: &str) -> Result<()> {
             "listing namespaces of thread {thread_id:?}"
         )))?;
     for ns in namespaces {
-        let latest: String = conn
+        let StoredId(latest) = conn
             .prepare_cached(
                 "SELECT checkpoint_id FROM checkpoints WHERE thread_id = ?1 AND checkpoint_ns = ?2
                  ORDER BY checkpoint_id DESC LIMIT 1",
@@ -532,7 +533,7 @@ pub(crate) fn keep_latest(conn: &Connection, thread_id: &str) -> Result<()> {
             conn.prepare_cached(&format!(
                 "DELETE FROM {table} WHERE thread_id = ?1 AND checkpoint_ns = ?2 AND checkpoint_id <> ?3"
             ))
-            .and_then(|mut s| s.execute([thread_id, ns.as_str(), latest.as_str()]))
+            .and_then(|mut s| s.execute(params![thread_id, ns, IdKey::of(&latest)]))
             .map_err(sql_error(format!("pruning {table} of thread {thread_id:?}")))?;
         }
         reclaim_blobs(conn, thread_id, &ns)?;
@@ -544,7 +545,7 @@ pub(crate) fn keep_latest(conn: &Connection, thread_id: &str) -> Result<()> {
 /// `checkpoint_runs`' primary key per run id.
 pub(crate) const RUNS_AFFECTED_SQL: &str =
     "SELECT DISTINCT thread_id, checkpoint_ns FROM checkpoint_runs
-     WHERE run_id IN (SELECT value FROM json_each(?1))";
+     WHERE run_id IN (SELECT cairn_id_key(value) FROM json_each(?1))";
 
 /// Deletes the checkpoints of the runs in the JSON array `run_ids_json` (with their pending
 /// writes), then the values no remaining checkpoint needs. Each thread namespace a run
@@ -564,20 +565,20 @@ pub(crate) fn delete_for_runs(conn: &Connection, run_ids_json: &str) -> Result<(
              WHERE thread_id = ?2 AND checkpoint_ns = ?3 AND checkpoint_id IN (
                  SELECT checkpoint_id FROM checkpoints
                  WHERE thread_id = ?2 AND checkpoint_ns = ?3
-                   AND run_id IN (SELECT value FROM json_each(?1)))",
+                   AND run_id IN (SELECT cairn_id_key(value) FROM json_each(?1)))",
         )
         .and_then(|mut s| s.execute([run_ids_json, thread_id, ns]))
         .map_err(sql_error(what("pending writes")))?;
         conn.prepare_cached(
             "DELETE FROM checkpoints WHERE thread_id = ?2 AND checkpoint_ns = ?3
-               AND run_id IN (SELECT value FROM json_each(?1))",
+               AND run_id IN (SELECT cairn_id_key(value) FROM json_each(?1))",
         )
         .and_then(|mut s| s.execute([run_ids_json, thread_id, ns]))
         .map_err(sql_error(what("checkpoints")))?;
         reclaim_blobs(conn, thread_id, ns)?;
     }
     conn.prepare_cached(
-        "DELETE FROM checkpoint_runs WHERE run_id IN (SELECT value FROM json_each(?1))",
+        "DELETE FROM checkpoint_runs WHERE run_id IN (SELECT cairn_id_key(value) FROM json_each(?1))",
     )
     .and_then(|mut s| s.execute([run_ids_json]))
     .map_err(sql_error("deleting the run ids"))?;

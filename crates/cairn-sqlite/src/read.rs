@@ -24,6 +24,7 @@ use cairn_checkpoint::{
     PendingWrite, Result, ThreadSummary, TypedValue,
 };
 
+use crate::id_key::{self, IdKey, StoredId};
 use crate::version_key::VersionKey;
 use crate::write_refs::{WriteRef, TAG_WRITE_REF};
 use crate::{open_connection, sql_error, ConnectionRole, SqliteOptions};
@@ -191,17 +192,17 @@ pub(crate) const WRITES_SQL: &str = "SELECT w.thread_id, w.checkpoint_ns, w.chec
      w.task_id, w.idx, w.task_path, w.channel, w.type_tag, w.data \
      FROM json_each(?1) AS k CROSS JOIN checkpoint_writes AS w \
      WHERE w.thread_id = k.value ->> 0 AND w.checkpoint_ns = k.value ->> 1 \
-       AND w.checkpoint_id = k.value ->> 2";
+       AND w.checkpoint_id = cairn_id_key(k.value ->> 2)";
 
 fn map_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Row> {
     Ok(Row {
         thread_id: r.get(0)?,
         checkpoint_ns: r.get(1)?,
-        checkpoint_id: r.get(2)?,
-        parent_id: r.get(3)?,
+        checkpoint_id: r.get::<_, StoredId>(2)?.0,
+        parent_id: r.get::<_, Option<StoredId>>(3)?.map(|id| id.0),
         header: r.get(4)?,
         metadata: r.get(5)?,
-        run_id: r.get(6)?,
+        run_id: r.get::<_, Option<StoredId>>(6)?.map(|id| id.0),
     })
 }
 
@@ -213,7 +214,8 @@ pub(crate) fn get_tuple(
 ) -> Result<Option<CheckpointTuple>> {
     let tx = ReadTransaction::begin(conn)?;
     let rows = {
-        let (sql, params): (&str, Vec<&dyn rusqlite::ToSql>) = match &config.checkpoint_id {
+        let key = config.checkpoint_id.as_deref().map(IdKey::of);
+        let (sql, params): (&str, Vec<&dyn rusqlite::ToSql>) = match &key {
             Some(id) => (
                 EXACT_SQL,
                 vec![&config.thread_id, &config.checkpoint_ns, id],
@@ -295,7 +297,7 @@ fn metadata_condition(
         // The run id lives in its own column (a string); the JSON may not hold it.
         return Some(match value {
             serde_json::Value::String(run_id) => {
-                params.push(Value::Text(run_id.clone()));
+                params.push(id_key::to_value(run_id));
                 "run_id = ?".into()
             }
             _ => "0".into(),
@@ -351,11 +353,11 @@ pub(crate) fn list_sql(query: &ListQuery) -> (String, Vec<Value>, bool) {
     }
     if let Some(id) = &query.checkpoint_id {
         conditions.push("checkpoint_id = ?".into());
-        params.push(Value::Text(id.clone()));
+        params.push(id_key::to_value(id));
     }
     if let Some(before) = &query.before {
         conditions.push("checkpoint_id < ?".into());
-        params.push(Value::Text(before.clone()));
+        params.push(id_key::to_value(before));
     }
     // Filters SQL cannot test exactly are applied after decoding; the limit then too.
     let mut exact_in_sql = true;
@@ -738,7 +740,11 @@ fn load_writes(
     let mut writes: HashMap<CheckpointKey, Vec<(i64, PendingWrite)>> = HashMap::new();
     if let [(row, _, _)] = decoded {
         // One checkpoint (get_tuple): one range of the primary key, no JSON keys.
-        let key = [&row.thread_id, &row.checkpoint_ns, &row.checkpoint_id];
+        let key = rusqlite::params![
+            row.thread_id,
+            row.checkpoint_ns,
+            IdKey::of(&row.checkpoint_id)
+        ];
         collect_writes(conn, ONE_CHECKPOINT_WRITES_SQL, key, &mut writes)?;
         return Ok(writes);
     }
@@ -773,10 +779,10 @@ fn collect_writes(
         let key: CheckpointKey = (
             r.get(0).map_err(e())?,
             r.get(1).map_err(e())?,
-            r.get(2).map_err(e())?,
+            r.get::<_, StoredId>(2).map_err(e())?.0,
         );
         let write = PendingWrite {
-            task_id: r.get(3).map_err(e())?,
+            task_id: r.get::<_, StoredId>(3).map_err(e())?.0,
             task_path: r.get(5).map_err(e())?,
             channel: r.get(6).map_err(e())?,
             value: TypedValue::new(
@@ -949,8 +955,11 @@ pub(crate) fn whole_append_values(
     let rows = conn
         .prepare_cached(EXACT_SQL)
         .and_then(|mut stmt| {
-            stmt.query_map([thread_id, ns, checkpoint_id], map_row)?
-                .collect::<rusqlite::Result<Vec<_>>>()
+            stmt.query_map(
+                rusqlite::params![thread_id, ns, IdKey::of(checkpoint_id)],
+                map_row,
+            )?
+            .collect::<rusqlite::Result<Vec<_>>>()
         })
         .map_err(sql_error(format!(
             "reading checkpoint {checkpoint_id} of thread {thread_id:?}"
@@ -1008,7 +1017,7 @@ const ROWS_BY_KEY_SQL: &str = concat!(
     row_columns!(),
     " FROM json_each(?1) AS k CROSS JOIN checkpoints AS c \
      WHERE c.thread_id = k.value ->> 0 AND c.checkpoint_ns = k.value ->> 1 \
-       AND c.checkpoint_id = k.value ->> 2"
+       AND c.checkpoint_id = cairn_id_key(k.value ->> 2)"
 );
 
 /// A thread's checkpoint count, namespaces and `(ns, id)` of its latest checkpoint.
@@ -1037,7 +1046,7 @@ pub(crate) fn list_threads(
             .map_err(sql_error("preparing the thread listing"))?;
         let rows = stmt
             .query_map(rusqlite::params![after.unwrap_or(""), limit_sql], |r| {
-                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+                Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get::<_, StoredId>(3)?.0))
             })
             .map_err(sql_error("listing threads"))?
             .collect::<rusqlite::Result<Vec<_>>>()

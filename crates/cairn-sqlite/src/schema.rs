@@ -214,10 +214,25 @@ WHERE checkpoint_ns <> '';
         // Existing rows stay as they are and read as before.
         sql: "",
     },
+    Migration {
+        version: 9,
+        name: "checkpoint, parent, task and run ids that are canonical UUIDs stored as 16 bytes",
+        // `cairn_id_key` (registered on every connection, see `id_key.rs`) turns a canonical
+        // UUID into its 16 bytes and leaves any other id as it is; the conversion keeps the
+        // order of UUIDs, so every key stays unique and in place.
+        sql: r#"
+UPDATE checkpoints SET checkpoint_id = cairn_id_key(checkpoint_id),
+                       parent_checkpoint_id = cairn_id_key(parent_checkpoint_id),
+                       run_id = cairn_id_key(run_id);
+UPDATE checkpoint_writes SET checkpoint_id = cairn_id_key(checkpoint_id),
+                             task_id = cairn_id_key(task_id);
+UPDATE checkpoint_runs SET run_id = cairn_id_key(run_id);
+"#,
+    },
 ];
 
 /// The schema version this build writes.
-pub const SCHEMA_VERSION: i64 = 8;
+pub const SCHEMA_VERSION: i64 = 9;
 
 /// The SQL of the first migration, for tests of later ones.
 #[cfg(test)]
@@ -241,6 +256,7 @@ pub(crate) fn migrations_up_to(version: i64) -> Vec<(i64, &'static str, &'static
 pub(crate) fn migrate(conn: &mut Connection) -> Result<Vec<i64>> {
     // Migration 5 converts versions with it (a no-op when the connection has it already).
     crate::version_key::register_functions(conn)?;
+    crate::id_key::register_functions(conn)?;
     let tx = conn
         .transaction_with_behavior(TransactionBehavior::Immediate)
         .map_err(sql_error("starting the migration transaction"))?;

@@ -111,7 +111,7 @@ fn migrating_twice_applies_nothing_the_second_time() {
     let mut conn = Connection::open_in_memory().expect("open");
     assert_eq!(
         migrate(&mut conn).expect("first"),
-        vec![1, 2, 3, 4, 5, 6, 7, 8]
+        vec![1, 2, 3, 4, 5, 6, 7, 8, 9]
     );
     assert_eq!(migrate(&mut conn).expect("second"), Vec::<i64>::new());
     let v: i64 = conn
@@ -795,7 +795,7 @@ mod append_values {
         }
         assert_eq!(
             crate::schema::migrate(&mut conn).expect("migrate"),
-            vec![2, 3, 4, 5, 6, 7, 8]
+            vec![2, 3, 4, 5, 6, 7, 8, 9]
         );
         // Schema 5 stores the base (Cairn's own form) as 16 bytes, the other versions as text.
         let bases: Vec<(String, Option<String>)> = conn
@@ -1070,6 +1070,7 @@ mod upgrade {
         let mut old = Connection::open(to).expect("open");
         // Versions were text before schema 5.
         crate::version_key::register_functions(&old).expect("functions");
+        crate::id_key::register_functions(&old).expect("functions");
         let tx = old.transaction().expect("tx");
         tx.execute_batch(
             "CREATE TABLE cairn_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL,
@@ -1094,13 +1095,17 @@ mod upgrade {
              SELECT thread_id, checkpoint_ns, channel, cairn_version_text(version), type_tag,
                     data, cairn_version_text(base_version)
              FROM new.checkpoint_blobs;
-             INSERT INTO checkpoint_writes SELECT * FROM new.checkpoint_writes;",
+             INSERT INTO checkpoint_writes
+             SELECT thread_id, checkpoint_ns, cairn_id_text(checkpoint_id),
+                    cairn_id_text(task_id), idx, task_path, channel, type_tag, data
+             FROM new.checkpoint_writes;",
         )
         .expect("copy values and writes");
         let rows: Vec<OldRow> = tx
             .prepare(
-                "SELECT thread_id, checkpoint_ns, checkpoint_id, parent_checkpoint_id, header,
-                        metadata, run_id FROM new.checkpoints",
+                "SELECT thread_id, checkpoint_ns, cairn_id_text(checkpoint_id),
+                        cairn_id_text(parent_checkpoint_id), header, metadata,
+                        cairn_id_text(run_id) FROM new.checkpoints",
             )
             .expect("prepare")
             .query_map([], |r| {
@@ -1187,6 +1192,18 @@ mod upgrade {
             )
             .expect("schema");
         assert_eq!((rowid_tables, autoindexes), (0, 0));
+        // Schema 9: the UUID ids became their 16 bytes (and read back as the same text above).
+        let text_ids: i64 = conn
+            .query_row(
+                "SELECT count(*) FROM checkpoints
+                 WHERE typeof(checkpoint_id) <> 'blob' OR length(checkpoint_id) <> 16
+                    OR (parent_checkpoint_id IS NOT NULL
+                        AND typeof(parent_checkpoint_id) <> 'blob')",
+                [],
+                |r| r.get(0),
+            )
+            .expect("count");
+        assert_eq!(text_ids, 0, "every checkpoint and parent id is 16 bytes");
         assert_runs_match_checkpoints(&conn, "right after the upgrade");
 
         // Deleting a run reclaims only values no remaining checkpoint (or chain) needs.
@@ -1294,5 +1311,95 @@ mod compact_rows {
         assert!(tuple.checkpoint.channel_values.is_empty());
         let older = saver.get_tuple(&stored).await.expect("get").expect("found");
         assert_eq!(older.checkpoint.channel_values, first.channel_values);
+    }
+
+    /// Schema 9: ids in the canonical UUID form are stored as their 16 bytes, any other id
+    /// as its text; both read back as given.
+    #[tokio::test]
+    async fn uuid_ids_are_stored_as_16_bytes_and_other_ids_as_text() {
+        let saver = crate::SqliteSaver::in_memory().expect("open");
+        let codec = ValueCodec::default();
+        let root = saver
+            .put(
+                &CheckpointConfig::thread("t"),
+                Checkpoint::new(),
+                CheckpointMetadata::new(CheckpointSource::Input, -1)
+                    .with_run_id("0195f3a2-7c4e-7d11-8a3b-5f2e9c1d4b6a"),
+                ChannelVersions::new(),
+            )
+            .await
+            .expect("put");
+        let mut custom = Checkpoint::new();
+        custom.id = "my-checkpoint".into();
+        let child = saver
+            .put(
+                &root,
+                custom,
+                CheckpointMetadata::new(CheckpointSource::Loop, 0).with_run_id("run-2"),
+                ChannelVersions::new(),
+            )
+            .await
+            .expect("put");
+        let value = codec.encode(&1u8).expect("encode");
+        for (config, task) in [
+            (&root, "44910bc1-e7a2-5d97-ab29-ec6c93a0c2a1"),
+            (&child, "task-b"),
+        ] {
+            saver
+                .put_writes(config, vec![("c".into(), value.clone())], task, "")
+                .await
+                .expect("put_writes");
+        }
+        let kinds: Vec<(String, String, String, String)> = saver
+            .on_writer(|conn| {
+                conn.prepare(
+                    "SELECT typeof(c.checkpoint_id), typeof(c.parent_checkpoint_id),
+                            typeof(c.run_id), typeof(w.task_id)
+                     FROM checkpoints c JOIN checkpoint_writes w
+                       ON w.thread_id = c.thread_id AND w.checkpoint_id = c.checkpoint_id
+                     ORDER BY c.checkpoint_id",
+                )
+                .and_then(|mut s| {
+                    s.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))?
+                        .collect()
+                })
+                .map_err(crate::sql_error("reading the stored kinds"))
+            })
+            .await
+            .expect("kinds");
+        let kind = |a: &str, b: &str, c: &str, d: &str| {
+            (a.to_owned(), b.to_owned(), c.to_owned(), d.to_owned())
+        };
+        assert_eq!(
+            kinds,
+            [
+                // Text sorts before blobs in SQLite: the custom id comes first.
+                kind("text", "blob", "text", "text"),
+                kind("blob", "null", "blob", "blob"),
+            ]
+        );
+        let tuple = saver.get_tuple(&child).await.expect("get").expect("stored");
+        assert_eq!(tuple.config.checkpoint_id.as_deref(), Some("my-checkpoint"));
+        assert_eq!(tuple.parent_config, Some(root.clone()));
+        assert_eq!(tuple.metadata.run_id.as_deref(), Some("run-2"));
+        assert_eq!(tuple.pending_writes[0].task_id, "task-b");
+        let root_tuple = saver.get_tuple(&root).await.expect("get").expect("stored");
+        assert_eq!(
+            root_tuple.metadata.run_id.as_deref(),
+            Some("0195f3a2-7c4e-7d11-8a3b-5f2e9c1d4b6a")
+        );
+        assert_eq!(
+            root_tuple.pending_writes[0].task_id,
+            "44910bc1-e7a2-5d97-ab29-ec6c93a0c2a1"
+        );
+        let by_run = saver
+            .list(&ListQuery::thread("t").filter(
+                "run_id",
+                serde_json::json!("0195f3a2-7c4e-7d11-8a3b-5f2e9c1d4b6a"),
+            ))
+            .await
+            .expect("list");
+        assert_eq!(by_run.len(), 1);
+        assert_eq!(by_run[0].config, root);
     }
 }

@@ -88,7 +88,7 @@ async fn corrupt_metadata_is_an_error_naming_thread_and_checkpoint() {
     let broken = configs[1].checkpoint_id.clone().expect("id");
     raw(&path)
         .execute(
-            "UPDATE checkpoints SET metadata = '{not json' WHERE checkpoint_id = ?1",
+            "UPDATE checkpoints SET metadata = '{not json' WHERE checkpoint_id = unhex(replace(?1, '-', ''))",
             [&broken],
         )
         .expect("corrupt");
@@ -146,7 +146,7 @@ async fn corrupt_header_is_an_error_naming_thread_and_checkpoint() {
     for bytes in [vec![0xc1u8, 0xff, 0x00], vec![0x87, 0xa1]] {
         raw(&path)
             .execute(
-                "UPDATE checkpoints SET header = ?1 WHERE checkpoint_id = ?2",
+                "UPDATE checkpoints SET header = ?1 WHERE checkpoint_id = unhex(replace(?2, '-', ''))",
                 rusqlite::params![bytes, broken],
             )
             .expect("corrupt");
