@@ -1402,4 +1402,50 @@ mod compact_rows {
         assert_eq!(by_run.len(), 1);
         assert_eq!(by_run[0].config, root);
     }
+
+    /// An empty `parents` map (a graph without subgraphs) is left out of the stored JSON and
+    /// read back as empty; a non-empty one is stored.
+    #[tokio::test]
+    async fn empty_parents_are_left_out_of_the_stored_metadata() {
+        let saver = crate::SqliteSaver::in_memory().expect("open");
+        let plain = CheckpointMetadata::new(CheckpointSource::Loop, 1);
+        let mut nested = CheckpointMetadata::new(CheckpointSource::Loop, 2);
+        nested.parents.insert("".into(), "parent-checkpoint".into());
+        let mut stored = Vec::new();
+        for (thread, metadata) in [("plain", &plain), ("nested", &nested)] {
+            let config = saver
+                .put(
+                    &CheckpointConfig::thread(thread),
+                    Checkpoint::new(),
+                    metadata.clone(),
+                    ChannelVersions::new(),
+                )
+                .await
+                .expect("put");
+            let tuple = saver
+                .get_tuple(&config)
+                .await
+                .expect("get")
+                .expect("stored");
+            assert_eq!(&tuple.metadata, metadata);
+            let json: String = saver
+                .on_writer(move |conn| {
+                    conn.query_row(
+                        "SELECT metadata FROM checkpoints WHERE thread_id = ?1",
+                        [thread],
+                        |r| r.get(0),
+                    )
+                    .map_err(crate::sql_error("reading the metadata"))
+                })
+                .await
+                .expect("metadata");
+            stored.push(json);
+        }
+        assert_eq!(stored[0], r#"{"source":"loop","step":1}"#);
+        assert!(
+            stored[1].contains(r#""parents":{"":"parent-checkpoint"}"#),
+            "{}",
+            stored[1]
+        );
+    }
 }
