@@ -45,7 +45,12 @@
 //!   list filters run in SQL with `json_extract`), the parent id, and the run id in its own
 //!   column (since schema 6 the JSON leaves it out: reads put it back, a filter on `run_id`
 //!   tests the column; a `run_id` string among the caller's own keys counts as the run id,
-//!   any other such key is refused at `put`). A partial index, `(thread_id, checkpoint_id)
+//!   any other such key is refused at `put`; an empty `parents` map is left out too). Since
+//!   schema 9 the checkpoint, parent and run ids (and in `checkpoint_writes` the checkpoint
+//!   and task ids) are stored as their 16 bytes when they are canonical UUIDs, which every
+//!   id Cairn or LangGraph makes is, and as text otherwise (`id_key.rs`; 20 bytes less per id,
+//!   in the same order; SQLite sorts text before blobs, so in a thread that mixes UUIDs with
+//!   other ids the others list as older). A partial index, `(thread_id, checkpoint_id)
 //!   WHERE checkpoint_ns <> ''` (schema 6), holds the subgraphs' checkpoints; listing a
 //!   whole thread merges it with the root namespace's primary-key range, newest first,
 //!   without sorting, and a thread without subgraphs adds no index entry per checkpoint.
@@ -59,10 +64,19 @@
 //!   (below) and NULL otherwise. Since schema 5 both version columns hold Cairn's own
 //!   49-character versions as 16-byte blobs (counter then suffix, big-endian, so they sort
 //!   by counter as the strings did) and any other version as text (`version_key.rs`; the SQL
-//!   functions `cairn_version_key` / `cairn_version_text` convert).
+//!   functions `cairn_version_key` / `cairn_version_text` convert). A channel updated to no
+//!   value (a consumed trigger) gets no row: a version without a row reads as no value.
+//!   Since schema 8 an append value is stored without its 76-byte text header, as an item
+//!   code, its item count and its items, the base only in `base_version`
+//!   (`stored_value.rs`); reads rebuild it.
 //! * `checkpoint_writes` — pending writes keyed `(thread, ns, checkpoint_id, task_id, idx)`:
 //!   regular writes are insert-if-absent (a retried task cannot duplicate them), special
-//!   channels (negative index) overwrite.
+//!   channels (negative index) overwrite. Since schema 8 a write stored together with the
+//!   checkpoint its step produced (`put_batch`, `put_writes_and_put`: what the runtime
+//!   does), whose items are a run of whole items of that checkpoint's new append value for
+//!   the same channel, is stored as a reference to them (`write_refs.rs`): a message a node
+//!   appends is stored once, not once as the write and again as the value. Reads rebuild
+//!   the write byte for byte.
 //! * `checkpoint_runs` — `(run_id, thread_id, checkpoint_ns)`, one row per run and thread
 //!   namespace holding its checkpoints, so `delete_for_runs` finds them with a primary-key
 //!   search per run id and then tests `run_id` only in those namespaces. Since schema 6 it
@@ -95,12 +109,13 @@
 //!
 //! Deletions keep what chains need: reclaiming unreferenced values (after `delete_for_runs`
 //! and `prune`) reads the channel versions from the headers of the remaining checkpoints of
-//! each affected thread and namespace (MessagePack, so decoded here, not in SQL; these are
-//! rare operations), then follows `base_version` from those values in a recursive query, one
+//! each affected thread and namespace and from their pending writes stored as references
+//! (MessagePack, so decoded here, not in SQL; these are rare operations), then follows `base_version` from those values in a recursive query, one
 //! primary-key search per link. A header that cannot be decoded stops the deletion with an
-//! error rather than risk deleting values it refers to. `prune` with `KeepLatest` first
-//! rewrites the kept checkpoint's append values as whole values, in the same transaction, so
-//! none of the older links stays. `copy_thread` copies values and bases as stored.
+//! error rather than risk deleting values it refers to, and so does a reference that cannot
+//! be decoded. `prune` with `KeepLatest` first rewrites the kept checkpoint's append values
+//! as whole values, in the same transaction, so none of the older links stays (a reference
+//! counts its items from the end of the value, so it still finds them there). `copy_thread` copies values and bases as stored.
 //!
 //! ## Concurrency: one writer thread, group commit
 //!
