@@ -1,7 +1,10 @@
 //! Append values on SQLite: how they are stored, read and reclaimed (the shared conformance
 //! kit checks what every saver must do; these check the SQLite layout behind it).
 
-use std::path::{Path, PathBuf};
+mod support;
+use support::{raw, temp_db};
+
+use std::path::Path;
 
 use cairn_checkpoint::conformance::helpers::{put_channel, read_list};
 use cairn_checkpoint::{
@@ -9,22 +12,8 @@ use cairn_checkpoint::{
     ListQuery, PruneStrategy, TypedValue, ValueCodec,
 };
 use cairn_sqlite::SqliteSaver;
-use rusqlite::Connection;
 
 const CHANNEL: &str = "messages";
-
-fn temp_db() -> (tempfile::TempDir, PathBuf) {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().join("cairn.db");
-    (dir, path)
-}
-
-fn raw(path: &Path) -> Connection {
-    let conn = Connection::open(path).expect("raw connection");
-    conn.busy_timeout(std::time::Duration::from_secs(10))
-        .expect("busy timeout");
-    conn
-}
 
 /// The stored form of a version (schema 5): Cairn's own versions as 16 bytes, the counter
 /// then the suffix, big-endian; any other as its text.

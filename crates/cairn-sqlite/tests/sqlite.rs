@@ -1,6 +1,9 @@
 //! Behaviour specific to the SQLite backend: corruption, concurrency, several savers on one
 //! file, reopening, migrations, storage layout.
 
+mod support;
+use support::{raw, temp_db};
+
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -10,21 +13,7 @@ use cairn_checkpoint::{
     CheckpointSource, Error, InMemorySaver, ListQuery, PruneStrategy, TypedValue, ValueCodec,
 };
 use cairn_sqlite::{SqliteOptions, SqliteSaver, Synchronous};
-use rusqlite::Connection;
 use serde_json::json;
-
-fn temp_db() -> (tempfile::TempDir, PathBuf) {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().join("cairn.db");
-    (dir, path)
-}
-
-fn raw(path: &Path) -> Connection {
-    let conn = Connection::open(path).expect("raw connection");
-    conn.busy_timeout(std::time::Duration::from_secs(10))
-        .expect("busy timeout");
-    conn
-}
 
 fn count(path: &Path, sql: &str) -> i64 {
     raw(path).query_row(sql, [], |r| r.get(0)).expect("count")

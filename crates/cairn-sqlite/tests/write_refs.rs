@@ -2,7 +2,10 @@
 //! way only when the checkpoint their step produced comes with them, read back byte for byte
 //! through every read, and kept readable through deleting runs, copying and pruning.
 
-use std::path::{Path, PathBuf};
+mod support;
+use support::{raw, temp_db};
+
+use std::path::Path;
 
 use cairn_checkpoint::conformance::helpers::put_channel;
 use cairn_checkpoint::{
@@ -11,22 +14,8 @@ use cairn_checkpoint::{
     TypedValue, ValueCodec,
 };
 use cairn_sqlite::SqliteSaver;
-use rusqlite::Connection;
 
 const CHANNEL: &str = "messages";
-
-fn temp_db() -> (tempfile::TempDir, PathBuf) {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let path = dir.path().join("cairn.db");
-    (dir, path)
-}
-
-fn raw(path: &Path) -> Connection {
-    let conn = Connection::open(path).expect("raw connection");
-    conn.busy_timeout(std::time::Duration::from_secs(10))
-        .expect("busy timeout");
-    conn
-}
 
 /// `(task, type tag)` of every stored write of `thread`, by task.
 fn stored_writes(path: &Path, thread: &str) -> Vec<(String, String)> {
