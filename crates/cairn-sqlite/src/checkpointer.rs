@@ -90,7 +90,13 @@ impl CheckpointRequests {
                 state.finished_after = state.completed;
                 next = PastThreshold::Finish;
             } else {
-                state.requested = true;
+                // One pass at a time: a second one asked for while the first runs would
+                // start right after it and hold the checkpoint lock while the write
+                // connection finishes, so the finish would fail, the WAL would not start
+                // over, and every later commit would ask for yet another pass.
+                if !state.running {
+                    state.requested = true;
+                }
                 if pages >= WAIT_PAGES {
                     next = PastThreshold::WaitThenFinish;
                 }
