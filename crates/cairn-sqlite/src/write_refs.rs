@@ -150,6 +150,9 @@ pub(crate) fn link(writes: &mut [WritesRow], row: &PutRow) {
     let Some(parent) = row.parent_id.as_deref() else {
         return;
     };
+    if !row.blobs.iter().any(|b| b.value.type_tag == TAG_COMPACT_APPEND) {
+        return;
+    }
     // The new append values of `row`, as lists with their frames, by channel.
     let mut lists: HashMap<String, Option<(TypedValue, ListFrames, &VersionKey)>> = HashMap::new();
     for w in writes.iter_mut().filter(|w| {
