@@ -4,6 +4,8 @@
 //! costs no re-encoding and cannot be tricked into running code. Decoding only ever builds the
 //! concrete Rust type the caller names, through serde; nothing in a stored value chooses a type.
 
+use std::ops::Range;
+
 use bytes::Bytes;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -266,6 +268,45 @@ pub(crate) fn put_msgpack_array_header(out: &mut Vec<u8>, count: usize) -> Optio
         }
     }
     Some(())
+}
+
+/// The byte ranges of the keys and values of the MessagePack map `data`, in order; `None`
+/// unless `data` is exactly one map (nothing is decoded or allocated but the ranges).
+///
+/// ```
+/// use cairn_checkpoint::{msgpack_map_entries, ValueCodec};
+/// let value = ValueCodec::default().encode(&std::collections::BTreeMap::from([("a", 1), ("b", 2)]))?;
+/// let entries = msgpack_map_entries(&value.data).expect("a map");
+/// assert_eq!(entries.len(), 2);
+/// let (key, val) = &entries[1];
+/// assert_eq!((&value.data[key.clone()], &value.data[val.clone()]), (&b"\xa1b"[..], &b"\x02"[..]));
+/// # Ok::<(), cairn_checkpoint::Error>(())
+/// ```
+pub fn msgpack_map_entries(data: &[u8]) -> Option<Vec<(Range<usize>, Range<usize>)>> {
+    let (count, mut at) = match *data.first()? {
+        b @ 0x80..=0x8f => ((b & 0x0f) as usize, 1),
+        0xde => (
+            u16::from_be_bytes(data.get(1..3)?.try_into().ok()?) as usize,
+            3,
+        ),
+        0xdf => (
+            u32::from_be_bytes(data.get(1..5)?.try_into().ok()?) as usize,
+            5,
+        ),
+        _ => return None,
+    };
+    // Every key and value takes at least one byte.
+    if count > data.len() {
+        return None;
+    }
+    let mut entries = Vec::with_capacity(count);
+    for _ in 0..count {
+        let key_end = msgpack_value_end(data, at)?;
+        let value_end = msgpack_value_end(data, key_end)?;
+        entries.push((at..key_end, key_end..value_end));
+        at = value_end;
+    }
+    (at == data.len()).then_some(entries)
 }
 
 /// Where the MessagePack value starting at `data[at]` ends, following markers and lengths

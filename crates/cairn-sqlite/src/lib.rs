@@ -910,6 +910,7 @@ fn batch_rows(requests: Vec<PutRequest>) -> Result<BatchRows> {
         rows.push(row);
         stored.push(config);
     }
+    write_refs::link_values(&mut rows);
     Ok((writes, rows, stored))
 }
 

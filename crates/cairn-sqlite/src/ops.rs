@@ -9,7 +9,7 @@ use cairn_checkpoint::{write_index, DataLocation, Error, Result, TypedValue};
 use crate::id_key::{self, IdKey, StoredId};
 use crate::sql_error;
 use crate::version_key::VersionKey;
-use crate::write_refs::WriteRef;
+use crate::write_refs::{MapRef, WriteRef};
 
 /// A checkpoint ready to store: everything encoded by the caller, off the writer thread.
 pub(crate) struct PutRow {
@@ -448,6 +448,30 @@ fn referenced_versions(conn: &Connection, thread_id: &str, ns: &str) -> Result<S
             })?;
         named.insert((channel, version));
     }
+    // And the values that values stored with references (inputs) refer to.
+    let mut stmt = conn.prepare_cached(REFERRING_VALUES_SQL).map_err(what())?;
+    let mut rows = stmt.query([thread_id, ns]).map_err(what())?;
+    while let Some(r) = rows.next().map_err(what())? {
+        let channel: String = r.get(0).map_err(what())?;
+        let data: Vec<u8> = r.get(1).map_err(what())?;
+        let corrupt = |reason: String| {
+            Error::corrupt(
+                DataLocation {
+                    thread_id: thread_id.to_owned(),
+                    checkpoint_ns: ns.to_owned(),
+                    checkpoint_id: None,
+                    channel: Some(channel.clone()),
+                },
+                format!("a value stored with references: {reason}"),
+            )
+        };
+        let map = MapRef::decode(&data).map_err(corrupt)?;
+        for reference in map.references() {
+            let (target, reference) = reference.map_err(corrupt)?;
+            let version = reference.version_string().map_err(corrupt)?;
+            named.insert((target.to_owned(), version));
+        }
+    }
     serde_json::to_string(&named).map_err(|e| Error::Encode {
         format: "json",
         message: format!("encoding the values checkpoints refer to: {e}"),
@@ -458,6 +482,11 @@ fn referenced_versions(conn: &Connection, thread_id: &str, ns: &str) -> Result<S
 pub(crate) const REFERRING_WRITES_SQL: &str = "SELECT checkpoint_id, channel, data
      FROM checkpoint_writes
      WHERE thread_id = ?1 AND checkpoint_ns = ?2 AND type_tag = 'ref/append'";
+
+/// The values of `(thread, ns)` stored as maps with references: one range of the primary
+/// key, read whole (reclaiming is rare).
+pub(crate) const REFERRING_VALUES_SQL: &str = "SELECT channel, data FROM checkpoint_blobs
+     WHERE thread_id = ?1 AND checkpoint_ns = ?2 AND type_tag = 'ref/map'";
 
 fn reclaim_blobs(conn: &Connection, thread_id: &str, ns: &str) -> Result<()> {
     let named = referenced_versions(conn, thread_id, ns)?;

@@ -26,7 +26,7 @@ use cairn_checkpoint::{
 
 use crate::id_key::{self, IdKey, StoredId};
 use crate::version_key::VersionKey;
-use crate::write_refs::{WriteRef, TAG_WRITE_REF};
+use crate::write_refs::{MapRef, WriteRef, TAG_MAP_REF, TAG_WRITE_REF};
 use crate::{open_connection, sql_error, ConnectionRole, SqliteOptions};
 
 /// A small pool of read-only connections to a file database (WAL lets them read while the
@@ -605,6 +605,65 @@ fn text<'r>(r: &'r rusqlite::Row<'_>, i: usize, what: &str) -> Result<&'r str> {
 /// The stored values the checkpoints of `decoded` refer to, each fetched once, but those
 /// `known` names.
 fn load_values(
+    conn: &Connection,
+    decoded: &[Decoded],
+    known: Option<&Known>,
+) -> Result<HashMap<BlobKey, TypedValue>> {
+    let mut blobs = load_stored_values(conn, decoded, known)?;
+    resolve_map_refs(conn, &mut blobs)?;
+    Ok(blobs)
+}
+
+/// Rebuilds the values stored as maps with references ([`crate::write_refs::MapRef`]: an
+/// input whose list entries are items of a later checkpoint's append value) from the values
+/// they refer to: taken from `blobs` when loaded, else looked up.
+fn resolve_map_refs(conn: &Connection, blobs: &mut HashMap<BlobKey, TypedValue>) -> Result<()> {
+    let keys: Vec<BlobKey> = blobs
+        .iter()
+        .filter(|(_, value)| value.type_tag == TAG_MAP_REF)
+        .map(|(key, _)| key.clone())
+        .collect();
+    for key in keys {
+        let (thread, ns, channel, version) = &key;
+        let corrupt = |reason: String| {
+            Error::corrupt(
+                DataLocation {
+                    thread_id: thread.clone(),
+                    checkpoint_ns: ns.clone(),
+                    checkpoint_id: None,
+                    channel: Some(channel.clone()),
+                },
+                format!("value version {version}, stored with references: {reason}"),
+            )
+        };
+        let stored = MapRef::decode(&blobs[&key].data).map_err(corrupt)?;
+        let resolved = stored
+            .resolve(|target, reference| {
+                let version = reference.version_string()?;
+                let target_key = (thread.clone(), ns.clone(), target.to_owned(), version);
+                let value = match blobs.get(&target_key) {
+                    Some(value) => value.clone(),
+                    None => value_by_key(conn, thread, ns, target, &reference.version)
+                        .map_err(|e| e.to_string())?
+                        .ok_or_else(|| {
+                            format!(
+                                "the value it refers to (channel {target:?} version {}) is not \
+                                 stored",
+                                target_key.3
+                            )
+                        })?,
+                };
+                reference.resolve(&value)
+            })
+            .map_err(corrupt)?;
+        blobs.insert(key, resolved);
+    }
+    Ok(())
+}
+
+/// The stored values the checkpoints of `decoded` refer to, each fetched once, but those
+/// `known` names; values stored with references not yet rebuilt.
+fn load_stored_values(
     conn: &Connection,
     decoded: &[Decoded],
     known: Option<&Known>,

@@ -20,7 +20,9 @@
 
 use std::collections::HashMap;
 
-use cairn_checkpoint::{AppendValue, ListFrames, TypedValue, TAG_MSGPACK};
+use bytes::{BufMut, BytesMut};
+
+use cairn_checkpoint::{msgpack_map_entries, AppendValue, ListFrames, TypedValue, TAG_MSGPACK};
 
 use crate::ops::{PutRow, WritesRow};
 use crate::stored_value::{put_leb128, read_leb128, TAG_COMPACT_APPEND};
@@ -46,47 +48,61 @@ pub(crate) struct WriteRef {
 
 impl WriteRef {
     fn encode(&self) -> TypedValue {
-        let mut data = bytes::BytesMut::with_capacity(20);
-        put_leb128(&mut data, self.skip);
-        put_leb128(&mut data, self.count);
-        match &self.version {
-            VersionKey::Compact(key) => {
-                data.extend_from_slice(b"c");
-                data.extend_from_slice(key);
-            }
-            VersionKey::Text(text) => {
-                data.extend_from_slice(b"t");
-                data.extend_from_slice(text.as_bytes());
-            }
-        }
+        let mut data = BytesMut::with_capacity(20);
+        self.put(&mut data);
         TypedValue::new(TAG_WRITE_REF, data.freeze())
     }
 
-    /// The reference stored as `data`; errors say what is wrong with it.
-    pub(crate) fn decode(data: &[u8]) -> Result<WriteRef, String> {
-        let cut = || "a pending write stored as a reference is cut short".to_owned();
-        let (skip, a) = read_leb128(data).ok_or_else(cut)?;
-        let (count, b) = read_leb128(&data[a..]).ok_or_else(cut)?;
-        let key = &data[a + b..];
-        let version = match key.split_first() {
-            Some((b'c', bytes)) => VersionKey::Compact(
-                bytes
+    /// Appends this reference: skip, count, then `c` and 16 bytes or `t`, the text's length
+    /// and the text.
+    fn put(&self, out: &mut BytesMut) {
+        put_leb128(out, self.skip);
+        put_leb128(out, self.count);
+        match &self.version {
+            VersionKey::Compact(key) => {
+                out.put_u8(b'c');
+                out.put_slice(key);
+            }
+            VersionKey::Text(text) => {
+                out.put_u8(b't');
+                put_leb128(out, text.len() as u64);
+                out.put_slice(text.as_bytes());
+            }
+        }
+    }
+
+    /// The reference at the start of `input`, which it advances past it.
+    fn take(input: &mut Reader<'_>) -> Result<WriteRef, String> {
+        let skip = input.number()?;
+        let count = input.number()?;
+        let version = match input.byte()? {
+            b'c' => VersionKey::Compact(
+                input
+                    .bytes(16)?
                     .try_into()
-                    .map_err(|_| format!("a compact version key of {} bytes", bytes.len()))?,
+                    .map_err(|_| "a compact version key of another size")?,
             ),
-            Some((b't', text)) => VersionKey::Text(
-                std::str::from_utf8(text)
-                    .map_err(|_| "a version that is not UTF-8")?
-                    .to_owned(),
-            ),
-            Some((kind, _)) => return Err(format!("unknown version kind {kind:#04x}")),
-            None => return Err(cut()),
+            b't' => {
+                let len = input.length()?;
+                let text = std::str::from_utf8(input.bytes(len)?)
+                    .map_err(|_| "a version that is not UTF-8")?;
+                VersionKey::Text(text.to_owned())
+            }
+            kind => return Err(format!("unknown version kind {kind:#04x}")),
         };
         Ok(WriteRef {
             skip,
             count,
             version,
         })
+    }
+
+    /// The reference stored as `data`; errors say what is wrong with it.
+    pub(crate) fn decode(data: &[u8]) -> Result<WriteRef, String> {
+        let mut input = Reader(data);
+        let reference = WriteRef::take(&mut input)?;
+        input.end()?;
+        Ok(reference)
     }
 
     /// The version string of the value referred to.
@@ -150,7 +166,11 @@ pub(crate) fn link(writes: &mut [WritesRow], row: &PutRow) {
     let Some(parent) = row.parent_id.as_deref() else {
         return;
     };
-    if !row.blobs.iter().any(|b| b.value.type_tag == TAG_COMPACT_APPEND) {
+    if !row
+        .blobs
+        .iter()
+        .any(|b| b.value.type_tag == TAG_COMPACT_APPEND)
+    {
         return;
     }
     // The new append values of `row`, as lists with their frames, by channel.
@@ -207,6 +227,257 @@ fn appended_list<'r>(
     (frames.count() <= MAX_SEARCHED_ITEMS).then_some((list, frames, &blob.key))
 }
 
+/// Reads a stored reference: numbers, bytes, the end.
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn cut() -> String {
+        "a value stored as a reference is cut short".to_owned()
+    }
+
+    fn byte(&mut self) -> Result<u8, String> {
+        let (&b, rest) = self.0.split_first().ok_or_else(Self::cut)?;
+        self.0 = rest;
+        Ok(b)
+    }
+
+    fn number(&mut self) -> Result<u64, String> {
+        let (n, used) = read_leb128(self.0).ok_or_else(Self::cut)?;
+        self.0 = &self.0[used..];
+        Ok(n)
+    }
+
+    fn length(&mut self) -> Result<usize, String> {
+        usize::try_from(self.number()?).map_err(|_| "a length too large".to_owned())
+    }
+
+    fn bytes(&mut self, len: usize) -> Result<&'a [u8], String> {
+        if self.0.len() < len {
+            return Err(Self::cut());
+        }
+        let (taken, rest) = self.0.split_at(len);
+        self.0 = rest;
+        Ok(taken)
+    }
+
+    fn end(&self) -> Result<(), String> {
+        match self.0.len() {
+            0 => Ok(()),
+            n => Err(format!(
+                "{n} bytes past the end of a value stored as a reference"
+            )),
+        }
+    }
+}
+
+/// Type tag of a MessagePack map stored with some entries as references (an input value).
+pub(crate) const TAG_MAP_REF: &str = "ref/map";
+
+/// A map stored with references: its entries in order, each its key's MessagePack bytes
+/// and its value, inline or a reference to items of the append value of the channel the
+/// key names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct MapRef {
+    pub entries: Vec<(Vec<u8>, MapEntry)>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum MapEntry {
+    Inline(Vec<u8>),
+    Items(WriteRef),
+}
+
+impl MapRef {
+    /// Stored form: the entry count; per entry the key's length and bytes, then `v`, the
+    /// value's length and bytes, or `r` and a reference.
+    fn encode(&self) -> TypedValue {
+        let mut out = BytesMut::new();
+        put_leb128(&mut out, self.entries.len() as u64);
+        for (key, entry) in &self.entries {
+            put_leb128(&mut out, key.len() as u64);
+            out.put_slice(key);
+            match entry {
+                MapEntry::Inline(value) => {
+                    out.put_u8(b'v');
+                    put_leb128(&mut out, value.len() as u64);
+                    out.put_slice(value);
+                }
+                MapEntry::Items(reference) => {
+                    out.put_u8(b'r');
+                    reference.put(&mut out);
+                }
+            }
+        }
+        TypedValue::new(TAG_MAP_REF, out.freeze())
+    }
+
+    /// The map stored as `data`; errors say what is wrong with it.
+    pub(crate) fn decode(data: &[u8]) -> Result<MapRef, String> {
+        let mut input = Reader(data);
+        let count = input.length()?;
+        let mut entries = Vec::with_capacity(count.min(data.len()));
+        for _ in 0..count {
+            let key_len = input.length()?;
+            let key = input.bytes(key_len)?.to_vec();
+            let entry = match input.byte()? {
+                b'v' => {
+                    let len = input.length()?;
+                    MapEntry::Inline(input.bytes(len)?.to_vec())
+                }
+                b'r' => MapEntry::Items(WriteRef::take(&mut input)?),
+                kind => return Err(format!("unknown map entry kind {kind:#04x}")),
+            };
+            entries.push((key, entry));
+        }
+        input.end()?;
+        Ok(MapRef { entries })
+    }
+
+    /// The channels and references of the entries stored as references.
+    pub(crate) fn references(&self) -> impl Iterator<Item = Result<(&str, &WriteRef), String>> {
+        self.entries.iter().filter_map(|(key, entry)| match entry {
+            MapEntry::Inline(_) => None,
+            MapEntry::Items(reference) => Some(
+                msgpack_str(key)
+                    .map(|channel| (channel, reference))
+                    .ok_or_else(|| "a reference under a key that is not a string".to_owned()),
+            ),
+        })
+    }
+
+    /// The map, rebuilt; `items` gives the value a reference names (by channel and
+    /// reference).
+    pub(crate) fn resolve(
+        &self,
+        mut items: impl FnMut(&str, &WriteRef) -> Result<TypedValue, String>,
+    ) -> Result<TypedValue, String> {
+        let mut out = Vec::new();
+        put_msgpack_map_header(&mut out, self.entries.len())
+            .ok_or("a map of more than 2^32 - 1 entries")?;
+        for (key, entry) in &self.entries {
+            out.extend_from_slice(key);
+            match entry {
+                MapEntry::Inline(value) => out.extend_from_slice(value),
+                MapEntry::Items(reference) => {
+                    let channel =
+                        msgpack_str(key).ok_or("a reference under a key that is not a string")?;
+                    let list = items(channel, reference)?;
+                    out.extend_from_slice(&list.data);
+                }
+            }
+        }
+        Ok(TypedValue::new(TAG_MSGPACK, out))
+    }
+}
+
+/// The string a MessagePack string holds, when `bytes` is exactly one.
+fn msgpack_str(bytes: &[u8]) -> Option<&str> {
+    let (len, head) = match *bytes.first()? {
+        b @ 0xa0..=0xbf => (usize::from(b & 0x1f), 1),
+        0xd9 => (usize::from(*bytes.get(1)?), 2),
+        0xda => (
+            usize::from(u16::from_be_bytes(bytes.get(1..3)?.try_into().ok()?)),
+            3,
+        ),
+        0xdb => (
+            usize::try_from(u32::from_be_bytes(bytes.get(1..5)?.try_into().ok()?)).ok()?,
+            5,
+        ),
+        _ => return None,
+    };
+    (bytes.len() == head + len)
+        .then(|| std::str::from_utf8(&bytes[head..]).ok())
+        .flatten()
+}
+
+/// Writes the shortest MessagePack map header for `count` entries.
+fn put_msgpack_map_header(out: &mut Vec<u8>, count: usize) -> Option<()> {
+    match count {
+        0..=15 => out.push(0x80 | count as u8),
+        16..=0xffff => {
+            out.push(0xde);
+            out.extend_from_slice(&(count as u16).to_be_bytes());
+        }
+        _ => {
+            out.push(0xdf);
+            out.extend_from_slice(&u32::try_from(count).ok()?.to_be_bytes());
+        }
+    }
+    Some(())
+}
+
+/// Replaces, in `rows` (one batch, stored in one transaction), each MessagePack map value
+/// (an input: `{"messages": [...]}`) with an entry whose list is a run of whole items of a
+/// later row's new append value for the channel the entry's key names (same thread and
+/// namespace) by the map with that entry stored as a reference. A map whose rebuilt form
+/// would differ from it (a longer header than needed) stays as it is.
+pub(crate) fn link_values(rows: &mut [PutRow]) {
+    let appends = rows.iter().any(|r| {
+        r.blobs
+            .iter()
+            .any(|b| b.value.type_tag == TAG_COMPACT_APPEND)
+    });
+    if !appends {
+        return;
+    }
+    for k in 0..rows.len() {
+        let (head, later) = rows.split_at_mut(k + 1);
+        let row = &mut head[k];
+        for blob in &mut row.blobs {
+            if blob.value.type_tag != TAG_MSGPACK {
+                continue;
+            }
+            let linked = link_map(&blob.value, &row.thread_id, &row.checkpoint_ns, later);
+            if let Some(linked) = linked {
+                blob.value = linked;
+            }
+        }
+    }
+}
+
+/// `value` as a map with references, when some entry is found in `later`'s append values.
+fn link_map(value: &TypedValue, thread: &str, ns: &str, later: &[PutRow]) -> Option<TypedValue> {
+    let entries = msgpack_map_entries(&value.data)?;
+    let mut header = Vec::with_capacity(5);
+    put_msgpack_map_header(&mut header, entries.len())?;
+    let first = entries
+        .first()
+        .map_or(value.data.len(), |(key, _)| key.start);
+    if value.data.get(..first)? != header.as_slice() {
+        return None;
+    }
+    let mut any = false;
+    let mut stored = Vec::with_capacity(entries.len());
+    for (key, val) in entries {
+        let key_bytes = value.data.get(key)?;
+        let sub = TypedValue::new(TAG_MSGPACK, value.data.slice(val));
+        let found = msgpack_str(key_bytes).and_then(|channel| {
+            later
+                .iter()
+                .filter(|r| r.thread_id == thread && r.checkpoint_ns == ns)
+                .find_map(|r| {
+                    let (list, frames, version) = appended_list(r, channel)?;
+                    let first = frames.find(&list, &sub)?;
+                    let count = ListFrames::of(&sub)?.count();
+                    Some(WriteRef {
+                        skip: (frames.count() - first - count) as u64,
+                        count: count as u64,
+                        version: version.clone(),
+                    })
+                })
+        });
+        let entry = match found {
+            Some(reference) => {
+                any = true;
+                MapEntry::Items(reference)
+            }
+            None => MapEntry::Inline(sub.data.to_vec()),
+        };
+        stored.push((key_bytes.to_vec(), entry));
+    }
+    any.then(|| MapRef { entries: stored }.encode())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -215,6 +486,7 @@ mod tests {
     #[test]
     fn reclaiming_finds_references_by_their_tag() {
         assert!(crate::ops::REFERRING_WRITES_SQL.contains(&format!("'{TAG_WRITE_REF}'")));
+        assert!(crate::ops::REFERRING_VALUES_SQL.contains(&format!("'{TAG_MAP_REF}'")));
     }
 
     #[test]

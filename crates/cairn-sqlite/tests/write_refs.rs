@@ -257,3 +257,131 @@ async fn a_corrupt_reference_is_an_error_naming_the_write() {
         other => panic!("expected a corrupt-data error, got {other:?}"),
     }
 }
+
+/// An input checkpoint's `__start__` value (`{"messages": [...], "topic": ...}`) stored in
+/// the same batch as the checkpoint that appended those messages: the list entry is stored
+/// as a reference to the appended items, the other entry inline; the value reads back byte
+/// for byte, also after the checkpoint it refers to is deleted.
+#[tokio::test]
+async fn an_input_value_refers_to_the_items_a_later_checkpoint_appended() {
+    let (_dir, path) = temp_db();
+    let saver = SqliteSaver::open(&path).expect("open");
+    let codec = ValueCodec::default();
+    let first = ChannelVersion::first_after(None);
+    let root = put_channel(
+        &saver,
+        &CheckpointConfig::thread("t"),
+        CHANNEL,
+        &first,
+        codec.encode(&vec![message(0)]).expect("encode"),
+        "first",
+    )
+    .await;
+    // The input checkpoint: `__start__` holds the input map.
+    let input_value = codec
+        .encode(&serde_json::json!({"messages": [message(1), message(2)], "topic": "x"}))
+        .expect("encode");
+    let mut input = Checkpoint::new();
+    let start_version = ChannelVersion::first_after(None);
+    input
+        .channel_values
+        .insert("__start__".into(), input_value.clone());
+    input
+        .channel_versions
+        .insert("__start__".into(), start_version.clone());
+    input.channel_versions.insert(CHANNEL.into(), first.clone());
+    // The START step: its write, then the checkpoint appending both messages.
+    let second = first.next();
+    let mut step = input.successor();
+    step.channel_values.clear();
+    let delta = codec
+        .encode_append(&first, [message(1), message(2)].iter())
+        .expect("encode");
+    step.channel_values.insert(CHANNEL.into(), delta);
+    step.channel_versions.insert(CHANNEL.into(), second.clone());
+    let input_config = CheckpointConfig {
+        checkpoint_id: Some(input.id.clone()),
+        ..root.clone()
+    };
+    let requests = vec![
+        PutRequest {
+            config: root.clone(),
+            writes: Vec::new(),
+            checkpoint: input,
+            metadata: CheckpointMetadata::new(CheckpointSource::Input, 0).with_run_id("first"),
+            new_versions: [("__start__".to_owned(), start_version)].into(),
+        },
+        // No pending writes here: the START task's write would refer to the same items
+        // and keep them by itself.
+        PutRequest {
+            config: input_config.clone(),
+            writes: Vec::new(),
+            checkpoint: step,
+            metadata: CheckpointMetadata::new(CheckpointSource::Loop, 1).with_run_id("second"),
+            new_versions: [(CHANNEL.to_owned(), second)].into(),
+        },
+    ];
+    saver.put_batch(requests).await.expect("put_batch");
+    let tag: String = raw(&path)
+        .query_row(
+            "SELECT type_tag FROM checkpoint_blobs WHERE channel = '__start__'",
+            [],
+            |r| r.get(0),
+        )
+        .expect("the input row");
+    assert_eq!(tag, "ref/map");
+
+    let read_input = |saver: SqliteSaver, config: CheckpointConfig| async move {
+        let tuple = saver
+            .get_tuple(&config)
+            .await
+            .expect("get")
+            .expect("stored");
+        tuple.checkpoint.channel_values["__start__"].clone()
+    };
+    assert_eq!(
+        read_input(saver.clone(), input_config.clone()).await,
+        input_value
+    );
+    let listed = saver.list(&ListQuery::thread("t")).await.expect("list");
+    let listed_input = listed
+        .iter()
+        .find(|t| t.config == input_config)
+        .expect("listed");
+    assert_eq!(
+        listed_input.checkpoint.channel_values["__start__"],
+        input_value
+    );
+
+    // The checkpoint whose items it refers to goes; the input still reads back.
+    saver
+        .delete_for_runs(&["second".into()])
+        .await
+        .expect("delete the run");
+    assert_eq!(
+        read_input(saver.clone(), input_config.clone()).await,
+        input_value
+    );
+    saver
+        .prune(&["t".into()], PruneStrategy::KeepLatest)
+        .await
+        .expect("prune");
+    assert_eq!(
+        read_input(saver.clone(), input_config.clone()).await,
+        input_value
+    );
+
+    raw(&path)
+        .execute(
+            "UPDATE checkpoint_blobs SET data = x'01' WHERE channel = '__start__'",
+            [],
+        )
+        .expect("corrupt the row");
+    match saver.get_tuple(&input_config).await {
+        Err(Error::Corrupt { location, reason }) => {
+            assert_eq!(location.channel.as_deref(), Some("__start__"));
+            assert!(reason.contains("references"), "{reason}");
+        }
+        other => panic!("expected a corrupt-data error, got {other:?}"),
+    }
+}
