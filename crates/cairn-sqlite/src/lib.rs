@@ -76,7 +76,9 @@
 //!   does), whose items are a run of whole items of that checkpoint's new append value for
 //!   the same channel, is stored as a reference to them (`write_refs.rs`): a message a node
 //!   appends is stored once, not once as the write and again as the value. Reads rebuild
-//!   the write byte for byte.
+//!   the write byte for byte. Likewise a run's input (the `__start__` value, a map such as
+//!   `{"messages": [...]}`) stored in one batch with the checkpoint that appended those
+//!   messages refers to them for that entry.
 //! * `checkpoint_runs` — `(run_id, thread_id, checkpoint_ns)`, one row per run and thread
 //!   namespace holding its checkpoints, so `delete_for_runs` finds them with a primary-key
 //!   search per run id and then tests `run_id` only in those namespaces. Since schema 6 it

@@ -206,8 +206,8 @@ WHERE checkpoint_ns <> '';
     Migration {
         version: 8,
         name: "append values stored in a compact form (item code, count, items; the base \
-               only in base_version); pending writes stored as references to the items they \
-               appended",
+               only in base_version); pending writes and input values stored as references to \
+               the items a checkpoint appended",
         // No table changes: values and writes stored from now on may be compact append
         // values (see `stored_value.rs`) and references (`write_refs.rs`), which a Cairn that
         // knows only schema 7 could not read, so the version marks the file as newer.

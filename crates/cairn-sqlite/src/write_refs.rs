@@ -1,4 +1,5 @@
-//! Pending writes stored as references to the items they appended (schema 8).
+//! Pending writes and input values stored as references to the items a checkpoint appended
+//! (schema 8).
 //!
 //! A node that appends to a message list writes the new messages as a pending write of the
 //! checkpoint it ran from, and the next checkpoint stores the same messages again as the
@@ -17,6 +18,15 @@
 //! reference right when `prune` rewrites that value whole (the appended items stay last).
 //! Reads rebuild the write byte for byte (a write is only stored this way when its rebuilt
 //! form equals it), and reclaiming values keeps every value a write refers to.
+//!
+//! A run's input is a third copy: the input checkpoint stores it as the `__start__` value,
+//! a map such as `{"messages": [...]}`, and the next checkpoint appends the same messages.
+//! When both are in one batch (the runtime stores a short run, or the input with the first
+//! step in `sync` mode, in one `put_batch`), a map value whose entry under a channel's name
+//! is a run of whole items of a later checkpoint's new append value for that channel is
+//! stored as a [`MapRef`] (type tag [`TAG_MAP_REF`]): its entries in order, each either inline
+//! or such a reference. Reads rebuild the map byte for byte, and reclaiming keeps the values
+//! it refers to.
 
 use std::collections::HashMap;
 
