@@ -82,30 +82,39 @@ pub(crate) fn to_value(id: &str) -> Value {
     }
 }
 
-const HYPHENS: [usize; 4] = [8, 13, 18, 23];
+/// Where each byte's two hex digits start in a canonical UUID string.
+const DIGIT_PAIRS: [usize; 16] = [0, 2, 4, 6, 9, 11, 14, 16, 19, 21, 24, 26, 28, 30, 32, 34];
 
-/// The 16 bytes of a canonical UUID string; `None` for any other string.
+/// The value of each lowercase hex digit, `0xff` for every other byte.
+const HEX_VALUES: [u8; 256] = {
+    let mut table = [0xff; 256];
+    let mut i = 0;
+    while i < 16 {
+        table[b"0123456789abcdef"[i] as usize] = i as u8;
+        i += 1;
+    }
+    table
+};
+
+/// The 16 bytes of a canonical UUID string; `None` for any other string. Runs for every id
+/// of every stored row: a table lookup per digit, one check at the end.
 fn compact(s: &str) -> Option<[u8; 16]> {
     let b = s.as_bytes();
-    if b.len() != 36 || HYPHENS.iter().any(|&i| b[i] != b'-') {
+    if b.len() != 36 || b[8] != b'-' || b[13] != b'-' || b[18] != b'-' || b[23] != b'-' {
         return None;
     }
     let mut out = [0u8; 16];
-    let mut digits = b
-        .iter()
-        .enumerate()
-        .filter(|(i, _)| !HYPHENS.contains(i))
-        .map(|(_, &c)| match c {
-            b'0'..=b'9' => Some(c - b'0'),
-            b'a'..=b'f' => Some(c - b'a' + 10),
-            _ => None,
-        });
-    for byte in &mut out {
-        let high = digits.next()??;
-        let low = digits.next()??;
-        *byte = (high << 4) | low;
+    let mut invalid = 0u8;
+    for (byte, &at) in out.iter_mut().zip(DIGIT_PAIRS.iter()) {
+        let (high, low) = (
+            HEX_VALUES[usize::from(b[at])],
+            HEX_VALUES[usize::from(b[at + 1])],
+        );
+        invalid |= high | low;
+        *byte = (high << 4) | (low & 0x0f);
     }
-    Some(out)
+    // A valid digit is at most 15: any higher bit set means some byte was not one.
+    (invalid & 0xf0 == 0).then_some(out)
 }
 
 /// The canonical UUID string of 16 bytes.
@@ -183,6 +192,8 @@ mod tests {
             "1f1e9f70_41af_6e61_8000_4397b31095c5",
             "1f1e9f7041af6e6180004397b31095c5",
             "1f1e9f70-41af-6e61-8000-4397b31095cg",
+            "1f1e9f70-41af-6e61-8000-4397b3109é",
+            "1f1e9f70-41af-6e61-8000-4397b31095c:",
         ] {
             assert_eq!(IdKey::of(id), IdKey::Text(id), "{id}");
         }
