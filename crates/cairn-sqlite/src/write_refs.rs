@@ -416,11 +416,15 @@ fn put_msgpack_map_header(out: &mut Vec<u8>, count: usize) -> Option<()> {
     Some(())
 }
 
-/// Replaces, in `rows` (one batch, stored in one transaction), each MessagePack map value
-/// (an input: `{"messages": [...]}`) with an entry whose list is a run of whole items of a
-/// later row's new append value for the channel the entry's key names (same thread and
-/// namespace) by the map with that entry stored as a reference. A map whose rebuilt form
-/// would differ from it (a longer header than needed) stays as it is.
+/// The channel a run's input is stored in (LangGraph's and Cairn's `START` node).
+const INPUT_CHANNEL: &str = "__start__";
+
+/// Replaces, in `rows` (one batch, stored in one transaction), each input value (a
+/// MessagePack map in [`INPUT_CHANNEL`], such as `{"messages": [...]}`) with an entry whose
+/// list is a run of whole items of a later row's new append value for the channel the
+/// entry's key names (same thread and namespace) by the map with that entry stored as a
+/// reference. A map whose rebuilt form would differ from it (a longer header than needed)
+/// stays as it is.
 pub(crate) fn link_values(rows: &mut [PutRow]) {
     let appends = rows.iter().any(|r| {
         r.blobs
@@ -434,7 +438,9 @@ pub(crate) fn link_values(rows: &mut [PutRow]) {
         let (head, later) = rows.split_at_mut(k + 1);
         let row = &mut head[k];
         for blob in &mut row.blobs {
-            if blob.value.type_tag != TAG_MSGPACK {
+            // Only the input channel: finding a map's entries walks the whole value, which
+            // for a large state value would cost its size at every put.
+            if blob.channel != INPUT_CHANNEL || blob.value.type_tag != TAG_MSGPACK {
                 continue;
             }
             let linked = link_map(&blob.value, &row.thread_id, &row.checkpoint_ns, later);

@@ -290,6 +290,13 @@ async fn an_input_value_refers_to_the_items_a_later_checkpoint_appended() {
         .channel_versions
         .insert("__start__".into(), start_version.clone());
     input.channel_versions.insert(CHANNEL.into(), first.clone());
+    // The same map in a state channel stays as it is: only inputs are linked.
+    input
+        .channel_values
+        .insert("notes".into(), input_value.clone());
+    input
+        .channel_versions
+        .insert("notes".into(), ChannelVersion::first_after(None));
     // The START step: its write, then the checkpoint appending both messages.
     let second = first.next();
     let mut step = input.successor();
@@ -309,7 +316,11 @@ async fn an_input_value_refers_to_the_items_a_later_checkpoint_appended() {
             writes: Vec::new(),
             checkpoint: input,
             metadata: CheckpointMetadata::new(CheckpointSource::Input, 0).with_run_id("first"),
-            new_versions: [("__start__".to_owned(), start_version)].into(),
+            new_versions: [
+                ("__start__".to_owned(), start_version),
+                ("notes".to_owned(), ChannelVersion::first_after(None)),
+            ]
+            .into(),
         },
         // No pending writes here: the START task's write would refer to the same items
         // and keep them by itself.
@@ -330,6 +341,14 @@ async fn an_input_value_refers_to_the_items_a_later_checkpoint_appended() {
         )
         .expect("the input row");
     assert_eq!(tag, "ref/map");
+    let notes_tag: String = raw(&path)
+        .query_row(
+            "SELECT type_tag FROM checkpoint_blobs WHERE channel = 'notes'",
+            [],
+            |r| r.get(0),
+        )
+        .expect("the state row");
+    assert_eq!(notes_tag, "msgpack");
 
     let read_input = |saver: SqliteSaver, config: CheckpointConfig| async move {
         let tuple = saver
