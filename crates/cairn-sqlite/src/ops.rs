@@ -448,12 +448,20 @@ fn referenced_versions(conn: &Connection, thread_id: &str, ns: &str) -> Result<S
             })?;
         named.insert((channel, version));
     }
-    // And the values that values stored with references (inputs) refer to.
+    // And the values that inputs stored with references refer to, for the inputs a remaining
+    // checkpoint names: an input of a deleted checkpoint goes in this same reclaim and must
+    // not keep what it referred to.
+    let mut live_inputs = Vec::new();
     let mut stmt = conn.prepare_cached(REFERRING_VALUES_SQL).map_err(what())?;
     let mut rows = stmt.query([thread_id, ns]).map_err(what())?;
     while let Some(r) = rows.next().map_err(what())? {
         let channel: String = r.get(0).map_err(what())?;
-        let data: Vec<u8> = r.get(1).map_err(what())?;
+        let version: String = r.get(1).map_err(what())?;
+        if named.contains(&(channel.clone(), version)) {
+            live_inputs.push((channel, r.get::<_, Vec<u8>>(2).map_err(what())?));
+        }
+    }
+    for (channel, data) in live_inputs {
         let corrupt = |reason: String| {
             Error::corrupt(
                 DataLocation {
@@ -485,7 +493,8 @@ pub(crate) const REFERRING_WRITES_SQL: &str = "SELECT checkpoint_id, channel, da
 
 /// The values of `(thread, ns)` stored as maps with references: one range of the primary
 /// key, read whole (reclaiming is rare).
-pub(crate) const REFERRING_VALUES_SQL: &str = "SELECT channel, data FROM checkpoint_blobs
+pub(crate) const REFERRING_VALUES_SQL: &str = "SELECT channel, cairn_version_text(version), data
+     FROM checkpoint_blobs
      WHERE thread_id = ?1 AND checkpoint_ns = ?2 AND type_tag = 'ref/map'";
 
 fn reclaim_blobs(conn: &Connection, thread_id: &str, ns: &str) -> Result<()> {

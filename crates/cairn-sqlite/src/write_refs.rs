@@ -395,7 +395,7 @@ fn msgpack_str(bytes: &[u8]) -> Option<&str> {
         ),
         _ => return None,
     };
-    (bytes.len() == head + len)
+    (bytes.len() == len.checked_add(head)?)
         .then(|| std::str::from_utf8(&bytes[head..]).ok())
         .flatten()
 }
@@ -468,19 +468,19 @@ fn link_map(value: &TypedValue, thread: &str, ns: &str, later: &[PutRow]) -> Opt
         let key_bytes = value.data.get(key)?;
         let sub = TypedValue::new(TAG_MSGPACK, value.data.slice(val));
         let found = msgpack_str(key_bytes).and_then(|channel| {
-            later
+            // The START step's checkpoint, the next one of the thread, is where an input's
+            // lists are appended; looking further would cost each later row's values.
+            let next = later
                 .iter()
-                .filter(|r| r.thread_id == thread && r.checkpoint_ns == ns)
-                .find_map(|r| {
-                    let (list, frames, version) = appended_list(r, channel)?;
-                    let first = frames.find(&list, &sub)?;
-                    let count = ListFrames::of(&sub)?.count();
-                    Some(WriteRef {
-                        skip: (frames.count() - first - count) as u64,
-                        count: count as u64,
-                        version: version.clone(),
-                    })
-                })
+                .find(|r| r.thread_id == thread && r.checkpoint_ns == ns)?;
+            let (list, frames, version) = appended_list(next, channel)?;
+            let first = frames.find(&list, &sub)?;
+            let count = ListFrames::of(&sub)?.count();
+            Some(WriteRef {
+                skip: (frames.count() - first - count) as u64,
+                count: count as u64,
+                version: version.clone(),
+            })
         });
         let entry = match found {
             Some(reference) => {

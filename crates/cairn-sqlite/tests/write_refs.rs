@@ -258,18 +258,22 @@ async fn a_corrupt_reference_is_an_error_naming_the_write() {
     }
 }
 
-/// An input checkpoint's `__start__` value (`{"messages": [...], "topic": ...}`) stored in
-/// the same batch as the checkpoint that appended those messages: the list entry is stored
-/// as a reference to the appended items, the other entry inline; the value reads back byte
-/// for byte, also after the checkpoint it refers to is deleted.
-#[tokio::test]
-async fn an_input_value_refers_to_the_items_a_later_checkpoint_appended() {
-    let (_dir, path) = temp_db();
-    let saver = SqliteSaver::open(&path).expect("open");
+/// What [`input_and_step`] stored.
+struct InputStep {
+    input_config: CheckpointConfig,
+    input_value: TypedValue,
+}
+
+/// On thread `t`: a root checkpoint (run `first`) with one message, then in one `put_batch`
+/// an input checkpoint (run `input_run`) whose `__start__` map holds two messages and a
+/// topic, with the same map in a state channel `notes`, and the START step's checkpoint (run
+/// `step_run`) appending both messages. No pending writes: the START task's write would
+/// refer to the same items and keep them by itself.
+async fn input_and_step(saver: &SqliteSaver, input_run: &str, step_run: &str) -> InputStep {
     let codec = ValueCodec::default();
     let first = ChannelVersion::first_after(None);
     let root = put_channel(
-        &saver,
+        saver,
         &CheckpointConfig::thread("t"),
         CHANNEL,
         &first,
@@ -277,27 +281,20 @@ async fn an_input_value_refers_to_the_items_a_later_checkpoint_appended() {
         "first",
     )
     .await;
-    // The input checkpoint: `__start__` holds the input map.
     let input_value = codec
         .encode(&serde_json::json!({"messages": [message(1), message(2)], "topic": "x"}))
         .expect("encode");
     let mut input = Checkpoint::new();
     let start_version = ChannelVersion::first_after(None);
-    input
-        .channel_values
-        .insert("__start__".into(), input_value.clone());
-    input
-        .channel_versions
-        .insert("__start__".into(), start_version.clone());
+    for channel in ["__start__", "notes"] {
+        input
+            .channel_values
+            .insert(channel.into(), input_value.clone());
+        input
+            .channel_versions
+            .insert(channel.into(), start_version.clone());
+    }
     input.channel_versions.insert(CHANNEL.into(), first.clone());
-    // The same map in a state channel stays as it is: only inputs are linked.
-    input
-        .channel_values
-        .insert("notes".into(), input_value.clone());
-    input
-        .channel_versions
-        .insert("notes".into(), ChannelVersion::first_after(None));
-    // The START step: its write, then the checkpoint appending both messages.
     let second = first.next();
     let mut step = input.successor();
     step.channel_values.clear();
@@ -312,27 +309,70 @@ async fn an_input_value_refers_to_the_items_a_later_checkpoint_appended() {
     };
     let requests = vec![
         PutRequest {
-            config: root.clone(),
+            config: root,
             writes: Vec::new(),
             checkpoint: input,
-            metadata: CheckpointMetadata::new(CheckpointSource::Input, 0).with_run_id("first"),
+            metadata: CheckpointMetadata::new(CheckpointSource::Input, 0).with_run_id(input_run),
             new_versions: [
-                ("__start__".to_owned(), start_version),
-                ("notes".to_owned(), ChannelVersion::first_after(None)),
+                ("__start__".to_owned(), start_version.clone()),
+                ("notes".to_owned(), start_version),
             ]
             .into(),
         },
-        // No pending writes here: the START task's write would refer to the same items
-        // and keep them by itself.
         PutRequest {
             config: input_config.clone(),
             writes: Vec::new(),
             checkpoint: step,
-            metadata: CheckpointMetadata::new(CheckpointSource::Loop, 1).with_run_id("second"),
+            metadata: CheckpointMetadata::new(CheckpointSource::Loop, 1).with_run_id(step_run),
             new_versions: [(CHANNEL.to_owned(), second)].into(),
         },
     ];
     saver.put_batch(requests).await.expect("put_batch");
+    InputStep {
+        input_config,
+        input_value,
+    }
+}
+
+/// Deleting the run that stored both the input and the checkpoint it refers to leaves none of
+/// their values: the deleted input does not keep the appended items alive.
+#[tokio::test]
+async fn deleting_an_input_with_what_it_refers_to_reclaims_both() {
+    let (_dir, path) = temp_db();
+    let saver = SqliteSaver::open(&path).expect("open");
+    input_and_step(&saver, "second", "second").await;
+    let rows = |sql: &str| -> i64 { raw(&path).query_row(sql, [], |r| r.get(0)).expect("count") };
+    assert_eq!(
+        rows("SELECT count(*) FROM checkpoint_blobs WHERE channel = 'messages'"),
+        2
+    );
+    saver
+        .delete_for_runs(&["second".into()])
+        .await
+        .expect("delete the run");
+    assert_eq!(
+        rows("SELECT count(*) FROM checkpoint_blobs WHERE channel = 'messages'"),
+        1,
+        "only the root's value is left"
+    );
+    assert_eq!(
+        rows("SELECT count(*) FROM checkpoint_blobs WHERE channel <> 'messages'"),
+        0
+    );
+}
+
+/// An input checkpoint's `__start__` value (`{"messages": [...], "topic": ...}`) stored in
+/// the same batch as the checkpoint that appended those messages: the list entry is stored
+/// as a reference to the appended items, the other entry inline; the value reads back byte
+/// for byte, also after the checkpoint it refers to is deleted.
+#[tokio::test]
+async fn an_input_value_refers_to_the_items_a_later_checkpoint_appended() {
+    let (_dir, path) = temp_db();
+    let saver = SqliteSaver::open(&path).expect("open");
+    let InputStep {
+        input_config,
+        input_value,
+    } = input_and_step(&saver, "first", "second").await;
     let tag: String = raw(&path)
         .query_row(
             "SELECT type_tag FROM checkpoint_blobs WHERE channel = '__start__'",
