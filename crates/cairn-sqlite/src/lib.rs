@@ -111,13 +111,15 @@
 //!
 //! Deletions keep what chains need: reclaiming unreferenced values (after `delete_for_runs`
 //! and `prune`) reads the channel versions from the headers of the remaining checkpoints of
-//! each affected thread and namespace and from their pending writes stored as references
-//! (MessagePack, so decoded here, not in SQL; these are rare operations), then follows `base_version` from those values in a recursive query, one
-//! primary-key search per link. A header that cannot be decoded stops the deletion with an
-//! error rather than risk deleting values it refers to, and so does a reference that cannot
-//! be decoded. `prune` with `KeepLatest` first rewrites the kept checkpoint's append values
-//! as whole values, in the same transaction, so none of the older links stays (a reference
-//! counts its items from the end of the value, so it still finds them there). `copy_thread` copies values and bases as stored.
+//! each affected thread and namespace, from their pending writes stored as references and
+//! from the inputs stored as references that those checkpoints name (MessagePack, so
+//! decoded here, not in SQL; these are rare operations), then follows `base_version` from
+//! those values in a recursive query, one primary-key search per link. A header that cannot
+//! be decoded stops the deletion with an error rather than risk deleting values it refers
+//! to, and so does a reference that cannot be decoded. `prune` with `KeepLatest` first
+//! rewrites the kept checkpoint's append values as whole values, in the same transaction,
+//! so none of the older links stays (a reference counts its items from the end of the
+//! value, so it still finds them there). `copy_thread` copies values and bases as stored.
 //!
 //! ## Concurrency: one writer thread, group commit
 //!
