@@ -444,3 +444,47 @@ async fn an_input_value_refers_to_the_items_a_later_checkpoint_appended() {
         other => panic!("expected a corrupt-data error, got {other:?}"),
     }
 }
+
+/// Versions a caller chooses (integers) may be reused across forks, overwriting the value a
+/// reference would name: writes under them keep their own bytes.
+#[tokio::test]
+async fn writes_against_values_under_caller_chosen_versions_keep_their_bytes() {
+    let (_dir, path) = temp_db();
+    let saver = SqliteSaver::open(&path).expect("open");
+    let codec = ValueCodec::default();
+    let root = put_channel(
+        &saver,
+        &CheckpointConfig::thread("t"),
+        CHANNEL,
+        &ChannelVersion::Int(1),
+        codec.encode(&vec![message(0)]).expect("encode"),
+        "first",
+    )
+    .await;
+    let write = codec.encode(&vec![message(1)]).expect("encode");
+    let mut checkpoint = Checkpoint::new();
+    checkpoint.channel_values.insert(
+        CHANNEL.into(),
+        codec
+            .encode_append(&ChannelVersion::Int(1), [message(1)].iter())
+            .expect("encode"),
+    );
+    checkpoint
+        .channel_versions
+        .insert(CHANNEL.into(), ChannelVersion::Int(2));
+    saver
+        .put_writes_and_put(
+            &root,
+            vec![(CHANNEL.into(), write.clone())],
+            "a",
+            "",
+            checkpoint,
+            CheckpointMetadata::new(CheckpointSource::Loop, 1),
+            [(CHANNEL.to_owned(), ChannelVersion::Int(2))].into(),
+        )
+        .await
+        .expect("put");
+    assert_eq!(stored_writes(&path, "t"), [("a".into(), "msgpack".into())]);
+    let tuple = saver.get_tuple(&root).await.expect("get").expect("stored");
+    assert_eq!(tuple.pending_writes[0].value, write);
+}
