@@ -136,10 +136,19 @@ pub(crate) fn register_functions(conn: &Connection) -> cairn_checkpoint::Result<
     let flags = FunctionFlags::SQLITE_UTF8 | FunctionFlags::SQLITE_DETERMINISTIC;
     conn.create_scalar_function("cairn_id_key", 1, flags, |ctx| {
         Ok(match ctx.get_raw(0) {
-            ValueRef::Text(t) => match std::str::from_utf8(t).ok().and_then(compact) {
-                Some(bytes) => Value::Blob(bytes.to_vec()),
-                None => Value::Text(String::from_utf8_lossy(t).into_owned()),
-            },
+            ValueRef::Text(t) => {
+                // Not rewritten lossily: two such ids could become one (and the migration's
+                // key update fail half-way); an error names the problem instead.
+                let id = std::str::from_utf8(t).map_err(|e| {
+                    rusqlite::Error::UserFunctionError(
+                        format!("an id that is not UTF-8 text ({e}); fix or delete its row").into(),
+                    )
+                })?;
+                match compact(id) {
+                    Some(bytes) => Value::Blob(bytes.to_vec()),
+                    None => Value::Text(id.to_owned()),
+                }
+            }
             other => Value::from(other),
         })
     })
@@ -222,5 +231,12 @@ mod tests {
         assert_eq!(other.0, "x");
         let bad = conn.query_row("SELECT x'0102'", [], |r| r.get::<_, StoredId>(0));
         assert!(bad.is_err(), "a blob of another size is an error");
+        let not_utf8 = conn.query_row("SELECT cairn_id_key(CAST(x'ff00' AS TEXT))", [], |r| {
+            r.get::<_, rusqlite::types::Value>(0)
+        });
+        assert!(
+            not_utf8.is_err_and(|e| e.to_string().contains("not UTF-8")),
+            "an id that is not UTF-8 is an error, not rewritten"
+        );
     }
 }
