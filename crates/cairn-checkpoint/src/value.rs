@@ -256,14 +256,36 @@ fn msgpack_array_header_len(count: usize) -> usize {
 
 /// Writes the shortest MessagePack array header for `count` items; `None` above 2^32 - 1.
 pub(crate) fn put_msgpack_array_header(out: &mut Vec<u8>, count: usize) -> Option<()> {
+    put_msgpack_header(out, count, [0x90, 0xdc, 0xdd])
+}
+
+/// Writes the shortest MessagePack map header for `count` entries (what
+/// [`msgpack_map_entries`] reads past); `None` above 2^32 - 1.
+///
+/// ```
+/// let mut header = Vec::new();
+/// cairn_checkpoint::put_msgpack_map_header(&mut header, 2).expect("a small map");
+/// assert_eq!(header, [0x82]);
+/// ```
+pub fn put_msgpack_map_header(out: &mut Vec<u8>, count: usize) -> Option<()> {
+    put_msgpack_header(out, count, [0x80, 0xde, 0xdf])
+}
+
+/// The shortest header of an array or map of `count` elements, given its markers: the fix
+/// form's base, then the 16-bit and 32-bit forms'.
+fn put_msgpack_header(
+    out: &mut Vec<u8>,
+    count: usize,
+    [fix, wide16, wide32]: [u8; 3],
+) -> Option<()> {
     match count {
-        0..=15 => out.push(0x90 | count as u8),
+        0..=15 => out.push(fix | count as u8),
         16..=0xffff => {
-            out.push(0xdc);
+            out.push(wide16);
             out.extend_from_slice(&(count as u16).to_be_bytes());
         }
         _ => {
-            out.push(0xdd);
+            out.push(wide32);
             out.extend_from_slice(&u32::try_from(count).ok()?.to_be_bytes());
         }
     }

@@ -32,7 +32,9 @@ use std::collections::HashMap;
 
 use bytes::{BufMut, BytesMut};
 
-use cairn_checkpoint::{msgpack_map_entries, AppendValue, ListFrames, TypedValue, TAG_MSGPACK};
+use cairn_checkpoint::{
+    msgpack_map_entries, put_msgpack_map_header, AppendValue, ListFrames, TypedValue, TAG_MSGPACK,
+};
 
 use crate::ops::{PutRow, WritesRow};
 use crate::stored_value::{put_leb128, read_leb128, TAG_COMPACT_APPEND};
@@ -401,22 +403,6 @@ fn msgpack_str(bytes: &[u8]) -> Option<&str> {
     (bytes.len() == len.checked_add(head)?)
         .then(|| std::str::from_utf8(&bytes[head..]).ok())
         .flatten()
-}
-
-/// Writes the shortest MessagePack map header for `count` entries.
-fn put_msgpack_map_header(out: &mut Vec<u8>, count: usize) -> Option<()> {
-    match count {
-        0..=15 => out.push(0x80 | count as u8),
-        16..=0xffff => {
-            out.push(0xde);
-            out.extend_from_slice(&(count as u16).to_be_bytes());
-        }
-        _ => {
-            out.push(0xdf);
-            out.extend_from_slice(&u32::try_from(count).ok()?.to_be_bytes());
-        }
-    }
-    Some(())
 }
 
 /// The channel a run's input is stored in (LangGraph's and Cairn's `START` node).
