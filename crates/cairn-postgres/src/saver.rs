@@ -152,12 +152,11 @@ impl PostgresSaver {
                 encode_put(&request.config, &mut request.checkpoint, &request.metadata)?;
             encoded.push((request, header, metadata, values));
         }
-        let empty = TypedValue::empty();
         // Values, keyed by (channel, version): a version is written once, but one statement
         // must not update the same row twice, so a repeated key keeps its last value.
         let mut values: BTreeMap<(&str, String), ValueRow<'_>> = BTreeMap::new();
         for (r, _, _, vals) in &encoded {
-            let b = blob_columns(&r.new_versions, vals, &empty)?;
+            let b = blob_columns(&r.new_versions, vals)?;
             let rows = b
                 .channels
                 .into_iter()
@@ -913,12 +912,12 @@ struct BlobColumns<'a> {
     bases: Vec<Option<String>>,
 }
 
-/// The values of `new_versions` as columns for the put statements (`empty` for a channel
-/// without a value).
+/// The values of `new_versions` as columns for the put statements. A channel updated to no
+/// value (none given, or an empty marker: a consumed trigger) gets no row: a version
+/// without a row reads as no value, as the marker did.
 fn blob_columns<'a>(
     new_versions: &'a ChannelVersions,
     values: &'a std::collections::BTreeMap<String, TypedValue>,
-    empty: &'a TypedValue,
 ) -> Result<BlobColumns<'a>> {
     let n = new_versions.len();
     let mut columns = BlobColumns {
@@ -930,7 +929,9 @@ fn blob_columns<'a>(
     };
     for (channel, version) in new_versions {
         check_text("channel name", channel)?;
-        let value = values.get(channel).unwrap_or(empty);
+        let Some(value) = values.get(channel).filter(|v| !v.is_empty_marker()) else {
+            continue;
+        };
         check_text("type tag", &value.type_tag)?;
         // A malformed append value could never be read back: refuse it now rather than
         // leave the thread unreadable.
@@ -1120,8 +1121,7 @@ impl CheckpointSaver for PostgresSaver {
     ) -> Result<CheckpointConfig> {
         let mut checkpoint = checkpoint;
         let (header, metadata, values) = encode_put(config, &mut checkpoint, &metadata)?;
-        let empty = TypedValue::empty();
-        let b = blob_columns(&new_versions, &values, &empty)?;
+        let b = blob_columns(&new_versions, &values)?;
         let params: &[Param<'_>] = &[
             (&config.thread_id, Type::TEXT),
             (&config.checkpoint_ns, Type::TEXT),
@@ -1198,8 +1198,7 @@ impl CheckpointSaver for PostgresSaver {
         let (w_idxs, w_channels, w_tags, w_blobs) = write_columns(&writes, task_id, task_path)?;
         let mut checkpoint = checkpoint;
         let (header, metadata, values) = encode_put(config, &mut checkpoint, &metadata)?;
-        let empty = TypedValue::empty();
-        let b = blob_columns(&new_versions, &values, &empty)?;
+        let b = blob_columns(&new_versions, &values)?;
         let params: &[Param<'_>] = &[
             (&config.thread_id, Type::TEXT),
             (&config.checkpoint_ns, Type::TEXT),
@@ -1267,10 +1266,9 @@ impl CheckpointSaver for PostgresSaver {
                 encode_put(&request.config, &mut request.checkpoint, &request.metadata)?;
             encoded.push((request, header, metadata, values));
         }
-        let empty = TypedValue::empty();
         let blobs = encoded
             .iter()
-            .map(|(r, _, _, values)| blob_columns(&r.new_versions, values, &empty))
+            .map(|(r, _, _, values)| blob_columns(&r.new_versions, values))
             .collect::<Result<Vec<_>>>()?;
         let writes = encoded
             .iter()

@@ -1155,3 +1155,59 @@ async fn a_batch_the_server_refuses_midway_stores_nothing() {
     drop((saver, unprepared));
     support::drop_schema(&url, &schema).await;
 }
+
+/// A channel updated to no value (a consumed trigger, as an empty marker, or named without
+/// a value) stores no row, and reads back as no value at its new version.
+#[tokio::test]
+async fn a_channel_updated_to_no_value_stores_no_row() {
+    let Some((saver, schema)) = support::fresh_saver().await else {
+        return;
+    };
+    let url = support::url().expect("url");
+    let thread = unique("no-value");
+    let (first, cp) = put_count(&saver, &CheckpointConfig::thread(&thread), None, 1).await;
+    assert_eq!(
+        count_rows(&url, &schema, "checkpoint_blobs", &thread).await,
+        1
+    );
+    let mut next = cp.successor();
+    next.channel_values.clear();
+    let consumed = saver.get_next_version(next.channel_versions.get("count"));
+    next.channel_values
+        .insert("count".into(), TypedValue::empty());
+    next.channel_versions
+        .insert("count".into(), consumed.clone());
+    let named = saver.get_next_version(None);
+    next.channel_versions.insert("other".into(), named.clone());
+    let stored = saver
+        .put(
+            &first,
+            next,
+            CheckpointMetadata::new(CheckpointSource::Loop, 2),
+            [
+                ("count".to_string(), consumed.clone()),
+                ("other".to_string(), named),
+            ]
+            .into(),
+        )
+        .await
+        .expect("put");
+    assert_eq!(
+        count_rows(&url, &schema, "checkpoint_blobs", &thread).await,
+        1,
+        "no rows for the versions without a value"
+    );
+    let tuple = saver
+        .get_tuple(&stored)
+        .await
+        .expect("get")
+        .expect("stored");
+    assert!(tuple.checkpoint.channel_values.is_empty());
+    assert_eq!(
+        tuple.checkpoint.channel_versions.get("count"),
+        Some(&consumed)
+    );
+    let older = saver.get_tuple(&first).await.expect("get").expect("stored");
+    let count: Option<i64> = older.channel_value(&codec(), "count").expect("decode");
+    assert_eq!(count, Some(1));
+}
