@@ -1380,10 +1380,12 @@ impl CheckpointSaver for RedisSaver {
         // checkpoint, by the chain-aware script (`chains`) rather than a plain PEXPIRE.
         let mut value_keys: KeyBatch<()> = KeyBatch::default();
         for (channel, version) in &new_versions {
-            let value = values
-                .get(channel)
-                .map(encode_value)
-                .unwrap_or_else(|| encode_value(&TypedValue::empty()));
+            // A channel updated to no value (a consumed trigger) gets no key: a version
+            // without one reads as no value, as the empty marker did.
+            let Some(value) = values.get(channel).filter(|v| !v.is_empty_marker()) else {
+                continue;
+            };
+            let value = encode_value(value);
             let key = self
                 .keys
                 .blob_key(thread, ns, channel, &version.to_storage_string());

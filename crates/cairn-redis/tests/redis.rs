@@ -946,3 +946,43 @@ async fn bad_settings_and_unreachable_servers_are_errors() {
     );
     assert!(err.to_string().contains("connect"), "{err}");
 }
+
+/// A channel updated to no value (a consumed trigger) gets no value key, and reads back as
+/// no value at its new version.
+#[tokio::test]
+async fn a_channel_updated_to_no_value_stores_no_key() {
+    let options = support::options("no-value");
+    let Some(saver) = support::saver(options.clone()).await else {
+        return;
+    };
+    let url = support::url().expect("url");
+    let mut conn = support::raw(&url).await;
+    let keys = saver.key_layout().clone();
+    let stored = put_values(
+        &saver,
+        &CheckpointConfig::thread("t"),
+        &[("kept", json(1.into())), ("consumed", TypedValue::empty())],
+        meta(0),
+    )
+    .await;
+    let tuple = saver
+        .get_tuple(&stored)
+        .await
+        .expect("get")
+        .expect("stored");
+    let consumed = tuple.checkpoint.channel_versions["consumed"].to_storage_string();
+    let kept = tuple.checkpoint.channel_versions["kept"].to_storage_string();
+    assert_eq!(tuple.checkpoint.channel_values.len(), 1);
+    assert!(tuple.checkpoint.channel_values.contains_key("kept"));
+    let exists = |key: String| redis::cmd("EXISTS").arg(key).clone();
+    let kept_key: i64 = exists(keys.blob_key("t", "", "kept", &kept))
+        .query_async(&mut conn)
+        .await
+        .expect("EXISTS");
+    let consumed_key: i64 = exists(keys.blob_key("t", "", "consumed", &consumed))
+        .query_async(&mut conn)
+        .await
+        .expect("EXISTS");
+    assert_eq!((kept_key, consumed_key), (1, 0));
+    support::delete_prefix(&url, &options.key_prefix).await;
+}
