@@ -186,7 +186,7 @@ use rusqlite::{Connection, OpenFlags};
 use tokio::sync::{mpsc, oneshot};
 
 use cairn_checkpoint::{
-    append_base, ChannelVersions, Checkpoint, CheckpointConfig, CheckpointMetadata,
+    AppendValue, ChannelVersions, Checkpoint, CheckpointConfig, CheckpointMetadata,
     CheckpointSaver, CheckpointTuple, Error, KnownValues, ListQuery, PruneStrategy, PutRequest,
     Result, ThreadSummary, TypedValue,
 };
@@ -797,7 +797,7 @@ fn put_row(
             let version = version.to_storage_string();
             // A malformed append value could never be read back: refuse it now rather than
             // leave the thread unreadable.
-            let base_version = append_base(&value).map_err(|e| {
+            let append = AppendValue::parse(&value).map_err(|e| {
                 Error::InvalidArgument(format!(
                     "cannot store channel {channel:?} version {version} of thread {:?}: {e}",
                     config.thread_id
@@ -806,9 +806,11 @@ fn put_row(
             Ok(ops::BlobRow {
                 channel,
                 key: VersionKey::from_storage_string(&version),
-                base_key: base_version.as_deref().map(VersionKey::from_storage_string),
+                base_key: append
+                    .as_ref()
+                    .map(|a| VersionKey::from_storage_string(&a.base)),
                 version,
-                value: stored_value::to_row(value)?,
+                value: stored_value::to_row(value, append.as_ref()),
             })
         })
         .collect::<Result<_>>()?;

@@ -22,23 +22,23 @@ use cairn_checkpoint::{AppendValue, TypedValue, TAG_APPEND, TAG_JSON, TAG_MSGPAC
 /// Type tag of an append value stored in its compact form.
 pub(crate) const TAG_COMPACT_APPEND: &str = "append/2";
 
-/// The form `value` is stored in: its compact form when it is an append value whose items
-/// are MessagePack or JSON, `value` itself otherwise. A malformed append value is an error
-/// (the caller refuses to store it).
-pub(crate) fn to_row(value: TypedValue) -> cairn_checkpoint::Result<TypedValue> {
-    let Some(append) = AppendValue::parse(&value)? else {
-        return Ok(value);
+/// The form `value` is stored in, given `append`, its parts when it is an append value (the
+/// caller has parsed it already, to check it and take its base): its compact form when its
+/// items are MessagePack or JSON, `value` itself otherwise.
+pub(crate) fn to_row(value: TypedValue, append: Option<&AppendValue>) -> TypedValue {
+    let Some(append) = append else {
+        return value;
     };
     let code = match append.item_tag.as_str() {
         TAG_MSGPACK => b'm',
         TAG_JSON => b'j',
-        _ => return Ok(value),
+        _ => return value,
     };
     let mut data = BytesMut::with_capacity(11 + append.items.len());
     data.put_u8(code);
     put_leb128(&mut data, append.count);
     data.put_slice(&append.items);
-    Ok(TypedValue::new(TAG_COMPACT_APPEND, data.freeze()))
+    TypedValue::new(TAG_COMPACT_APPEND, data.freeze())
 }
 
 /// The value a row holds, from its type tag, data and base version (as a version string):
@@ -53,7 +53,13 @@ pub(crate) fn from_row(
         return Ok(TypedValue::new(type_tag, data));
     }
     let base = base.ok_or("a compact append value has no base version in its row")?;
-    let data = Bytes::from(data);
+    let typed = compact_parts(Bytes::from(data), base)?.to_typed();
+    debug_assert_eq!(typed.type_tag, TAG_APPEND);
+    Ok(typed)
+}
+
+/// The parts of a compact append value's `data`, with its `base`.
+pub(crate) fn compact_parts(data: Bytes, base: &str) -> Result<AppendValue, String> {
     let item_tag = match data.first() {
         Some(b'm') => TAG_MSGPACK,
         Some(b'j') => TAG_JSON,
@@ -62,15 +68,12 @@ pub(crate) fn from_row(
     };
     let (count, at) = read_leb128(&data[1..])
         .ok_or("the item count of a compact append value is cut short or too large")?;
-    let value = AppendValue {
+    Ok(AppendValue {
         base: base.to_owned(),
         item_tag: item_tag.to_owned(),
         count,
         items: data.slice(1 + at..),
-    };
-    let typed = value.to_typed();
-    debug_assert_eq!(typed.type_tag, TAG_APPEND);
-    Ok(typed)
+    })
 }
 
 pub(crate) fn put_leb128(out: &mut BytesMut, mut n: u64) {
@@ -114,7 +117,8 @@ mod tests {
         let base = ChannelVersion::first_after(None).next();
         let items: Vec<String> = (0..300).map(|i| format!("item {i}")).collect();
         let value = codec.encode_append(&base, items.iter()).expect("encode");
-        let row = to_row(value.clone()).expect("compact");
+        let parts = AppendValue::parse(&value).expect("parse");
+        let row = to_row(value.clone(), parts.as_ref());
         assert_eq!(row.type_tag, TAG_COMPACT_APPEND);
         let header = value.data.len() - row.data.len();
         assert!(header > 60, "the text header ({header} bytes) is gone");
@@ -132,7 +136,7 @@ mod tests {
         let value = ValueCodec::default()
             .encode(&vec![1, 2, 3])
             .expect("encode");
-        assert_eq!(to_row(value.clone()).expect("row"), value);
+        assert_eq!(to_row(value.clone(), None), value);
         let back = from_row(&value.type_tag, value.data.to_vec(), None).expect("read");
         assert_eq!(back, value);
     }

@@ -163,12 +163,13 @@ fn as_list(value: &TypedValue) -> Option<TypedValue> {
     }
     let append = AppendValue::parse(value).ok()??;
     (append.item_tag == TAG_MSGPACK)
-        .then(|| {
-            append
-                .join_onto(&TypedValue::new(TAG_MSGPACK, vec![0x90]))
-                .ok()
-        })
+        .then(|| append.join_onto(&empty_list()).ok())
         .flatten()
+}
+
+/// An empty MessagePack list, to join an append value's items onto.
+fn empty_list() -> TypedValue {
+    TypedValue::new(TAG_MSGPACK, vec![0x90])
 }
 
 /// Replaces each write in `writes` (writes of the checkpoint `row` extends, stored with it)
@@ -231,13 +232,11 @@ fn appended_list<'r>(
     if blob.value.type_tag != TAG_COMPACT_APPEND || !matches!(blob.key, VersionKey::Compact(_)) {
         return None;
     }
-    let value = crate::stored_value::from_row(
-        TAG_COMPACT_APPEND,
-        blob.value.data.to_vec(),
-        Some(&blob.version),
-    )
-    .ok()?;
-    let list = as_list(&value)?;
+    let append = crate::stored_value::compact_parts(blob.value.data.clone(), &blob.version).ok()?;
+    if append.item_tag != TAG_MSGPACK {
+        return None;
+    }
+    let list = append.join_onto(&empty_list()).ok()?;
     let frames = ListFrames::of(&list)?;
     (frames.count() <= MAX_SEARCHED_ITEMS).then_some((list, frames, &blob.key))
 }
