@@ -529,27 +529,51 @@ fn resolve_write_refs(
                 )
             };
             let reference = WriteRef::decode(&write.value.data).map_err(corrupt)?;
-            let version = reference.version_string().map_err(corrupt)?;
-            let key = (thread.clone(), ns.clone(), write.channel.clone(), version);
-            let value = match blobs.get(&key).or_else(|| fetched.get(&key)) {
-                Some(value) => value.clone(),
-                None => {
-                    let found = value_by_key(conn, thread, ns, &write.channel, &reference.version)?;
-                    let value = found.ok_or_else(|| {
-                        corrupt(format!(
-                            "the value it refers to (version {}) is not stored",
-                            key.3
-                        ))
-                    })?;
-                    fetched.insert(key, value.clone());
-                    value
-                }
-            };
-            let resolved = reference.resolve(&value).map_err(corrupt)?;
-            write.value = resolved;
+            let place = (thread.as_str(), ns.as_str(), write.channel.as_str());
+            let resolved = referenced_items(conn, blobs, &mut fetched, place, &reference)?;
+            write.value = resolved.map_err(corrupt)?;
         }
     }
     Ok(())
+}
+
+/// The items `reference` names in the value of `(thread, ns, channel)` it refers to: taken
+/// from `loaded` when this read has that value, else looked up once (and kept in
+/// `fetched`). The outer error is a failed query; the inner one says what is wrong with the
+/// stored data.
+fn referenced_items(
+    conn: &Connection,
+    loaded: &HashMap<BlobKey, TypedValue>,
+    fetched: &mut HashMap<BlobKey, TypedValue>,
+    (thread, ns, channel): (&str, &str, &str),
+    reference: &WriteRef,
+) -> Result<std::result::Result<TypedValue, String>> {
+    let version = match reference.version_string() {
+        Ok(version) => version,
+        Err(reason) => return Ok(Err(reason)),
+    };
+    let key = (
+        thread.to_owned(),
+        ns.to_owned(),
+        channel.to_owned(),
+        version,
+    );
+    let value = match loaded.get(&key).or_else(|| fetched.get(&key)) {
+        Some(value) => value.clone(),
+        None => match value_by_key(conn, thread, ns, channel, &reference.version)? {
+            Some(value) => {
+                fetched.insert(key, value.clone());
+                value
+            }
+            None => {
+                return Ok(Err(format!(
+                    "the value it refers to (channel {channel:?} version {}) is not stored",
+                    key.3
+                )))
+            }
+        },
+    };
+    Ok(reference.resolve(&value))
 }
 
 fn decode_rows(rows: Vec<Row>) -> Result<Vec<Decoded>> {
@@ -623,6 +647,7 @@ fn resolve_map_refs(conn: &Connection, blobs: &mut HashMap<BlobKey, TypedValue>)
         .filter(|(_, value)| value.type_tag == TAG_MAP_REF)
         .map(|(key, _)| key.clone())
         .collect();
+    let mut fetched = HashMap::new();
     for key in keys {
         let (thread, ns, channel, version) = &key;
         let corrupt = |reason: String| {
@@ -637,25 +662,20 @@ fn resolve_map_refs(conn: &Connection, blobs: &mut HashMap<BlobKey, TypedValue>)
             )
         };
         let stored = MapRef::decode(&blobs[&key].data).map_err(corrupt)?;
-        let resolved = stored
-            .resolve(|target, reference| {
-                let version = reference.version_string()?;
-                let target_key = (thread.clone(), ns.clone(), target.to_owned(), version);
-                let value = match blobs.get(&target_key) {
-                    Some(value) => value.clone(),
-                    None => value_by_key(conn, thread, ns, target, &reference.version)
-                        .map_err(|e| e.to_string())?
-                        .ok_or_else(|| {
-                            format!(
-                                "the value it refers to (channel {target:?} version {}) is not \
-                                 stored",
-                                target_key.3
-                            )
-                        })?,
-                };
-                reference.resolve(&value)
+        // A failed query is reported as itself, not as corrupt data.
+        let mut failed = None;
+        let resolved = stored.resolve(|target, reference| {
+            let place = (thread.as_str(), ns.as_str(), target);
+            referenced_items(conn, blobs, &mut fetched, place, reference).unwrap_or_else(|e| {
+                let reason = e.to_string();
+                failed = Some(e);
+                Err(reason)
             })
-            .map_err(corrupt)?;
+        });
+        if let Some(e) = failed {
+            return Err(e);
+        }
+        let resolved = resolved.map_err(corrupt)?;
         blobs.insert(key, resolved);
     }
     Ok(())
