@@ -178,7 +178,7 @@ impl ListFrames {
     }
 
     /// Where `sub`, a MessagePack list of one or more items, occurs in `value` (the list these
-    /// frames were found in) as a run of whole items: the index of its first item. `None`
+    /// frames were found in) as a run of whole items: the positions of those items. `None`
     /// when it does not, when `sub` is empty, and when `sub` is not exactly what
     /// [`sublist`](Self::sublist) would build for that run (a header longer than needed, bytes
     /// that do not frame exactly the items its header counts), so a found `sub` can always be
@@ -193,12 +193,12 @@ impl ListFrames {
     /// let list = codec.encode(&vec!["a", "b", "c", "d"])?;
     /// let frames = ListFrames::of(&list).expect("a MessagePack list");
     /// let sub = codec.encode(&vec!["b", "c"])?;
-    /// assert_eq!(frames.find(&list, &sub), Some(1));
+    /// assert_eq!(frames.find(&list, &sub), Some(1..3));
     /// assert_eq!(frames.sublist(&list, 1, 2), Some(sub));
     /// assert_eq!(frames.find(&list, &codec.encode(&vec!["c", "b"])?), None);
     /// # Ok::<(), cairn_checkpoint::Error>(())
     /// ```
-    pub fn find(&self, value: &TypedValue, sub: &TypedValue) -> Option<usize> {
+    pub fn find(&self, value: &TypedValue, sub: &TypedValue) -> Option<Range<usize>> {
         let sub_frames = ListFrames::of(sub)?;
         let n = sub_frames.count;
         let (_, sub_head) = msgpack_array_header(&sub.data)?;
@@ -209,14 +209,15 @@ impl ListFrames {
         let (_, head) = msgpack_array_header(&value.data)?;
         let items = value.data.get(head..)?;
         let ends = self.ends.get(..self.count)?;
-        (0..=self.count - n).find(|&first| {
+        let first = (0..=self.count - n).find(|&first| {
             let start = if first == 0 { 0 } else { ends[first - 1] };
             // Whole items of `sub` matching from an item boundary end on one: MessagePack
             // values delimit themselves.
             items
                 .get(start..start + sub_items.len())
                 .is_some_and(|run| run == sub_items)
-        })
+        })?;
+        Some(first..first + n)
     }
 
     /// Items `first..first + n` of `value` (the list these frames were found in) as a

@@ -203,20 +203,27 @@ pub(crate) fn link(writes: &mut [WritesRow], row: &PutRow) {
             let Some((list, frames, version)) = list else {
                 continue;
             };
-            let Some(first) = frames.find(list, value) else {
-                continue;
-            };
-            let Some(count) = ListFrames::of(value).map(|f| f.count()) else {
-                continue;
-            };
-            let reference = WriteRef {
-                skip: (frames.count() - first - count) as u64,
-                count: count as u64,
-                version: (*version).clone(),
-            };
-            *value = reference.encode();
+            if let Some(reference) = reference_to(list, frames, version, value) {
+                *value = reference.encode();
+            }
         }
     }
+}
+
+/// A reference to the run of `list`'s items (`frames` are its frames, `version` its stored
+/// version) that `sub` holds, counted from the end of the list.
+fn reference_to(
+    list: &TypedValue,
+    frames: &ListFrames,
+    version: &VersionKey,
+    sub: &TypedValue,
+) -> Option<WriteRef> {
+    let run = frames.find(list, sub)?;
+    Some(WriteRef {
+        skip: (frames.count() - run.end) as u64,
+        count: run.len() as u64,
+        version: version.clone(),
+    })
 }
 
 /// `row`'s new value of `channel` as a list with its frames, when it is a compact append
@@ -462,13 +469,7 @@ fn link_map(value: &TypedValue, thread: &str, ns: &str, later: &[PutRow]) -> Opt
                 .iter()
                 .find(|r| r.thread_id == thread && r.checkpoint_ns == ns)?;
             let (list, frames, version) = appended_list(next, channel)?;
-            let first = frames.find(&list, &sub)?;
-            let count = ListFrames::of(&sub)?.count();
-            Some(WriteRef {
-                skip: (frames.count() - first - count) as u64,
-                count: count as u64,
-                version: version.clone(),
-            })
+            reference_to(&list, &frames, version, &sub)
         });
         let entry = match found {
             Some(reference) => {
