@@ -10,17 +10,61 @@ use crate::checkpoint::{
     write_index, Checkpoint, CheckpointConfig, CheckpointMetadata, CheckpointTuple, ListQuery,
     PendingWrite,
 };
-use crate::error::{Error, Result};
+use crate::error::{DataLocation, Error, Result};
 use crate::saver::{CheckpointSaver, KnownValues, PruneStrategy};
 use crate::value::TypedValue;
 use crate::version::ChannelVersions;
 
-/// A checkpoint as kept in memory: without its values, which live in `blobs`.
+/// A checkpoint as kept in memory: its header (the checkpoint without its values, which live
+/// in `blobs`, and without its id, which is the key it is kept under) as MessagePack.
+///
+/// One allocation of a few hundred bytes instead of the maps of a [`Checkpoint`] (a b-tree
+/// node of several hundred bytes per map, plus every name and version as its own string):
+/// several kilobytes per checkpoint, which a long run paid for in page faults as its memory
+/// grew. Reads decode the header again; they are rarer than writes.
 #[derive(Debug, Clone)]
 struct StoredCheckpoint {
-    checkpoint: Checkpoint,
+    header: Box<[u8]>,
     metadata: CheckpointMetadata,
     parent_id: Option<String>,
+}
+
+impl StoredCheckpoint {
+    /// Encodes `checkpoint`, whose values the caller has taken out.
+    fn new(
+        mut checkpoint: Checkpoint,
+        metadata: CheckpointMetadata,
+        parent_id: Option<String>,
+    ) -> Result<Self> {
+        debug_assert!(checkpoint.channel_values.is_empty());
+        checkpoint.id = String::new();
+        let header = rmp_serde::to_vec(&checkpoint).map_err(|e| Error::Encode {
+            format: "msgpack",
+            message: format!("checkpoint header: {e}"),
+        })?;
+        Ok(StoredCheckpoint {
+            header: header.into_boxed_slice(),
+            metadata,
+            parent_id,
+        })
+    }
+
+    /// The checkpoint kept under `id`, without values.
+    fn checkpoint(&self, thread_id: &str, ns_name: &str, id: &str) -> Result<Checkpoint> {
+        let mut checkpoint: Checkpoint = rmp_serde::from_slice(&self.header).map_err(|e| {
+            Error::corrupt(
+                DataLocation {
+                    thread_id: thread_id.to_owned(),
+                    checkpoint_ns: ns_name.to_owned(),
+                    checkpoint_id: Some(id.to_owned()),
+                    channel: None,
+                },
+                format!("checkpoint header: {e}"),
+            )
+        })?;
+        checkpoint.id = id.to_owned();
+        Ok(checkpoint)
+    }
 }
 
 /// `(channel, version)` → value.
@@ -178,10 +222,10 @@ fn build_tuple(
     thread_id: &str,
     ns_name: &str,
     ns: &Namespace,
-    stored: &StoredCheckpoint,
+    (id, stored): (&str, &StoredCheckpoint),
     chains: &mut AppendChains,
 ) -> Result<CheckpointTuple> {
-    build_tuple_known(thread_id, ns_name, ns, stored, chains, &[])
+    build_tuple_known(thread_id, ns_name, ns, (id, stored), chains, &[])
 }
 
 /// [`build_tuple`] without the values of `known` channels.
@@ -189,11 +233,11 @@ fn build_tuple_known(
     thread_id: &str,
     ns_name: &str,
     ns: &Namespace,
-    stored: &StoredCheckpoint,
+    (id, stored): (&str, &StoredCheckpoint),
     chains: &mut AppendChains,
     known: &[&str],
 ) -> Result<CheckpointTuple> {
-    let mut checkpoint = stored.checkpoint.clone();
+    let mut checkpoint = stored.checkpoint(thread_id, ns_name, id)?;
     checkpoint.channel_values = checkpoint
         .channel_versions
         .iter()
@@ -249,10 +293,11 @@ fn build_tuple_known(
 
 /// Drops stored values that no remaining checkpoint of the namespace refers to, directly or
 /// as a link in an append chain.
-fn reclaim_unreferenced_blobs(ns: &mut Namespace) {
+fn reclaim_unreferenced_blobs(ns: &mut Namespace, thread_id: &str, ns_name: &str) -> Result<()> {
     let mut referenced: HashSet<(String, String)> = HashSet::new();
-    for stored in ns.checkpoints.values() {
-        for (channel, version) in &stored.checkpoint.channel_versions {
+    for (id, stored) in &ns.checkpoints {
+        let checkpoint = stored.checkpoint(thread_id, ns_name, id)?;
+        for (channel, version) in &checkpoint.channel_versions {
             mark_chain_live(
                 &mut referenced,
                 channel,
@@ -262,6 +307,7 @@ fn reclaim_unreferenced_blobs(ns: &mut Namespace) {
         }
     }
     ns.blobs.retain(|key, _| referenced.contains(key));
+    Ok(())
 }
 
 /// Rewrites the append values `latest` refers to as whole values, so that nothing older is
@@ -276,8 +322,8 @@ fn compact_append_values(
         return Ok(());
     };
     let mut chains = AppendChains::default();
-    let tuple = build_tuple(thread_id, ns_name, ns, stored, &mut chains)?;
-    for (channel, version) in &stored.checkpoint.channel_versions {
+    let tuple = build_tuple(thread_id, ns_name, ns, (latest, stored), &mut chains)?;
+    for (channel, version) in &tuple.checkpoint.channel_versions {
         let key = (channel.clone(), version.to_storage_string());
         let is_append = ns.blobs.get(&key).is_some_and(|v| v.type_tag == TAG_APPEND);
         if let (true, Some(whole)) = (is_append, tuple.checkpoint.channel_values.get(channel)) {
@@ -310,12 +356,12 @@ impl CheckpointSaver for InMemorySaver {
             return Ok(None);
         };
         let stored = match &config.checkpoint_id {
-            Some(id) => ns.checkpoints.get(id),
-            None => ns.checkpoints.values().next_back(),
+            Some(id) => ns.checkpoints.get_key_value(id),
+            None => ns.checkpoints.iter().next_back(),
         };
         stored
-            .map(|s| {
-                let skip = if s.checkpoint.id == known.checkpoint_id {
+            .map(|(id, s)| {
+                let skip = if id == known.checkpoint_id {
                     known.channels
                 } else {
                     &[]
@@ -324,7 +370,7 @@ impl CheckpointSaver for InMemorySaver {
                     &config.thread_id,
                     &config.checkpoint_ns,
                     ns,
-                    s,
+                    (id, s),
                     &mut AppendChains::default(),
                     skip,
                 )
@@ -334,7 +380,13 @@ impl CheckpointSaver for InMemorySaver {
 
     async fn list(&self, query: &ListQuery) -> Result<Vec<CheckpointTuple>> {
         let threads = self.read();
-        let mut found: Vec<(&str, &str, &Namespace, &StoredCheckpoint)> = Vec::new();
+        type Found<'a> = (
+            &'a str,
+            &'a str,
+            &'a Namespace,
+            (&'a str, &'a StoredCheckpoint),
+        );
+        let mut found: Vec<Found<'_>> = Vec::new();
         for (thread_id, namespaces) in threads.iter() {
             if query.thread_id.as_ref().is_some_and(|t| t != thread_id) {
                 continue;
@@ -350,11 +402,11 @@ impl CheckpointSaver for InMemorySaver {
                     {
                         continue;
                     }
-                    found.push((thread_id, ns_name, ns, stored));
+                    found.push((thread_id, ns_name, ns, (id, stored)));
                 }
             }
         }
-        found.sort_by(|a, b| (&b.3.checkpoint.id, b.0, b.1).cmp(&(&a.3.checkpoint.id, a.0, a.1)));
+        found.sort_by(|a, b| (b.3 .0, b.0, b.1).cmp(&(a.3 .0, a.0, a.1)));
         let limit = query.limit.unwrap_or(usize::MAX);
         found.truncate(limit);
         // Oldest first, so each append chain is walked once per namespace.
@@ -376,23 +428,17 @@ impl CheckpointSaver for InMemorySaver {
         new_versions: ChannelVersions,
     ) -> Result<CheckpointConfig> {
         let mut checkpoint = checkpoint;
-        let values = std::mem::take(&mut checkpoint.channel_values);
-        let mut values = values;
+        let mut values = std::mem::take(&mut checkpoint.channel_values);
+        let id = checkpoint.id.clone();
+        // Encoded before taking the lock: other threads' puts and reads go on meanwhile.
+        let stored = StoredCheckpoint::new(checkpoint, metadata, config.checkpoint_id.clone())?;
         let mut threads = self.write();
         let ns = namespace_mut(&mut threads, &config.thread_id, &config.checkpoint_ns);
         for (channel, version) in new_versions {
             let value = values.remove(&channel).unwrap_or_else(TypedValue::empty);
             ns.blobs.insert((channel, storage_key(version)), value);
         }
-        let id = checkpoint.id.clone();
-        ns.checkpoints.insert(
-            id.clone(),
-            StoredCheckpoint {
-                checkpoint,
-                metadata,
-                parent_id: config.checkpoint_id.clone(),
-            },
-        );
+        ns.checkpoints.insert(id.clone(), stored);
         Ok(CheckpointConfig {
             thread_id: config.thread_id.clone(),
             checkpoint_ns: config.checkpoint_ns.clone(),
@@ -480,7 +526,7 @@ impl CheckpointSaver for InMemorySaver {
                         compact_append_values(ns, thread_id, ns_name, &latest)?;
                         ns.checkpoints.retain(|id, _| *id == latest);
                         ns.writes.retain(|id, _| *id == latest);
-                        reclaim_unreferenced_blobs(ns);
+                        reclaim_unreferenced_blobs(ns, thread_id, ns_name)?;
                     }
                 }
             }
@@ -493,8 +539,8 @@ impl CheckpointSaver for InMemorySaver {
             return Ok(());
         }
         let mut threads = self.write();
-        for namespaces in threads.values_mut() {
-            for ns in namespaces.values_mut() {
+        for (thread_id, namespaces) in threads.iter_mut() {
+            for (ns_name, ns) in namespaces.iter_mut() {
                 let doomed: Vec<String> = ns
                     .checkpoints
                     .iter()
@@ -513,7 +559,7 @@ impl CheckpointSaver for InMemorySaver {
                     ns.checkpoints.remove(id);
                     ns.writes.remove(id);
                 }
-                reclaim_unreferenced_blobs(ns);
+                reclaim_unreferenced_blobs(ns, thread_id, ns_name)?;
             }
         }
         Ok(())
