@@ -67,7 +67,7 @@ pub use saver::{
     ThreadSummary,
 };
 pub use value::{
-    msgpack_map_entries, put_msgpack_map_header, Format, ListFrames, TypedValue, ValueCodec,
-    DEFAULT_MAX_VALUE_BYTES, TAG_BYTES, TAG_EMPTY, TAG_JSON, TAG_MSGPACK,
+    msgpack_map_entries, put_msgpack_array_header, put_msgpack_map_header, Format, ListFrames,
+    TypedValue, ValueCodec, DEFAULT_MAX_VALUE_BYTES, TAG_BYTES, TAG_EMPTY, TAG_JSON, TAG_MSGPACK,
 };
 pub use version::{ChannelVersion, ChannelVersions};

@@ -256,7 +256,13 @@ fn msgpack_array_header_len(count: usize) -> usize {
 }
 
 /// Writes the shortest MessagePack array header for `count` items; `None` above 2^32 - 1.
-pub(crate) fn put_msgpack_array_header(out: &mut Vec<u8>, count: usize) -> Option<()> {
+///
+/// ```
+/// let mut header = Vec::new();
+/// cairn_checkpoint::put_msgpack_array_header(&mut header, 20).expect("a small array");
+/// assert_eq!(header, [0xdc, 0, 20]);
+/// ```
+pub fn put_msgpack_array_header(out: &mut Vec<u8>, count: usize) -> Option<()> {
     put_msgpack_header(out, count, [0x90, 0xdc, 0xdd])
 }
 

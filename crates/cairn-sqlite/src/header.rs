@@ -15,6 +15,10 @@
 //! channels of this very header, often at their current versions. Headers of schema 3 (every
 //! version a string) and of schemas 4 to 6 (names everywhere) read as before.
 //!
+//! The compact form is written and read by hand (`encode`, `decode`), not through serde: it
+//! is encoded once per stored checkpoint and decoded once per checkpoint read, and the generic
+//! path cost about twice the instructions. The bytes are the same as serde's (a test checks).
+//!
 //! Databases written before schema 3 hold the whole checkpoint as a MessagePack map with
 //! field names (`rmp_serde::to_vec_named`); those headers are read as they are (their
 //! first byte is a map marker, never an array marker), and their `id` must match the row's.
@@ -22,12 +26,15 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
-use serde::de::{IgnoredAny, SeqAccess, Visitor};
+#[cfg(test)]
 use serde::ser::SerializeMap;
-use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde::Deserialize;
+#[cfg(test)]
+use serde::{Serialize, Serializer};
 
 use cairn_checkpoint::{ChannelVersion, ChannelVersions, Checkpoint};
 
+#[cfg(test)]
 /// The stored form of a header, by reference.
 type CompactRef<'a> = (
     u32,
@@ -37,20 +44,13 @@ type CompactRef<'a> = (
     Option<ChannelsRef<'a>>,
 );
 
-/// The stored form of a header, owned.
-type Compact = (
-    u32,
-    StoredTs,
-    StoredVersions,
-    BTreeMap<String, StoredSeen>,
-    Option<Vec<StoredChannel>>,
-);
-
 /// A checkpoint's `ts` as a header stores it: whole microseconds since the Unix epoch when
 /// it is exactly what Cairn writes (RFC 3339 in UTC with six fractional digits, 27
 /// characters; 9 bytes instead of 28, schema 6), any other text as it is.
+#[cfg(test)]
 struct TsRef<'a>(&'a str);
 
+#[cfg(test)]
 impl Serialize for TsRef<'_> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         match ts_micros(self.0) {
@@ -76,44 +76,11 @@ fn ts_text(micros: u64) -> String {
     humantime::format_rfc3339_micros(time).to_string()
 }
 
-/// A `ts` read from a header, in either stored form.
-struct StoredTs(String);
-
-impl<'de> Deserialize<'de> for StoredTs {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = StoredTs;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a timestamp: microseconds since the Unix epoch or a string")
-            }
-            fn visit_u64<E: serde::de::Error>(self, micros: u64) -> Result<StoredTs, E> {
-                // Past year 9999 humantime's formatting would not read back.
-                const MAX_MICROS: u64 = 253_402_300_799_999_999;
-                if micros > MAX_MICROS {
-                    return Err(E::custom(format!("timestamp {micros} out of range")));
-                }
-                Ok(StoredTs(ts_text(micros)))
-            }
-            fn visit_i64<E: serde::de::Error>(self, micros: i64) -> Result<StoredTs, E> {
-                u64::try_from(micros)
-                    .map_err(|_| E::custom(format!("timestamp {micros} out of range")))
-                    .and_then(|m| self.visit_u64(m))
-            }
-            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<StoredTs, E> {
-                Ok(StoredTs(s.to_owned()))
-            }
-            fn visit_string<E: serde::de::Error>(self, s: String) -> Result<StoredTs, E> {
-                Ok(StoredTs(s))
-            }
-        }
-        deserializer.deserialize_any(V)
-    }
-}
-
 /// Channel versions as a header stores them (see the module docs).
+#[cfg(test)]
 struct VersionsRef<'a>(&'a ChannelVersions);
 
+#[cfg(test)]
 impl Serialize for VersionsRef<'_> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         let mut map = serializer.serialize_map(Some(self.0.len()))?;
@@ -126,8 +93,10 @@ impl Serialize for VersionsRef<'_> {
 
 /// One version as a header stores it: `[counter, suffix]` for Cairn's own string form, any
 /// other as it is.
+#[cfg(test)]
 struct VersionRef<'a>(&'a ChannelVersion);
 
+#[cfg(test)]
 impl Serialize for VersionRef<'_> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         match self.0.compact_parts() {
@@ -154,6 +123,7 @@ impl<'a> ChannelRef<'a> {
     }
 }
 
+#[cfg(test)]
 impl Serialize for ChannelRef<'_> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         match self {
@@ -165,11 +135,13 @@ impl Serialize for ChannelRef<'_> {
 
 /// `versions_seen` as a header stores it: each channel as a [`ChannelRef`], each version
 /// equal to the channel's current one as `nil`.
+#[cfg(test)]
 struct SeenRef<'a> {
     seen: &'a BTreeMap<String, ChannelVersions>,
     current: &'a ChannelVersions,
 }
 
+#[cfg(test)]
 impl Serialize for SeenRef<'_> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         struct NodeSeen<'a> {
@@ -203,11 +175,13 @@ impl Serialize for SeenRef<'_> {
 }
 
 /// `updated_channels` as a header stores it: each channel as a [`ChannelRef`].
+#[cfg(test)]
 struct ChannelsRef<'a> {
     channels: &'a [String],
     current: &'a ChannelVersions,
 }
 
+#[cfg(test)]
 impl Serialize for ChannelsRef<'_> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         serializer.collect_seq(
@@ -223,33 +197,6 @@ impl Serialize for ChannelsRef<'_> {
 enum StoredChannel {
     Position(u64),
     Name(String),
-}
-
-impl<'de> Deserialize<'de> for StoredChannel {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = StoredChannel;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a channel: its name or its position in channel_versions")
-            }
-            fn visit_u64<E: serde::de::Error>(self, i: u64) -> Result<StoredChannel, E> {
-                Ok(StoredChannel::Position(i))
-            }
-            fn visit_i64<E: serde::de::Error>(self, i: i64) -> Result<StoredChannel, E> {
-                u64::try_from(i)
-                    .map(StoredChannel::Position)
-                    .map_err(|_| E::custom(format!("channel position {i} is negative")))
-            }
-            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<StoredChannel, E> {
-                Ok(StoredChannel::Name(s.to_owned()))
-            }
-            fn visit_string<E: serde::de::Error>(self, s: String) -> Result<StoredChannel, E> {
-                Ok(StoredChannel::Name(s))
-            }
-        }
-        deserializer.deserialize_any(V)
-    }
 }
 
 impl StoredChannel {
@@ -271,95 +218,14 @@ impl StoredChannel {
     }
 }
 
-/// What one node has seen, read from a header: channels with a version, or `None` for the
-/// channel's current version (schema 7).
-struct StoredSeen(Vec<(StoredChannel, Option<StoredVersion>)>);
-
-impl<'de> Deserialize<'de> for StoredSeen {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = StoredSeen;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a map of channels to versions")
-            }
-            fn visit_map<A: serde::de::MapAccess<'de>>(
-                self,
-                mut map: A,
-            ) -> Result<StoredSeen, A::Error> {
-                let mut entries = Vec::with_capacity(map.size_hint().unwrap_or(0).min(64));
-                while let Some(entry) = map.next_entry()? {
-                    entries.push(entry);
-                }
-                Ok(StoredSeen(entries))
-            }
-        }
-        deserializer.deserialize_map(V)
-    }
-}
-
-/// Channel versions read from a header, in either stored form.
-struct StoredVersions(ChannelVersions);
-
-impl<'de> Deserialize<'de> for StoredVersions {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let stored: BTreeMap<String, StoredVersion> = BTreeMap::deserialize(deserializer)?;
-        Ok(StoredVersions(
-            stored.into_iter().map(|(c, v)| (c, v.0)).collect(),
-        ))
-    }
-}
-
-/// One version read from a header: an integer, a string, or `[counter, suffix]`.
-struct StoredVersion(ChannelVersion);
-
-impl<'de> Deserialize<'de> for StoredVersion {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = StoredVersion;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a channel version: an integer, a string or [counter, suffix]")
-            }
-            fn visit_i64<E: serde::de::Error>(self, n: i64) -> Result<StoredVersion, E> {
-                Ok(StoredVersion(ChannelVersion::Int(n)))
-            }
-            fn visit_u64<E: serde::de::Error>(self, n: u64) -> Result<StoredVersion, E> {
-                i64::try_from(n)
-                    .map(|n| StoredVersion(ChannelVersion::Int(n)))
-                    .map_err(|_| E::custom(format!("integer version {n} out of range")))
-            }
-            fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<StoredVersion, E> {
-                Ok(StoredVersion(ChannelVersion::Str(s.to_owned())))
-            }
-            fn visit_string<E: serde::de::Error>(self, s: String) -> Result<StoredVersion, E> {
-                Ok(StoredVersion(ChannelVersion::Str(s)))
-            }
-            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<StoredVersion, A::Error> {
-                use serde::de::Error;
-                let counter: u64 = seq
-                    .next_element()?
-                    .ok_or_else(|| A::Error::invalid_length(0, &self))?;
-                let suffix: u64 = seq
-                    .next_element()?
-                    .ok_or_else(|| A::Error::invalid_length(1, &self))?;
-                if seq.next_element::<IgnoredAny>()?.is_some() {
-                    return Err(A::Error::invalid_length(3, &self));
-                }
-                ChannelVersion::from_compact_parts(counter, suffix)
-                    .map(StoredVersion)
-                    .ok_or_else(|| {
-                        A::Error::custom(format!("version counter {counter} out of range"))
-                    })
-            }
-        }
-        deserializer.deserialize_any(V)
-    }
-}
-
 /// Encodes `checkpoint`'s header. Its `id` and `channel_values` are not stored (the row holds
 /// the id; values are stored apart).
-pub(crate) fn encode(checkpoint: &Checkpoint) -> Result<Vec<u8>, rmp_serde::encode::Error> {
+///
+/// Written by hand rather than through serde: this runs once per stored checkpoint, and the
+/// generic path cost several times the instructions for the same bytes. The output is byte
+/// for byte what serializing the same header with `rmp_serde` gives (a test checks it against
+/// the serde form, [`encode_with_serde`]), so either reads the other.
+pub(crate) fn encode(checkpoint: &Checkpoint) -> Result<Vec<u8>, TooLong> {
     // Every field named, so a field added to Checkpoint cannot be dropped unnoticed.
     let Checkpoint {
         v,
@@ -370,20 +236,168 @@ pub(crate) fn encode(checkpoint: &Checkpoint) -> Result<Vec<u8>, rmp_serde::enco
         versions_seen,
         updated_channels,
     } = checkpoint;
+    let mut out = Vec::with_capacity(32 + 24 * channel_versions.len() + 16 * versions_seen.len());
+    put_array_len(&mut out, 5)?;
+    put_uint(&mut out, u64::from(*v));
+    match ts_micros(ts) {
+        Some(micros) => put_uint(&mut out, micros),
+        None => put_str(&mut out, ts)?,
+    }
+    put_map_len(&mut out, channel_versions.len())?;
+    for (channel, version) in channel_versions {
+        put_str(&mut out, channel)?;
+        put_version(&mut out, version)?;
+    }
+    put_map_len(&mut out, versions_seen.len())?;
+    for (node, versions) in versions_seen {
+        put_str(&mut out, node)?;
+        put_map_len(&mut out, versions.len())?;
+        for (channel, version) in versions {
+            put_channel(&mut out, channel, channel_versions)?;
+            if channel_versions.get(channel) == Some(version) {
+                out.push(NIL);
+            } else {
+                put_version(&mut out, version)?;
+            }
+        }
+    }
+    match updated_channels {
+        None => out.push(NIL),
+        Some(channels) => {
+            put_array_len(&mut out, channels.len())?;
+            for channel in channels {
+                put_channel(&mut out, channel, channel_versions)?;
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// A string or collection in a header too long for MessagePack (2^32 bytes or entries).
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct TooLong;
+
+impl fmt::Display for TooLong {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(
+            "a name or map in the checkpoint header is longer than MessagePack allows (2^32)",
+        )
+    }
+}
+
+/// [`encode`] through serde: the form the hand-written encoder must match.
+#[cfg(test)]
+pub(crate) fn encode_with_serde(
+    checkpoint: &Checkpoint,
+) -> Result<Vec<u8>, rmp_serde::encode::Error> {
     let compact: CompactRef<'_> = (
-        *v,
-        TsRef(ts),
-        VersionsRef(channel_versions),
+        checkpoint.v,
+        TsRef(&checkpoint.ts),
+        VersionsRef(&checkpoint.channel_versions),
         SeenRef {
-            seen: versions_seen,
-            current: channel_versions,
+            seen: &checkpoint.versions_seen,
+            current: &checkpoint.channel_versions,
         },
-        updated_channels.as_deref().map(|channels| ChannelsRef {
-            channels,
-            current: channel_versions,
-        }),
+        checkpoint
+            .updated_channels
+            .as_deref()
+            .map(|channels| ChannelsRef {
+                channels,
+                current: &checkpoint.channel_versions,
+            }),
     );
     rmp_serde::to_vec(&compact)
+}
+
+// The few MessagePack forms a header uses, written as `rmp` (and so `rmp_serde`) writes them:
+// the shortest form for each length and integer.
+const NIL: u8 = 0xc0;
+
+fn put_uint(out: &mut Vec<u8>, n: u64) {
+    if n < 0x80 {
+        out.push(n as u8);
+    } else if n <= u64::from(u8::MAX) {
+        out.extend_from_slice(&[0xcc, n as u8]);
+    } else if n <= u64::from(u16::MAX) {
+        out.push(0xcd);
+        out.extend_from_slice(&(n as u16).to_be_bytes());
+    } else if n <= u64::from(u32::MAX) {
+        out.push(0xce);
+        out.extend_from_slice(&(n as u32).to_be_bytes());
+    } else {
+        out.push(0xcf);
+        out.extend_from_slice(&n.to_be_bytes());
+    }
+}
+
+fn put_int(out: &mut Vec<u8>, n: i64) {
+    match n {
+        0.. => put_uint(out, n as u64),
+        -32..=-1 => out.push(n as i8 as u8),
+        -128..=-33 => out.extend_from_slice(&[0xd0, n as i8 as u8]),
+        -32_768..=-129 => {
+            out.push(0xd1);
+            out.extend_from_slice(&(n as i16).to_be_bytes());
+        }
+        -2_147_483_648..=-32_769 => {
+            out.push(0xd2);
+            out.extend_from_slice(&(n as i32).to_be_bytes());
+        }
+        _ => {
+            out.push(0xd3);
+            out.extend_from_slice(&n.to_be_bytes());
+        }
+    }
+}
+
+fn put_str(out: &mut Vec<u8>, s: &str) -> Result<(), TooLong> {
+    let len = s.len();
+    if len < 32 {
+        out.push(0xa0 | len as u8);
+    } else if len <= usize::from(u8::MAX) {
+        out.extend_from_slice(&[0xd9, len as u8]);
+    } else if len <= usize::from(u16::MAX) {
+        out.push(0xda);
+        out.extend_from_slice(&(len as u16).to_be_bytes());
+    } else {
+        out.push(0xdb);
+        out.extend_from_slice(&u32::try_from(len).map_err(|_| TooLong)?.to_be_bytes());
+    }
+    out.extend_from_slice(s.as_bytes());
+    Ok(())
+}
+
+fn put_array_len(out: &mut Vec<u8>, len: usize) -> Result<(), TooLong> {
+    cairn_checkpoint::put_msgpack_array_header(out, len).ok_or(TooLong)
+}
+
+fn put_map_len(out: &mut Vec<u8>, len: usize) -> Result<(), TooLong> {
+    cairn_checkpoint::put_msgpack_map_header(out, len).ok_or(TooLong)
+}
+
+/// A version as [`VersionRef`] stores it.
+fn put_version(out: &mut Vec<u8>, version: &ChannelVersion) -> Result<(), TooLong> {
+    match version {
+        ChannelVersion::Int(n) => put_int(out, *n),
+        ChannelVersion::Str(s) => match ChannelVersion::compact_parts_of(s) {
+            Some((counter, suffix)) => {
+                out.push(0x92);
+                put_uint(out, counter);
+                put_uint(out, suffix);
+            }
+            None => put_str(out, s)?,
+        },
+    }
+    Ok(())
+}
+
+/// A channel as [`ChannelRef`] stores it.
+fn put_channel(out: &mut Vec<u8>, channel: &str, current: &ChannelVersions) -> Result<(), TooLong> {
+    match ChannelRef::of(channel, current) {
+        ChannelRef::Position(i) => put_uint(out, i as u64),
+        ChannelRef::Name(name) => put_str(out, name)?,
+    }
+    Ok(())
 }
 
 /// Whether `bytes` is a compact header (a MessagePack array) rather than a named map.
@@ -393,12 +407,14 @@ fn is_compact(bytes: &[u8]) -> bool {
 
 /// Decodes the header of checkpoint `checkpoint_id`; its `channel_values` are empty. The
 /// error says what was wrong, for [`cairn_checkpoint::Error::corrupt`].
+///
+/// The compact form (every schema since 3) is read by hand, as [`encode`] writes it: this runs
+/// for every checkpoint read. Headers written before schema 3 go through serde.
 pub(crate) fn decode(bytes: &[u8], checkpoint_id: &str) -> Result<Checkpoint, String> {
-    let what = |e: rmp_serde::decode::Error| {
-        format!("cannot decode the checkpoint header (MessagePack): {e}")
-    };
+    let what = |e: String| format!("cannot decode the checkpoint header (MessagePack): {e}");
     if !is_compact(bytes) {
-        let checkpoint: Checkpoint = rmp_serde::from_slice(bytes).map_err(what)?;
+        let checkpoint: Checkpoint =
+            rmp_serde::from_slice(bytes).map_err(|e| what(e.to_string()))?;
         if checkpoint.id != checkpoint_id {
             return Err(format!(
                 "the stored checkpoint header names checkpoint {:?}, not its row's id",
@@ -407,16 +423,19 @@ pub(crate) fn decode(bytes: &[u8], checkpoint_id: &str) -> Result<Checkpoint, St
         }
         return Ok(checkpoint);
     }
-    let (v, StoredTs(ts), StoredVersions(channel_versions), seen, updated): Compact =
-        rmp_serde::from_slice(bytes).map_err(what)?;
+    let mut r = Reader::new(bytes);
+    let (v, ts, channel_versions) = read_head(&mut r).map_err(what)?;
     let names: Vec<&String> = channel_versions.keys().collect();
     let mut versions_seen = BTreeMap::new();
-    for (node, StoredSeen(entries)) in seen {
+    let nodes = r.map_len("versions_seen").map_err(what)?;
+    for _ in 0..nodes {
+        let node = r.string("a node name").map_err(what)?;
+        let seen = r.map_len("what a node has seen").map_err(what)?;
         let mut versions = ChannelVersions::new();
-        for (channel, version) in entries {
-            let channel = channel.resolve(&names)?;
-            let version = match version {
-                Some(StoredVersion(version)) => version,
+        for _ in 0..seen {
+            let channel = r.channel().map_err(what)?.resolve(&names)?;
+            let version = match r.version_or_nil().map_err(what)? {
+                Some(version) => version,
                 None => channel_versions.get(&channel).cloned().ok_or_else(|| {
                     format!(
                         "node {node:?} saw channel {channel:?} at its current version, \
@@ -428,14 +447,16 @@ pub(crate) fn decode(bytes: &[u8], checkpoint_id: &str) -> Result<Checkpoint, St
         }
         versions_seen.insert(node, versions);
     }
-    let updated_channels = updated
-        .map(|channels| {
-            channels
-                .into_iter()
-                .map(|c| c.resolve(&names))
-                .collect::<Result<Vec<_>, _>>()
-        })
-        .transpose()?;
+    let updated_channels = match r.array_len_or_nil("updated_channels").map_err(what)? {
+        None => None,
+        Some(n) => {
+            let mut channels = Vec::with_capacity(n.min(1024));
+            for _ in 0..n {
+                channels.push(r.channel().map_err(what)?.resolve(&names)?);
+            }
+            Some(channels)
+        }
+    };
     Ok(Checkpoint {
         v,
         id: checkpoint_id.to_owned(),
@@ -447,6 +468,217 @@ pub(crate) fn decode(bytes: &[u8], checkpoint_id: &str) -> Result<Checkpoint, St
     })
 }
 
+/// The first three fields of a compact header: `v`, `ts` and the channel versions.
+fn read_head(r: &mut Reader<'_>) -> Result<(u32, String, ChannelVersions), String> {
+    let fields = r.array_len("the header")?;
+    if fields != 5 {
+        return Err(format!("the header has {fields} fields, not 5"));
+    }
+    let v = match r.item()? {
+        Item::UInt(v) => {
+            u32::try_from(v).map_err(|_| format!("format version {v} out of range"))?
+        }
+        other => {
+            return Err(format!(
+                "expected the format version, found {}",
+                other.kind()
+            ))
+        }
+    };
+    let ts = match r.item()? {
+        Item::UInt(micros) => {
+            // Past year 9999 humantime's formatting would not read back.
+            const MAX_MICROS: u64 = 253_402_300_799_999_999;
+            if micros > MAX_MICROS {
+                return Err(format!("timestamp {micros} out of range"));
+            }
+            ts_text(micros)
+        }
+        Item::Str(s) => s.to_owned(),
+        other => return Err(format!("expected a timestamp, found {}", other.kind())),
+    };
+    let n = r.map_len("channel_versions")?;
+    let mut versions = ChannelVersions::new();
+    for _ in 0..n {
+        let channel = r.string("a channel name")?;
+        let version = r
+            .version_or_nil()?
+            .ok_or_else(|| format!("channel {channel:?} has no version"))?;
+        versions.insert(channel, version);
+    }
+    Ok((v, ts, versions))
+}
+
+/// One MessagePack item of the kinds a header holds; arrays and maps by their length (their
+/// elements follow).
+enum Item<'a> {
+    Nil,
+    UInt(u64),
+    NegInt(i64),
+    Str(&'a str),
+    Array(usize),
+    Map(usize),
+    Other(u8),
+}
+
+impl Item<'_> {
+    fn kind(&self) -> String {
+        match self {
+            Item::Nil => "nil".into(),
+            Item::UInt(n) => format!("the integer {n}"),
+            Item::NegInt(n) => format!("the integer {n}"),
+            Item::Str(s) => format!("the string {s:?}"),
+            Item::Array(n) => format!("an array of {n}"),
+            Item::Map(n) => format!("a map of {n}"),
+            Item::Other(marker) => format!("MessagePack marker 0x{marker:02x}"),
+        }
+    }
+}
+
+/// Reads a compact header item by item; every read checks the bytes are there.
+struct Reader<'a> {
+    bytes: &'a [u8],
+}
+
+impl<'a> Reader<'a> {
+    fn new(bytes: &'a [u8]) -> Self {
+        Reader { bytes }
+    }
+
+    fn take(&mut self, n: usize) -> Result<&'a [u8], String> {
+        if self.bytes.len() < n {
+            return Err("the header ends early".into());
+        }
+        let (head, rest) = self.bytes.split_at(n);
+        self.bytes = rest;
+        Ok(head)
+    }
+
+    fn be(&mut self, n: usize) -> Result<u64, String> {
+        Ok(self
+            .take(n)?
+            .iter()
+            .fold(0u64, |acc, &b| (acc << 8) | u64::from(b)))
+    }
+
+    /// A length of `n` big-endian bytes.
+    fn len(&mut self, n: usize) -> Result<usize, String> {
+        let len = usize::try_from(self.be(n)?).map_err(|_| "a length out of range".to_owned())?;
+        Ok(len)
+    }
+
+    fn item(&mut self) -> Result<Item<'a>, String> {
+        let marker = self.take(1)?[0];
+        Ok(match marker {
+            0x00..=0x7f => Item::UInt(u64::from(marker)),
+            0x80..=0x8f => Item::Map(usize::from(marker & 0x0f)),
+            0x90..=0x9f => Item::Array(usize::from(marker & 0x0f)),
+            0xa0..=0xbf => self.str(usize::from(marker & 0x1f))?,
+            0xc0 => Item::Nil,
+            0xcc => Item::UInt(self.be(1)?),
+            0xcd => Item::UInt(self.be(2)?),
+            0xce => Item::UInt(self.be(4)?),
+            0xcf => Item::UInt(self.be(8)?),
+            0xd0 => Item::NegInt(i64::from(self.be(1)? as u8 as i8)),
+            0xd1 => Item::NegInt(i64::from(self.be(2)? as u16 as i16)),
+            0xd2 => Item::NegInt(i64::from(self.be(4)? as u32 as i32)),
+            0xd3 => Item::NegInt(self.be(8)? as i64),
+            0xd9 => {
+                let n = self.len(1)?;
+                self.str(n)?
+            }
+            0xda => {
+                let n = self.len(2)?;
+                self.str(n)?
+            }
+            0xdb => {
+                let n = self.len(4)?;
+                self.str(n)?
+            }
+            0xdc => Item::Array(self.len(2)?),
+            0xdd => Item::Array(self.len(4)?),
+            0xde => Item::Map(self.len(2)?),
+            0xdf => Item::Map(self.len(4)?),
+            0xe0..=0xff => Item::NegInt(i64::from(marker as i8)),
+            other => Item::Other(other),
+        })
+    }
+
+    fn str(&mut self, n: usize) -> Result<Item<'a>, String> {
+        let bytes = self.take(n)?;
+        std::str::from_utf8(bytes)
+            .map(Item::Str)
+            .map_err(|_| "a string that is not UTF-8".to_owned())
+    }
+
+    fn string(&mut self, what: &str) -> Result<String, String> {
+        match self.item()? {
+            Item::Str(s) => Ok(s.to_owned()),
+            other => Err(format!("expected {what}, found {}", other.kind())),
+        }
+    }
+
+    fn map_len(&mut self, what: &str) -> Result<usize, String> {
+        match self.item()? {
+            Item::Map(n) => Ok(n),
+            other => Err(format!("expected {what} (a map), found {}", other.kind())),
+        }
+    }
+
+    fn array_len(&mut self, what: &str) -> Result<usize, String> {
+        self.array_len_or_nil(what)?
+            .ok_or_else(|| format!("expected {what} (an array), found nil"))
+    }
+
+    fn array_len_or_nil(&mut self, what: &str) -> Result<Option<usize>, String> {
+        match self.item()? {
+            Item::Nil => Ok(None),
+            Item::Array(n) => Ok(Some(n)),
+            other => Err(format!(
+                "expected {what} (an array), found {}",
+                other.kind()
+            )),
+        }
+    }
+
+    /// A channel of `versions_seen` or `updated_channels`: a position or a name.
+    fn channel(&mut self) -> Result<StoredChannel, String> {
+        match self.item()? {
+            Item::UInt(i) => Ok(StoredChannel::Position(i)),
+            Item::NegInt(i) => Err(format!("channel position {i} is negative")),
+            Item::Str(s) => Ok(StoredChannel::Name(s.to_owned())),
+            other => Err(format!("expected a channel, found {}", other.kind())),
+        }
+    }
+
+    /// A version (an integer, a string or `[counter, suffix]`), or nil.
+    fn version_or_nil(&mut self) -> Result<Option<ChannelVersion>, String> {
+        let version = match self.item()? {
+            Item::Nil => return Ok(None),
+            Item::UInt(n) => ChannelVersion::Int(
+                i64::try_from(n).map_err(|_| format!("integer version {n} out of range"))?,
+            ),
+            Item::NegInt(n) => ChannelVersion::Int(n),
+            Item::Str(s) => ChannelVersion::Str(s.to_owned()),
+            Item::Array(2) => {
+                let (Item::UInt(counter), Item::UInt(suffix)) = (self.item()?, self.item()?) else {
+                    return Err("a version pair that is not two unsigned integers".into());
+                };
+                ChannelVersion::from_compact_parts(counter, suffix)
+                    .ok_or_else(|| format!("version counter {counter} out of range"))?
+            }
+            other => {
+                return Err(format!(
+                    "expected a channel version (an integer, a string or [counter, suffix]), \
+                     found {}",
+                    other.kind()
+                ))
+            }
+        };
+        Ok(Some(version))
+    }
+}
+
 /// Only the channel versions of a header (what reclaiming values needs), either form.
 pub(crate) fn channel_versions(bytes: &[u8]) -> Result<ChannelVersions, String> {
     #[derive(Deserialize)]
@@ -454,20 +686,12 @@ pub(crate) fn channel_versions(bytes: &[u8]) -> Result<ChannelVersions, String> 
         #[serde(default)]
         channel_versions: ChannelVersions,
     }
-    let what = |e: rmp_serde::decode::Error| {
-        format!("cannot decode the checkpoint header (MessagePack): {e}")
-    };
+    let what = |e: String| format!("cannot decode the checkpoint header (MessagePack): {e}");
     if is_compact(bytes) {
-        let (_, _, StoredVersions(versions), _, _): (
-            IgnoredAny,
-            IgnoredAny,
-            StoredVersions,
-            IgnoredAny,
-            IgnoredAny,
-        ) = rmp_serde::from_slice(bytes).map_err(what)?;
+        let (_, _, versions) = read_head(&mut Reader::new(bytes)).map_err(what)?;
         Ok(versions)
     } else {
-        let named: Named = rmp_serde::from_slice(bytes).map_err(what)?;
+        let named: Named = rmp_serde::from_slice(bytes).map_err(|e| what(e.to_string()))?;
         Ok(named.channel_versions)
     }
 }
@@ -749,6 +973,104 @@ mod tests {
         ] {
             assert!(decode(bytes, "x").is_err(), "{bytes:?}");
             assert!(channel_versions(bytes).is_err(), "{bytes:?}");
+        }
+    }
+
+    /// Headers covering every form the encoder writes: integer versions of every width and
+    /// sign, Cairn's own and other string versions, names of every string width, maps past 15
+    /// entries, seen channels by position and by name, at the current version and not, and
+    /// `updated_channels` absent, empty and naming channels outside `channel_versions`.
+    fn varied_headers() -> Vec<Checkpoint> {
+        let ints = [
+            0,
+            1,
+            127,
+            128,
+            255,
+            256,
+            65_535,
+            65_536,
+            4_294_967_295,
+            4_294_967_296,
+            i64::MAX,
+            -1,
+            -32,
+            -33,
+            -128,
+            -129,
+            -32_768,
+            -32_769,
+            -2_147_483_648,
+            -2_147_483_649,
+            i64::MIN,
+        ];
+        let mut headers = vec![sample(), chat_header(), Checkpoint::new()];
+        let mut wide = Checkpoint::new();
+        for (i, n) in ints.iter().enumerate() {
+            wide.channel_versions
+                .insert(format!("int-{i:02}"), ChannelVersion::Int(*n));
+        }
+        let cairn = ChannelVersion::first_after(Some(&ChannelVersion::Int(41)));
+        wide.channel_versions.insert("cairn".into(), cairn.clone());
+        wide.channel_versions
+            .insert("other".into(), ChannelVersion::Str("2.0.5".into()));
+        wide.channel_versions
+            .insert("n".repeat(31), ChannelVersion::Str("x".repeat(32)));
+        wide.channel_versions
+            .insert("m".repeat(300), ChannelVersion::Str("y".repeat(70_000)));
+        wide.versions_seen.insert(
+            "node".into(),
+            [
+                ("cairn".to_owned(), cairn.clone()),
+                ("other".to_owned(), ChannelVersion::Int(7)),
+                ("elsewhere".to_owned(), ChannelVersion::Int(-3)),
+                ("int-03".to_owned(), ChannelVersion::Int(128)),
+            ]
+            .into(),
+        );
+        wide.versions_seen
+            .insert("__input__".into(), ChannelVersions::new());
+        wide.versions_seen
+            .insert("z".repeat(40), [("n".repeat(31), cairn)].into());
+        wide.updated_channels = Some(vec!["cairn".into(), "gone".into(), "int-20".into()]);
+        wide.ts = "not a Cairn timestamp".into();
+        headers.push(wide.clone());
+        wide.updated_channels = Some(Vec::new());
+        wide.v = 70_000;
+        headers.push(wide);
+        headers
+    }
+
+    #[test]
+    fn the_hand_written_encoder_writes_what_serde_writes() {
+        for cp in varied_headers() {
+            let ours = encode(&cp).expect("encode");
+            let serde_form = encode_with_serde(&cp).expect("encode with serde");
+            assert_eq!(ours, serde_form, "{cp:?}");
+            let back = decode(&ours, &cp.id).expect("decode");
+            assert_eq!(back, cp);
+        }
+    }
+
+    #[test]
+    fn damaged_compact_headers_are_errors_or_other_headers_never_panics() {
+        for cp in varied_headers() {
+            let bytes = encode(&cp).expect("encode");
+            if bytes.len() > 4096 {
+                continue;
+            }
+            for cut in 0..bytes.len() {
+                assert!(decode(&bytes[..cut], &cp.id).is_err(), "cut at {cut}");
+                let _ = channel_versions(&bytes[..cut]);
+            }
+            for at in 0..bytes.len() {
+                for flip in [0x01, 0x80, 0xff] {
+                    let mut damaged = bytes.clone();
+                    damaged[at] ^= flip;
+                    let _ = decode(&damaged, &cp.id);
+                    let _ = channel_versions(&damaged);
+                }
+            }
         }
     }
 }

@@ -698,13 +698,6 @@ impl SqliteSaver {
     }
 }
 
-fn encode_error(what: &str, e: impl fmt::Display) -> Error {
-    Error::Encode {
-        format: "msgpack",
-        message: format!("{what}: {e}"),
-    }
-}
-
 /// Checkpoint metadata as `checkpoints.metadata` stores it: the JSON of
 /// [`CheckpointMetadata`] without `run_id`, which its own column holds (schema 6; about 50
 /// bytes less per checkpoint), and without `parents` when it is empty (a graph without
@@ -776,8 +769,10 @@ fn put_row(
 ) -> Result<(ops::PutRow, CheckpointConfig)> {
     let mut checkpoint = checkpoint;
     let mut values = std::mem::take(&mut checkpoint.channel_values);
-    let header = header::encode(&checkpoint)
-        .map_err(|e| encode_error("encoding the checkpoint header", e))?;
+    let header = header::encode(&checkpoint).map_err(|e| Error::Encode {
+        format: "msgpack",
+        message: format!("encoding the checkpoint header: {e}"),
+    })?;
     let run_id = run_id_of(metadata)?.map(str::to_owned);
     let metadata_json =
         serde_json::to_string(&StoredMetadata::of(metadata)).map_err(|e| Error::Encode {
