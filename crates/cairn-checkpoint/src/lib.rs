@@ -41,6 +41,7 @@
 mod append;
 mod checkpoint;
 mod error;
+mod header;
 mod id;
 mod memory;
 mod saver;
@@ -60,6 +61,7 @@ pub use checkpoint::{
     CHECKPOINT_FORMAT_VERSION, ERROR, INTERRUPT, RESUME, SCHEDULED,
 };
 pub use error::{DataLocation, Error, Result};
+pub use header::{decode_header, decode_header_versions, encode_header, HeaderError};
 pub use id::new_checkpoint_id;
 pub use memory::{InMemorySaver, MemoryStats};
 pub use saver::{

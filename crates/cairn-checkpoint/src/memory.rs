@@ -11,12 +11,14 @@ use crate::checkpoint::{
     PendingWrite,
 };
 use crate::error::{DataLocation, Error, Result};
+use crate::header::{decode_header, decode_header_versions, encode_header, HeaderError};
 use crate::saver::{CheckpointSaver, KnownValues, PruneStrategy};
 use crate::value::TypedValue;
 use crate::version::ChannelVersions;
 
 /// A checkpoint as kept in memory: its header (the checkpoint without its values, which live
-/// in `blobs`, and without its id, which is the key it is kept under) as MessagePack.
+/// in `blobs`, and without its id, which is the key it is kept under) in the compact form of
+/// [`encode_header`].
 ///
 /// One allocation of a few hundred bytes instead of the maps of a [`Checkpoint`] (a b-tree
 /// node of several hundred bytes per map, plus every name and version as its own string):
@@ -32,18 +34,13 @@ struct StoredCheckpoint {
 impl StoredCheckpoint {
     /// Encodes `checkpoint`, whose values the caller has taken out.
     fn new(
-        mut checkpoint: Checkpoint,
+        checkpoint: &Checkpoint,
         metadata: CheckpointMetadata,
         parent_id: Option<String>,
     ) -> Result<Self> {
         debug_assert!(checkpoint.channel_values.is_empty());
-        checkpoint.id = String::new();
-        let header = rmp_serde::to_vec(&checkpoint).map_err(|e| Error::Encode {
-            format: "msgpack",
-            message: format!("checkpoint header: {e}"),
-        })?;
         Ok(StoredCheckpoint {
-            header: header.into_boxed_slice(),
+            header: encode_header(checkpoint)?.into_boxed_slice(),
             metadata,
             parent_id,
         })
@@ -51,20 +48,30 @@ impl StoredCheckpoint {
 
     /// The checkpoint kept under `id`, without values.
     fn checkpoint(&self, thread_id: &str, ns_name: &str, id: &str) -> Result<Checkpoint> {
-        let mut checkpoint: Checkpoint = rmp_serde::from_slice(&self.header).map_err(|e| {
-            Error::corrupt(
-                DataLocation {
-                    thread_id: thread_id.to_owned(),
-                    checkpoint_ns: ns_name.to_owned(),
-                    checkpoint_id: Some(id.to_owned()),
-                    channel: None,
-                },
-                format!("checkpoint header: {e}"),
-            )
-        })?;
-        checkpoint.id = id.to_owned();
-        Ok(checkpoint)
+        decode_header(&self.header, id).map_err(|e| corrupt_header(thread_id, ns_name, id, e))
     }
+
+    /// Only the channel versions of the checkpoint kept under `id`.
+    fn channel_versions(
+        &self,
+        thread_id: &str,
+        ns_name: &str,
+        id: &str,
+    ) -> Result<ChannelVersions> {
+        decode_header_versions(&self.header).map_err(|e| corrupt_header(thread_id, ns_name, id, e))
+    }
+}
+
+fn corrupt_header(thread_id: &str, ns_name: &str, id: &str, e: HeaderError) -> Error {
+    Error::corrupt(
+        DataLocation {
+            thread_id: thread_id.to_owned(),
+            checkpoint_ns: ns_name.to_owned(),
+            checkpoint_id: Some(id.to_owned()),
+            channel: None,
+        },
+        e.to_string(),
+    )
 }
 
 /// `(channel, version)` → value.
@@ -296,8 +303,7 @@ fn build_tuple_known(
 fn reclaim_unreferenced_blobs(ns: &mut Namespace, thread_id: &str, ns_name: &str) -> Result<()> {
     let mut referenced: HashSet<(String, String)> = HashSet::new();
     for (id, stored) in &ns.checkpoints {
-        let checkpoint = stored.checkpoint(thread_id, ns_name, id)?;
-        for (channel, version) in &checkpoint.channel_versions {
+        for (channel, version) in &stored.channel_versions(thread_id, ns_name, id)? {
             mark_chain_live(
                 &mut referenced,
                 channel,
@@ -431,7 +437,7 @@ impl CheckpointSaver for InMemorySaver {
         let mut values = std::mem::take(&mut checkpoint.channel_values);
         let id = checkpoint.id.clone();
         // Encoded before taking the lock: other threads' puts and reads go on meanwhile.
-        let stored = StoredCheckpoint::new(checkpoint, metadata, config.checkpoint_id.clone())?;
+        let stored = StoredCheckpoint::new(&checkpoint, metadata, config.checkpoint_id.clone())?;
         let mut threads = self.write();
         let ns = namespace_mut(&mut threads, &config.thread_id, &config.checkpoint_ns);
         for (channel, version) in new_versions {

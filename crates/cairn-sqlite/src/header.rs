@@ -23,381 +23,15 @@
 //! field names (`rmp_serde::to_vec_named`); those headers are read as they are (their
 //! first byte is a map marker, never an array marker), and their `id` must match the row's.
 
-use std::collections::BTreeMap;
-use std::fmt;
-
-#[cfg(test)]
-use serde::ser::SerializeMap;
 use serde::Deserialize;
-#[cfg(test)]
-use serde::{Serialize, Serializer};
 
-use cairn_checkpoint::{ChannelVersion, ChannelVersions, Checkpoint};
+use cairn_checkpoint::{ChannelVersions, Checkpoint};
 
-#[cfg(test)]
-/// The stored form of a header, by reference.
-type CompactRef<'a> = (
-    u32,
-    TsRef<'a>,
-    VersionsRef<'a>,
-    SeenRef<'a>,
-    Option<ChannelsRef<'a>>,
-);
-
-/// A checkpoint's `ts` as a header stores it: whole microseconds since the Unix epoch when
-/// it is exactly what Cairn writes (RFC 3339 in UTC with six fractional digits, 27
-/// characters; 9 bytes instead of 28, schema 6), any other text as it is.
-#[cfg(test)]
-struct TsRef<'a>(&'a str);
-
-#[cfg(test)]
-impl Serialize for TsRef<'_> {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        match ts_micros(self.0) {
-            Some(micros) => serializer.serialize_u64(micros),
-            None => serializer.serialize_str(self.0),
-        }
-    }
-}
-
-/// `ts` in microseconds when [`ts_text`] gives it back exactly.
-fn ts_micros(ts: &str) -> Option<u64> {
-    if ts.len() != 27 || !ts.ends_with('Z') {
-        return None;
-    }
-    let time = humantime::parse_rfc3339(ts).ok()?;
-    let micros = time.duration_since(std::time::UNIX_EPOCH).ok()?.as_micros();
-    let micros = u64::try_from(micros).ok()?;
-    (ts_text(micros) == ts).then_some(micros)
-}
-
-fn ts_text(micros: u64) -> String {
-    let time = std::time::UNIX_EPOCH + std::time::Duration::from_micros(micros);
-    humantime::format_rfc3339_micros(time).to_string()
-}
-
-/// Channel versions as a header stores them (see the module docs).
-#[cfg(test)]
-struct VersionsRef<'a>(&'a ChannelVersions);
-
-#[cfg(test)]
-impl Serialize for VersionsRef<'_> {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let mut map = serializer.serialize_map(Some(self.0.len()))?;
-        for (channel, version) in self.0 {
-            map.serialize_entry(channel, &VersionRef(version))?;
-        }
-        map.end()
-    }
-}
-
-/// One version as a header stores it: `[counter, suffix]` for Cairn's own string form, any
-/// other as it is.
-#[cfg(test)]
-struct VersionRef<'a>(&'a ChannelVersion);
-
-#[cfg(test)]
-impl Serialize for VersionRef<'_> {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        match self.0.compact_parts() {
-            Some(pair) => pair.serialize(serializer),
-            None => self.0.serialize(serializer),
-        }
-    }
-}
-
-/// A channel as `versions_seen` and `updated_channels` store it (schema 7): its position in
-/// the header's `channel_versions` when that names it, else its name.
-enum ChannelRef<'a> {
-    Position(usize),
-    Name(&'a str),
-}
-
-impl<'a> ChannelRef<'a> {
-    fn of(channel: &'a str, current: &ChannelVersions) -> Self {
-        if current.contains_key(channel) {
-            ChannelRef::Position(current.keys().take_while(|k| k.as_str() < channel).count())
-        } else {
-            ChannelRef::Name(channel)
-        }
-    }
-}
-
-#[cfg(test)]
-impl Serialize for ChannelRef<'_> {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        match self {
-            ChannelRef::Position(i) => serializer.serialize_u64(*i as u64),
-            ChannelRef::Name(name) => serializer.serialize_str(name),
-        }
-    }
-}
-
-/// `versions_seen` as a header stores it: each channel as a [`ChannelRef`], each version
-/// equal to the channel's current one as `nil`.
-#[cfg(test)]
-struct SeenRef<'a> {
-    seen: &'a BTreeMap<String, ChannelVersions>,
-    current: &'a ChannelVersions,
-}
-
-#[cfg(test)]
-impl Serialize for SeenRef<'_> {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        struct NodeSeen<'a> {
-            versions: &'a ChannelVersions,
-            current: &'a ChannelVersions,
-        }
-        impl Serialize for NodeSeen<'_> {
-            fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-                let mut map = serializer.serialize_map(Some(self.versions.len()))?;
-                for (channel, version) in self.versions {
-                    let key = ChannelRef::of(channel, self.current);
-                    if self.current.get(channel) == Some(version) {
-                        map.serialize_entry(&key, &())?;
-                    } else {
-                        map.serialize_entry(&key, &VersionRef(version))?;
-                    }
-                }
-                map.end()
-            }
-        }
-        let mut map = serializer.serialize_map(Some(self.seen.len()))?;
-        for (node, versions) in self.seen {
-            let node_seen = NodeSeen {
-                versions,
-                current: self.current,
-            };
-            map.serialize_entry(node, &node_seen)?;
-        }
-        map.end()
-    }
-}
-
-/// `updated_channels` as a header stores it: each channel as a [`ChannelRef`].
-#[cfg(test)]
-struct ChannelsRef<'a> {
-    channels: &'a [String],
-    current: &'a ChannelVersions,
-}
-
-#[cfg(test)]
-impl Serialize for ChannelsRef<'_> {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.collect_seq(
-            self.channels
-                .iter()
-                .map(|c| ChannelRef::of(c, self.current)),
-        )
-    }
-}
-
-/// A channel read from `versions_seen` or `updated_channels`: a position in the header's
-/// `channel_versions` (schema 7) or a name.
-enum StoredChannel {
-    Position(u64),
-    Name(String),
-}
-
-impl StoredChannel {
-    /// The channel's name, looking a position up in `names` (`channel_versions`' keys).
-    fn resolve(self, names: &[&String]) -> Result<String, String> {
-        match self {
-            StoredChannel::Name(name) => Ok(name),
-            StoredChannel::Position(i) => usize::try_from(i)
-                .ok()
-                .and_then(|i| names.get(i))
-                .map(|name| (*name).clone())
-                .ok_or_else(|| {
-                    format!(
-                        "the header names channel number {i}, but its channel_versions hold {}",
-                        names.len()
-                    )
-                }),
-        }
-    }
-}
-
-/// Encodes `checkpoint`'s header. Its `id` and `channel_values` are not stored (the row holds
-/// the id; values are stored apart).
-///
-/// Written by hand rather than through serde: this runs once per stored checkpoint, and the
-/// generic path cost several times the instructions for the same bytes. The output is byte
-/// for byte what serializing the same header with `rmp_serde` gives (a test checks it against
-/// the serde form, [`encode_with_serde`]), so either reads the other.
-pub(crate) fn encode(checkpoint: &Checkpoint) -> Result<Vec<u8>, TooLong> {
-    // Every field named, so a field added to Checkpoint cannot be dropped unnoticed.
-    let Checkpoint {
-        v,
-        id: _,
-        ts,
-        channel_values: _,
-        channel_versions,
-        versions_seen,
-        updated_channels,
-    } = checkpoint;
-    let mut out = Vec::with_capacity(32 + 24 * channel_versions.len() + 16 * versions_seen.len());
-    put_array_len(&mut out, 5)?;
-    put_uint(&mut out, u64::from(*v));
-    match ts_micros(ts) {
-        Some(micros) => put_uint(&mut out, micros),
-        None => put_str(&mut out, ts)?,
-    }
-    put_map_len(&mut out, channel_versions.len())?;
-    for (channel, version) in channel_versions {
-        put_str(&mut out, channel)?;
-        put_version(&mut out, version)?;
-    }
-    put_map_len(&mut out, versions_seen.len())?;
-    for (node, versions) in versions_seen {
-        put_str(&mut out, node)?;
-        put_map_len(&mut out, versions.len())?;
-        for (channel, version) in versions {
-            put_channel(&mut out, channel, channel_versions)?;
-            if channel_versions.get(channel) == Some(version) {
-                out.push(NIL);
-            } else {
-                put_version(&mut out, version)?;
-            }
-        }
-    }
-    match updated_channels {
-        None => out.push(NIL),
-        Some(channels) => {
-            put_array_len(&mut out, channels.len())?;
-            for channel in channels {
-                put_channel(&mut out, channel, channel_versions)?;
-            }
-        }
-    }
-    Ok(out)
-}
-
-/// A string or collection in a header too long for MessagePack (2^32 bytes or entries).
-#[derive(Debug, PartialEq, Eq)]
-pub(crate) struct TooLong;
-
-impl fmt::Display for TooLong {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(
-            "a name or map in the checkpoint header is longer than MessagePack allows (2^32)",
-        )
-    }
-}
-
-/// [`encode`] through serde: the form the hand-written encoder must match.
-#[cfg(test)]
-pub(crate) fn encode_with_serde(
-    checkpoint: &Checkpoint,
-) -> Result<Vec<u8>, rmp_serde::encode::Error> {
-    let compact: CompactRef<'_> = (
-        checkpoint.v,
-        TsRef(&checkpoint.ts),
-        VersionsRef(&checkpoint.channel_versions),
-        SeenRef {
-            seen: &checkpoint.versions_seen,
-            current: &checkpoint.channel_versions,
-        },
-        checkpoint
-            .updated_channels
-            .as_deref()
-            .map(|channels| ChannelsRef {
-                channels,
-                current: &checkpoint.channel_versions,
-            }),
-    );
-    rmp_serde::to_vec(&compact)
-}
-
-// The few MessagePack forms a header uses, written as `rmp` (and so `rmp_serde`) writes them:
-// the shortest form for each length and integer.
-const NIL: u8 = 0xc0;
-
-fn put_uint(out: &mut Vec<u8>, n: u64) {
-    if n < 0x80 {
-        out.push(n as u8);
-    } else if n <= u64::from(u8::MAX) {
-        out.extend_from_slice(&[0xcc, n as u8]);
-    } else if n <= u64::from(u16::MAX) {
-        out.push(0xcd);
-        out.extend_from_slice(&(n as u16).to_be_bytes());
-    } else if n <= u64::from(u32::MAX) {
-        out.push(0xce);
-        out.extend_from_slice(&(n as u32).to_be_bytes());
-    } else {
-        out.push(0xcf);
-        out.extend_from_slice(&n.to_be_bytes());
-    }
-}
-
-fn put_int(out: &mut Vec<u8>, n: i64) {
-    match n {
-        0.. => put_uint(out, n as u64),
-        -32..=-1 => out.push(n as i8 as u8),
-        -128..=-33 => out.extend_from_slice(&[0xd0, n as i8 as u8]),
-        -32_768..=-129 => {
-            out.push(0xd1);
-            out.extend_from_slice(&(n as i16).to_be_bytes());
-        }
-        -2_147_483_648..=-32_769 => {
-            out.push(0xd2);
-            out.extend_from_slice(&(n as i32).to_be_bytes());
-        }
-        _ => {
-            out.push(0xd3);
-            out.extend_from_slice(&n.to_be_bytes());
-        }
-    }
-}
-
-fn put_str(out: &mut Vec<u8>, s: &str) -> Result<(), TooLong> {
-    let len = s.len();
-    if len < 32 {
-        out.push(0xa0 | len as u8);
-    } else if len <= usize::from(u8::MAX) {
-        out.extend_from_slice(&[0xd9, len as u8]);
-    } else if len <= usize::from(u16::MAX) {
-        out.push(0xda);
-        out.extend_from_slice(&(len as u16).to_be_bytes());
-    } else {
-        out.push(0xdb);
-        out.extend_from_slice(&u32::try_from(len).map_err(|_| TooLong)?.to_be_bytes());
-    }
-    out.extend_from_slice(s.as_bytes());
-    Ok(())
-}
-
-fn put_array_len(out: &mut Vec<u8>, len: usize) -> Result<(), TooLong> {
-    cairn_checkpoint::put_msgpack_array_header(out, len).ok_or(TooLong)
-}
-
-fn put_map_len(out: &mut Vec<u8>, len: usize) -> Result<(), TooLong> {
-    cairn_checkpoint::put_msgpack_map_header(out, len).ok_or(TooLong)
-}
-
-/// A version as [`VersionRef`] stores it.
-fn put_version(out: &mut Vec<u8>, version: &ChannelVersion) -> Result<(), TooLong> {
-    match version {
-        ChannelVersion::Int(n) => put_int(out, *n),
-        ChannelVersion::Str(s) => match ChannelVersion::compact_parts_of(s) {
-            Some((counter, suffix)) => {
-                out.push(0x92);
-                put_uint(out, counter);
-                put_uint(out, suffix);
-            }
-            None => put_str(out, s)?,
-        },
-    }
-    Ok(())
-}
-
-/// A channel as [`ChannelRef`] stores it.
-fn put_channel(out: &mut Vec<u8>, channel: &str, current: &ChannelVersions) -> Result<(), TooLong> {
-    match ChannelRef::of(channel, current) {
-        ChannelRef::Position(i) => put_uint(out, i as u64),
-        ChannelRef::Name(name) => put_str(out, name)?,
-    }
-    Ok(())
+/// Encodes `checkpoint`'s header in the compact form ([`cairn_checkpoint::encode_header`]).
+/// Its `id` and `channel_values` are not stored (the row holds the id; values are stored
+/// apart).
+pub(crate) fn encode(checkpoint: &Checkpoint) -> cairn_checkpoint::Result<Vec<u8>> {
+    cairn_checkpoint::encode_header(checkpoint)
 }
 
 /// Whether `bytes` is a compact header (a MessagePack array) rather than a named map.
@@ -408,275 +42,21 @@ fn is_compact(bytes: &[u8]) -> bool {
 /// Decodes the header of checkpoint `checkpoint_id`; its `channel_values` are empty. The
 /// error says what was wrong, for [`cairn_checkpoint::Error::corrupt`].
 ///
-/// The compact form (every schema since 3) is read by hand, as [`encode`] writes it: this runs
-/// for every checkpoint read. Headers written before schema 3 go through serde.
+/// The compact form (every schema since 3) is read by [`cairn_checkpoint::decode_header`];
+/// headers written before schema 3 go through serde.
 pub(crate) fn decode(bytes: &[u8], checkpoint_id: &str) -> Result<Checkpoint, String> {
-    let what = |e: String| format!("cannot decode the checkpoint header (MessagePack): {e}");
-    if !is_compact(bytes) {
-        let checkpoint: Checkpoint =
-            rmp_serde::from_slice(bytes).map_err(|e| what(e.to_string()))?;
-        if checkpoint.id != checkpoint_id {
-            return Err(format!(
-                "the stored checkpoint header names checkpoint {:?}, not its row's id",
-                checkpoint.id
-            ));
-        }
-        return Ok(checkpoint);
+    if is_compact(bytes) {
+        return cairn_checkpoint::decode_header(bytes, checkpoint_id).map_err(|e| e.to_string());
     }
-    let mut r = Reader::new(bytes);
-    let (v, ts, channel_versions) = read_head(&mut r).map_err(what)?;
-    let names: Vec<&String> = channel_versions.keys().collect();
-    let mut versions_seen = BTreeMap::new();
-    let nodes = r.map_len("versions_seen").map_err(what)?;
-    for _ in 0..nodes {
-        let node = r.string("a node name").map_err(what)?;
-        let seen = r.map_len("what a node has seen").map_err(what)?;
-        let mut versions = ChannelVersions::new();
-        for _ in 0..seen {
-            let channel = r.channel().map_err(what)?.resolve(&names)?;
-            let version = match r.version_or_nil().map_err(what)? {
-                Some(version) => version,
-                None => channel_versions.get(&channel).cloned().ok_or_else(|| {
-                    format!(
-                        "node {node:?} saw channel {channel:?} at its current version, \
-                         but the header has none"
-                    )
-                })?,
-            };
-            versions.insert(channel, version);
-        }
-        versions_seen.insert(node, versions);
+    let checkpoint: Checkpoint = rmp_serde::from_slice(bytes)
+        .map_err(|e| format!("cannot decode the checkpoint header (MessagePack): {e}"))?;
+    if checkpoint.id != checkpoint_id {
+        return Err(format!(
+            "the stored checkpoint header names checkpoint {:?}, not its row's id",
+            checkpoint.id
+        ));
     }
-    let updated_channels = match r.array_len_or_nil("updated_channels").map_err(what)? {
-        None => None,
-        Some(n) => {
-            let mut channels = Vec::with_capacity(n.min(1024));
-            for _ in 0..n {
-                channels.push(r.channel().map_err(what)?.resolve(&names)?);
-            }
-            Some(channels)
-        }
-    };
-    Ok(Checkpoint {
-        v,
-        id: checkpoint_id.to_owned(),
-        ts,
-        channel_values: BTreeMap::new(),
-        channel_versions,
-        versions_seen,
-        updated_channels,
-    })
-}
-
-/// The first three fields of a compact header: `v`, `ts` and the channel versions.
-fn read_head(r: &mut Reader<'_>) -> Result<(u32, String, ChannelVersions), String> {
-    let fields = r.array_len("the header")?;
-    if fields != 5 {
-        return Err(format!("the header has {fields} fields, not 5"));
-    }
-    let v = match r.item()? {
-        Item::UInt(v) => {
-            u32::try_from(v).map_err(|_| format!("format version {v} out of range"))?
-        }
-        other => {
-            return Err(format!(
-                "expected the format version, found {}",
-                other.kind()
-            ))
-        }
-    };
-    let ts = match r.item()? {
-        Item::UInt(micros) => {
-            // Past year 9999 humantime's formatting would not read back.
-            const MAX_MICROS: u64 = 253_402_300_799_999_999;
-            if micros > MAX_MICROS {
-                return Err(format!("timestamp {micros} out of range"));
-            }
-            ts_text(micros)
-        }
-        Item::Str(s) => s.to_owned(),
-        other => return Err(format!("expected a timestamp, found {}", other.kind())),
-    };
-    let n = r.map_len("channel_versions")?;
-    let mut versions = ChannelVersions::new();
-    for _ in 0..n {
-        let channel = r.string("a channel name")?;
-        let version = r
-            .version_or_nil()?
-            .ok_or_else(|| format!("channel {channel:?} has no version"))?;
-        versions.insert(channel, version);
-    }
-    Ok((v, ts, versions))
-}
-
-/// One MessagePack item of the kinds a header holds; arrays and maps by their length (their
-/// elements follow).
-enum Item<'a> {
-    Nil,
-    UInt(u64),
-    NegInt(i64),
-    Str(&'a str),
-    Array(usize),
-    Map(usize),
-    Other(u8),
-}
-
-impl Item<'_> {
-    fn kind(&self) -> String {
-        match self {
-            Item::Nil => "nil".into(),
-            Item::UInt(n) => format!("the integer {n}"),
-            Item::NegInt(n) => format!("the integer {n}"),
-            Item::Str(s) => format!("the string {s:?}"),
-            Item::Array(n) => format!("an array of {n}"),
-            Item::Map(n) => format!("a map of {n}"),
-            Item::Other(marker) => format!("MessagePack marker 0x{marker:02x}"),
-        }
-    }
-}
-
-/// Reads a compact header item by item; every read checks the bytes are there.
-struct Reader<'a> {
-    bytes: &'a [u8],
-}
-
-impl<'a> Reader<'a> {
-    fn new(bytes: &'a [u8]) -> Self {
-        Reader { bytes }
-    }
-
-    fn take(&mut self, n: usize) -> Result<&'a [u8], String> {
-        if self.bytes.len() < n {
-            return Err("the header ends early".into());
-        }
-        let (head, rest) = self.bytes.split_at(n);
-        self.bytes = rest;
-        Ok(head)
-    }
-
-    fn be(&mut self, n: usize) -> Result<u64, String> {
-        Ok(self
-            .take(n)?
-            .iter()
-            .fold(0u64, |acc, &b| (acc << 8) | u64::from(b)))
-    }
-
-    /// A length of `n` big-endian bytes.
-    fn len(&mut self, n: usize) -> Result<usize, String> {
-        let len = usize::try_from(self.be(n)?).map_err(|_| "a length out of range".to_owned())?;
-        Ok(len)
-    }
-
-    fn item(&mut self) -> Result<Item<'a>, String> {
-        let marker = self.take(1)?[0];
-        Ok(match marker {
-            0x00..=0x7f => Item::UInt(u64::from(marker)),
-            0x80..=0x8f => Item::Map(usize::from(marker & 0x0f)),
-            0x90..=0x9f => Item::Array(usize::from(marker & 0x0f)),
-            0xa0..=0xbf => self.str(usize::from(marker & 0x1f))?,
-            0xc0 => Item::Nil,
-            0xcc => Item::UInt(self.be(1)?),
-            0xcd => Item::UInt(self.be(2)?),
-            0xce => Item::UInt(self.be(4)?),
-            0xcf => Item::UInt(self.be(8)?),
-            0xd0 => Item::NegInt(i64::from(self.be(1)? as u8 as i8)),
-            0xd1 => Item::NegInt(i64::from(self.be(2)? as u16 as i16)),
-            0xd2 => Item::NegInt(i64::from(self.be(4)? as u32 as i32)),
-            0xd3 => Item::NegInt(self.be(8)? as i64),
-            0xd9 => {
-                let n = self.len(1)?;
-                self.str(n)?
-            }
-            0xda => {
-                let n = self.len(2)?;
-                self.str(n)?
-            }
-            0xdb => {
-                let n = self.len(4)?;
-                self.str(n)?
-            }
-            0xdc => Item::Array(self.len(2)?),
-            0xdd => Item::Array(self.len(4)?),
-            0xde => Item::Map(self.len(2)?),
-            0xdf => Item::Map(self.len(4)?),
-            0xe0..=0xff => Item::NegInt(i64::from(marker as i8)),
-            other => Item::Other(other),
-        })
-    }
-
-    fn str(&mut self, n: usize) -> Result<Item<'a>, String> {
-        let bytes = self.take(n)?;
-        std::str::from_utf8(bytes)
-            .map(Item::Str)
-            .map_err(|_| "a string that is not UTF-8".to_owned())
-    }
-
-    fn string(&mut self, what: &str) -> Result<String, String> {
-        match self.item()? {
-            Item::Str(s) => Ok(s.to_owned()),
-            other => Err(format!("expected {what}, found {}", other.kind())),
-        }
-    }
-
-    fn map_len(&mut self, what: &str) -> Result<usize, String> {
-        match self.item()? {
-            Item::Map(n) => Ok(n),
-            other => Err(format!("expected {what} (a map), found {}", other.kind())),
-        }
-    }
-
-    fn array_len(&mut self, what: &str) -> Result<usize, String> {
-        self.array_len_or_nil(what)?
-            .ok_or_else(|| format!("expected {what} (an array), found nil"))
-    }
-
-    fn array_len_or_nil(&mut self, what: &str) -> Result<Option<usize>, String> {
-        match self.item()? {
-            Item::Nil => Ok(None),
-            Item::Array(n) => Ok(Some(n)),
-            other => Err(format!(
-                "expected {what} (an array), found {}",
-                other.kind()
-            )),
-        }
-    }
-
-    /// A channel of `versions_seen` or `updated_channels`: a position or a name.
-    fn channel(&mut self) -> Result<StoredChannel, String> {
-        match self.item()? {
-            Item::UInt(i) => Ok(StoredChannel::Position(i)),
-            Item::NegInt(i) => Err(format!("channel position {i} is negative")),
-            Item::Str(s) => Ok(StoredChannel::Name(s.to_owned())),
-            other => Err(format!("expected a channel, found {}", other.kind())),
-        }
-    }
-
-    /// A version (an integer, a string or `[counter, suffix]`), or nil.
-    fn version_or_nil(&mut self) -> Result<Option<ChannelVersion>, String> {
-        let version = match self.item()? {
-            Item::Nil => return Ok(None),
-            Item::UInt(n) => ChannelVersion::Int(
-                i64::try_from(n).map_err(|_| format!("integer version {n} out of range"))?,
-            ),
-            Item::NegInt(n) => ChannelVersion::Int(n),
-            Item::Str(s) => ChannelVersion::Str(s.to_owned()),
-            Item::Array(2) => {
-                let (Item::UInt(counter), Item::UInt(suffix)) = (self.item()?, self.item()?) else {
-                    return Err("a version pair that is not two unsigned integers".into());
-                };
-                ChannelVersion::from_compact_parts(counter, suffix)
-                    .ok_or_else(|| format!("version counter {counter} out of range"))?
-            }
-            other => {
-                return Err(format!(
-                    "expected a channel version (an integer, a string or [counter, suffix]), \
-                     found {}",
-                    other.kind()
-                ))
-            }
-        };
-        Ok(Some(version))
-    }
+    Ok(checkpoint)
 }
 
 /// Only the channel versions of a header (what reclaiming values needs), either form.
@@ -686,18 +66,200 @@ pub(crate) fn channel_versions(bytes: &[u8]) -> Result<ChannelVersions, String> 
         #[serde(default)]
         channel_versions: ChannelVersions,
     }
-    let what = |e: String| format!("cannot decode the checkpoint header (MessagePack): {e}");
     if is_compact(bytes) {
-        let (_, _, versions) = read_head(&mut Reader::new(bytes)).map_err(what)?;
-        Ok(versions)
-    } else {
-        let named: Named = rmp_serde::from_slice(bytes).map_err(|e| what(e.to_string()))?;
-        Ok(named.channel_versions)
+        return cairn_checkpoint::decode_header_versions(bytes).map_err(|e| e.to_string());
+    }
+    let named: Named = rmp_serde::from_slice(bytes)
+        .map_err(|e| format!("cannot decode the checkpoint header (MessagePack): {e}"))?;
+    Ok(named.channel_versions)
+}
+
+/// The form headers had when serde wrote them (schemas 7 to 9): what the hand-written
+/// encoder in `cairn_checkpoint` must write byte for byte.
+#[cfg(test)]
+mod serde_form {
+    use std::collections::BTreeMap;
+
+    use serde::ser::SerializeMap;
+    use serde::{Serialize, Serializer};
+
+    use cairn_checkpoint::{ChannelVersion, ChannelVersions, Checkpoint};
+
+    /// The stored form of a header, by reference.
+    pub(super) type CompactRef<'a> = (
+        u32,
+        TsRef<'a>,
+        VersionsRef<'a>,
+        SeenRef<'a>,
+        Option<ChannelsRef<'a>>,
+    );
+
+    /// A checkpoint's `ts` as a header stores it: whole microseconds since the Unix epoch when
+    /// it is exactly what Cairn writes (RFC 3339 in UTC with six fractional digits, 27
+    /// characters; 9 bytes instead of 28, schema 6), any other text as it is.
+    pub(super) struct TsRef<'a>(pub(super) &'a str);
+
+    impl Serialize for TsRef<'_> {
+        fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+            match ts_micros(self.0) {
+                Some(micros) => serializer.serialize_u64(micros),
+                None => serializer.serialize_str(self.0),
+            }
+        }
+    }
+
+    /// `ts` in microseconds when [`ts_text`] gives it back exactly (the encoder's rule).
+    pub(super) fn ts_micros(ts: &str) -> Option<u64> {
+        if ts.len() != 27 || !ts.ends_with('Z') {
+            return None;
+        }
+        let time = humantime::parse_rfc3339(ts).ok()?;
+        let micros = time.duration_since(std::time::UNIX_EPOCH).ok()?.as_micros();
+        let micros = u64::try_from(micros).ok()?;
+        (ts_text(micros) == ts).then_some(micros)
+    }
+
+    pub(super) fn ts_text(micros: u64) -> String {
+        let time = std::time::UNIX_EPOCH + std::time::Duration::from_micros(micros);
+        humantime::format_rfc3339_micros(time).to_string()
+    }
+
+    /// Channel versions as a header stores them (see the module docs).
+    pub(super) struct VersionsRef<'a>(pub(super) &'a ChannelVersions);
+
+    impl Serialize for VersionsRef<'_> {
+        fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+            let mut map = serializer.serialize_map(Some(self.0.len()))?;
+            for (channel, version) in self.0 {
+                map.serialize_entry(channel, &VersionRef(version))?;
+            }
+            map.end()
+        }
+    }
+
+    /// One version as a header stores it: `[counter, suffix]` for Cairn's own string form, any
+    /// other as it is.
+    pub(super) struct VersionRef<'a>(pub(super) &'a ChannelVersion);
+
+    impl Serialize for VersionRef<'_> {
+        fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+            match self.0.compact_parts() {
+                Some(pair) => pair.serialize(serializer),
+                None => self.0.serialize(serializer),
+            }
+        }
+    }
+
+    /// A channel as `versions_seen` and `updated_channels` store it (schema 7): its position in
+    /// the header's `channel_versions` when that names it, else its name.
+    pub(super) enum ChannelRef<'a> {
+        Position(usize),
+        Name(&'a str),
+    }
+
+    impl<'a> ChannelRef<'a> {
+        fn of(channel: &'a str, current: &ChannelVersions) -> Self {
+            if current.contains_key(channel) {
+                ChannelRef::Position(current.keys().take_while(|k| k.as_str() < channel).count())
+            } else {
+                ChannelRef::Name(channel)
+            }
+        }
+    }
+
+    impl Serialize for ChannelRef<'_> {
+        fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+            match self {
+                ChannelRef::Position(i) => serializer.serialize_u64(*i as u64),
+                ChannelRef::Name(name) => serializer.serialize_str(name),
+            }
+        }
+    }
+
+    /// `versions_seen` as a header stores it: each channel as a [`ChannelRef`], each version
+    /// equal to the channel's current one as `nil`.
+    pub(super) struct SeenRef<'a> {
+        pub(super) seen: &'a BTreeMap<String, ChannelVersions>,
+        pub(super) current: &'a ChannelVersions,
+    }
+
+    impl Serialize for SeenRef<'_> {
+        fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+            struct NodeSeen<'a> {
+                versions: &'a ChannelVersions,
+                current: &'a ChannelVersions,
+            }
+            impl Serialize for NodeSeen<'_> {
+                fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                    let mut map = serializer.serialize_map(Some(self.versions.len()))?;
+                    for (channel, version) in self.versions {
+                        let key = ChannelRef::of(channel, self.current);
+                        if self.current.get(channel) == Some(version) {
+                            map.serialize_entry(&key, &())?;
+                        } else {
+                            map.serialize_entry(&key, &VersionRef(version))?;
+                        }
+                    }
+                    map.end()
+                }
+            }
+            let mut map = serializer.serialize_map(Some(self.seen.len()))?;
+            for (node, versions) in self.seen {
+                let node_seen = NodeSeen {
+                    versions,
+                    current: self.current,
+                };
+                map.serialize_entry(node, &node_seen)?;
+            }
+            map.end()
+        }
+    }
+
+    /// `updated_channels` as a header stores it: each channel as a [`ChannelRef`].
+    pub(super) struct ChannelsRef<'a> {
+        pub(super) channels: &'a [String],
+        pub(super) current: &'a ChannelVersions,
+    }
+
+    impl Serialize for ChannelsRef<'_> {
+        fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+            serializer.collect_seq(
+                self.channels
+                    .iter()
+                    .map(|c| ChannelRef::of(c, self.current)),
+            )
+        }
+    }
+
+    /// [`encode`] through serde: the form the hand-written encoder must match.
+    pub(super) fn encode_with_serde(
+        checkpoint: &Checkpoint,
+    ) -> Result<Vec<u8>, rmp_serde::encode::Error> {
+        let compact: CompactRef<'_> = (
+            checkpoint.v,
+            TsRef(&checkpoint.ts),
+            VersionsRef(&checkpoint.channel_versions),
+            SeenRef {
+                seen: &checkpoint.versions_seen,
+                current: &checkpoint.channel_versions,
+            },
+            checkpoint
+                .updated_channels
+                .as_deref()
+                .map(|channels| ChannelsRef {
+                    channels,
+                    current: &checkpoint.channel_versions,
+                }),
+        );
+        rmp_serde::to_vec(&compact)
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
+
+    use super::serde_form::*;
     use cairn_checkpoint::{ChannelVersion, TypedValue};
 
     use super::*;

@@ -1,0 +1,660 @@
+//! Checkpoint headers as compact bytes: a [`Checkpoint`] without its channel values and its
+//! id, as savers store it next to the values they keep apart.
+//!
+//! The form is a MessagePack array `[v, ts, channel_versions, versions_seen,
+//! updated_channels]`, with no field names:
+//! - a `ts` in Cairn's own form (RFC 3339, UTC, six fractional digits) is microseconds since
+//!   the Unix epoch, any other `ts` its text;
+//! - a string version in Cairn's own form (`{counter:032}.{suffix:016x}`, 49 characters) is the
+//!   pair `[counter, suffix]` (about 11 bytes), any other version as it is (MessagePack keeps
+//!   `Int(1)` an integer);
+//! - `versions_seen` and `updated_channels` name a channel that `channel_versions` holds by its
+//!   position there (in key order), any other by its name, and a seen version equal to the
+//!   channel's current one is `nil`.
+//!
+//! A header of a few channels takes 60 to 150 bytes. It is written and read by hand, not
+//! through serde: savers encode one per stored checkpoint and decode one per checkpoint read,
+//! and the generic path cost about twice the instructions (and an untagged enum per version
+//! when reading). The SQLite backend stores this form (schemas 3 to 9 wrote subsets of it,
+//! which [`decode_header`] reads too); the in-memory saver keeps it as its checkpoints.
+//!
+//! ```
+//! use cairn_checkpoint::{decode_header, encode_header, ChannelVersion, Checkpoint};
+//!
+//! let mut checkpoint = Checkpoint::new();
+//! checkpoint
+//!     .channel_versions
+//!     .insert("messages".into(), ChannelVersion::first_after(None));
+//! let bytes = encode_header(&checkpoint)?;
+//! assert!(bytes.len() < 40);
+//! assert_eq!(decode_header(&bytes, &checkpoint.id)?, checkpoint);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use crate::checkpoint::Checkpoint;
+use crate::error::{Error, Result};
+use crate::version::{ChannelVersion, ChannelVersions};
+
+/// Why a header could not be read: what was wrong with its bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeaderError(String);
+
+impl fmt::Display for HeaderError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "cannot decode the checkpoint header (MessagePack): {}",
+            self.0
+        )
+    }
+}
+
+impl std::error::Error for HeaderError {}
+
+impl From<String> for HeaderError {
+    fn from(reason: String) -> Self {
+        HeaderError(reason)
+    }
+}
+
+/// `ts` in microseconds when [`ts_text`] gives it back exactly.
+fn ts_micros(ts: &str) -> Option<u64> {
+    if ts.len() != 27 || !ts.ends_with('Z') {
+        return None;
+    }
+    let time = humantime::parse_rfc3339(ts).ok()?;
+    let micros = time.duration_since(std::time::UNIX_EPOCH).ok()?.as_micros();
+    let micros = u64::try_from(micros).ok()?;
+    (ts_text(micros) == ts).then_some(micros)
+}
+
+fn ts_text(micros: u64) -> String {
+    let time = std::time::UNIX_EPOCH + std::time::Duration::from_micros(micros);
+    humantime::format_rfc3339_micros(time).to_string()
+}
+
+/// A channel as `versions_seen` and `updated_channels` store it (schema 7): its position in
+/// the header's `channel_versions` when that names it, else its name.
+enum ChannelRef<'a> {
+    Position(usize),
+    Name(&'a str),
+}
+
+impl<'a> ChannelRef<'a> {
+    fn of(channel: &'a str, current: &ChannelVersions) -> Self {
+        if current.contains_key(channel) {
+            ChannelRef::Position(current.keys().take_while(|k| k.as_str() < channel).count())
+        } else {
+            ChannelRef::Name(channel)
+        }
+    }
+}
+
+/// A channel read from `versions_seen` or `updated_channels`: a position in the header's
+/// `channel_versions` (schema 7) or a name.
+enum StoredChannel {
+    Position(u64),
+    Name(String),
+}
+
+impl StoredChannel {
+    /// The channel's name, looking a position up in `names` (`channel_versions`' keys).
+    fn resolve(self, names: &[&String]) -> std::result::Result<String, String> {
+        match self {
+            StoredChannel::Name(name) => Ok(name),
+            StoredChannel::Position(i) => usize::try_from(i)
+                .ok()
+                .and_then(|i| names.get(i))
+                .map(|name| (*name).clone())
+                .ok_or_else(|| {
+                    format!(
+                        "the header names channel number {i}, but its channel_versions hold {}",
+                        names.len()
+                    )
+                }),
+        }
+    }
+}
+
+/// Encodes `checkpoint`'s header (see the [module docs](self)). Its `id` and `channel_values`
+/// are not stored: the caller keeps the id, and values apart.
+///
+/// The bytes are what serializing the same fields with `rmp_serde` gives (the SQLite backend's
+/// tests check this against the serde form it used to write). An error only for a name or map
+/// longer than MessagePack allows (2^32).
+pub fn encode_header(checkpoint: &Checkpoint) -> Result<Vec<u8>> {
+    encode(checkpoint).map_err(|TooLong| Error::Encode {
+        format: "msgpack",
+        message: "a name or map in the checkpoint header is longer than MessagePack allows \
+                  (2^32)"
+            .into(),
+    })
+}
+
+fn encode(checkpoint: &Checkpoint) -> std::result::Result<Vec<u8>, TooLong> {
+    // Every field named, so a field added to Checkpoint cannot be dropped unnoticed.
+    let Checkpoint {
+        v,
+        id: _,
+        ts,
+        channel_values: _,
+        channel_versions,
+        versions_seen,
+        updated_channels,
+    } = checkpoint;
+    let mut out = Vec::with_capacity(32 + 24 * channel_versions.len() + 16 * versions_seen.len());
+    put_array_len(&mut out, 5)?;
+    put_uint(&mut out, u64::from(*v));
+    match ts_micros(ts) {
+        Some(micros) => put_uint(&mut out, micros),
+        None => put_str(&mut out, ts)?,
+    }
+    put_map_len(&mut out, channel_versions.len())?;
+    for (channel, version) in channel_versions {
+        put_str(&mut out, channel)?;
+        put_version(&mut out, version)?;
+    }
+    put_map_len(&mut out, versions_seen.len())?;
+    for (node, versions) in versions_seen {
+        put_str(&mut out, node)?;
+        put_map_len(&mut out, versions.len())?;
+        for (channel, version) in versions {
+            put_channel(&mut out, channel, channel_versions)?;
+            if channel_versions.get(channel) == Some(version) {
+                out.push(NIL);
+            } else {
+                put_version(&mut out, version)?;
+            }
+        }
+    }
+    match updated_channels {
+        None => out.push(NIL),
+        Some(channels) => {
+            put_array_len(&mut out, channels.len())?;
+            for channel in channels {
+                put_channel(&mut out, channel, channel_versions)?;
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// A string or collection in a header too long for MessagePack (2^32 bytes or entries).
+struct TooLong;
+
+// The few MessagePack forms a header uses, written as `rmp` (and so `rmp_serde`) writes them:
+// the shortest form for each length and integer.
+const NIL: u8 = 0xc0;
+
+fn put_uint(out: &mut Vec<u8>, n: u64) {
+    if n < 0x80 {
+        out.push(n as u8);
+    } else if n <= u64::from(u8::MAX) {
+        out.extend_from_slice(&[0xcc, n as u8]);
+    } else if n <= u64::from(u16::MAX) {
+        out.push(0xcd);
+        out.extend_from_slice(&(n as u16).to_be_bytes());
+    } else if n <= u64::from(u32::MAX) {
+        out.push(0xce);
+        out.extend_from_slice(&(n as u32).to_be_bytes());
+    } else {
+        out.push(0xcf);
+        out.extend_from_slice(&n.to_be_bytes());
+    }
+}
+
+fn put_int(out: &mut Vec<u8>, n: i64) {
+    match n {
+        0.. => put_uint(out, n as u64),
+        -32..=-1 => out.push(n as i8 as u8),
+        -128..=-33 => out.extend_from_slice(&[0xd0, n as i8 as u8]),
+        -32_768..=-129 => {
+            out.push(0xd1);
+            out.extend_from_slice(&(n as i16).to_be_bytes());
+        }
+        -2_147_483_648..=-32_769 => {
+            out.push(0xd2);
+            out.extend_from_slice(&(n as i32).to_be_bytes());
+        }
+        _ => {
+            out.push(0xd3);
+            out.extend_from_slice(&n.to_be_bytes());
+        }
+    }
+}
+
+fn put_str(out: &mut Vec<u8>, s: &str) -> std::result::Result<(), TooLong> {
+    let len = s.len();
+    if len < 32 {
+        out.push(0xa0 | len as u8);
+    } else if len <= usize::from(u8::MAX) {
+        out.extend_from_slice(&[0xd9, len as u8]);
+    } else if len <= usize::from(u16::MAX) {
+        out.push(0xda);
+        out.extend_from_slice(&(len as u16).to_be_bytes());
+    } else {
+        out.push(0xdb);
+        out.extend_from_slice(&u32::try_from(len).map_err(|_| TooLong)?.to_be_bytes());
+    }
+    out.extend_from_slice(s.as_bytes());
+    Ok(())
+}
+
+fn put_array_len(out: &mut Vec<u8>, len: usize) -> std::result::Result<(), TooLong> {
+    crate::value::put_msgpack_array_header(out, len).ok_or(TooLong)
+}
+
+fn put_map_len(out: &mut Vec<u8>, len: usize) -> std::result::Result<(), TooLong> {
+    crate::value::put_msgpack_map_header(out, len).ok_or(TooLong)
+}
+
+/// A version as [`VersionRef`] stores it.
+fn put_version(out: &mut Vec<u8>, version: &ChannelVersion) -> std::result::Result<(), TooLong> {
+    match version {
+        ChannelVersion::Int(n) => put_int(out, *n),
+        ChannelVersion::Str(s) => match ChannelVersion::compact_parts_of(s) {
+            Some((counter, suffix)) => {
+                out.push(0x92);
+                put_uint(out, counter);
+                put_uint(out, suffix);
+            }
+            None => put_str(out, s)?,
+        },
+    }
+    Ok(())
+}
+
+/// A channel as [`ChannelRef`] stores it.
+fn put_channel(
+    out: &mut Vec<u8>,
+    channel: &str,
+    current: &ChannelVersions,
+) -> std::result::Result<(), TooLong> {
+    match ChannelRef::of(channel, current) {
+        ChannelRef::Position(i) => put_uint(out, i as u64),
+        ChannelRef::Name(name) => put_str(out, name)?,
+    }
+    Ok(())
+}
+
+/// Decodes the header of checkpoint `checkpoint_id` (see the [module docs](self)); its
+/// `channel_values` are empty. The error says what was wrong with the bytes, for
+/// [`Error::corrupt`]. Reads every form [`encode_header`] wrote and older subsets of it (names
+/// instead of positions, `ts` as text, versions as strings).
+pub fn decode_header(
+    bytes: &[u8],
+    checkpoint_id: &str,
+) -> std::result::Result<Checkpoint, HeaderError> {
+    decode(bytes, checkpoint_id).map_err(HeaderError)
+}
+
+fn decode(bytes: &[u8], checkpoint_id: &str) -> std::result::Result<Checkpoint, String> {
+    let mut r = Reader::new(bytes);
+    let (v, ts, channel_versions) = read_head(&mut r)?;
+    let names: Vec<&String> = channel_versions.keys().collect();
+    let mut versions_seen = BTreeMap::new();
+    let nodes = r.map_len("versions_seen")?;
+    for _ in 0..nodes {
+        let node = r.string("a node name")?;
+        let seen = r.map_len("what a node has seen")?;
+        let mut versions = ChannelVersions::new();
+        for _ in 0..seen {
+            let channel = r.channel()?.resolve(&names)?;
+            let version = match r.version_or_nil()? {
+                Some(version) => version,
+                None => channel_versions.get(&channel).cloned().ok_or_else(|| {
+                    format!(
+                        "node {node:?} saw channel {channel:?} at its current version, \
+                         but the header has none"
+                    )
+                })?,
+            };
+            versions.insert(channel, version);
+        }
+        versions_seen.insert(node, versions);
+    }
+    let updated_channels = match r.array_len_or_nil("updated_channels")? {
+        None => None,
+        Some(n) => {
+            let mut channels = Vec::with_capacity(n.min(1024));
+            for _ in 0..n {
+                channels.push(r.channel()?.resolve(&names)?);
+            }
+            Some(channels)
+        }
+    };
+    Ok(Checkpoint {
+        v,
+        id: checkpoint_id.to_owned(),
+        ts,
+        channel_values: BTreeMap::new(),
+        channel_versions,
+        versions_seen,
+        updated_channels,
+    })
+}
+
+/// The first three fields of a compact header: `v`, `ts` and the channel versions.
+fn read_head(r: &mut Reader<'_>) -> std::result::Result<(u32, String, ChannelVersions), String> {
+    let fields = r.array_len("the header")?;
+    if fields != 5 {
+        return Err(format!("the header has {fields} fields, not 5"));
+    }
+    let v = match r.item()? {
+        Item::UInt(v) => {
+            u32::try_from(v).map_err(|_| format!("format version {v} out of range"))?
+        }
+        other => {
+            return Err(format!(
+                "expected the format version, found {}",
+                other.kind()
+            ))
+        }
+    };
+    let ts = match r.item()? {
+        Item::UInt(micros) => {
+            // Past year 9999 humantime's formatting would not read back.
+            const MAX_MICROS: u64 = 253_402_300_799_999_999;
+            if micros > MAX_MICROS {
+                return Err(format!("timestamp {micros} out of range"));
+            }
+            ts_text(micros)
+        }
+        Item::Str(s) => s.to_owned(),
+        other => return Err(format!("expected a timestamp, found {}", other.kind())),
+    };
+    let n = r.map_len("channel_versions")?;
+    let mut versions = ChannelVersions::new();
+    for _ in 0..n {
+        let channel = r.string("a channel name")?;
+        let version = r
+            .version_or_nil()?
+            .ok_or_else(|| format!("channel {channel:?} has no version"))?;
+        versions.insert(channel, version);
+    }
+    Ok((v, ts, versions))
+}
+
+/// One MessagePack item of the kinds a header holds; arrays and maps by their length (their
+/// elements follow).
+enum Item<'a> {
+    Nil,
+    UInt(u64),
+    NegInt(i64),
+    Str(&'a str),
+    Array(usize),
+    Map(usize),
+    Other(u8),
+}
+
+impl Item<'_> {
+    /// A signed integer: [`Item::UInt`] when it is not negative.
+    fn int(n: i64) -> Self {
+        match u64::try_from(n) {
+            Ok(n) => Item::UInt(n),
+            Err(_) => Item::NegInt(n),
+        }
+    }
+
+    fn kind(&self) -> String {
+        match self {
+            Item::Nil => "nil".into(),
+            Item::UInt(n) => format!("the integer {n}"),
+            Item::NegInt(n) => format!("the integer {n}"),
+            Item::Str(s) => format!("the string {s:?}"),
+            Item::Array(n) => format!("an array of {n}"),
+            Item::Map(n) => format!("a map of {n}"),
+            Item::Other(marker) => format!("MessagePack marker 0x{marker:02x}"),
+        }
+    }
+}
+
+/// Reads a compact header item by item; every read checks the bytes are there.
+struct Reader<'a> {
+    bytes: &'a [u8],
+}
+
+impl<'a> Reader<'a> {
+    fn new(bytes: &'a [u8]) -> Self {
+        Reader { bytes }
+    }
+
+    fn take(&mut self, n: usize) -> std::result::Result<&'a [u8], String> {
+        if self.bytes.len() < n {
+            return Err("the header ends early".into());
+        }
+        let (head, rest) = self.bytes.split_at(n);
+        self.bytes = rest;
+        Ok(head)
+    }
+
+    fn be(&mut self, n: usize) -> std::result::Result<u64, String> {
+        Ok(self
+            .take(n)?
+            .iter()
+            .fold(0u64, |acc, &b| (acc << 8) | u64::from(b)))
+    }
+
+    /// A length of `n` big-endian bytes.
+    fn len(&mut self, n: usize) -> std::result::Result<usize, String> {
+        let len = usize::try_from(self.be(n)?).map_err(|_| "a length out of range".to_owned())?;
+        Ok(len)
+    }
+
+    fn item(&mut self) -> std::result::Result<Item<'a>, String> {
+        let marker = self.take(1)?[0];
+        Ok(match marker {
+            0x00..=0x7f => Item::UInt(u64::from(marker)),
+            0x80..=0x8f => Item::Map(usize::from(marker & 0x0f)),
+            0x90..=0x9f => Item::Array(usize::from(marker & 0x0f)),
+            0xa0..=0xbf => self.str(usize::from(marker & 0x1f))?,
+            0xc0 => Item::Nil,
+            0xcc => Item::UInt(self.be(1)?),
+            0xcd => Item::UInt(self.be(2)?),
+            0xce => Item::UInt(self.be(4)?),
+            0xcf => Item::UInt(self.be(8)?),
+            // Signed forms: Cairn writes non-negative integers unsigned, but a signed form
+            // holding one is the same number.
+            0xd0 => Item::int(i64::from(self.be(1)? as u8 as i8)),
+            0xd1 => Item::int(i64::from(self.be(2)? as u16 as i16)),
+            0xd2 => Item::int(i64::from(self.be(4)? as u32 as i32)),
+            0xd3 => Item::int(self.be(8)? as i64),
+            // Binary where a string belongs: serde read those as strings too.
+            0xc4 => {
+                let n = self.len(1)?;
+                self.str(n)?
+            }
+            0xc5 => {
+                let n = self.len(2)?;
+                self.str(n)?
+            }
+            0xc6 => {
+                let n = self.len(4)?;
+                self.str(n)?
+            }
+            0xd9 => {
+                let n = self.len(1)?;
+                self.str(n)?
+            }
+            0xda => {
+                let n = self.len(2)?;
+                self.str(n)?
+            }
+            0xdb => {
+                let n = self.len(4)?;
+                self.str(n)?
+            }
+            0xdc => Item::Array(self.len(2)?),
+            0xdd => Item::Array(self.len(4)?),
+            0xde => Item::Map(self.len(2)?),
+            0xdf => Item::Map(self.len(4)?),
+            0xe0..=0xff => Item::NegInt(i64::from(marker as i8)),
+            other => Item::Other(other),
+        })
+    }
+
+    fn str(&mut self, n: usize) -> std::result::Result<Item<'a>, String> {
+        let bytes = self.take(n)?;
+        std::str::from_utf8(bytes)
+            .map(Item::Str)
+            .map_err(|_| "a string that is not UTF-8".to_owned())
+    }
+
+    fn string(&mut self, what: &str) -> std::result::Result<String, String> {
+        match self.item()? {
+            Item::Str(s) => Ok(s.to_owned()),
+            other => Err(format!("expected {what}, found {}", other.kind())),
+        }
+    }
+
+    fn map_len(&mut self, what: &str) -> std::result::Result<usize, String> {
+        match self.item()? {
+            Item::Map(n) => Ok(n),
+            other => Err(format!("expected {what} (a map), found {}", other.kind())),
+        }
+    }
+
+    fn array_len(&mut self, what: &str) -> std::result::Result<usize, String> {
+        self.array_len_or_nil(what)?
+            .ok_or_else(|| format!("expected {what} (an array), found nil"))
+    }
+
+    fn array_len_or_nil(&mut self, what: &str) -> std::result::Result<Option<usize>, String> {
+        match self.item()? {
+            Item::Nil => Ok(None),
+            Item::Array(n) => Ok(Some(n)),
+            other => Err(format!(
+                "expected {what} (an array), found {}",
+                other.kind()
+            )),
+        }
+    }
+
+    /// A channel of `versions_seen` or `updated_channels`: a position or a name.
+    fn channel(&mut self) -> std::result::Result<StoredChannel, String> {
+        match self.item()? {
+            Item::UInt(i) => Ok(StoredChannel::Position(i)),
+            Item::NegInt(i) => Err(format!("channel position {i} is negative")),
+            Item::Str(s) => Ok(StoredChannel::Name(s.to_owned())),
+            other => Err(format!("expected a channel, found {}", other.kind())),
+        }
+    }
+
+    /// A version (an integer, a string or `[counter, suffix]`), or nil.
+    fn version_or_nil(&mut self) -> std::result::Result<Option<ChannelVersion>, String> {
+        let version = match self.item()? {
+            Item::Nil => return Ok(None),
+            Item::UInt(n) => ChannelVersion::Int(
+                i64::try_from(n).map_err(|_| format!("integer version {n} out of range"))?,
+            ),
+            Item::NegInt(n) => ChannelVersion::Int(n),
+            Item::Str(s) => ChannelVersion::Str(s.to_owned()),
+            Item::Array(2) => {
+                let (Item::UInt(counter), Item::UInt(suffix)) = (self.item()?, self.item()?) else {
+                    return Err("a version pair that is not two unsigned integers".into());
+                };
+                ChannelVersion::from_compact_parts(counter, suffix)
+                    .ok_or_else(|| format!("version counter {counter} out of range"))?
+            }
+            other => {
+                return Err(format!(
+                    "expected a channel version (an integer, a string or [counter, suffix]), \
+                     found {}",
+                    other.kind()
+                ))
+            }
+        };
+        Ok(Some(version))
+    }
+}
+
+/// Only the channel versions of a header (what reclaiming values needs). The whole header is
+/// read, so a header damaged anywhere is reported here too.
+pub fn decode_header_versions(bytes: &[u8]) -> std::result::Result<ChannelVersions, HeaderError> {
+    decode(bytes, "")
+        .map(|checkpoint| checkpoint.channel_versions)
+        .map_err(HeaderError)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn chat() -> Checkpoint {
+        let mut cp = Checkpoint::new();
+        let v1 = ChannelVersion::first_after(None);
+        let v2 = ChannelVersion::first_after(Some(&v1));
+        cp.channel_versions.insert("messages".into(), v2.clone());
+        cp.channel_versions.insert("__start__".into(), v1.clone());
+        cp.channel_versions
+            .insert("count".into(), ChannelVersion::Int(-7));
+        cp.versions_seen.insert(
+            "reply".into(),
+            [
+                ("messages".to_owned(), v1),
+                ("gone".to_owned(), ChannelVersion::Int(3)),
+            ]
+            .into(),
+        );
+        cp.versions_seen
+            .insert("__start__".into(), [("__start__".to_owned(), v2)].into());
+        cp.updated_channels = Some(vec!["messages".into(), "elsewhere".into()]);
+        cp
+    }
+
+    #[test]
+    fn headers_read_back_exactly() {
+        let mut odd_ts = chat();
+        odd_ts.ts = "yesterday".into();
+        for cp in [chat(), odd_ts, Checkpoint::new()] {
+            let bytes = encode_header(&cp).expect("encode");
+            assert_eq!(decode_header(&bytes, &cp.id).expect("decode"), cp);
+            assert_eq!(
+                decode_header_versions(&bytes).expect("versions"),
+                cp.channel_versions
+            );
+        }
+    }
+
+    #[test]
+    fn damaged_headers_are_errors_not_panics() {
+        let cp = chat();
+        let bytes = encode_header(&cp).expect("encode");
+        for cut in 0..bytes.len() {
+            let err = decode_header(&bytes[..cut], &cp.id).expect_err("a cut header");
+            assert!(err.to_string().contains("checkpoint header"), "{err}");
+        }
+        for at in 0..bytes.len() {
+            for flip in [0x01, 0x80, 0xff] {
+                let mut damaged = bytes.clone();
+                damaged[at] ^= flip;
+                let _ = decode_header(&damaged, &cp.id);
+                let _ = decode_header_versions(&damaged);
+            }
+        }
+    }
+
+    #[test]
+    fn integers_in_signed_forms_read_as_the_same_numbers() {
+        // [v = 4 as int8, ts "x", {a: 1}, {n: {0 as int8: nil}}, [0 as int64]]
+        let bytes = [
+            0x95, 0xd0, 0x04, 0xa1, b'x', 0x81, 0xa1, b'a', 0x01, 0x81, 0xa1, b'n', 0x81, 0xd0,
+            0x00, 0xc0, 0x91, 0xd3, 0, 0, 0, 0, 0, 0, 0, 0,
+        ];
+        let cp = decode_header(&bytes, "id").expect("decode");
+        assert_eq!(cp.v, 4);
+        assert_eq!(cp.versions_seen["n"]["a"], ChannelVersion::Int(1));
+        assert_eq!(cp.updated_channels, Some(vec!["a".to_owned()]));
+        let negative = [
+            0x95, 0x04, 0xa1, b'x', 0x81, 0xa1, b'a', 0x01, 0x80, 0x91, 0xff,
+        ];
+        let err = decode_header(&negative, "id").expect_err("a negative position");
+        assert!(
+            err.to_string().contains("channel position -1 is negative"),
+            "{err}"
+        );
+    }
+}
