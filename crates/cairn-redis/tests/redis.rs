@@ -986,3 +986,51 @@ async fn a_channel_updated_to_no_value_stores_no_key() {
     assert_eq!((kept_key, consumed_key), (1, 0));
     support::delete_prefix(&url, &options.key_prefix).await;
 }
+
+#[tokio::test]
+async fn headers_stored_as_json_by_earlier_versions_read_as_before() {
+    let options = support::options("json-headers");
+    let Some(saver) = support::saver(options.clone()).await else {
+        return;
+    };
+    let url = support::url().expect("url");
+    let mut conn = support::raw(&url).await;
+    let cfg = CheckpointConfig::thread("old-json");
+    let first = put_values(&saver, &cfg, &[("a", json(1.into()))], meta(0)).await;
+    let stored = put_values(&saver, &first, &[("b", json(2.into()))], meta(1)).await;
+    let id = stored.checkpoint_id.clone().expect("id");
+    let cp_key = saver.key_layout().checkpoint_key("old-json", "", &id);
+    let compact: Vec<u8> = redis::cmd("HGET")
+        .arg(&cp_key)
+        .arg("checkpoint")
+        .query_async(&mut conn)
+        .await
+        .expect("HGET");
+    let before = saver.get_tuple(&stored).await.expect("get").expect("saved");
+    assert!(
+        compact.len() < 120,
+        "compact header of {} bytes",
+        compact.len()
+    );
+
+    // What earlier versions wrote: the whole checkpoint without values, as JSON.
+    let mut header = before.checkpoint.clone();
+    header.channel_values.clear();
+    let json_header = serde_json::to_vec(&header).expect("json");
+    assert!(json_header.len() > compact.len());
+    let _: () = redis::cmd("HSET")
+        .arg(&cp_key)
+        .arg("checkpoint")
+        .arg(json_header)
+        .query_async(&mut conn)
+        .await
+        .expect("HSET");
+    let after = saver.get_tuple(&stored).await.expect("get").expect("saved");
+    assert_eq!(after.checkpoint, before.checkpoint);
+    let listed = saver
+        .list(&ListQuery::thread("old-json"))
+        .await
+        .expect("list");
+    assert_eq!(listed[0].checkpoint, before.checkpoint);
+    support::delete_prefix(&url, &options.key_prefix).await;
+}
