@@ -295,6 +295,10 @@ fn decode(bytes: &[u8], checkpoint_id: &str) -> std::result::Result<Checkpoint, 
     let mut r = Reader::new(bytes);
     let (v, ts, channel_versions) = read_head(&mut r)?;
     let names: Vec<&String> = channel_versions.keys().collect();
+    // A position or a nil (a byte or two) stands for a whole name or version: a damaged header
+    // could repeat them until it decodes to far more memory than it holds. Real headers stay
+    // well inside this bound.
+    let mut expansion = Expansion::new(bytes.len());
     let mut versions_seen = BTreeMap::new();
     let nodes = r.map_len("versions_seen")?;
     for _ in 0..nodes {
@@ -312,6 +316,7 @@ fn decode(bytes: &[u8], checkpoint_id: &str) -> std::result::Result<Checkpoint, 
                     )
                 })?,
             };
+            expansion.take(channel.len() + version_len(&version))?;
             versions.insert(channel, version);
         }
         versions_seen.insert(node, versions);
@@ -321,7 +326,9 @@ fn decode(bytes: &[u8], checkpoint_id: &str) -> std::result::Result<Checkpoint, 
         Some(n) => {
             let mut channels = Vec::with_capacity(n.min(1024));
             for _ in 0..n {
-                channels.push(r.channel()?.resolve(&names)?);
+                let channel = r.channel()?.resolve(&names)?;
+                expansion.take(channel.len())?;
+                channels.push(channel);
             }
             Some(channels)
         }
@@ -335,6 +342,31 @@ fn decode(bytes: &[u8], checkpoint_id: &str) -> std::result::Result<Checkpoint, 
         versions_seen,
         updated_channels,
     })
+}
+
+/// What a header may still decode to beyond its own bytes: 64 times its size, at least 1 MiB.
+struct Expansion(usize);
+
+impl Expansion {
+    fn new(header_len: usize) -> Self {
+        Expansion(header_len.saturating_mul(64).max(1 << 20))
+    }
+
+    fn take(&mut self, bytes: usize) -> std::result::Result<(), String> {
+        self.0 = self.0.checked_sub(bytes).ok_or_else(|| {
+            "the header's positions and nils stand for more than 64 times its size: \
+             it is damaged"
+                .to_owned()
+        })?;
+        Ok(())
+    }
+}
+
+fn version_len(version: &ChannelVersion) -> usize {
+    match version {
+        ChannelVersion::Int(_) => 8,
+        ChannelVersion::Str(s) => s.len(),
+    }
 }
 
 /// The first three fields of a compact header: `v`, `ts` and the channel versions.
@@ -656,5 +688,26 @@ mod tests {
             err.to_string().contains("channel position -1 is negative"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn a_header_that_would_decode_to_far_more_than_its_size_is_an_error() {
+        // One channel with a 60,000-character version, then 40,000 nodes that each saw it at
+        // its current version (3 bytes each): 2.4 GB decoded from 180 KB.
+        let mut bytes = vec![0x95, 0x04, 0xa1, b'x', 0x81, 0xa1, b'a'];
+        bytes.push(0xda);
+        bytes.extend_from_slice(&60_000u16.to_be_bytes());
+        bytes.extend(std::iter::repeat_n(b'v', 60_000));
+        bytes.push(0xde);
+        bytes.extend_from_slice(&40_000u16.to_be_bytes());
+        for i in 0..40_000u32 {
+            // A distinct five-digit node name per entry.
+            bytes.push(0xa5);
+            bytes.extend_from_slice(format!("{i:05}").as_bytes());
+            bytes.extend_from_slice(&[0x81, 0x00, 0xc0]);
+        }
+        bytes.push(0xc0);
+        let err = decode_header(&bytes, "id").expect_err("too much");
+        assert!(err.to_string().contains("64 times"), "{err}");
     }
 }
