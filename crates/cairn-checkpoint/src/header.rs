@@ -1,35 +1,4 @@
-//! Checkpoint headers as compact bytes: a [`Checkpoint`] without its channel values and its
-//! id, as savers store it next to the values they keep apart.
-//!
-//! The form is a MessagePack array `[v, ts, channel_versions, versions_seen,
-//! updated_channels]`, with no field names:
-//! - a `ts` in Cairn's own form (RFC 3339, UTC, six fractional digits) is microseconds since
-//!   the Unix epoch, any other `ts` its text;
-//! - a string version in Cairn's own form (`{counter:032}.{suffix:016x}`, 49 characters) is the
-//!   pair `[counter, suffix]` (about 11 bytes), any other version as it is (MessagePack keeps
-//!   `Int(1)` an integer);
-//! - `versions_seen` and `updated_channels` name a channel that `channel_versions` holds by its
-//!   position there (in key order), any other by its name, and a seen version equal to the
-//!   channel's current one is `nil`.
-//!
-//! A header of a few channels takes 60 to 150 bytes. It is written and read by hand, not
-//! through serde: savers encode one per stored checkpoint and decode one per checkpoint read,
-//! and the generic path cost about twice the instructions (and an untagged enum per version
-//! when reading). The SQLite backend stores this form (schemas 3 to 9 wrote subsets of it,
-//! which [`decode_header`] reads too); the in-memory saver keeps it as its checkpoints.
-//!
-//! ```
-//! use cairn_checkpoint::{decode_header, encode_header, ChannelVersion, Checkpoint};
-//!
-//! let mut checkpoint = Checkpoint::new();
-//! checkpoint
-//!     .channel_versions
-//!     .insert("messages".into(), ChannelVersion::first_after(None));
-//! let bytes = encode_header(&checkpoint)?;
-//! assert!(bytes.len() < 40);
-//! assert_eq!(decode_header(&bytes, &checkpoint.id)?, checkpoint);
-//! # Ok::<(), Box<dyn std::error::Error>>(())
-//! ```
+//! Checkpoint headers as compact bytes; the form is described on [`encode_header`].
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -119,8 +88,39 @@ impl StoredChannel {
     }
 }
 
-/// Encodes `checkpoint`'s header (see the [module docs](self)). Its `id` and `channel_values`
-/// are not stored: the caller keeps the id, and values apart.
+/// Encodes `checkpoint`'s header: the checkpoint without its channel values and its id, as
+/// savers store it next to the values they keep apart (the caller keeps the id).
+///
+/// The form is a MessagePack array `[v, ts, channel_versions, versions_seen,
+/// updated_channels]`, with no field names:
+/// - a `ts` in Cairn's own form (RFC 3339, UTC, six fractional digits) is microseconds since
+///   the Unix epoch, any other `ts` its text;
+/// - a string version in Cairn's own form (`{counter:032}.{suffix:016x}`, 49 characters) is the
+///   pair `[counter, suffix]` (about 11 bytes), any other version as it is (MessagePack keeps
+///   `Int(1)` an integer);
+/// - `versions_seen` and `updated_channels` name a channel that `channel_versions` holds by its
+///   position there (in key order), any other by its name, and a seen version equal to the
+///   channel's current one is `nil`.
+///
+/// A header of a few channels takes 60 to 150 bytes. It is written and read by hand, not
+/// through serde: savers encode one per stored checkpoint and decode one per checkpoint read,
+/// and the generic path cost about twice the instructions (and an untagged enum per version
+/// when reading). The SQLite backend stores this form (schemas 3 to 9 wrote subsets of it,
+/// which [`decode_header`] reads too), Redis stores it, and the in-memory saver keeps it as its
+/// checkpoints.
+///
+/// ```
+/// use cairn_checkpoint::{decode_header, encode_header, ChannelVersion, Checkpoint};
+///
+/// let mut checkpoint = Checkpoint::new();
+/// checkpoint
+///     .channel_versions
+///     .insert("messages".into(), ChannelVersion::first_after(None));
+/// let bytes = encode_header(&checkpoint)?;
+/// assert!(bytes.len() < 40);
+/// assert_eq!(decode_header(&bytes, &checkpoint.id)?, checkpoint);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 ///
 /// The bytes are what serializing the same fields with `rmp_serde` gives (the SQLite backend's
 /// tests check this against the serde form it used to write). An error only for a name or map
@@ -280,7 +280,7 @@ fn put_channel(
     Ok(())
 }
 
-/// Decodes the header of checkpoint `checkpoint_id` (see the [module docs](self)); its
+/// Decodes the header of checkpoint `checkpoint_id` (the form [`encode_header`] describes); its
 /// `channel_values` are empty. The error says what was wrong with the bytes, for
 /// [`Error::corrupt`]. Reads every form [`encode_header`] wrote and older subsets of it (names
 /// instead of positions, `ts` as text, versions as strings).
