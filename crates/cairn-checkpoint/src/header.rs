@@ -494,31 +494,11 @@ impl<'a> Reader<'a> {
             0xd1 => Item::int(i64::from(self.be(2)? as u16 as i16)),
             0xd2 => Item::int(i64::from(self.be(4)? as u32 as i32)),
             0xd3 => Item::int(self.be(8)? as i64),
-            // Binary where a string belongs: serde read those as strings too.
-            0xc4 => {
-                let n = self.len(1)?;
-                self.str(n)?
-            }
-            0xc5 => {
-                let n = self.len(2)?;
-                self.str(n)?
-            }
-            0xc6 => {
-                let n = self.len(4)?;
-                self.str(n)?
-            }
-            0xd9 => {
-                let n = self.len(1)?;
-                self.str(n)?
-            }
-            0xda => {
-                let n = self.len(2)?;
-                self.str(n)?
-            }
-            0xdb => {
-                let n = self.len(4)?;
-                self.str(n)?
-            }
+            // Strings with an 8-, 16- or 32-bit length, and binary of the same widths where a
+            // string belongs (serde read those as strings too).
+            0xd9 | 0xc4 => self.sized_str(1)?,
+            0xda | 0xc5 => self.sized_str(2)?,
+            0xdb | 0xc6 => self.sized_str(4)?,
             0xdc => Item::Array(self.len(2)?),
             0xdd => Item::Array(self.len(4)?),
             0xde => Item::Map(self.len(2)?),
@@ -526,6 +506,12 @@ impl<'a> Reader<'a> {
             0xe0..=0xff => Item::NegInt(i64::from(marker as i8)),
             other => Item::Other(other),
         })
+    }
+
+    /// A string whose length comes first, in `width` bytes.
+    fn sized_str(&mut self, width: usize) -> std::result::Result<Item<'a>, String> {
+        let n = self.len(width)?;
+        self.str(n)
     }
 
     fn str(&mut self, n: usize) -> std::result::Result<Item<'a>, String> {
@@ -709,5 +695,21 @@ mod tests {
         bytes.push(0xc0);
         let err = decode_header(&bytes, "id").expect_err("too much");
         assert!(err.to_string().contains("64 times"), "{err}");
+    }
+
+    #[test]
+    fn names_stored_as_binary_read_as_strings() {
+        // [4, ts as bin8 "x", {"a" as bin16: 1}, {"n" as bin32: {}}, nil]
+        let bytes = [
+            0x95, 0x04, 0xc4, 0x01, b'x', 0x81, 0xc5, 0x00, 0x01, b'a', 0x01, 0x81, 0xc6, 0x00,
+            0x00, 0x00, 0x01, b'n', 0x80, 0xc0,
+        ];
+        let cp = decode_header(&bytes, "id").expect("decode");
+        assert_eq!(cp.ts, "x");
+        assert_eq!(cp.channel_versions["a"], ChannelVersion::Int(1));
+        assert!(cp.versions_seen["n"].is_empty());
+        let not_utf8 = [0x95, 0x04, 0xc4, 0x01, 0xff, 0x80, 0x80, 0xc0];
+        let err = decode_header(&not_utf8, "id").expect_err("not UTF-8");
+        assert!(err.to_string().contains("not UTF-8"), "{err}");
     }
 }
