@@ -769,10 +769,8 @@ fn put_row(
 ) -> Result<(ops::PutRow, CheckpointConfig)> {
     let mut checkpoint = checkpoint;
     let mut values = std::mem::take(&mut checkpoint.channel_values);
-    let header = header::encode(&checkpoint).map_err(|e| Error::Encode {
-        format: "msgpack",
-        message: format!("encoding the checkpoint header: {e}"),
-    })?;
+    // Already an `Error::Encode` that names the checkpoint header.
+    let header = header::encode(&checkpoint)?;
     let run_id = run_id_of(metadata)?.map(str::to_owned);
     let metadata_json =
         serde_json::to_string(&StoredMetadata::of(metadata)).map_err(|e| Error::Encode {
