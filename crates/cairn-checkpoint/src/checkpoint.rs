@@ -5,7 +5,6 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{DataLocation, Error, Result};
-use crate::id::new_checkpoint_id;
 use crate::value::{TypedValue, ValueCodec};
 use crate::version::ChannelVersions;
 
@@ -17,7 +16,7 @@ pub const CHECKPOINT_FORMAT_VERSION: u32 = 4;
 pub struct Checkpoint {
     /// Format version ([`CHECKPOINT_FORMAT_VERSION`]).
     pub v: u32,
-    /// Time-ordered unique id (see [`new_checkpoint_id`]).
+    /// Time-ordered unique id (see [`new_checkpoint_id`](crate::new_checkpoint_id)).
     pub id: String,
     /// Creation time, RFC 3339 in UTC.
     pub ts: String,
@@ -39,10 +38,11 @@ pub struct Checkpoint {
 impl Checkpoint {
     /// An empty checkpoint with a fresh id and the current time.
     pub fn new() -> Self {
+        let (id, ts) = id_and_ts();
         Checkpoint {
             v: CHECKPOINT_FORMAT_VERSION,
-            id: new_checkpoint_id(),
-            ts: now_rfc3339(),
+            id,
+            ts,
             channel_values: BTreeMap::new(),
             channel_versions: ChannelVersions::new(),
             versions_seen: BTreeMap::new(),
@@ -53,9 +53,10 @@ impl Checkpoint {
     /// A copy of this checkpoint with a new id and timestamp (the next checkpoint of a thread
     /// starts as a copy of the last one).
     pub fn successor(&self) -> Self {
+        let (id, ts) = id_and_ts();
         Checkpoint {
-            id: new_checkpoint_id(),
-            ts: now_rfc3339(),
+            id,
+            ts,
             ..self.clone()
         }
     }
@@ -65,6 +66,12 @@ impl Default for Checkpoint {
     fn default() -> Self {
         Checkpoint::new()
     }
+}
+
+/// A new checkpoint id and its `ts`, from one clock reading.
+fn id_and_ts() -> (String, String) {
+    let now = std::time::SystemTime::now();
+    (crate::id::checkpoint_id_at(now), rfc3339_micros(now))
 }
 
 /// The current time as RFC 3339 (UTC, microseconds).

@@ -45,6 +45,18 @@ fn ts_text(micros: u64) -> String {
     humantime::format_rfc3339_micros(time).to_string()
 }
 
+/// The time in a checkpoint id that is a time-ordered (version 6) UUID, in whole microseconds
+/// since the Unix epoch: a header stores its `ts` as the microseconds after it (usually 0).
+fn id_micros(id: &str) -> Option<u64> {
+    let uuid = uuid::Uuid::try_parse(id).ok()?;
+    if uuid.get_version_num() != 6 {
+        return None;
+    }
+    let (secs, nanos) = uuid.get_timestamp()?.to_unix();
+    secs.checked_mul(1_000_000)?
+        .checked_add(u64::from(nanos / 1_000))
+}
+
 /// A channel as `versions_seen` and `updated_channels` store it (schema 7): its position in
 /// the header's `channel_versions` when that names it, else its name.
 enum ChannelRef<'a> {
@@ -93,19 +105,27 @@ impl StoredChannel {
 ///
 /// The form is a MessagePack array `[v, ts, channel_versions, versions_seen,
 /// updated_channels]`, with no field names:
-/// - a `ts` in Cairn's own form (RFC 3339, UTC, six fractional digits) is microseconds since
-///   the Unix epoch, any other `ts` its text;
+/// - a `ts` in Cairn's own form (RFC 3339, UTC, six fractional digits) is `[µs]`, the
+///   microseconds after the time in the checkpoint id when the id is a version-6 UUID and
+///   `ts` is not before it (0 for the checkpoints Cairn makes: one clock reading gives both),
+///   else microseconds since the Unix epoch; any other `ts` is its text;
+/// - the runtime's own names (`__start__`, `__input__`, `__end__`, `__interrupt__`,
+///   `__pregel_tasks`) are the codes -1 to -5, a name starting with `branch:to:` or `join:`
+///   is `[-17 or -18, rest]`, any other name its text;
 /// - a string version in Cairn's own form (`{counter:032}.{suffix:016x}`, 49 characters) is the
-///   pair `[counter, suffix]` (about 11 bytes), any other version as it is (MessagePack keeps
-///   `Int(1)` an integer);
+///   pair `[counter, suffix]` (about 11 bytes), or `[counter, -1 - i]` when the header wrote
+///   the same suffix in full before (the `i`-th such, counting from 0; a step gives all the
+///   channels it updates one suffix); any other version as it is (MessagePack keeps `Int(1)`
+///   an integer);
 /// - `versions_seen` and `updated_channels` name a channel that `channel_versions` holds by its
 ///   position there (in key order), any other by its name, and a seen version equal to the
 ///   channel's current one is `nil`.
 ///
-/// A header of a few channels takes 60 to 150 bytes. It is written and read by hand, not
-/// through serde: savers encode one per stored checkpoint and decode one per checkpoint read,
-/// and the generic path cost about twice the instructions (and an untagged enum per version
-/// when reading). The SQLite backend stores this form (schemas 3 to 9 wrote subsets of it,
+/// A header of a few channels takes 40 to 120 bytes (W1's 89 on average). It is written and
+/// read by hand, not through serde: savers encode one per stored checkpoint and decode one per
+/// checkpoint read, and the generic path cost about twice the instructions (and an untagged
+/// enum per version when reading). The SQLite backend stores this form (since schema 10;
+/// schemas 3 to 9 wrote subsets of it,
 /// which [`decode_header`] reads too), Redis stores it, and the in-memory saver keeps it as its
 /// checkpoints.
 ///
@@ -122,8 +142,9 @@ impl StoredChannel {
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 ///
-/// The bytes are what serializing the same fields with `rmp_serde` gives (the SQLite backend's
-/// tests check this against the serde form it used to write). An error only for a name or map
+/// Without runtime names, repeated suffixes and a `ts` relative to the id, the bytes are what
+/// serializing the same fields with `rmp_serde` gives (the form of SQLite schemas 7 to 9).
+/// An error only for a name or map
 /// longer than MessagePack allows (2^32).
 pub fn encode_header(checkpoint: &Checkpoint) -> Result<Vec<u8>> {
     encode(checkpoint).map_err(|TooLong| Error::Encode {
@@ -138,7 +159,7 @@ fn encode(checkpoint: &Checkpoint) -> std::result::Result<Vec<u8>, TooLong> {
     // Every field named, so a field added to Checkpoint cannot be dropped unnoticed.
     let Checkpoint {
         v,
-        id: _,
+        id,
         ts,
         channel_values: _,
         channel_versions,
@@ -146,27 +167,34 @@ fn encode(checkpoint: &Checkpoint) -> std::result::Result<Vec<u8>, TooLong> {
         updated_channels,
     } = checkpoint;
     let mut out = Vec::with_capacity(32 + 24 * channel_versions.len() + 16 * versions_seen.len());
+    let mut suffixes = Suffixes::default();
     put_array_len(&mut out, 5)?;
     put_uint(&mut out, u64::from(*v));
     match ts_micros(ts) {
-        Some(micros) => put_uint(&mut out, micros),
+        Some(micros) => match id_micros(id).and_then(|at| micros.checked_sub(at)) {
+            Some(after_id) if after_id <= u64::from(u32::MAX) => {
+                out.push(0x91);
+                put_uint(&mut out, after_id);
+            }
+            _ => put_uint(&mut out, micros),
+        },
         None => put_str(&mut out, ts)?,
     }
     put_map_len(&mut out, channel_versions.len())?;
     for (channel, version) in channel_versions {
-        put_str(&mut out, channel)?;
-        put_version(&mut out, version)?;
+        put_name(&mut out, channel)?;
+        put_version(&mut out, version, &mut suffixes)?;
     }
     put_map_len(&mut out, versions_seen.len())?;
     for (node, versions) in versions_seen {
-        put_str(&mut out, node)?;
+        put_name(&mut out, node)?;
         put_map_len(&mut out, versions.len())?;
         for (channel, version) in versions {
             put_channel(&mut out, channel, channel_versions)?;
             if channel_versions.get(channel) == Some(version) {
                 out.push(NIL);
             } else {
-                put_version(&mut out, version)?;
+                put_version(&mut out, version, &mut suffixes)?;
             }
         }
     }
@@ -180,6 +208,58 @@ fn encode(checkpoint: &Checkpoint) -> std::result::Result<Vec<u8>, TooLong> {
         }
     }
     Ok(out)
+}
+
+/// Names the runtime gives its own channels and nodes, stored as one negative integer each
+/// (`-1 - index`) instead of up to 15 bytes: every header of a graph holds several.
+const KNOWN_NAMES: [&str; 5] = [
+    "__start__",
+    "__input__",
+    "__end__",
+    "__interrupt__",
+    "__pregel_tasks",
+];
+
+/// Prefixes of the runtime's generated channel names (`branch:to:<node>`,
+/// `join:<sources>:<node>`): such a name is stored as `[-17 - index, rest]`.
+const KNOWN_PREFIXES: [&str; 2] = ["branch:to:", "join:"];
+
+/// The code of the first known prefix.
+const PREFIX_CODE_BASE: i64 = -17;
+
+/// The suffixes of the Cairn versions a header has written (or read) in full, in order: a
+/// version whose suffix is already here is stored as `[counter, -1 - position]`, a byte
+/// instead of nine. The runtime gives every channel a step updates the same suffix, so a
+/// header holds few distinct ones.
+#[derive(Default)]
+struct Suffixes(Vec<u64>);
+
+/// The known name of code `code` (see [`KNOWN_NAMES`]).
+fn known_name(code: i64) -> std::result::Result<&'static str, String> {
+    usize::try_from(-1 - code)
+        .ok()
+        .and_then(|i| KNOWN_NAMES.get(i).copied())
+        .ok_or_else(|| format!("unknown name code {code}"))
+}
+
+/// The known prefix of code `code` (see [`KNOWN_PREFIXES`]).
+fn known_prefix(code: i64) -> std::result::Result<&'static str, String> {
+    usize::try_from(PREFIX_CODE_BASE - code)
+        .ok()
+        .and_then(|i| KNOWN_PREFIXES.get(i).copied())
+        .ok_or_else(|| format!("unknown name prefix code {code}"))
+}
+
+impl Suffixes {
+    /// Positions that fit a negative fixint (-1 to -32).
+    const REFERABLE: usize = 32;
+
+    fn position(&self, suffix: u64) -> Option<usize> {
+        self.0
+            .iter()
+            .take(Self::REFERABLE)
+            .position(|&s| s == suffix)
+    }
 }
 
 /// A string or collection in a header too long for MessagePack (2^32 bytes or entries).
@@ -251,20 +331,48 @@ fn put_map_len(out: &mut Vec<u8>, len: usize) -> std::result::Result<(), TooLong
     crate::value::put_msgpack_map_header(out, len).ok_or(TooLong)
 }
 
-/// A version as [`VersionRef`] stores it.
-fn put_version(out: &mut Vec<u8>, version: &ChannelVersion) -> std::result::Result<(), TooLong> {
+/// A version: an integer as it is, a Cairn string version as `[counter, suffix]` (the suffix
+/// as a back reference when the header wrote it before), any other string as it is.
+fn put_version(
+    out: &mut Vec<u8>,
+    version: &ChannelVersion,
+    suffixes: &mut Suffixes,
+) -> std::result::Result<(), TooLong> {
     match version {
         ChannelVersion::Int(n) => put_int(out, *n),
         ChannelVersion::Str(s) => match ChannelVersion::compact_parts_of(s) {
             Some((counter, suffix)) => {
                 out.push(0x92);
                 put_uint(out, counter);
-                put_uint(out, suffix);
+                match suffixes.position(suffix) {
+                    Some(at) => put_int(out, -1 - at as i64),
+                    None => {
+                        put_uint(out, suffix);
+                        suffixes.0.push(suffix);
+                    }
+                }
             }
             None => put_str(out, s)?,
         },
     }
     Ok(())
+}
+
+/// A channel or node name: a known name as its code, a known prefix as `[code, rest]`, any
+/// other name as it is.
+fn put_name(out: &mut Vec<u8>, name: &str) -> std::result::Result<(), TooLong> {
+    if let Some(i) = KNOWN_NAMES.iter().position(|known| *known == name) {
+        put_int(out, -1 - i as i64);
+        return Ok(());
+    }
+    for (i, prefix) in KNOWN_PREFIXES.iter().enumerate() {
+        if let Some(rest) = name.strip_prefix(prefix) {
+            out.push(0x92);
+            put_int(out, PREFIX_CODE_BASE - i as i64);
+            return put_str(out, rest);
+        }
+    }
+    put_str(out, name)
 }
 
 /// A channel as [`ChannelRef`] stores it.
@@ -275,7 +383,7 @@ fn put_channel(
 ) -> std::result::Result<(), TooLong> {
     match ChannelRef::of(channel, current) {
         ChannelRef::Position(i) => put_uint(out, i as u64),
-        ChannelRef::Name(name) => put_str(out, name)?,
+        ChannelRef::Name(name) => put_name(out, name)?,
     }
     Ok(())
 }
@@ -292,8 +400,18 @@ pub fn decode_header(
 }
 
 fn decode(bytes: &[u8], checkpoint_id: &str) -> std::result::Result<Checkpoint, String> {
+    decode_with(bytes, checkpoint_id, true)
+}
+
+/// `with_ts`: false when only the versions are wanted, so a `ts` stored relative to the id
+/// needs no id.
+fn decode_with(
+    bytes: &[u8],
+    checkpoint_id: &str,
+    with_ts: bool,
+) -> std::result::Result<Checkpoint, String> {
     let mut r = Reader::new(bytes);
-    let (v, ts, channel_versions) = read_head(&mut r)?;
+    let (v, ts, channel_versions) = read_head(&mut r, checkpoint_id, with_ts)?;
     let names: Vec<&String> = channel_versions.keys().collect();
     // A position or a nil (a byte or two) stands for a whole name or version: a damaged header
     // could repeat them until it decodes to far more memory than it holds. Real headers stay
@@ -302,7 +420,7 @@ fn decode(bytes: &[u8], checkpoint_id: &str) -> std::result::Result<Checkpoint, 
     let mut versions_seen = BTreeMap::new();
     let nodes = r.map_len("versions_seen")?;
     for _ in 0..nodes {
-        let node = r.string("a node name")?;
+        let node = r.name("a node name")?;
         let seen = r.map_len("what a node has seen")?;
         let mut versions = ChannelVersions::new();
         for _ in 0..seen {
@@ -370,7 +488,11 @@ fn version_len(version: &ChannelVersion) -> usize {
 }
 
 /// The first three fields of a compact header: `v`, `ts` and the channel versions.
-fn read_head(r: &mut Reader<'_>) -> std::result::Result<(u32, String, ChannelVersions), String> {
+fn read_head(
+    r: &mut Reader<'_>,
+    checkpoint_id: &str,
+    with_ts: bool,
+) -> std::result::Result<(u32, String, ChannelVersions), String> {
     let fields = r.array_len("the header")?;
     if fields != 5 {
         return Err(format!("the header has {fields} fields, not 5"));
@@ -387,13 +509,29 @@ fn read_head(r: &mut Reader<'_>) -> std::result::Result<(u32, String, ChannelVer
         }
     };
     let ts = match r.item()? {
-        Item::UInt(micros) => {
-            // Past year 9999 humantime's formatting would not read back.
-            const MAX_MICROS: u64 = 253_402_300_799_999_999;
-            if micros > MAX_MICROS {
-                return Err(format!("timestamp {micros} out of range"));
+        Item::UInt(micros) => ts_from_micros(micros)?,
+        Item::Array(1) => {
+            let Item::UInt(after_id) = r.item()? else {
+                return Err(
+                    "a timestamp relative to the checkpoint id that is not an unsigned \
+                            integer"
+                        .into(),
+                );
+            };
+            if with_ts {
+                let at = id_micros(checkpoint_id).ok_or_else(|| {
+                    format!(
+                        "the timestamp is stored relative to the checkpoint id, but the id \
+                         {checkpoint_id:?} is not a time-ordered UUID"
+                    )
+                })?;
+                let micros = at
+                    .checked_add(after_id)
+                    .ok_or_else(|| format!("timestamp {at} + {after_id} out of range"))?;
+                ts_from_micros(micros)?
+            } else {
+                String::new()
             }
-            ts_text(micros)
         }
         Item::Str(s) => s.to_owned(),
         other => return Err(format!("expected a timestamp, found {}", other.kind())),
@@ -401,13 +539,23 @@ fn read_head(r: &mut Reader<'_>) -> std::result::Result<(u32, String, ChannelVer
     let n = r.map_len("channel_versions")?;
     let mut versions = ChannelVersions::new();
     for _ in 0..n {
-        let channel = r.string("a channel name")?;
+        let channel = r.name("a channel name")?;
         let version = r
             .version_or_nil()?
             .ok_or_else(|| format!("channel {channel:?} has no version"))?;
         versions.insert(channel, version);
     }
     Ok((v, ts, versions))
+}
+
+/// `ts` from microseconds since the Unix epoch.
+fn ts_from_micros(micros: u64) -> std::result::Result<String, String> {
+    // Past year 9999 humantime's formatting would not read back.
+    const MAX_MICROS: u64 = 253_402_300_799_999_999;
+    if micros > MAX_MICROS {
+        return Err(format!("timestamp {micros} out of range"));
+    }
+    Ok(ts_text(micros))
 }
 
 /// One MessagePack item of the kinds a header holds; arrays and maps by their length (their
@@ -447,11 +595,16 @@ impl Item<'_> {
 /// Reads a compact header item by item; every read checks the bytes are there.
 struct Reader<'a> {
     bytes: &'a [u8],
+    /// The version suffixes read in full so far, for back references (see [`Suffixes`]).
+    suffixes: Suffixes,
 }
 
 impl<'a> Reader<'a> {
     fn new(bytes: &'a [u8]) -> Self {
-        Reader { bytes }
+        Reader {
+            bytes,
+            suffixes: Suffixes::default(),
+        }
     }
 
     fn take(&mut self, n: usize) -> std::result::Result<&'a [u8], String> {
@@ -521,11 +674,31 @@ impl<'a> Reader<'a> {
             .map_err(|_| "a string that is not UTF-8".to_owned())
     }
 
-    fn string(&mut self, what: &str) -> std::result::Result<String, String> {
-        match self.item()? {
+    /// A channel or node name as [`put_name`] writes it (or as it is).
+    fn name(&mut self, what: &str) -> std::result::Result<String, String> {
+        let item = self.item()?;
+        self.name_from(item)
+            .unwrap_or_else(|other| Err(format!("expected {what}, found {}", other.kind())))
+    }
+
+    /// The name `item` starts, or the item back when it starts none.
+    #[allow(clippy::type_complexity)]
+    fn name_from(
+        &mut self,
+        item: Item<'a>,
+    ) -> std::result::Result<std::result::Result<String, String>, Item<'a>> {
+        Ok(match item {
             Item::Str(s) => Ok(s.to_owned()),
-            other => Err(format!("expected {what}, found {}", other.kind())),
-        }
+            Item::NegInt(code) => known_name(code).map(str::to_owned),
+            Item::Array(2) => match (self.item(), self.item()) {
+                (Ok(Item::NegInt(code)), Ok(Item::Str(rest))) => {
+                    known_prefix(code).map(|p| p.to_owned() + rest)
+                }
+                (Err(e), _) | (_, Err(e)) => Err(e),
+                _ => Err("a prefixed name that is not [prefix code, string]".into()),
+            },
+            other => return Err(other),
+        })
     }
 
     fn map_len(&mut self, what: &str) -> std::result::Result<usize, String> {
@@ -555,9 +728,10 @@ impl<'a> Reader<'a> {
     fn channel(&mut self) -> std::result::Result<StoredChannel, String> {
         match self.item()? {
             Item::UInt(i) => Ok(StoredChannel::Position(i)),
-            Item::NegInt(i) => Err(format!("channel position {i} is negative")),
-            Item::Str(s) => Ok(StoredChannel::Name(s.to_owned())),
-            other => Err(format!("expected a channel, found {}", other.kind())),
+            item => match self.name_from(item) {
+                Ok(name) => name.map(StoredChannel::Name),
+                Err(other) => Err(format!("expected a channel, found {}", other.kind())),
+            },
         }
     }
 
@@ -571,8 +745,30 @@ impl<'a> Reader<'a> {
             Item::NegInt(n) => ChannelVersion::Int(n),
             Item::Str(s) => ChannelVersion::Str(s.to_owned()),
             Item::Array(2) => {
-                let (Item::UInt(counter), Item::UInt(suffix)) = (self.item()?, self.item()?) else {
-                    return Err("a version pair that is not two unsigned integers".into());
+                let (counter, suffix) = match (self.item()?, self.item()?) {
+                    (Item::UInt(counter), Item::UInt(suffix)) => {
+                        self.suffixes.0.push(suffix);
+                        (counter, suffix)
+                    }
+                    (Item::UInt(counter), Item::NegInt(back)) => {
+                        let suffix = usize::try_from(-1 - back)
+                            .ok()
+                            .and_then(|at| self.suffixes.0.get(at).copied())
+                            .ok_or_else(|| {
+                                format!(
+                                    "a version refers to suffix {} of the header, which has \
+                                     {} before it",
+                                    -back,
+                                    self.suffixes.0.len()
+                                )
+                            })?;
+                        (counter, suffix)
+                    }
+                    _ => {
+                        return Err(
+                            "a version pair that is not [counter, suffix or reference]".into()
+                        )
+                    }
                 };
                 ChannelVersion::from_compact_parts(counter, suffix)
                     .ok_or_else(|| format!("version counter {counter} out of range"))?
@@ -592,7 +788,7 @@ impl<'a> Reader<'a> {
 /// Only the channel versions of a header (what reclaiming values needs). The whole header is
 /// read, so a header damaged anywhere is reported here too.
 pub fn decode_header_versions(bytes: &[u8]) -> std::result::Result<ChannelVersions, HeaderError> {
-    decode(bytes, "")
+    decode_with(bytes, "", false)
         .map(|checkpoint| checkpoint.channel_versions)
         .map_err(HeaderError)
 }
@@ -666,14 +862,117 @@ mod tests {
         assert_eq!(cp.v, 4);
         assert_eq!(cp.versions_seen["n"]["a"], ChannelVersion::Int(1));
         assert_eq!(cp.updated_channels, Some(vec!["a".to_owned()]));
-        let negative = [
+        // A negative integer where a channel belongs is a known name's code: -1 is
+        // `__start__`, -16 is none.
+        let known = [
             0x95, 0x04, 0xa1, b'x', 0x81, 0xa1, b'a', 0x01, 0x80, 0x91, 0xff,
         ];
-        let err = decode_header(&negative, "id").expect_err("a negative position");
+        let cp = decode_header(&known, "id").expect("a known name");
+        assert_eq!(cp.updated_channels, Some(vec!["__start__".to_owned()]));
+        let unknown = [
+            0x95, 0x04, 0xa1, b'x', 0x81, 0xa1, b'a', 0x01, 0x80, 0x91, 0xf0,
+        ];
+        let err = decode_header(&unknown, "id").expect_err("an unknown code");
+        assert!(err.to_string().contains("unknown name code -16"), "{err}");
+    }
+
+    /// A header as the runtime writes it for a chat turn's reply step: its own channels and
+    /// nodes, one suffix for the channels the step updated.
+    fn chat_step() -> Checkpoint {
+        let mut cp = Checkpoint::new();
+        let input = ChannelVersion::first_after(Some(&ChannelVersion::Int(30)));
+        let step = ChannelVersion::first_after(Some(&ChannelVersion::Int(31)));
+        let (counter, suffix) = step.compact_parts().expect("Cairn's form");
+        let same_step = |counter| ChannelVersion::from_compact_parts(counter, suffix);
+        let earlier = ChannelVersion::first_after(Some(&ChannelVersion::Int(28)));
+        cp.channel_versions
+            .insert("__start__".into(), input.clone());
+        cp.channel_versions
+            .insert("branch:to:reply".into(), step.clone());
+        let messages = same_step(counter + 1).expect("a version");
+        cp.channel_versions.insert("messages".into(), messages);
+        cp.versions_seen.insert("__input__".into(), BTreeMap::new());
+        cp.versions_seen
+            .insert("__start__".into(), [("__start__".to_owned(), input)].into());
+        cp.versions_seen
+            .insert("reply".into(), [("messages".to_owned(), earlier)].into());
+        cp.updated_channels = Some(vec!["branch:to:reply".into(), "messages".into()]);
+        cp
+    }
+
+    #[test]
+    fn runtime_names_repeated_suffixes_and_the_time_are_stored_in_a_few_bytes() {
+        let cp = chat_step();
+        let bytes = encode_header(&cp).expect("encode");
+        assert_eq!(decode_header(&bytes, &cp.id).expect("decode"), cp);
+        // Names as codes (`__start__`, `__input__`) and `[code, "reply"]`, the step's suffix
+        // once, `ts` as 0 after the id: 145 bytes in the form before.
+        assert!(bytes.len() <= 80, "{} bytes: {bytes:02x?}", bytes.len());
+        assert_eq!(&bytes[2..4], &[0x91, 0x00], "ts 0 µs after the id");
+        // The same header under an id that is not a time-ordered UUID keeps `ts` whole.
+        let mut plain_id = cp.clone();
+        plain_id.id = "my-checkpoint".into();
+        let bytes = encode_header(&plain_id).expect("encode");
+        assert_eq!(bytes[2], 0xcf, "ts in microseconds");
+        assert_eq!(
+            decode_header(&bytes, &plain_id.id).expect("decode"),
+            plain_id
+        );
+    }
+
+    #[test]
+    fn a_timestamp_relative_to_the_id_needs_a_time_ordered_id() {
+        let cp = chat_step();
+        let bytes = encode_header(&cp).expect("encode");
+        let err = decode_header(&bytes, "not-a-uuid").expect_err("no time in the id");
+        assert!(err.to_string().contains("not a time-ordered UUID"), "{err}");
+        // The versions alone need no id.
+        assert_eq!(
+            decode_header_versions(&bytes).expect("versions"),
+            cp.channel_versions
+        );
+    }
+
+    #[test]
+    fn a_suffix_reference_without_its_suffix_is_an_error() {
+        // [4, "x", {"a": [1, -1]}, {}, nil]: suffix 1 of a header that wrote none.
+        let bytes = [
+            0x95, 0x04, 0xa1, b'x', 0x81, 0xa1, b'a', 0x92, 0x01, 0xff, 0x80, 0xc0,
+        ];
+        let err = decode_header(&bytes, "id").expect_err("a dangling reference");
+        assert!(err.to_string().contains("refers to suffix 1"), "{err}");
+        // [4, "x", {[-20, "r"]: 1}, {}, nil]: a prefix code that means nothing.
+        let bytes = [
+            0x95, 0x04, 0xa1, b'x', 0x81, 0x92, 0xec, 0xa1, b'r', 0x01, 0x80, 0xc0,
+        ];
+        let err = decode_header(&bytes, "id").expect_err("an unknown prefix");
         assert!(
-            err.to_string().contains("channel position -1 is negative"),
+            err.to_string().contains("unknown name prefix code -20"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn every_known_name_and_prefix_reads_back() {
+        let mut cp = Checkpoint::new();
+        for (i, name) in KNOWN_NAMES
+            .iter()
+            .map(|n| (*n).to_owned())
+            .chain(KNOWN_PREFIXES.iter().map(|p| format!("{p}node")))
+            .chain(["plain".to_owned(), "branch:to:".to_owned()])
+            .enumerate()
+        {
+            cp.channel_versions
+                .insert(name.clone(), ChannelVersion::Int(i as i64));
+            cp.versions_seen.insert(name, BTreeMap::new());
+        }
+        // A channel that only a node has seen is stored by its name (here a code).
+        cp.versions_seen.insert(
+            "__start__".into(),
+            [("join:a+b:c".to_owned(), ChannelVersion::Int(1))].into(),
+        );
+        let bytes = encode_header(&cp).expect("encode");
+        assert_eq!(decode_header(&bytes, &cp.id).expect("decode"), cp);
     }
 
     #[test]

@@ -37,9 +37,13 @@ pub(crate) fn random_u64() -> u64 {
 /// assert_eq!(a.len(), 36);
 /// ```
 pub fn new_checkpoint_id() -> String {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default();
+    checkpoint_id_at(SystemTime::now())
+}
+
+/// A new checkpoint id for time `time` (see [`new_checkpoint_id`]): a checkpoint's id and `ts`
+/// come from one clock reading, so its header can store `ts` as 0 microseconds after the id.
+pub(crate) fn checkpoint_id_at(time: SystemTime) -> String {
+    let now = time.duration_since(UNIX_EPOCH).unwrap_or_default();
     let ts = Timestamp::from_unix_time(now.as_secs(), now.subsec_nanos(), 0, 14);
     let node = random_u64().to_be_bytes();
     let candidate = Uuid::new_v6(ts, &[node[0], node[1], node[2], node[3], node[4], node[5]]);

@@ -20,7 +20,7 @@ use crate::version::ChannelVersions;
 /// in `blobs`, and without its id, which is the key it is kept under) in the compact form of
 /// [`encode_header`].
 ///
-/// One allocation of 60 to 150 bytes for a few channels instead of the maps of a
+/// One allocation of 40 to 150 bytes for a few channels instead of the maps of a
 /// [`Checkpoint`] (a b-tree node of several hundred bytes per map, plus every name and version
 /// as its own string): several kilobytes per checkpoint, which a long run paid for in page
 /// faults as its memory grew. Reads decode the header again; they are rarer than writes.

@@ -229,10 +229,20 @@ UPDATE checkpoint_writes SET checkpoint_id = cairn_id_key(checkpoint_id),
 UPDATE checkpoint_runs SET run_id = cairn_id_key(run_id);
 "#,
     },
+    Migration {
+        version: 10,
+        name: "checkpoint headers store the runtime's channel and node names as codes, a \
+               version suffix the header already holds as a back reference, and the time as \
+               microseconds after the checkpoint id's",
+        // No table changes: headers written from now on may hold these forms, which a Cairn
+        // that knows only schema 9 could not read, so the version marks the file as newer.
+        // Existing headers stay as they are and read as before.
+        sql: "",
+    },
 ];
 
 /// The schema version this build writes.
-pub const SCHEMA_VERSION: i64 = 9;
+pub const SCHEMA_VERSION: i64 = 10;
 
 /// The SQL of the first migration, for tests of later ones.
 #[cfg(test)]
