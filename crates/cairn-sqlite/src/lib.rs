@@ -40,8 +40,11 @@
 //!   channel values: a MessagePack array `[v, ts, channel_versions, versions_seen,
 //!   updated_channels]`, so `Int(1)` versions come back as `Int(1)`; since schema 4 a
 //!   version in Cairn's own 49-character format is stored as the pair `[counter, suffix]`,
-//!   about 11 bytes, which halves a header; headers written before schema 3 are named maps
-//!   with the id and read as before, as do schema 3's), the metadata as JSON text (so
+//!   about 11 bytes, which halves a header; since schema 10 the runtime's own names are
+//!   one-byte codes, a suffix the header already holds a back reference and `ts` the
+//!   microseconds after the id's time, about 90 bytes for a chat step; headers written before
+//!   schema 3 are named maps with the id and read as before, as do later schemas'), the
+//!   metadata as JSON text (so
 //!   list filters run in SQL with `json_extract`), the parent id, and the run id in its own
 //!   column (since schema 6 the JSON leaves it out: reads put it back, a filter on `run_id`
 //!   tests the column; a `run_id` string among the caller's own keys counts as the run id,
@@ -79,6 +82,12 @@
 //!   the write byte for byte. Likewise a run's input (the `__start__` value, a map such as
 //!   `{"messages": [...]}`) stored in one batch with the checkpoint that appended those
 //!   messages refers to them for that entry.
+//!
+//!   Since schema 11 the type tags (here and in `checkpoint_blobs`) and task paths Cairn
+//!   writes (`msgpack`, `append/2`, `ref/append`, `~__pregel_pull, <node>` …) are stored as
+//!   a code byte, and for a known task path prefix the rest after it (`stored_text.rs`):
+//!   one byte instead of ten for `ref/append`; other tags and paths stay text. On a
+//!   connection Cairn opened, `cairn_stored_text(type_tag)` gives the text back.
 //! * `checkpoint_runs` — `(run_id, thread_id, checkpoint_ns)`, one row per run and thread
 //!   namespace holding its checkpoints, so `delete_for_runs` finds them with a primary-key
 //!   search per run id and then tests `run_id` only in those namespaces. Since schema 6 it
@@ -172,6 +181,7 @@ mod ops;
 mod options;
 mod read;
 mod schema;
+mod stored_text;
 mod stored_value;
 mod version_key;
 mod write_refs;
@@ -289,6 +299,7 @@ fn configure(
         .map_err(sql_error("setting the busy timeout"))?;
     version_key::register_functions(conn)?;
     id_key::register_functions(conn)?;
+    stored_text::register_functions(conn)?;
     if file && role == ConnectionRole::Writer {
         // Switching a new file to WAL needs an exclusive lock, and SQLite reports a busy
         // database here without calling the busy handler: retry until the busy timeout.

@@ -8,6 +8,7 @@ use cairn_checkpoint::{write_index, DataLocation, Error, Result, TypedValue};
 
 use crate::id_key::{self, IdKey, StoredId};
 use crate::sql_error;
+use crate::stored_text::StoreText;
 use crate::version_key::VersionKey;
 use crate::write_refs::{MapRef, WriteRef};
 
@@ -90,9 +91,9 @@ pub(crate) fn store(conn: &Connection, writes: &[WritesRow], checkpoints: &[PutR
                 bind(stmt, at + 2, IdKey::of(&row.checkpoint_id))?;
                 bind(stmt, at + 3, IdKey::of(&row.task_id))?;
                 bind(stmt, at + 4, idx)?;
-                bind(stmt, at + 5, &row.task_path)?;
+                bind(stmt, at + 5, StoreText(&row.task_path))?;
                 bind(stmt, at + 6, channel)?;
-                bind(stmt, at + 7, &value.type_tag)?;
+                bind(stmt, at + 7, StoreText(&value.type_tag))?;
                 bind(stmt, at + 8, value.data.as_ref())
             },
             || match writes.first() {
@@ -126,7 +127,7 @@ pub(crate) fn store(conn: &Connection, writes: &[WritesRow], checkpoints: &[PutR
             bind(stmt, at + 1, &row.checkpoint_ns)?;
             bind(stmt, at + 2, &b.channel)?;
             bind(stmt, at + 3, &b.key)?;
-            bind(stmt, at + 4, &b.value.type_tag)?;
+            bind(stmt, at + 4, StoreText(&b.value.type_tag))?;
             bind(stmt, at + 5, b.value.data.as_ref())?;
             bind(stmt, at + 6, &b.base_key)
         },
@@ -487,15 +488,16 @@ fn referenced_versions(conn: &Connection, thread_id: &str, ns: &str) -> Result<S
 }
 
 /// The pending writes of `(thread, ns)` stored as references: one range of the primary key.
+/// (`x'08'`: `ref/append` as schema 11 stores it, see `stored_text.rs`.)
 pub(crate) const REFERRING_WRITES_SQL: &str = "SELECT checkpoint_id, channel, data
      FROM checkpoint_writes
-     WHERE thread_id = ?1 AND checkpoint_ns = ?2 AND type_tag = 'ref/append'";
+     WHERE thread_id = ?1 AND checkpoint_ns = ?2 AND type_tag IN ('ref/append', x'08')";
 
 /// The values of `(thread, ns)` stored as maps with references: one range of the primary
-/// key, read whole (reclaiming is rare).
+/// key, read whole (reclaiming is rare). (`x'09'`: `ref/map` as schema 11 stores it.)
 pub(crate) const REFERRING_VALUES_SQL: &str = "SELECT channel, cairn_version_text(version), data
      FROM checkpoint_blobs
-     WHERE thread_id = ?1 AND checkpoint_ns = ?2 AND type_tag = 'ref/map'";
+     WHERE thread_id = ?1 AND checkpoint_ns = ?2 AND type_tag IN ('ref/map', x'09')";
 
 fn reclaim_blobs(conn: &Connection, thread_id: &str, ns: &str) -> Result<()> {
     let named = referenced_versions(conn, thread_id, ns)?;
@@ -533,7 +535,7 @@ fn rewrite_append_values_whole(
                 ns,
                 channel,
                 version,
-                value.type_tag,
+                StoreText(&value.type_tag),
                 value.data.as_ref()
             ])
             .map_err(sql_error(format!(

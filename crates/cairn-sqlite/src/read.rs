@@ -25,6 +25,7 @@ use cairn_checkpoint::{
 };
 
 use crate::id_key::{self, IdKey, StoredId};
+use crate::stored_text::StoredText;
 use crate::version_key::VersionKey;
 use crate::write_refs::{MapRef, WriteRef, TAG_MAP_REF, TAG_WRITE_REF};
 use crate::{open_connection, sql_error, ConnectionRole, SqliteOptions};
@@ -782,12 +783,7 @@ fn stored_value<'a>(
         .get_ref(base)
         .and_then(|v| v.as_str_or_null().map_err(rusqlite::Error::from))
         .map_err(e())?;
-    crate::stored_value::from_row(
-        text(r, tag, what)?,
-        r.get::<_, Vec<u8>>(data).map_err(e())?,
-        base,
-    )
-    .map_err(|reason| {
+    let corrupt = |reason: String| {
         let (thread, ns, channel) = at();
         Error::corrupt(
             DataLocation {
@@ -798,7 +794,13 @@ fn stored_value<'a>(
             },
             reason,
         )
-    })
+    };
+    let tag = match crate::stored_text::decode(r.get_ref(tag).map_err(e())?) {
+        Ok(tag) => tag,
+        Err(reason) => return Err(corrupt(reason)),
+    };
+    crate::stored_value::from_row(&tag, r.get::<_, Vec<u8>>(data).map_err(e())?, base)
+        .map_err(corrupt)
 }
 
 /// One stored value by its key, the version in its stored form.
@@ -862,10 +864,10 @@ fn collect_writes(
         );
         let write = PendingWrite {
             task_id: r.get::<_, StoredId>(3).map_err(e())?.0,
-            task_path: r.get(5).map_err(e())?,
+            task_path: r.get::<_, StoredText>(5).map_err(e())?.0,
             channel: r.get(6).map_err(e())?,
             value: TypedValue::new(
-                r.get::<_, String>(7).map_err(e())?,
+                r.get::<_, StoredText>(7).map_err(e())?.0,
                 Bytes::from(r.get::<_, Vec<u8>>(8).map_err(e())?),
             ),
         };

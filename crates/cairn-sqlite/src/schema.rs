@@ -239,10 +239,19 @@ UPDATE checkpoint_runs SET run_id = cairn_id_key(run_id);
         // Existing headers stay as they are and read as before.
         sql: "",
     },
+    Migration {
+        version: 11,
+        name: "type tags and task paths Cairn writes stored as a code byte (and the rest of a \
+               task path after a known prefix)",
+        // No table changes: rows written from now on may hold these blobs (see
+        // `stored_text.rs`), which a Cairn that knows only schema 10 could not read, so the
+        // version marks the file as newer. Existing rows stay text and read as before.
+        sql: "",
+    },
 ];
 
 /// The schema version this build writes.
-pub const SCHEMA_VERSION: i64 = 10;
+pub const SCHEMA_VERSION: i64 = 11;
 
 /// The SQL of the first migration, for tests of later ones.
 #[cfg(test)]
@@ -267,6 +276,7 @@ pub(crate) fn migrate(conn: &mut Connection) -> Result<Vec<i64>> {
     // Migration 5 converts versions with it (a no-op when the connection has it already).
     crate::version_key::register_functions(conn)?;
     crate::id_key::register_functions(conn)?;
+    crate::stored_text::register_functions(conn)?;
     let tx = conn
         .transaction_with_behavior(TransactionBehavior::Immediate)
         .map_err(sql_error("starting the migration transaction"))?;

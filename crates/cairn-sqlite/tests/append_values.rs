@@ -2,7 +2,7 @@
 //! kit checks what every saver must do; these check the SQLite layout behind it).
 
 mod support;
-use support::{raw, temp_db};
+use support::{raw, temp_db, TYPE_TAG_TEXT};
 
 use std::path::Path;
 
@@ -46,10 +46,10 @@ fn version_text(r: &rusqlite::Row<'_>, i: usize) -> rusqlite::Result<Option<Stri
 /// version.
 fn stored_links(path: &Path, thread: &str) -> Vec<(String, String, Option<String>)> {
     raw(path)
-        .prepare(
-            "SELECT version, type_tag, base_version FROM checkpoint_blobs
-             WHERE thread_id = ?1 AND channel = ?2 ORDER BY version",
-        )
+        .prepare(&format!(
+            "SELECT version, {TYPE_TAG_TEXT}, base_version FROM checkpoint_blobs
+                 WHERE thread_id = ?1 AND channel = ?2 ORDER BY version"
+        ))
         .expect("prepare")
         .query_map([thread, CHANNEL], |r| {
             Ok((
@@ -431,7 +431,9 @@ async fn append_values_are_stored_compact_and_a_corrupt_one_is_named() {
 
     let (tag, data): (String, Vec<u8>) = raw(&path)
         .query_row(
-            "SELECT type_tag, data FROM checkpoint_blobs WHERE base_version IS NOT NULL",
+            &format!(
+                "SELECT {TYPE_TAG_TEXT}, data FROM checkpoint_blobs WHERE base_version IS NOT NULL"
+            ),
             [],
             |r| Ok((r.get(0)?, r.get(1)?)),
         )

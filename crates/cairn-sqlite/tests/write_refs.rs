@@ -3,7 +3,7 @@
 //! through every read, and kept readable through deleting runs, copying and pruning.
 
 mod support;
-use support::{raw, temp_db};
+use support::{raw, temp_db, TYPE_TAG_TEXT};
 
 use std::path::Path;
 
@@ -20,10 +20,10 @@ const CHANNEL: &str = "messages";
 /// `(task, type tag)` of every stored write of `thread`, by task.
 fn stored_writes(path: &Path, thread: &str) -> Vec<(String, String)> {
     raw(path)
-        .prepare(
-            "SELECT task_id, type_tag FROM checkpoint_writes WHERE thread_id = ?1
-             ORDER BY task_id, idx",
-        )
+        .prepare(&format!(
+            "SELECT task_id, {TYPE_TAG_TEXT} FROM checkpoint_writes WHERE thread_id = ?1
+                 ORDER BY task_id, idx"
+        ))
         .and_then(|mut s| {
             s.query_map([thread], |r| Ok((r.get(0)?, r.get(1)?)))?
                 .collect::<rusqlite::Result<Vec<_>>>()
@@ -375,7 +375,7 @@ async fn an_input_value_refers_to_the_items_a_later_checkpoint_appended() {
     } = input_and_step(&saver, "first", "second").await;
     let tag: String = raw(&path)
         .query_row(
-            "SELECT type_tag FROM checkpoint_blobs WHERE channel = '__start__'",
+            &format!("SELECT {TYPE_TAG_TEXT} FROM checkpoint_blobs WHERE channel = '__start__'"),
             [],
             |r| r.get(0),
         )
@@ -383,7 +383,7 @@ async fn an_input_value_refers_to_the_items_a_later_checkpoint_appended() {
     assert_eq!(tag, "ref/map");
     let notes_tag: String = raw(&path)
         .query_row(
-            "SELECT type_tag FROM checkpoint_blobs WHERE channel = 'notes'",
+            &format!("SELECT {TYPE_TAG_TEXT} FROM checkpoint_blobs WHERE channel = 'notes'"),
             [],
             |r| r.get(0),
         )
