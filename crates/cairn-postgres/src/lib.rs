@@ -48,6 +48,10 @@
 //!   then sent unnamed with their parameter types (`tokio-postgres`'s `query_typed`) and
 //!   migrations use the simple query protocol, so no named prepared statement is created.
 //!   Advisory locks are transaction-scoped, which transaction pooling allows.
+//! * **Group commit**: at most [`commit_slots`](PostgresOptions::commit_slots) writes
+//!   (default 4) commit at once; writes that find every slot busy wait, and are stored
+//!   together in one transaction when a commit ends, so many threads writing at once share
+//!   commits and WAL flushes (see `group.rs`). A lone writer is stored at once.
 //! * **TLS**: [`PostgresOptions::connect`] connects without TLS.
 //!   [`PostgresOptions::connect_with_tls`] takes any `tokio-postgres` TLS connector
 //!   (`postgres-native-tls` or `tokio-postgres-rustls` from crates.io) with `sslmode=require`
@@ -127,6 +131,7 @@
 #![warn(missing_docs)]
 
 mod error;
+mod group;
 mod options;
 mod saver;
 mod schema;

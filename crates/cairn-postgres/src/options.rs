@@ -13,6 +13,9 @@ use crate::error::{pg_error, pool_error, BACKEND};
 use crate::saver::PostgresSaver;
 use crate::schema::{self, Statements, SCHEMA_VERSION};
 
+/// Default of [`PostgresOptions::commit_slots`].
+const DEFAULT_COMMIT_SLOTS: usize = 4;
+
 /// Settings for a [`PostgresSaver`]; build one with [`PostgresOptions::new`], adjust it, then
 /// [`connect`](PostgresOptions::connect).
 ///
@@ -41,6 +44,7 @@ pub struct PostgresOptions {
     verify_connections: bool,
     schema: Option<String>,
     run_migrations: bool,
+    commit_slots: usize,
 }
 
 impl PostgresOptions {
@@ -63,7 +67,21 @@ impl PostgresOptions {
             verify_connections: false,
             schema: None,
             run_migrations: true,
+            commit_slots: DEFAULT_COMMIT_SLOTS,
         }
+    }
+
+    /// At most this many writes (`put`, `put_writes_and_put`, `put_batch`) commit at once
+    /// (default 4; at least 1). A write that finds them all busy waits, and everything that
+    /// waited while a commit was under way is stored together in one transaction when it
+    /// ends: with many threads writing at once (durability `Sync`), commits, and the
+    /// server's WAL flushes, grow far slower than checkpoints. A write that finds a slot free
+    /// is stored at once and alone, so one thread pays nothing; a group that fails is stored
+    /// again caller by caller, so each gets its own result. `max_size` or more turns the
+    /// grouping off.
+    pub fn commit_slots(mut self, slots: usize) -> Self {
+        self.commit_slots = slots.max(1);
+        self
     }
 
     /// At most this many connections to the server (default 16; at least 1).
@@ -208,6 +226,7 @@ impl PostgresOptions {
             Arc::new(Statements::new(schema)),
             self.prepared_statements,
             self.schema,
+            self.commit_slots,
         ))
     }
 }

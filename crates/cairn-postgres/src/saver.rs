@@ -9,7 +9,7 @@ use cairn_checkpoint::{
     append_base, chain_fetch_bound, write_index, ChannelVersion, ChannelVersions, Checkpoint,
     CheckpointConfig, CheckpointMetadata, CheckpointSaver, CheckpointTuple, DataLocation, Error,
     KnownValues, LatestCheckpoint, ListQuery, PendingWrite, PruneStrategy, PutRequest, Result,
-    ThreadSummary, TypedValue,
+    TaskWrites, ThreadSummary, TypedValue,
 };
 use deadpool_postgres::{ClientWrapper, Pool};
 use tokio_postgres::types::{Json, ToSql, Type};
@@ -35,6 +35,14 @@ pub struct PostgresSaver {
     prepared: bool,
     schema: Option<String>,
     append_channels: Arc<AppendChannels>,
+    /// Concurrent writes share commits (see `group.rs`).
+    group: Arc<crate::group::GroupCommit>,
+}
+
+impl crate::group::StoreBatch for PostgresSaver {
+    async fn store_batch(&self, requests: Vec<PutRequest>) -> Result<()> {
+        self.put_batch_ungrouped(requests).await
+    }
 }
 
 /// Names of channels this saver has read append values of. A read asking for one of them
@@ -254,6 +262,107 @@ impl PostgresSaver {
         Ok(())
     }
 
+    pub(crate) async fn put_batch_ungrouped(&self, requests: Vec<PutRequest>) -> Result<()> {
+        if requests.is_empty() {
+            return Ok(());
+        }
+        let one_thread = requests.windows(2).all(|pair| {
+            pair[0].config.thread_id == pair[1].config.thread_id
+                && pair[0].config.checkpoint_ns == pair[1].config.checkpoint_ns
+        });
+        if requests.len() > 1 && one_thread {
+            // A run's batch: one statement.
+            return self.put_many(requests).await;
+        }
+        let mut encoded = Vec::with_capacity(requests.len());
+        for mut request in requests {
+            let has_writes = request.writes.iter().any(|w| !w.writes.is_empty());
+            if has_writes && request.config.checkpoint_id.is_none() {
+                return Err(no_checkpoint_id());
+            }
+            let (header, metadata, values) =
+                encode_put(&request.config, &mut request.checkpoint, &request.metadata)?;
+            encoded.push((request, header, metadata, values));
+        }
+        let blobs = encoded
+            .iter()
+            .map(|(r, _, _, values)| blob_columns(&r.new_versions, values))
+            .collect::<Result<Vec<_>>>()?;
+        let writes = encoded
+            .iter()
+            .map(|(r, ..)| {
+                r.writes
+                    .iter()
+                    .map(|w| write_columns(&w.writes, &w.task_id, &w.task_path))
+                    .collect::<Result<Vec<_>>>()
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let mut statements: Vec<(&str, &str, Vec<Param<'_>>)> = Vec::new();
+        for (((r, header, metadata, _), b), w) in encoded.iter().zip(&blobs).zip(&writes) {
+            let c = &r.config;
+            let checkpoint: [Param<'_>; 5] = [
+                (&c.thread_id, Type::TEXT),
+                (&c.checkpoint_ns, Type::TEXT),
+                (&r.checkpoint.id, Type::TEXT),
+                (&c.checkpoint_id, Type::TEXT),
+                (header, Type::JSONB),
+            ];
+            let values: [Param<'_>; 4] = [
+                (&b.channels, Type::TEXT_ARRAY),
+                (&b.versions, Type::TEXT_ARRAY),
+                (&b.tags, Type::TEXT_ARRAY),
+                (&b.blobs, Type::BYTEA_ARRAY),
+            ];
+            if let ([task], [columns]) = (&r.writes[..], &w[..]) {
+                let mut params = Vec::with_capacity(17);
+                params.extend(checkpoint);
+                params.extend(values);
+                params.extend([
+                    (metadata as &(dyn ToSql + Sync), Type::JSONB),
+                    (&task.task_id, Type::TEXT),
+                    (&task.task_path, Type::TEXT),
+                ]);
+                params.extend(write_params(columns));
+                params.push((&b.bases, Type::TEXT_ARRAY));
+                statements.push(("put_writes_and_put", &self.sql.put_writes_and_put, params));
+                continue;
+            }
+            for (task, columns) in r.writes.iter().zip(w) {
+                if task.writes.is_empty() {
+                    continue;
+                }
+                let mut params: Vec<Param<'_>> = vec![
+                    (&c.thread_id, Type::TEXT),
+                    (&c.checkpoint_ns, Type::TEXT),
+                    (&c.checkpoint_id, Type::TEXT),
+                    (&task.task_id, Type::TEXT),
+                    (&task.task_path, Type::TEXT),
+                ];
+                params.extend(write_params(columns));
+                statements.push(("put_writes", &self.sql.put_writes, params));
+            }
+            let mut params = Vec::with_capacity(11);
+            params.extend(checkpoint);
+            params.extend(values);
+            params.extend([
+                (metadata as &(dyn ToSql + Sync), Type::JSONB),
+                (&b.bases, Type::TEXT_ARRAY),
+            ]);
+            statements.push(("put", &self.sql.put, params));
+        }
+        let statements = &statements;
+        if let [(context, sql, params)] = &statements[..] {
+            // One statement is its own transaction: no BEGIN and COMMIT round trips.
+            self.with_client(
+                |client| async move { self.query(&client, context, sql, params).await },
+            )
+            .await?;
+            return Ok(());
+        }
+        self.with_client(|client| async move { self.run_batch(client, statements).await })
+            .await
+    }
+
     /// Connects to `url` with the default [`PostgresOptions`] and runs migrations.
     pub async fn connect(url: impl Into<String>) -> Result<PostgresSaver> {
         PostgresOptions::new(url).connect().await
@@ -264,6 +373,7 @@ impl PostgresSaver {
         sql: Arc<Statements>,
         prepared: bool,
         schema: Option<String>,
+        commit_slots: usize,
     ) -> Self {
         PostgresSaver {
             pool,
@@ -271,6 +381,7 @@ impl PostgresSaver {
             prepared,
             schema,
             append_channels: Arc::default(),
+            group: Arc::new(crate::group::GroupCommit::new(commit_slots)),
         }
     }
 
@@ -1119,31 +1230,16 @@ impl CheckpointSaver for PostgresSaver {
         metadata: CheckpointMetadata,
         new_versions: ChannelVersions,
     ) -> Result<CheckpointConfig> {
-        let mut checkpoint = checkpoint;
-        let (header, metadata, values) = encode_put(config, &mut checkpoint, &metadata)?;
-        let b = blob_columns(&new_versions, &values)?;
-        let params: &[Param<'_>] = &[
-            (&config.thread_id, Type::TEXT),
-            (&config.checkpoint_ns, Type::TEXT),
-            (&checkpoint.id, Type::TEXT),
-            (&config.checkpoint_id, Type::TEXT),
-            (&header, Type::JSONB),
-            (&b.channels, Type::TEXT_ARRAY),
-            (&b.versions, Type::TEXT_ARRAY),
-            (&b.tags, Type::TEXT_ARRAY),
-            (&b.blobs, Type::BYTEA_ARRAY),
-            (&metadata, Type::JSONB),
-            (&b.bases, Type::TEXT_ARRAY),
-        ];
-        self.with_client(|client| async move {
-            self.query(&client, "put", &self.sql.put, params).await
-        })
-        .await?;
-        Ok(CheckpointConfig {
-            thread_id: config.thread_id.clone(),
-            checkpoint_ns: config.checkpoint_ns.clone(),
-            checkpoint_id: Some(checkpoint.id),
-        })
+        let request = PutRequest {
+            config: config.clone(),
+            writes: Vec::new(),
+            checkpoint,
+            metadata,
+            new_versions,
+        };
+        let stored = request.stored_config();
+        self.group.store(self, vec![request]).await?;
+        Ok(stored)
     }
 
     async fn put_writes(
@@ -1195,44 +1291,20 @@ impl CheckpointSaver for PostgresSaver {
         if config.checkpoint_id.is_none() {
             return Err(no_checkpoint_id());
         }
-        let (w_idxs, w_channels, w_tags, w_blobs) = write_columns(&writes, task_id, task_path)?;
-        let mut checkpoint = checkpoint;
-        let (header, metadata, values) = encode_put(config, &mut checkpoint, &metadata)?;
-        let b = blob_columns(&new_versions, &values)?;
-        let params: &[Param<'_>] = &[
-            (&config.thread_id, Type::TEXT),
-            (&config.checkpoint_ns, Type::TEXT),
-            (&checkpoint.id, Type::TEXT),
-            (&config.checkpoint_id, Type::TEXT),
-            (&header, Type::JSONB),
-            (&b.channels, Type::TEXT_ARRAY),
-            (&b.versions, Type::TEXT_ARRAY),
-            (&b.tags, Type::TEXT_ARRAY),
-            (&b.blobs, Type::BYTEA_ARRAY),
-            (&metadata, Type::JSONB),
-            (&task_id, Type::TEXT),
-            (&task_path, Type::TEXT),
-            (&w_idxs, Type::INT8_ARRAY),
-            (&w_channels, Type::TEXT_ARRAY),
-            (&w_tags, Type::TEXT_ARRAY),
-            (&w_blobs, Type::BYTEA_ARRAY),
-            (&b.bases, Type::TEXT_ARRAY),
-        ];
-        self.with_client(|client| async move {
-            self.query(
-                &client,
-                "put_writes_and_put",
-                &self.sql.put_writes_and_put,
-                params,
-            )
-            .await
-        })
-        .await?;
-        Ok(CheckpointConfig {
-            thread_id: config.thread_id.clone(),
-            checkpoint_ns: config.checkpoint_ns.clone(),
-            checkpoint_id: Some(checkpoint.id),
-        })
+        let request = PutRequest {
+            config: config.clone(),
+            writes: vec![TaskWrites {
+                task_id: task_id.to_owned(),
+                task_path: task_path.to_owned(),
+                writes,
+            }],
+            checkpoint,
+            metadata,
+            new_versions,
+        };
+        let stored = request.stored_config();
+        self.group.store(self, vec![request]).await?;
+        Ok(stored)
     }
 
     /// One transaction for the whole batch: its statements are sent together (pipelined on
@@ -1244,105 +1316,9 @@ impl CheckpointSaver for PostgresSaver {
     async fn put_batch(&self, requests: Vec<PutRequest>) -> Result<Vec<CheckpointConfig>> {
         let stored: Vec<CheckpointConfig> =
             requests.iter().map(PutRequest::stored_config).collect();
-        if requests.is_empty() {
-            return Ok(stored);
+        if !requests.is_empty() {
+            self.group.store(self, requests).await?;
         }
-        let one_thread = requests.windows(2).all(|pair| {
-            pair[0].config.thread_id == pair[1].config.thread_id
-                && pair[0].config.checkpoint_ns == pair[1].config.checkpoint_ns
-        });
-        if requests.len() > 1 && one_thread {
-            // A run's batch: one statement.
-            self.put_many(requests).await?;
-            return Ok(stored);
-        }
-        let mut encoded = Vec::with_capacity(requests.len());
-        for mut request in requests {
-            let has_writes = request.writes.iter().any(|w| !w.writes.is_empty());
-            if has_writes && request.config.checkpoint_id.is_none() {
-                return Err(no_checkpoint_id());
-            }
-            let (header, metadata, values) =
-                encode_put(&request.config, &mut request.checkpoint, &request.metadata)?;
-            encoded.push((request, header, metadata, values));
-        }
-        let blobs = encoded
-            .iter()
-            .map(|(r, _, _, values)| blob_columns(&r.new_versions, values))
-            .collect::<Result<Vec<_>>>()?;
-        let writes = encoded
-            .iter()
-            .map(|(r, ..)| {
-                r.writes
-                    .iter()
-                    .map(|w| write_columns(&w.writes, &w.task_id, &w.task_path))
-                    .collect::<Result<Vec<_>>>()
-            })
-            .collect::<Result<Vec<_>>>()?;
-        let mut statements: Vec<(&str, &str, Vec<Param<'_>>)> = Vec::new();
-        for (((r, header, metadata, _), b), w) in encoded.iter().zip(&blobs).zip(&writes) {
-            let c = &r.config;
-            let checkpoint: [Param<'_>; 5] = [
-                (&c.thread_id, Type::TEXT),
-                (&c.checkpoint_ns, Type::TEXT),
-                (&r.checkpoint.id, Type::TEXT),
-                (&c.checkpoint_id, Type::TEXT),
-                (header, Type::JSONB),
-            ];
-            let values: [Param<'_>; 4] = [
-                (&b.channels, Type::TEXT_ARRAY),
-                (&b.versions, Type::TEXT_ARRAY),
-                (&b.tags, Type::TEXT_ARRAY),
-                (&b.blobs, Type::BYTEA_ARRAY),
-            ];
-            if let ([task], [columns]) = (&r.writes[..], &w[..]) {
-                let mut params = Vec::with_capacity(17);
-                params.extend(checkpoint);
-                params.extend(values);
-                params.extend([
-                    (metadata as &(dyn ToSql + Sync), Type::JSONB),
-                    (&task.task_id, Type::TEXT),
-                    (&task.task_path, Type::TEXT),
-                ]);
-                params.extend(write_params(columns));
-                params.push((&b.bases, Type::TEXT_ARRAY));
-                statements.push(("put_writes_and_put", &self.sql.put_writes_and_put, params));
-                continue;
-            }
-            for (task, columns) in r.writes.iter().zip(w) {
-                if task.writes.is_empty() {
-                    continue;
-                }
-                let mut params: Vec<Param<'_>> = vec![
-                    (&c.thread_id, Type::TEXT),
-                    (&c.checkpoint_ns, Type::TEXT),
-                    (&c.checkpoint_id, Type::TEXT),
-                    (&task.task_id, Type::TEXT),
-                    (&task.task_path, Type::TEXT),
-                ];
-                params.extend(write_params(columns));
-                statements.push(("put_writes", &self.sql.put_writes, params));
-            }
-            let mut params = Vec::with_capacity(11);
-            params.extend(checkpoint);
-            params.extend(values);
-            params.extend([
-                (metadata as &(dyn ToSql + Sync), Type::JSONB),
-                (&b.bases, Type::TEXT_ARRAY),
-            ]);
-            statements.push(("put", &self.sql.put, params));
-        }
-        let statements = &statements;
-        if let [(context, sql, params)] = &statements[..] {
-            // One statement is its own transaction: no BEGIN and COMMIT round trips.
-            self.with_client(
-                |client| async move { self.query(&client, context, sql, params).await },
-            )
-            .await?;
-            return Ok(stored);
-        }
-        self.with_client(|client| async move { self.run_batch(client, statements).await })
-            .await?;
         Ok(stored)
     }
 

@@ -184,6 +184,81 @@ async fn sixty_four_tasks_write_sixty_four_threads_at_once() {
     support::drop_schema(&support::url().expect("url"), &schema).await;
 }
 
+/// With one commit slot, 32 threads writing at once queue behind each other's commits and are
+/// stored in groups: every checkpoint lands, and a checkpoint the server cannot take (a NUL
+/// in its metadata) fails its own caller only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_writes_share_commits_and_a_bad_one_fails_alone() {
+    let Some(url) = support::url() else {
+        return;
+    };
+    let schema = support::fresh_schema_name();
+    let saver = PostgresOptions::new(url.clone())
+        .schema(schema.clone())
+        .commit_slots(1)
+        .connect()
+        .await
+        .expect("connect");
+    let saver: Arc<dyn CheckpointSaver> = Arc::new(saver);
+    let prefix = unique("group");
+    let tasks: Vec<_> = (0..32)
+        .map(|i| {
+            let saver = saver.clone();
+            let thread = format!("{prefix}-{i}");
+            tokio::spawn(async move {
+                let mut metadata = CheckpointMetadata::new(CheckpointSource::Loop, i);
+                if i == 7 {
+                    metadata = metadata.with("note", "a NUL \u{0} here");
+                }
+                let mut cp = Checkpoint::new();
+                let version = saver.get_next_version(None);
+                cp.channel_values
+                    .insert("count".into(), codec().encode(&i).expect("encode"));
+                cp.channel_versions.insert("count".into(), version.clone());
+                let stored = saver
+                    .put(
+                        &CheckpointConfig::thread(&thread),
+                        cp,
+                        metadata,
+                        [("count".to_string(), version)].into(),
+                    )
+                    .await;
+                (i, thread, stored)
+            })
+        })
+        .collect();
+    for task in tasks {
+        let (i, thread, stored) = task.await.expect("task");
+        if i == 7 {
+            let err = stored.expect_err("a NUL in the metadata");
+            assert!(
+                matches!(err, Error::InvalidArgument(ref m) if m.contains("NUL")),
+                "{err}"
+            );
+            assert!(saver
+                .get_tuple(&CheckpointConfig::thread(&thread))
+                .await
+                .expect("get")
+                .is_none());
+            continue;
+        }
+        stored.expect("put");
+        let latest = saver
+            .get_tuple(&CheckpointConfig::thread(&thread))
+            .await
+            .expect("get")
+            .expect("stored");
+        assert_eq!(
+            latest
+                .channel_value::<i64>(&codec(), "count")
+                .expect("decode"),
+            Some(i)
+        );
+    }
+    drop(saver);
+    support::drop_schema(&url, &schema).await;
+}
+
 /// Reading one checkpoint brings its pending writes in the same statement: the latest and a
 /// named checkpoint, with and without the values the caller holds, read the writes of every
 /// task in stored order, and a checkpoint without writes reads none.
