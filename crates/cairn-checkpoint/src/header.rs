@@ -758,7 +758,7 @@ impl<'a> Reader<'a> {
                                 format!(
                                     "a version refers to suffix {} of the header, which has \
                                      {} before it",
-                                    -back,
+                                    back.unsigned_abs(),
                                     self.suffixes.0.len()
                                 )
                             })?;
@@ -941,6 +941,17 @@ mod tests {
         ];
         let err = decode_header(&bytes, "id").expect_err("a dangling reference");
         assert!(err.to_string().contains("refers to suffix 1"), "{err}");
+        // The most negative reference there is (int64): an error, not an overflow.
+        let bytes = [
+            0x95, 0x04, 0xa1, b'x', 0x81, 0xa1, b'a', 0x92, 0x01, 0xd3, 0x80, 0, 0, 0, 0, 0, 0, 0,
+            0x80, 0xc0,
+        ];
+        let err = decode_header(&bytes, "id").expect_err("a dangling reference");
+        assert!(
+            err.to_string()
+                .contains("refers to suffix 9223372036854775808"),
+            "{err}"
+        );
         // [4, "x", {[-20, "r"]: 1}, {}, nil]: a prefix code that means nothing.
         let bytes = [
             0x95, 0x04, 0xa1, b'x', 0x81, 0x92, 0xec, 0xa1, b'r', 0x01, 0x80, 0xc0,

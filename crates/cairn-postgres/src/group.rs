@@ -8,10 +8,12 @@
 //! concurrency far slower than the number of checkpoints. A write that finds a free slot is
 //! stored at once, alone: a single thread pays nothing for the grouping.
 //!
-//! A group that fails is stored again request by request, so one bad request fails only its
-//! own caller. Queued requests are stored by a spawned task, which a dropped caller does not
-//! cancel: a request that was queued is stored (or fails) whether or not its caller still
-//! waits.
+//! A group that fails for a reason one request may cause is stored again caller by caller,
+//! so one bad request fails only its own caller; a failure that concerns all (the server
+//! unreachable, a timeout) is every caller's at once, not retried once per caller. Queued
+//! requests are stored by a spawned task; a caller that stops waiting before its group is
+//! taken is dropped from it (nothing of it is stored), one whose group is under way is stored
+//! with it.
 
 use std::future::Future;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -22,6 +24,12 @@ use tokio::sync::oneshot;
 /// What stores a group: [`crate::PostgresSaver`]'s `put_batch` without the grouping.
 pub(crate) trait StoreBatch: Clone + Send + Sync + 'static {
     fn store_batch(&self, requests: Vec<PutRequest>) -> impl Future<Output = Result<()>> + Send;
+
+    /// Whether `error`, from storing a group, may be due to one of its requests (a value the
+    /// server refused, an argument checked before any SQL), so that storing each caller's
+    /// requests on their own gives the others a chance; otherwise (the server unreachable, a
+    /// timeout) every caller gets the group's error at once.
+    fn may_concern_one_request(error: &Error) -> bool;
 }
 
 /// Requests waiting for a commit slot, and the commits in flight.
@@ -150,24 +158,69 @@ impl<S: StoreBatch> Drop for Slot<'_, S> {
     }
 }
 
-/// Stores the queue group by group until it is empty, then frees the slot.
-async fn drain<S: StoreBatch>(group: Arc<GroupCommit>, saver: S) {
-    loop {
-        let batch = {
-            let mut state = group.lock();
-            if state.queue.is_empty() {
-                state.in_flight -= 1;
-                return;
-            }
-            std::mem::take(&mut state.queue)
-        };
-        store_group(&saver, batch).await;
+/// Stores the queue group by group until it is empty, then frees the slot. A queued caller
+/// that stopped waiting before its group was taken is dropped from it: nothing of it is stored,
+/// as when a write is cancelled before it reaches the server.
+///
+/// The guard is made before the task first runs, so a task dropped unpolled (spawned on a
+/// runtime that is shutting down) frees the slot too.
+fn drain<S: StoreBatch>(group: Arc<GroupCommit>, saver: S) -> impl Future<Output = ()> + Send {
+    let mut guard = DrainGuard { group, done: false };
+    async move {
+        loop {
+            let batch: Vec<Waiting> = {
+                let mut state = guard.group.lock();
+                if state.queue.is_empty() {
+                    state.in_flight -= 1;
+                    drop(state);
+                    guard.finish();
+                    return;
+                }
+                std::mem::take(&mut state.queue)
+            };
+            let batch = batch.into_iter().filter(|w| !w.done.is_closed()).collect();
+            store_group(&saver, batch).await;
+        }
     }
 }
 
-/// Stores the requests of `batch` in one `put_batch`; if that fails and the group holds more
-/// than one caller, stores each caller's requests again on their own, so that each gets its
-/// own result.
+/// Frees the slot of a drain task dropped before it finished (its runtime shut down), and
+/// fails the callers still queued, which no task would store any more.
+struct DrainGuard {
+    group: Arc<GroupCommit>,
+    done: bool,
+}
+
+impl DrainGuard {
+    /// The task freed its slot itself, the queue empty.
+    fn finish(&mut self) {
+        self.done = true;
+    }
+}
+
+impl Drop for DrainGuard {
+    fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        let mut state = self.group.lock();
+        state.in_flight -= 1;
+        for waiting in state.queue.drain(..) {
+            let _ = waiting.done.send(Err(Error::Backend {
+                backend: "postgres",
+                message: "storing checkpoints with a group commit: the task storing the group \
+                          was dropped (its Tokio runtime shut down); nothing of this write was \
+                          stored"
+                    .into(),
+                source: None,
+            }));
+        }
+    }
+}
+
+/// Stores the requests of `batch` in one `put_batch`. If that fails for a reason one request
+/// may cause, each caller's requests are stored again on their own, so that each gets its own
+/// result; any other failure (the server unreachable, a timeout) is every caller's at once.
 async fn store_group<S: StoreBatch>(saver: &S, batch: Vec<Waiting>) {
     if let [_] = batch.as_slice() {
         for waiting in batch {
@@ -180,9 +233,28 @@ async fn store_group<S: StoreBatch>(saver: &S, batch: Vec<Waiting>) {
         .iter()
         .flat_map(|w| w.requests.iter().cloned())
         .collect();
-    if saver.store_batch(combined).await.is_ok() {
+    let error = match saver.store_batch(combined).await {
+        Ok(()) => {
+            for waiting in batch {
+                let _ = waiting.done.send(Ok(()));
+            }
+            return;
+        }
+        Err(error) => error,
+    };
+    if !S::may_concern_one_request(&error) {
+        let message = format!(
+            "{error} (a group of {} writes stored together; none of it was stored)",
+            batch.len()
+        );
+        let mut first = Some(error);
         for waiting in batch {
-            let _ = waiting.done.send(Ok(()));
+            let error = first.take().unwrap_or_else(|| Error::Backend {
+                backend: "postgres",
+                message: message.clone(),
+                source: None,
+            });
+            let _ = waiting.done.send(Err(error));
         }
         return;
     }
@@ -232,7 +304,18 @@ mod tests {
             if threads.iter().any(|t| t == "bad") {
                 return Err(Error::InvalidArgument("thread bad is refused".into()));
             }
+            if threads.iter().any(|t| t == "down") {
+                return Err(Error::Backend {
+                    backend: "postgres",
+                    message: "the server is down".into(),
+                    source: None,
+                });
+            }
             Ok(())
+        }
+
+        fn may_concern_one_request(error: &Error) -> bool {
+            matches!(error, Error::InvalidArgument(_))
         }
     }
 
@@ -321,6 +404,85 @@ mod tests {
         let mut alone: Vec<Vec<String>> = batches[2..].to_vec();
         alone.sort();
         assert_eq!(alone, [["b"], ["bad"], ["d"]]);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_group_failing_for_all_alike_fails_every_caller_at_once() {
+        let (results, batches) = hold_first_then_queue("a", &["b", "down", "d"]).await;
+        for (thread, result) in &results[1..] {
+            let err = result.as_ref().expect_err(thread);
+            assert!(
+                err.to_string().contains("the server is down"),
+                "{thread}: {err}"
+            );
+        }
+        assert!(results[0].1.is_ok());
+        // One attempt for the group, none caller by caller.
+        assert_eq!(batches.len(), 2, "{batches:?}");
+    }
+
+    #[tokio::test]
+    async fn a_drain_task_dropped_unpolled_frees_its_slot_and_fails_the_queue() {
+        let group = Arc::new(GroupCommit::new(1));
+        let (done, result) = oneshot::channel();
+        {
+            let mut state = group.lock();
+            state.in_flight = 1;
+            state.queue.push(Waiting {
+                requests: vec![request("q")],
+                done,
+            });
+        }
+        let (entered, _entries) = mpsc::unbounded_channel();
+        let store = Recorder {
+            batches: Arc::default(),
+            gate: Arc::new(Semaphore::new(1)),
+            entered,
+        };
+        drop(drain(Arc::clone(&group), store.clone()));
+        assert_eq!(group.lock().in_flight, 0);
+        let err = result.await.expect("a result").expect_err("not stored");
+        assert!(err.to_string().contains("was dropped"), "{err}");
+        assert!(store.batches.lock().expect("lock").is_empty());
+        // The group works on: the next write takes the free slot.
+        group
+            .store(&store, vec![request("next")])
+            .await
+            .expect("stored");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_caller_that_stopped_waiting_before_its_group_is_not_stored() {
+        let (entered, mut entries) = mpsc::unbounded_channel();
+        let store = Recorder {
+            batches: Arc::default(),
+            gate: Arc::new(Semaphore::new(0)),
+            entered,
+        };
+        let group = Arc::new(GroupCommit::new(1));
+        let leader = {
+            let (group, store) = (Arc::clone(&group), store.clone());
+            tokio::spawn(async move { group.store(&store, vec![request("a")]).await })
+        };
+        entries.recv().await.expect("the first commit started");
+        let gave_up = {
+            let (group, store) = (Arc::clone(&group), store.clone());
+            tokio::spawn(async move { group.store(&store, vec![request("gave-up")]).await })
+        };
+        let stays = {
+            let (group, store) = (Arc::clone(&group), store.clone());
+            tokio::spawn(async move { group.store(&store, vec![request("stays")]).await })
+        };
+        while group.queued() < 2 {
+            tokio::task::yield_now().await;
+        }
+        gave_up.abort();
+        assert!(gave_up.await.expect_err("aborted").is_cancelled());
+        store.gate.add_permits(1);
+        leader.await.expect("leader").expect("stored");
+        stays.await.expect("caller").expect("stored");
+        let batches = store.batches.lock().expect("lock").clone();
+        assert_eq!(batches, [["a"], ["stays"]]);
     }
 
     #[tokio::test]

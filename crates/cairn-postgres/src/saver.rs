@@ -43,6 +43,23 @@ impl crate::group::StoreBatch for PostgresSaver {
     async fn store_batch(&self, requests: Vec<PutRequest>) -> Result<()> {
         self.put_batch_ungrouped(requests).await
     }
+
+    /// Errors found before any SQL (arguments, encoding) and the server's data errors
+    /// (classes 22, data exception, and 23, integrity constraint violation) may concern one
+    /// request; connection, pool and timeout errors concern all.
+    fn may_concern_one_request(error: &Error) -> bool {
+        match error {
+            Error::Backend {
+                source: Some(source),
+                ..
+            } => source
+                .downcast_ref::<tokio_postgres::Error>()
+                .and_then(tokio_postgres::Error::code)
+                .is_some_and(|code| matches!(&code.code()[..2], "22" | "23")),
+            Error::Backend { .. } => false,
+            _ => true,
+        }
+    }
 }
 
 /// Names of channels this saver has read append values of. A read asking for one of them

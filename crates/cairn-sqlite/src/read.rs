@@ -25,7 +25,6 @@ use cairn_checkpoint::{
 };
 
 use crate::id_key::{self, IdKey, StoredId};
-use crate::stored_text::StoredText;
 use crate::version_key::VersionKey;
 use crate::write_refs::{MapRef, WriteRef, TAG_MAP_REF, TAG_WRITE_REF};
 use crate::{open_connection, sql_error, ConnectionRole, SqliteOptions};
@@ -862,12 +861,28 @@ fn collect_writes(
             r.get(1).map_err(e())?,
             r.get::<_, StoredId>(2).map_err(e())?.0,
         );
+        // A damaged tag or task path is corrupt data of this checkpoint, not an SQL failure.
+        let stored_text = |i: usize| -> Result<String> {
+            crate::stored_text::decode(r.get_ref(i).map_err(e())?)
+                .map(std::borrow::Cow::into_owned)
+                .map_err(|reason| {
+                    Error::corrupt(
+                        DataLocation {
+                            thread_id: key.0.clone(),
+                            checkpoint_ns: key.1.clone(),
+                            checkpoint_id: Some(key.2.clone()),
+                            channel: None,
+                        },
+                        format!("a pending write: {reason}"),
+                    )
+                })
+        };
         let write = PendingWrite {
             task_id: r.get::<_, StoredId>(3).map_err(e())?.0,
-            task_path: r.get::<_, StoredText>(5).map_err(e())?.0,
+            task_path: stored_text(5)?,
             channel: r.get(6).map_err(e())?,
             value: TypedValue::new(
-                r.get::<_, StoredText>(7).map_err(e())?.0,
+                stored_text(7)?,
                 Bytes::from(r.get::<_, Vec<u8>>(8).map_err(e())?),
             ),
         };

@@ -12,7 +12,7 @@
 use std::borrow::Cow;
 
 use rusqlite::functions::FunctionFlags;
-use rusqlite::types::{FromSql, FromSqlError, FromSqlResult, ToSql, ToSqlOutput, ValueRef};
+use rusqlite::types::{ToSql, ToSqlOutput, ValueRef};
 use rusqlite::Connection;
 
 use crate::sql_error;
@@ -97,17 +97,6 @@ fn decode_blob(blob: &[u8]) -> std::result::Result<String, String> {
         _ => Err(format!(
             "unknown stored type tag or task path {blob:02x?} (written by a newer Cairn?)"
         )),
-    }
-}
-
-/// A stored type tag or task path read from a column.
-pub(crate) struct StoredText(pub(crate) String);
-
-impl FromSql for StoredText {
-    fn column_result(value: ValueRef<'_>) -> FromSqlResult<Self> {
-        decode(value)
-            .map(|text| StoredText(text.into_owned()))
-            .map_err(|reason| FromSqlError::Other(reason.into()))
     }
 }
 

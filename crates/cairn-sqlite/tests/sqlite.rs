@@ -125,6 +125,68 @@ async fn corrupt_metadata_is_an_error_naming_thread_and_checkpoint() {
     );
 }
 
+/// A pending write's type tag or task path stored as a code the reader does not know (a
+/// damaged file, or one written by a newer Cairn) is corrupt data of that checkpoint.
+#[tokio::test]
+async fn a_damaged_stored_tag_or_task_path_is_corrupt_data_of_its_checkpoint() {
+    let (_dir, path) = temp_db();
+    let saver = SqliteSaver::open(&path).expect("open");
+    let configs = chain(&saver, "t-tag", 2).await;
+    saver
+        .put_writes(
+            &configs[0],
+            vec![("fixed".into(), value("y"))],
+            "task",
+            "~__pregel_pull, node",
+        )
+        .await
+        .expect("put_writes");
+    let broken = configs[0].checkpoint_id.clone().expect("id");
+    let stored_path: Vec<u8> = raw(&path)
+        .query_row("SELECT task_path FROM checkpoint_writes", [], |r| r.get(0))
+        .expect("the stored task path");
+    assert_eq!(stored_path, b"\x40node", "a code byte and the node");
+    for column in ["type_tag", "task_path"] {
+        raw(&path)
+            .execute(
+                &format!("UPDATE checkpoint_writes SET {column} = x'3e'"),
+                [],
+            )
+            .expect("damage");
+        let err = saver.get_tuple(&configs[0]).await.expect_err("damaged");
+        assert!(err.to_string().contains("unknown stored"), "{err}");
+        assert_eq!(
+            corrupt_location(err),
+            ("t-tag".to_string(), Some(broken.clone()))
+        );
+        // The rest of the thread stays readable.
+        saver
+            .get_tuple(&configs[1])
+            .await
+            .expect("the other checkpoint");
+        raw(&path)
+            .execute(
+                &format!(
+                    "UPDATE checkpoint_writes SET {column} = {}",
+                    if column == "type_tag" {
+                        "x'01'"
+                    } else {
+                        "x'406e6f6465'"
+                    }
+                ),
+                [],
+            )
+            .expect("repair");
+    }
+    let tuple = saver
+        .get_tuple(&configs[0])
+        .await
+        .expect("read")
+        .expect("stored");
+    assert_eq!(tuple.pending_writes[0].task_path, "~__pregel_pull, node");
+    assert_eq!(tuple.pending_writes[0].value.type_tag, "msgpack");
+}
+
 #[tokio::test]
 async fn corrupt_header_is_an_error_naming_thread_and_checkpoint() {
     let (_dir, path) = temp_db();
