@@ -319,6 +319,18 @@ mod tests {
         }
     }
 
+    /// A recorder whose first batch waits for `permits` (0: until the test opens the gate),
+    /// and the signal it sends as each batch arrives.
+    fn recorder(permits: usize) -> (Recorder, mpsc::UnboundedReceiver<()>) {
+        let (entered, entries) = mpsc::unbounded_channel();
+        let store = Recorder {
+            batches: Arc::default(),
+            gate: Arc::new(Semaphore::new(permits)),
+            entered,
+        };
+        (store, entries)
+    }
+
     fn request(thread: &str) -> PutRequest {
         PutRequest {
             config: CheckpointConfig::thread(thread),
@@ -336,12 +348,7 @@ mod tests {
         first: &str,
         then: &[&str],
     ) -> (Vec<(String, Result<()>)>, Vec<Vec<String>>) {
-        let (entered, mut entries) = mpsc::unbounded_channel();
-        let store = Recorder {
-            batches: Arc::default(),
-            gate: Arc::new(Semaphore::new(0)),
-            entered,
-        };
+        let (store, mut entries) = recorder(0);
         let group = Arc::new(GroupCommit::new(1));
         let spawn = |thread: &str| {
             let (group, store, thread) = (Arc::clone(&group), store.clone(), thread.to_owned());
@@ -433,12 +440,7 @@ mod tests {
                 done,
             });
         }
-        let (entered, _entries) = mpsc::unbounded_channel();
-        let store = Recorder {
-            batches: Arc::default(),
-            gate: Arc::new(Semaphore::new(1)),
-            entered,
-        };
+        let (store, _entries) = recorder(1);
         drop(drain(Arc::clone(&group), store.clone()));
         assert_eq!(group.lock().in_flight, 0);
         let err = result.await.expect("a result").expect_err("not stored");
@@ -453,12 +455,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_caller_that_stopped_waiting_before_its_group_is_not_stored() {
-        let (entered, mut entries) = mpsc::unbounded_channel();
-        let store = Recorder {
-            batches: Arc::default(),
-            gate: Arc::new(Semaphore::new(0)),
-            entered,
-        };
+        let (store, mut entries) = recorder(0);
         let group = Arc::new(GroupCommit::new(1));
         let leader = {
             let (group, store) = (Arc::clone(&group), store.clone());
@@ -487,12 +484,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_single_writer_is_stored_at_once_and_alone() {
-        let (entered, _entries) = mpsc::unbounded_channel();
-        let store = Recorder {
-            batches: Arc::default(),
-            gate: Arc::new(Semaphore::new(1)),
-            entered,
-        };
+        let (store, _entries) = recorder(1);
         let group = Arc::new(GroupCommit::new(1));
         for thread in ["x", "y", "bad", "z"] {
             let result = group.store(&store, vec![request(thread)]).await;

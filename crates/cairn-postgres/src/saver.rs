@@ -167,16 +167,7 @@ impl PostgresSaver {
             first.config.thread_id.clone(),
             first.config.checkpoint_ns.clone(),
         );
-        let mut encoded = Vec::with_capacity(requests.len());
-        for mut request in requests {
-            let has_writes = request.writes.iter().any(|w| !w.writes.is_empty());
-            if has_writes && request.config.checkpoint_id.is_none() {
-                return Err(no_checkpoint_id());
-            }
-            let (header, metadata, values) =
-                encode_put(&request.config, &mut request.checkpoint, &request.metadata)?;
-            encoded.push((request, header, metadata, values));
-        }
+        let encoded = encode_requests(requests)?;
         // Values, keyed by (channel, version): a version is written once, but one statement
         // must not update the same row twice, so a repeated key keeps its last value.
         let mut values: BTreeMap<(&str, String), ValueRow<'_>> = BTreeMap::new();
@@ -291,16 +282,7 @@ impl PostgresSaver {
             // A run's batch: one statement.
             return self.put_many(requests).await;
         }
-        let mut encoded = Vec::with_capacity(requests.len());
-        for mut request in requests {
-            let has_writes = request.writes.iter().any(|w| !w.writes.is_empty());
-            if has_writes && request.config.checkpoint_id.is_none() {
-                return Err(no_checkpoint_id());
-            }
-            let (header, metadata, values) =
-                encode_put(&request.config, &mut request.checkpoint, &request.metadata)?;
-            encoded.push((request, header, metadata, values));
-        }
+        let encoded = encode_requests(requests)?;
         let blobs = encoded
             .iter()
             .map(|(r, _, _, values)| blob_columns(&r.new_versions, values))
@@ -1002,6 +984,30 @@ fn no_checkpoint_id() -> Error {
     Error::InvalidArgument(
         "put_writes needs a config with a checkpoint_id: writes belong to a checkpoint".into(),
     )
+}
+
+/// A request of a batch with its encoded header, metadata and values (see [`encode_put`]).
+type EncodedRequest = (
+    PutRequest,
+    serde_json::Value,
+    serde_json::Value,
+    BTreeMap<String, TypedValue>,
+);
+
+/// Each request of a batch encoded; a request with writes must name the checkpoint they
+/// belong to.
+fn encode_requests(requests: Vec<PutRequest>) -> Result<Vec<EncodedRequest>> {
+    let mut encoded = Vec::with_capacity(requests.len());
+    for mut request in requests {
+        let has_writes = request.writes.iter().any(|w| !w.writes.is_empty());
+        if has_writes && request.config.checkpoint_id.is_none() {
+            return Err(no_checkpoint_id());
+        }
+        let (header, metadata, values) =
+            encode_put(&request.config, &mut request.checkpoint, &request.metadata)?;
+        encoded.push((request, header, metadata, values));
+    }
+    Ok(encoded)
 }
 
 /// The header and metadata of a checkpoint to put, checked; its channel values are taken
