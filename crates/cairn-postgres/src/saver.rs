@@ -49,14 +49,9 @@ impl crate::group::StoreBatch for PostgresSaver {
     /// request; connection, pool and timeout errors concern all.
     fn may_concern_one_request(error: &Error) -> bool {
         match error {
-            Error::Backend {
-                source: Some(source),
-                ..
-            } => source
-                .downcast_ref::<tokio_postgres::Error>()
+            Error::Backend { .. } => driver_error(error)
                 .and_then(tokio_postgres::Error::code)
-                .is_some_and(|code| matches!(&code.code()[..2], "22" | "23")),
-            Error::Backend { .. } => false,
+                .is_some_and(|code| matches!(code.code().get(..2), Some("22" | "23"))),
             _ => true,
         }
     }
@@ -120,14 +115,17 @@ const RECONNECT_ATTEMPTS: u32 = 3;
 
 /// Whether `e` says the connection was lost (so the call may run again on another one).
 fn connection_lost(e: &Error) -> bool {
+    driver_error(e).is_some_and(means_connection_lost)
+}
+
+/// The driver's error behind a backend error, if there is one.
+fn driver_error(e: &Error) -> Option<&tokio_postgres::Error> {
     match e {
         Error::Backend {
             source: Some(source),
             ..
-        } => source
-            .downcast_ref::<tokio_postgres::Error>()
-            .is_some_and(means_connection_lost),
-        _ => false,
+        } => source.downcast_ref::<tokio_postgres::Error>(),
+        _ => None,
     }
 }
 
