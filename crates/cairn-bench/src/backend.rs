@@ -258,6 +258,15 @@ impl Backend {
         }
     }
 
+    /// Transactions the PostgreSQL saver committed to store checkpoints, and the writes in
+    /// them (`None` for other savers; each cell's saver is new).
+    pub fn postgres_commit_stats(&self) -> Option<cairn_postgres::CommitStats> {
+        match &self.inner {
+            Inner::Postgres { saver, .. } => Some(saver.commit_stats()),
+            _ => None,
+        }
+    }
+
     /// Checkpoints stored, over every thread and namespace (untimed; a full `list`).
     pub async fn count_checkpoints(&self) -> Result<Option<usize>, BoxError> {
         match &self.saver {
@@ -568,7 +577,7 @@ pub fn durability_meta(pg: &Value, redis: &Value) -> Value {
             "writer_batches": "transactions the SQLite writer thread committed during the timed run (schema setup excluded; untimed reads after the run do not write)",
             "writer_requests": "write requests (put, put_writes, ...) committed in them; requests / batches is the group-commit factor",
             "checkpoints_written": "checkpoints stored after the timed run, counted with a full list over every thread (the run's storage is fresh)",
-            "commits_per_checkpoint": "writer_batches / checkpoints_written (every SQLite cell)",
+            "commits_per_checkpoint": "SQLite cells: writer_batches / checkpoints_written; PostgreSQL cells: transactions the saver committed to store checkpoints (PostgresSaver::commit_stats, group commit included) / checkpoints_written, where each commit waits for at most one WAL flush and the server may flush several at once",
             "fsyncs_per_checkpoint": "sync cells only (synchronous=FULL in WAL mode, where each commit fsyncs the WAL once): writer_batches / checkpoints_written = WAL fsyncs at commit per checkpoint. It counts commits of put_writes-only batches too, and leaves out the extra syncs of SQLite's automatic WAL checkpoints (WAL + database file, about every 1000 WAL pages)"
         },
         "checkpoints_per_s": "W4-concurrent cells with a saver: checkpoints_written / total_s (wall clock of the 64-thread run)",

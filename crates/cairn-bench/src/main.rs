@@ -208,7 +208,9 @@ async fn cell_figures(
     mut res: Map<String, Value>,
 ) -> Result<Map<String, Value>, BoxError> {
     let writer = be.sqlite_writer_stats();
-    if kind == SaverKind::Sqlite || (w == Workload::W4Concurrent && kind != SaverKind::None) {
+    let pg_commits = be.postgres_commit_stats();
+    let counted = matches!(kind, SaverKind::Sqlite | SaverKind::Postgres);
+    if counted || (w == Workload::W4Concurrent && kind != SaverKind::None) {
         if let Some(n) = be.count_checkpoints().await? {
             res.insert("checkpoints_written".into(), json!(n));
             if w == Workload::W4Concurrent {
@@ -222,6 +224,12 @@ async fn cell_figures(
                 if mode.strong_saver_sync() {
                     res.insert("fsyncs_per_checkpoint".into(), json!(per));
                 }
+            }
+            if let Some(stats) = pg_commits.filter(|_| n > 0) {
+                res.insert(
+                    "commits_per_checkpoint".into(),
+                    json!(stats.commits as f64 / n as f64),
+                );
             }
         }
     }
@@ -562,6 +570,42 @@ mod tests {
         let total = rec["total_s"].as_f64().expect("total");
         assert!((rate * total - n as f64).abs() < 1e-6);
         assert!(rec.get("disk_fsync_per_s").is_some());
+    }
+
+    /// Against the test server (`CAIRN_TEST_POSTGRES_URL`; required when
+    /// `CAIRN_REQUIRE_SERVERS=1`): a PostgreSQL cell reports the saver's commits per
+    /// checkpoint.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn postgres_w4_concurrent_cell_counts_commits() {
+        let Some(pg_url) = std::env::var("CAIRN_TEST_POSTGRES_URL")
+            .ok()
+            .filter(|u| !u.is_empty())
+        else {
+            assert_ne!(
+                std::env::var("CAIRN_REQUIRE_SERVERS").as_deref(),
+                Ok("1"),
+                "CAIRN_REQUIRE_SERVERS=1 but CAIRN_TEST_POSTGRES_URL is not set"
+            );
+            return;
+        };
+        let env = Env {
+            pg_url,
+            redis_url: String::new(),
+        };
+        let rec = run_cell(
+            Workload::W4Concurrent,
+            SaverKind::Postgres,
+            Durability::Sync,
+            &WARMUP,
+            &env,
+        )
+        .await;
+        assert_eq!(rec["ok"], json!(true), "{rec}");
+        let n = 3 * WARMUP.w4_threads * WARMUP.w4_turns;
+        assert_eq!(rec["checkpoints_written"], json!(n));
+        let per = rec["commits_per_checkpoint"].as_f64().expect("commits");
+        // The input and START checkpoints of a turn share a commit in `sync` mode.
+        assert!(per > 0.0 && per <= 2.0 / 3.0 + 1e-9, "{per}");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -16,6 +16,7 @@
 //! with it.
 
 use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use cairn_checkpoint::{Error, PutRequest, Result};
@@ -51,11 +52,26 @@ struct Waiting {
     done: oneshot::Sender<Result<()>>,
 }
 
+/// How many transactions stored how many writes, since a saver was connected
+/// ([`PostgresSaver::commit_stats`](crate::PostgresSaver::commit_stats)): `writes /
+/// commits` is what the group commit gained.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CommitStats {
+    /// Transactions committed that stored checkpoints (`put`, `put_writes_and_put`,
+    /// `put_batch`): each waits for at most one WAL flush, and the server may flush several
+    /// at once.
+    pub commits: u64,
+    /// The calls stored in them, one per caller (a `put_batch` counts once).
+    pub writes: u64,
+}
+
 /// The group commit of one saver (shared by its clones).
 pub(crate) struct GroupCommit {
     state: Mutex<State>,
     /// Commits in flight at most; further writes queue for the next group.
     slots: usize,
+    commits: AtomicU64,
+    writes: AtomicU64,
 }
 
 impl GroupCommit {
@@ -63,7 +79,22 @@ impl GroupCommit {
         GroupCommit {
             state: Mutex::default(),
             slots: slots.max(1),
+            commits: AtomicU64::new(0),
+            writes: AtomicU64::new(0),
         }
+    }
+
+    pub(crate) fn stats(&self) -> CommitStats {
+        CommitStats {
+            commits: self.commits.load(Ordering::Relaxed),
+            writes: self.writes.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Counts a transaction that stored `writes` callers' requests.
+    fn committed(&self, writes: usize) {
+        self.commits.fetch_add(1, Ordering::Relaxed);
+        self.writes.fetch_add(writes as u64, Ordering::Relaxed);
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -99,6 +130,9 @@ impl GroupCommit {
                     saver,
                 };
                 let stored = saver.store_batch(requests).await;
+                if stored.is_ok() {
+                    self.committed(1);
+                }
                 drop(slot);
                 return stored;
             }
@@ -179,7 +213,7 @@ fn drain<S: StoreBatch>(group: Arc<GroupCommit>, saver: S) -> impl Future<Output
                 std::mem::take(&mut state.queue)
             };
             let batch = batch.into_iter().filter(|w| !w.done.is_closed()).collect();
-            store_group(&saver, batch).await;
+            store_group(&guard.group, &saver, batch).await;
         }
     }
 }
@@ -221,13 +255,9 @@ impl Drop for DrainGuard {
 /// Stores the requests of `batch` in one `put_batch`. If that fails for a reason one request
 /// may cause, each caller's requests are stored again on their own, so that each gets its own
 /// result; any other failure (the server unreachable, a timeout) is every caller's at once.
-async fn store_group<S: StoreBatch>(saver: &S, batch: Vec<Waiting>) {
+async fn store_group<S: StoreBatch>(group: &GroupCommit, saver: &S, batch: Vec<Waiting>) {
     if let [_] = batch.as_slice() {
-        for waiting in batch {
-            let result = saver.store_batch(waiting.requests).await;
-            let _ = waiting.done.send(result);
-        }
-        return;
+        return store_each(group, saver, batch).await;
     }
     let combined: Vec<PutRequest> = batch
         .iter()
@@ -235,6 +265,7 @@ async fn store_group<S: StoreBatch>(saver: &S, batch: Vec<Waiting>) {
         .collect();
     let error = match saver.store_batch(combined).await {
         Ok(()) => {
+            group.committed(batch.len());
             for waiting in batch {
                 let _ = waiting.done.send(Ok(()));
             }
@@ -258,8 +289,16 @@ async fn store_group<S: StoreBatch>(saver: &S, batch: Vec<Waiting>) {
         }
         return;
     }
+    store_each(group, saver, batch).await;
+}
+
+/// Stores each caller's requests on their own.
+async fn store_each<S: StoreBatch>(group: &GroupCommit, saver: &S, batch: Vec<Waiting>) {
     for waiting in batch {
         let result = saver.store_batch(waiting.requests).await;
+        if result.is_ok() {
+            group.committed(1);
+        }
         let _ = waiting.done.send(result);
     }
 }
@@ -347,7 +386,7 @@ mod tests {
     async fn hold_first_then_queue(
         first: &str,
         then: &[&str],
-    ) -> (Vec<(String, Result<()>)>, Vec<Vec<String>>) {
+    ) -> (Vec<(String, Result<()>)>, Vec<Vec<String>>, CommitStats) {
         let (store, mut entries) = recorder(0);
         let group = Arc::new(GroupCommit::new(1));
         let spawn = |thread: &str| {
@@ -376,7 +415,7 @@ mod tests {
             tokio::task::yield_now().await;
         }
         let batches = store.batches.lock().expect("lock").clone();
-        (results, batches)
+        (results, batches, group.stats())
     }
 
     fn sorted(mut threads: Vec<String>) -> Vec<String> {
@@ -386,7 +425,14 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn writes_queued_behind_a_commit_are_stored_together() {
-        let (results, batches) = hold_first_then_queue("a", &["b", "c", "d", "e"]).await;
+        let (results, batches, stats) = hold_first_then_queue("a", &["b", "c", "d", "e"]).await;
+        assert_eq!(
+            stats,
+            CommitStats {
+                commits: 2,
+                writes: 5
+            }
+        );
         assert!(results.iter().all(|(_, r)| r.is_ok()), "{results:?}");
         assert_eq!(batches.len(), 2, "{batches:?}");
         assert_eq!(batches[0], ["a"]);
@@ -395,7 +441,15 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_failing_group_is_stored_again_caller_by_caller() {
-        let (results, batches) = hold_first_then_queue("a", &["b", "bad", "d"]).await;
+        let (results, batches, stats) = hold_first_then_queue("a", &["b", "bad", "d"]).await;
+        // `a`, then `b` and `d` alone: the failed group and `bad` count nothing.
+        assert_eq!(
+            stats,
+            CommitStats {
+                commits: 3,
+                writes: 3
+            }
+        );
         for (thread, result) in &results {
             match thread.as_str() {
                 "bad" => assert!(
@@ -415,7 +469,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_group_failing_for_all_alike_fails_every_caller_at_once() {
-        let (results, batches) = hold_first_then_queue("a", &["b", "down", "d"]).await;
+        let (results, batches, _) = hold_first_then_queue("a", &["b", "down", "d"]).await;
         for (thread, result) in &results[1..] {
             let err = result.as_ref().expect_err(thread);
             assert!(

@@ -137,6 +137,7 @@ mod saver;
 mod schema;
 mod values;
 
+pub use group::CommitStats;
 pub use options::PostgresOptions;
 pub use saver::PostgresSaver;
 pub use schema::SCHEMA_VERSION;

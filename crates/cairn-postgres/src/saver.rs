@@ -382,6 +382,21 @@ impl PostgresSaver {
         }
     }
 
+    /// How many transactions stored how many writes since this saver (or the saver it was
+    /// cloned from) connected: with many writers at once the group commit (see
+    /// [`PostgresOptions::commit_slots`](crate::PostgresOptions::commit_slots)) stores several
+    /// writes per transaction.
+    ///
+    /// ```no_run
+    /// # async fn demo(saver: cairn_postgres::PostgresSaver) {
+    /// let stats = saver.commit_stats();
+    /// println!("{} writes in {} commits", stats.writes, stats.commits);
+    /// # }
+    /// ```
+    pub fn commit_stats(&self) -> crate::CommitStats {
+        self.group.stats()
+    }
+
     /// The connection pool, for running your own queries next to the saver's.
     pub fn pool(&self) -> &Pool {
         &self.pool

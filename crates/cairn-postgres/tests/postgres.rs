@@ -199,6 +199,7 @@ async fn concurrent_writes_share_commits_and_a_bad_one_fails_alone() {
         .connect()
         .await
         .expect("connect");
+    let pg = saver.clone();
     let saver: Arc<dyn CheckpointSaver> = Arc::new(saver);
     let prefix = unique("group");
     let tasks: Vec<_> = (0..32)
@@ -255,6 +256,12 @@ async fn concurrent_writes_share_commits_and_a_bad_one_fails_alone() {
             Some(i)
         );
     }
+    let stats = pg.commit_stats();
+    assert_eq!(stats.writes, 31, "{stats:?}");
+    assert!(
+        stats.commits >= 1 && stats.commits <= stats.writes,
+        "{stats:?}"
+    );
     drop(saver);
     support::drop_schema(&url, &schema).await;
 }
