@@ -74,7 +74,7 @@ def cairn_only(cairn):
 
 def concurrent(peer, cairn):
     print("| W4, 64 threads at once | durability | LangGraph sequential W4 turns/s | Cairn turns/s "
-          "| Cairn/LG | Cairn checkpoints/s | SQLite commits per checkpoint |")
+          "| Cairn/LG | Cairn checkpoints/s | commits per checkpoint (SQLite, PostgreSQL) |")
     print("|---|---|---:|---:|---:|---:|---:|")
     for s in SAVERS:
         for m in MODES:
