@@ -677,28 +677,23 @@ impl<'a> Reader<'a> {
     /// A channel or node name as [`put_name`] writes it (or as it is).
     fn name(&mut self, what: &str) -> std::result::Result<String, String> {
         let item = self.item()?;
-        self.name_from(item)
-            .unwrap_or_else(|other| Err(format!("expected {what}, found {}", other.kind())))
+        self.name_from(item, what)
     }
 
-    /// The name `item` starts, or the item back when it starts none.
-    #[allow(clippy::type_complexity)]
-    fn name_from(
-        &mut self,
-        item: Item<'a>,
-    ) -> std::result::Result<std::result::Result<String, String>, Item<'a>> {
-        Ok(match item {
+    /// The name `item` starts (reading the rest of a prefixed name); `what` names what was
+    /// expected, for the error when `item` starts none.
+    fn name_from(&mut self, item: Item<'a>, what: &str) -> std::result::Result<String, String> {
+        match item {
             Item::Str(s) => Ok(s.to_owned()),
             Item::NegInt(code) => known_name(code).map(str::to_owned),
-            Item::Array(2) => match (self.item(), self.item()) {
-                (Ok(Item::NegInt(code)), Ok(Item::Str(rest))) => {
+            Item::Array(2) => match (self.item()?, self.item()?) {
+                (Item::NegInt(code), Item::Str(rest)) => {
                     known_prefix(code).map(|p| p.to_owned() + rest)
                 }
-                (Err(e), _) | (_, Err(e)) => Err(e),
                 _ => Err("a prefixed name that is not [prefix code, string]".into()),
             },
-            other => return Err(other),
-        })
+            other => Err(format!("expected {what}, found {}", other.kind())),
+        }
     }
 
     fn map_len(&mut self, what: &str) -> std::result::Result<usize, String> {
@@ -728,10 +723,7 @@ impl<'a> Reader<'a> {
     fn channel(&mut self) -> std::result::Result<StoredChannel, String> {
         match self.item()? {
             Item::UInt(i) => Ok(StoredChannel::Position(i)),
-            item => match self.name_from(item) {
-                Ok(name) => name.map(StoredChannel::Name),
-                Err(other) => Err(format!("expected a channel, found {}", other.kind())),
-            },
+            item => self.name_from(item, "a channel").map(StoredChannel::Name),
         }
     }
 
