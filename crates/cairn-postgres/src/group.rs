@@ -3,9 +3,10 @@
 //! With durability `Sync` every step of every thread waits for its own commit, and with many
 //! threads at once the server spends its time starting, committing and flushing one small
 //! transaction per checkpoint. Here a write that finds [`GroupCommit::slots`] commits already
-//! in flight waits in a queue instead of taking another connection; when a commit ends, whatever queued meanwhile is stored together in one
-//! transaction (one `put_batch`), so the number of commits, and of WAL flushes, grows with the
-//! concurrency far slower than the number of checkpoints. A write that finds a free slot is
+//! in flight waits in a queue instead of taking another connection; when a commit ends,
+//! whatever queued meanwhile is stored together in one transaction (one `put_batch`), so the
+//! number of commits, and of WAL flushes, grows with the concurrency far slower than the
+//! number of checkpoints. A write that finds a free slot is
 //! stored at once, alone: a single thread pays nothing for the grouping.
 //!
 //! A group that fails for a reason one request may cause is stored again caller by caller,
@@ -21,6 +22,17 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use cairn_checkpoint::{Error, PutRequest, Result};
 use tokio::sync::oneshot;
+
+use crate::error::BACKEND;
+
+/// An error of the group commit itself (not of storing), saying what happened.
+fn group_error(what: &str) -> Error {
+    Error::Backend {
+        backend: BACKEND,
+        message: format!("storing checkpoints with a group commit: {what}"),
+        source: None,
+    }
+}
 
 /// What stores a group: [`crate::PostgresSaver`]'s `put_batch` without the grouping.
 pub(crate) trait StoreBatch: Clone + Send + Sync + 'static {
@@ -138,13 +150,10 @@ impl GroupCommit {
             }
         };
         result.await.unwrap_or_else(|_| {
-            Err(Error::Backend {
-                backend: "postgres",
-                message: "storing checkpoints with a group commit: the task storing the group \
-                          ended without a result (is the Tokio runtime shutting down?)"
-                    .into(),
-                source: None,
-            })
+            Err(group_error(
+                "the task storing the group ended without a result (is the Tokio runtime \
+                 shutting down?)",
+            ))
         })
     }
 
@@ -157,25 +166,14 @@ impl GroupCommit {
             return;
         }
         drop(state);
+        let drain = drain(Arc::clone(self), saver.clone());
         match tokio::runtime::Handle::try_current() {
             Ok(runtime) => {
-                runtime.spawn(drain(Arc::clone(self), saver.clone()));
+                runtime.spawn(drain);
             }
-            Err(_) => {
-                // No runtime to store the queue on: its callers get an error now rather than
-                // waiting for ever.
-                let mut state = self.lock();
-                state.in_flight -= 1;
-                for waiting in state.queue.drain(..) {
-                    let _ = waiting.done.send(Err(Error::Backend {
-                        backend: "postgres",
-                        message: "storing checkpoints with a group commit: no Tokio runtime \
-                                  to store the queued checkpoints on"
-                            .into(),
-                        source: None,
-                    }));
-                }
-            }
+            // No runtime to store the queue on: dropped unpolled, the task frees the slot and
+            // its callers get an error now rather than waiting for ever.
+            Err(_) => drop(drain),
         }
     }
 }
@@ -218,8 +216,9 @@ fn drain<S: StoreBatch>(group: Arc<GroupCommit>, saver: S) -> impl Future<Output
     }
 }
 
-/// Frees the slot of a drain task dropped before it finished (its runtime shut down), and
-/// fails the callers still queued, which no task would store any more.
+/// Frees the slot of a drain task dropped before it finished (its runtime shut down, or there
+/// was none to run it on), and fails the callers still queued, which no task would store any
+/// more.
 struct DrainGuard {
     group: Arc<GroupCommit>,
     done: bool,
@@ -240,14 +239,10 @@ impl Drop for DrainGuard {
         let mut state = self.group.lock();
         state.in_flight -= 1;
         for waiting in state.queue.drain(..) {
-            let _ = waiting.done.send(Err(Error::Backend {
-                backend: "postgres",
-                message: "storing checkpoints with a group commit: the task storing the group \
-                          was dropped (its Tokio runtime shut down); nothing of this write was \
-                          stored"
-                    .into(),
-                source: None,
-            }));
+            let _ = waiting.done.send(Err(group_error(
+                "the task storing the group was dropped or never ran (no Tokio runtime, or \
+                 it shut down); nothing of this write was stored",
+            )));
         }
     }
 }
@@ -259,6 +254,8 @@ async fn store_group<S: StoreBatch>(group: &GroupCommit, saver: &S, batch: Vec<W
     if let [_] = batch.as_slice() {
         return store_each(group, saver, batch).await;
     }
+    // A copy, as storing consumes the requests: a failed group is stored again from the
+    // callers' own.
     let combined: Vec<PutRequest> = batch
         .iter()
         .flat_map(|w| w.requests.iter().cloned())
@@ -281,7 +278,7 @@ async fn store_group<S: StoreBatch>(group: &GroupCommit, saver: &S, batch: Vec<W
         let mut first = Some(error);
         for waiting in batch {
             let error = first.take().unwrap_or_else(|| Error::Backend {
-                backend: "postgres",
+                backend: BACKEND,
                 message: message.clone(),
                 source: None,
             });

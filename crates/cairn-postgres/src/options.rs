@@ -76,8 +76,10 @@ impl PostgresOptions {
     /// waited while a commit was under way is stored together in one transaction when it
     /// ends: with many threads writing at once (durability `Sync`), commits, and the
     /// server's WAL flushes, grow far slower than checkpoints. A write that finds a slot free
-    /// is stored at once and alone, so one thread pays nothing; a group that fails is stored
-    /// again caller by caller, so each gets its own result. `max_size` or more turns the
+    /// is stored at once and alone, so one thread pays nothing. A group that fails for a
+    /// reason one write may cause (a value the server refuses, a check before any SQL) is
+    /// stored again caller by caller, so each gets its own result; any other failure (the
+    /// server unreachable, a timeout) is every caller's at once. `max_size` or more turns the
     /// grouping off.
     pub fn commit_slots(mut self, slots: usize) -> Self {
         self.commit_slots = slots.max(1);

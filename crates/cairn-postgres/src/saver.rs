@@ -268,6 +268,14 @@ impl PostgresSaver {
         Ok(())
     }
 
+    /// Stores one checkpoint (with its writes) through the group commit; the config naming
+    /// it.
+    async fn store_one(&self, request: PutRequest) -> Result<CheckpointConfig> {
+        let stored = request.stored_config();
+        self.group.store(self, vec![request]).await?;
+        Ok(stored)
+    }
+
     pub(crate) async fn put_batch_ungrouped(&self, requests: Vec<PutRequest>) -> Result<()> {
         if requests.is_empty() {
             return Ok(());
@@ -1266,16 +1274,14 @@ impl CheckpointSaver for PostgresSaver {
         metadata: CheckpointMetadata,
         new_versions: ChannelVersions,
     ) -> Result<CheckpointConfig> {
-        let request = PutRequest {
+        self.store_one(PutRequest {
             config: config.clone(),
             writes: Vec::new(),
             checkpoint,
             metadata,
             new_versions,
-        };
-        let stored = request.stored_config();
-        self.group.store(self, vec![request]).await?;
-        Ok(stored)
+        })
+        .await
     }
 
     async fn put_writes(
@@ -1327,7 +1333,7 @@ impl CheckpointSaver for PostgresSaver {
         if config.checkpoint_id.is_none() {
             return Err(no_checkpoint_id());
         }
-        let request = PutRequest {
+        self.store_one(PutRequest {
             config: config.clone(),
             writes: vec![TaskWrites {
                 task_id: task_id.to_owned(),
@@ -1337,10 +1343,8 @@ impl CheckpointSaver for PostgresSaver {
             checkpoint,
             metadata,
             new_versions,
-        };
-        let stored = request.stored_config();
-        self.group.store(self, vec![request]).await?;
-        Ok(stored)
+        })
+        .await
     }
 
     /// One transaction for the whole batch: its statements are sent together (pipelined on
