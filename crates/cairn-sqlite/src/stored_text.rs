@@ -42,23 +42,36 @@ pub(crate) struct StoreText<'a>(pub(crate) &'a str);
 impl ToSql for StoreText<'_> {
     fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
         Ok(match encode(self.0) {
-            Some(blob) => ToSqlOutput::Owned(rusqlite::types::Value::Blob(blob)),
+            Some(Cow::Borrowed(code)) => ToSqlOutput::Borrowed(ValueRef::Blob(code)),
+            Some(Cow::Owned(blob)) => ToSqlOutput::Owned(rusqlite::types::Value::Blob(blob)),
             None => ToSqlOutput::Borrowed(ValueRef::Text(self.0.as_bytes())),
         })
     }
 }
 
+/// The one-byte blobs of the known strings, `[index + 1]`: bound as they are, not allocated
+/// per row.
+const KNOWN_CODES: [u8; KNOWN.len()] = {
+    let mut codes = [0; KNOWN.len()];
+    let mut i = 0;
+    while i < codes.len() {
+        codes[i] = i as u8 + 1;
+        i += 1;
+    }
+    codes
+};
+
 /// The stored form of `text` when it is or starts with a known string.
-fn encode(text: &str) -> Option<Vec<u8>> {
+fn encode(text: &str) -> Option<Cow<'static, [u8]>> {
     if let Some(i) = KNOWN.iter().position(|known| *known == text) {
-        return Some(vec![i as u8 + 1]);
+        return Some(Cow::Borrowed(&KNOWN_CODES[i..=i]));
     }
     KNOWN_PREFIXES.iter().enumerate().find_map(|(i, prefix)| {
         let rest = text.strip_prefix(prefix)?;
         let mut blob = Vec::with_capacity(1 + rest.len());
         blob.push(PREFIX_BASE + i as u8);
         blob.extend_from_slice(rest.as_bytes());
-        Some(blob)
+        Some(Cow::Owned(blob))
     })
 }
 
@@ -161,9 +174,9 @@ mod tests {
 
     #[test]
     fn the_codes_in_sql_text_are_the_known_codes() {
-        assert_eq!(encode("ref/append"), Some(vec![0x08]));
+        assert_eq!(encode("ref/append").as_deref(), Some(&[0x08][..]));
         assert!(crate::ops::REFERRING_WRITES_SQL.contains("IN ('ref/append', x'08')"));
-        assert_eq!(encode("ref/map"), Some(vec![0x09]));
+        assert_eq!(encode("ref/map").as_deref(), Some(&[0x09][..]));
         assert!(crate::ops::REFERRING_VALUES_SQL.contains("IN ('ref/map', x'09')"));
     }
 
