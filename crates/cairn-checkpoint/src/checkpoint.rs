@@ -68,10 +68,10 @@ impl Default for Checkpoint {
     }
 }
 
-/// A new checkpoint id and its `ts`, from one clock reading.
+/// A new checkpoint id and its `ts`: the time the id holds.
 fn id_and_ts() -> (String, String) {
-    let now = std::time::SystemTime::now();
-    (crate::id::checkpoint_id_at(now), rfc3339_micros(now))
+    let (id, time) = crate::id::checkpoint_id_and_time();
+    (id, rfc3339_micros(time))
 }
 
 /// The current time as RFC 3339 (UTC, microseconds).

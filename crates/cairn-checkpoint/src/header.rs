@@ -107,7 +107,7 @@ impl StoredChannel {
 /// updated_channels]`, with no field names:
 /// - a `ts` in Cairn's own form (RFC 3339, UTC, six fractional digits) is `[µs]`, the
 ///   microseconds after the time in the checkpoint id when the id is a version-6 UUID and
-///   `ts` is not before it (0 for the checkpoints Cairn makes: one clock reading gives both),
+///   `ts` is not before it (0 for the checkpoints Cairn makes, whose `ts` is the id's time),
 ///   else microseconds since the Unix epoch; any other `ts` is its text;
 /// - the runtime's own names (`__start__`, `__input__`, `__end__`, `__interrupt__`,
 ///   `__pregel_tasks`) are the codes -1 to -5, a name starting with `branch:to:` or `join:`
@@ -910,6 +910,28 @@ mod tests {
             decode_header(&bytes, &plain_id.id).expect("decode"),
             plain_id
         );
+    }
+
+    /// Checkpoints made on several threads at once step their ids past each other's; each
+    /// `ts` still equals the time its id holds, so every header stores it as 0 after the id.
+    #[test]
+    fn checkpoints_made_at_once_on_many_threads_store_ts_as_zero_after_the_id() {
+        let threads: Vec<_> = (0..4)
+            .map(|_| {
+                std::thread::spawn(|| {
+                    (0..2_000)
+                        .map(|_| Checkpoint::new())
+                        .collect::<Vec<Checkpoint>>()
+                })
+            })
+            .collect();
+        for thread in threads {
+            for cp in thread.join().expect("thread") {
+                let bytes = encode_header(&cp).expect("encode");
+                assert_eq!(&bytes[2..4], &[0x91, 0x00], "{} at {}", cp.id, cp.ts);
+                assert_eq!(decode_header(&bytes, &cp.id).expect("decode"), cp);
+            }
+        }
     }
 
     #[test]

@@ -37,13 +37,17 @@ pub(crate) fn random_u64() -> u64 {
 /// assert_eq!(a.len(), 36);
 /// ```
 pub fn new_checkpoint_id() -> String {
-    checkpoint_id_at(SystemTime::now())
+    checkpoint_id_and_time().0
 }
 
-/// A new checkpoint id for time `time` (see [`new_checkpoint_id`]): a checkpoint's id and `ts`
-/// come from one clock reading, so its header can store `ts` as 0 microseconds after the id.
-pub(crate) fn checkpoint_id_at(time: SystemTime) -> String {
-    let now = time.duration_since(UNIX_EPOCH).unwrap_or_default();
+/// A new checkpoint id (see [`new_checkpoint_id`]) and the time it holds, for the
+/// checkpoint's `ts`: its header then stores `ts` as 0 microseconds after the id. The time is
+/// the clock's, or a little later when the id had to step past one made meanwhile (on another
+/// thread, or before the clock went back), so `ts` follows id order too.
+pub(crate) fn checkpoint_id_and_time() -> (String, SystemTime) {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
     let ts = Timestamp::from_unix_time(now.as_secs(), now.subsec_nanos(), 0, 14);
     let node = random_u64().to_be_bytes();
     let candidate = Uuid::new_v6(ts, &[node[0], node[1], node[2], node[3], node[4], node[5]]);
@@ -58,11 +62,15 @@ pub(crate) fn checkpoint_id_at(time: SystemTime) -> String {
         *last + 1
     };
     *last = value;
+    drop(last);
+    let id = Uuid::from_u128(value);
+    // Stepping past an id keeps its time (only node bits change).
+    let time = id.get_timestamp().map_or(UNIX_EPOCH + now, |t| {
+        let (secs, nanos) = t.to_unix();
+        UNIX_EPOCH + std::time::Duration::new(secs, nanos)
+    });
     let mut buf = [0u8; uuid::fmt::Hyphenated::LENGTH];
-    Uuid::from_u128(value)
-        .hyphenated()
-        .encode_lower(&mut buf)
-        .to_owned()
+    (id.hyphenated().encode_lower(&mut buf).to_owned(), time)
 }
 
 #[cfg(test)]

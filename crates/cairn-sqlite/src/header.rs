@@ -16,7 +16,7 @@
 //! runtime's own names (`__start__`, `__input__`, `branch:to:` …) are codes, a version suffix
 //! the header already wrote is a one-byte back reference (a step gives every channel it
 //! updates the same suffix), and a `ts` at or after the checkpoint id's time is the
-//! microseconds after it (0: one clock reading makes both). Headers of schema 3 (every
+//! microseconds after it (0: a checkpoint's `ts` is the time its id holds). Headers of schema 3 (every
 //! version a string), of schemas 4 to 6 (names everywhere) and of 7 to 9 read as before.
 //!
 //! The compact form is written and read by hand (`encode`, `decode`), not through serde: it
