@@ -183,6 +183,7 @@ mod read;
 mod schema;
 mod stored_text;
 mod stored_value;
+mod txn;
 mod version_key;
 mod write_refs;
 mod writer;
@@ -672,7 +673,7 @@ impl SqliteSaver {
     /// level allows it, else through the writer thread; waits until it is committed.
     async fn write<F>(&self, op: F) -> Result<()>
     where
-        F: FnOnce(&Connection) -> Result<()> + Send + 'static,
+        F: Fn(&Connection) -> Result<()> + Send + 'static,
     {
         let mut op: writer::WriteOp = Box::new(op);
         if let Some(shared) = &self.inner.inline {

@@ -25,6 +25,7 @@ use cairn_checkpoint::{
 };
 
 use crate::id_key::{self, IdKey, StoredId};
+use crate::txn::Transaction;
 use crate::version_key::VersionKey;
 use crate::write_refs::{MapRef, WriteRef, TAG_MAP_REF, TAG_WRITE_REF};
 use crate::{open_connection, sql_error, ConnectionRole, SqliteOptions};
@@ -212,7 +213,7 @@ pub(crate) fn get_tuple(
     config: &CheckpointConfig,
     known: Option<&Known>,
 ) -> Result<Option<CheckpointTuple>> {
-    let tx = ReadTransaction::begin(conn)?;
+    let tx = Transaction::read(conn)?;
     let rows = {
         let key = config.checkpoint_id.as_deref().map(IdKey::of);
         let (sql, params): (&str, Vec<&dyn rusqlite::ToSql>) = match &key {
@@ -233,56 +234,9 @@ pub(crate) fn get_tuple(
         rows
     };
     let mut tuples = assemble(&tx, rows, known)?;
-    tx.commit()?;
+    tx.commit()
+        .map_err(sql_error("ending a read transaction"))?;
     Ok(tuples.pop())
-}
-
-/// A read transaction begun and ended through cached statements (`Connection::transaction`
-/// parses them each time, and the runtime's head read runs once per invoke). Dropped without
-/// [`commit`](Self::commit) (an error, a panic) it rolls back, so the connection, which may
-/// be the write connection, is never left inside a transaction.
-struct ReadTransaction<'c> {
-    conn: &'c Connection,
-    open: bool,
-}
-
-impl<'c> ReadTransaction<'c> {
-    fn begin(conn: &'c Connection) -> Result<Self> {
-        run_cached(conn, "BEGIN", "starting a read transaction")?;
-        Ok(ReadTransaction { conn, open: true })
-    }
-
-    fn commit(mut self) -> Result<()> {
-        run_cached(self.conn, "COMMIT", "ending a read transaction")?;
-        // Only now: a COMMIT that failed leaves the rollback to `drop`.
-        self.open = false;
-        Ok(())
-    }
-}
-
-impl std::ops::Deref for ReadTransaction<'_> {
-    type Target = Connection;
-    fn deref(&self) -> &Connection {
-        self.conn
-    }
-}
-
-impl Drop for ReadTransaction<'_> {
-    fn drop(&mut self) {
-        if self.open {
-            if let Err(e) = run_cached(self.conn, "ROLLBACK", "rolling back a read transaction") {
-                tracing::warn!(error = %e, "could not end a read transaction");
-            }
-        }
-    }
-}
-
-/// Runs a parameterless statement through the statement cache.
-fn run_cached(conn: &Connection, sql: &str, what: &str) -> Result<()> {
-    conn.prepare_cached(sql)
-        .and_then(|mut stmt| stmt.execute([]))
-        .map(drop)
-        .map_err(sql_error(what))
 }
 
 /// One `WHERE` condition on metadata key `key` equal to `value`, if SQL can test it
@@ -413,7 +367,7 @@ pub(crate) fn list(conn: &mut Connection, query: &ListQuery) -> Result<Vec<Check
         return Ok(Vec::new());
     }
     let (sql, params, exact_in_sql) = list_sql(query);
-    let tx = ReadTransaction::begin(conn)?;
+    let tx = Transaction::read(conn)?;
     let rows = {
         let mut stmt = tx
             .prepare_cached(&sql)
@@ -427,7 +381,8 @@ pub(crate) fn list(conn: &mut Connection, query: &ListQuery) -> Result<Vec<Check
     };
     if exact_in_sql {
         let tuples = assemble(&tx, rows, None)?;
-        tx.commit()?;
+        tx.commit()
+            .map_err(sql_error("ending a read transaction"))?;
         return Ok(tuples);
     }
     // Decode metadata first, keep the matching rows up to the limit, then load their values.
@@ -443,7 +398,8 @@ pub(crate) fn list(conn: &mut Connection, query: &ListQuery) -> Result<Vec<Check
         }
     }
     let tuples = assemble(&tx, kept, None)?;
-    tx.commit()?;
+    tx.commit()
+        .map_err(sql_error("ending a read transaction"))?;
     Ok(tuples)
 }
 
@@ -1129,7 +1085,7 @@ pub(crate) fn list_threads(
     if limit == 0 {
         return Ok(Vec::new());
     }
-    let tx = ReadTransaction::begin(conn)?;
+    let tx = Transaction::read(conn)?;
     let limit_sql = i64::try_from(limit).unwrap_or(i64::MAX);
     let groups: Vec<(String, String, i64, String)> = {
         let sql = if after.is_some() {
@@ -1217,6 +1173,7 @@ pub(crate) fn list_threads(
             latest,
         });
     }
-    tx.commit()?;
+    tx.commit()
+        .map_err(sql_error("ending a read transaction"))?;
     Ok(out)
 }

@@ -538,21 +538,7 @@ async fn writes_queued_together_commit_in_one_transaction() {
 
     let saver = crate::SqliteSaver::in_memory().expect("open");
     // Hold the writer thread until 20 puts are queued behind it.
-    let (started_tx, started_rx) = tokio::sync::oneshot::channel();
-    let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
-    let gate = {
-        let saver = saver.clone();
-        tokio::spawn(async move {
-            saver
-                .on_writer(move |_| {
-                    let _ = started_tx.send(());
-                    let _ = release_rx.recv();
-                    Ok(())
-                })
-                .await
-        })
-    };
-    started_rx.await.expect("writer busy");
+    let gate = WriterGate::hold(&saver).await;
     let before = saver.writer_stats();
     let mut puts = tokio::task::JoinSet::new();
     for i in 0..20 {
@@ -568,12 +554,7 @@ async fn writes_queued_together_commit_in_one_transaction() {
                 .await
         });
     }
-    let writer = &saver.inner.writer;
-    while writer.max_capacity() - writer.capacity() < 20 {
-        tokio::task::yield_now().await;
-    }
-    release_tx.send(()).expect("release");
-    gate.await.expect("join").expect("gate");
+    gate.release_when_queued(&saver, 20).await;
     while let Some(done) = puts.join_next().await {
         done.expect("join").expect("put");
     }
@@ -583,6 +564,118 @@ async fn writes_queued_together_commit_in_one_transaction() {
         after.batches - before.batches,
         1,
         "one transaction for all 20"
+    );
+}
+
+/// Holds the writer thread busy until released, so that requests queue up behind it and
+/// are committed as one batch.
+struct WriterGate {
+    release: std::sync::mpsc::Sender<()>,
+    task: tokio::task::JoinHandle<cairn_checkpoint::Result<()>>,
+}
+
+impl WriterGate {
+    async fn hold(saver: &crate::SqliteSaver) -> WriterGate {
+        let (started_tx, started_rx) = tokio::sync::oneshot::channel();
+        let (release, release_rx) = std::sync::mpsc::channel::<()>();
+        let task = {
+            let saver = saver.clone();
+            tokio::spawn(async move {
+                saver
+                    .on_writer(move |_| {
+                        let _ = started_tx.send(());
+                        let _ = release_rx.recv();
+                        Ok(())
+                    })
+                    .await
+            })
+        };
+        started_rx.await.expect("writer busy");
+        WriterGate { release, task }
+    }
+
+    /// Lets the writer go once `n` requests wait in its queue.
+    async fn release_when_queued(self, saver: &crate::SqliteSaver, n: usize) {
+        let writer = &saver.inner.writer;
+        while writer.max_capacity() - writer.capacity() < n {
+            tokio::task::yield_now().await;
+        }
+        self.release.send(()).expect("release");
+        self.task.await.expect("join").expect("gate");
+    }
+}
+
+/// A batch is first run without savepoints; when a request fails (an error or a panic) the
+/// batch is rolled back and run again with one savepoint per request: the failing requests
+/// are undone alone, including what they wrote before failing, the rest commit once, and
+/// nothing is stored twice (the scratch table's key would refuse a second insert).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_request_in_a_batch_is_undone_alone() {
+    let saver = crate::SqliteSaver::in_memory().expect("open");
+    saver
+        .write(|conn| {
+            conn.execute_batch("CREATE TABLE scratch (k TEXT PRIMARY KEY)")
+                .map_err(crate::sql_error("creating the scratch table"))
+        })
+        .await
+        .expect("scratch table");
+    let insert = |conn: &rusqlite::Connection, k: &str| {
+        conn.execute("INSERT INTO scratch (k) VALUES (?1)", [k])
+            .map(drop)
+            .map_err(crate::sql_error("inserting"))
+    };
+    let gate = WriterGate::hold(&saver).await;
+    let before = saver.writer_stats();
+    let mut requests = tokio::task::JoinSet::new();
+    for i in 0..6 {
+        let saver = saver.clone();
+        requests.spawn(async move {
+            let op: crate::writer::WriteOp = match i {
+                2 => Box::new(move |conn| {
+                    insert(conn, "refused")?;
+                    Err(cairn_checkpoint::Error::InvalidArgument("refused".into()))
+                }),
+                4 => Box::new(move |conn| {
+                    insert(conn, "panicked")?;
+                    panic!("a bug in a write request")
+                }),
+                _ => Box::new(move |conn| insert(conn, &format!("k{i}"))),
+            };
+            (i, saver.write_queued(op).await)
+        });
+    }
+    gate.release_when_queued(&saver, 6).await;
+    while let Some(done) = requests.join_next().await {
+        let (i, result) = done.expect("join");
+        match i {
+            2 => assert!(result.expect_err("refused").to_string().contains("refused")),
+            4 => assert!(result
+                .expect_err("panicked")
+                .to_string()
+                .contains("panicked")),
+            _ => result.expect("stored"),
+        }
+    }
+    let keys: Vec<String> = saver
+        .on_writer(|conn| {
+            let mut stmt = conn
+                .prepare("SELECT k FROM scratch ORDER BY k")
+                .map_err(crate::sql_error("listing"))?;
+            let keys = stmt
+                .query_map([], |r| r.get(0))
+                .and_then(|rows| rows.collect())
+                .map_err(crate::sql_error("listing"));
+            keys
+        })
+        .await
+        .expect("keys");
+    assert_eq!(keys, ["k0", "k1", "k3", "k5"]);
+    let after = saver.writer_stats();
+    assert_eq!(after.requests - before.requests, 6);
+    assert_eq!(
+        after.batches - before.batches,
+        1,
+        "one commit for the batch"
     );
 }
 
