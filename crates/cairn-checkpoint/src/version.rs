@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 /// assert_eq!(b.counter(), 4);
 /// assert_eq!(a.next().counter(), 4);
 /// ```
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
 #[serde(untagged)]
 pub enum ChannelVersion {
     /// An integer version.
@@ -61,6 +61,37 @@ impl ChannelVersion {
             ChannelVersion::Int(n) => n.to_string(),
             ChannelVersion::Str(s) => s.clone(),
         }
+    }
+}
+
+/// An integer or a string, like `#[serde(untagged)]` would read it, without its cost: the
+/// derived form buffers each version and, for every string version, builds and formats the
+/// error of trying it as an integer first (a third of the instructions of reading a
+/// PostgreSQL history, whose headers are JSON).
+impl<'de> Deserialize<'de> for ChannelVersion {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visitor;
+        impl serde::de::Visitor<'_> for Visitor {
+            type Value = ChannelVersion;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a channel version: an integer or a string")
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<ChannelVersion, E> {
+                Ok(ChannelVersion::Int(v))
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<ChannelVersion, E> {
+                i64::try_from(v).map(ChannelVersion::Int).map_err(|_| {
+                    E::invalid_value(serde::de::Unexpected::Unsigned(v), &"an i64 version")
+                })
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<ChannelVersion, E> {
+                Ok(ChannelVersion::Str(v.to_owned()))
+            }
+            fn visit_string<E: serde::de::Error>(self, v: String) -> Result<ChannelVersion, E> {
+                Ok(ChannelVersion::Str(v))
+            }
+        }
+        deserializer.deserialize_any(Visitor)
     }
 }
 
@@ -334,6 +365,19 @@ mod tests {
             .expect("serialize");
         assert_eq!(json, r#"[7,"x"]"#);
         let back: Vec<ChannelVersion> = serde_json::from_str(&json).expect("deserialize");
-        assert_eq!(back[0], ChannelVersion::Int(7));
+        assert_eq!(back, [ChannelVersion::Int(7), ChannelVersion::from("x")]);
+        // What the derived untagged form refused stays refused, with a message.
+        for bad in ["1.5", "true", "null", "[1]", "{}", "18446744073709551615"] {
+            let err = serde_json::from_str::<ChannelVersion>(bad).expect_err(bad);
+            assert!(!err.to_string().is_empty(), "{bad}");
+        }
+        assert_eq!(
+            serde_json::from_str::<ChannelVersion>("-3").expect("negative"),
+            ChannelVersion::Int(-3)
+        );
+        // MessagePack, as headers of older SQLite schemas hold them.
+        let packed = rmp_serde::to_vec(&back).expect("msgpack");
+        let unpacked: Vec<ChannelVersion> = rmp_serde::from_slice(&packed).expect("msgpack");
+        assert_eq!(unpacked, back);
     }
 }
