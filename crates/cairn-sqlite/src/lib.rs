@@ -135,9 +135,10 @@
 //! SQLite allows one writer at a time. Rather than letting many tasks fight for the lock
 //! (and fail with "database is locked"), every change goes to one dedicated thread owning
 //! the write connection. It takes the first queued request, drains everything else queued
-//! behind it, and commits the lot in **one transaction** — one fsync for many checkpoints —
-//! with each request in its own SAVEPOINT, so a failing request is rolled back alone and
-//! only its caller sees the error. Callers are answered after the commit.
+//! behind it, and commits the lot in **one transaction** — one fsync for many checkpoints.
+//! A failing request is rolled back alone and only its caller sees the error: the batch runs
+//! straight through first, and only when a request fails is it rolled back and run again with
+//! each request in its own SAVEPOINT. Callers are answered after the commit.
 //!
 //! One shortcut: on a file database under [`Synchronous::Off`] or [`Synchronous::Normal`]
 //! (where a commit does not wait for fsync), a write that finds the write connection idle
@@ -982,8 +983,7 @@ impl CheckpointSaver for SqliteSaver {
         }
     }
 
-    /// Both in one write request, so one savepoint of one transaction: stored together or
-    /// not at all, with one commit.
+    /// Both in one write request, so stored together or not at all, with one commit.
     async fn put_writes_and_put(
         &self,
         config: &CheckpointConfig,
@@ -1002,11 +1002,11 @@ impl CheckpointSaver for SqliteSaver {
         Ok(stored)
     }
 
-    /// The whole batch in one write request: one savepoint of one transaction, so stored
-    /// together or not at all, with one commit (shared with other callers' requests by group
-    /// commit). The request always goes to the writer thread, never committing on the calling
-    /// thread: a runtime calls this in the background while its run goes on, and the writer
-    /// thread commits while the run computes its next steps.
+    /// The whole batch in one write request, so stored together or not at all, with one
+    /// commit (shared with other callers' requests by group commit). The request always goes
+    /// to the writer thread, never committing on the calling thread: a runtime calls this in
+    /// the background while its run goes on, and the writer thread commits while the run
+    /// computes its next steps.
     async fn put_batch(&self, requests: Vec<PutRequest>) -> Result<Vec<CheckpointConfig>> {
         self.store_batch(requests, Committer::WriterThread).await
     }

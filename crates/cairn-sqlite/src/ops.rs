@@ -1,4 +1,4 @@
-//! The changes the writer thread applies, each inside its own savepoint.
+//! The changes the writer thread applies, each undone alone if it fails (see `writer.rs`).
 
 use std::collections::HashSet;
 
