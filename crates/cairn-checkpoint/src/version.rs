@@ -90,6 +90,12 @@ impl<'de> Deserialize<'de> for ChannelVersion {
             fn visit_string<E: serde::de::Error>(self, v: String) -> Result<ChannelVersion, E> {
                 Ok(ChannelVersion::Str(v))
             }
+            // UTF-8 bytes (MessagePack `bin`) read as a string, as the untagged form did.
+            fn visit_bytes<E: serde::de::Error>(self, v: &[u8]) -> Result<ChannelVersion, E> {
+                std::str::from_utf8(v)
+                    .map(|s| ChannelVersion::Str(s.to_owned()))
+                    .map_err(|_| E::invalid_value(serde::de::Unexpected::Bytes(v), &self))
+            }
         }
         deserializer.deserialize_any(Visitor)
     }
@@ -379,5 +385,10 @@ mod tests {
         let packed = rmp_serde::to_vec(&back).expect("msgpack");
         let unpacked: Vec<ChannelVersion> = rmp_serde::from_slice(&packed).expect("msgpack");
         assert_eq!(unpacked, back);
+        // A MessagePack `bin` of UTF-8 reads as a string version; other bytes are refused.
+        let bin = [0xc4, 0x03, b'0', b'.', b'1'];
+        let from_bin: ChannelVersion = rmp_serde::from_slice(&bin).expect("bin");
+        assert_eq!(from_bin, ChannelVersion::from("0.1"));
+        assert!(rmp_serde::from_slice::<ChannelVersion>(&[0xc4, 0x01, 0xff]).is_err());
     }
 }

@@ -605,58 +605,36 @@ impl WriterGate {
     }
 }
 
-/// A batch is first run without savepoints; when a request fails (an error or a panic) the
-/// batch is rolled back and run again with one savepoint per request: the failing requests
-/// are undone alone, including what they wrote before failing, the rest commit once, and
-/// nothing is stored twice (the scratch table's key would refuse a second insert).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_failing_request_in_a_batch_is_undone_alone() {
+/// A saver with a `scratch (k TEXT PRIMARY KEY, v BLOB)` table for write requests of tests.
+async fn scratch_saver() -> crate::SqliteSaver {
     let saver = crate::SqliteSaver::in_memory().expect("open");
     saver
         .write(|conn| {
-            conn.execute_batch("CREATE TABLE scratch (k TEXT PRIMARY KEY)")
+            conn.execute_batch("CREATE TABLE scratch (k TEXT PRIMARY KEY, v BLOB)")
                 .map_err(crate::sql_error("creating the scratch table"))
         })
         .await
         .expect("scratch table");
-    let insert = |conn: &rusqlite::Connection, k: &str| {
-        conn.execute("INSERT INTO scratch (k) VALUES (?1)", [k])
-            .map(drop)
-            .map_err(crate::sql_error("inserting"))
-    };
-    let gate = WriterGate::hold(&saver).await;
-    let before = saver.writer_stats();
-    let mut requests = tokio::task::JoinSet::new();
-    for i in 0..6 {
-        let saver = saver.clone();
-        requests.spawn(async move {
-            let op: crate::writer::WriteOp = match i {
-                2 => Box::new(move |conn| {
-                    insert(conn, "refused")?;
-                    Err(cairn_checkpoint::Error::InvalidArgument("refused".into()))
-                }),
-                4 => Box::new(move |conn| {
-                    insert(conn, "panicked")?;
-                    panic!("a bug in a write request")
-                }),
-                _ => Box::new(move |conn| insert(conn, &format!("k{i}"))),
-            };
-            (i, saver.write_queued(op).await)
-        });
-    }
-    gate.release_when_queued(&saver, 6).await;
-    while let Some(done) = requests.join_next().await {
-        let (i, result) = done.expect("join");
-        match i {
-            2 => assert!(result.expect_err("refused").to_string().contains("refused")),
-            4 => assert!(result
-                .expect_err("panicked")
-                .to_string()
-                .contains("panicked")),
-            _ => result.expect("stored"),
-        }
-    }
-    let keys: Vec<String> = saver
+    saver
+}
+
+/// Inserts key `k` (and `bytes` zero bytes) into the scratch table.
+fn insert_scratch(
+    conn: &rusqlite::Connection,
+    k: &str,
+    bytes: i64,
+) -> cairn_checkpoint::Result<()> {
+    conn.execute(
+        "INSERT INTO scratch (k, v) VALUES (?1, zeroblob(?2))",
+        rusqlite::params![k, bytes],
+    )
+    .map(drop)
+    .map_err(crate::sql_error("inserting"))
+}
+
+/// The scratch table's keys, in order.
+async fn scratch_keys(saver: &crate::SqliteSaver) -> Vec<String> {
+    saver
         .on_writer(|conn| {
             let mut stmt = conn
                 .prepare("SELECT k FROM scratch ORDER BY k")
@@ -668,8 +646,63 @@ async fn a_failing_request_in_a_batch_is_undone_alone() {
             keys
         })
         .await
-        .expect("keys");
-    assert_eq!(keys, ["k0", "k1", "k3", "k5"]);
+        .expect("keys")
+}
+
+/// Queues `ops` behind a held writer so that they commit as one batch; their results in
+/// order.
+async fn run_as_one_batch(
+    saver: &crate::SqliteSaver,
+    ops: Vec<crate::writer::WriteOp>,
+) -> Vec<cairn_checkpoint::Result<()>> {
+    let gate = WriterGate::hold(saver).await;
+    let n = ops.len();
+    let mut requests = tokio::task::JoinSet::new();
+    for (i, op) in ops.into_iter().enumerate() {
+        let saver = saver.clone();
+        requests.spawn(async move { (i, saver.write_queued(op).await) });
+    }
+    gate.release_when_queued(saver, n).await;
+    let mut results: Vec<_> = requests.join_all().await;
+    results.sort_by_key(|(i, _)| *i);
+    results.into_iter().map(|(_, r)| r).collect()
+}
+
+/// A batch is first run without savepoints; when a request fails (an error or a panic) the
+/// batch is rolled back and run again with one savepoint per request: the failing requests
+/// are undone alone, including what they wrote before failing, the rest commit once, and
+/// nothing is stored twice (the scratch table's key would refuse a second insert).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_request_in_a_batch_is_undone_alone() {
+    let saver = scratch_saver().await;
+    let before = saver.writer_stats();
+    let ops: Vec<crate::writer::WriteOp> = (0..6)
+        .map(|i| -> crate::writer::WriteOp {
+            match i {
+                2 => Box::new(|conn| {
+                    insert_scratch(conn, "refused", 1)?;
+                    Err(cairn_checkpoint::Error::InvalidArgument("refused".into()))
+                }),
+                4 => Box::new(|conn| {
+                    insert_scratch(conn, "panicked", 1)?;
+                    panic!("a bug in a write request")
+                }),
+                _ => Box::new(move |conn| insert_scratch(conn, &format!("k{i}"), 1)),
+            }
+        })
+        .collect();
+    let results = run_as_one_batch(&saver, ops).await;
+    for (i, result) in results.into_iter().enumerate() {
+        match i {
+            2 => assert!(result.expect_err("refused").to_string().contains("refused")),
+            4 => assert!(result
+                .expect_err("panicked")
+                .to_string()
+                .contains("panicked")),
+            _ => result.expect("stored"),
+        }
+    }
+    assert_eq!(scratch_keys(&saver).await, ["k0", "k1", "k3", "k5"]);
     let after = saver.writer_stats();
     assert_eq!(after.requests - before.requests, 6);
     assert_eq!(
@@ -677,6 +710,33 @@ async fn a_failing_request_in_a_batch_is_undone_alone() {
         1,
         "one commit for the batch"
     );
+}
+
+/// A request whose failure makes SQLite roll back the whole transaction (here the database
+/// is full) gets its own error, and the rest of its batch is stored without it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_that_ends_the_transaction_fails_alone_with_its_own_error() {
+    let saver = scratch_saver().await;
+    saver
+        .on_writer(|conn| {
+            let pages: i64 = conn
+                .query_row("PRAGMA page_count", [], |r| r.get(0))
+                .map_err(crate::sql_error("page count"))?;
+            conn.pragma_update(None, "max_page_count", pages + 20)
+                .map_err(crate::sql_error("max page count"))
+        })
+        .await
+        .expect("limit the database");
+    let ops: Vec<crate::writer::WriteOp> = vec![
+        Box::new(|conn| insert_scratch(conn, "k0", 100)),
+        Box::new(|conn| insert_scratch(conn, "huge", 1 << 20)),
+        Box::new(|conn| insert_scratch(conn, "k2", 100)),
+    ];
+    let results = run_as_one_batch(&saver, ops).await;
+    let err = results[1].as_ref().expect_err("too large for the database");
+    assert!(err.to_string().contains("full"), "{err}");
+    assert!(results[0].is_ok() && results[2].is_ok(), "{results:?}");
+    assert_eq!(scratch_keys(&saver).await, ["k0", "k2"]);
 }
 
 mod shutdown {

@@ -27,10 +27,27 @@ pub(crate) struct Transaction<'c> {
     open: bool,
 }
 
+/// How a request run inside a savepoint ended.
+pub(crate) enum Savepoint {
+    /// It succeeded; its changes stay in the transaction.
+    Kept,
+    /// It failed and its changes were undone; the transaction goes on.
+    Undone(cairn_checkpoint::Error),
+    /// It failed with an error that made SQLite roll back the whole transaction (a full
+    /// disk, an I/O error): the other requests' changes are gone too.
+    TransactionLost(cairn_checkpoint::Error),
+}
+
 impl<'c> Transaction<'c> {
     /// A write transaction (`BEGIN IMMEDIATE`): takes the database's write lock, waiting up
-    /// to the connection's busy timeout.
+    /// to the connection's busy timeout. A connection an earlier failure left inside a
+    /// transaction is rolled back first, so one failed `ROLLBACK` cannot block every later
+    /// write.
     pub(crate) fn write(conn: &'c Connection) -> rusqlite::Result<Self> {
+        if !conn.is_autocommit() {
+            tracing::warn!("the write connection was left inside a transaction; rolling it back");
+            exec_cached(conn, "ROLLBACK")?;
+        }
         exec_cached(conn, "BEGIN IMMEDIATE")?;
         Ok(Transaction { conn, open: true })
     }
@@ -41,39 +58,45 @@ impl<'c> Transaction<'c> {
         Ok(Transaction { conn, open: true })
     }
 
-    /// Commits (ends a read transaction). On an error the transaction is still open and
-    /// `drop` rolls it back.
+    /// Commits a write transaction or ends a read one. On an error `drop` rolls back
+    /// whatever SQLite left open.
     pub(crate) fn commit(mut self) -> rusqlite::Result<()> {
         exec_cached(self.conn, "COMMIT")?;
         self.open = false;
         Ok(())
     }
 
-    /// Rolls back now, reporting an error (`drop` only logs it).
+    /// Rolls back now, reporting an error (`drop` only logs it, trying once more).
     pub(crate) fn rollback(mut self) -> rusqlite::Result<()> {
-        self.open = false;
         // Some errors (a full disk, say) end the transaction themselves.
-        if self.conn.is_autocommit() {
-            return Ok(());
+        if !self.conn.is_autocommit() {
+            exec_cached(self.conn, "ROLLBACK")?;
         }
-        exec_cached(self.conn, "ROLLBACK")
+        self.open = false;
+        Ok(())
     }
 
     /// Runs `f` inside a savepoint: kept when it returns `Ok`, undone when it returns an
-    /// error (the transaction goes on either way). The outer error is `f`'s; the inner one
-    /// a failure to open, release or roll back the savepoint, after which the transaction
-    /// must be rolled back.
-    pub(crate) fn in_savepoint<T>(
+    /// error. The `Err` is a failure of the savepoint's own statements, after which the
+    /// transaction must be rolled back.
+    pub(crate) fn in_savepoint(
         &self,
-        f: impl FnOnce(&Connection) -> Result<T>,
-    ) -> rusqlite::Result<Result<T>> {
+        f: impl FnOnce(&Connection) -> Result<()>,
+    ) -> rusqlite::Result<Savepoint> {
         exec_cached(self.conn, "SAVEPOINT cairn_request")?;
-        let result = f(self.conn);
-        if result.is_err() {
-            exec_cached(self.conn, "ROLLBACK TO cairn_request")?;
+        let err = match f(self.conn) {
+            Ok(()) => {
+                exec_cached(self.conn, "RELEASE cairn_request")?;
+                return Ok(Savepoint::Kept);
+            }
+            Err(err) => err,
+        };
+        if self.conn.is_autocommit() {
+            return Ok(Savepoint::TransactionLost(err));
         }
+        exec_cached(self.conn, "ROLLBACK TO cairn_request")?;
         exec_cached(self.conn, "RELEASE cairn_request")?;
-        Ok(result)
+        Ok(Savepoint::Undone(err))
     }
 }
 

@@ -21,8 +21,7 @@ use tokio::sync::{mpsc, oneshot};
 use cairn_checkpoint::{Error, Result};
 
 use crate::checkpointer::{CheckpointRequests, Checkpointer};
-use crate::sql_error;
-use crate::txn::Transaction;
+use crate::txn::{Savepoint, Transaction};
 
 /// A change to apply inside the batch transaction. `Fn`, not `FnOnce`: a batch in which one
 /// request failed is rolled back and run again, one savepoint per request.
@@ -302,15 +301,7 @@ fn commit_batch(conn: &mut Connection, writes: Pending, counters: &Counters) {
     let count = writes.len();
     let tx = match Transaction::write(conn) {
         Ok(tx) => tx,
-        Err(e) => {
-            let what = "starting a write transaction";
-            tracing::warn!(error = %e, "{what}");
-            let message = e.to_string();
-            for (_, reply) in writes {
-                let _ = reply.send(Err(batch_error(what, &message)));
-            }
-            return;
-        }
+        Err(e) => return fail_all(writes, "starting a write transaction", &e),
     };
     if count == 1 {
         // A single request needs no savepoint: if it fails, rolling back the transaction
@@ -343,64 +334,67 @@ fn commit_batch(conn: &mut Connection, writes: Pending, counters: &Counters) {
         requests = count,
         "a request of a write batch failed; storing the batch again, one savepoint each"
     );
+    // The write lock is let go in between: another process writing the same file may take
+    // it meanwhile, and the second transaction waits for it up to the busy timeout, as any
+    // write does.
     if let Err(e) = tx.rollback() {
-        let message = e.to_string();
-        tracing::error!(error = %message, "rolling back a write batch");
-        for (_, reply) in writes {
-            let _ = reply.send(Err(batch_error("rolling back a failed batch", &message)));
-        }
-        return;
+        return fail_all(writes, "rolling back a failed batch", &e);
     }
     commit_with_savepoints(conn, writes, counters);
 }
 
 /// Runs `writes` in one transaction, one savepoint each, so that a failing request is
-/// undone alone, and answers every caller.
-fn commit_with_savepoints(conn: &mut Connection, writes: Pending, counters: &Counters) {
-    let tx = match Transaction::write(conn) {
-        Ok(tx) => tx,
-        Err(e) => {
-            let what = "starting a write transaction";
-            tracing::warn!(error = %e, "{what}");
-            let message = e.to_string();
-            for (_, reply) in writes {
-                let _ = reply.send(Err(batch_error(what, &message)));
+/// undone alone, and answers every caller. A request whose failure made SQLite roll back the
+/// whole transaction (a full disk, say) gets its own error and the others run again without
+/// it, in a new transaction.
+fn commit_with_savepoints(conn: &mut Connection, mut writes: Pending, counters: &Counters) {
+    loop {
+        let tx = match Transaction::write(conn) {
+            Ok(tx) => tx,
+            Err(e) => return fail_all(writes, "starting a write transaction", &e),
+        };
+        let mut results = Vec::with_capacity(writes.len());
+        let mut lost = None;
+        for (at, (op, _)) in writes.iter().enumerate() {
+            match tx.in_savepoint(|conn| run_op(op, conn)) {
+                Ok(Savepoint::Kept) => results.push(Ok(())),
+                Ok(Savepoint::Undone(err)) => results.push(Err(err)),
+                Ok(Savepoint::TransactionLost(err)) => {
+                    lost = Some((at, err));
+                    break;
+                }
+                Err(e) => {
+                    drop(tx);
+                    return fail_all(writes, "opening, releasing or rolling back a savepoint", &e);
+                }
             }
-            return;
         }
-    };
-    let mut answers = Vec::with_capacity(writes.len());
-    let mut broken: Option<String> = None;
-    for (op, reply) in writes {
-        if let Some(reason) = &broken {
-            answers.push((
-                reply,
-                Err(batch_error("an earlier request broke the batch", reason)),
-            ));
+        if let Some((at, err)) = lost {
+            drop(tx);
+            tracing::warn!(error = %err, "a write request ended its batch's transaction");
+            let (_, reply) = writes.remove(at);
+            let _ = reply.send(Err(err));
+            if writes.is_empty() {
+                return;
+            }
             continue;
         }
-        let result = match tx.in_savepoint(|conn| run_op(&op, conn)) {
-            Ok(result) => result,
-            Err(e) => {
-                broken = Some(e.to_string());
-                Err(sql_error("opening, releasing or rolling back a savepoint")(
-                    e,
-                ))
-            }
-        };
-        answers.push((reply, result));
+        let committed = tx.commit();
+        let answers = writes
+            .into_iter()
+            .zip(results)
+            .map(|((_, reply), r)| (reply, r));
+        return finish(answers, committed, counters);
     }
-    if let Some(reason) = broken {
-        if let Err(e) = tx.rollback() {
-            tracing::error!(error = %e, "rolling back a broken write batch");
-        }
-        for (reply, result) in answers {
-            let _ = reply.send(result.and(Err(batch_error("the write batch failed", &reason))));
-        }
-        return;
+}
+
+/// Answers every caller of `writes` with the failure `e` of `what`.
+fn fail_all(writes: Pending, what: &str, e: &rusqlite::Error) {
+    tracing::warn!(error = %e, "{what}");
+    let message = e.to_string();
+    for (_, reply) in writes {
+        let _ = reply.send(Err(batch_error(what, &message)));
     }
-    let result = tx.commit();
-    finish(answers.into_iter(), result, counters);
 }
 
 /// Answers the callers of a batch whose commit ended with `committed`.
