@@ -262,6 +262,7 @@ mod writer_failures {
                 readers: None,
                 path: None,
                 counters: Default::default(),
+                concurrency: Default::default(),
             }),
         };
         let err = super::put_empty(
@@ -784,10 +785,40 @@ mod shutdown {
 mod inline_writes {
     use cairn_checkpoint::{Checkpoint, CheckpointConfig, CheckpointMetadata, CheckpointSaver};
 
-    use crate::SqliteSaver;
+    use crate::{SqliteSaver, WriteConcurrency, SOLO_STREAK};
 
-    /// A write normally commits on the calling thread; when another connection holds the
-    /// write lock it must not fail (nor block the caller's thread in the busy handler) but
+    /// Writes commit inline only once [`SOLO_STREAK`] writes in a row overlapped no other;
+    /// one overlap starts the count again.
+    #[test]
+    fn writes_commit_inline_after_a_streak_of_writes_one_at_a_time() {
+        let writes = WriteConcurrency::default();
+        for _ in 0..SOLO_STREAK {
+            assert!(!writes.enter().1, "not before the streak");
+        }
+        for _ in 0..100 {
+            assert!(writes.enter().1, "writes one at a time commit inline");
+        }
+        let (held, inline) = writes.enter();
+        assert!(inline);
+        let (overlapping, inline) = writes.enter();
+        assert!(!inline, "a write overlapping another queues");
+        drop((held, overlapping));
+        for _ in 0..SOLO_STREAK {
+            assert!(
+                !writes.enter().1,
+                "the streak starts again after an overlap"
+            );
+        }
+        assert!(writes.enter().1);
+        assert_eq!(
+            writes.in_flight.load(std::sync::atomic::Ordering::Acquire),
+            0,
+            "every guard dropped"
+        );
+    }
+
+    /// A write commits on the calling thread when writes come one at a time; when another
+    /// connection holds the write lock it must not fail (nor block the caller's thread in the busy handler) but
     /// wait on the writer thread and commit once the lock is released.
     #[tokio::test]
     async fn a_write_behind_another_connections_lock_waits_and_commits() {
