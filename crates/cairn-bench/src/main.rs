@@ -71,6 +71,42 @@ struct Args {
     /// Turns at which --growth samples storage.
     #[arg(long, default_value = "50,100,200,400")]
     growth_samples: String,
+    /// Leave transparent huge pages as the system has them (by default the process turns
+    /// them off; see `huge_pages` in the JSON's `meta`).
+    #[arg(long)]
+    keep_huge_pages: bool,
+}
+
+/// Turns transparent huge pages off for this process (Linux; elsewhere a no-op) and says
+/// what the process runs with, for the JSON's `meta`.
+///
+/// mimalloc asks the kernel for 2 MiB pages for its arenas (`MADV_HUGEPAGE`), and the first
+/// touch of each such page zeroes all of it: in a cell of a few milliseconds whose state
+/// grows, such as W2 in memory (about 6 ms), that ran the cell at about half speed in two
+/// runs of three after the peer's run, against full speed in three of three without them.
+/// The peer's Python allocator never asks for huge pages, so turning them off compares like
+/// with like.
+fn set_huge_pages(keep: bool) -> String {
+    if keep {
+        return "as the system sets them (--keep-huge-pages)".into();
+    }
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: PR_SET_THP_DISABLE takes integer arguments only and touches no memory of
+        // this process; it sets a flag on the process's address space.
+        let done = unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0) } == 0;
+        if done {
+            return "transparent huge pages off for this process (prctl PR_SET_THP_DISABLE)".into();
+        }
+        format!(
+            "as the system sets them (turning them off failed: {})",
+            std::io::Error::last_os_error()
+        )
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        "as the system sets them (not Linux)".into()
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -289,7 +325,7 @@ fn mask_url(url: &str) -> String {
     }
 }
 
-async fn run(args: Args) -> Result<bool, BoxError> {
+async fn run(args: Args, huge_pages: String) -> Result<bool, BoxError> {
     let sizes = if args.quick { QUICK } else { FULL };
     let env = Env {
         pg_url: std::env::var("CAIRN_BENCH_PG_URL")
@@ -314,6 +350,7 @@ async fn run(args: Args) -> Result<bool, BoxError> {
         "process_warmup".into(),
         json!("one untimed W1 run in memory before the first timed cell"),
     );
+    meta.insert("huge_pages".into(), json!(huge_pages));
     meta.insert(
         "allocator".into(),
         json!(if cfg!(feature = "mimalloc") {
@@ -507,6 +544,7 @@ async fn run(args: Args) -> Result<bool, BoxError> {
 
 fn main() -> std::process::ExitCode {
     let args = Args::parse();
+    let huge_pages = set_huge_pages(args.keep_huge_pages);
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -517,7 +555,7 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
-    match rt.block_on(run(args)) {
+    match rt.block_on(run(args, huge_pages)) {
         Ok(true) => std::process::ExitCode::SUCCESS,
         Ok(false) => std::process::ExitCode::from(1),
         Err(e) => {
