@@ -92,9 +92,12 @@ fn set_huge_pages(keep: bool) -> String {
     }
     #[cfg(target_os = "linux")]
     {
-        // SAFETY: PR_SET_THP_DISABLE takes integer arguments only and touches no memory of
-        // this process; it sets a flag on the process's address space.
-        let done = unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0) } == 0;
+        // SAFETY: PR_SET_THP_DISABLE takes integer arguments only (passed as the
+        // `unsigned long`s the variadic prctl reads) and touches no memory of this process;
+        // it sets a flag on the process's address space.
+        let (on, unused): (libc::c_ulong, libc::c_ulong) = (1, 0);
+        let done =
+            unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, on, unused, unused, unused) } == 0;
         if done {
             return "transparent huge pages off for this process (prctl PR_SET_THP_DISABLE)".into();
         }
@@ -543,8 +546,10 @@ async fn run(args: Args, huge_pages: String) -> Result<bool, BoxError> {
 }
 
 fn main() -> std::process::ExitCode {
+    // First thing, before argument parsing and the runtime allocate (pages touched before it
+    // may stay huge); the flag is therefore read from the arguments directly.
+    let huge_pages = set_huge_pages(std::env::args_os().any(|a| a == "--keep-huge-pages"));
     let args = Args::parse();
-    let huge_pages = set_huge_pages(args.keep_huge_pages);
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

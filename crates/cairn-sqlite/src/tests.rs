@@ -838,7 +838,14 @@ mod inline_writes {
                     .await
             }
         };
-        put("before").await.expect("uncontended put");
+        // Enough writes one at a time that the next one tries to commit inline.
+        for _ in 0..=crate::SOLO_STREAK {
+            put("before").await.expect("uncontended put");
+        }
+        assert!(
+            saver.inner.concurrency.enter().1,
+            "the next write may commit inline"
+        );
 
         let other = rusqlite::Connection::open(&path).expect("second connection");
         other
