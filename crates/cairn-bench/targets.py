@@ -17,13 +17,9 @@ def cells(path):
     return {(c["workload"], c["saver"], c["durability"]): c for c in json.load(open(path))["results"]}
 
 
-def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("peer")
-    ap.add_argument("cairn")
-    ap.add_argument("--fsync-per-s", type=float)
-    a = ap.parse_args()
-    p, c = cells(a.peer), cells(a.cairn)
+def target_rows(p, c, fsync_per_s=None):
+    """The targets' rows for peer cells `p` and Cairn cells `c` (see `cells`): tuples of
+    (target, saver, durability, LangGraph, Cairn, ratio, goal, verdict) as printed."""
     rows = []
 
     def ratio_target(name, cwl, pwl, saver, fig, want):
@@ -56,17 +52,17 @@ def main():
                 rows.append((f"whole history ({n} checkpoints, values decoded)", saver, mode, "-", f"{full:.2f} ms", "-",
                              "<= 50 ms", "met" if full <= 50 else f"missed ({full / 50:.1f}x too slow)"))
 
-    if a.fsync_per_s or any("disk_fsync_per_s" in x for x in c.values()):
+    if fsync_per_s or any("disk_fsync_per_s" in x for x in c.values()):
         for saver in ("sqlite", "postgres"):
             one = c.get(("W2", saver, "sync"))
             if one and one.get("ok"):
-                f = one.get("disk_fsync_per_s", a.fsync_per_s)
+                f = one.get("disk_fsync_per_s", fsync_per_s)
                 v = one["steps_per_s"]
                 rows.append(("sync, 1 thread: durable checkpoints/s (W2 steps/s)", saver, "sync", f"fsync {f:,.0f}/s",
                              f"{v:,.0f}/s", f"{v / f:.0%} of fsync", ">= 50%", "met" if v >= 0.5 * f else "missed"))
             many = c.get(("W4-concurrent", saver, "sync"))
             if many and many.get("ok"):
-                f = many.get("disk_fsync_per_s", a.fsync_per_s)
+                f = many.get("disk_fsync_per_s", fsync_per_s)
                 if "checkpoints_per_s" in many:
                     v, how = many["checkpoints_per_s"], "checkpoints written / wall clock"
                 else:  # older Cairn JSON
@@ -82,6 +78,16 @@ def main():
                     rows.append(("sync, 64 threads: commits per checkpoint (each at most one WAL flush)", saver,
                                  "sync", "-", f"{per:.3f}", "-", "-", "info"))
 
+    return rows
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("peer")
+    ap.add_argument("cairn")
+    ap.add_argument("--fsync-per-s", type=float)
+    a = ap.parse_args()
+    rows = target_rows(cells(a.peer), cells(a.cairn), a.fsync_per_s)
     print("| target | saver | durability | LangGraph | Cairn | ratio | goal | verdict |")
     print("|---|---|---|---:|---:|---:|---|---|")
     for r in rows:
