@@ -146,10 +146,10 @@
 //! write lock free commits right on the calling thread, in its own transaction, saving two
 //! thread hand-offs. Anything else — concurrent writes, which commit in groups, the writer
 //! busy, another process holding the lock, `Full` durability — goes through the queue as
-//! above. WAL
-//! checkpoints run on a thread of their own with a connection of their own (PASSIVE: they
-//! never take the write lock), so commits go on meanwhile; the writer thread then copies
-//! only what was written during the pass, so the WAL starts over (see `checkpointer.rs`).
+//! above. WAL checkpoints run on a thread of their own with a connection of their own
+//! (PASSIVE: they never take the write lock), so commits go on meanwhile; the writer thread
+//! then copies only what was written during the pass, so the WAL starts over (see
+//! `checkpointer.rs`).
 //!
 //! Reads of a file database use a small pool of read connections on tokio's blocking pool
 //! (`get_tuple`, one checkpoint, runs right on the calling thread when a read connection is

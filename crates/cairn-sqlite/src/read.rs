@@ -234,8 +234,7 @@ pub(crate) fn get_tuple(
         rows
     };
     let mut tuples = assemble(&tx, rows, known)?;
-    tx.commit()
-        .map_err(sql_error("ending a read transaction"))?;
+    tx.end_read()?;
     Ok(tuples.pop())
 }
 
@@ -381,8 +380,7 @@ pub(crate) fn list(conn: &mut Connection, query: &ListQuery) -> Result<Vec<Check
     };
     if exact_in_sql {
         let tuples = assemble(&tx, rows, None)?;
-        tx.commit()
-            .map_err(sql_error("ending a read transaction"))?;
+        tx.end_read()?;
         return Ok(tuples);
     }
     // Decode metadata first, keep the matching rows up to the limit, then load their values.
@@ -398,8 +396,7 @@ pub(crate) fn list(conn: &mut Connection, query: &ListQuery) -> Result<Vec<Check
         }
     }
     let tuples = assemble(&tx, kept, None)?;
-    tx.commit()
-        .map_err(sql_error("ending a read transaction"))?;
+    tx.end_read()?;
     Ok(tuples)
 }
 
@@ -1173,7 +1170,6 @@ pub(crate) fn list_threads(
             latest,
         });
     }
-    tx.commit()
-        .map_err(sql_error("ending a read transaction"))?;
+    tx.end_read()?;
     Ok(out)
 }

@@ -58,12 +58,18 @@ impl<'c> Transaction<'c> {
         Ok(Transaction { conn, open: true })
     }
 
-    /// Commits a write transaction or ends a read one. On an error `drop` rolls back
-    /// whatever SQLite left open.
+    /// Commits a write transaction. On an error `drop` rolls back whatever SQLite left
+    /// open.
     pub(crate) fn commit(mut self) -> rusqlite::Result<()> {
         exec_cached(self.conn, "COMMIT")?;
         self.open = false;
         Ok(())
+    }
+
+    /// Ends a read transaction (see [`read`](Self::read)).
+    pub(crate) fn end_read(self) -> Result<()> {
+        self.commit()
+            .map_err(sql_error("ending a read transaction"))
     }
 
     /// Rolls back now, reporting an error (`drop` only logs it, trying once more).

@@ -49,6 +49,12 @@ pub(crate) struct Counters {
 }
 
 impl Counters {
+    /// Counts a committed transaction that held `requests` requests.
+    fn committed(&self, requests: usize) {
+        self.batches.fetch_add(1, Ordering::Relaxed);
+        self.requests.fetch_add(requests as u64, Ordering::Relaxed);
+    }
+
     /// The counts so far, with the WAL checkpoints `checkpoints` has run (none in memory).
     pub(crate) fn snapshot(&self, checkpoints: Option<&CheckpointRequests>) -> WriterStats {
         WriterStats {
@@ -201,8 +207,7 @@ pub(crate) fn try_inline(
         tracing::warn!(error = %e, "restoring the busy timeout");
     }
     if result.is_ok() {
-        counters.batches.fetch_add(1, Ordering::Relaxed);
-        counters.requests.fetch_add(1, Ordering::Relaxed);
+        counters.committed(1);
     }
     Ok(result)
 }
@@ -243,7 +248,7 @@ fn run(
                 Err(_) => break,
             }
         }
-        let mut writes: Vec<(WriteOp, oneshot::Sender<Result<()>>)> = Vec::new();
+        let mut writes: Pending = Vec::new();
         for job in batch {
             match job {
                 Job::Write { op, reply } => writes.push((op, reply)),
@@ -311,17 +316,14 @@ fn commit_batch(conn: &mut Connection, writes: Pending, counters: &Counters) {
         };
         let result = run_alone(&op, tx);
         if result.is_ok() {
-            counters.batches.fetch_add(1, Ordering::Relaxed);
-            counters.requests.fetch_add(1, Ordering::Relaxed);
+            counters.committed(1);
         }
         let _ = reply.send(result);
         return;
     }
-    let failed = writes.iter().position(|(op, _)| {
-        // The error itself comes again from the savepoint run below.
-        run_op(op, &tx).is_err()
-    });
-    if failed.is_none() {
+    // Stops at the first failure; its error comes again from the savepoint run below.
+    let any_failed = writes.iter().any(|(op, _)| run_op(op, &tx).is_err());
+    if !any_failed {
         let result = tx.commit();
         finish(
             writes.into_iter().map(|(_, reply)| (reply, Ok(()))),
@@ -407,8 +409,7 @@ fn finish(
     match committed {
         Ok(()) => {
             tracing::trace!(requests = count, "committed a write batch");
-            counters.batches.fetch_add(1, Ordering::Relaxed);
-            counters.requests.fetch_add(count as u64, Ordering::Relaxed);
+            counters.committed(count);
             for (reply, result) in answers {
                 let _ = reply.send(result);
             }
