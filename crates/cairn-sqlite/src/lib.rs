@@ -44,8 +44,9 @@
 //!   one-byte codes, a suffix the header already holds a back reference and `ts` the
 //!   microseconds after the id's time, about 90 bytes for a chat step; headers written before
 //!   schema 3 are named maps with the id and read as before, as do later schemas'), the
-//!   metadata as JSON text (so
-//!   list filters run in SQL with `json_extract`), the parent id, and the run id in its own
+//!   metadata (JSON text up to schema 11; since schema 12 a blob of a few bytes,
+//!   `stored_metadata.rs`, which list filters read in SQL through `cairn_metadata_json`
+//!   and `json_extract`), the parent id, and the run id in its own
 //!   column (since schema 6 the JSON leaves it out: reads put it back, a filter on `run_id`
 //!   tests the column; a `run_id` string among the caller's own keys counts as the run id,
 //!   any other such key is refused at `put`; an empty `parents` map is left out too). Since
@@ -184,6 +185,7 @@ mod ops;
 mod options;
 mod read;
 mod schema;
+mod stored_metadata;
 mod stored_text;
 mod stored_value;
 mod txn;
@@ -304,6 +306,7 @@ fn configure(
     version_key::register_functions(conn)?;
     id_key::register_functions(conn)?;
     stored_text::register_functions(conn)?;
+    stored_metadata::register_functions(conn)?;
     if file && role == ConnectionRole::Writer {
         // Switching a new file to WAL needs an exclusive lock, and SQLite reports a busy
         // database here without calling the busy handler: retry until the busy timeout.
@@ -773,52 +776,6 @@ impl SqliteSaver {
     }
 }
 
-/// Checkpoint metadata as `checkpoints.metadata` stores it: the JSON of
-/// [`CheckpointMetadata`] without `run_id`, which its own column holds (schema 6; about 50
-/// bytes less per checkpoint), and without `parents` when it is empty (a graph without
-/// subgraphs: 13 bytes less). Reading puts both back; every Cairn reads a missing `parents`
-/// as empty.
-#[derive(serde::Serialize)]
-struct StoredMetadata<'a> {
-    #[serde(skip_serializing_if = "Option::is_none")]
-    source: Option<cairn_checkpoint::CheckpointSource>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    step: Option<i64>,
-    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
-    parents: &'a std::collections::BTreeMap<String, String>,
-    #[serde(flatten)]
-    extra: ExtraKeys<'a>,
-}
-
-impl<'a> StoredMetadata<'a> {
-    /// `metadata` as stored; [`run_id_of`] has vetted its `run_id` key.
-    fn of(metadata: &'a CheckpointMetadata) -> Self {
-        StoredMetadata {
-            source: metadata.source,
-            step: metadata.step,
-            parents: &metadata.parents,
-            extra: ExtraKeys(&metadata.extra),
-        }
-    }
-}
-
-/// The caller's own metadata keys but `run_id` (see [`run_id_of`]).
-struct ExtraKeys<'a>(&'a serde_json::Map<String, serde_json::Value>);
-
-impl serde::Serialize for ExtraKeys<'_> {
-    fn serialize<S: serde::Serializer>(
-        &self,
-        serializer: S,
-    ) -> std::result::Result<S::Ok, S::Error> {
-        use serde::ser::SerializeMap;
-        let mut map = serializer.serialize_map(None)?;
-        for (key, value) in self.0.iter().filter(|(key, _)| *key != "run_id") {
-            map.serialize_entry(key, value)?;
-        }
-        map.end()
-    }
-}
-
 /// The run id `metadata` names: its `run_id`, or a `run_id` string among the caller's own
 /// keys (where the runtime's metadata keys are merged in). Any other `run_id` key is
 /// refused: the `run_id` column holds one string, which reads hand back as `run_id`.
@@ -847,11 +804,10 @@ fn put_row(
     // Already an `Error::Encode` that names the checkpoint header.
     let header = header::encode(&checkpoint)?;
     let run_id = run_id_of(metadata)?.map(str::to_owned);
-    let metadata_json =
-        serde_json::to_string(&StoredMetadata::of(metadata)).map_err(|e| Error::Encode {
-            format: "json",
-            message: format!("encoding the checkpoint metadata: {e}"),
-        })?;
+    let metadata = stored_metadata::encode(metadata).map_err(|message| Error::Encode {
+        format: "json",
+        message,
+    })?;
     // A channel updated to no value (an empty marker, or no value given) gets no row: a
     // version without a row reads as no value, exactly as an empty marker does, and a
     // consumed trigger channel is one such version per step.
@@ -888,7 +844,7 @@ fn put_row(
         checkpoint_id: checkpoint.id.clone(),
         parent_id: config.checkpoint_id.clone(),
         header,
-        metadata: metadata_json,
+        metadata,
         run_id,
         blobs,
     };

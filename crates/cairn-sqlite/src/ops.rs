@@ -19,7 +19,8 @@ pub(crate) struct PutRow {
     pub checkpoint_id: String,
     pub parent_id: Option<String>,
     pub header: Vec<u8>,
-    pub metadata: String,
+    /// The stored form (`stored_metadata.rs`).
+    pub metadata: Vec<u8>,
     pub run_id: Option<String>,
     /// The values of the channels in `new_versions`.
     pub blobs: Vec<BlobRow>,

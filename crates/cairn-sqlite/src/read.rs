@@ -14,7 +14,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
-use rusqlite::types::Value;
+use rusqlite::types::{Value, ValueRef};
 use rusqlite::Connection;
 use tokio::sync::Semaphore;
 
@@ -136,9 +136,16 @@ struct Row {
     checkpoint_id: String,
     parent_id: Option<String>,
     header: Vec<u8>,
-    metadata: String,
+    metadata: StoredMetadataColumn,
     /// The `run_id` column: since schema 6 the metadata JSON leaves the run id out.
     run_id: Option<String>,
+}
+
+/// The `metadata` column: JSON text up to schema 11, a compact blob since
+/// (`stored_metadata.rs`).
+enum StoredMetadataColumn {
+    Json(String),
+    Compact(Vec<u8>),
 }
 
 /// The columns of `checkpoints` that [`map_row`] reads, in its order (a macro, so the
@@ -202,7 +209,10 @@ fn map_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Row> {
         checkpoint_id: r.get::<_, StoredId>(2)?.0,
         parent_id: r.get::<_, Option<StoredId>>(3)?.map(|id| id.0),
         header: r.get(4)?,
-        metadata: r.get(5)?,
+        metadata: match r.get_ref(5)? {
+            ValueRef::Blob(b) => StoredMetadataColumn::Compact(b.to_vec()),
+            _ => StoredMetadataColumn::Json(r.get(5)?),
+        },
         run_id: r.get::<_, Option<StoredId>>(6)?.map(|id| id.0),
     })
 }
@@ -275,14 +285,16 @@ fn metadata_condition(
     };
     let path = format!("$.\"{key}\"");
     params.push(Value::Text(path.clone()));
-    let mut test = format!("json_type(metadata, ?) = '{json_type}'");
+    // Either stored form as JSON text (`stored_metadata.rs`).
+    const JSON: &str = "cairn_metadata_json(metadata)";
+    let mut test = format!("json_type({JSON}, ?) = '{json_type}'");
     if let Some(scalar) = scalar {
-        test.push_str(" AND json_extract(metadata, ?) = ?");
+        test.push_str(&format!(" AND json_extract({JSON}, ?) = ?"));
         params.push(Value::Text(path));
         params.push(scalar);
     }
     Some(format!(
-        "CASE WHEN json_valid(metadata) THEN {test} ELSE 1 END"
+        "CASE WHEN json_valid({JSON}) THEN {test} ELSE 1 END"
     ))
 }
 
@@ -410,12 +422,17 @@ fn location(row: &Row) -> DataLocation {
 }
 
 fn decode_metadata(row: &Row) -> Result<CheckpointMetadata> {
-    let mut metadata: CheckpointMetadata = serde_json::from_str(&row.metadata).map_err(|e| {
-        Error::corrupt(
-            location(row),
-            format!("cannot decode the checkpoint metadata (JSON): {e}"),
-        )
-    })?;
+    let mut metadata = match &row.metadata {
+        StoredMetadataColumn::Compact(blob) => crate::stored_metadata::decode(blob)
+            .map_err(|reason| Error::corrupt(location(row), reason))?,
+        StoredMetadataColumn::Json(json) => serde_json::from_str::<CheckpointMetadata>(json)
+            .map_err(|e| {
+                Error::corrupt(
+                    location(row),
+                    format!("cannot decode the checkpoint metadata (JSON): {e}"),
+                )
+            })?,
+    };
     // The column is the run id (rows written before schema 6 hold it in the JSON as well).
     if row.run_id.is_some() {
         metadata.run_id.clone_from(&row.run_id);

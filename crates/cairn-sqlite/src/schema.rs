@@ -248,10 +248,20 @@ UPDATE checkpoint_runs SET run_id = cairn_id_key(run_id);
         // version marks the file as newer. Existing rows stay text and read as before.
         sql: "",
     },
+    Migration {
+        version: 12,
+        name: "checkpoint metadata stored as a compact blob (flags, step, parents, the \
+               caller's own keys as JSON)",
+        // No table changes: metadata written from now on is a blob (see
+        // `stored_metadata.rs`), which a Cairn that knows only schema 11 could not read, so
+        // the version marks the file as newer. Existing rows stay JSON text and read as
+        // before; `cairn_metadata_json(metadata)` reads either.
+        sql: "",
+    },
 ];
 
 /// The schema version this build writes.
-pub const SCHEMA_VERSION: i64 = 11;
+pub const SCHEMA_VERSION: i64 = 12;
 
 /// The SQL of the first migration, for tests of later ones.
 #[cfg(test)]
@@ -277,6 +287,7 @@ pub(crate) fn migrate(conn: &mut Connection) -> Result<Vec<i64>> {
     crate::version_key::register_functions(conn)?;
     crate::id_key::register_functions(conn)?;
     crate::stored_text::register_functions(conn)?;
+    crate::stored_metadata::register_functions(conn)?;
     let tx = conn
         .transaction_with_behavior(TransactionBehavior::Immediate)
         .map_err(sql_error("starting the migration transaction"))?;

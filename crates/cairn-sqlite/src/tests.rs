@@ -111,7 +111,7 @@ fn migrating_twice_applies_nothing_the_second_time() {
     let mut conn = Connection::open_in_memory().expect("open");
     assert_eq!(
         migrate(&mut conn).expect("first"),
-        vec![1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11]
+        vec![1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12]
     );
     assert_eq!(migrate(&mut conn).expect("second"), Vec::<i64>::new());
     let v: i64 = conn
@@ -990,7 +990,7 @@ mod append_values {
         }
         assert_eq!(
             crate::schema::migrate(&mut conn).expect("migrate"),
-            vec![2, 3, 4, 5, 6, 7, 8, 9, 10, 11]
+            vec![2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12]
         );
         // Schema 5 stores the base (Cairn's own form) as 16 bytes, the other versions as text.
         let bases: Vec<(String, Option<String>)> = conn
@@ -1130,6 +1130,7 @@ mod upgrade {
         let saver = SqliteSaver::open(&path).expect("open");
         write_history(&saver).await;
         let conn = Connection::open(&path).expect("open");
+        crate::stored_metadata::register_functions(&conn).expect("functions");
         (dir, saver, conn)
     }
 
@@ -1149,7 +1150,8 @@ mod upgrade {
         let (_dir, saver, conn) = with_history().await;
         let in_json: i64 = conn
             .query_row(
-                "SELECT COUNT(*) FROM checkpoints WHERE metadata LIKE '%run_id%'",
+                "SELECT COUNT(*) FROM checkpoints \
+                 WHERE cairn_metadata_json(metadata) LIKE '%run_id%'",
                 [],
                 |r| r.get(0),
             )
@@ -1201,13 +1203,63 @@ mod upgrade {
         saver.delete_thread("keyed").await.expect("delete");
 
         conn.execute(
-            "UPDATE checkpoints SET metadata = json_set(metadata, '$.run_id', run_id)",
+            "UPDATE checkpoints SET metadata = \
+             json_set(cairn_metadata_json(metadata), '$.run_id', run_id)",
             [],
         )
         .expect("old-style metadata");
         assert_eq!(everything(&saver).await, stored);
         let listed = saver.list(&run("run-a-2".into())).await.expect("list");
         assert_eq!(listed.len(), 3);
+        // Filters in SQL read the JSON text of rows stored before schema 12 as well.
+        assert_eq!(
+            run_ids(&saver, &run("run-a-2".into()).filter("user", "ada")).await,
+            ["run-a-2"; 3]
+        );
+    }
+
+    /// Metadata is a blob of a few bytes since schema 12; a damaged one is reported as
+    /// corrupt by reads and by filtered lists (the SQL filter lets the row through), never
+    /// skipped or read wrong.
+    #[tokio::test]
+    async fn compact_metadata_is_a_few_bytes_and_damage_is_reported() {
+        let (_dir, saver, conn) = with_history().await;
+        let (kind, longest): (String, i64) = conn
+            .query_row(
+                "SELECT typeof(metadata), MAX(length(metadata)) FROM checkpoints",
+                [],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )
+            .expect("sizes");
+        assert_eq!(kind, "blob");
+        let expected = crate::stored_metadata::encode(
+            &everything(&saver)
+                .await
+                .iter()
+                .map(|t| t.metadata.clone())
+                .max_by_key(|m| crate::stored_metadata::encode(m).map(|b| b.len()).ok())
+                .expect("some metadata"),
+        )
+        .expect("encode");
+        assert_eq!(longest, expected.len() as i64);
+
+        let damaged: String = conn
+            .query_row(
+                "UPDATE checkpoints SET metadata = x'40' WHERE checkpoint_ns = '' \
+                 AND checkpoint_id = (SELECT MAX(checkpoint_id) FROM checkpoints \
+                                      WHERE checkpoint_ns = '') RETURNING thread_id",
+                [],
+                |r| r.get(0),
+            )
+            .expect("damage");
+        let err = saver
+            .get_tuple(&CheckpointConfig::thread(damaged.clone()))
+            .await
+            .expect_err("damaged metadata");
+        assert!(err.to_string().contains("newer Cairn"), "{err}");
+        let filtered = ListQuery::thread(damaged).filter("user", "nobody");
+        let err = saver.list(&filtered).await.expect_err("reported");
+        assert!(err.to_string().contains("flags 0x40"), "{err}");
     }
 
     /// Storing, copying, pruning, deleting runs and deleting threads keep `checkpoint_runs`
@@ -1266,6 +1318,7 @@ mod upgrade {
         // Versions were text before schema 5.
         crate::version_key::register_functions(&old).expect("functions");
         crate::id_key::register_functions(&old).expect("functions");
+        crate::stored_metadata::register_functions(&old).expect("functions");
         let tx = old.transaction().expect("tx");
         tx.execute_batch(
             "CREATE TABLE cairn_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL,
@@ -1299,8 +1352,9 @@ mod upgrade {
         let rows: Vec<OldRow> = tx
             .prepare(
                 "SELECT thread_id, checkpoint_ns, cairn_id_text(checkpoint_id),
-                        cairn_id_text(parent_checkpoint_id), header, metadata,
-                        cairn_id_text(run_id) FROM new.checkpoints",
+                        cairn_id_text(parent_checkpoint_id), header,
+                        cairn_metadata_json(metadata), cairn_id_text(run_id)
+                 FROM new.checkpoints",
             )
             .expect("prepare")
             .query_map([], |r| {
@@ -1626,7 +1680,8 @@ mod compact_rows {
             let json: String = saver
                 .on_writer(move |conn| {
                     conn.query_row(
-                        "SELECT metadata FROM checkpoints WHERE thread_id = ?1",
+                        "SELECT cairn_metadata_json(metadata) FROM checkpoints \
+                         WHERE thread_id = ?1",
                         [thread],
                         |r| r.get(0),
                     )
