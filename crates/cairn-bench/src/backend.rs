@@ -275,6 +275,16 @@ impl Backend {
         }
     }
 
+    /// Copies the SQLite database file to `to` (a no-op for other savers). Call it after
+    /// [`storage`](Self::storage), which checkpoints the WAL into the file.
+    pub fn copy_sqlite_file(&self, to: &std::path::Path) -> Result<(), BoxError> {
+        if let Inner::Sqlite { dir, .. } = &self.inner {
+            std::fs::copy(dir.path().join("checkpoints.sqlite"), to)
+                .map_err(|e| format!("copying the SQLite file to {}: {e}", to.display()))?;
+        }
+        Ok(())
+    }
+
     /// What the storage holds now (untimed). `bytes` is the headline figure.
     pub async fn storage(&mut self) -> Result<Option<Map<String, Value>>, BoxError> {
         let mut out = Map::new();

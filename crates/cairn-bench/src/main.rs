@@ -71,6 +71,11 @@ struct Args {
     /// Turns at which --growth samples storage.
     #[arg(long, default_value = "50,100,200,400")]
     growth_samples: String,
+    /// With --growth: copy the SQLite file, as it is after the last sample (WAL checkpointed),
+    /// to this path, for inspection (`sqlite3 FILE "SELECT ... FROM dbstat"`, or
+    /// `crates/cairn-bench/layout_estimate.py`).
+    #[arg(long, value_name = "PATH")]
+    keep_sqlite: Option<std::path::PathBuf>,
     /// Leave transparent huge pages as the system has them (by default the process turns
     /// them off; see `huge_pages` in the JSON's `meta`).
     #[arg(long)]
@@ -436,6 +441,9 @@ async fn run(args: Args, huge_pages: String) -> Result<bool, BoxError> {
                 warm?;
                 let mut be = Backend::open(kind, Durability::Default, &env).await?;
                 let rows = workloads::w1_growth(&mut be, turns, &samples).await;
+                if let (Some(to), Ok(_)) = (&args.keep_sqlite, &rows) {
+                    be.copy_sqlite_file(to)?;
+                }
                 be.close().await?;
                 rows
             }

@@ -137,7 +137,7 @@ struct Row {
     parent_id: Option<String>,
     header: Vec<u8>,
     metadata: StoredMetadataColumn,
-    /// The `run_id` column: since schema 6 the metadata JSON leaves the run id out.
+    /// The `run_id` column: since schema 6 the stored metadata leaves the run id out.
     run_id: Option<String>,
 }
 

@@ -65,12 +65,34 @@ pub(crate) fn encode(metadata: &CheckpointMetadata) -> Result<Vec<u8>, String> {
         .map(|(key, value)| (key.clone(), value.clone()))
         .collect();
     if !extra.is_empty() {
+        if let Some(key) = extra
+            .iter()
+            .find_map(|(k, v)| (depth(v) > MAX_DEPTH).then_some(k))
+        {
+            return Err(format!(
+                "the checkpoint metadata key {key:?} nests more than {MAX_DEPTH} levels of \
+                 arrays and objects, more than can be read back: flatten it"
+            ));
+        }
         flags |= HAS_EXTRA;
         serde_json::to_writer(&mut out, &extra)
             .map_err(|e| format!("encoding the checkpoint metadata's own keys: {e}"))?;
     }
     out[0] = flags;
     Ok(out)
+}
+
+/// How deep a metadata value may nest: JSON parsers (serde_json's among them) stop at 128
+/// levels, and a value that could be stored but never read back would make its checkpoint
+/// unreadable.
+const MAX_DEPTH: usize = 100;
+
+fn depth(value: &serde_json::Value) -> usize {
+    match value {
+        serde_json::Value::Array(items) => 1 + items.iter().map(depth).max().unwrap_or(0),
+        serde_json::Value::Object(map) => 1 + map.values().map(depth).max().unwrap_or(0),
+        _ => 0,
+    }
 }
 
 /// Reads a blob [`encode`] wrote; `run_id` stays `None`. The error says what was wrong.
@@ -131,8 +153,9 @@ pub(crate) fn decode(blob: &[u8]) -> Result<CheckpointMetadata, String> {
     })
 }
 
-/// The JSON text of metadata as stored before schema 12 (no run id, no empty parents): what
-/// `cairn_metadata_json` returns for a blob, so SQL filters read both forms alike.
+/// Metadata as a JSON object in the shape stored before schema 12 (no run id, no empty
+/// parents; keys in sorted order, so not always the same text): what `cairn_metadata_json`
+/// returns for a blob, so `json_extract` in SQL filters reads both forms alike.
 pub(crate) fn to_json(metadata: &CheckpointMetadata) -> Result<String, String> {
     let mut object = serde_json::Map::new();
     if let Some(source) = metadata.source {
@@ -196,11 +219,15 @@ fn take_varint(rest: &mut &[u8]) -> Result<u64, String> {
             .split_first()
             .ok_or("the stored checkpoint metadata ends inside a number")?;
         *rest = tail;
+        if shift == 63 && byte > 1 {
+            return Err("a number in the stored checkpoint metadata is larger than 64 bits".into());
+        }
         n |= u64::from(byte & 0x7f) << shift;
         if byte & 0x80 == 0 {
             return Ok(n);
         }
     }
+    // Unreachable: the tenth byte either ends the number or is refused above.
     Err("a number in the stored checkpoint metadata is longer than ten bytes".into())
 }
 
@@ -262,6 +289,21 @@ mod tests {
     }
 
     #[test]
+    fn values_nested_too_deep_to_read_back_are_refused() {
+        let mut deep = serde_json::json!(1);
+        for _ in 0..=MAX_DEPTH {
+            deep = serde_json::json!([deep]);
+        }
+        let err = encode(&CheckpointMetadata::default().with("deep", deep)).expect_err("too deep");
+        assert!(err.contains("\"deep\" nests more than"), "{err}");
+        let mut ok = serde_json::json!(1);
+        for _ in 0..MAX_DEPTH {
+            ok = serde_json::json!({ "k": ok });
+        }
+        round_trip(&CheckpointMetadata::default().with("ok", ok));
+    }
+
+    #[test]
     fn the_json_form_is_the_text_stored_before_schema_12() {
         let mut m = CheckpointMetadata::new(CheckpointSource::Loop, 1).with("user", "ada");
         assert_eq!(
@@ -294,11 +336,21 @@ mod tests {
         assert!(decode(&truncated_parent)
             .expect_err("short")
             .contains("inside a parent"));
-        assert!(
-            decode(&[0x08, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01])
-                .expect_err("long")
-                .contains("ten bytes")
-        );
+        for past_64_bits in [
+            &[
+                0x08, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01,
+            ][..],
+            &[
+                0x08, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x7f,
+            ][..],
+        ] {
+            let err = decode(past_64_bits).expect_err("too large");
+            assert!(err.contains("larger than 64 bits"), "{err}");
+        }
+        let max = [
+            0x08, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01,
+        ];
+        assert_eq!(decode(&max).expect("u64::MAX").step, Some(i64::MIN));
     }
 
     #[test]
