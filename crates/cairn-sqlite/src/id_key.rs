@@ -98,7 +98,7 @@ const HEX_VALUES: [u8; 256] = {
 
 /// The 16 bytes of a canonical UUID string; `None` for any other string. Runs for every id
 /// of every stored row: a table lookup per digit, one check at the end.
-fn compact(s: &str) -> Option<[u8; 16]> {
+pub(crate) fn compact(s: &str) -> Option<[u8; 16]> {
     let b = s.as_bytes();
     if b.len() != 36 || b[8] != b'-' || b[13] != b'-' || b[18] != b'-' || b[23] != b'-' {
         return None;
@@ -118,7 +118,7 @@ fn compact(s: &str) -> Option<[u8; 16]> {
 }
 
 /// The canonical UUID string of 16 bytes.
-fn expand(bytes: &[u8; 16]) -> String {
+pub(crate) fn expand(bytes: &[u8; 16]) -> String {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut out = String::with_capacity(36);
     for (i, byte) in bytes.iter().enumerate() {

@@ -181,8 +181,10 @@
 mod checkpointer;
 mod header;
 mod id_key;
+mod leb128;
 mod ops;
 mod options;
+mod packed_writes;
 mod read;
 mod schema;
 mod stored_metadata;
@@ -208,6 +210,8 @@ use cairn_checkpoint::{
 };
 
 pub use options::{SqliteOptions, Synchronous};
+/// The SQLite driver Cairn uses, for [`SqliteSaver::register_sql_functions`].
+pub use rusqlite;
 pub use schema::SCHEMA_VERSION;
 
 use read::ReadPool;
@@ -303,10 +307,7 @@ fn configure(
 ) -> Result<()> {
     conn.busy_timeout(options.busy_timeout_duration())
         .map_err(sql_error("setting the busy timeout"))?;
-    version_key::register_functions(conn)?;
-    id_key::register_functions(conn)?;
-    stored_text::register_functions(conn)?;
-    stored_metadata::register_functions(conn)?;
+    SqliteSaver::register_sql_functions(conn)?;
     if file && role == ConnectionRole::Writer {
         // Switching a new file to WAL needs an exclusive lock, and SQLite reports a busy
         // database here without calling the busy handler: retry until the busy timeout.
@@ -556,6 +557,30 @@ impl SqliteSaver {
                 concurrency: WriteConcurrency::default(),
             }),
         })
+    }
+
+    /// Registers Cairn's SQL functions on a connection of your own, to read a Cairn file with
+    /// SQL: `cairn_id_text` (an id column as text), `cairn_version_text` (a version column),
+    /// `cairn_stored_text` (a type tag or task path), `cairn_metadata_json` (metadata as
+    /// JSON), `cairn_pending_writes_json` (the writes stored in a checkpoint row, as a JSON
+    /// array), and the ones Cairn's own statements use. Connections the saver opens have them
+    /// already.
+    ///
+    /// ```
+    /// use cairn_sqlite::{rusqlite::Connection, SqliteSaver};
+    /// let conn = Connection::open_in_memory()?;
+    /// SqliteSaver::register_sql_functions(&conn)?;
+    /// let json: String =
+    ///     conn.query_row("SELECT cairn_metadata_json('{\"step\":1}')", [], |r| r.get(0))?;
+    /// assert_eq!(json, r#"{"step":1}"#);
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn register_sql_functions(conn: &Connection) -> Result<()> {
+        version_key::register_functions(conn)?;
+        id_key::register_functions(conn)?;
+        stored_text::register_functions(conn)?;
+        stored_metadata::register_functions(conn)?;
+        packed_writes::register_functions(conn)
     }
 
     /// The database file, `None` in memory.
@@ -847,6 +872,7 @@ fn put_row(
         metadata,
         run_id,
         blobs,
+        writes: None,
     };
     let stored = CheckpointConfig {
         thread_id: config.thread_id.clone(),
@@ -918,6 +944,7 @@ type BatchRows = (Vec<ops::WritesRow>, Vec<ops::PutRow>, Vec<CheckpointConfig>);
 
 fn batch_rows(requests: Vec<PutRequest>) -> Result<BatchRows> {
     let mut rows = Vec::with_capacity(requests.len());
+    let mut attached = Vec::with_capacity(requests.len());
     let mut writes = Vec::new();
     let mut stored = Vec::with_capacity(requests.len());
     for request in requests {
@@ -937,11 +964,19 @@ fn batch_rows(requests: Vec<PutRequest>) -> Result<BatchRows> {
             request.new_versions,
         )?;
         write_refs::link(&mut own, &row);
-        writes.append(&mut own);
+        // The runtime sends each step's writes with the next checkpoint: they go into the
+        // row of the checkpoint they belong to when this batch stores it.
+        ops::attach_writes(own, &rows, &mut attached, &mut writes);
         rows.push(row);
+        attached.push(Vec::new());
         stored.push(config);
     }
     write_refs::link_values(&mut rows);
+    for (row, list) in rows.iter_mut().zip(attached) {
+        if !list.is_empty() {
+            row.writes = Some(packed_writes::encode(&list));
+        }
+    }
     Ok((writes, rows, stored))
 }
 

@@ -4,9 +4,10 @@ use std::collections::HashSet;
 
 use rusqlite::{params, Connection};
 
-use cairn_checkpoint::{write_index, DataLocation, Error, Result, TypedValue};
+use cairn_checkpoint::{write_index, DataLocation, Error, PendingWrite, Result, TypedValue};
 
 use crate::id_key::{self, IdKey, StoredId};
+use crate::packed_writes::{self, IndexedWrite};
 use crate::sql_error;
 use crate::stored_text::StoreText;
 use crate::version_key::VersionKey;
@@ -24,6 +25,9 @@ pub(crate) struct PutRow {
     pub run_id: Option<String>,
     /// The values of the channels in `new_versions`.
     pub blobs: Vec<BlobRow>,
+    /// Pending writes for this checkpoint that came in the same batch (the next step's), in
+    /// their stored form (`packed_writes.rs`); merged with any stored ones.
+    pub writes: Option<Vec<u8>>,
 }
 
 /// One channel value to store.
@@ -53,17 +57,173 @@ pub(crate) struct WritesRow {
     pub writes: Vec<(String, TypedValue)>,
 }
 
+impl WritesRow {
+    /// The writes with their indexes, as `checkpoints.writes` holds them.
+    pub(crate) fn indexed(&self) -> Vec<IndexedWrite> {
+        self.writes
+            .iter()
+            .enumerate()
+            .map(|(position, (channel, value))| {
+                (
+                    write_index(channel, position),
+                    PendingWrite {
+                        task_id: self.task_id.clone(),
+                        channel: channel.clone(),
+                        value: value.clone(),
+                        task_path: self.task_path.clone(),
+                    },
+                )
+            })
+            .collect()
+    }
+
+    fn same_checkpoint(&self, row: &PutRow) -> bool {
+        self.checkpoint_id == row.checkpoint_id
+            && self.thread_id == row.thread_id
+            && self.checkpoint_ns == row.checkpoint_ns
+    }
+}
+
+/// Files each request's writes: those for a checkpoint stored earlier in the same batch go
+/// into that checkpoint's row (`attached`, by position in `rows`), the others stay rows of
+/// their own (`loose`), stored by [`store`] into their checkpoint's row if it is stored, else
+/// into `checkpoint_writes`.
+pub(crate) fn attach_writes(
+    own: Vec<WritesRow>,
+    rows: &[PutRow],
+    attached: &mut [Vec<IndexedWrite>],
+    loose: &mut Vec<WritesRow>,
+) {
+    for w in own {
+        match rows.iter().rposition(|row| w.same_checkpoint(row)) {
+            Some(i) => {
+                let stored = std::mem::take(&mut attached[i]);
+                attached[i] = packed_writes::merge(stored, w.indexed(), false);
+            }
+            None => loose.push(w),
+        }
+    }
+}
+
 pub(crate) fn put_writes(conn: &Connection, row: &WritesRow) -> Result<()> {
     store(conn, std::slice::from_ref(row), &[])
 }
 
-/// Stores `writes` and `checkpoints` (with their channel values) with a few multi-row
-/// statements per table instead of one statement per row: on a batch of 64 W2 checkpoints the
-/// statements' fixed costs (binding, stepping and resetting a program) were most of the
-/// writer thread's time. Rows go in the order given, so a key given twice ends as one
-/// statement per row would leave it: the first regular write is kept, the last special write,
-/// value and checkpoint win.
+/// Stores `checkpoints` (with their channel values and the writes attached to them) and
+/// `writes` with a few multi-row statements per table instead of one statement per row: on a
+/// batch of 64 W2 checkpoints the statements' fixed costs (binding, stepping and resetting a
+/// program) were most of the writer thread's time. Rows go in the order given, so a key given
+/// twice ends as one statement per row would leave it: the first regular write is kept, the
+/// last special write, value and checkpoint win.
 pub(crate) fn store(conn: &Connection, writes: &[WritesRow], checkpoints: &[PutRow]) -> Result<()> {
+    let blobs: Vec<(&PutRow, &BlobRow)> = checkpoints
+        .iter()
+        .flat_map(|row| row.blobs.iter().map(move |b| (row, b)))
+        .collect();
+    insert_rows(
+        conn,
+        "INSERT INTO checkpoint_blobs (thread_id, checkpoint_ns, channel, version, type_tag, \
+         data, base_version)",
+        7,
+        " ON CONFLICT (thread_id, checkpoint_ns, channel, version) \
+         DO UPDATE SET type_tag = excluded.type_tag, data = excluded.data, \
+                       base_version = excluded.base_version",
+        &blobs,
+        |stmt, at, (row, b)| {
+            bind(stmt, at, &row.thread_id)?;
+            bind(stmt, at + 1, &row.checkpoint_ns)?;
+            bind(stmt, at + 2, &b.channel)?;
+            bind(stmt, at + 3, &b.key)?;
+            bind(stmt, at + 4, StoreText(&b.value.type_tag))?;
+            bind(stmt, at + 5, b.value.data.as_ref())?;
+            bind(stmt, at + 6, &b.base_key)
+        },
+        || match blobs.as_slice() {
+            [(row, b)] => format!(
+                "storing channel {:?} version {} of thread {:?}",
+                b.channel, b.version, row.thread_id
+            ),
+            _ => storing_many(blobs.len(), "channel values", checkpoints),
+        },
+    )?;
+    insert_rows(
+        conn,
+        "INSERT INTO checkpoints (thread_id, checkpoint_ns, checkpoint_id, \
+         parent_checkpoint_id, header, metadata, run_id, writes)",
+        8,
+        " ON CONFLICT (thread_id, checkpoint_ns, checkpoint_id) DO UPDATE SET \
+         parent_checkpoint_id = excluded.parent_checkpoint_id, header = excluded.header, \
+         metadata = excluded.metadata, run_id = excluded.run_id, \
+         writes = cairn_merge_writes(checkpoints.writes, excluded.writes, 0)",
+        checkpoints,
+        |stmt, at, row| {
+            bind(stmt, at, &row.thread_id)?;
+            bind(stmt, at + 1, &row.checkpoint_ns)?;
+            bind(stmt, at + 2, IdKey::of(&row.checkpoint_id))?;
+            bind(stmt, at + 3, id_key::optional(row.parent_id.as_deref()))?;
+            bind(stmt, at + 4, &row.header)?;
+            bind(stmt, at + 5, &row.metadata)?;
+            bind(stmt, at + 6, id_key::optional(row.run_id.as_deref()))?;
+            bind(stmt, at + 7, &row.writes)
+        },
+        || match checkpoints {
+            [row] => format!(
+                "storing checkpoint {} of thread {:?}",
+                row.checkpoint_id, row.thread_id
+            ),
+            _ => storing_many(checkpoints.len(), "checkpoints", checkpoints),
+        },
+    )?;
+    let runs = runs_of(checkpoints);
+    insert_rows(
+        conn,
+        "INSERT OR IGNORE INTO checkpoint_runs (run_id, thread_id, checkpoint_ns)",
+        3,
+        "",
+        &runs,
+        |stmt, at, (run_id, row)| {
+            bind(stmt, at, IdKey::of(run_id))?;
+            bind(stmt, at + 1, &row.thread_id)?;
+            bind(stmt, at + 2, &row.checkpoint_ns)
+        },
+        || storing_many(runs.len(), "run ids", checkpoints),
+    )?;
+    store_loose_writes(conn, writes)
+}
+
+/// Stores writes into their checkpoint's row (after the batch's checkpoints, so a checkpoint
+/// of this batch has its row), or, for a checkpoint not stored, as rows of
+/// `checkpoint_writes`.
+fn store_loose_writes(conn: &Connection, writes: &[WritesRow]) -> Result<()> {
+    let mut unattached = Vec::new();
+    for row in writes {
+        let packed = packed_writes::encode(&row.indexed());
+        let changed = conn
+            .prepare_cached(
+                "UPDATE checkpoints SET writes = cairn_merge_writes(writes, ?4, 0) \
+                 WHERE thread_id = ?1 AND checkpoint_ns = ?2 AND checkpoint_id = ?3",
+            )
+            .and_then(|mut stmt| {
+                stmt.execute(params![
+                    row.thread_id,
+                    row.checkpoint_ns,
+                    IdKey::of(&row.checkpoint_id),
+                    packed
+                ])
+            })
+            .map_err(sql_error(format!(
+                "storing the pending writes of task {:?} in checkpoint {} of thread {:?}",
+                row.task_id, row.checkpoint_id, row.thread_id
+            )))?;
+        if changed == 0 {
+            unattached.push(row);
+        }
+    }
+    insert_write_rows(conn, &unattached)
+}
+
+/// Stores `writes` as rows of `checkpoint_writes`, with a few multi-row statements.
+fn insert_write_rows(conn: &Connection, writes: &[&WritesRow]) -> Result<()> {
     // A regular write is kept if already stored (a retried task cannot duplicate it); a
     // special channel's write (negative index) replaces the stored one.
     let mut keep = Vec::new();
@@ -110,76 +270,6 @@ pub(crate) fn store(conn: &Connection, writes: &[WritesRow], checkpoints: &[PutR
             },
         )?;
     }
-    let blobs: Vec<(&PutRow, &BlobRow)> = checkpoints
-        .iter()
-        .flat_map(|row| row.blobs.iter().map(move |b| (row, b)))
-        .collect();
-    insert_rows(
-        conn,
-        "INSERT INTO checkpoint_blobs (thread_id, checkpoint_ns, channel, version, type_tag, \
-         data, base_version)",
-        7,
-        " ON CONFLICT (thread_id, checkpoint_ns, channel, version) \
-         DO UPDATE SET type_tag = excluded.type_tag, data = excluded.data, \
-                       base_version = excluded.base_version",
-        &blobs,
-        |stmt, at, (row, b)| {
-            bind(stmt, at, &row.thread_id)?;
-            bind(stmt, at + 1, &row.checkpoint_ns)?;
-            bind(stmt, at + 2, &b.channel)?;
-            bind(stmt, at + 3, &b.key)?;
-            bind(stmt, at + 4, StoreText(&b.value.type_tag))?;
-            bind(stmt, at + 5, b.value.data.as_ref())?;
-            bind(stmt, at + 6, &b.base_key)
-        },
-        || match blobs.as_slice() {
-            [(row, b)] => format!(
-                "storing channel {:?} version {} of thread {:?}",
-                b.channel, b.version, row.thread_id
-            ),
-            _ => storing_many(blobs.len(), "channel values", checkpoints),
-        },
-    )?;
-    insert_rows(
-        conn,
-        "INSERT INTO checkpoints (thread_id, checkpoint_ns, checkpoint_id, \
-         parent_checkpoint_id, header, metadata, run_id)",
-        7,
-        " ON CONFLICT (thread_id, checkpoint_ns, checkpoint_id) DO UPDATE SET \
-         parent_checkpoint_id = excluded.parent_checkpoint_id, header = excluded.header, \
-         metadata = excluded.metadata, run_id = excluded.run_id",
-        checkpoints,
-        |stmt, at, row| {
-            bind(stmt, at, &row.thread_id)?;
-            bind(stmt, at + 1, &row.checkpoint_ns)?;
-            bind(stmt, at + 2, IdKey::of(&row.checkpoint_id))?;
-            bind(stmt, at + 3, id_key::optional(row.parent_id.as_deref()))?;
-            bind(stmt, at + 4, &row.header)?;
-            bind(stmt, at + 5, &row.metadata)?;
-            bind(stmt, at + 6, id_key::optional(row.run_id.as_deref()))
-        },
-        || match checkpoints {
-            [row] => format!(
-                "storing checkpoint {} of thread {:?}",
-                row.checkpoint_id, row.thread_id
-            ),
-            _ => storing_many(checkpoints.len(), "checkpoints", checkpoints),
-        },
-    )?;
-    let runs = runs_of(checkpoints);
-    insert_rows(
-        conn,
-        "INSERT OR IGNORE INTO checkpoint_runs (run_id, thread_id, checkpoint_ns)",
-        3,
-        "",
-        &runs,
-        |stmt, at, (run_id, row)| {
-            bind(stmt, at, IdKey::of(run_id))?;
-            bind(stmt, at + 1, &row.thread_id)?;
-            bind(stmt, at + 2, &row.checkpoint_ns)
-        },
-        || storing_many(runs.len(), "run ids", checkpoints),
-    )?;
     Ok(())
 }
 
@@ -333,11 +423,18 @@ pub(crate) fn copy_thread(conn: &Connection, source: &str, target: &str) -> Resu
     let copies = [
         (
             "checkpoints",
-            "INSERT OR REPLACE INTO checkpoints (thread_id, checkpoint_ns, checkpoint_id,
-                 parent_checkpoint_id, header, metadata, run_id)
+            // A checkpoint the target holds already takes the source's row; their pending
+            // writes merge, the source's winning, as the rows of `checkpoint_writes` do.
+            "INSERT INTO checkpoints (thread_id, checkpoint_ns, checkpoint_id,
+                 parent_checkpoint_id, header, metadata, run_id, writes)
              SELECT ?2, checkpoint_ns, checkpoint_id, parent_checkpoint_id, header, metadata,
-                    run_id
-             FROM checkpoints WHERE thread_id = ?1",
+                    run_id, writes
+             FROM checkpoints WHERE thread_id = ?1
+             ON CONFLICT (thread_id, checkpoint_ns, checkpoint_id) DO UPDATE SET
+                 parent_checkpoint_id = excluded.parent_checkpoint_id,
+                 header = excluded.header, metadata = excluded.metadata,
+                 run_id = excluded.run_id,
+                 writes = cairn_merge_writes(checkpoints.writes, excluded.writes, 1)",
         ),
         (
             "checkpoint_blobs",
@@ -398,14 +495,47 @@ fn referenced_versions(conn: &Connection, thread_id: &str, ns: &str) -> Result<S
     };
     let mut stmt = conn
         .prepare_cached(
-            "SELECT checkpoint_id, header FROM checkpoints
+            "SELECT checkpoint_id, header, writes FROM checkpoints
              WHERE thread_id = ?1 AND checkpoint_ns = ?2",
         )
         .map_err(what())?;
     let mut rows = stmt.query([thread_id, ns]).map_err(what())?;
     let mut named: HashSet<(String, String)> = HashSet::new();
+    // Pending writes stored as references, in rows (`checkpoint_writes`, below) or in their
+    // checkpoint's row: checkpoint id, channel, reference.
+    let mut references: Vec<(String, String, Vec<u8>)> = Vec::new();
     while let Some(r) = rows.next().map_err(what())? {
         let StoredId(checkpoint_id) = r.get(0).map_err(what())?;
+        if let Some(blob) = r
+            .get_ref(2)
+            .map_err(what())?
+            .as_blob_or_null()
+            .map_err(|e| {
+                what()(rusqlite::Error::FromSqlConversionFailure(
+                    2,
+                    rusqlite::types::Type::Blob,
+                    Box::new(e),
+                ))
+            })?
+        {
+            let in_row = crate::packed_writes::decode(blob).map_err(|reason| {
+                Error::corrupt(
+                    DataLocation {
+                        thread_id: thread_id.to_owned(),
+                        checkpoint_ns: ns.to_owned(),
+                        checkpoint_id: Some(checkpoint_id.clone()),
+                        channel: None,
+                    },
+                    reason,
+                )
+            })?;
+            references.extend(
+                in_row
+                    .into_iter()
+                    .filter(|(_, w)| w.value.type_tag == crate::write_refs::TAG_WRITE_REF)
+                    .map(|(_, w)| (checkpoint_id.clone(), w.channel, w.value.data.to_vec())),
+            );
+        }
         let header = r.get_ref(1).map_err(what())?.as_blob().map_err(|e| {
             what()(rusqlite::Error::FromSqlConversionFailure(
                 1,
@@ -433,8 +563,13 @@ fn referenced_versions(conn: &Connection, thread_id: &str, ns: &str) -> Result<S
     let mut rows = stmt.query([thread_id, ns]).map_err(what())?;
     while let Some(r) = rows.next().map_err(what())? {
         let StoredId(checkpoint_id) = r.get(0).map_err(what())?;
-        let channel: String = r.get(1).map_err(what())?;
-        let data: Vec<u8> = r.get(2).map_err(what())?;
+        references.push((
+            checkpoint_id,
+            r.get(1).map_err(what())?,
+            r.get(2).map_err(what())?,
+        ));
+    }
+    for (checkpoint_id, channel, data) in references {
         let version = WriteRef::decode(&data)
             .and_then(|reference| reference.version_string())
             .map_err(|reason| {

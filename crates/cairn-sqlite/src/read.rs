@@ -139,6 +139,8 @@ struct Row {
     metadata: StoredMetadataColumn,
     /// The `run_id` column: since schema 6 the stored metadata leaves the run id out.
     run_id: Option<String>,
+    /// The pending writes stored in the row (schema 13, `packed_writes.rs`).
+    writes: Option<Vec<u8>>,
 }
 
 /// The `metadata` column: JSON text up to schema 11, a compact blob since
@@ -152,7 +154,8 @@ enum StoredMetadataColumn {
 /// queries below can be built with `concat!`).
 macro_rules! row_columns {
     () => {
-        "thread_id, checkpoint_ns, checkpoint_id, parent_checkpoint_id, header, metadata, run_id"
+        "thread_id, checkpoint_ns, checkpoint_id, parent_checkpoint_id, header, metadata, run_id, \
+         writes"
     };
 }
 
@@ -214,6 +217,7 @@ fn map_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Row> {
             _ => StoredMetadataColumn::Json(r.get(5)?),
         },
         run_id: r.get::<_, Option<StoredId>>(6)?.map(|id| id.0),
+        writes: r.get(7)?,
     })
 }
 
@@ -782,8 +786,33 @@ pub(crate) const ONE_CHECKPOINT_WRITES_SQL: &str = "SELECT thread_id, checkpoint
      checkpoint_id, task_id, idx, task_path, channel, type_tag, data FROM checkpoint_writes \
      WHERE thread_id = ?1 AND checkpoint_ns = ?2 AND checkpoint_id = ?3";
 
-/// The pending writes of the checkpoints of `decoded`, in stored order.
+/// The pending writes of the checkpoints of `decoded`: those stored in their rows (schema
+/// 13) merged after the rows of `checkpoint_writes` (older files, and writes that came
+/// before their checkpoint).
 fn load_writes(
+    conn: &Connection,
+    decoded: &[Decoded],
+) -> Result<HashMap<CheckpointKey, Vec<(i64, PendingWrite)>>> {
+    let mut writes = load_write_rows(conn, decoded)?;
+    for (row, _, _) in decoded {
+        let Some(blob) = &row.writes else {
+            continue;
+        };
+        let in_row = crate::packed_writes::decode(blob)
+            .map_err(|reason| Error::corrupt(location(row), reason))?;
+        let key = (
+            row.thread_id.clone(),
+            row.checkpoint_ns.clone(),
+            row.checkpoint_id.clone(),
+        );
+        let entry = writes.entry(key).or_default();
+        *entry = crate::packed_writes::merge(std::mem::take(entry), in_row, false);
+    }
+    Ok(writes)
+}
+
+/// The rows of `checkpoint_writes` for the checkpoints of `decoded`.
+fn load_write_rows(
     conn: &Connection,
     decoded: &[Decoded],
 ) -> Result<HashMap<CheckpointKey, Vec<(i64, PendingWrite)>>> {

@@ -258,10 +258,18 @@ UPDATE checkpoint_runs SET run_id = cairn_id_key(run_id);
         // before; `cairn_metadata_json(metadata)` reads either.
         sql: "",
     },
+    Migration {
+        version: 13,
+        name: "pending writes stored in their checkpoint's row",
+        // The writes a stored checkpoint collects go into its row as one blob (see
+        // `packed_writes.rs`) instead of a `checkpoint_writes` row each; that table keeps the
+        // writes of checkpoints not stored (and those written before), and reads take both.
+        sql: "ALTER TABLE checkpoints ADD COLUMN writes BLOB;",
+    },
 ];
 
 /// The schema version this build writes.
-pub const SCHEMA_VERSION: i64 = 12;
+pub const SCHEMA_VERSION: i64 = 13;
 
 /// The SQL of the first migration, for tests of later ones.
 #[cfg(test)]
@@ -284,10 +292,7 @@ pub(crate) fn migrations_up_to(version: i64) -> Vec<(i64, &'static str, &'static
 /// versions it applied.
 pub(crate) fn migrate(conn: &mut Connection) -> Result<Vec<i64>> {
     // Migration 5 converts versions with it (a no-op when the connection has it already).
-    crate::version_key::register_functions(conn)?;
-    crate::id_key::register_functions(conn)?;
-    crate::stored_text::register_functions(conn)?;
-    crate::stored_metadata::register_functions(conn)?;
+    crate::SqliteSaver::register_sql_functions(conn)?;
     let tx = conn
         .transaction_with_behavior(TransactionBehavior::Immediate)
         .map_err(sql_error("starting the migration transaction"))?;

@@ -27,7 +27,11 @@ use rusqlite::Connection;
 
 use cairn_checkpoint::{CheckpointMetadata, CheckpointSource};
 
+use crate::leb128::{self, unzigzag, zigzag};
 use crate::sql_error;
+
+/// How errors name the blob.
+const WHAT: &str = "the stored checkpoint metadata";
 
 const SOURCE_MASK: u8 = 0b0000_0111;
 const HAS_STEP: u8 = 0b0000_1000;
@@ -48,14 +52,14 @@ pub(crate) fn encode(metadata: &CheckpointMetadata) -> Result<Vec<u8>, String> {
     let mut out = vec![0];
     if let Some(step) = metadata.step {
         flags |= HAS_STEP;
-        put_varint(&mut out, zigzag(step));
+        leb128::put(&mut out, zigzag(step));
     }
     if !metadata.parents.is_empty() {
         flags |= HAS_PARENTS;
-        put_varint(&mut out, metadata.parents.len() as u64);
+        leb128::put(&mut out, metadata.parents.len() as u64);
         for (ns, id) in &metadata.parents {
-            put_str(&mut out, ns);
-            put_str(&mut out, id);
+            leb128::put_bytes(&mut out, ns.as_bytes());
+            leb128::put_bytes(&mut out, id.as_bytes());
         }
     }
     let extra: serde_json::Map<String, serde_json::Value> = metadata
@@ -119,16 +123,16 @@ pub(crate) fn decode(blob: &[u8]) -> Result<CheckpointMetadata, String> {
         }
     };
     let step = if flags & HAS_STEP != 0 {
-        Some(unzigzag(take_varint(&mut rest)?))
+        Some(unzigzag(leb128::take(&mut rest, WHAT)?))
     } else {
         None
     };
     let mut parents = BTreeMap::new();
     if flags & HAS_PARENTS != 0 {
-        let count = take_varint(&mut rest)?;
+        let count = leb128::take(&mut rest, WHAT)?;
         for _ in 0..count {
-            let ns = take_str(&mut rest)?;
-            let id = take_str(&mut rest)?;
+            let ns = leb128::take_str(&mut rest, WHAT)?;
+            let id = leb128::take_str(&mut rest, WHAT)?;
             parents.insert(ns, id);
         }
     }
@@ -194,58 +198,6 @@ pub(crate) fn register_functions(conn: &Connection) -> cairn_checkpoint::Result<
         },
     )
     .map_err(sql_error("registering cairn_metadata_json"))
-}
-
-fn zigzag(n: i64) -> u64 {
-    ((n << 1) ^ (n >> 63)) as u64
-}
-
-fn unzigzag(n: u64) -> i64 {
-    ((n >> 1) as i64) ^ -((n & 1) as i64)
-}
-
-fn put_varint(out: &mut Vec<u8>, mut n: u64) {
-    while n >= 0x80 {
-        out.push((n as u8) | 0x80);
-        n >>= 7;
-    }
-    out.push(n as u8);
-}
-
-fn take_varint(rest: &mut &[u8]) -> Result<u64, String> {
-    let mut n: u64 = 0;
-    for shift in (0..64).step_by(7) {
-        let (&byte, tail) = rest
-            .split_first()
-            .ok_or("the stored checkpoint metadata ends inside a number")?;
-        *rest = tail;
-        if shift == 63 && byte > 1 {
-            return Err("a number in the stored checkpoint metadata is larger than 64 bits".into());
-        }
-        n |= u64::from(byte & 0x7f) << shift;
-        if byte & 0x80 == 0 {
-            return Ok(n);
-        }
-    }
-    // Unreachable: the tenth byte either ends the number or is refused above.
-    Err("a number in the stored checkpoint metadata is longer than ten bytes".into())
-}
-
-fn put_str(out: &mut Vec<u8>, s: &str) {
-    put_varint(out, s.len() as u64);
-    out.extend_from_slice(s.as_bytes());
-}
-
-fn take_str(rest: &mut &[u8]) -> Result<String, String> {
-    let len = usize::try_from(take_varint(rest)?)
-        .map_err(|_| "a length in the stored checkpoint metadata does not fit in memory")?;
-    if rest.len() < len {
-        return Err("the stored checkpoint metadata ends inside a parent's name".into());
-    }
-    let (bytes, tail) = rest.split_at(len);
-    *rest = tail;
-    String::from_utf8(bytes.to_vec())
-        .map_err(|_| "a parent in the stored checkpoint metadata is not UTF-8".into())
 }
 
 #[cfg(test)]
@@ -335,7 +287,7 @@ mod tests {
         let truncated_parent = [0x10, 0x01, 0x05, b'a'];
         assert!(decode(&truncated_parent)
             .expect_err("short")
-            .contains("inside a parent"));
+            .contains("ends inside a string"));
         for past_64_bits in [
             &[
                 0x08, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01,

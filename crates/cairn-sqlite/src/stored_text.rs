@@ -62,7 +62,7 @@ const KNOWN_CODES: [u8; KNOWN.len()] = {
 };
 
 /// The stored form of `text` when it is or starts with a known string.
-fn encode(text: &str) -> Option<Cow<'static, [u8]>> {
+pub(crate) fn encode(text: &str) -> Option<Cow<'static, [u8]>> {
     if let Some(i) = KNOWN.iter().position(|known| *known == text) {
         return Some(Cow::Borrowed(&KNOWN_CODES[i..=i]));
     }
@@ -90,7 +90,8 @@ pub(crate) fn decode(value: ValueRef<'_>) -> std::result::Result<Cow<'_, str>, S
     }
 }
 
-fn decode_blob(blob: &[u8]) -> std::result::Result<String, String> {
+/// The text a coded blob stands for (see [`encode`]); the error says what was wrong.
+pub(crate) fn decode_blob(blob: &[u8]) -> std::result::Result<String, String> {
     let (&code, rest) = blob
         .split_first()
         .ok_or("an empty blob where a type tag or task path belongs")?;

@@ -42,7 +42,7 @@ fn fill(conn: &Connection) {
     let tx = conn.unchecked_transaction().expect("tx");
     for i in 0..2000 {
         tx.execute(
-            "INSERT INTO checkpoints VALUES ('t', '', ?1, NULL, x'00', '{}', NULL)",
+            "INSERT INTO checkpoints VALUES ('t', '', ?1, NULL, x'00', '{}', NULL, NULL)",
             [format!("{i:08}")],
         )
         .expect("insert");
@@ -111,7 +111,7 @@ fn migrating_twice_applies_nothing_the_second_time() {
     let mut conn = Connection::open_in_memory().expect("open");
     assert_eq!(
         migrate(&mut conn).expect("first"),
-        vec![1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12]
+        vec![1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13]
     );
     assert_eq!(migrate(&mut conn).expect("second"), Vec::<i64>::new());
     let v: i64 = conn
@@ -892,7 +892,7 @@ mod append_values {
                 let version = format!("{i:08}");
                 let base = (i > 0).then(|| format!("{:08}", i - 1));
                 tx.execute(
-                    "INSERT INTO checkpoints VALUES (?1, '', ?2, NULL, x'00', '{}', NULL)",
+                    "INSERT INTO checkpoints VALUES (?1, '', ?2, NULL, x'00', '{}', NULL, NULL)",
                     rusqlite::params![thread, version],
                 )
                 .expect("insert");
@@ -990,7 +990,7 @@ mod append_values {
         }
         assert_eq!(
             crate::schema::migrate(&mut conn).expect("migrate"),
-            vec![2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12]
+            vec![2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13]
         );
         // Schema 5 stores the base (Cairn's own form) as 16 bytes, the other versions as text.
         let bases: Vec<(String, Option<String>)> = conn
@@ -1319,6 +1319,7 @@ mod upgrade {
         crate::version_key::register_functions(&old).expect("functions");
         crate::id_key::register_functions(&old).expect("functions");
         crate::stored_metadata::register_functions(&old).expect("functions");
+        crate::packed_writes::register_functions(&old).expect("functions");
         let tx = old.transaction().expect("tx");
         tx.execute_batch(
             "CREATE TABLE cairn_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL,
@@ -1346,7 +1347,14 @@ mod upgrade {
              INSERT INTO checkpoint_writes
              SELECT thread_id, checkpoint_ns, cairn_id_text(checkpoint_id),
                     cairn_id_text(task_id), idx, task_path, channel, type_tag, data
-             FROM new.checkpoint_writes;",
+             FROM new.checkpoint_writes;
+             INSERT INTO checkpoint_writes
+             SELECT c.thread_id, c.checkpoint_ns, cairn_id_text(c.checkpoint_id),
+                    w.value ->> 'task_id', w.value ->> 'idx', w.value ->> 'task_path',
+                    w.value ->> 'channel', w.value ->> 'type_tag',
+                    unhex(w.value ->> 'data_hex')
+             FROM new.checkpoints AS c, json_each(cairn_pending_writes_json(c.writes)) AS w
+             WHERE c.writes IS NOT NULL;",
         )
         .expect("copy values and writes");
         let rows: Vec<OldRow> = tx
@@ -1510,6 +1518,173 @@ mod compact_rows {
             .expect("count")
     }
 
+    /// `(rows of checkpoint_writes, checkpoint rows holding writes)` of `saver`.
+    async fn where_writes_are(saver: &crate::SqliteSaver) -> (i64, i64) {
+        saver
+            .on_writer(|conn| {
+                conn.query_row(
+                    "SELECT (SELECT count(*) FROM checkpoint_writes),
+                            (SELECT count(*) FROM checkpoints WHERE writes IS NOT NULL)",
+                    [],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .map_err(crate::sql_error("counting writes"))
+            })
+            .await
+            .expect("count")
+    }
+
+    fn byte(b: u8) -> TypedValue {
+        TypedValue::new("bytes", vec![b])
+    }
+
+    /// `(task, channel, first byte of the value)` of `tuple`'s pending writes.
+    fn writes_of(tuple: &CheckpointTuple) -> Vec<(String, String, u8)> {
+        tuple
+            .pending_writes
+            .iter()
+            .map(|w| (w.task_id.clone(), w.channel.clone(), w.value.data[0]))
+            .collect()
+    }
+
+    /// Writes that come before their checkpoint is stored go to `checkpoint_writes`, later
+    /// ones into the checkpoint's row; reads merge both under the rules of pending writes (a
+    /// regular write is kept once, a special channel's write is replaced), and a batch puts
+    /// each step's writes straight into the row of the checkpoint they belong to.
+    #[tokio::test]
+    async fn writes_go_into_their_checkpoints_row_and_merge_with_earlier_rows() {
+        let saver = crate::SqliteSaver::in_memory().expect("open");
+        let id = uuid6_like(1);
+        let at = CheckpointConfig::thread("t").with_checkpoint_id(id.clone());
+        saver
+            .put_writes(
+                &at,
+                vec![("a".into(), byte(1)), (ERROR.into(), byte(1))],
+                "task",
+                "p",
+            )
+            .await
+            .expect("early writes");
+        assert_eq!(where_writes_are(&saver).await, (2, 0));
+        let mut checkpoint = Checkpoint::new();
+        checkpoint.id = id;
+        saver
+            .put(
+                &CheckpointConfig::thread("t"),
+                checkpoint,
+                CheckpointMetadata::new(CheckpointSource::Loop, 0),
+                ChannelVersions::new(),
+            )
+            .await
+            .expect("put");
+        saver
+            .put_writes(
+                &at,
+                vec![
+                    ("a".into(), byte(2)),
+                    (ERROR.into(), byte(2)),
+                    ("b".into(), byte(2)),
+                ],
+                "task",
+                "p",
+            )
+            .await
+            .expect("later writes");
+        assert_eq!(where_writes_are(&saver).await, (2, 1));
+        let tuple = saver.get_tuple(&at).await.expect("get").expect("stored");
+        let mut got = writes_of(&tuple);
+        got.sort();
+        assert_eq!(
+            got,
+            [
+                ("task".into(), "__error__".into(), 2),
+                ("task".into(), "a".into(), 1),
+                ("task".into(), "b".into(), 2),
+            ]
+        );
+
+        // A batch: the second request's writes belong to the first request's checkpoint.
+        let first = Checkpoint::new();
+        let first_config = at.clone().with_checkpoint_id(first.id.clone());
+        let second = Checkpoint::new();
+        let request = |config: &CheckpointConfig, checkpoint: Checkpoint, writes| PutRequest {
+            config: config.clone(),
+            writes,
+            checkpoint,
+            metadata: CheckpointMetadata::new(CheckpointSource::Loop, 1),
+            new_versions: ChannelVersions::new(),
+        };
+        let step_writes = vec![TaskWrites {
+            task_id: "next".into(),
+            task_path: "p".into(),
+            writes: vec![("c".into(), byte(3))],
+        }];
+        saver
+            .put_batch(vec![
+                request(&at, first, Vec::new()),
+                request(&first_config, second, step_writes),
+            ])
+            .await
+            .expect("batch");
+        assert_eq!(where_writes_are(&saver).await, (2, 2));
+        let tuple = saver
+            .get_tuple(&first_config)
+            .await
+            .expect("get")
+            .expect("stored");
+        assert_eq!(writes_of(&tuple), [("next".into(), "c".into(), 3)]);
+    }
+
+    /// Copying a thread over one that holds the same checkpoint merges their writes, the
+    /// source's winning, as copying rows of `checkpoint_writes` did.
+    #[tokio::test]
+    async fn copying_over_a_thread_merges_the_writes_in_its_rows() {
+        let saver = crate::SqliteSaver::in_memory().expect("open");
+        let stored = saver
+            .put(
+                &CheckpointConfig::thread("src"),
+                Checkpoint::new(),
+                CheckpointMetadata::new(CheckpointSource::Loop, 0),
+                ChannelVersions::new(),
+            )
+            .await
+            .expect("put");
+        saver
+            .put_writes(&stored, vec![("a".into(), byte(1))], "task", "p")
+            .await
+            .expect("writes");
+        saver.copy_thread("src", "dst").await.expect("copy");
+        let copy = CheckpointConfig {
+            thread_id: "dst".into(),
+            ..stored.clone()
+        };
+        saver
+            .put_writes(
+                &copy,
+                vec![("a".into(), byte(9)), ("b".into(), byte(9))],
+                "task",
+                "p",
+            )
+            .await
+            .expect("writes on the copy");
+        saver.copy_thread("src", "dst").await.expect("copy again");
+        let tuple = saver.get_tuple(&copy).await.expect("get").expect("stored");
+        let mut got = writes_of(&tuple);
+        got.sort();
+        assert_eq!(
+            got,
+            [
+                ("task".into(), "a".into(), 1),
+                ("task".into(), "b".into(), 9)
+            ]
+        );
+    }
+
+    /// A checkpoint id in the canonical UUID form, counting up with `n`.
+    fn uuid6_like(n: u8) -> String {
+        format!("1f1ea437-d1a5-6e7b-8000-0000000000{n:02x}")
+    }
+
     #[tokio::test]
     async fn a_channel_updated_to_no_value_stores_no_row_and_reads_as_no_value() {
         let saver = crate::SqliteSaver::in_memory().expect("open");
@@ -1602,10 +1777,11 @@ mod compact_rows {
         let kinds: Vec<(String, String, String, String)> = saver
             .on_writer(|conn| {
                 conn.prepare(
+                    // The writes are in their checkpoint's row: the byte after the task
+                    // count says how the task id is stored (00: 16 bytes, 01: text).
                     "SELECT typeof(c.checkpoint_id), typeof(c.parent_checkpoint_id),
-                            typeof(c.run_id), typeof(w.task_id)
-                     FROM checkpoints c JOIN checkpoint_writes w
-                       ON w.thread_id = c.thread_id AND w.checkpoint_id = c.checkpoint_id
+                            typeof(c.run_id), hex(substr(c.writes, 2, 1))
+                     FROM checkpoints c WHERE c.writes IS NOT NULL
                      ORDER BY c.checkpoint_id",
                 )
                 .and_then(|mut s| {
@@ -1623,8 +1799,8 @@ mod compact_rows {
             kinds,
             [
                 // Text sorts before blobs in SQLite: the custom id comes first.
-                kind("text", "blob", "text", "text"),
-                kind("blob", "null", "blob", "blob"),
+                kind("text", "blob", "text", "01"),
+                kind("blob", "null", "blob", "00"),
             ]
         );
         let tuple = saver.get_tuple(&child).await.expect("get").expect("stored");

@@ -142,15 +142,30 @@ async fn a_damaged_stored_tag_or_task_path_is_corrupt_data_of_its_checkpoint() {
         .await
         .expect("put_writes");
     let broken = configs[0].checkpoint_id.clone().expect("id");
-    let stored_path: Vec<u8> = raw(&path)
-        .query_row("SELECT task_path FROM checkpoint_writes", [], |r| r.get(0))
-        .expect("the stored task path");
-    assert_eq!(stored_path, b"\x40node", "a code byte and the node");
-    for column in ["type_tag", "task_path"] {
+    // The writes are stored in their checkpoint's row (`packed_writes.rs`): the task path as
+    // a code byte and the node, the type tag as a code byte after the channel.
+    let stored: Vec<u8> = raw(&path)
+        .query_row(
+            "SELECT writes FROM checkpoints WHERE writes IS NOT NULL",
+            [],
+            |r| r.get(0),
+        )
+        .expect("the stored writes");
+    let at = |needle: &[u8]| {
+        stored
+            .windows(needle.len())
+            .position(|w| w == needle)
+            .expect("stored form")
+    };
+    let path_code = at(b"\x01\x05\x40node") + 2;
+    let tag_code = at(b"\x05fixed\x01\x01\x01") + 8;
+    for code_at in [tag_code, path_code] {
+        let mut damaged = stored.clone();
+        damaged[code_at] = 0x3e;
         raw(&path)
             .execute(
-                &format!("UPDATE checkpoint_writes SET {column} = x'3e'"),
-                [],
+                "UPDATE checkpoints SET writes = ?1 WHERE writes IS NOT NULL",
+                [&damaged],
             )
             .expect("damage");
         let err = saver.get_tuple(&configs[0]).await.expect_err("damaged");
@@ -166,15 +181,8 @@ async fn a_damaged_stored_tag_or_task_path_is_corrupt_data_of_its_checkpoint() {
             .expect("the other checkpoint");
         raw(&path)
             .execute(
-                &format!(
-                    "UPDATE checkpoint_writes SET {column} = {}",
-                    if column == "type_tag" {
-                        "x'01'"
-                    } else {
-                        "x'406e6f6465'"
-                    }
-                ),
-                [],
+                "UPDATE checkpoints SET writes = ?1 WHERE writes IS NOT NULL",
+                [&stored],
             )
             .expect("repair");
     }
@@ -249,7 +257,15 @@ async fn sixty_four_concurrent_tasks_write_one_file_without_locking_errors() {
         done.expect("task");
     }
     assert_eq!(count(&path, "SELECT COUNT(*) FROM checkpoints"), 640);
-    assert_eq!(count(&path, "SELECT COUNT(*) FROM checkpoint_writes"), 64);
+    // Each write went into its checkpoint's row (`packed_writes.rs`).
+    assert_eq!(
+        count(
+            &path,
+            "SELECT COUNT(*) FROM checkpoints WHERE writes IS NOT NULL"
+        ),
+        64
+    );
+    assert_eq!(count(&path, "SELECT COUNT(*) FROM checkpoint_writes"), 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -387,8 +403,11 @@ async fn a_failing_request_fails_alone_and_the_rest_of_its_batch_commits() {
     let target = chain(saver.as_ref(), "t", 1).await.remove(0);
     raw(&path)
         .execute_batch(
-            "CREATE TRIGGER refuse_boom BEFORE INSERT ON checkpoint_writes
-             WHEN NEW.channel = 'boom' BEGIN SELECT RAISE(ABORT, 'boom refused'); END",
+            // Writes go into their checkpoint's row (`packed_writes.rs`), the channel name
+            // as its bytes.
+            "CREATE TRIGGER refuse_boom BEFORE UPDATE OF writes ON checkpoints
+             WHEN instr(NEW.writes, CAST('boom' AS BLOB)) > 0
+             BEGIN SELECT RAISE(ABORT, 'boom refused'); END",
         )
         .expect("trigger");
 
@@ -419,6 +438,13 @@ async fn a_failing_request_fails_alone_and_the_rest_of_its_batch_commits() {
             "SELECT COUNT(*) FROM checkpoints WHERE thread_id LIKE 'good-%'"
         ),
         36 * 3
+    );
+    assert_eq!(
+        count(
+            &path,
+            "SELECT COUNT(*) FROM checkpoints WHERE writes IS NOT NULL"
+        ),
+        0
     );
     assert_eq!(count(&path, "SELECT COUNT(*) FROM checkpoint_writes"), 0);
 }
@@ -459,7 +485,7 @@ async fn prune_and_delete_for_runs_reclaim_only_unreferenced_values() {
     assert_eq!(
         count(
             &path,
-            "SELECT COUNT(*) FROM checkpoint_writes WHERE thread_id = 't'"
+            "SELECT COUNT(*) FROM checkpoints WHERE thread_id = 't' AND writes IS NOT NULL"
         ),
         0,
         "writes of deleted checkpoints go with them"

@@ -17,18 +17,26 @@ use cairn_sqlite::SqliteSaver;
 
 const CHANNEL: &str = "messages";
 
-/// `(task, type tag)` of every stored write of `thread`, by task.
+/// `(task, type tag)` of every stored write of `thread`, by task: the rows of
+/// `checkpoint_writes` and the writes stored in checkpoint rows (schema 13).
 fn stored_writes(path: &Path, thread: &str) -> Vec<(String, String)> {
-    raw(path)
-        .prepare(&format!(
-            "SELECT task_id, {TYPE_TAG_TEXT} FROM checkpoint_writes WHERE thread_id = ?1
-                 ORDER BY task_id, idx"
-        ))
-        .and_then(|mut s| {
-            s.query_map([thread], |r| Ok((r.get(0)?, r.get(1)?)))?
-                .collect::<rusqlite::Result<Vec<_>>>()
-        })
-        .expect("stored writes")
+    let conn = raw(path);
+    SqliteSaver::register_sql_functions(&conn).expect("functions");
+    conn.prepare(&format!(
+        "SELECT task_id, tag FROM (
+             SELECT task_id, {TYPE_TAG_TEXT} AS tag, idx FROM checkpoint_writes
+             WHERE thread_id = ?1
+             UNION ALL
+             SELECT w.value ->> 'task_id', w.value ->> 'type_tag', w.value ->> 'idx'
+             FROM checkpoints AS c, json_each(cairn_pending_writes_json(c.writes)) AS w
+             WHERE c.thread_id = ?1 AND c.writes IS NOT NULL)
+         ORDER BY task_id, idx"
+    ))
+    .and_then(|mut s| {
+        s.query_map([thread], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<rusqlite::Result<Vec<_>>>()
+    })
+    .expect("stored writes")
 }
 
 fn message(i: usize) -> String {
@@ -237,12 +245,34 @@ async fn a_corrupt_reference_is_an_error_naming_the_write() {
     let (_dir, path) = temp_db();
     let saver = SqliteSaver::open(&path).expect("open");
     let step = chat_step(&saver, "t").await;
-    raw(&path)
-        .execute(
-            "UPDATE checkpoint_writes SET data = x'0001' WHERE task_id = 'b'",
+    // Task b's write, in its checkpoint's row (`packed_writes.rs`): after the task id (text
+    // form, length 1, `b`) come its path, count, index and channel, then the `ref/append`
+    // tag code (form 1, length 1, 0x08) and the reference's length and bytes; cut the
+    // reference to two bytes.
+    let conn = raw(&path);
+    let stored: Vec<u8> = conn
+        .query_row(
+            "SELECT writes FROM checkpoints WHERE writes IS NOT NULL",
             [],
+            |r| r.get(0),
         )
-        .expect("corrupt the reference");
+        .expect("stored writes");
+    let find = |needle: &[u8], from: usize| {
+        from + stored[from..]
+            .windows(needle.len())
+            .position(|w| w == needle)
+            .expect("stored form")
+    };
+    let tag = find(b"\x01\x01\x08", find(b"\x01\x01b", 0)) + 3;
+    let len = usize::from(stored[tag]);
+    let mut damaged = stored[..tag].to_vec();
+    damaged.extend_from_slice(b"\x02\x00\x01");
+    damaged.extend_from_slice(&stored[tag + 1 + len..]);
+    conn.execute(
+        "UPDATE checkpoints SET writes = ?1 WHERE writes IS NOT NULL",
+        [&damaged],
+    )
+    .expect("corrupt the reference");
     match saver.get_tuple(&step.root).await {
         Err(Error::Corrupt { location, reason }) => {
             assert_eq!(location.channel.as_deref(), Some(CHANNEL));

@@ -1,0 +1,362 @@
+//! Pending writes stored in their checkpoint's row (schema 13).
+//!
+//! Up to schema 12 every pending write was a row of `checkpoint_writes`, keyed by thread,
+//! namespace, checkpoint id, task id and index: about 95 bytes of keys and row structure
+//! around a write of a few bytes (the runtime's writes are mostly references to the items a
+//! checkpoint appended, or a one-byte trigger). Since schema 13 the writes a checkpoint
+//! collects go into its own row, `checkpoints.writes`, as one blob:
+//!
+//! * the number of tasks (LEB128), then per task: its id (a byte 0 and the 16 bytes of a
+//!   canonical UUID, or a byte 1 and the id as a length-prefixed string), its path (a stored
+//!   text, below) and the number of its writes;
+//! * per write: its index (zigzag LEB128; special channels' writes are negative), its
+//!   channel (length-prefixed), its type tag (a stored text) and its data (length-prefixed).
+//!
+//! A stored text is a byte 0 and the text, or a byte 1 and the code blob `stored_text.rs`
+//! gives the strings Cairn writes (`ref/append` is one byte), each length-prefixed.
+//!
+//! The rules are those of the rows: per task and index a regular write is kept if one is
+//! stored already (a retried task cannot duplicate it), a special channel's write replaces
+//! it ([`merge`]). Writes for a checkpoint that is not stored (LangGraph allows them) still go
+//! to `checkpoint_writes`, as do the writes of files written before schema 13; reads take
+//! both. `cairn_merge_writes(old, new, new_wins)` applies the rules in SQL, and
+//! `cairn_pending_writes_json(writes)` shows a stored blob as JSON, for tools reading the
+//! file through a connection Cairn opened.
+
+use bytes::Bytes;
+use rusqlite::functions::FunctionFlags;
+use rusqlite::types::ValueRef;
+use rusqlite::Connection;
+
+use cairn_checkpoint::{PendingWrite, TypedValue};
+
+use crate::leb128::{self, unzigzag, zigzag};
+use crate::sql_error;
+
+/// How errors name the blob.
+const WHAT: &str = "the stored pending writes";
+
+/// A pending write with its index (its position among its task's writes, or the special
+/// channel's negative index).
+pub(crate) type IndexedWrite = (i64, PendingWrite);
+
+/// Encodes `writes` (any order; grouped by task here).
+pub(crate) fn encode(writes: &[IndexedWrite]) -> Vec<u8> {
+    let mut sorted: Vec<&IndexedWrite> = writes.iter().collect();
+    sorted.sort_by(|(ia, a), (ib, b)| (&a.task_id, ia).cmp(&(&b.task_id, ib)));
+    // Consecutive writes of one task (and path) form a group.
+    let mut groups: Vec<&[&IndexedWrite]> = Vec::new();
+    let mut rest = sorted.as_slice();
+    while let Some((first, _)) = rest.split_first() {
+        let len = rest
+            .iter()
+            .take_while(|(_, w)| w.task_id == first.1.task_id && w.task_path == first.1.task_path)
+            .count();
+        let (group, tail) = rest.split_at(len);
+        groups.push(group);
+        rest = tail;
+    }
+    let mut out = Vec::with_capacity(16 + writes.len() * 48);
+    leb128::put(&mut out, groups.len() as u64);
+    for group in groups {
+        let task = &group[0].1;
+        match crate::id_key::compact(&task.task_id) {
+            Some(bytes) => {
+                out.push(0);
+                out.extend_from_slice(&bytes);
+            }
+            None => {
+                out.push(1);
+                leb128::put_bytes(&mut out, task.task_id.as_bytes());
+            }
+        }
+        put_text(&mut out, &task.task_path);
+        leb128::put(&mut out, group.len() as u64);
+        for (idx, write) in group {
+            leb128::put(&mut out, zigzag(*idx));
+            leb128::put_bytes(&mut out, write.channel.as_bytes());
+            put_text(&mut out, &write.value.type_tag);
+            leb128::put_bytes(&mut out, &write.value.data);
+        }
+    }
+    out
+}
+
+/// Reads a blob [`encode`] wrote. The error says what was wrong.
+pub(crate) fn decode(blob: &[u8]) -> Result<Vec<IndexedWrite>, String> {
+    let mut rest = blob;
+    let tasks = leb128::take(&mut rest, WHAT)?;
+    let mut writes = Vec::new();
+    for _ in 0..tasks {
+        let task_id = match rest.split_first() {
+            Some((0, tail)) => {
+                let bytes: &[u8; 16] = tail
+                    .get(..16)
+                    .and_then(|b| b.try_into().ok())
+                    .ok_or_else(|| format!("{WHAT} end inside a task id"))?;
+                rest = &tail[16..];
+                crate::id_key::expand(bytes)
+            }
+            Some((1, tail)) => {
+                rest = tail;
+                leb128::take_str(&mut rest, WHAT)?
+            }
+            Some((kind, _)) => {
+                return Err(format!(
+                    "unknown task id form {kind} in {WHAT} (written by a newer Cairn?)"
+                ))
+            }
+            None => return Err(format!("{WHAT} end before a task")),
+        };
+        let task_path = take_text(&mut rest)?;
+        let count = leb128::take(&mut rest, WHAT)?;
+        for _ in 0..count {
+            let idx = unzigzag(leb128::take(&mut rest, WHAT)?);
+            let channel = leb128::take_str(&mut rest, WHAT)?;
+            let type_tag = take_text(&mut rest)?;
+            let data = Bytes::copy_from_slice(leb128::take_bytes(&mut rest, WHAT)?);
+            writes.push((
+                idx,
+                PendingWrite {
+                    task_id: task_id.clone(),
+                    channel,
+                    value: TypedValue::new(type_tag, data),
+                    task_path: task_path.clone(),
+                },
+            ));
+        }
+    }
+    if !rest.is_empty() {
+        return Err(format!("{} stray bytes after {WHAT}", rest.len()));
+    }
+    Ok(writes)
+}
+
+/// `stored` with `new` added under the rules of pending writes: per task and index a
+/// regular write already stored is kept, a special channel's write (negative index)
+/// replaces it; with `new_wins` every write in `new` replaces its stored namesake (copying a
+/// thread over another, as `INSERT OR REPLACE` did with rows).
+pub(crate) fn merge(
+    mut stored: Vec<IndexedWrite>,
+    new: Vec<IndexedWrite>,
+    new_wins: bool,
+) -> Vec<IndexedWrite> {
+    for (idx, write) in new {
+        match stored
+            .iter_mut()
+            .find(|(i, w)| *i == idx && w.task_id == write.task_id)
+        {
+            Some(slot) if new_wins || idx < 0 => *slot = (idx, write),
+            Some(_) => {}
+            None => stored.push((idx, write)),
+        }
+    }
+    stored
+}
+
+fn put_text(out: &mut Vec<u8>, text: &str) {
+    match crate::stored_text::encode(text) {
+        Some(code) => {
+            out.push(1);
+            leb128::put_bytes(out, &code);
+        }
+        None => {
+            out.push(0);
+            leb128::put_bytes(out, text.as_bytes());
+        }
+    }
+}
+
+fn take_text(rest: &mut &[u8]) -> Result<String, String> {
+    let (&form, tail) = rest
+        .split_first()
+        .ok_or_else(|| format!("{WHAT} end before a type tag or task path"))?;
+    *rest = tail;
+    match form {
+        0 => leb128::take_str(rest, WHAT),
+        1 => crate::stored_text::decode_blob(leb128::take_bytes(rest, WHAT)?),
+        other => Err(format!(
+            "unknown text form {other} in {WHAT} (written by a newer Cairn?)"
+        )),
+    }
+}
+
+/// Decodes an optional blob column for an SQL function; a damaged blob is an SQL error that
+/// names the damage.
+fn column(value: ValueRef<'_>) -> rusqlite::Result<Vec<IndexedWrite>> {
+    match value {
+        ValueRef::Null => Ok(Vec::new()),
+        ValueRef::Blob(b) => decode(b).map_err(|reason| {
+            rusqlite::Error::UserFunctionError(format!("checkpoint row: {reason}").into())
+        }),
+        other => Err(rusqlite::Error::UserFunctionError(
+            format!("{WHAT} are {:?}, not a blob", other.data_type()).into(),
+        )),
+    }
+}
+
+/// Registers `cairn_merge_writes(stored, new, new_wins)` (the merged blob, NULL when both are
+/// NULL) and `cairn_pending_writes_json(writes)` on `conn`.
+pub(crate) fn register_functions(conn: &Connection) -> cairn_checkpoint::Result<()> {
+    let flags = FunctionFlags::SQLITE_UTF8 | FunctionFlags::SQLITE_DETERMINISTIC;
+    conn.create_scalar_function("cairn_merge_writes", 3, flags, |ctx| {
+        let (stored, new) = (ctx.get_raw(0), ctx.get_raw(1));
+        if new == ValueRef::Null {
+            return Ok(match stored {
+                ValueRef::Blob(b) => Some(b.to_vec()),
+                _ => None,
+            });
+        }
+        let merged = merge(column(stored)?, column(new)?, ctx.get::<bool>(2)?);
+        Ok(Some(encode(&merged)))
+    })
+    .map_err(sql_error("registering cairn_merge_writes"))?;
+    conn.create_scalar_function("cairn_pending_writes_json", 1, flags, |ctx| {
+        let writes = column(ctx.get_raw(0))?;
+        let json: Vec<serde_json::Value> = writes
+            .iter()
+            .map(|(idx, w)| {
+                serde_json::json!({
+                    "task_id": w.task_id,
+                    "idx": idx,
+                    "task_path": w.task_path,
+                    "channel": w.channel,
+                    "type_tag": w.value.type_tag,
+                    "data_hex": w.value.data.iter().map(|b| format!("{b:02x}")).collect::<String>(),
+                })
+            })
+            .collect();
+        Ok(serde_json::Value::Array(json).to_string())
+    })
+    .map_err(sql_error("registering cairn_pending_writes_json"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(task: &str, idx: i64, channel: &str, tag: &str, data: &[u8]) -> IndexedWrite {
+        (
+            idx,
+            PendingWrite {
+                task_id: task.into(),
+                channel: channel.into(),
+                value: TypedValue::new(tag, Bytes::copy_from_slice(data)),
+                task_path: "~__pregel_pull, node".into(),
+            },
+        )
+    }
+
+    const UUID: &str = "1f1ea437-d1a5-6e7b-8000-b7cd0a195b10";
+
+    #[test]
+    fn writes_round_trip_grouped_by_task_in_task_and_index_order() {
+        let writes = vec![
+            write("task-b", 0, "messages", "ref/append", b"\x00\x01"),
+            write(UUID, 1, "branch:to:reply", "msgpack", b"\xc0"),
+            write(UUID, 0, "messages", "ref/append", &[7; 19]),
+            write("task-b", -3, "__interrupt__", "a tag of its own", b""),
+        ];
+        let blob = encode(&writes);
+        let mut expected = writes.clone();
+        expected.sort_by(|(ia, a), (ib, b)| (&a.task_id, ia).cmp(&(&b.task_id, ib)));
+        assert_eq!(decode(&blob).expect("decode"), expected);
+        // The runtime's usual step: one task, a reference and a trigger, in about 80 bytes
+        // (two rows of `checkpoint_writes` took about 190).
+        let step = vec![
+            write(UUID, 0, "messages", "ref/append", &[7; 19]),
+            write(UUID, 1, "branch:to:reply", "msgpack", b"\xc0"),
+        ];
+        assert!(encode(&step).len() < 90, "{}", encode(&step).len());
+        assert_eq!(decode(&encode(&[])).expect("empty"), vec![]);
+    }
+
+    #[test]
+    fn merging_keeps_stored_regular_writes_and_replaces_special_ones() {
+        let stored = vec![
+            write("t", 0, "a", "msgpack", b"old"),
+            write("t", -1, "__error__", "msgpack", b"old"),
+        ];
+        let new = vec![
+            write("t", 0, "a", "msgpack", b"new"),
+            write("t", -1, "__error__", "msgpack", b"new"),
+            write("t", 1, "b", "msgpack", b"new"),
+            write("u", 0, "a", "msgpack", b"new"),
+        ];
+        let merged = merge(stored.clone(), new.clone(), false);
+        let data = |m: &[IndexedWrite]| -> Vec<(String, i64, Vec<u8>)> {
+            m.iter()
+                .map(|(i, w)| (w.task_id.clone(), *i, w.value.data.to_vec()))
+                .collect()
+        };
+        assert_eq!(
+            data(&merged),
+            [
+                ("t".into(), 0, b"old".to_vec()),
+                ("t".into(), -1, b"new".to_vec()),
+                ("t".into(), 1, b"new".to_vec()),
+                ("u".into(), 0, b"new".to_vec()),
+            ]
+        );
+        let copied = merge(stored, new, true);
+        assert!(copied.iter().all(|(_, w)| &w.value.data[..] == b"new"));
+    }
+
+    #[test]
+    fn damaged_blobs_are_refused_with_the_reason() {
+        let good = encode(&[write(UUID, 0, "messages", "msgpack", b"\x01")]);
+        let cases: [(&[u8], &str); 6] = [
+            (&[], "ends inside a number"),
+            (&[0x01], "end before a task"),
+            (&[0x01, 0x07], "unknown task id form"),
+            (&[0x01, 0x00, 0xaa], "inside a task id"),
+            (&good[..good.len() - 1], "ends inside a string"),
+            (&[0x00, 0x00], "stray bytes"),
+        ];
+        for (blob, reason) in cases {
+            let err = decode(blob).expect_err("damaged");
+            assert!(err.contains(reason), "{blob:02x?}: {err}");
+        }
+        let mut bad_form = good.clone();
+        bad_form[18] = 9; // the task path's form byte, after the count, id form and 16 bytes
+        assert!(decode(&bad_form)
+            .expect_err("form")
+            .contains("unknown text form"));
+    }
+
+    #[test]
+    fn the_sql_functions_merge_and_show_stored_writes() {
+        let conn = Connection::open_in_memory().expect("open");
+        register_functions(&conn).expect("register");
+        let stored = encode(&[write("t", 0, "a", "msgpack", b"old")]);
+        let new = encode(&[
+            write("t", 0, "a", "msgpack", b"new"),
+            write("t", 1, "b", "msgpack", b"\x01"),
+        ]);
+        let merged: Vec<u8> = conn
+            .query_row(
+                "SELECT cairn_merge_writes(?1, ?2, 0)",
+                (&stored, &new),
+                |r| r.get(0),
+            )
+            .expect("merge");
+        let json: String = conn
+            .query_row("SELECT cairn_pending_writes_json(?1)", [&merged], |r| {
+                r.get(0)
+            })
+            .expect("json");
+        let shown: serde_json::Value = serde_json::from_str(&json).expect("json");
+        assert_eq!(shown[0]["data_hex"], "6f6c64");
+        assert_eq!(shown[1]["channel"], "b");
+        let none: Option<Vec<u8>> = conn
+            .query_row("SELECT cairn_merge_writes(NULL, NULL, 0)", [], |r| r.get(0))
+            .expect("null");
+        assert_eq!(none, None);
+        let err = conn
+            .query_row("SELECT cairn_merge_writes(x'0107', ?1, 0)", [&new], |r| {
+                r.get::<_, Vec<u8>>(0)
+            })
+            .expect_err("damaged");
+        assert!(err.to_string().contains("unknown task id form"), "{err}");
+    }
+}
