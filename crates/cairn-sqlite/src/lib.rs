@@ -30,7 +30,7 @@
 //!
 //! ## Schema, and why
 //!
-//! Four tables (see `schema.rs`; `cairn_migrations` records which migrations ran, so later
+//! Five tables (see `schema.rs`; `cairn_migrations` records which migrations ran, so later
 //! schema changes apply once, in order, inside a transaction). The three data tables are
 //! `WITHOUT ROWID` tables (schema 3): each is stored as its primary key b-tree, with no
 //! second b-tree for the key, so keys are stored once and a commit writes fewer pages.
@@ -73,9 +73,20 @@
 //!   Since schema 8 an append value is stored without its 76-byte text header, as an item
 //!   code, its item count and its items, the base only in `base_version`
 //!   (`stored_value.rs`); reads rebuild it.
-//! * `checkpoint_writes` — pending writes keyed `(thread, ns, checkpoint_id, task_id, idx)`:
-//!   regular writes are insert-if-absent (a retried task cannot duplicate them), special
-//!   channels (negative index) overwrite. Since schema 8 a write stored together with the
+//! * Pending writes — since schema 13 in their checkpoint's row, `checkpoints.writes`, one
+//!   blob per checkpoint (`packed_writes.rs`: per task its id, as 16 bytes when a UUID, and
+//!   path, then per write its index, channel, type tag and data): the runtime sends each
+//!   step's writes in the batch that stores the checkpoint they belong to, so they go into
+//!   that row's `INSERT`; later writes merge into the row in SQL (`cairn_merge_writes`). A
+//!   W1 chat step's writes take about 80 bytes there, where two rows of `checkpoint_writes`
+//!   took about 190. Writes for a checkpoint that is not stored (LangGraph allows them), and
+//!   those of files written before schema 13, are rows of `checkpoint_writes`, keyed
+//!   `(thread, ns, checkpoint_id, task_id, idx)`; reads take both, the rows first (they are
+//!   the older), and `copy_thread` first moves a thread's rows into their checkpoints' rows.
+//!   Either way regular writes are insert-if-absent (a retried task cannot duplicate them),
+//!   special channels (negative index) overwrite. Merging into one blob costs a wide fan-out
+//!   whose tasks each store their writes alone (durability `sync`) a rewrite of the growing
+//!   blob per task, where rows cost one insert each. Since schema 8 a write stored together with the
 //!   checkpoint its step produced (`put_batch`, `put_writes_and_put`: what the runtime
 //!   does), whose items are a run of whole items of that checkpoint's new append value for
 //!   the same channel, is stored as a reference to them (`write_refs.rs`): a message a node
@@ -944,7 +955,6 @@ type BatchRows = (Vec<ops::WritesRow>, Vec<ops::PutRow>, Vec<CheckpointConfig>);
 
 fn batch_rows(requests: Vec<PutRequest>) -> Result<BatchRows> {
     let mut rows = Vec::with_capacity(requests.len());
-    let mut attached = Vec::with_capacity(requests.len());
     let mut writes = Vec::new();
     let mut stored = Vec::with_capacity(requests.len());
     for request in requests {
@@ -964,19 +974,14 @@ fn batch_rows(requests: Vec<PutRequest>) -> Result<BatchRows> {
             request.new_versions,
         )?;
         write_refs::link(&mut own, &row);
-        // The runtime sends each step's writes with the next checkpoint: they go into the
-        // row of the checkpoint they belong to when this batch stores it.
-        ops::attach_writes(own, &rows, &mut attached, &mut writes);
+        writes.append(&mut own);
         rows.push(row);
-        attached.push(Vec::new());
         stored.push(config);
     }
     write_refs::link_values(&mut rows);
-    for (row, list) in rows.iter_mut().zip(attached) {
-        if !list.is_empty() {
-            row.writes = Some(packed_writes::encode(&list));
-        }
-    }
+    // The runtime sends each step's writes with the next checkpoint: they go into the row of
+    // the checkpoint they belong to when this batch stores it.
+    let writes = ops::attach_writes(writes, &mut rows);
     Ok((writes, rows, stored))
 }
 

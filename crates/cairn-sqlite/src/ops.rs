@@ -84,17 +84,16 @@ impl WritesRow {
     }
 }
 
-/// Files each request's writes: those for a checkpoint stored earlier in the same batch go
-/// into that checkpoint's row (`attached`, by position in `rows`), the others stay rows of
-/// their own (`loose`), stored by [`store`] into their checkpoint's row if it is stored, else
-/// into `checkpoint_writes`.
-pub(crate) fn attach_writes(
-    own: Vec<WritesRow>,
-    rows: &[PutRow],
-    attached: &mut [Vec<IndexedWrite>],
-    loose: &mut Vec<WritesRow>,
-) {
-    for w in own {
+/// Files a batch's writes, in request order: those for a checkpoint the batch stores go into
+/// that checkpoint's row (`attached`, by position in `rows`; the last row when the batch
+/// stores it twice, whose upsert merges the two), the others stay rows of their own
+/// (returned), stored by [`store`] into their checkpoint's row if it is stored, else into
+/// `checkpoint_writes`. Merging in request order keeps the rules of pending writes: the
+/// first regular write of a task and index stays, the last special one wins.
+pub(crate) fn attach_writes(writes: Vec<WritesRow>, rows: &mut [PutRow]) -> Vec<WritesRow> {
+    let mut attached: Vec<Vec<IndexedWrite>> = vec![Vec::new(); rows.len()];
+    let mut loose = Vec::new();
+    for w in writes {
         match rows.iter().rposition(|row| w.same_checkpoint(row)) {
             Some(i) => {
                 let stored = std::mem::take(&mut attached[i]);
@@ -103,6 +102,12 @@ pub(crate) fn attach_writes(
             None => loose.push(w),
         }
     }
+    for (row, list) in rows.iter_mut().zip(attached) {
+        if !list.is_empty() {
+            row.writes = Some(packed_writes::encode(&list));
+        }
+    }
+    loose
 }
 
 pub(crate) fn put_writes(conn: &Connection, row: &WritesRow) -> Result<()> {
@@ -416,10 +421,57 @@ pub(crate) fn delete_thread(conn: &Connection, thread_id: &str) -> Result<()> {
     Ok(())
 }
 
+/// Moves the `checkpoint_writes` rows of `thread_id`'s stored checkpoints into those
+/// checkpoints' rows, before the writes already there (rows come first: they are the older),
+/// so that each such checkpoint's writes are in one place.
+fn fold_write_rows(conn: &Connection, thread_id: &str) -> Result<()> {
+    let mut rows = std::collections::HashMap::new();
+    crate::read::collect_writes(
+        conn,
+        "SELECT w.thread_id, w.checkpoint_ns, w.checkpoint_id, w.task_id, w.idx, w.task_path,
+                w.channel, w.type_tag, w.data
+         FROM checkpoint_writes AS w JOIN checkpoints AS c
+           ON c.thread_id = w.thread_id AND c.checkpoint_ns = w.checkpoint_ns
+          AND c.checkpoint_id = w.checkpoint_id
+         WHERE w.thread_id = ?1",
+        [thread_id],
+        &mut rows,
+    )?;
+    for ((thread, ns, checkpoint_id), writes) in rows {
+        let what = || {
+            format!("moving the pending writes of checkpoint {checkpoint_id} of thread {thread:?} into its row")
+        };
+        conn.prepare_cached(
+            "UPDATE checkpoints SET writes = cairn_merge_writes(?4, writes, 0)
+             WHERE thread_id = ?1 AND checkpoint_ns = ?2 AND checkpoint_id = ?3",
+        )
+        .and_then(|mut s| {
+            s.execute(params![
+                thread,
+                ns,
+                IdKey::of(&checkpoint_id),
+                packed_writes::encode(&writes)
+            ])
+        })
+        .map_err(sql_error(what()))?;
+        conn.prepare_cached(
+            "DELETE FROM checkpoint_writes
+             WHERE thread_id = ?1 AND checkpoint_ns = ?2 AND checkpoint_id = ?3",
+        )
+        .and_then(|mut s| s.execute(params![thread, ns, IdKey::of(&checkpoint_id)]))
+        .map_err(sql_error(what()))?;
+    }
+    Ok(())
+}
+
 pub(crate) fn copy_thread(conn: &Connection, source: &str, target: &str) -> Result<()> {
     if source == target {
         return Ok(());
     }
+    // With each thread's writes in its checkpoint rows, merging the rows below lets the
+    // source's writes win over the target's, as copying rows of `checkpoint_writes` did.
+    fold_write_rows(conn, source)?;
+    fold_write_rows(conn, target)?;
     let copies = [
         (
             "checkpoints",

@@ -34,7 +34,7 @@ use crate::leb128::{self, unzigzag, zigzag};
 use crate::sql_error;
 
 /// How errors name the blob.
-const WHAT: &str = "the stored pending writes";
+const WHAT: &str = "the blob of stored pending writes";
 
 /// A pending write with its index (its position among its task's writes, or the special
 /// channel's negative index).
@@ -93,7 +93,7 @@ pub(crate) fn decode(blob: &[u8]) -> Result<Vec<IndexedWrite>, String> {
                 let bytes: &[u8; 16] = tail
                     .get(..16)
                     .and_then(|b| b.try_into().ok())
-                    .ok_or_else(|| format!("{WHAT} end inside a task id"))?;
+                    .ok_or_else(|| format!("{WHAT} ends inside a task id"))?;
                 rest = &tail[16..];
                 crate::id_key::expand(bytes)
             }
@@ -106,7 +106,7 @@ pub(crate) fn decode(blob: &[u8]) -> Result<Vec<IndexedWrite>, String> {
                     "unknown task id form {kind} in {WHAT} (written by a newer Cairn?)"
                 ))
             }
-            None => return Err(format!("{WHAT} end before a task")),
+            None => return Err(format!("{WHAT} ends before a task")),
         };
         let task_path = take_text(&mut rest)?;
         let count = leb128::take(&mut rest, WHAT)?;
@@ -170,7 +170,7 @@ fn put_text(out: &mut Vec<u8>, text: &str) {
 fn take_text(rest: &mut &[u8]) -> Result<String, String> {
     let (&form, tail) = rest
         .split_first()
-        .ok_or_else(|| format!("{WHAT} end before a type tag or task path"))?;
+        .ok_or_else(|| format!("{WHAT} ends before a type tag or task path"))?;
     *rest = tail;
     match form {
         0 => leb128::take_str(rest, WHAT),
@@ -187,10 +187,13 @@ fn column(value: ValueRef<'_>) -> rusqlite::Result<Vec<IndexedWrite>> {
     match value {
         ValueRef::Null => Ok(Vec::new()),
         ValueRef::Blob(b) => decode(b).map_err(|reason| {
-            rusqlite::Error::UserFunctionError(format!("checkpoint row: {reason}").into())
+            rusqlite::Error::UserFunctionError(
+                format!("the pending writes stored in a checkpoint row are damaged: {reason}")
+                    .into(),
+            )
         }),
         other => Err(rusqlite::Error::UserFunctionError(
-            format!("{WHAT} are {:?}, not a blob", other.data_type()).into(),
+            format!("{WHAT} is {:?}, not a blob", other.data_type()).into(),
         )),
     }
 }
@@ -202,10 +205,13 @@ pub(crate) fn register_functions(conn: &Connection) -> cairn_checkpoint::Result<
     conn.create_scalar_function("cairn_merge_writes", 3, flags, |ctx| {
         let (stored, new) = (ctx.get_raw(0), ctx.get_raw(1));
         if new == ValueRef::Null {
-            return Ok(match stored {
-                ValueRef::Blob(b) => Some(b.to_vec()),
-                _ => None,
-            });
+            // Nothing to add: the stored blob stays as it is (not decoded), anything else
+            // that is not NULL is refused rather than erased.
+            return match stored {
+                ValueRef::Blob(b) => Ok(Some(b.to_vec())),
+                ValueRef::Null => Ok(None),
+                other => column(other).map(|_| None),
+            };
         }
         let merged = merge(column(stored)?, column(new)?, ctx.get::<bool>(2)?);
         Ok(Some(encode(&merged)))
@@ -307,9 +313,9 @@ mod tests {
         let good = encode(&[write(UUID, 0, "messages", "msgpack", b"\x01")]);
         let cases: [(&[u8], &str); 6] = [
             (&[], "ends inside a number"),
-            (&[0x01], "end before a task"),
+            (&[0x01], "ends before a task"),
             (&[0x01, 0x07], "unknown task id form"),
-            (&[0x01, 0x00, 0xaa], "inside a task id"),
+            (&[0x01, 0x00, 0xaa], "ends inside a task id"),
             (&good[..good.len() - 1], "ends inside a string"),
             (&[0x00, 0x00], "stray bytes"),
         ];

@@ -450,7 +450,7 @@ fn decode_header(row: &Row) -> Result<Checkpoint> {
 }
 
 type BlobKey = (String, String, String, String);
-type CheckpointKey = (String, String, String);
+pub(crate) type CheckpointKey = (String, String, String);
 /// A checkpoint row with its header and metadata decoded.
 type Decoded = (Row, Checkpoint, CheckpointMetadata);
 
@@ -843,7 +843,7 @@ fn load_write_rows(
 
 /// Runs `sql` (selecting the columns of [`WRITES_SQL`]) and files each write under its
 /// checkpoint, with its index.
-fn collect_writes(
+pub(crate) fn collect_writes(
     conn: &Connection,
     sql: &str,
     params: impl rusqlite::Params,

@@ -1633,6 +1633,37 @@ mod compact_rows {
             .expect("get")
             .expect("stored");
         assert_eq!(writes_of(&tuple), [("next".into(), "c".into(), 3)]);
+
+        // Writes that come in a batch before the request storing their checkpoint, and after
+        // it: the first regular write stays, the last special one wins.
+        let mut y = Checkpoint::new();
+        y.id = uuid6_like(3);
+        let y_config = at.clone().with_checkpoint_id(y.id.clone());
+        let task_writes = |a: u8| {
+            vec![TaskWrites {
+                task_id: "task".into(),
+                task_path: "p".into(),
+                writes: vec![("a".into(), byte(a)), (ERROR.into(), byte(a))],
+            }]
+        };
+        saver
+            .put_batch(vec![
+                request(&y_config, Checkpoint::new(), task_writes(1)),
+                request(&at, y, Vec::new()),
+                request(&y_config, Checkpoint::new(), task_writes(2)),
+            ])
+            .await
+            .expect("batch");
+        let tuple = saver.get_tuple(&y_config).await.expect("get").expect("y");
+        let mut got = writes_of(&tuple);
+        got.sort();
+        assert_eq!(
+            got,
+            [
+                ("task".into(), "__error__".into(), 2),
+                ("task".into(), "a".into(), 1)
+            ]
+        );
     }
 
     /// Copying a thread over one that holds the same checkpoint merges their writes, the
@@ -1640,19 +1671,25 @@ mod compact_rows {
     #[tokio::test]
     async fn copying_over_a_thread_merges_the_writes_in_its_rows() {
         let saver = crate::SqliteSaver::in_memory().expect("open");
-        let stored = saver
+        let mut checkpoint = Checkpoint::new();
+        checkpoint.id = uuid6_like(2);
+        let stored = CheckpointConfig::thread("src").with_checkpoint_id(checkpoint.id.clone());
+        // A write stored before its checkpoint: a row of `checkpoint_writes`, moved into the
+        // checkpoint's row when the thread is copied.
+        saver
+            .put_writes(&stored, vec![("a".into(), byte(1))], "task", "p")
+            .await
+            .expect("writes");
+        saver
             .put(
                 &CheckpointConfig::thread("src"),
-                Checkpoint::new(),
+                checkpoint,
                 CheckpointMetadata::new(CheckpointSource::Loop, 0),
                 ChannelVersions::new(),
             )
             .await
             .expect("put");
-        saver
-            .put_writes(&stored, vec![("a".into(), byte(1))], "task", "p")
-            .await
-            .expect("writes");
+        assert_eq!(where_writes_are(&saver).await, (1, 0));
         saver.copy_thread("src", "dst").await.expect("copy");
         let copy = CheckpointConfig {
             thread_id: "dst".into(),
@@ -1667,13 +1704,19 @@ mod compact_rows {
             )
             .await
             .expect("writes on the copy");
+        saver
+            .put_writes(&stored, vec![(ERROR.into(), byte(5))], "task", "p")
+            .await
+            .expect("a special write on the source");
         saver.copy_thread("src", "dst").await.expect("copy again");
+        assert_eq!(where_writes_are(&saver).await, (0, 2));
         let tuple = saver.get_tuple(&copy).await.expect("get").expect("stored");
         let mut got = writes_of(&tuple);
         got.sort();
         assert_eq!(
             got,
             [
+                ("task".into(), "__error__".into(), 5),
                 ("task".into(), "a".into(), 1),
                 ("task".into(), "b".into(), 9)
             ]
