@@ -341,6 +341,14 @@ fn compact_append_values(
 
 #[async_trait]
 impl CheckpointSaver for InMemorySaver {
+    fn get_next_version_in_run(
+        &self,
+        current: Option<&crate::ChannelVersion>,
+        run_suffix: u64,
+    ) -> crate::ChannelVersion {
+        crate::ChannelVersion::next_in_run(current, run_suffix)
+    }
+
     async fn get_tuple(&self, config: &CheckpointConfig) -> Result<Option<CheckpointTuple>> {
         let nothing_known = KnownValues {
             checkpoint_id: "",

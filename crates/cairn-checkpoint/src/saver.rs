@@ -432,4 +432,18 @@ pub trait CheckpointSaver: Send + Sync {
     fn get_next_version(&self, current: Option<&ChannelVersion>) -> ChannelVersion {
         ChannelVersion::first_after(current)
     }
+
+    /// The version a channel gets when it is next written by a run whose versions may share
+    /// `run_suffix` (drawn once per run by the runtime). The default is
+    /// [`get_next_version`](Self::get_next_version), so a saver with versions of its own keeps
+    /// them; Cairn's savers return [`ChannelVersion::next_in_run`], whose shared suffix a
+    /// compact checkpoint header stores once instead of once per step.
+    fn get_next_version_in_run(
+        &self,
+        current: Option<&ChannelVersion>,
+        run_suffix: u64,
+    ) -> ChannelVersion {
+        let _ = run_suffix;
+        self.get_next_version(current)
+    }
 }

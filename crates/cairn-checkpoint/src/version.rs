@@ -51,8 +51,31 @@ impl ChannelVersion {
 
     /// The version that follows `current` (`None`: the channel has no version yet).
     pub fn first_after(current: Option<&ChannelVersion>) -> ChannelVersion {
+        ChannelVersion::next_in_run(current, crate::id::random_u64())
+    }
+
+    /// The version that follows `current` in a run whose new versions all carry the suffix
+    /// `run_suffix` ([`ChannelVersion::new_run_suffix`], drawn once per run). Within a run
+    /// the counter alone keeps versions apart (each step's is above every earlier one), and
+    /// a fork is a new run with a suffix of its own, so versions of different branches still
+    /// never meet; sharing the suffix lets a stored checkpoint header name it once.
+    ///
+    /// ```
+    /// use cairn_checkpoint::ChannelVersion;
+    /// let run = ChannelVersion::new_run_suffix();
+    /// let a = ChannelVersion::next_in_run(None, run);
+    /// let b = ChannelVersion::next_in_run(Some(&a), run);
+    /// assert_eq!((a.counter(), b.counter()), (1, 2));
+    /// assert_eq!(a.to_storage_string()[33..], b.to_storage_string()[33..]);
+    /// ```
+    pub fn next_in_run(current: Option<&ChannelVersion>, run_suffix: u64) -> ChannelVersion {
         let counter = current.map_or(0, ChannelVersion::counter) + 1;
-        ChannelVersion::Str(format_version(counter, crate::id::random_u64()))
+        ChannelVersion::Str(format_version(counter, run_suffix))
+    }
+
+    /// A random suffix for the versions of one run (see [`ChannelVersion::next_in_run`]).
+    pub fn new_run_suffix() -> u64 {
+        crate::id::random_u64()
     }
 
     /// The version as a string (integers in decimal), for storage engines that keep text.

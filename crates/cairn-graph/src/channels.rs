@@ -353,15 +353,32 @@ fn encode_field_since_stored<S: State>(
 pub(crate) enum Versioner<'a> {
     /// Plain integers (no saver).
     Int,
-    /// The saver's versions.
-    Saver(&'a dyn cairn_checkpoint::CheckpointSaver),
+    /// The saver's versions, for one run (or one `update_state`): `run_suffix` is drawn once
+    /// and offered to the saver for every version the run makes.
+    Saver {
+        saver: &'a dyn cairn_checkpoint::CheckpointSaver,
+        run_suffix: u64,
+    },
 }
 
-impl Versioner<'_> {
+impl<'a> Versioner<'a> {
+    /// The versioner of a new run: `saver`'s versions with a fresh run suffix, or integers.
+    pub(crate) fn for_run(saver: Option<&'a dyn cairn_checkpoint::CheckpointSaver>) -> Self {
+        match saver {
+            Some(saver) => Versioner::Saver {
+                saver,
+                run_suffix: ChannelVersion::new_run_suffix(),
+            },
+            None => Versioner::Int,
+        }
+    }
+
     fn next(&self, current: Option<&ChannelVersion>) -> ChannelVersion {
         match self {
             Versioner::Int => ChannelVersion::Int(current.map_or(0, ChannelVersion::counter) + 1),
-            Versioner::Saver(s) => s.get_next_version(current),
+            Versioner::Saver { saver, run_suffix } => {
+                saver.get_next_version_in_run(current, *run_suffix)
+            }
         }
     }
 }

@@ -642,10 +642,7 @@ impl<S: State> CompiledGraph<S> {
         let saver_arc = self.inner.saver.as_ref();
         let saver = saver_arc.map(|s| s.as_ref());
         let codec = self.codec;
-        let versioner = match saver {
-            Some(s) => crate::channels::Versioner::Saver(s),
-            None => crate::channels::Versioner::Int,
-        };
+        let versioner = crate::channels::Versioner::for_run(saver);
         let durability = config.durability.unwrap_or(self.inner.durability);
         let mut persister =
             saver_arc.map(|saver| Persister::new(saver, durability, &guard, config.commit_delay));

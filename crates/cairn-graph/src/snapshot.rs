@@ -558,7 +558,7 @@ impl<S: State> CompiledGraph<S> {
             vec![(&task, writes)],
             None,
             true,
-            &Versioner::Saver(saver.as_ref()),
+            &Versioner::for_run(Some(saver.as_ref())),
         )?;
         channels.updated = None;
         let (cp, new_versions) = channels.checkpoint(spec, &self.codec)?;

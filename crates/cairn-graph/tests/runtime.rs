@@ -891,3 +891,43 @@ async fn resuming_a_thread_without_checkpoints_or_input_is_an_error() {
         .expect("ok")
         .is_none());
 }
+
+/// The versions one run makes share one random suffix (a compact header names it once);
+/// another run on the same thread draws its own, so branches never share a version.
+#[tokio::test]
+async fn the_versions_of_a_run_share_a_suffix_and_runs_differ() {
+    let mut g = StateGraph::<Counter>::new();
+    g.add_sync_node("inc", |s| Ok(CounterUpdate::default().n(s.n + 1)))
+        .add_edge(START, "inc")
+        .add_conditional_edges("inc", |s: &Counter| if s.n % 5 == 0 { END } else { "inc" });
+    let saver = Arc::new(InMemorySaver::new());
+    let app = g.compile(saver.clone()).expect("compile");
+    for _ in 0..2 {
+        app.invoke(Some(CounterUpdate::default()), RunConfig::thread("v"))
+            .await
+            .expect("run");
+    }
+    let stored = saver
+        .list(&cairn_checkpoint::ListQuery::thread("v"))
+        .await
+        .expect("list");
+    // Per run: the suffixes of the versions its checkpoints updated.
+    let mut suffixes: BTreeMap<String, std::collections::BTreeSet<String>> = BTreeMap::new();
+    for tuple in &stored {
+        let run = tuple.metadata.run_id.clone().expect("run id");
+        for channel in tuple.checkpoint.updated_channels.iter().flatten() {
+            let version = tuple.checkpoint.channel_versions[channel].to_storage_string();
+            let (_, suffix) = version.split_once('.').expect("Cairn's form");
+            suffixes
+                .entry(run.clone())
+                .or_default()
+                .insert(suffix.to_owned());
+        }
+    }
+    assert_eq!(suffixes.len(), 2, "two runs: {suffixes:?}");
+    for (run, set) in &suffixes {
+        assert_eq!(set.len(), 1, "run {run}: {set:?}");
+    }
+    let all: std::collections::BTreeSet<_> = suffixes.values().flatten().collect();
+    assert_eq!(all.len(), 2, "each run its own suffix");
+}

@@ -1165,6 +1165,14 @@ fn write_params<'a>(columns: &'a WriteColumns<'_>) -> [Param<'a>; 4] {
 
 #[async_trait]
 impl CheckpointSaver for PostgresSaver {
+    fn get_next_version_in_run(
+        &self,
+        current: Option<&cairn_checkpoint::ChannelVersion>,
+        run_suffix: u64,
+    ) -> cairn_checkpoint::ChannelVersion {
+        cairn_checkpoint::ChannelVersion::next_in_run(current, run_suffix)
+    }
+
     async fn get_tuple(&self, config: &CheckpointConfig) -> Result<Option<CheckpointTuple>> {
         self.get_tuple_with(config, None).await
     }

@@ -1203,6 +1203,14 @@ impl RedisSaver {
 
 #[async_trait]
 impl CheckpointSaver for RedisSaver {
+    fn get_next_version_in_run(
+        &self,
+        current: Option<&cairn_checkpoint::ChannelVersion>,
+        run_suffix: u64,
+    ) -> cairn_checkpoint::ChannelVersion {
+        cairn_checkpoint::ChannelVersion::next_in_run(current, run_suffix)
+    }
+
     async fn get_tuple(&self, config: &CheckpointConfig) -> Result<Option<CheckpointTuple>> {
         self.read_tuple(config, None).await
     }

@@ -987,6 +987,14 @@ fn batch_rows(requests: Vec<PutRequest>) -> Result<BatchRows> {
 
 #[async_trait]
 impl CheckpointSaver for SqliteSaver {
+    fn get_next_version_in_run(
+        &self,
+        current: Option<&cairn_checkpoint::ChannelVersion>,
+        run_suffix: u64,
+    ) -> cairn_checkpoint::ChannelVersion {
+        cairn_checkpoint::ChannelVersion::next_in_run(current, run_suffix)
+    }
+
     async fn get_tuple(&self, config: &CheckpointConfig) -> Result<Option<CheckpointTuple>> {
         self.get_tuple_with(config, None).await
     }
