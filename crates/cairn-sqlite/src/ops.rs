@@ -77,6 +77,26 @@ impl WritesRow {
             .collect()
     }
 
+    /// [`indexed`](Self::indexed), taking the row apart instead of copying its strings.
+    fn into_indexed(self) -> Vec<IndexedWrite> {
+        let (task_id, task_path) = (self.task_id, self.task_path);
+        self.writes
+            .into_iter()
+            .enumerate()
+            .map(|(position, (channel, value))| {
+                (
+                    write_index(&channel, position),
+                    PendingWrite {
+                        task_id: task_id.clone(),
+                        channel,
+                        value,
+                        task_path: task_path.clone(),
+                    },
+                )
+            })
+            .collect()
+    }
+
     fn same_checkpoint(&self, row: &PutRow) -> bool {
         self.checkpoint_id == row.checkpoint_id
             && self.thread_id == row.thread_id
@@ -97,7 +117,7 @@ pub(crate) fn attach_writes(writes: Vec<WritesRow>, rows: &mut [PutRow]) -> Vec<
         match rows.iter().rposition(|row| w.same_checkpoint(row)) {
             Some(i) => {
                 let stored = std::mem::take(&mut attached[i]);
-                attached[i] = packed_writes::merge(stored, w.indexed(), false);
+                attached[i] = packed_writes::merge(stored, w.into_indexed(), false);
             }
             None => loose.push(w),
         }
