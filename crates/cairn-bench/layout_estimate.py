@@ -10,7 +10,8 @@ today's `checkpoints`, whose body holds what the three tables hold today in sepa
   and the run id (one byte when it is the previous checkpoint's, else its bytes);
 * the metadata and the header, byte for byte as stored now;
 * the channel values the checkpoint created (channel, type tag, base flag, data as stored);
-* its pending writes (task id and path once per task, then index, channel, tag, data).
+* its pending writes (task id and path once per task, then index, channel, tag, data; since
+  schema 13 the blob the row holds already, as it is).
 
 With `--value-index` it also writes an index (thread, ns, channel, version) -> checkpoint id
 for every value, which such a layout would need if values were still found by version.
@@ -59,16 +60,20 @@ def main() -> None:
     args = ap.parse_args()
 
     src = sqlite3.connect(args.source)
+    columns = {r[1] for r in src.execute("PRAGMA table_info(checkpoints)")}
+    # Since schema 13 a checkpoint's writes are a blob in its row: taken as they are.
+    packed = "writes" if "writes" in columns else "NULL"
     checkpoints = src.execute(
         "SELECT thread_id, checkpoint_ns, checkpoint_id, parent_checkpoint_id, header, "
-        "metadata, run_id FROM checkpoints ORDER BY thread_id, checkpoint_ns, checkpoint_id"
+        f"metadata, run_id, {packed} FROM checkpoints "
+        "ORDER BY thread_id, checkpoint_ns, checkpoint_id"
     ).fetchall()
     # Values go to the checkpoint that created them: per thread and namespace, a version's
     # counter is the step count at which it was made, and the runtime bumps one counter per
     # checkpoint, so the k-th checkpoint (in id order) created the versions with counter k + 1.
     # (An approximation for files with forks; every value is stored exactly once either way.)
     by_ns: dict = {}
-    for thread, ns, cid, *_ in checkpoints:
+    for thread, ns, cid, *_rest in checkpoints:
         by_ns.setdefault((thread, ns), []).append(cid)
     created: dict = {}
     for thread, ns, channel, version, tag, data, base in src.execute(
@@ -98,7 +103,7 @@ def main() -> None:
                 "channel, version)) WITHOUT ROWID")
     parts = dict.fromkeys(["ids and run", "metadata", "header", "values", "writes"], 0)
     previous = (None, None, None)
-    for thread, ns, cid, parent, header, metadata, run in checkpoints:
+    for thread, ns, cid, parent, header, metadata, run, in_row in checkpoints:
         same_ns = previous[0] == (thread, ns)
         ids = b"\x00" if same_ns and parent == previous[1] else with_length(parent)
         ids += b"\x00" if same_ns and run == previous[2] else with_length(run)
@@ -108,7 +113,8 @@ def main() -> None:
         for channel, _version, tag, data, base in created.get((thread, ns, cid), []):
             values += with_length(channel) + with_length(tag)
             values += (b"\x01" if base is not None else b"\x00") + with_length(data)
-        pending = bytearray(varint(len(writes.get((thread, ns, cid), []))))
+        pending = bytearray(with_length(in_row) if in_row else b"")
+        pending += varint(len(writes.get((thread, ns, cid), [])))
         last_task = None
         for task, idx, path, channel, tag, data in writes.get((thread, ns, cid), []):
             pending += b"\x00" if task == last_task else with_length(task) + with_length(path)
