@@ -114,8 +114,8 @@ impl StoredChannel {
 ///   is `[-17 or -18, rest]`, any other name its text;
 /// - a string version in Cairn's own form (`{counter:032}.{suffix:016x}`, 49 characters) is the
 ///   pair `[counter, suffix]` (about 11 bytes), or `[counter, -1 - i]` when the header wrote
-///   the same suffix in full before (the `i`-th such, counting from 0; a step gives all the
-///   channels it updates one suffix); any other version as it is (MessagePack keeps `Int(1)`
+///   the same suffix in full before (the `i`-th such, counting from 0; a run gives all the
+///   versions it makes one suffix); any other version as it is (MessagePack keeps `Int(1)`
 ///   an integer);
 /// - `versions_seen` and `updated_channels` name a channel that `channel_versions` holds by its
 ///   position there (in key order), any other by its name, and a seen version equal to the
@@ -229,8 +229,8 @@ const PREFIX_CODE_BASE: i64 = -17;
 
 /// The suffixes of the Cairn versions a header has written (or read) in full, in order: a
 /// version whose suffix is already here is stored as `[counter, -1 - position]`, a byte
-/// instead of nine. The runtime gives every channel a step updates the same suffix, so a
-/// header holds few distinct ones.
+/// instead of nine. The runtime gives every version a run makes the same suffix, so a header
+/// holds few distinct ones (this run's and those of the runs that wrote its older versions).
 #[derive(Default)]
 struct Suffixes(Vec<u64>);
 

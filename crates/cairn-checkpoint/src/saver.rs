@@ -437,7 +437,8 @@ pub trait CheckpointSaver: Send + Sync {
     /// `run_suffix` (drawn once per run by the runtime). The default is
     /// [`get_next_version`](Self::get_next_version), so a saver with versions of its own keeps
     /// them; Cairn's savers return [`ChannelVersion::next_in_run`], whose shared suffix a
-    /// compact checkpoint header stores once instead of once per step.
+    /// compact checkpoint header stores once instead of once per step. A saver that wraps
+    /// another forwards both this and `get_next_version`.
     fn get_next_version_in_run(
         &self,
         current: Option<&ChannelVersion>,

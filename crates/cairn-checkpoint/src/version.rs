@@ -44,7 +44,8 @@ impl ChannelVersion {
     /// The version after this one, in Cairn's format: a zero-padded counter plus a random
     /// suffix, like LangGraph's. The suffix keeps versions written on different branches of a
     /// thread (after a fork) distinct, so stored channel values are never overwritten by a
-    /// branch that reaches the same counter.
+    /// branch that reaches the same counter. (The runtime draws one suffix per run, see
+    /// [`ChannelVersion::next_in_run`].)
     pub fn next(&self) -> ChannelVersion {
         ChannelVersion::first_after(Some(self))
     }

@@ -142,6 +142,10 @@ impl CheckpointSaver for Gated {
     fn get_next_version(&self, c: Option<&ChannelVersion>) -> ChannelVersion {
         self.inner.get_next_version(c)
     }
+
+    fn get_next_version_in_run(&self, c: Option<&ChannelVersion>, run: u64) -> ChannelVersion {
+        self.inner.get_next_version_in_run(c, run)
+    }
 }
 
 /// `inc` adds one to `n` and its name to `seen` until `n` reaches `last`, then notifies

@@ -14,8 +14,8 @@
 //! current one is `nil` (one byte instead of about eleven): what a node has seen is mostly the
 //! channels of this very header, often at their current versions. Since schema 10 the
 //! runtime's own names (`__start__`, `__input__`, `branch:to:` …) are codes, a version suffix
-//! the header already wrote is a one-byte back reference (a step gives every channel it
-//! updates the same suffix), and a `ts` at or after the checkpoint id's time is the
+//! the header already wrote is a one-byte back reference (a run gives every version it makes
+//! the same suffix), and a `ts` at or after the checkpoint id's time is the
 //! microseconds after it (0: a checkpoint's `ts` is the time its id holds). Headers of schema 3 (every
 //! version a string), of schemas 4 to 6 (names everywhere) and of 7 to 9 read as before.
 //!
@@ -620,7 +620,7 @@ mod tests {
             encode_with_serde(&cp).expect("encode with serde"),
         );
         // Runtime names and the time: 142 bytes become 100. (A runtime header also shares
-        // its step's suffix between channels, which this one does not.)
+        // its run's suffix between versions, which this one does not.)
         assert!(
             ours.len() * 4 <= serde_form.len() * 3,
             "{} bytes against {}",

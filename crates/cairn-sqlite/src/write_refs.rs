@@ -233,9 +233,9 @@ fn appended_list<'r>(
     channel: &str,
 ) -> Option<(TypedValue, ListFrames, &'r VersionKey)> {
     let blob = row.blobs.iter().find(|b| b.channel == channel)?;
-    // Only values under Cairn's own versions, whose random suffix makes each version name
-    // one value: a caller reusing a version (integers, across forks) overwrites its row, and
-    // a reference to it would then read another value.
+    // Only values under Cairn's own versions, which name one value each (a random suffix per
+    // run, a counter rising within it): a caller reusing a version (integers, across forks)
+    // overwrites its row, and a reference to it would then read another value.
     if blob.value.type_tag != TAG_COMPACT_APPEND || !matches!(blob.key, VersionKey::Compact(_)) {
         return None;
     }

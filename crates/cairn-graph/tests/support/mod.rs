@@ -105,6 +105,14 @@ impl<O: Observer> CheckpointSaver for Observed<O> {
     fn get_next_version(&self, current: Option<&ChannelVersion>) -> ChannelVersion {
         self.inner.get_next_version(current)
     }
+
+    fn get_next_version_in_run(
+        &self,
+        current: Option<&ChannelVersion>,
+        run_suffix: u64,
+    ) -> ChannelVersion {
+        self.inner.get_next_version_in_run(current, run_suffix)
+    }
 }
 
 /// The whole history of `thread`, newest first.
