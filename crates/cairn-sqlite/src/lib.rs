@@ -31,9 +31,10 @@
 //! ## Schema, and why
 //!
 //! Five tables (see `schema.rs`; `cairn_migrations` records which migrations ran, so later
-//! schema changes apply once, in order, inside a transaction). The three data tables are
-//! `WITHOUT ROWID` tables (schema 3): each is stored as its primary key b-tree, with no
-//! second b-tree for the key, so keys are stored once and a commit writes fewer pages.
+//! schema changes apply once, in order, inside a transaction). The four data tables are
+//! `WITHOUT ROWID` tables (schema 3; schema 6 for `checkpoint_runs`): each is stored as its
+//! primary key b-tree, with no second b-tree for the key, so keys are stored once and a commit
+//! writes fewer pages.
 //!
 //! * `checkpoints` — one row per checkpoint, primary key `(thread_id, checkpoint_ns,
 //!   checkpoint_id)`. It holds the checkpoint *header* (the checkpoint without its id and
@@ -86,8 +87,8 @@
 //!   Either way regular writes are insert-if-absent (a retried task cannot duplicate them),
 //!   special channels (negative index) overwrite. Merging into one blob costs a wide fan-out
 //!   whose tasks each store their writes alone (durability `sync`) a rewrite of the growing
-//!   blob per task, where rows cost one insert each. Since schema 8 a write stored together with the
-//!   checkpoint its step produced (`put_batch`, `put_writes_and_put`: what the runtime
+//!   blob per task, where rows cost one insert each. Since schema 8 a write stored together
+//!   with the checkpoint its step produced (`put_batch`, `put_writes_and_put`: what the runtime
 //!   does), whose items are a run of whole items of that checkpoint's new append value for
 //!   the same channel, is stored as a reference to them (`write_refs.rs`): a message a node
 //!   appends is stored once, not once as the write and again as the value. Reads rebuild

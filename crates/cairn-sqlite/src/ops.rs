@@ -459,7 +459,10 @@ fn fold_write_rows(conn: &Connection, thread_id: &str) -> Result<()> {
     )?;
     for ((thread, ns, checkpoint_id), writes) in rows {
         let what = || {
-            format!("moving the pending writes of checkpoint {checkpoint_id} of thread {thread:?} into its row")
+            format!(
+                "moving the pending writes of checkpoint {checkpoint_id} of thread {thread:?} \
+                 into its row"
+            )
         };
         conn.prepare_cached(
             "UPDATE checkpoints SET writes = cairn_merge_writes(?4, writes, 0)
