@@ -1143,7 +1143,7 @@ mod upgrade {
             .collect()
     }
 
-    /// The metadata JSON leaves the run id to its column; reads put it back, filters on it
+    /// The stored metadata leaves the run id to its column; reads put it back, filters on it
     /// use the column, and rows holding it in the JSON too (before schema 6) read the same.
     #[tokio::test]
     async fn the_run_id_is_stored_once_and_read_back_into_the_metadata() {
