@@ -3,32 +3,42 @@
 //! numbers past 64 bits instead of panicking or wrapping.
 
 /// Appends `n` as unsigned LEB128 (seven bits per byte, low bits first).
-pub(crate) fn put(out: &mut Vec<u8>, mut n: u64) {
+pub(crate) fn put(out: &mut impl bytes::BufMut, mut n: u64) {
     while n >= 0x80 {
-        out.push((n as u8) | 0x80);
+        out.put_u8((n as u8) | 0x80);
         n >>= 7;
     }
-    out.push(n as u8);
+    out.put_u8(n as u8);
+}
+
+/// The number at the start of `bytes` and how many bytes it took; `None` when it is cut
+/// short or above `u64::MAX`.
+pub(crate) fn read(bytes: &[u8]) -> Option<(u64, usize)> {
+    let mut n: u64 = 0;
+    for (i, &b) in bytes.iter().enumerate().take(10) {
+        let part = u64::from(b & 0x7f);
+        if i == 9 && part > 1 {
+            return None;
+        }
+        n |= part << (7 * i);
+        if b & 0x80 == 0 {
+            return Some((n, i + 1));
+        }
+    }
+    None
 }
 
 /// Reads an unsigned LEB128 number from the front of `rest`, advancing it. `what` names the
 /// blob in the error.
 pub(crate) fn take(rest: &mut &[u8], what: &str) -> Result<u64, String> {
-    let mut n: u64 = 0;
-    let mut shift = 0;
-    loop {
-        let (&byte, tail) = rest
-            .split_first()
-            .ok_or_else(|| format!("{what} ends inside a number"))?;
-        *rest = tail;
-        if shift == 63 && byte > 1 {
-            return Err(format!("a number in {what} is larger than 64 bits"));
+    match read(rest) {
+        Some((n, used)) => {
+            *rest = &rest[used..];
+            Ok(n)
         }
-        n |= u64::from(byte & 0x7f) << shift;
-        if byte & 0x80 == 0 {
-            return Ok(n);
-        }
-        shift += 7;
+        // Ten bytes hold any u64: a number not done by then is too large, not cut short.
+        None if rest.len() >= 10 => Err(format!("a number in {what} is larger than 64 bits")),
+        None => Err(format!("{what} ends inside a number")),
     }
 }
 
@@ -72,13 +82,27 @@ mod tests {
 
     #[test]
     fn numbers_and_strings_round_trip_and_damage_is_an_error() {
-        for n in [0, 1, 127, 128, 300, u64::from(u32::MAX), u64::MAX] {
-            let mut out = Vec::new();
+        for n in [
+            0,
+            1,
+            127,
+            128,
+            300,
+            16_383,
+            16_384,
+            u64::from(u32::MAX),
+            u64::MAX,
+        ] {
+            let mut out = bytes::BytesMut::new();
             put(&mut out, n);
-            let mut rest = out.as_slice();
+            assert_eq!(read(&out), Some((n, out.len())), "{n}");
+            let mut rest = &out[..];
             assert_eq!(take(&mut rest, "x"), Ok(n));
             assert!(rest.is_empty());
         }
+        let mut one = Vec::new();
+        put(&mut one, 100);
+        assert_eq!(one.len(), 1);
         for n in [0, -1, 1, i64::MIN, i64::MAX] {
             assert_eq!(unzigzag(zigzag(n)), n);
         }

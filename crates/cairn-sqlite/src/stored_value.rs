@@ -19,6 +19,8 @@ use bytes::{BufMut, Bytes, BytesMut};
 
 use cairn_checkpoint::{AppendValue, TypedValue, TAG_APPEND, TAG_JSON, TAG_MSGPACK};
 
+use crate::leb128;
+
 /// Type tag of an append value stored in its compact form.
 pub(crate) const TAG_COMPACT_APPEND: &str = "append/2";
 
@@ -36,7 +38,7 @@ pub(crate) fn to_row(value: TypedValue, append: Option<&AppendValue>) -> TypedVa
     };
     let mut data = BytesMut::with_capacity(11 + append.items.len());
     data.put_u8(code);
-    put_leb128(&mut data, append.count);
+    leb128::put(&mut data, append.count);
     data.put_slice(&append.items);
     TypedValue::new(TAG_COMPACT_APPEND, data.freeze())
 }
@@ -66,7 +68,7 @@ pub(crate) fn compact_parts(data: Bytes, base: &str) -> Result<AppendValue, Stri
         Some(other) => return Err(format!("a compact append value has item code {other:#04x}")),
         None => return Err("a compact append value is empty".into()),
     };
-    let (count, at) = read_leb128(&data[1..])
+    let (count, at) = leb128::read(&data[1..])
         .ok_or("the item count of a compact append value is cut short or too large")?;
     Ok(AppendValue {
         base: base.to_owned(),
@@ -74,36 +76,6 @@ pub(crate) fn compact_parts(data: Bytes, base: &str) -> Result<AppendValue, Stri
         count,
         items: data.slice(1 + at..),
     })
-}
-
-pub(crate) fn put_leb128(out: &mut BytesMut, mut n: u64) {
-    loop {
-        let low = (n & 0x7f) as u8;
-        n >>= 7;
-        if n == 0 {
-            out.put_u8(low);
-            return;
-        }
-        out.put_u8(low | 0x80);
-    }
-}
-
-/// The number at the start of `bytes` and how many bytes it took; `None` when cut short
-/// or above `u64::MAX`.
-pub(crate) fn read_leb128(bytes: &[u8]) -> Option<(u64, usize)> {
-    let mut n: u64 = 0;
-    for (i, &b) in bytes.iter().enumerate().take(10) {
-        let part = u64::from(b & 0x7f);
-        let shifted = part.checked_shl(7 * i as u32)?;
-        if i == 9 && part > 1 {
-            return None;
-        }
-        n |= shifted;
-        if b & 0x80 == 0 {
-            return Some((n, i + 1));
-        }
-    }
-    None
 }
 
 #[cfg(test)]
@@ -139,28 +111,6 @@ mod tests {
         assert_eq!(to_row(value.clone(), None), value);
         let back = from_row(&value.type_tag, value.data.to_vec(), None).expect("read");
         assert_eq!(back, value);
-    }
-
-    #[test]
-    fn counts_take_as_many_bytes_as_they_need() {
-        for n in [
-            0,
-            1,
-            127,
-            128,
-            300,
-            16_383,
-            16_384,
-            u64::from(u32::MAX),
-            u64::MAX,
-        ] {
-            let mut out = BytesMut::new();
-            put_leb128(&mut out, n);
-            assert_eq!(read_leb128(&out), Some((n, out.len())), "{n}");
-        }
-        let mut one = BytesMut::new();
-        put_leb128(&mut one, 100);
-        assert_eq!(one.len(), 1);
     }
 
     #[test]

@@ -36,8 +36,9 @@ use cairn_checkpoint::{
     msgpack_map_entries, put_msgpack_map_header, AppendValue, ListFrames, TypedValue, TAG_MSGPACK,
 };
 
+use crate::leb128;
 use crate::ops::{PutRow, WritesRow};
-use crate::stored_value::{put_leb128, read_leb128, TAG_COMPACT_APPEND};
+use crate::stored_value::TAG_COMPACT_APPEND;
 use crate::version_key::VersionKey;
 
 /// Type tag of a pending write stored as a reference.
@@ -68,8 +69,8 @@ impl WriteRef {
     /// Appends this reference: skip, count, then `c` and 16 bytes or `t`, the text's length
     /// and the text.
     fn put(&self, out: &mut BytesMut) {
-        put_leb128(out, self.skip);
-        put_leb128(out, self.count);
+        leb128::put(out, self.skip);
+        leb128::put(out, self.count);
         match &self.version {
             VersionKey::Compact(key) => {
                 out.put_u8(b'c');
@@ -77,7 +78,7 @@ impl WriteRef {
             }
             VersionKey::Text(text) => {
                 out.put_u8(b't');
-                put_leb128(out, text.len() as u64);
+                leb128::put(out, text.len() as u64);
                 out.put_slice(text.as_bytes());
             }
         }
@@ -263,7 +264,7 @@ impl<'a> Reader<'a> {
     }
 
     fn number(&mut self) -> Result<u64, String> {
-        let (n, used) = read_leb128(self.0).ok_or_else(Self::cut)?;
+        let (n, used) = leb128::read(self.0).ok_or_else(Self::cut)?;
         self.0 = &self.0[used..];
         Ok(n)
     }
@@ -313,14 +314,14 @@ impl MapRef {
     /// value's length and bytes, or `r` and a reference.
     fn encode(&self) -> TypedValue {
         let mut out = BytesMut::new();
-        put_leb128(&mut out, self.entries.len() as u64);
+        leb128::put(&mut out, self.entries.len() as u64);
         for (key, entry) in &self.entries {
-            put_leb128(&mut out, key.len() as u64);
+            leb128::put(&mut out, key.len() as u64);
             out.put_slice(key);
             match entry {
                 MapEntry::Inline(value) => {
                     out.put_u8(b'v');
-                    put_leb128(&mut out, value.len() as u64);
+                    leb128::put(&mut out, value.len() as u64);
                     out.put_slice(value);
                 }
                 MapEntry::Items(reference) => {
