@@ -952,7 +952,11 @@ impl SqliteSaver {
 
 /// A batch's rows, encoded off the writer thread: the tasks' writes, the checkpoints, and the
 /// configs naming the stored checkpoints.
-type BatchRows = (Vec<ops::WritesRow>, Vec<ops::PutRow>, Vec<CheckpointConfig>);
+type BatchRows = (
+    Vec<ops::LooseWrites>,
+    Vec<ops::PutRow>,
+    Vec<CheckpointConfig>,
+);
 
 fn batch_rows(requests: Vec<PutRequest>) -> Result<BatchRows> {
     let mut rows = Vec::with_capacity(requests.len());
@@ -1046,7 +1050,10 @@ impl CheckpointSaver for SqliteSaver {
         task_path: &str,
     ) -> Result<()> {
         match writes_row(config, writes, task_id, task_path)? {
-            Some(row) => self.write(move |conn| ops::put_writes(conn, &row)).await,
+            Some(row) => {
+                let writes = ops::LooseWrites::from(row);
+                self.write(move |conn| ops::put_writes(conn, &writes)).await
+            }
             None => Ok(()),
         }
     }
@@ -1065,7 +1072,8 @@ impl CheckpointSaver for SqliteSaver {
         let mut writes = writes_row(config, writes, task_id, task_path)?;
         let (row, stored) = put_row(config, checkpoint, &metadata, new_versions)?;
         write_refs::link(writes.as_mut_slice(), &row);
-        self.write(move |conn| ops::store(conn, writes.as_slice(), std::slice::from_ref(&row)))
+        let writes: Vec<ops::LooseWrites> = writes.into_iter().map(Into::into).collect();
+        self.write(move |conn| ops::store(conn, &writes, std::slice::from_ref(&row)))
             .await?;
         Ok(stored)
     }

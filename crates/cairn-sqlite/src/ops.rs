@@ -48,6 +48,7 @@ pub(crate) fn put(conn: &Connection, row: &PutRow) -> Result<()> {
 }
 
 /// Pending writes of one task against one checkpoint.
+#[derive(Clone)]
 pub(crate) struct WritesRow {
     pub thread_id: String,
     pub checkpoint_ns: String,
@@ -59,25 +60,6 @@ pub(crate) struct WritesRow {
 
 impl WritesRow {
     /// The writes with their indexes, as `checkpoints.writes` holds them.
-    pub(crate) fn indexed(&self) -> Vec<IndexedWrite> {
-        self.writes
-            .iter()
-            .enumerate()
-            .map(|(position, (channel, value))| {
-                (
-                    write_index(channel, position),
-                    PendingWrite {
-                        task_id: self.task_id.clone(),
-                        channel: channel.clone(),
-                        value: value.clone(),
-                        task_path: self.task_path.clone(),
-                    },
-                )
-            })
-            .collect()
-    }
-
-    /// [`indexed`](Self::indexed), taking the row apart instead of copying its strings.
     fn into_indexed(self) -> Vec<IndexedWrite> {
         let (task_id, task_path) = (self.task_id, self.task_path);
         self.writes
@@ -104,13 +86,28 @@ impl WritesRow {
     }
 }
 
+/// Writes for a checkpoint that their request does not store, with their stored form for
+/// `checkpoints.writes` encoded off the writer thread (which may run a request twice): they
+/// go into that checkpoint's row if it is stored, else into `checkpoint_writes`.
+pub(crate) struct LooseWrites {
+    row: WritesRow,
+    packed: Vec<u8>,
+}
+
+impl From<WritesRow> for LooseWrites {
+    fn from(row: WritesRow) -> Self {
+        let packed = packed_writes::encode(&row.clone().into_indexed());
+        LooseWrites { row, packed }
+    }
+}
+
 /// Files a batch's writes, in request order: those for a checkpoint the batch stores go into
 /// that checkpoint's row (`attached`, by position in `rows`; the last row when the batch
 /// stores it twice, whose upsert merges the two), the others stay rows of their own
 /// (returned), stored by [`store`] into their checkpoint's row if it is stored, else into
 /// `checkpoint_writes`. Merging in request order keeps the rules of pending writes: the
 /// first regular write of a task and index stays, the last special one wins.
-pub(crate) fn attach_writes(writes: Vec<WritesRow>, rows: &mut [PutRow]) -> Vec<WritesRow> {
+pub(crate) fn attach_writes(writes: Vec<WritesRow>, rows: &mut [PutRow]) -> Vec<LooseWrites> {
     let mut attached: Vec<Vec<IndexedWrite>> = vec![Vec::new(); rows.len()];
     let mut loose = Vec::new();
     for w in writes {
@@ -119,7 +116,7 @@ pub(crate) fn attach_writes(writes: Vec<WritesRow>, rows: &mut [PutRow]) -> Vec<
                 let stored = std::mem::take(&mut attached[i]);
                 attached[i] = packed_writes::merge(stored, w.into_indexed(), false);
             }
-            None => loose.push(w),
+            None => loose.push(LooseWrites::from(w)),
         }
     }
     for (row, list) in rows.iter_mut().zip(attached) {
@@ -130,7 +127,7 @@ pub(crate) fn attach_writes(writes: Vec<WritesRow>, rows: &mut [PutRow]) -> Vec<
     loose
 }
 
-pub(crate) fn put_writes(conn: &Connection, row: &WritesRow) -> Result<()> {
+pub(crate) fn put_writes(conn: &Connection, row: &LooseWrites) -> Result<()> {
     store(conn, std::slice::from_ref(row), &[])
 }
 
@@ -140,7 +137,11 @@ pub(crate) fn put_writes(conn: &Connection, row: &WritesRow) -> Result<()> {
 /// program) were most of the writer thread's time. Rows go in the order given, so a key given
 /// twice ends as one statement per row would leave it: the first regular write is kept, the
 /// last special write, value and checkpoint win.
-pub(crate) fn store(conn: &Connection, writes: &[WritesRow], checkpoints: &[PutRow]) -> Result<()> {
+pub(crate) fn store(
+    conn: &Connection,
+    writes: &[LooseWrites],
+    checkpoints: &[PutRow],
+) -> Result<()> {
     let blobs: Vec<(&PutRow, &BlobRow)> = checkpoints
         .iter()
         .flat_map(|row| row.blobs.iter().map(move |b| (row, b)))
@@ -219,10 +220,9 @@ pub(crate) fn store(conn: &Connection, writes: &[WritesRow], checkpoints: &[PutR
 /// Stores writes into their checkpoint's row (after the batch's checkpoints, so a checkpoint
 /// of this batch has its row), or, for a checkpoint not stored, as rows of
 /// `checkpoint_writes`.
-fn store_loose_writes(conn: &Connection, writes: &[WritesRow]) -> Result<()> {
+fn store_loose_writes(conn: &Connection, writes: &[LooseWrites]) -> Result<()> {
     let mut unattached = Vec::new();
-    for row in writes {
-        let packed = packed_writes::encode(&row.indexed());
+    for LooseWrites { row, packed } in writes {
         let changed = conn
             .prepare_cached(
                 "UPDATE checkpoints SET writes = cairn_merge_writes(writes, ?4, 0) \
