@@ -76,14 +76,17 @@
 //!   (`stored_value.rs`); reads rebuild it.
 //! * Pending writes — since schema 13 in their checkpoint's row, `checkpoints.writes`, one
 //!   blob per checkpoint (`packed_writes.rs`: per task its id, as 16 bytes when a UUID, and
-//!   path, then per write its index, channel, type tag and data): the runtime sends each
-//!   step's writes in the batch that stores the checkpoint they belong to, so they go into
-//!   that row's `INSERT`; later writes merge into the row in SQL (`cairn_merge_writes`). A
+//!   path, then per write its index, channel, type tag and data): a step's writes belong to
+//!   the checkpoint it started from and travel in the batch that stores the step's own; they
+//!   go into their checkpoint's `INSERT` when the same batch stores it, else into its row by
+//!   an `UPDATE`; later writes merge into the row in SQL (`cairn_merge_writes`). A
 //!   W1 chat step's writes take about 80 bytes there, where two rows of `checkpoint_writes`
 //!   took about 190. Writes for a checkpoint that is not stored (LangGraph allows them), and
 //!   those of files written before schema 13, are rows of `checkpoint_writes`, keyed
 //!   `(thread, ns, checkpoint_id, task_id, idx)`; reads take both, the rows first (they are
-//!   the older), and `copy_thread` first moves a thread's rows into their checkpoints' rows.
+//!   the older). `copy_thread` first moves each thread's rows into their checkpoints' rows,
+//!   then merges the rows left into the target's checkpoint rows that the copy made, the
+//!   source's writes winning.
 //!   Either way regular writes are insert-if-absent (a retried task cannot duplicate them),
 //!   special channels (negative index) overwrite. Merging into one blob costs a wide fan-out
 //!   whose tasks each store their writes alone (durability `sync`) a rewrite of the growing

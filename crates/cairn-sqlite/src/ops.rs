@@ -441,48 +441,68 @@ pub(crate) fn delete_thread(conn: &Connection, thread_id: &str) -> Result<()> {
     Ok(())
 }
 
-/// Moves the `checkpoint_writes` rows of `thread_id`'s stored checkpoints into those
-/// checkpoints' rows, before the writes already there (rows come first: they are the older),
-/// so that each such checkpoint's writes are in one place.
-fn fold_write_rows(conn: &Connection, thread_id: &str) -> Result<()> {
-    let mut rows = std::collections::HashMap::new();
+/// How rows of `checkpoint_writes` combine with the writes in the checkpoint row they move
+/// into (see [`fold_write_rows`]).
+#[derive(Clone, Copy)]
+enum RowsAre {
+    /// Written before the row's writes (a thread's own rows, for a checkpoint it stored
+    /// later): regular writes already in the rows are kept, special ones replaced.
+    Older,
+    /// Overridden by the row's writes, which a copy brought from the source thread.
+    Overridden,
+    /// Overriding the row's writes: the source thread's rows, copied over the target's row.
+    Overriding,
+}
+
+/// Files the `checkpoint_writes` rows of thread `rows_of` into the rows of thread `into` that
+/// store their checkpoints, merged as `rows` says. Rows moved within a thread are deleted;
+/// the rows of another thread (the source of a copy) stay where they are.
+fn fold_write_rows(conn: &Connection, rows_of: &str, into: &str, rows: RowsAre) -> Result<()> {
+    let mut found = std::collections::HashMap::new();
     crate::read::collect_writes(
         conn,
         "SELECT w.thread_id, w.checkpoint_ns, w.checkpoint_id, w.task_id, w.idx, w.task_path,
                 w.channel, w.type_tag, w.data
          FROM checkpoint_writes AS w JOIN checkpoints AS c
-           ON c.thread_id = w.thread_id AND c.checkpoint_ns = w.checkpoint_ns
+           ON c.thread_id = ?2 AND c.checkpoint_ns = w.checkpoint_ns
           AND c.checkpoint_id = w.checkpoint_id
          WHERE w.thread_id = ?1",
-        [thread_id],
-        &mut rows,
+        [rows_of, into],
+        &mut found,
     )?;
-    for ((thread, ns, checkpoint_id), writes) in rows {
+    let merge_sql = match rows {
+        RowsAre::Older => "cairn_merge_writes(?4, writes, 0)",
+        RowsAre::Overridden => "cairn_merge_writes(?4, writes, 1)",
+        RowsAre::Overriding => "cairn_merge_writes(writes, ?4, 1)",
+    };
+    for ((_, ns, checkpoint_id), writes) in found {
         let what = || {
             format!(
-                "moving the pending writes of checkpoint {checkpoint_id} of thread {thread:?} \
-                 into its row"
+                "moving the pending writes of checkpoint {checkpoint_id} of thread {rows_of:?} \
+                 into its row in thread {into:?}"
             )
         };
-        conn.prepare_cached(
-            "UPDATE checkpoints SET writes = cairn_merge_writes(?4, writes, 0)
-             WHERE thread_id = ?1 AND checkpoint_ns = ?2 AND checkpoint_id = ?3",
-        )
+        conn.prepare_cached(&format!(
+            "UPDATE checkpoints SET writes = {merge_sql}
+             WHERE thread_id = ?1 AND checkpoint_ns = ?2 AND checkpoint_id = ?3"
+        ))
         .and_then(|mut s| {
             s.execute(params![
-                thread,
+                into,
                 ns,
                 IdKey::of(&checkpoint_id),
                 packed_writes::encode(&writes)
             ])
         })
         .map_err(sql_error(what()))?;
-        conn.prepare_cached(
-            "DELETE FROM checkpoint_writes
-             WHERE thread_id = ?1 AND checkpoint_ns = ?2 AND checkpoint_id = ?3",
-        )
-        .and_then(|mut s| s.execute(params![thread, ns, IdKey::of(&checkpoint_id)]))
-        .map_err(sql_error(what()))?;
+        if rows_of == into {
+            conn.prepare_cached(
+                "DELETE FROM checkpoint_writes
+                 WHERE thread_id = ?1 AND checkpoint_ns = ?2 AND checkpoint_id = ?3",
+            )
+            .and_then(|mut s| s.execute(params![into, ns, IdKey::of(&checkpoint_id)]))
+            .map_err(sql_error(what()))?;
+        }
     }
     Ok(())
 }
@@ -493,24 +513,16 @@ pub(crate) fn copy_thread(conn: &Connection, source: &str, target: &str) -> Resu
     }
     // With each thread's writes in its checkpoint rows, merging the rows below lets the
     // source's writes win over the target's, as copying rows of `checkpoint_writes` did.
-    fold_write_rows(conn, source)?;
-    fold_write_rows(conn, target)?;
+    fold_write_rows(conn, source, source, RowsAre::Older)?;
+    fold_write_rows(conn, target, target, RowsAre::Older)?;
+    copy_rows(conn, source, target, "checkpoints", COPY_CHECKPOINTS_SQL)?;
+    // What is left in `checkpoint_writes` is for checkpoints a thread does not store. The
+    // target's such rows whose checkpoint it now holds, copied, lose to the source's writes;
+    // the source's such rows whose checkpoint the target holds win over the target's; the
+    // source's other rows are copied as rows (replacing the target's namesakes).
+    fold_write_rows(conn, target, target, RowsAre::Overridden)?;
+    fold_write_rows(conn, source, target, RowsAre::Overriding)?;
     let copies = [
-        (
-            "checkpoints",
-            // A checkpoint the target holds already takes the source's row; their pending
-            // writes merge, the source's winning, as the rows of `checkpoint_writes` do.
-            "INSERT INTO checkpoints (thread_id, checkpoint_ns, checkpoint_id,
-                 parent_checkpoint_id, header, metadata, run_id, writes)
-             SELECT ?2, checkpoint_ns, checkpoint_id, parent_checkpoint_id, header, metadata,
-                    run_id, writes
-             FROM checkpoints WHERE thread_id = ?1
-             ON CONFLICT (thread_id, checkpoint_ns, checkpoint_id) DO UPDATE SET
-                 parent_checkpoint_id = excluded.parent_checkpoint_id,
-                 header = excluded.header, metadata = excluded.metadata,
-                 run_id = excluded.run_id,
-                 writes = cairn_merge_writes(checkpoints.writes, excluded.writes, 1)",
-        ),
         (
             "checkpoint_blobs",
             "INSERT OR REPLACE INTO checkpoint_blobs (thread_id, checkpoint_ns, channel, version,
@@ -522,9 +534,13 @@ pub(crate) fn copy_thread(conn: &Connection, source: &str, target: &str) -> Resu
             "checkpoint_writes",
             "INSERT OR REPLACE INTO checkpoint_writes (thread_id, checkpoint_ns, checkpoint_id,
                  task_id, idx, task_path, channel, type_tag, data)
-             SELECT ?2, checkpoint_ns, checkpoint_id, task_id, idx, task_path, channel,
-                    type_tag, data
-             FROM checkpoint_writes WHERE thread_id = ?1",
+             SELECT ?2, w.checkpoint_ns, w.checkpoint_id, w.task_id, w.idx, w.task_path,
+                    w.channel, w.type_tag, w.data
+             FROM checkpoint_writes AS w
+             WHERE w.thread_id = ?1 AND NOT EXISTS (
+                 SELECT 1 FROM checkpoints AS c
+                 WHERE c.thread_id = ?2 AND c.checkpoint_ns = w.checkpoint_ns
+                   AND c.checkpoint_id = w.checkpoint_id)",
         ),
         (
             "checkpoint_runs",
@@ -534,12 +550,31 @@ pub(crate) fn copy_thread(conn: &Connection, source: &str, target: &str) -> Resu
         ),
     ];
     for (table, sql) in copies {
-        conn.prepare_cached(sql)
-            .and_then(|mut s| s.execute([source, target]))
-            .map_err(sql_error(format!(
-                "copying {table} of thread {source:?} to {target:?}"
-            )))?;
+        copy_rows(conn, source, target, table, sql)?;
     }
+    Ok(())
+}
+
+/// A checkpoint the target holds already takes the source's row; their pending writes merge,
+/// the source's winning, as the rows of `checkpoint_writes` do.
+const COPY_CHECKPOINTS_SQL: &str = "INSERT INTO checkpoints (thread_id, checkpoint_ns,
+         checkpoint_id, parent_checkpoint_id, header, metadata, run_id, writes)
+     SELECT ?2, checkpoint_ns, checkpoint_id, parent_checkpoint_id, header, metadata, run_id,
+            writes
+     FROM checkpoints WHERE thread_id = ?1
+     ON CONFLICT (thread_id, checkpoint_ns, checkpoint_id) DO UPDATE SET
+         parent_checkpoint_id = excluded.parent_checkpoint_id,
+         header = excluded.header, metadata = excluded.metadata,
+         run_id = excluded.run_id,
+         writes = cairn_merge_writes(checkpoints.writes, excluded.writes, 1)";
+
+/// Runs one statement of [`copy_thread`] (`?1` the source, `?2` the target).
+fn copy_rows(conn: &Connection, source: &str, target: &str, table: &str, sql: &str) -> Result<()> {
+    conn.prepare_cached(sql)
+        .and_then(|mut s| s.execute([source, target]))
+        .map_err(sql_error(format!(
+            "copying {table} of thread {source:?} to {target:?}"
+        )))?;
     Ok(())
 }
 

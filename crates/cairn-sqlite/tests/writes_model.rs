@@ -2,7 +2,9 @@
 //! schema 13, rows of `checkpoint_writes` for checkpoints not stored yet, batches filing
 //! writes into the rows they store) must keep exactly what the reference in-memory saver
 //! keeps — per task and index the first regular write, the last special one — whatever the
-//! order of writes, checkpoints and batches, and after copying the thread.
+//! order of writes, checkpoints and batches, and after copying one thread over another that
+//! holds writes and checkpoints of its own (writes for checkpoints only one side stores
+//! included).
 
 use cairn_checkpoint::{
     ChannelVersions, Checkpoint, CheckpointConfig, CheckpointMetadata, CheckpointSaver,
@@ -34,16 +36,35 @@ fn at(thread: &str, k: usize) -> CheckpointConfig {
     CheckpointConfig::thread(thread).with_checkpoint_id(checkpoint_id(k))
 }
 
-/// `(config, checkpoint, metadata)` storing checkpoint `k` (its parent is `k - 1`).
-fn checkpoint_k(k: usize) -> (CheckpointConfig, Checkpoint) {
+/// `(config, checkpoint)` storing checkpoint `k` in `thread` (its parent is `k - 1`).
+fn checkpoint_k(thread: &str, k: usize) -> (CheckpointConfig, Checkpoint) {
     let mut checkpoint = Checkpoint::new();
     checkpoint.id = checkpoint_id(k);
     let parent = match k {
-        0 => CheckpointConfig::thread("t"),
-        _ => at("t", k - 1),
+        0 => CheckpointConfig::thread(thread),
+        _ => at(thread, k - 1),
     };
     (parent, checkpoint)
 }
+
+/// Stores checkpoint `k` of `thread` on its own in every saver.
+async fn put_k(savers: &[&dyn CheckpointSaver], thread: &str, k: usize) {
+    let (parent, checkpoint) = checkpoint_k(thread, k);
+    for saver in savers {
+        saver
+            .put(
+                &parent,
+                checkpoint.clone(),
+                CheckpointMetadata::new(CheckpointSource::Loop, k as i64),
+                ChannelVersions::new(),
+            )
+            .await
+            .expect("put");
+    }
+}
+
+/// The two threads: the source of the copy, and its target, which has data of its own.
+const THREADS: [&str; 2] = ["t", "u"];
 
 /// One task's writes: one to three channels, each with a value naming the call.
 fn writes(rng: &mut Rng, call: usize) -> Vec<(String, TypedValue)> {
@@ -82,11 +103,13 @@ async fn run_case(seed: u64) {
     let sqlite = SqliteSaver::in_memory().expect("open");
     let model = InMemorySaver::new();
     let savers: [&dyn CheckpointSaver; 2] = [&sqlite, &model];
-    let mut stored = [false; CHECKPOINTS];
-    for call in 0..40 {
+    let mut stored = [[false; CHECKPOINTS]; 2];
+    for call in 0..60 {
+        let side = rng.below(THREADS.len());
+        let thread = THREADS[side];
         // The first calls only write, so that writes for checkpoints not stored yet (rows of
         // `checkpoint_writes`) meet later writes into the checkpoints' own rows.
-        let op = if call < 8 { 0 } else { rng.below(4) };
+        let op = if call < 12 { 0 } else { rng.below(4) };
         match op {
             // Writes on their own, for a checkpoint stored or not (yet).
             0 | 1 => {
@@ -95,7 +118,7 @@ async fn run_case(seed: u64) {
                 let w = writes(&mut rng, call);
                 for saver in savers {
                     saver
-                        .put_writes(&at("t", k), w.clone(), task, "p")
+                        .put_writes(&at(thread, k), w.clone(), task, "p")
                         .await
                         .expect("put_writes");
                 }
@@ -103,26 +126,15 @@ async fn run_case(seed: u64) {
             // A checkpoint on its own (again, if it is stored already).
             2 => {
                 let k = rng.below(CHECKPOINTS);
-                let (parent, checkpoint) = checkpoint_k(k);
-                for saver in savers {
-                    saver
-                        .put(
-                            &parent,
-                            checkpoint.clone(),
-                            CheckpointMetadata::new(CheckpointSource::Loop, k as i64),
-                            ChannelVersions::new(),
-                        )
-                        .await
-                        .expect("put");
-                }
-                stored[k] = true;
+                put_k(&savers, thread, k).await;
+                stored[side][k] = true;
             }
             // A batch of up to three requests, each a checkpoint with writes for its parent.
             _ => {
                 let first = rng.below(CHECKPOINTS);
                 let requests: Vec<PutRequest> = (first..CHECKPOINTS.min(first + 1 + rng.below(3)))
                     .map(|k| {
-                        let (parent, checkpoint) = checkpoint_k(k);
+                        let (parent, checkpoint) = checkpoint_k(thread, k);
                         let task_writes = if k > 0 && rng.below(3) > 0 {
                             vec![TaskWrites {
                                 task_id: TASKS[rng.below(TASKS.len())].to_owned(),
@@ -132,7 +144,7 @@ async fn run_case(seed: u64) {
                         } else {
                             Vec::new()
                         };
-                        stored[k] = true;
+                        stored[side][k] = true;
                         PutRequest {
                             config: parent,
                             writes: task_writes,
@@ -148,27 +160,38 @@ async fn run_case(seed: u64) {
             }
         }
     }
+    let compare = |when: &'static str| {
+        let (sqlite, model) = (&sqlite, &model);
+        async move {
+            for thread in THREADS {
+                for k in 0..CHECKPOINTS {
+                    assert_eq!(
+                        kept(sqlite, thread, k).await,
+                        kept(model, thread, k).await,
+                        "seed {seed}, thread {thread}, checkpoint {k}, {when}"
+                    );
+                }
+            }
+        }
+    };
     // Before copying (reads merge rows of `checkpoint_writes` with the checkpoint rows'), and
-    // after (copying moves the source's rows into its checkpoint rows first).
-    for k in (0..CHECKPOINTS).filter(|k| stored[*k]) {
-        assert_eq!(
-            kept(&sqlite, "t", k).await,
-            kept(&model, "t", k).await,
-            "seed {seed}, checkpoint {k}, before copying"
-        );
-    }
+    // after copying "t" over "u" (rows move into checkpoint rows, the source's writes win).
+    compare("before copying").await;
     for saver in savers {
-        saver.copy_thread("t", "copy").await.expect("copy");
+        saver.copy_thread("t", "u").await.expect("copy");
     }
-    for k in (0..CHECKPOINTS).filter(|k| stored[*k]) {
-        for thread in ["t", "copy"] {
-            assert_eq!(
-                kept(&sqlite, thread, k).await,
-                kept(&model, thread, k).await,
-                "seed {seed}, thread {thread}, checkpoint {k}"
-            );
+    for k in 0..CHECKPOINTS {
+        stored[1][k] |= stored[0][k];
+    }
+    compare("after copying").await;
+    // Then every checkpoint stored, so that writes for checkpoints neither side stored are
+    // read too.
+    for (side, thread) in THREADS.into_iter().enumerate() {
+        for k in (0..CHECKPOINTS).filter(|k| !stored[side][*k]) {
+            put_k(&savers, thread, k).await;
         }
     }
+    compare("with every checkpoint stored").await;
 }
 
 #[tokio::test]
