@@ -87,6 +87,11 @@ pub(crate) fn decode(blob: &[u8]) -> Result<Vec<IndexedWrite>, String> {
     let mut rest = blob;
     let tasks = leb128::take(&mut rest, WHAT)?;
     let mut writes = Vec::new();
+    // Each write gets its own copy of its task's id and path, which the blob holds once: a
+    // damaged (or crafted) blob of a long path and a huge count would otherwise ask for far
+    // more memory than it has bytes. Real blobs stay far below this bound.
+    let copy_limit = blob.len().saturating_mul(256).max(16 << 20);
+    let mut copied = 0usize;
     for _ in 0..tasks {
         let task_id = match rest.split_first() {
             Some((0, tail)) => {
@@ -110,6 +115,23 @@ pub(crate) fn decode(blob: &[u8]) -> Result<Vec<IndexedWrite>, String> {
         };
         let task_path = take_text(&mut rest)?;
         let count = leb128::take(&mut rest, WHAT)?;
+        // A write takes at least 4 bytes (index, channel, type tag and data lengths).
+        if count > (rest.len() / 4) as u64 {
+            return Err(format!(
+                "{WHAT} says a task has {count} writes, but only {} bytes follow",
+                rest.len()
+            ));
+        }
+        copied = copied.saturating_add(
+            (count as usize).saturating_mul(task_id.len().saturating_add(task_path.len())),
+        );
+        if copied > copy_limit {
+            return Err(format!(
+                "{WHAT} would expand to more than {copy_limit} bytes of task ids and paths \
+                 ({} bytes stored): it is damaged",
+                blob.len()
+            ));
+        }
         for _ in 0..count {
             let idx = unzigzag(leb128::take(&mut rest, WHAT)?);
             let channel = leb128::take_str(&mut rest, WHAT)?;
@@ -328,6 +350,31 @@ mod tests {
         assert!(decode(&bad_form)
             .expect_err("form")
             .contains("unknown text form"));
+    }
+
+    /// One task with a text id, `path_len` bytes of path and `count` writes of 5 zero bytes
+    /// (index 0, empty channel, empty text tag, empty data), each of them well formed.
+    fn blob_of_empty_writes(path_len: usize, count: usize, writes_stored: usize) -> Vec<u8> {
+        let mut blob = vec![0x01, 0x01, 0x00]; // one task, id form 1, empty id
+        blob.push(0); // path as text
+        leb128::put_bytes(&mut blob, &vec![b'p'; path_len]);
+        leb128::put(&mut blob, count as u64);
+        blob.extend(std::iter::repeat_n(0u8, 5 * writes_stored));
+        blob
+    }
+
+    #[test]
+    fn blobs_asking_for_far_more_memory_than_they_hold_are_refused() {
+        // Well formed, but 100,000 copies of a 200 kB path would take 20 GB.
+        let err = decode(&blob_of_empty_writes(200_000, 100_000, 100_000)).expect_err("huge");
+        assert!(err.contains("would expand to more than"), "{err}");
+        // A count the remaining bytes cannot hold.
+        let err = decode(&blob_of_empty_writes(3, 1_000, 2)).expect_err("count");
+        assert!(err.contains("says a task has 1000 writes"), "{err}");
+        // The same shape at a sane size decodes: every write gets the path.
+        let fine = decode(&blob_of_empty_writes(300, 1_000, 1_000)).expect("sane");
+        assert_eq!(fine.len(), 1_000);
+        assert!(fine.iter().all(|(_, w)| w.task_path.len() == 300));
     }
 
     #[test]
