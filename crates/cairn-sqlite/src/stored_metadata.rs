@@ -75,7 +75,8 @@ pub(crate) fn encode(metadata: &CheckpointMetadata) -> Result<Vec<u8>, String> {
         {
             return Err(format!(
                 "the checkpoint metadata key {key:?} nests more than {MAX_DEPTH} levels of \
-                 arrays and objects, more than can be read back: flatten it"
+                 arrays and objects (the limit keeps a margin below the 128 levels JSON \
+                 parsers read back): flatten it"
             ));
         }
         flags |= HAS_EXTRA;
@@ -88,7 +89,7 @@ pub(crate) fn encode(metadata: &CheckpointMetadata) -> Result<Vec<u8>, String> {
 
 /// How deep a metadata value may nest: JSON parsers (serde_json's among them) stop at 128
 /// levels, and a value that could be stored but never read back would make its checkpoint
-/// unreadable.
+/// unreadable; 100 keeps a margin below that (depths up to 127 would still read back).
 const MAX_DEPTH: usize = 100;
 
 fn depth(value: &serde_json::Value) -> usize {
@@ -234,6 +235,20 @@ mod tests {
         let mut max = CheckpointMetadata::new(CheckpointSource::Update, i64::MAX);
         max.extra.insert("n".into(), u64::MAX.into());
         round_trip(&max);
+        // Floats read back bit for bit (serde_json's default parser can be one ULP off).
+        let mut floats = CheckpointMetadata::new(CheckpointSource::Loop, 1);
+        for (i, x) in [
+            1.577_777_777_777_000_1,
+            0.1 + 0.2,
+            2.225_073_858_507_201e-308,
+            1e300,
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            floats.extra.insert(format!("f{i}"), x.into());
+        }
+        round_trip(&floats);
 
         let with_run = full.clone().with_run_id("run-1").with("run_id", "run-1");
         let blob = encode(&with_run).expect("encode");

@@ -553,7 +553,8 @@ pub async fn checkpoint_roundtrips_exactly(saver: &dyn CheckpointSaver) {
     assert_eq!(get_some(saver, &stored).await.checkpoint, next);
 }
 
-/// Metadata comes back exactly: source, step, parents, run id and nested caller values.
+/// Metadata comes back exactly: source, step, parents, run id and nested caller values,
+/// floats bit for bit.
 pub async fn metadata_roundtrips_exactly(saver: &dyn CheckpointSaver) {
     let tid = thread_id();
     let mut meta = CheckpointMetadata::new(CheckpointSource::Update, 7)
@@ -561,6 +562,15 @@ pub async fn metadata_roundtrips_exactly(saver: &dyn CheckpointSaver) {
         .with("nested", json!({"a": [1, 2, {"b": null}], "c": "d"}))
         .with("flag", true)
         .with("ratio", 0.5)
+        // Floats a shortest-digits parser needs to read back bit for bit.
+        .with(
+            "floats",
+            json!([
+                1.577_777_777_777_000_1,
+                0.1 + 0.2,
+                2.225_073_858_507_201e-308
+            ]),
+        )
         .with("nothing", json!(null))
         .with("big", 9_007_199_254_740_993_i64)
         .with("negative", -3);
