@@ -1577,11 +1577,27 @@ impl CheckpointSaver for RedisSaver {
         let src_tag = self.keys.thread_tag(src);
         let dst_tag = self.keys.thread_tag(dst);
         let blob_keys: Vec<String> = thread_keys
-            .into_iter()
+            .iter()
             .filter(|k| {
                 k.strip_prefix(src_tag.as_str())
                     .is_some_and(|rest| rest.starts_with(":b:"))
             })
+            .cloned()
+            .collect();
+        // Writes for checkpoints the source does not store (LangGraph allows them) are copied
+        // too, as the in-memory saver copies them.
+        let stored_writes: HashSet<String> = per_ns
+            .iter()
+            .flat_map(|(ns, ids)| ids.iter().map(|id| self.keys.writes_key(src, ns, id)))
+            .collect();
+        let loose_writes: Vec<String> = thread_keys
+            .iter()
+            .filter(|k| {
+                k.strip_prefix(src_tag.as_str())
+                    .is_some_and(|rest| rest.starts_with(":w:"))
+                    && !stored_writes.contains(k.as_str())
+            })
+            .cloned()
             .collect();
         // Round trip 2: every checkpoint hash, writes hash and value.
         let mut pipe = redis::pipe();
@@ -1591,6 +1607,9 @@ impl CheckpointSaver for RedisSaver {
                     .arg(self.keys.checkpoint_key(src, ns, id));
                 pipe.cmd("HGETALL").arg(self.keys.writes_key(src, ns, id));
             }
+        }
+        for key in &loose_writes {
+            pipe.cmd("HGETALL").arg(key);
         }
         if !blob_keys.is_empty() {
             pipe.cmd("MGET").arg(&blob_keys);
@@ -1656,6 +1675,26 @@ impl CheckpointSaver for RedisSaver {
                 }
                 copied += 1;
             }
+        }
+        for key in &loose_writes {
+            let writes: HashMap<Vec<u8>, Vec<u8>> = parse(
+                next_reply(&mut replies, "reading the thread to copy")?,
+                "reading pending writes",
+            )?;
+            // Keys of the source thread all start with its tag (filtered above).
+            let (false, Some(rest)) = (writes.is_empty(), key.strip_prefix(src_tag.as_str()))
+            else {
+                continue; // expired or deleted meanwhile
+            };
+            // Merged as for a stored checkpoint: the source's writes win, the target's others
+            // stay.
+            let w_key = format!("{dst_tag}{rest}");
+            let hset = pipe.cmd("HSET").arg(&w_key);
+            for (field, value) in &writes {
+                hset.arg(field).arg(value);
+            }
+            hset.ignore();
+            touched.push(w_key);
         }
         // Value keys whose expiry the touch script sets (listed in the key set only).
         let mut listed: Vec<String> = Vec::new();

@@ -3,7 +3,7 @@
 use serde_json::json;
 
 use super::support::*;
-use crate::{CheckpointConfig, CheckpointSaver, CheckpointTuple, ListQuery};
+use crate::{CheckpointConfig, CheckpointSaver, CheckpointTuple, ListQuery, INTERRUPT};
 
 /// In each of `namespaces`, a chain of `n` checkpoints where checkpoint `i` holds
 /// `{"step": i}` at version 1 and metadata step `i`.
@@ -131,6 +131,85 @@ pub async fn copy_thread_preserves_writes(saver: &dyn CheckpointSaver) {
     assert_eq!(
         t.pending_writes[0].task_path, "p:1",
         "task_path must be copied"
+    );
+}
+
+/// Copying over a thread with data of its own: writes stored for a checkpoint that only one
+/// side holds meet the other side's checkpoint, and the source's writes win, regular and
+/// special alike (the target's writes for other tasks stay).
+pub async fn copy_thread_over_writes_of_the_target(saver: &dyn CheckpointSaver) {
+    let (src, dst) = (thread_id(), thread_id());
+    let (task, other_task) = (unique("task"), unique("task"));
+    let (shared, target_only) = (crate::new_checkpoint_id(), crate::new_checkpoint_id());
+    let at = |thread: &str, id: &str| cfg(thread).with_checkpoint_id(id);
+    // The target has writes for `shared` without storing it; the source stores it.
+    put_writes(
+        saver,
+        &at(&dst, &shared),
+        vec![("a", value("target"))],
+        &task,
+        "p",
+    )
+    .await;
+    put_writes(
+        saver,
+        &at(&dst, &shared),
+        vec![("b", value("kept"))],
+        &other_task,
+        "p",
+    )
+    .await;
+    let mut cp = checkpoint(&[], &[]);
+    cp.id = shared.clone();
+    put(saver, &cfg(&src), cp, md(Loop, 0), versions(&[])).await;
+    put_writes(
+        saver,
+        &at(&src, &shared),
+        vec![("a", value("source"))],
+        &task,
+        "p",
+    )
+    .await;
+    // The target stores `target_only`; the source has writes for it without storing it.
+    let mut cp = checkpoint(&[], &[]);
+    cp.id = target_only.clone();
+    put(saver, &cfg(&dst), cp, md(Loop, 1), versions(&[])).await;
+    put_writes(
+        saver,
+        &at(&dst, &target_only),
+        vec![(INTERRUPT, value("target"))],
+        &task,
+        "p",
+    )
+    .await;
+    put_writes(
+        saver,
+        &at(&src, &target_only),
+        vec![(INTERRUPT, value("source"))],
+        &task,
+        "p",
+    )
+    .await;
+    copy_thread(saver, &src, &dst).await;
+    let mut kept = writes_json(&get_some(saver, &at(&dst, &shared)).await.pending_writes);
+    kept.sort_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
+    let mut expected = vec![
+        (task.clone(), "a".to_owned(), json!("source")),
+        (other_task, "b".to_owned(), json!("kept")),
+    ];
+    expected.sort_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
+    assert_eq!(
+        kept, expected,
+        "the source's regular write must win in the copy"
+    );
+    assert_eq!(
+        writes_json(
+            &get_some(saver, &at(&dst, &target_only))
+                .await
+                .pending_writes
+        ),
+        [(task, INTERRUPT.to_owned(), json!("source"))],
+        "the source's special write must win in the copy"
     );
 }
 

@@ -69,7 +69,7 @@
 //! | list_threads | [`list_threads_counts_and_latest`], [`list_threads_pages_in_order`] |
 //! | delete_thread | [`delete_thread_removes_checkpoints`], [`delete_thread_removes_writes`], [`delete_thread_removes_all_namespaces`], [`delete_thread_preserves_other_threads`], [`delete_thread_nonexistent_noop`] |
 //! | delete_for_runs | [`delete_for_runs_single`], [`delete_for_runs_multiple`], [`delete_for_runs_preserves_other_runs`], [`delete_for_runs_removes_writes`], [`delete_for_runs_empty_list_noop`], [`delete_for_runs_nonexistent_noop`], [`delete_for_runs_across_namespaces`] |
-//! | copy_thread | [`copy_thread_basic`], [`copy_thread_all_checkpoints`], [`copy_thread_preserves_metadata`], [`copy_thread_preserves_namespaces`], [`copy_thread_preserves_writes`], [`copy_thread_preserves_ordering`], [`copy_thread_source_unchanged`], [`copy_thread_nonexistent_source`] |
+//! | copy_thread | [`copy_thread_basic`], [`copy_thread_all_checkpoints`], [`copy_thread_preserves_metadata`], [`copy_thread_preserves_namespaces`], [`copy_thread_preserves_writes`], [`copy_thread_preserves_ordering`], [`copy_thread_source_unchanged`], [`copy_thread_nonexistent_source`], [`copy_thread_over_writes_of_the_target`] |
 //! | prune | [`prune_keep_latest_single_thread`], [`prune_keep_latest_multiple_threads`], [`prune_keep_latest_across_namespaces`], [`prune_keep_latest_keeps_writes`], [`prune_delete_all`], [`prune_preserves_other_threads`], [`prune_empty_list_noop`], [`prune_nonexistent_noop`] |
 //! | Cairn: concurrency | [`concurrent_threads_interleaved`] (64 threads written by interleaved futures in one task), [`concurrent_tasks_write_64_threads`] (64 tokio tasks released together; takes a [`SaverHandle`]) |
 //! | Cairn: values and names | [`large_value_roundtrip`] (10 MB value and write), [`unicode_names_roundtrip`], [`versions_roundtrip_unchanged`], [`checkpoint_roundtrips_exactly`], [`metadata_roundtrips_exactly`], [`raw_values_roundtrip`], [`put_channel_without_value_is_absent`] |
@@ -250,7 +250,7 @@ macro_rules! __cairn_conformance_cases {
             copy_thread_basic copy_thread_all_checkpoints copy_thread_preserves_metadata
             copy_thread_preserves_namespaces copy_thread_preserves_writes
             copy_thread_preserves_ordering copy_thread_source_unchanged
-            copy_thread_nonexistent_source
+            copy_thread_nonexistent_source copy_thread_over_writes_of_the_target
             // prune
             prune_keep_latest_single_thread prune_keep_latest_multiple_threads
             prune_keep_latest_across_namespaces prune_keep_latest_keeps_writes prune_delete_all
