@@ -438,7 +438,9 @@ pub trait CheckpointSaver: Send + Sync {
     /// [`get_next_version`](Self::get_next_version), so a saver with versions of its own keeps
     /// them; Cairn's savers return [`ChannelVersion::next_in_run`], whose shared suffix a
     /// compact checkpoint header stores once instead of once per step. A saver that wraps
-    /// another forwards both this and `get_next_version`.
+    /// another forwards both this and `get_next_version`. Callers other than the runtime must
+    /// draw `run_suffix` with [`ChannelVersion::new_run_suffix`] for each run, never reuse one
+    /// (see [`ChannelVersion::next_in_run`]).
     fn get_next_version_in_run(
         &self,
         current: Option<&ChannelVersion>,

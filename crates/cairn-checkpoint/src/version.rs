@@ -61,6 +61,11 @@ impl ChannelVersion {
     /// a fork is a new run with a suffix of its own, so versions of different branches still
     /// never meet; sharing the suffix lets a stored checkpoint header name it once.
     ///
+    /// The suffix must be fresh for every run (take it from
+    /// [`new_run_suffix`](ChannelVersion::new_run_suffix), never a constant): savers key stored
+    /// values by version, so a suffix used again by a run that forks from an older checkpoint
+    /// would give a new value the version of another branch's value, and overwrite it.
+    ///
     /// ```
     /// use cairn_checkpoint::ChannelVersion;
     /// let run = ChannelVersion::new_run_suffix();

@@ -57,8 +57,9 @@
 //! next step), `join:<a>+<b>:<node>` (waiting edges: triggers once every source wrote it)
 //! and `__pregel_tasks` ([`SendTo`] packets: one task each, with its own input).
 //!
-//! **Triggers.** Every channel has a version (from [`CheckpointSaver::get_next_version`]; one
-//! new version per step, shared by every channel the step changed) and every node remembers,
+//! **Triggers.** Every channel has a version (from
+//! [`CheckpointSaver::get_next_version_in_run`]; one new version per step, shared by every
+//! channel the step changed, with one random suffix per run) and every node remembers,
 //! in `versions_seen`, the versions of its trigger channels when it last ran. A node runs in
 //! the next super-step when one of its trigger channels holds a value with a version newer
 //! than the one it saw. After a step, ephemeral channels (`__start__`, `branch:to:*`,
