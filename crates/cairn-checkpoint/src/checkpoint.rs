@@ -167,6 +167,10 @@ pub struct CheckpointMetadata {
     pub extra: serde_json::Map<String, serde_json::Value>,
 }
 
+/// How deep a caller's metadata value may nest arrays and objects (see
+/// [`CheckpointMetadata::check_nesting`]): a margin below the 128 levels JSON parsers read.
+pub const MAX_METADATA_DEPTH: usize = 100;
+
 /// Equality filter on metadata keys: every key must be present with an equal value.
 pub type MetadataFilter = BTreeMap<String, serde_json::Value>;
 
@@ -198,6 +202,46 @@ impl CheckpointMetadata {
             Ok(serde_json::Value::Object(map)) => map,
             // A struct of strings, numbers and JSON values always serializes to an object.
             _ => serde_json::Map::new(),
+        }
+    }
+
+    /// Refuses metadata a store could keep but never read back: a caller's value nesting
+    /// arrays and objects more than [`MAX_METADATA_DEPTH`] levels deep (JSON parsers,
+    /// serde_json's among them, stop at 128). Savers that store metadata as JSON call it
+    /// before storing, so a bad value fails its `put` instead of making the checkpoint
+    /// unreadable.
+    ///
+    /// ```
+    /// use cairn_checkpoint::{CheckpointMetadata, CheckpointSource};
+    /// let mut deep = serde_json::json!(1);
+    /// for _ in 0..150 {
+    ///     deep = serde_json::json!([deep]);
+    /// }
+    /// let metadata = CheckpointMetadata::new(CheckpointSource::Loop, 1).with("deep", deep);
+    /// assert!(metadata.check_nesting().is_err());
+    /// ```
+    pub fn check_nesting(&self) -> Result<()> {
+        fn depth(value: &serde_json::Value) -> usize {
+            match value {
+                serde_json::Value::Array(items) => 1 + items.iter().map(depth).max().unwrap_or(0),
+                serde_json::Value::Object(map) => 1 + map.values().map(depth).max().unwrap_or(0),
+                _ => 0,
+            }
+        }
+        match self
+            .extra
+            .iter()
+            .find(|(_, value)| depth(value) > MAX_METADATA_DEPTH)
+        {
+            None => Ok(()),
+            Some((key, _)) => Err(Error::Encode {
+                format: "json",
+                message: format!(
+                    "the checkpoint metadata key {key:?} nests more than {MAX_METADATA_DEPTH} \
+                     levels of arrays and objects (the limit keeps a margin below the 128 \
+                     levels JSON parsers read back): flatten it"
+                ),
+            }),
         }
     }
 

@@ -69,35 +69,16 @@ pub(crate) fn encode(metadata: &CheckpointMetadata) -> Result<Vec<u8>, String> {
         .map(|(key, value)| (key.clone(), value.clone()))
         .collect();
     if !extra.is_empty() {
-        if let Some(key) = extra
-            .iter()
-            .find_map(|(k, v)| (depth(v) > MAX_DEPTH).then_some(k))
-        {
-            return Err(format!(
-                "the checkpoint metadata key {key:?} nests more than {MAX_DEPTH} levels of \
-                 arrays and objects (the limit keeps a margin below the 128 levels JSON \
-                 parsers read back): flatten it"
-            ));
-        }
+        metadata.check_nesting().map_err(|e| match e {
+            cairn_checkpoint::Error::Encode { message, .. } => message,
+            other => other.to_string(),
+        })?;
         flags |= HAS_EXTRA;
         serde_json::to_writer(&mut out, &extra)
             .map_err(|e| format!("encoding the checkpoint metadata's own keys: {e}"))?;
     }
     out[0] = flags;
     Ok(out)
-}
-
-/// How deep a metadata value may nest: JSON parsers (serde_json's among them) stop at 128
-/// levels, and a value that could be stored but never read back would make its checkpoint
-/// unreadable; 100 keeps a margin below that (depths up to 127 would still read back).
-const MAX_DEPTH: usize = 100;
-
-fn depth(value: &serde_json::Value) -> usize {
-    match value {
-        serde_json::Value::Array(items) => 1 + items.iter().map(depth).max().unwrap_or(0),
-        serde_json::Value::Object(map) => 1 + map.values().map(depth).max().unwrap_or(0),
-        _ => 0,
-    }
 }
 
 /// Reads a blob [`encode`] wrote; `run_id` stays `None`. The error says what was wrong.
@@ -258,13 +239,13 @@ mod tests {
     #[test]
     fn values_nested_too_deep_to_read_back_are_refused() {
         let mut deep = serde_json::json!(1);
-        for _ in 0..=MAX_DEPTH {
+        for _ in 0..=cairn_checkpoint::MAX_METADATA_DEPTH {
             deep = serde_json::json!([deep]);
         }
         let err = encode(&CheckpointMetadata::default().with("deep", deep)).expect_err("too deep");
         assert!(err.contains("\"deep\" nests more than"), "{err}");
         let mut ok = serde_json::json!(1);
-        for _ in 0..MAX_DEPTH {
+        for _ in 0..cairn_checkpoint::MAX_METADATA_DEPTH {
             ok = serde_json::json!({ "k": ok });
         }
         round_trip(&CheckpointMetadata::default().with("ok", ok));
