@@ -44,14 +44,19 @@ impl crate::group::StoreBatch for PostgresSaver {
         self.put_batch_ungrouped(requests).await
     }
 
-    /// Errors found before any SQL (arguments, encoding) and the server's data errors
-    /// (classes 22, data exception, and 23, integrity constraint violation) may concern one
-    /// request; connection, pool and timeout errors concern all.
+    /// Errors found before any SQL (arguments, encoding) and any error the server reports
+    /// with an SQL state may concern one request (a data exception, a constraint, a key too
+    /// long for its index: class 54), so the group stores its callers one by one and only
+    /// the culprit fails; errors without a state (a lost connection, the pool, a timeout)
+    /// and the server-wide classes (08 connection, 53 resources, 57 operator intervention,
+    /// 58 system, XX internal) concern all.
     fn may_concern_one_request(error: &Error) -> bool {
         match error {
             Error::Backend { .. } => driver_error(error)
                 .and_then(tokio_postgres::Error::code)
-                .is_some_and(|code| matches!(code.code().get(..2), Some("22" | "23"))),
+                .is_some_and(|code| {
+                    !matches!(code.code().get(..2), Some("08" | "53" | "57" | "58" | "XX"))
+                }),
             _ => true,
         }
     }
@@ -1051,6 +1056,7 @@ fn encode_put(
         message: format!("checkpoint header: {e}"),
     })?;
     check_json("checkpoint header", &header)?;
+    metadata.check_nesting()?;
     let metadata = serde_json::Value::Object(metadata.to_json());
     check_json("metadata", &metadata)?;
     Ok((header, metadata, values))

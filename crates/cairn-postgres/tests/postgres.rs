@@ -7,8 +7,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use cairn_checkpoint::{
-    ChannelVersion, Checkpoint, CheckpointConfig, CheckpointMetadata, CheckpointSaver,
-    CheckpointSource, Error, ListQuery, PruneStrategy, TypedValue, ValueCodec,
+    ChannelVersion, ChannelVersions, Checkpoint, CheckpointConfig, CheckpointMetadata,
+    CheckpointSaver, CheckpointSource, Error, ListQuery, PruneStrategy, TypedValue, ValueCodec,
 };
 use cairn_postgres::{PostgresOptions, PostgresSaver, SCHEMA_VERSION};
 
@@ -262,6 +262,110 @@ async fn concurrent_writes_share_commits_and_a_bad_one_fails_alone() {
         stats.commits >= 1 && stats.commits <= stats.writes,
         "{stats:?}"
     );
+    drop(saver);
+    support::drop_schema(&url, &schema).await;
+}
+
+/// A group whose transaction the server refuses because of one request's data is stored
+/// again caller by caller, whatever the SQL state: here a thread id too long for the primary
+/// key's index (SQL state 54000, "program limit exceeded"). The first write holds the only
+/// commit slot, blocked by a lock another connection holds, so the next four queue and are
+/// stored as one group when it ends; only the culprit fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_group_refused_for_one_request_fails_only_that_caller() {
+    let Some(url) = support::url() else {
+        return;
+    };
+    let schema = support::fresh_schema_name();
+    let saver = PostgresOptions::new(url.clone())
+        .schema(schema.clone())
+        .commit_slots(1)
+        .connect()
+        .await
+        .expect("connect");
+    let connect = || async {
+        let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+            .await
+            .expect("connect a client of the test's own");
+        tokio::spawn(connection);
+        client
+    };
+    let (locker, watcher) = (connect().await, connect().await);
+    locker
+        .batch_execute(&format!(
+            "BEGIN; LOCK TABLE \"{schema}\".checkpoints IN ACCESS EXCLUSIVE MODE"
+        ))
+        .await
+        .expect("lock");
+    let put = |thread: String| {
+        let saver = saver.clone();
+        async move {
+            let stored = saver
+                .put(
+                    &CheckpointConfig::thread(&thread),
+                    Checkpoint::new(),
+                    CheckpointMetadata::new(CheckpointSource::Loop, 0),
+                    ChannelVersions::new(),
+                )
+                .await;
+            (thread, stored)
+        }
+    };
+    let prefix = unique("refused");
+    let first = tokio::spawn(put(format!("{prefix}-first")));
+    // The first write's statement waits for the lock (a condition, polled).
+    loop {
+        let waiting: i64 = watcher
+            .query_one(
+                "SELECT count(*) FROM pg_stat_activity \
+                 WHERE wait_event_type = 'Lock' AND datname = current_database()",
+                &[],
+            )
+            .await
+            .expect("pg_stat_activity")
+            .get(0);
+        if waiting > 0 {
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    // 3,000 characters that do not compress: above the 2,704 bytes an index entry may take.
+    let mut x = 0x9e37_79b9_7f4a_7c15_u64;
+    let too_long: String = (0..3_000)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            char::from(b'!' + (x % 90) as u8)
+        })
+        .collect();
+    let threads = [
+        format!("{prefix}-a"),
+        format!("{prefix}-b{too_long}"),
+        format!("{prefix}-c"),
+        format!("{prefix}-d"),
+    ];
+    let mut queued: Vec<_> = threads.iter().cloned().map(|t| Box::pin(put(t))).collect();
+    for write in &mut queued {
+        // The slot is taken: each write joins the queue on its first poll.
+        assert!(futures::poll!(write.as_mut()).is_pending());
+    }
+    locker.batch_execute("COMMIT").await.expect("unlock");
+    let (_, stored) = first.await.expect("first write");
+    stored.expect("the first write");
+    for (thread, stored) in futures::future::join_all(queued).await {
+        if thread.len() > 1_000 {
+            let err = stored.expect_err("a thread id too long for the index");
+            assert!(err.to_string().contains("54000"), "{err}");
+        } else {
+            stored.expect("a write queued with the refused one");
+            assert!(saver
+                .get_tuple(&CheckpointConfig::thread(&thread))
+                .await
+                .expect("get")
+                .is_some());
+        }
+    }
     drop(saver);
     support::drop_schema(&url, &schema).await;
 }
