@@ -1,8 +1,8 @@
 //! # cairn-redis
 //!
 //! A Redis checkpoint saver for Cairn: [`RedisSaver`] implements
-//! [`cairn_checkpoint::CheckpointSaver`] on plain Redis 7 (no modules needed), through a
-//! `redis-rs` connection manager that reconnects by itself.
+//! [`cairn_checkpoint::CheckpointSaver`] on plain Redis (6.0 or later, tested on 7.0; no modules
+//! needed), through a `redis-rs` connection manager that reconnects by itself.
 //!
 //! ```no_run
 //! use std::time::Duration;
@@ -94,7 +94,8 @@
 //! checkpoints rewrites them as whole values (keeping each key's expiry), so no link has to
 //! stay. `delete_for_runs` deletes checkpoints and their writes but leaves values in place
 //! (other checkpoints may share them, and the links of their chains), so every chain a kept
-//! checkpoint needs stays intact; `prune` reclaims what is left over.
+//! checkpoint needs stays intact; `prune` reclaims what is left over, including every value
+//! of a namespace whose checkpoints are all gone.
 //!
 //! ## Atomicity and round trips
 //! `put` and each `put_writes` call are one `MULTI`/`EXEC` transaction; regular writes use
@@ -103,8 +104,9 @@
 //! one Lua script. `get_tuple` takes at most three round trips (latest id; header, metadata
 //! and writes; values), plus one for the links of append chains when it meets append
 //! values, whatever the length of the history or of a chain; `list` takes one round trip per
-//! page of ids (all namespaces at once) and two per batch of rows (three with chains). `copy_thread`, `prune` and `delete_for_runs` read first and then apply all
-//! their changes in one transaction (`prune` reads the kept append chains in one more round
+//! page of ids (all namespaces at once) and two per batch of rows (three with chains).
+//! `copy_thread`, `prune` and `delete_for_runs` read first and then apply their changes in one
+//! transaction per thread (`prune` reads the kept append chains in one more round
 //! trip); they are not meant to race with writers on the same thread. After a server restart
 //! or `SCRIPT FLUSH`, the first read loads the script again and repeats its round trip.
 //!
@@ -117,7 +119,8 @@
 //! `copy_thread`) gets a native Redis expiry of that length, and so do the thread-level
 //! indexes; a `put` also extends the expiry of the older values its checkpoint still refers
 //! to. With [`RedisOptions::refresh_ttl_on_read`], reading a checkpoint extends the expiry
-//! of every key it was read from, values included. The expiry therefore slides per
+//! of every key it was read from, values included (`list_threads`, which reads only the
+//! indexes and the latest headers, refreshes nothing). The expiry therefore slides per
 //! checkpoint: a checkpoint disappears when it has been neither written nor (with refresh)
 //! read for one TTL, a value when no checkpoint referring to it has, and a thread when all
 //! its checkpoints have. Index entries left pointing at expired checkpoints are dropped

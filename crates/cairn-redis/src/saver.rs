@@ -903,13 +903,15 @@ impl RedisSaver {
                     .arg(FIELD_RUN);
             }
         }
-        if pipe.is_empty() {
-            return Ok(());
-        }
-        let replies: Vec<Value> = pipe
-            .query_async(&mut conn)
-            .await
-            .map_err(backend("reading a thread to prune"))?;
+        // Namespaces without checkpoints (`delete_for_runs` leaves their values) have nothing
+        // to read; their values go below.
+        let replies: Vec<Value> = if pipe.is_empty() {
+            Vec::new()
+        } else {
+            pipe.query_async(&mut conn)
+                .await
+                .map_err(backend("reading a thread to prune"))?
+        };
         let mut replies = replies.into_iter();
         let mut kept: Vec<KeptLatest<'_>> = Vec::with_capacity(per_ns.len());
         for (ns, ids) in &per_ns {
@@ -946,7 +948,11 @@ impl RedisSaver {
         }
 
         // Round trip 3: the kept checkpoints' append values and their chains, to rewrite.
-        let rewrites = self.whole_values_of(thread, &kept).await?;
+        let rewrites = if kept.is_empty() {
+            Vec::new()
+        } else {
+            self.whole_values_of(thread, &kept).await?
+        };
 
         let mut pipe = redis::pipe();
         pipe.atomic();
@@ -986,6 +992,22 @@ impl RedisSaver {
                 pipe.cmd("DEL").arg(&unreferenced).ignore();
                 pipe.cmd("SREM").arg(&keys_key).arg(&unreferenced).ignore();
             }
+        }
+        // A namespace whose checkpoints are all gone keeps no values (its writes for
+        // checkpoints never stored stay, as in the in-memory saver).
+        for (ns, _) in per_ns.iter().filter(|(_, ids)| ids.is_empty()) {
+            let blob_prefix = self.keys.blob_prefix(thread, ns);
+            let orphaned: Vec<&String> = thread_keys
+                .iter()
+                .filter(|k| k.starts_with(&blob_prefix))
+                .collect();
+            if !orphaned.is_empty() {
+                pipe.cmd("DEL").arg(&orphaned).ignore();
+                pipe.cmd("SREM").arg(&keys_key).arg(&orphaned).ignore();
+            }
+        }
+        if pipe.is_empty() {
+            return Ok(());
         }
         pipe.query_async::<()>(&mut conn)
             .await

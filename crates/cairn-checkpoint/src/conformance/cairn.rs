@@ -594,6 +594,42 @@ pub async fn metadata_roundtrips_exactly(saver: &dyn CheckpointSaver) {
     );
 }
 
+/// Metadata nested deeper than JSON parsers read back (130 levels) is either refused by its
+/// `put` or read back whole: never stored so that its checkpoint cannot be read.
+pub async fn deeply_nested_metadata_is_refused_or_read_back(saver: &dyn CheckpointSaver) {
+    let tid = thread_id();
+    let mut deep = json!("bottom");
+    for _ in 0..130 {
+        deep = json!([deep]);
+    }
+    let meta = CheckpointMetadata::new(CheckpointSource::Loop, 1).with("deep", deep);
+    let stored = saver
+        .put(
+            &cfg(&tid),
+            checkpoint(&[], &[]),
+            meta.clone(),
+            versions(&[]),
+        )
+        .await;
+    match stored {
+        Err(crate::Error::Encode { message, .. }) => {
+            assert!(
+                message.contains("\"deep\""),
+                "the error names the key: {message}"
+            );
+            assert!(
+                get(saver, &cfg(&tid)).await.is_none(),
+                "a refused put stores nothing"
+            );
+        }
+        Err(e) => panic!("refused with an unexpected error: {e}"),
+        Ok(stored) => {
+            assert_eq!(get_some(saver, &stored).await.metadata, meta);
+            assert_eq!(list(saver, &query(&tid)).await.len(), 1);
+        }
+    }
+}
+
 /// Values the codec did not make (raw bytes, a caller's own tag, zero-length data) are stored
 /// as given, in channels and in writes.
 pub async fn raw_values_roundtrip(saver: &dyn CheckpointSaver) {
@@ -733,6 +769,36 @@ pub async fn prune_keep_latest_keeps_values(saver: &dyn CheckpointSaver) {
         t.checkpoint.channel_values,
         values(&[("a", value("new")), ("b", value("kept"))])
     );
+}
+
+/// Once every checkpoint of a namespace is gone (its runs deleted), pruning the thread
+/// leaves none of its values: a checkpoint stored later that names one reads no value.
+pub async fn prune_after_every_run_is_deleted_keeps_no_values(saver: &dyn CheckpointSaver) {
+    let tid = thread_id();
+    let run = unique("run");
+    for ns in ["", "sub"] {
+        let cp = checkpoint(&[("a", value("secret"))], &[("a", 1)]);
+        let md = md(Loop, 0).with_run_id(&run);
+        put(saver, &cfg_ns(&tid, ns), cp, md, versions(&[("a", 1)])).await;
+    }
+    delete_for_runs(saver, std::slice::from_ref(&run)).await;
+    prune(saver, std::slice::from_ref(&tid), PruneStrategy::KeepLatest).await;
+    for ns in ["", "sub"] {
+        let pointer = checkpoint(&[], &[("a", 1)]);
+        let stored = put(
+            saver,
+            &cfg_ns(&tid, ns),
+            pointer,
+            md(Loop, 1),
+            versions(&[]),
+        )
+        .await;
+        let t = get_some(saver, &stored).await;
+        assert!(
+            t.checkpoint.channel_values.is_empty(),
+            "namespace {ns:?}: a value of the deleted runs is still readable after pruning"
+        );
+    }
 }
 
 /// A copy is independent: deleting the source leaves the copy whole (values and writes).
