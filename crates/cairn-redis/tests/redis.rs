@@ -322,6 +322,48 @@ async fn expired_checkpoints_vanish_from_reads_and_indexes() {
     support::delete_prefix(&url, &options.key_prefix).await;
 }
 
+/// `list_threads` finds a thread's newest checkpoint that has not expired however many newer
+/// ones expired before their index entries were dropped (each met once is dropped).
+#[tokio::test]
+async fn list_threads_skips_any_number_of_expired_newest_checkpoints() {
+    let options = support::options("expired-newest");
+    let Some(saver) = support::saver(options.clone()).await else {
+        return;
+    };
+    let url = support::url().expect("url");
+    let mut conn = support::raw(&url).await;
+    let keys = saver.key_layout().clone();
+    let thread = "many-expired";
+    let mut stored = vec![CheckpointConfig::thread(thread)];
+    for step in 0..20 {
+        let parent = stored.last().expect("parent").clone();
+        stored.push(put_values(&saver, &parent, &[("a", json(step.into()))], meta(step)).await);
+    }
+    // What Redis expiries do: the 17 newest hashes disappear, their index entries stay.
+    for config in &stored[4..] {
+        let id = config.checkpoint_id.as_deref().expect("id");
+        let _: () = redis::cmd("DEL")
+            .arg(keys.checkpoint_key(thread, "", id))
+            .query_async(&mut conn)
+            .await
+            .expect("DEL");
+    }
+    let threads = saver.list_threads(None, 10).await.expect("list_threads");
+    let summary = threads
+        .iter()
+        .find(|t| t.thread_id == thread)
+        .expect("the thread is listed");
+    assert_eq!(
+        summary.latest.config, stored[3],
+        "the newest live checkpoint"
+    );
+    assert_eq!(
+        summary.checkpoints, 3,
+        "the expired entries met are dropped"
+    );
+    support::delete_prefix(&url, &options.key_prefix).await;
+}
+
 #[tokio::test]
 async fn awkward_thread_ids_and_namespaces_stay_apart_in_one_hash_tag() {
     let options = support::options("awkward");
