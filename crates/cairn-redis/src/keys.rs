@@ -72,6 +72,11 @@ impl KeyLayout {
         format!("{}:keys", self.thread_tag(thread_id))
     }
 
+    /// Whether `key` is some thread's key set ([`thread_keys_key`](Self::thread_keys_key)).
+    pub fn is_thread_keys_key(key: &str) -> bool {
+        key.ends_with("}:keys")
+    }
+
     /// `{tag}:ns`: set of the thread's namespaces.
     pub fn namespaces_key(&self, thread_id: &str) -> String {
         format!("{}:ns", self.thread_tag(thread_id))

@@ -124,7 +124,9 @@
 //! checkpoint: a checkpoint disappears when it has been neither written nor (with refresh)
 //! read for one TTL, a value when no checkpoint referring to it has, and a thread when all
 //! its checkpoints have. Index entries left pointing at expired checkpoints are dropped
-//! lazily, the first time a listing meets them; the thread's key set (`{tag}:keys`) keeps
+//! lazily, the first time a listing meets them; the thread's key set (`{tag}:keys`), given two
+//! TTLs so that it outlives every value it names (values kept alive chain-wise may live that
+//! long), keeps
 //! the names of expired keys until the thread is deleted or expires. Without a TTL, nothing
 //! expires: use `prune` or `delete_thread`.
 //!

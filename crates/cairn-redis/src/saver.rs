@@ -284,6 +284,14 @@ impl RedisSaver {
     fn expire<'a>(&self, pipe: &mut Pipeline, keys: impl IntoIterator<Item = &'a String>) {
         if let Some(ms) = self.ttl_ms {
             for key in keys {
+                // The thread's key set names every key `delete_thread` and `prune` remove, so
+                // it must outlive each of them: values kept alive chain-wise may live up to
+                // two TTLs (see `chains`).
+                let ms = if KeyLayout::is_thread_keys_key(key) {
+                    ms.saturating_mul(2)
+                } else {
+                    ms
+                };
                 pipe.cmd("PEXPIRE").arg(key).arg(ms).ignore();
             }
         }
