@@ -124,11 +124,10 @@
 //! checkpoint: a checkpoint disappears when it has been neither written nor (with refresh)
 //! read for one TTL, a value when no checkpoint referring to it has, and a thread when all
 //! its checkpoints have. Index entries left pointing at expired checkpoints are dropped
-//! lazily, the first time a listing meets them; the thread's key set (`{tag}:keys`), given two
-//! TTLs so that it outlives every value it names (values kept alive chain-wise may live that
-//! long), keeps
-//! the names of expired keys until the thread is deleted or expires. Without a TTL, nothing
-//! expires: use `prune` or `delete_thread`.
+//! lazily, the first time a listing meets them; the thread's key set (`{tag}:keys`) keeps
+//! the names of expired keys until the thread is deleted or expires, and expires after two
+//! TTLs, so that it outlives every value it names (values kept alive chain-wise may live that
+//! long). Without a TTL, nothing expires: use `prune` or `delete_thread`.
 //!
 //! An append value needs every link of its chain, so value keys are kept alive chain-wise:
 //! a write or refreshing read makes each value it refers to, and each link below it, live at
