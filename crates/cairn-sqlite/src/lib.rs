@@ -110,9 +110,10 @@
 //!   replaces an index on `checkpoints.run_id`, which took an entry per checkpoint (64 per
 //!   batch of a long run, about 80 bytes each) where this takes one per run and batch.
 //!
-//! `list` never runs one query per checkpoint: one query for the rows, one for all their
-//! values, one for all their writes (and one for append chains, below), inside one read
-//! transaction.
+//! `list` reads the checkpoint rows in one query; then each distinct value they name once and
+//! their writes by primary key (prepared statements in process: cheaper than joining with a
+//! JSON array of keys), and the links of append chains in one query per read (below), all
+//! inside one read transaction.
 //!
 //! ## Append values
 //!
