@@ -33,9 +33,11 @@
 //! per step. Instead [`LUA_TOUCH`]'s `ensure` keeps one invariant — *a value never expires
 //! before a value that extends it* — and makes a key live at least one TTL longer by walking
 //! down only until it meets a link that already does (everything below that link does too).
-//! The links it passes get that link's expiry (as an absolute time computed from the clock
-//! read before that link's expiry was, so never later than it, even on a server whose clock
-//! moves while a script runs); when the walk reaches the chain's root (a whole value, or the
+//! (A link stops the walk only when it lives strictly longer than one TTL: a value written in
+//! the same millisecond as the walk has exactly one TTL left and is walked past, so the chain
+//! gets its two TTLs at once rather than at a later step.) The links it passes get that link's
+//! expiry (as an absolute time computed from the clock read before that link's expiry was, so
+//! never later than it, even on a server whose clock moves while a script runs); when the walk reaches the chain's root (a whole value, or the
 //! value itself when it is whole), the root and the links above it get **two** TTLs (the
 //! root last, so never earlier than the links above it). The next walks then stop at once
 //! until a TTL has passed, so keeping a value and its chain alive costs one `PTTL` per
@@ -138,7 +140,7 @@ local function ensure(key, prefix, ttl)
   local k = key
   while true do
     local left = redis.call('PTTL', k)
-    if left >= ttl then until_ms = now_ms + left break end
+    if left > ttl then until_ms = now_ms + left break end
     if left == -2 or on_path[k] then break end
     path[#path + 1] = k
     on_path[k] = true
