@@ -127,7 +127,9 @@
 //! lazily, the first time a listing meets them; the thread's key set (`{tag}:keys`) keeps
 //! the names of expired keys until the thread is deleted or expires, and expires after two
 //! TTLs, so that it outlives every value it names (values kept alive chain-wise may live that
-//! long). Without a TTL, nothing expires: use `prune` or `delete_thread`.
+//! long). `list_threads` drops the expired newest checkpoints it meets, but its checkpoint
+//! count may still include older ones that expired and that no read has met yet: under a TTL
+//! it is an upper bound. Without a TTL, nothing expires: use `prune` or `delete_thread`.
 //!
 //! An append value needs every link of its chain, so value keys are kept alive chain-wise:
 //! a write or refreshing read makes each value it refers to, and each link below it, live at
