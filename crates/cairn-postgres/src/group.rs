@@ -251,6 +251,10 @@ impl Drop for DrainGuard {
 /// may cause, each caller's requests are stored again on their own, so that each gets its own
 /// result; any other failure (the server unreachable, a timeout) is every caller's at once.
 async fn store_group<S: StoreBatch>(group: &GroupCommit, saver: &S, batch: Vec<Waiting>) {
+    if batch.is_empty() {
+        // Every caller of this group stopped waiting: nothing to store, no commit to count.
+        return;
+    }
     if let [_] = batch.as_slice() {
         return store_each(group, saver, batch).await;
     }
@@ -477,6 +481,37 @@ mod tests {
         assert!(results[0].1.is_ok());
         // One attempt for the group, none caller by caller.
         assert_eq!(batches.len(), 2, "{batches:?}");
+    }
+
+    /// When every queued caller stopped waiting before its group was taken, nothing is
+    /// stored and no commit is counted for the empty group.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_group_whose_callers_all_left_stores_and_counts_nothing() {
+        let (store, mut entries) = recorder(0);
+        let group = Arc::new(GroupCommit::new(1));
+        let spawn = |thread: &str| {
+            let (group, store, thread) = (Arc::clone(&group), store.clone(), thread.to_owned());
+            tokio::spawn(async move { group.store(&store, vec![request(&thread)]).await })
+        };
+        let leader = spawn("leader");
+        entries.recv().await.expect("the first commit started");
+        let queued = [spawn("gone-1"), spawn("gone-2")];
+        while group.queued() < queued.len() {
+            tokio::task::yield_now().await;
+        }
+        for task in queued {
+            task.abort();
+            assert!(task.await.expect_err("aborted").is_cancelled());
+        }
+        store.gate.add_permits(1);
+        leader.await.expect("leader").expect("the leader's write");
+        while group.lock().in_flight > 0 {
+            tokio::task::yield_now().await;
+        }
+        let batches = store.batches.lock().expect("lock").clone();
+        assert_eq!(batches, [vec!["leader".to_owned()]]);
+        let stats = group.stats();
+        assert_eq!((stats.commits, stats.writes), (1, 1), "{stats:?}");
     }
 
     #[tokio::test]
