@@ -184,6 +184,19 @@ async fn sixty_four_tasks_write_sixty_four_threads_at_once() {
     support::drop_schema(&support::url().expect("url"), &schema).await;
 }
 
+/// A saver on a fresh schema with one commit slot, so that concurrent writes queue and are
+/// stored in groups; and the schema's name, to drop it at the end.
+async fn one_commit_slot(url: &str) -> (PostgresSaver, String) {
+    let schema = support::fresh_schema_name();
+    let saver = PostgresOptions::new(url.to_owned())
+        .schema(schema.clone())
+        .commit_slots(1)
+        .connect()
+        .await
+        .expect("connect");
+    (saver, schema)
+}
+
 /// With one commit slot, 32 threads writing at once queue behind each other's commits and are
 /// stored in groups: every checkpoint lands, and a checkpoint the server cannot take (a NUL
 /// in its metadata) fails its own caller only.
@@ -192,13 +205,7 @@ async fn concurrent_writes_share_commits_and_a_bad_one_fails_alone() {
     let Some(url) = support::url() else {
         return;
     };
-    let schema = support::fresh_schema_name();
-    let saver = PostgresOptions::new(url.clone())
-        .schema(schema.clone())
-        .commit_slots(1)
-        .connect()
-        .await
-        .expect("connect");
+    let (saver, schema) = one_commit_slot(&url).await;
     let pg = saver.clone();
     let saver: Arc<dyn CheckpointSaver> = Arc::new(saver);
     let prefix = unique("group");
@@ -276,13 +283,7 @@ async fn a_group_refused_for_one_request_fails_only_that_caller() {
     let Some(url) = support::url() else {
         return;
     };
-    let schema = support::fresh_schema_name();
-    let saver = PostgresOptions::new(url.clone())
-        .schema(schema.clone())
-        .commit_slots(1)
-        .connect()
-        .await
-        .expect("connect");
+    let (saver, schema) = one_commit_slot(&url).await;
     let connect = || async {
         let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
             .await
