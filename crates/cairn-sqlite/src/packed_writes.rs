@@ -23,6 +23,8 @@
 //! `cairn_pending_writes_json(writes)` shows a stored blob as JSON, for tools reading the
 //! file through a connection Cairn opened.
 
+use std::collections::hash_map::{Entry, HashMap};
+
 use bytes::Bytes;
 use rusqlite::functions::FunctionFlags;
 use rusqlite::types::ValueRef;
@@ -163,14 +165,37 @@ pub(crate) fn merge(
     new: Vec<IndexedWrite>,
     new_wins: bool,
 ) -> Vec<IndexedWrite> {
+    if stored.len().saturating_mul(new.len()) <= 256 {
+        for (idx, write) in new {
+            match stored
+                .iter_mut()
+                .find(|(i, w)| *i == idx && w.task_id == write.task_id)
+            {
+                Some(slot) if new_wins || idx < 0 => *slot = (idx, write),
+                Some(_) => {}
+                None => stored.push((idx, write)),
+            }
+        }
+        return stored;
+    }
+    // Positions by (task, index): a linear search per new write would make merging a large
+    // fan-out's writes (thousands of tasks) quadratic.
+    let mut positions: HashMap<(String, i64), usize> = stored
+        .iter()
+        .enumerate()
+        .map(|(at, (idx, w))| ((w.task_id.clone(), *idx), at))
+        .collect();
     for (idx, write) in new {
-        match stored
-            .iter_mut()
-            .find(|(i, w)| *i == idx && w.task_id == write.task_id)
-        {
-            Some(slot) if new_wins || idx < 0 => *slot = (idx, write),
-            Some(_) => {}
-            None => stored.push((idx, write)),
+        match positions.entry((write.task_id.clone(), idx)) {
+            Entry::Occupied(at) => {
+                if new_wins || idx < 0 {
+                    stored[*at.get()] = (idx, write);
+                }
+            }
+            Entry::Vacant(slot) => {
+                slot.insert(stored.len());
+                stored.push((idx, write));
+            }
         }
     }
     stored
@@ -327,6 +352,41 @@ mod tests {
             ]
         );
         let copied = merge(stored, new, true);
+        assert!(copied.iter().all(|(_, w)| &w.value.data[..] == b"new"));
+    }
+
+    /// A large fan-out's writes take the indexed path; the rules are the same as for a few.
+    #[test]
+    fn merging_many_writes_follows_the_same_rules() {
+        let tasks: Vec<String> = (0..2_000).map(|i| format!("task-{i:04}")).collect();
+        let stored: Vec<IndexedWrite> = tasks
+            .iter()
+            .flat_map(|t| {
+                [
+                    write(t, 0, "items", "msgpack", b"old"),
+                    write(t, -1, "__error__", "msgpack", b"old"),
+                ]
+            })
+            .collect();
+        // Every stored key again (regular and special), and one new key per task.
+        let new: Vec<IndexedWrite> = tasks
+            .iter()
+            .flat_map(|t| {
+                [
+                    write(t, 0, "items", "msgpack", b"new"),
+                    write(t, -1, "__error__", "msgpack", b"new"),
+                    write(t, 1, "items", "msgpack", b"new"),
+                ]
+            })
+            .collect();
+        let merged = merge(stored.clone(), new.clone(), false);
+        assert_eq!(merged.len(), 3 * tasks.len());
+        for (idx, w) in &merged {
+            let want: &[u8] = if *idx == 0 { b"old" } else { b"new" };
+            assert_eq!(&w.value.data[..], want, "{} {idx}", w.task_id);
+        }
+        let copied = merge(stored, new, true);
+        assert_eq!(copied.len(), 3 * tasks.len());
         assert!(copied.iter().all(|(_, w)| &w.value.data[..] == b"new"));
     }
 
