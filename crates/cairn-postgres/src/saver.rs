@@ -1020,13 +1020,12 @@ type EncodedRequest = (
     BTreeMap<String, TypedValue>,
 );
 
-/// Each request of a batch encoded; a request with writes must name the checkpoint they
-/// belong to.
+/// Each request of a batch encoded; a request with writes (a task's, even empty) must name
+/// the checkpoint they belong to, as `put_writes` must.
 fn encode_requests(requests: Vec<PutRequest>) -> Result<Vec<EncodedRequest>> {
     let mut encoded = Vec::with_capacity(requests.len());
     for mut request in requests {
-        let has_writes = request.writes.iter().any(|w| !w.writes.is_empty());
-        if has_writes && request.config.checkpoint_id.is_none() {
+        if !request.writes.is_empty() && request.config.checkpoint_id.is_none() {
             return Err(no_checkpoint_id());
         }
         let (header, metadata, values) =

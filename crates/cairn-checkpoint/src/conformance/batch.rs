@@ -165,8 +165,9 @@ pub async fn put_batch_stores_checkpoints_in_order(saver: &dyn CheckpointSaver) 
     );
 }
 
-/// A request that cannot be stored (writes for a parent config without a checkpoint id) fails
-/// the batch with `InvalidArgument`; neither it nor any request after it is stored.
+/// A request that cannot be stored (writes for a parent config without a checkpoint id, even a
+/// task's empty writes) fails the batch with `InvalidArgument`; neither it nor any request
+/// after it is stored.
 pub async fn put_batch_stops_at_a_failing_request(saver: &dyn CheckpointSaver) {
     let tid = thread_id();
     let root = put_empty(saver, &cfg(&tid), md(Input, -1)).await;
@@ -195,6 +196,25 @@ pub async fn put_batch_stops_at_a_failing_request(saver: &dyn CheckpointSaver) {
         "nothing from the failing request on: {stored:?}"
     );
     assert!(stored.contains(&id_of(&root)), "earlier checkpoints stay");
+    // A task that wrote nothing still needs the checkpoint its writes would belong to.
+    let orphan = checkpoint(&[("a", value(&4))], &[("a", 4)]);
+    match saver
+        .put_batch(vec![request(
+            &cfg(&tid),
+            &orphan,
+            3,
+            vec![task_writes("t", "", &[])],
+        )])
+        .await
+    {
+        Err(Error::InvalidArgument(_)) => {}
+        other => panic!(
+            "expected InvalidArgument for a task's (empty) writes without a checkpoint id, got \
+             {other:?}"
+        ),
+    }
+    let stored = ids(&list(saver, &query(&tid)).await);
+    assert!(!stored.contains(&orphan.id), "{stored:?}");
 }
 
 /// A large batch (41 requests: a chain of 40 with two tasks' regular and special writes each,

@@ -9,8 +9,8 @@ use serde_json::json;
 use super::support::*;
 use super::SaverHandle;
 use crate::{
-    ChannelVersion, Checkpoint, CheckpointMetadata, CheckpointSaver, CheckpointSource, ListQuery,
-    PruneStrategy, TypedValue, ERROR, INTERRUPT, TAG_BYTES, TAG_JSON,
+    ChannelVersion, Checkpoint, CheckpointMetadata, CheckpointSaver, CheckpointSource, Error,
+    ListQuery, PruneStrategy, TypedValue, ERROR, INTERRUPT, TAG_BYTES, TAG_JSON,
 };
 
 /// How many threads the concurrency cases write at once.
@@ -512,7 +512,9 @@ pub async fn pending_writes_ordered_by_path_task_index(saver: &dyn CheckpointSav
     );
 }
 
-/// Writes must name their checkpoint: a config without `checkpoint_id` is an error.
+/// Writes must name their checkpoint: a config without `checkpoint_id` is an error
+/// (`InvalidArgument`), even for no writes at all (as LangGraph's savers fail on the missing
+/// id before looking at the writes).
 pub async fn put_writes_without_checkpoint_id_is_an_error(saver: &dyn CheckpointSaver) {
     let tid = thread_id();
     put_empty(saver, &cfg(&tid), md(Loop, 0)).await;
@@ -520,8 +522,14 @@ pub async fn put_writes_without_checkpoint_id_is_an_error(saver: &dyn Checkpoint
         .put_writes(&cfg(&tid), vec![("ch".to_owned(), value("v"))], "task", "")
         .await;
     assert!(
-        result.is_err(),
-        "put_writes without a checkpoint_id must fail"
+        matches!(result, Err(Error::InvalidArgument(_))),
+        "put_writes without a checkpoint_id must fail with InvalidArgument: {result:?}"
+    );
+    let result = saver.put_writes(&cfg(&tid), Vec::new(), "task", "").await;
+    assert!(
+        matches!(result, Err(Error::InvalidArgument(_))),
+        "put_writes of no writes without a checkpoint_id must fail with InvalidArgument: \
+         {result:?}"
     );
     assert!(get_some(saver, &cfg(&tid)).await.pending_writes.is_empty());
 }
