@@ -979,6 +979,31 @@ fn demo_crashes_resumes_and_starts_new_editions() {
     assert_eq!(steps(&v["history"]), [5, 4, 3, 2, 1, 0, -1]);
 }
 
+/// The demo runs only on threads it wrote: on an application's thread it would put its own
+/// state over the application's (and `--fresh` would delete it).
+#[test]
+fn demo_leaves_threads_it_did_not_write_alone() {
+    let (_dir, db, _) = setup();
+    let before = json_ok(&db, &["history", "chat"]);
+    for args in [
+        vec!["demo", "--delay-ms", "0", "--thread", "chat"],
+        vec!["demo", "--delay-ms", "0", "--thread", "chat", "--fresh"],
+    ] {
+        let (code, err) = fails(&db, &args);
+        assert_eq!(code, 2, "{args:?}: {err}");
+        assert!(
+            err.contains("thread \"chat\"") && err.contains("not written by `cairn demo`"),
+            "{err}"
+        );
+        assert!(err.contains("--thread"), "says what to do: {err}");
+    }
+    assert_eq!(
+        json_ok(&db, &["history", "chat"]),
+        before,
+        "thread untouched"
+    );
+}
+
 #[test]
 fn a_forked_demo_thread_continues_from_the_fork() {
     let dir = tempfile::tempdir().unwrap();

@@ -434,6 +434,27 @@ fn crash(steps: u64) -> ! {
     std::process::abort()
 }
 
+/// The metadata key and value every checkpoint the demo writes carries (forks keep it).
+const JOB_KEY: &str = "job";
+const JOB: &str = "cairn-demo";
+
+/// Refuses a thread whose latest checkpoint the demo did not write: running the demo on it
+/// would put the demo's state over an application's (and `--fresh` would delete it).
+async fn refuse_other_threads(saver: &dyn CheckpointSaver, thread: &str, db: &str) -> Result<()> {
+    let Some(latest) = saver.get_tuple(&CheckpointConfig::thread(thread)).await? else {
+        return Ok(());
+    };
+    if latest.metadata.extra.get(JOB_KEY).and_then(|v| v.as_str()) == Some(JOB) {
+        return Ok(());
+    }
+    Err(CliError::Usage(format!(
+        "thread {thread:?} in {db} was not written by `cairn demo` (its latest checkpoint, \
+         {}, has no metadata {JOB_KEY}={JOB:?}); the demo leaves it alone, --fresh too. Pick \
+         another thread with --thread (the demo's own is \"demo\")",
+        latest.checkpoint.id
+    )))
+}
+
 /// Runs `cairn demo`.
 pub async fn run(ctx: &Ctx, args: &DemoArgs, out: &mut dyn Write) -> Result<()> {
     if args.crash_after == Some(0) {
@@ -447,6 +468,7 @@ pub async fn run(ctx: &Ctx, args: &DemoArgs, out: &mut dyn Write) -> Result<()> 
         .compile(narrator.clone())
         .map_err(graph_error)?;
     let thread = args.thread.as_str();
+    refuse_other_threads(store.saver.as_ref(), thread, &store.name).await?;
     if args.fresh {
         store.saver.delete_thread(thread).await?;
         eprintln!("deleted thread {thread:?} (--fresh)");
@@ -484,7 +506,7 @@ pub async fn run(ctx: &Ctx, args: &DemoArgs, out: &mut dyn Write) -> Result<()> 
         }
     };
     let config = RunConfig::thread(thread)
-        .with_metadata("job", "cairn-demo")
+        .with_metadata(JOB_KEY, JOB)
         .with_metadata("edition", edition);
     let state = app.invoke(input, config).await.map_err(graph_error)?;
     let steps_run = narrator.super_steps();
