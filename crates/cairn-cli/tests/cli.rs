@@ -339,6 +339,13 @@ fn history_is_a_newest_first_timeline() {
         .map(|c| c["checkpoint_id"].as_str().unwrap())
         .collect();
     assert_eq!(rest_ids, [&ids.cp1, &ids.cp0]);
+    // --before takes an id prefix too, like every other checkpoint argument.
+    let unique = (4..ids.cp2.len())
+        .map(|n| &ids.cp2[..n])
+        .find(|p| !ids.cp1.starts_with(p) && !ids.cp0.starts_with(p))
+        .expect("a prefix only cp2 has");
+    let by_prefix = json_ok(&db, &["history", "chat", "--before", unique]);
+    assert_eq!(by_prefix["checkpoints"], rest["checkpoints"], "{unique}");
 
     let ns = json_ok(&db, &["history", "chat", "--ns", "inner:abc"]);
     assert_eq!(ns["checkpoints"][0]["checkpoint_id"], ids.sub.as_str());

@@ -173,8 +173,9 @@ fn entry(t: &CheckpointTuple) -> HistoryEntry {
 pub async fn run(ctx: &Ctx, args: &HistoryArgs, out: &mut dyn Write) -> Result<()> {
     let store = open(&ctx.db, Mode::Existing).await?;
     let saver = store.saver.as_ref();
-    // Errors for an unknown thread / namespace / --before id.
-    find_checkpoint(
+    // Errors for an unknown thread / namespace / --before id; a --before prefix becomes the
+    // full id it names (the saver compares whole ids).
+    let found = find_checkpoint(
         saver,
         &store.name,
         &args.thread,
@@ -182,14 +183,8 @@ pub async fn run(ctx: &Ctx, args: &HistoryArgs, out: &mut dyn Write) -> Result<(
         args.before.as_deref(),
     )
     .await?;
-    let report = collect(
-        saver,
-        &args.thread,
-        &args.ns,
-        args.limit,
-        args.before.as_deref(),
-    )
-    .await?;
+    let before = args.before.as_ref().map(|_| found.checkpoint.id.as_str());
+    let report = collect(saver, &args.thread, &args.ns, args.limit, before).await?;
     if ctx.json {
         return write_json(out, &report);
     }
