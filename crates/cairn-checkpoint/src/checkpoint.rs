@@ -171,6 +171,10 @@ pub struct CheckpointMetadata {
 /// [`CheckpointMetadata::check_nesting`]): a margin below the 128 levels JSON parsers read.
 pub const MAX_METADATA_DEPTH: usize = 100;
 
+/// Names of [`CheckpointMetadata`]'s own fields: stored metadata is one JSON object, so a caller
+/// key with one of these names would collide with the field (see [`CheckpointMetadata::check`]).
+pub const RESERVED_METADATA_KEYS: [&str; 4] = ["source", "step", "parents", "run_id"];
+
 /// Equality filter on metadata keys: every key must be present with an equal value.
 pub type MetadataFilter = BTreeMap<String, serde_json::Value>;
 
@@ -243,6 +247,64 @@ impl CheckpointMetadata {
                 ),
             }),
         }
+    }
+
+    /// Refuses metadata a store could not keep as it is: values nested too deep (see
+    /// [`check_nesting`](Self::check_nesting)), and caller keys named like a field
+    /// ([`RESERVED_METADATA_KEYS`]), which stored as one JSON object would collide with it
+    /// (read back as the field, or not at all). One exception, LangGraph's form: a caller key
+    /// `run_id` holding a string is the run id when the field is unset or equal to it
+    /// ([`normalized`](Self::normalized) moves it there). Every saver calls it (through
+    /// `normalized`) before storing.
+    ///
+    /// ```
+    /// use cairn_checkpoint::{CheckpointMetadata, CheckpointSource};
+    /// let meta = CheckpointMetadata::new(CheckpointSource::Loop, 1);
+    /// assert!(meta.clone().with("source", "slack").check().is_err());
+    /// assert!(meta.clone().with_run_id("a").with("run_id", "b").check().is_err());
+    /// let langgraph_form = meta.with("run_id", "r");
+    /// assert!(langgraph_form.check().is_ok());
+    /// assert_eq!(langgraph_form.normalized().unwrap().run_id.as_deref(), Some("r"));
+    /// ```
+    pub fn check(&self) -> Result<()> {
+        self.check_nesting()?;
+        for key in RESERVED_METADATA_KEYS {
+            let Some(value) = self.extra.get(key) else {
+                continue;
+            };
+            if key == "run_id" {
+                if let serde_json::Value::String(named) = value {
+                    if self.run_id.as_ref().is_none_or(|run_id| run_id == named) {
+                        continue;
+                    }
+                }
+            }
+            return Err(Error::InvalidArgument(format!(
+                "the checkpoint metadata holds a key of its own named {key:?} ({value}), a \
+                 name reserved for its fields ({}); rename the key{}",
+                RESERVED_METADATA_KEYS.join(", "),
+                if key == "run_id" {
+                    " (a run id goes in the run_id field, e.g. RunConfig::with_run_id)"
+                } else {
+                    ""
+                }
+            )));
+        }
+        Ok(())
+    }
+
+    /// The metadata as savers store it: [`check`](Self::check)ed, and a caller key `run_id`
+    /// (LangGraph's form) moved to the run id, so every saver reads it back the same way and
+    /// `delete_for_runs` finds it.
+    pub fn normalized(&self) -> Result<std::borrow::Cow<'_, CheckpointMetadata>> {
+        self.check()?;
+        let Some(serde_json::Value::String(run_id)) = self.extra.get("run_id") else {
+            return Ok(std::borrow::Cow::Borrowed(self));
+        };
+        let mut moved = self.clone();
+        moved.run_id = Some(run_id.clone());
+        moved.extra.remove("run_id");
+        Ok(std::borrow::Cow::Owned(moved))
     }
 
     /// Whether every `(key, value)` of `filter` is present and equal in this metadata.

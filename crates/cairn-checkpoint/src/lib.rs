@@ -58,7 +58,8 @@ pub use append::{
 pub use checkpoint::{
     now_rfc3339, special_write_index, write_index, Checkpoint, CheckpointConfig,
     CheckpointMetadata, CheckpointSource, CheckpointTuple, ListQuery, MetadataFilter, PendingWrite,
-    CHECKPOINT_FORMAT_VERSION, ERROR, INTERRUPT, MAX_METADATA_DEPTH, RESUME, SCHEDULED,
+    CHECKPOINT_FORMAT_VERSION, ERROR, INTERRUPT, MAX_METADATA_DEPTH, RESERVED_METADATA_KEYS,
+    RESUME, SCHEDULED,
 };
 pub use error::{DataLocation, Error, Result};
 pub use header::{decode_header, decode_header_versions, encode_header, HeaderError};

@@ -57,6 +57,30 @@ pub struct RunConfig {
     pub commit_delay: std::time::Duration,
 }
 
+impl RunConfig {
+    /// Refuses caller metadata keys named like the metadata's own fields (see
+    /// [`with_metadata`](Self::with_metadata)).
+    pub(crate) fn check_metadata(&self) -> Result<(), crate::GraphError> {
+        match self
+            .metadata
+            .keys()
+            .find(|key| cairn_checkpoint::RESERVED_METADATA_KEYS.contains(&key.as_str()))
+        {
+            None => Ok(()),
+            Some(key) => Err(crate::GraphError::InvalidArgument(format!(
+                "RunConfig metadata key {key:?} is reserved: the run sets the checkpoint \
+                 metadata's {} itself; rename the key{}",
+                cairn_checkpoint::RESERVED_METADATA_KEYS.join(", "),
+                if key == "run_id" {
+                    " (set the run id with RunConfig::with_run_id)"
+                } else {
+                    ""
+                }
+            ))),
+        }
+    }
+}
+
 impl Default for RunConfig {
     fn default() -> Self {
         RunConfig {
@@ -95,9 +119,12 @@ impl RunConfig {
         self
     }
 
-    /// Adds a metadata key written into every checkpoint of the run. `run_id` is reserved
-    /// for the run id (set it with [`with_run_id`](Self::with_run_id)): SQLite stores the
-    /// run id apart and refuses a checkpoint whose metadata names a different one.
+    /// Adds a metadata key written into every checkpoint of the run. The names of the
+    /// metadata's own fields (`source`, `step`, `parents`, `run_id`:
+    /// [`RESERVED_METADATA_KEYS`](cairn_checkpoint::RESERVED_METADATA_KEYS)) are refused when
+    /// the run starts, with [`GraphError::InvalidArgument`](crate::GraphError): the run sets
+    /// those itself (the run id with [`with_run_id`](Self::with_run_id)). LangGraph lets its
+    /// own values win over such keys without a word; Cairn says so instead of dropping them.
     pub fn with_metadata(
         mut self,
         key: impl Into<String>,

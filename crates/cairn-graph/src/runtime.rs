@@ -659,6 +659,7 @@ impl<S: State> CompiledGraph<S> {
                     .into(),
             ));
         }
+        config.check_metadata()?;
         let cp_config = config.checkpoint_config();
         let before_flags = flags(spec, config.interrupt_before.as_deref(), |n| {
             n.interrupt_before

@@ -494,6 +494,7 @@ impl<S: State> CompiledGraph<S> {
             .thread_id
             .clone()
             .ok_or_else(|| GraphError::InvalidArgument("update_state needs a thread id".into()))?;
+        config.check_metadata()?;
         let _guard_key = self.thread_key(&config);
         let spec = &self.inner.spec;
         let cp_config = config.checkpoint_config();

@@ -931,3 +931,56 @@ async fn the_versions_of_a_run_share_a_suffix_and_runs_differ() {
     let all: std::collections::BTreeSet<_> = suffixes.values().flatten().collect();
     assert_eq!(all.len(), 2, "each run its own suffix");
 }
+
+/// Run metadata keys named like the checkpoint metadata's own fields are refused before the
+/// run writes anything, by `invoke` and `update_state` alike; other keys reach every
+/// checkpoint.
+#[tokio::test]
+async fn run_metadata_named_like_a_metadata_field_is_refused() {
+    let mut g = StateGraph::<Counter>::new();
+    g.add_sync_node("inc", |s| Ok(CounterUpdate::default().n(s.n + 1)))
+        .add_edge(START, "inc")
+        .add_edge("inc", END);
+    let saver = memory();
+    let app = g.compile(saver.clone()).expect("compile");
+    for key in ["source", "step", "parents", "run_id"] {
+        let config = RunConfig::thread("t").with_metadata(key, "mine");
+        let err = app
+            .invoke(Some(CounterUpdate::default()), config.clone())
+            .await
+            .expect_err(key);
+        assert!(
+            matches!(&err, GraphError::InvalidArgument(m) if m.contains(key) && m.contains("rename")),
+            "{key}: {err}"
+        );
+        let err = app
+            .update_state(config, CounterUpdate::default().n(5), None)
+            .await
+            .expect_err(key);
+        assert!(
+            matches!(err, GraphError::InvalidArgument(_)),
+            "{key}: {err}"
+        );
+    }
+    assert!(
+        saver
+            .get_tuple(&CheckpointConfig::thread("t"))
+            .await
+            .expect("read")
+            .is_none(),
+        "nothing written"
+    );
+    app.invoke(
+        Some(CounterUpdate::default()),
+        RunConfig::thread("t").with_metadata("channel", "slack"),
+    )
+    .await
+    .expect("other keys are fine");
+    let head = saver
+        .get_tuple(&CheckpointConfig::thread("t"))
+        .await
+        .expect("read")
+        .expect("stored");
+    assert_eq!(head.metadata.extra["channel"], "slack");
+    assert_eq!(head.metadata.source, Some(CheckpointSource::Loop));
+}

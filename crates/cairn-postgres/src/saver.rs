@@ -1055,8 +1055,7 @@ fn encode_put(
         message: format!("checkpoint header: {e}"),
     })?;
     check_json("checkpoint header", &header)?;
-    metadata.check_nesting()?;
-    let metadata = serde_json::Value::Object(metadata.to_json());
+    let metadata = serde_json::Value::Object(metadata.normalized()?.to_json());
     check_json("metadata", &metadata)?;
     Ok((header, metadata, values))
 }

@@ -89,7 +89,7 @@ pub(crate) fn decode_header(raw: &[u8], location: &DataLocation) -> Result<Check
 }
 
 pub(crate) fn encode_metadata(metadata: &CheckpointMetadata) -> Result<Vec<u8>> {
-    metadata.check_nesting()?;
+    metadata.check()?;
     serde_json::to_vec(metadata).map_err(|e| Error::Encode {
         format: "json",
         message: format!("checkpoint metadata: {e}"),

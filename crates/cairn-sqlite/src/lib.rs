@@ -818,18 +818,16 @@ impl SqliteSaver {
 }
 
 /// The run id `metadata` names: its `run_id`, or a `run_id` string among the caller's own
-/// keys (where the runtime's metadata keys are merged in). Any other `run_id` key is
-/// refused: the `run_id` column holds one string, which reads hand back as `run_id`.
+/// keys (LangGraph's form). The metadata is [checked](CheckpointMetadata::check) first: a
+/// caller key named like a field, or a `run_id` key other than the run id, is refused.
 fn run_id_of(metadata: &CheckpointMetadata) -> Result<Option<&str>> {
-    match (metadata.run_id.as_deref(), metadata.extra.get("run_id")) {
-        (run_id, None) => Ok(run_id),
-        (None, Some(serde_json::Value::String(run_id))) => Ok(Some(run_id)),
-        (Some(run_id), Some(serde_json::Value::String(key))) if key == run_id => Ok(Some(run_id)),
-        (run_id, Some(key)) => Err(Error::InvalidArgument(format!(
-            "checkpoint metadata holds the key \"run_id\" ({key}) besides its run id \
-             ({run_id:?}); `run_id` is reserved for the run id: rename the key"
-        ))),
-    }
+    metadata.check()?;
+    Ok(
+        match (metadata.run_id.as_deref(), metadata.extra.get("run_id")) {
+            (None, Some(serde_json::Value::String(run_id))) => Some(run_id),
+            (run_id, _) => run_id,
+        },
+    )
 }
 
 /// Encodes `checkpoint` for [`ops::put`] (off the writer thread); also returns the config

@@ -638,6 +638,84 @@ pub async fn deeply_nested_metadata_is_refused_or_read_back(saver: &dyn Checkpoi
     }
 }
 
+/// A caller key named like a metadata field (`source`, `step`, `parents`, or a `run_id` other
+/// than the run id) is refused by `put` and `put_batch` with `InvalidArgument`, storing
+/// nothing: stored as one JSON object it would collide with the field and make the checkpoint
+/// unreadable or misfiled. A caller key `run_id` holding the run id (LangGraph's form) reads
+/// back as the run id, and `delete_for_runs` and the `run_id` filter find it.
+pub async fn metadata_keys_named_like_fields_are_refused(saver: &dyn CheckpointSaver) {
+    let tid = thread_id();
+    let base = md(Loop, 1);
+    let refused = [
+        base.clone().with("source", "slack"),
+        base.clone().with("step", 7),
+        base.clone().with("parents", json!({"": "x"})),
+        base.clone()
+            .with_run_id(unique("run"))
+            .with("run_id", "other"),
+        base.clone().with("run_id", 7),
+    ];
+    for meta in refused {
+        let result = saver
+            .put(
+                &cfg(&tid),
+                checkpoint(&[], &[]),
+                meta.clone(),
+                versions(&[]),
+            )
+            .await;
+        assert!(
+            matches!(result, Err(Error::InvalidArgument(_))),
+            "{meta:?}: expected InvalidArgument, got {result:?}"
+        );
+        let result = saver
+            .put_batch(vec![crate::PutRequest {
+                config: cfg(&tid),
+                writes: Vec::new(),
+                checkpoint: checkpoint(&[], &[]),
+                metadata: meta.clone(),
+                new_versions: versions(&[]),
+            }])
+            .await;
+        assert!(
+            matches!(result, Err(Error::InvalidArgument(_))),
+            "put_batch of {meta:?}: expected InvalidArgument, got {result:?}"
+        );
+    }
+    assert!(get(saver, &cfg(&tid)).await.is_none(), "nothing stored");
+
+    let run = unique("run");
+    let stored = saver
+        .put(
+            &cfg(&tid),
+            checkpoint(&[], &[]),
+            base.clone().with("run_id", run.as_str()),
+            versions(&[]),
+        )
+        .await
+        .expect("a run_id key holding a string is LangGraph's form of the run id");
+    let read = get_some(saver, &stored).await.metadata;
+    assert_eq!(
+        read,
+        base.clone().with_run_id(run.as_str()),
+        "read back as the run id"
+    );
+    assert_eq!(
+        list(saver, &query(&tid).filter("run_id", run.as_str()))
+            .await
+            .len(),
+        1
+    );
+    saver
+        .delete_for_runs(&[run])
+        .await
+        .expect("delete_for_runs");
+    assert!(
+        get(saver, &cfg(&tid)).await.is_none(),
+        "deleted with its run"
+    );
+}
+
 /// Values the codec did not make (raw bytes, a caller's own tag, zero-length data) are stored
 /// as given, in channels and in writes.
 pub async fn raw_values_roundtrip(saver: &dyn CheckpointSaver) {
