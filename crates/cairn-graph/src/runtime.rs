@@ -403,6 +403,26 @@ struct Unsaved {
     source: CheckpointSource,
 }
 
+impl Unsaved {
+    /// Stores the checkpoint of `channels` under this id, as a child of `parent`.
+    async fn save<S: State>(
+        self,
+        persister: &mut Persister<'_>,
+        parent: &CheckpointConfig,
+        channels: &mut Channels<S>,
+        spec: &Spec<S>,
+        codec: &ValueCodec,
+        meta_base: &CheckpointMetadata,
+    ) -> Result<CheckpointConfig> {
+        let (mut cp, new_versions) = channels.checkpoint(spec, codec)?;
+        cp.id = self.id;
+        let mut meta = meta_base.clone();
+        meta.source = Some(self.source);
+        meta.step = Some(self.step);
+        persister.put(parent, cp, meta, new_versions).await
+    }
+}
+
 impl<S: State> CompiledGraph<S> {
     pub(crate) fn build(
         graph: &StateGraph<S>,
@@ -701,7 +721,31 @@ impl<S: State> CompiledGraph<S> {
             None => (None, None),
         };
         let (tuple, cached_state) = tuple;
-        let replaying = config.checkpoint_id.is_some();
+        // A config naming a checkpoint replays it (time travel), unless it is a caller's
+        // resume addressed at the thread's latest checkpoint (the config `get_state` hands
+        // out): that is a resume as without an id, as in LangGraph, keeping the answers given
+        // and the writes of tasks that finished.
+        let resumes_head = match (&tuple, saver, &input) {
+            (Some(t), Some(saver), RunInput::Command(c))
+                if config.checkpoint_id.is_some() && c.resume.is_some() && nested.is_none() =>
+            {
+                let latest = CheckpointConfig {
+                    thread_id: thread_id.clone(),
+                    checkpoint_ns: config.checkpoint_ns.clone(),
+                    checkpoint_id: None,
+                };
+                saver
+                    .list(&cairn_checkpoint::ListQuery {
+                        limit: Some(1),
+                        ..cairn_checkpoint::ListQuery::from_config(&latest)
+                    })
+                    .await?
+                    .first()
+                    .is_some_and(|l| l.checkpoint.id == t.checkpoint.id)
+            }
+            _ => false,
+        };
+        let replaying = config.checkpoint_id.is_some() && !resumes_head;
         let (mut channels, mut step, mut current, mut pending) = match &tuple {
             Some(t) => (
                 Channels::load_with(spec, t, &codec, cached_state, None)?,
@@ -857,6 +901,16 @@ impl<S: State> CompiledGraph<S> {
             }
             if (step - first_step) as usize >= config.recursion_limit.saturating_add(1) {
                 if let Some(p) = &mut persister {
+                    // Durability exit saves a run stopped here as one that failed (LangGraph
+                    // saves on any exit), so the caller can raise the limit and go on.
+                    if let Some(u) = unsaved.take() {
+                        let parent = current.as_ref().unwrap_or(&thread_config);
+                        let at = u.step;
+                        let saved = u
+                            .save(p, parent, &mut channels, spec, &codec, &meta_base)
+                            .await?;
+                        debug_checkpoint(&sink, modes, at, &saved).await;
+                    }
                     p.settle().await?;
                 }
                 return Err(GraphError::RecursionLimit {
@@ -953,13 +1007,11 @@ impl<S: State> CompiledGraph<S> {
                     let target = match unsaved.take() {
                         Some(u) => {
                             let parent = current.as_ref().unwrap_or(&thread_config);
-                            let (mut cp, new_versions) = channels.checkpoint(spec, &codec)?;
-                            cp.id = u.id;
-                            let mut meta = meta_base.clone();
-                            meta.source = Some(u.source);
-                            meta.step = Some(u.step);
-                            let saved = p.put(parent, cp, meta, new_versions).await?;
-                            debug_checkpoint(&sink, modes, u.step, &saved).await;
+                            let at = u.step;
+                            let saved = u
+                                .save(p, parent, &mut channels, spec, &codec, &meta_base)
+                                .await?;
+                            debug_checkpoint(&sink, modes, at, &saved).await;
                             Some(saved)
                         }
                         None => current.clone(),
@@ -1117,13 +1169,11 @@ impl<S: State> CompiledGraph<S> {
         if let Some(p) = &mut persister {
             if let Some(u) = unsaved.take() {
                 let parent = current.as_ref().unwrap_or(&thread_config);
-                let (mut cp, new_versions) = channels.checkpoint(spec, &codec)?;
-                cp.id = u.id;
-                let mut meta = meta_base.clone();
-                meta.source = Some(u.source);
-                meta.step = Some(u.step);
-                let saved = p.put(parent, cp, meta, new_versions).await?;
-                debug_checkpoint(&sink, modes, u.step, &saved).await;
+                let at = u.step;
+                let saved = u
+                    .save(p, parent, &mut channels, spec, &codec, &meta_base)
+                    .await?;
+                debug_checkpoint(&sink, modes, at, &saved).await;
                 current = Some(saved);
             } else if changed_since_save {
                 let parent = current.as_ref().unwrap_or(&thread_config);
@@ -1407,8 +1457,12 @@ impl<S: State> CompiledGraph<S> {
                 });
             }
         }
-        // A resume map answers once.
+        // A resume answers the step it was given to, once: a resume map, and a value nothing
+        // took (given while nothing was pending) too, as in LangGraph, where it is a pending
+        // write of the checkpoint that step starts from. Left in place, it would answer an
+        // interrupt raised later in the run that nobody was asked.
         resume.map = None;
+        resume.null = None;
         outcomes
             .into_iter()
             .map(|o| {

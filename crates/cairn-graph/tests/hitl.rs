@@ -671,3 +671,130 @@ async fn command_goto_validation() {
         .unwrap_err();
     assert!(matches!(err, GraphError::UnknownNode { .. }), "{err}");
 }
+
+/// A resume addressed at the thread's latest checkpoint (the config `get_state` returns) is a
+/// resume, not time travel, as in LangGraph: the answers already given and the writes of
+/// tasks that finished are kept, and no fork checkpoint is written.
+#[tokio::test]
+async fn a_resume_addressed_at_the_latest_checkpoint_keeps_what_was_answered() {
+    let runs = counter();
+    let mut g = StateGraph::<Doc>::new();
+    let r = runs.clone();
+    g.add_sync_node("ask", move |_| {
+        bump(&r, "ask");
+        let first: String = interrupt_as("q1")?;
+        let second: String = interrupt_as("q2")?;
+        Ok(DocUpdate::default().log(vec![format!("{first}+{second}")]))
+    })
+    .add_edge(START, "ask")
+    .add_edge("ask", END);
+    let r = runs.clone();
+    g.add_sync_node("side", move |_| {
+        bump(&r, "side");
+        Ok(DocUpdate::default().n(1))
+    })
+    .add_edge(START, "side")
+    .add_edge("side", END);
+    let saver = Arc::new(InMemorySaver::new());
+    let app = g.compile(saver.clone()).unwrap();
+    let thread = || RunConfig::thread("head");
+    let out = app
+        .invoke_outcome(Some(DocUpdate::default()), thread())
+        .await
+        .unwrap();
+    assert_eq!(out.interrupts()[0].value, "q1");
+    let out = app
+        .invoke_command(Command::resume("a"), thread())
+        .await
+        .unwrap();
+    assert_eq!(out.interrupts()[0].value, "q2");
+    let before = saver.list(&ListQuery::thread("head")).await.unwrap().len();
+    let head = app.get_state(thread()).await.unwrap().unwrap();
+    let out = app
+        .invoke_command(Command::resume("b"), RunConfig::from(head.config))
+        .await
+        .unwrap();
+    assert!(!out.is_interrupted(), "{:?}", out.interrupts());
+    assert_eq!(out.state().log, ["a+b"]);
+    assert_eq!(out.state().n, 1);
+    assert_eq!(
+        count(&runs, "side"),
+        1,
+        "the finished sibling did not run again"
+    );
+    let history = saver.list(&ListQuery::thread("head")).await.unwrap();
+    assert!(
+        history
+            .iter()
+            .all(|t| t.metadata.source != Some(cairn_checkpoint::CheckpointSource::Fork)),
+        "no fork checkpoint"
+    );
+    assert_eq!(history.len(), before + 1, "one checkpoint: the step's");
+}
+
+/// A resume value given while nothing is pending is stored and ignored: it does not answer an
+/// interrupt raised later in the run (a human approval is not skipped).
+#[tokio::test]
+async fn a_resume_with_nothing_pending_answers_no_later_interrupt() {
+    let mut g = StateGraph::<Doc>::new();
+    g.add_sync_node("a", |_| Ok(DocUpdate::default().log(vec!["a".into()])))
+        .add_sync_node("b", |_| {
+            let ok: String = interrupt_as("confirm?")?;
+            Ok(DocUpdate::default().log(vec![format!("b:{ok}")]))
+        })
+        .add_edge(START, "a")
+        .add_edge("a", "b")
+        .add_edge("b", END);
+    let app = g.compile(Arc::new(InMemorySaver::new())).unwrap();
+    let cfg = || RunConfig::thread("nothing-pending").with_interrupt_before(["a"]);
+    let out = app
+        .invoke_outcome(Some(DocUpdate::default()), cfg())
+        .await
+        .unwrap();
+    assert!(out.is_interrupted());
+    let out = app
+        .invoke_command(Command::resume("yes"), RunConfig::thread("nothing-pending"))
+        .await
+        .unwrap();
+    assert!(out.is_interrupted(), "b must ask: {:?}", out.state().log);
+    assert_eq!(out.interrupts()[0].value, "confirm?");
+    let out = app
+        .invoke_command(
+            Command::resume("sure"),
+            RunConfig::thread("nothing-pending"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(out.state().log, ["a", "b:sure"]);
+}
+
+/// Durability exit saves the run when it stops on the recursion limit, as when a node fails
+/// (LangGraph saves on any exit): the caller can raise the limit and go on.
+#[tokio::test]
+async fn exit_durability_saves_a_run_stopped_by_the_recursion_limit() {
+    let mut g = StateGraph::<Doc>::new();
+    g.add_sync_node("inc", |_| Ok(DocUpdate::default().n(1)))
+        .add_edge(START, "inc")
+        .add_conditional_edges("inc", |s: &Doc| if s.n >= 5 { END } else { "inc" });
+    let saver = Arc::new(InMemorySaver::new());
+    let app = g.compile(saver.clone()).unwrap();
+    let cfg = |limit| {
+        RunConfig::thread("limit")
+            .with_durability(Durability::Exit)
+            .with_recursion_limit(limit)
+    };
+    let err = app
+        .invoke(Some(DocUpdate::default()), cfg(3))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, GraphError::RecursionLimit { .. }), "{err}");
+    let snap = app
+        .get_state(RunConfig::thread("limit"))
+        .await
+        .unwrap()
+        .expect("the stopped run was saved");
+    assert_eq!(snap.values.n, 3);
+    assert_eq!(snap.next, ["inc"]);
+    let out = app.invoke(None, cfg(10)).await.unwrap();
+    assert_eq!(out.n, 5);
+}
