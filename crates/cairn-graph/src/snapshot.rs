@@ -391,6 +391,11 @@ impl<S: State> CompiledGraph<S> {
     /// run, an older checkpoint's list items shared with the newer one are cloned, not
     /// decoded again (see [`State::decode_field_sharing`]). A checkpoint that cannot be
     /// decoded ends the stream with its error after every newer snapshot.
+    ///
+    /// A config naming a checkpoint (`checkpoint_id`) gives the history up to it: that
+    /// checkpoint, then the ones before it (nothing when the thread does not hold it).
+    /// LangGraph lists only the named checkpoint there; Cairn gives its history, as the
+    /// config of any snapshot then pages back from it.
     pub fn get_state_history(
         &self,
         config: impl Into<RunConfig>,
@@ -409,21 +414,24 @@ impl<S: State> CompiledGraph<S> {
             run_size: usize,
             page_size: usize,
             done: bool,
+            /// The checkpoint the config names, listed first; the pages after it are the
+            /// checkpoints before it.
+            first: Option<String>,
         }
         let config = config.into();
         let mut base = ListQuery::from_config(&config.checkpoint_config());
         base.checkpoint_id = None;
         base.filter = query.filter;
         // A checkpoint id in the config means "history up to and including it".
-        let before = match (&query.before, &config.checkpoint_id) {
-            (Some(b), _) => Some(b.clone()),
-            (None, Some(id)) => Some(successor_bound(id)),
-            (None, None) => None,
+        let first = match &query.before {
+            Some(_) => None,
+            None => config.checkpoint_id.clone(),
         };
         let cursor = Cursor {
             graph: self.clone(),
             base,
-            before,
+            before: query.before.clone(),
+            first,
             remaining: query.limit.unwrap_or(usize::MAX),
             page: Vec::new().into_iter(),
             ready: Vec::new().into_iter(),
@@ -457,6 +465,21 @@ impl<S: State> CompiledGraph<S> {
                 }
                 let saver = c.graph.require_saver("get_state_history")?.clone();
                 let mut q = c.base.clone();
+                if let Some(id) = c.first.take() {
+                    // The named checkpoint itself (a thread that does not hold it has no
+                    // history up to it), then the ones before it.
+                    q.checkpoint_id = Some(id.clone());
+                    q.filter = Default::default();
+                    q.limit = Some(1);
+                    let mut page = saver.list(&q).await?;
+                    if page.is_empty() {
+                        return Ok(None);
+                    }
+                    page.retain(|t| t.metadata.matches(&c.base.filter));
+                    c.page = page.into_iter();
+                    c.before = Some(id);
+                    continue;
+                }
                 q.before = c.before.clone();
                 let page_size = c.remaining.min(c.page_size);
                 c.page_size = HISTORY_PAGE_MAX;
@@ -582,10 +605,6 @@ impl<S: State> CompiledGraph<S> {
 }
 
 /// The smallest string greater than `id`, so `before` includes `id` itself.
-fn successor_bound(id: &str) -> String {
-    format!("{id}\u{0}")
-}
-
 /// The node that last updated the state at `tuple`, as LangGraph picks `as_node`.
 fn last_updated_node<S: State>(graph: &CompiledGraph<S>, tuple: &CheckpointTuple) -> Result<usize> {
     let spec = &graph.inner.spec;
