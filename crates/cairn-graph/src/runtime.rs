@@ -196,7 +196,7 @@ fn running() -> &'static Mutex<HashSet<RunKey>> {
 pub(crate) struct ThreadGuard(Option<RunKey>);
 
 impl ThreadGuard {
-    fn acquire(key: Option<RunKey>) -> Result<Self> {
+    pub(crate) fn acquire(key: Option<RunKey>) -> Result<Self> {
         if let Some(key) = &key {
             let mut set = running().lock().unwrap_or_else(|p| p.into_inner());
             if !set.insert(key.clone()) {

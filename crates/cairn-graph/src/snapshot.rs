@@ -504,7 +504,9 @@ impl<S: State> CompiledGraph<S> {
     /// the new checkpoint starts a branch and the old history stays intact.
     ///
     /// `as_node: None` picks the node that last updated the state (as LangGraph does), or
-    /// START on an empty thread. Returns the config of the new checkpoint.
+    /// START on an empty thread. Returns the config of the new checkpoint. Fails with
+    /// [`GraphError::ThreadBusy`] while a run of the thread is in progress in this process
+    /// (its update would be lost under the run's next checkpoints), as a second run does.
     pub async fn update_state(
         &self,
         config: impl Into<RunConfig>,
@@ -518,7 +520,9 @@ impl<S: State> CompiledGraph<S> {
             .clone()
             .ok_or_else(|| GraphError::InvalidArgument("update_state needs a thread id".into()))?;
         config.check_metadata()?;
-        let _guard_key = self.thread_key(&config);
+        // Not while a run of this thread (or its background writes) is in progress: the
+        // update would build on a head the run is about to supersede, and be lost.
+        let _guard = crate::runtime::ThreadGuard::acquire(self.thread_key(&config))?;
         let spec = &self.inner.spec;
         let cp_config = config.checkpoint_config();
         let tuple = saver.get_tuple(&cp_config).await?;

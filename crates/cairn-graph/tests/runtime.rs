@@ -306,6 +306,16 @@ async fn a_second_run_on_a_busy_thread_is_refused() {
         matches!(&err, GraphError::ThreadBusy { thread_id } if thread_id == "busy"),
         "{err}"
     );
+    // update_state too: it would build on a head the run is about to supersede.
+    let err = app
+        .update_state(
+            RunConfig::thread("busy"),
+            CounterUpdate::default().n(9),
+            None,
+        )
+        .await
+        .expect_err("busy");
+    assert!(matches!(&err, GraphError::ThreadBusy { .. }), "{err}");
     // Another thread is not affected.
     release.add_permits(1);
     let other = app
