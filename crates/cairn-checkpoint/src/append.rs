@@ -159,9 +159,17 @@ impl<'a> Header<'a> {
         if item_tag != TAG_MSGPACK && item_tag != TAG_JSON {
             return Err(malformed(format!("unknown item tag {item_tag:?}")));
         }
-        let count = count
+        let count: u64 = count
             .parse()
             .map_err(|_| malformed(format!("item count {count:?} is not a number")))?;
+        // Every item takes at least one byte, and items need a count: a damaged count
+        // would otherwise drop items or make a list header claim more than the bytes hold.
+        let items_len = (data.len() - at) as u64;
+        if count > items_len || (count == 0) != (items_len == 0) {
+            return Err(malformed(format!(
+                "item count {count} does not fit the {items_len} bytes of items"
+            )));
+        }
         Ok(Header {
             base,
             item_tag,
@@ -313,10 +321,12 @@ fn join(root: &TypedValue, appends: &[AppendValue]) -> Result<TypedValue> {
     let extra: usize = appends.iter().map(|a| a.items.len() + 1).sum();
     let mut out = BytesMut::with_capacity(parts.items.len() + extra + 5);
     if root.type_tag == TAG_MSGPACK {
-        let total = appends.iter().map(|a| a.count).sum::<u64>() + parts.count;
+        let total = appends
+            .iter()
+            .try_fold(parts.count, |sum, a| sum.checked_add(a.count));
         let mut header = Vec::with_capacity(5);
-        usize::try_from(total)
-            .ok()
+        total
+            .and_then(|total| usize::try_from(total).ok())
             .and_then(|total| put_msgpack_array_header(&mut header, total))
             .ok_or_else(|| malformed("more than 2^32 items in one list"))?;
         out.put_slice(&header);
@@ -649,20 +659,51 @@ impl ChannelChain {
 mod tests {
     use super::*;
 
+    fn append_of(count: u64, items: Vec<u8>) -> AppendValue {
+        AppendValue {
+            base: "00000000000000000000000000000009.2087fe69ce9d83b1".into(),
+            item_tag: TAG_MSGPACK.into(),
+            count,
+            items: Bytes::from(items),
+        }
+    }
+
     #[test]
     fn the_stored_form_round_trips_and_writes_counts_in_decimal() {
-        for count in [0, 7, 10, 12_345, u64::MAX] {
-            let value = AppendValue {
-                base: "00000000000000000000000000000009.2087fe69ce9d83b1".into(),
-                item_tag: TAG_MSGPACK.into(),
-                count,
-                items: Bytes::from_static(b"\xa1x"),
-            };
+        for count in [0u64, 7, 10, 12_345] {
+            // `count` positive fixints, one byte each.
+            let value = append_of(count, vec![1; count as usize]);
             let typed = value.to_typed();
             let header = format!("{MAGIC}\n{}\n{}\n{count}\n", value.base, value.item_tag);
             assert!(typed.data.starts_with(header.as_bytes()), "{count}");
             assert_eq!(AppendValue::parse(&typed).expect("parse"), Some(value));
         }
+    }
+
+    /// A damaged count is refused when the value is read, never trusted: one the items'
+    /// bytes cannot hold (u64::MAX once overflowed the joined list's item count), or none
+    /// over items that would then be dropped.
+    #[test]
+    fn counts_that_do_not_fit_their_items_are_refused() {
+        for (count, items) in [
+            (u64::MAX, b"\xa1x".to_vec()),
+            (3, b"\xa1x".to_vec()),
+            (0, b"\xa1x".to_vec()),
+            (1, Vec::new()),
+        ] {
+            let typed = append_of(count, items).to_typed();
+            let err = AppendValue::parse(&typed).expect_err("refused");
+            assert!(err.to_string().contains("does not fit"), "{count}: {err}");
+        }
+        // Read as a link of a chain too.
+        let codec = ValueCodec::default();
+        let mut chains = AppendChains::default();
+        chains.insert("m", "1", codec.encode(&vec!["a"]).expect("root"));
+        let mut link = append_of(u64::MAX, b"\xa1b".to_vec());
+        link.base = "1".into();
+        let head = link.to_typed();
+        chains.insert("m", "2", head.clone());
+        assert!(chains.resolve("m", "2", &head).is_err());
     }
 
     fn chain(codec: ValueCodec) -> (AppendChains, TypedValue) {

@@ -75,7 +75,9 @@ impl ChannelVersion {
     /// assert_eq!(a.to_storage_string()[33..], b.to_storage_string()[33..]);
     /// ```
     pub fn next_in_run(current: Option<&ChannelVersion>, run_suffix: u64) -> ChannelVersion {
-        let counter = current.map_or(0, ChannelVersion::counter) + 1;
+        // Saturating: a counter at i64::MAX (only damaged data holds one; the runtime
+        // refuses to go on from such a checkpoint) must not overflow.
+        let counter = current.map_or(0, ChannelVersion::counter).saturating_add(1);
         ChannelVersion::Str(format_version(counter, run_suffix))
     }
 

@@ -361,6 +361,10 @@ pub(crate) enum Versioner<'a> {
     },
 }
 
+/// The largest channel version counter a loaded checkpoint may hold (see
+/// [`Channels::load_with`]): 2^62, a margin no run of one step at a time reaches.
+const MAX_COUNTER: i64 = 1 << 62;
+
 impl<'a> Versioner<'a> {
     /// The versioner of a new run: `saver`'s versions with a fresh run suffix, or integers.
     pub(crate) fn for_run(saver: Option<&'a dyn cairn_checkpoint::CheckpointSaver>) -> Self {
@@ -375,7 +379,9 @@ impl<'a> Versioner<'a> {
 
     fn next(&self, current: Option<&ChannelVersion>) -> ChannelVersion {
         match self {
-            Versioner::Int => ChannelVersion::Int(current.map_or(0, ChannelVersion::counter) + 1),
+            Versioner::Int => {
+                ChannelVersion::Int(current.map_or(0, ChannelVersion::counter).saturating_add(1))
+            }
             Versioner::Saver { saver, run_suffix } => {
                 saver.get_next_version_in_run(current, *run_suffix)
             }
@@ -507,6 +513,22 @@ impl<S: State> Channels<S> {
             if newer {
                 ch.max_version = Some(version.clone());
             }
+        }
+        // Versions count steps, one at a time: a counter near the end of the integers is
+        // damage, and the next version could not be made above it.
+        if let Some(m) = ch
+            .max_version
+            .as_ref()
+            .filter(|m| m.counter() >= MAX_COUNTER)
+        {
+            return Err(GraphError::Checkpoint(CpError::corrupt(
+                tuple.location(None),
+                format!(
+                    "channel version {m} has a counter of {} (at most {MAX_COUNTER}): no \
+                     version can follow it",
+                    m.counter()
+                ),
+            )));
         }
         let mut state = S::default();
         for (name, value) in &cp.channel_values {

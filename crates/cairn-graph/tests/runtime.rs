@@ -1059,3 +1059,52 @@ async fn history_from_a_named_checkpoint_starts_there() {
         assert!(none.is_empty());
     }
 }
+
+/// A stored channel version whose counter no version can follow (damaged data) is reported
+/// as corrupt when a run loads it, instead of overflowing.
+#[tokio::test]
+async fn a_version_counter_at_the_end_of_the_integers_is_reported_not_overflowed() {
+    assert_eq!(
+        cairn_checkpoint::ChannelVersion::Int(i64::MAX)
+            .next()
+            .counter(),
+        i64::MAX,
+        "next saturates"
+    );
+    let mut g = StateGraph::<Counter>::new();
+    g.add_sync_node("inc", |s| Ok(CounterUpdate::default().n(s.n + 1)))
+        .add_edge(START, "inc")
+        .add_edge("inc", END);
+    let saver = memory();
+    let app = g.compile(saver.clone()).expect("compile");
+    let mut cp = Checkpoint::new();
+    let version = cairn_checkpoint::ChannelVersion::Int(i64::MAX);
+    cp.channel_values.insert(
+        "n".into(),
+        cairn_checkpoint::ValueCodec::default()
+            .encode(&1u64)
+            .expect("encode"),
+    );
+    cp.channel_versions.insert("n".into(), version.clone());
+    saver
+        .put(
+            &CheckpointConfig::thread("worn"),
+            cp,
+            cairn_checkpoint::CheckpointMetadata::new(CheckpointSource::Loop, 3),
+            [("n".to_owned(), version)].into(),
+        )
+        .await
+        .expect("put");
+    let err = app
+        .invoke(Some(CounterUpdate::default()), RunConfig::thread("worn"))
+        .await
+        .expect_err("refused");
+    assert!(
+        matches!(
+            &err,
+            GraphError::Checkpoint(cairn_checkpoint::Error::Corrupt { .. })
+        ),
+        "{err}"
+    );
+    assert!(err.to_string().contains("no version can follow"), "{err}");
+}
