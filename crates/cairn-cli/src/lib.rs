@@ -63,6 +63,25 @@
 
 #![warn(missing_docs)]
 
+/// `eprintln!` for messages to people that must not stop a command: a closed stderr (`2>&-`,
+/// or a pipe whose reader left) makes `eprintln!` panic, here the line is dropped.
+macro_rules! note {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+
+/// `eprint!` as [`note!`] is `eprintln!`.
+macro_rules! note_inline {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let mut err = std::io::stderr();
+        let _ = write!(err, $($arg)*);
+        let _ = err.flush();
+    }};
+}
+
 pub mod backend;
 pub mod cli;
 pub mod commands;

@@ -56,7 +56,7 @@ impl Progress {
         }
         self.draw(message);
         if self.terminal {
-            eprintln!();
+            note!();
         }
         self.drawn = false;
     }
@@ -64,7 +64,7 @@ impl Progress {
     /// Erases the line (terminal only) without a final message.
     pub fn clear(&mut self) {
         if self.enabled && self.terminal && self.drawn {
-            eprint!("\r\x1b[2K");
+            note_inline!("\r\x1b[2K");
             let _ = std::io::stderr().flush();
         }
         self.drawn = false;
@@ -72,11 +72,11 @@ impl Progress {
 
     fn draw(&mut self, message: &str) {
         if self.terminal {
-            eprint!("\r\x1b[2K{message}");
+            note_inline!("\r\x1b[2K{message}");
             let _ = std::io::stderr().flush();
             self.drawn = true;
         } else {
-            eprintln!("{message}");
+            note!("{message}");
         }
     }
 }

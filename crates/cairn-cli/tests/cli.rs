@@ -1053,3 +1053,50 @@ fn a_forked_demo_thread_continues_from_the_fork() {
     assert_eq!(code, 2);
     assert!(err.contains("--crash-after"), "{err}");
 }
+
+/// With `--json`, arguments clap refuses are one JSON object on stderr too (kind `usage`,
+/// exit code 2), like every other error.
+#[test]
+fn argument_errors_are_json_with_json() {
+    let (_dir, db, _) = setup();
+    for args in [
+        vec!["--json", "show"],
+        vec!["--json", "prune", "x", "--keep-latest", "--delete"],
+        vec!["--json", "history", "chat", "--limit", "many"],
+    ] {
+        let o = cairn(&db, &args);
+        assert_eq!(o.status.code(), Some(2), "{args:?}");
+        let err = stderr(&o);
+        let v: Value = serde_json::from_str(err.trim())
+            .unwrap_or_else(|e| panic!("{args:?}: not JSON ({e}): {err}"));
+        assert_eq!(v["kind"], "usage");
+        assert!(!v["error"].as_str().unwrap_or_default().is_empty(), "{v}");
+    }
+    let o = cairn(&db, &["show"]);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(stderr(&o).contains("Usage:"), "clap's text without --json");
+}
+
+/// A closed stderr (its reader gone) does not stop the demo half-way: the progress lines
+/// are dropped and the run completes.
+#[test]
+fn demo_runs_to_the_end_with_stderr_closed() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("demo.db");
+    let mut child = Command::new(BIN)
+        .arg("--db")
+        .arg(&db)
+        .args(["demo", "--delay-ms", "20"])
+        .env_remove("CAIRN_DB")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    drop(child.stderr.take());
+    let out = child.wait_with_output().expect("wait");
+    assert!(out.status.success(), "{:?}", out.status);
+    assert_eq!(
+        steps(&json_ok(&db, &["history", "demo"])),
+        [5, 4, 3, 2, 1, 0, -1]
+    );
+}

@@ -120,12 +120,12 @@ where
         async move {
             let task = current_task();
             if let Some(task) = &task {
-                eprintln!("step {:>2}  ▸ {}", task.step, task.name);
+                note!("step {:>2}  ▸ {}", task.step, task.name);
             }
             tokio::time::sleep(delay).await;
             let update = work(&s);
             if let Some(task) = &task {
-                eprintln!(
+                note!(
                     "step {:>2}  ✓ {:<18} {}",
                     task.step,
                     task.name,
@@ -331,16 +331,16 @@ impl CheckpointSaver for Narrator {
         match source {
             Some(CheckpointSource::Loop) => {
                 if previous == Some(CheckpointSource::Input) {
-                    eprintln!("step {step:>2}  ✓ start              input routed to plan");
+                    note!("step {step:>2}  ✓ start              input routed to plan");
                 }
-                eprintln!("step {step:>2}  ⤷ checkpoint {id} saved");
+                note!("step {step:>2}  ⤷ checkpoint {id} saved");
                 let n = self.loops.fetch_add(1, Ordering::SeqCst) + 1;
                 if self.crash_after == Some(n) {
                     crash(n);
                 }
             }
-            Some(other) => eprintln!("step {step:>2}  ⤷ {} checkpoint {id} saved", other.as_str()),
-            None => eprintln!("step {step:>2}  ⤷ checkpoint {id} saved"),
+            Some(other) => note!("step {step:>2}  ⤷ {} checkpoint {id} saved", other.as_str()),
+            None => note!("step {step:>2}  ⤷ checkpoint {id} saved"),
         }
         Ok(stored)
     }
@@ -422,7 +422,7 @@ fn graph_error(e: GraphError) -> CliError {
 
 /// Kills this process as a crash would: no destructors, no flushing.
 fn crash(steps: u64) -> ! {
-    eprintln!(
+    note!(
         "💥 simulated crash after {steps} super-step{} (the process kills itself); run `cairn demo` again to resume",
         if steps == 1 { "" } else { "s" }
     );
@@ -471,7 +471,7 @@ pub async fn run(ctx: &Ctx, args: &DemoArgs, out: &mut dyn Write) -> Result<()> 
     refuse_other_threads(store.saver.as_ref(), thread, &store.name).await?;
     if args.fresh {
         store.saver.delete_thread(thread).await?;
-        eprintln!("deleted thread {thread:?} (--fresh)");
+        note!("deleted thread {thread:?} (--fresh)");
     }
     let snapshot = app
         .get_state(RunConfig::thread(thread))
@@ -479,9 +479,10 @@ pub async fn run(ctx: &Ctx, args: &DemoArgs, out: &mut dyn Write) -> Result<()> 
         .map_err(graph_error)?;
     let (mode, input, edition, resumed_from) = match &snapshot {
         None => {
-            eprintln!(
+            note!(
                 "cairn demo: new run on thread {thread:?} in {}: an article about {:?}",
-                store.name, args.topic
+                store.name,
+                args.topic
             );
             let input = ArticleUpdate::default()
                 .topic(args.topic.clone())
@@ -495,7 +496,7 @@ pub async fn run(ctx: &Ctx, args: &DemoArgs, out: &mut dyn Write) -> Result<()> 
         }
         Some(s) => {
             let edition = s.values.edition + 1;
-            eprintln!(
+            note!(
                 "thread {thread:?} finished its last run (edition {}); starting edition {edition} on the same thread (--fresh starts over)",
                 s.values.edition
             );
@@ -532,7 +533,7 @@ pub async fn run(ctx: &Ctx, args: &DemoArgs, out: &mut dyn Write) -> Result<()> 
 }
 
 fn println_resume(thread: &str, from: i64, s: &cairn_graph::StateSnapshot<Article>) {
-    eprintln!("resuming thread {thread} from step {from}");
+    note!("resuming thread {thread} from step {from}");
     let done: Vec<&str> = s
         .tasks
         .iter()
@@ -546,10 +547,10 @@ fn println_resume(thread: &str, from: i64, s: &cairn_graph::StateSnapshot<Articl
         .map(|t| t.name.as_str())
         .collect();
     if !todo.is_empty() {
-        eprintln!("  to run: {}", todo.join(", "));
+        note!("  to run: {}", todo.join(", "));
     }
     if !done.is_empty() {
-        eprintln!(
+        note!(
             "  already done before the crash (saved writes, not run again): {}",
             done.join(", ")
         );
