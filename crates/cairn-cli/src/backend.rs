@@ -50,6 +50,7 @@ impl Location {
     /// assert!(matches!(Location::parse("./cairn.db").unwrap(), Location::SqliteFile(_)));
     /// assert!(matches!(Location::parse("sqlite:/tmp/x.db").unwrap(), Location::SqliteFile(_)));
     /// assert!(Location::parse("mysql://localhost/db").is_err());
+    /// assert_eq!(Location::parse(":memory:").unwrap(), Location::SqliteMemory);
     /// ```
     pub fn parse(value: &str) -> Result<Location> {
         let value = value.trim();
@@ -58,6 +59,10 @@ impl Location {
                 "empty --db value; give a SQLite path or a URL (sqlite:, postgres://, redis://, memory:)"
                     .into(),
             ));
+        }
+        // SQLite's own name for a private in-memory database, not a file name.
+        if value == ":memory:" {
+            return Ok(Location::SqliteMemory);
         }
         let Some(scheme) = scheme_of(value) else {
             return Ok(Location::SqliteFile(PathBuf::from(value)));

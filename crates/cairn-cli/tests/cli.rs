@@ -684,6 +684,20 @@ fn migrate_copies_threads_exactly_and_is_resumable() {
     );
     assert_eq!(code, 2);
     assert!(err.contains("same database"), "{err}");
+    // The same file spelled another way, and targets that vanish, are refused too.
+    let dotted = dir.path().join(".").join(db.file_name().unwrap());
+    for (to, says) in [
+        (dotted.to_str().unwrap(), "same database"),
+        ("memory:", "in-memory"),
+        (":memory:", "in-memory"),
+    ] {
+        let (code, err) = fails(
+            &db,
+            &["migrate", "--from", db.to_str().unwrap(), "--to", to],
+        );
+        assert_eq!(code, 2, "{to}");
+        assert!(err.contains(says), "{to}: {err}");
+    }
 }
 
 /// Migrates seeded threads from SQLite to the server at `url` and back to a new SQLite
@@ -1099,4 +1113,51 @@ fn demo_runs_to_the_end_with_stderr_closed() {
         steps(&json_ok(&db, &["history", "demo"])),
         [5, 4, 3, 2, 1, 0, -1]
     );
+}
+
+/// A migration stopped between storing a checkpoint and its pending writes (separate calls)
+/// is completed by running it again: the writes the target lacks are copied.
+#[test]
+fn migrate_again_copies_writes_a_stopped_migration_left_out() {
+    let (dir, db, _) = setup();
+    let target = dir.path().join("target.db");
+    runtime().block_on(async {
+        let a = SqliteSaver::open(&db).unwrap();
+        let b = SqliteSaver::open(&target).unwrap();
+        // The checkpoints of "chat" without their writes, as a stopped migration leaves them.
+        let history = dump(&a, "chat").await;
+        assert!(history.iter().any(|t| !t.pending_writes.is_empty()));
+        for t in history {
+            let parent = t.parent_config.clone().unwrap_or(CheckpointConfig {
+                checkpoint_id: None,
+                ..t.config.clone()
+            });
+            let versions = t.checkpoint.channel_versions.clone();
+            b.put(&parent, t.checkpoint, t.metadata, versions)
+                .await
+                .unwrap();
+        }
+    });
+    let v = json_ok(
+        &db,
+        &[
+            "migrate",
+            "--from",
+            db.to_str().unwrap(),
+            "--to",
+            target.to_str().unwrap(),
+            "--thread",
+            "chat",
+        ],
+    );
+    assert_eq!(v["totals"]["copied"], 0, "{v}");
+    runtime().block_on(async {
+        let a = SqliteSaver::open(&db).unwrap();
+        let b = SqliteSaver::open(&target).unwrap();
+        let (x, y) = (dump(&a, "chat").await, dump(&b, "chat").await);
+        assert_eq!(x.len(), y.len());
+        for (x, y) in x.iter().zip(&y) {
+            assert_eq!(x.pending_writes, y.pending_writes, "{}", x.checkpoint.id);
+        }
+    });
 }

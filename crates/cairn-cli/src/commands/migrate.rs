@@ -6,8 +6,9 @@
 //! stores only the channels whose version changed, and a list that grew as an append value
 //! holding the new items (`append_diff`), so a long conversation stays linear in size in the
 //! target too; other checkpoints store every channel whole. Checkpoints already present in the
-//! target (same thread, namespace and id) are skipped, so an interrupted migration can
-//! simply be run again. Pending writes are re-saved per task in their stored order (a
+//! target (same thread, namespace and id) are skipped, but for pending writes the target
+//! lacks (a migration stopped between a checkpoint and its writes), so an interrupted
+//! migration can simply be run again. Pending writes are re-saved per task in their stored order (a
 //! task's writes that were saved in several calls get consecutive indexes).
 //!
 //! A progress line goes to stderr (`migrated 120/600 checkpoints of 3 threads`).
@@ -145,20 +146,27 @@ impl RecentValues {
     }
 }
 
-/// Copies one checkpoint with its pending writes; `Ok(None)` if the target already has it.
+/// Copies one checkpoint with its pending writes; `Ok(None)` if the target already has it
+/// (then only writes it lacks are copied: a migration stopped between storing a checkpoint
+/// and its writes, which are separate calls, left them out).
 async fn copy_one(
     source: &dyn CheckpointSaver,
     target: &dyn CheckpointSaver,
     config: &CheckpointConfig,
     recent: &mut RecentValues,
 ) -> Result<Option<usize>> {
-    if target.get_tuple(config).await?.is_some() {
-        return Ok(None);
-    }
+    let present = target.get_tuple(config).await?;
     let Some(t) = source.get_tuple(config).await? else {
         // Deleted from the source while migrating: nothing to copy.
         return Ok(None);
     };
+    if let Some(present) = present {
+        if present.pending_writes.len() < t.pending_writes.len() {
+            // Saving writes again is idempotent: a write the target has stays as it is.
+            put_pending_writes(target, &present.config, t.pending_writes).await?;
+        }
+        return Ok(None);
+    }
     let parent_id = t
         .parent_config
         .as_ref()
@@ -199,15 +207,25 @@ async fn copy_one(
         recent.remember(ns, id, whole);
     }
     let n = t.pending_writes.len();
-    // Consecutive writes of one task go in one call, keeping their order.
+    put_pending_writes(target, &stored, t.pending_writes).await?;
+    Ok(Some(n))
+}
+
+/// Saves `writes` (a checkpoint's pending writes, in their stored order) against `stored`:
+/// consecutive writes of one task go in one call, keeping their order.
+async fn put_pending_writes(
+    target: &dyn CheckpointSaver,
+    stored: &CheckpointConfig,
+    writes: Vec<cairn_checkpoint::PendingWrite>,
+) -> Result<()> {
     let mut group: Vec<(String, TypedValue)> = Vec::new();
     let mut current: Option<(String, String)> = None;
-    for w in t.pending_writes {
+    for w in writes {
         let key = (w.task_id.clone(), w.task_path.clone());
         if current.as_ref().is_some_and(|c| *c != key) {
             if let Some((task, path)) = current.take() {
                 target
-                    .put_writes(&stored, std::mem::take(&mut group), &task, &path)
+                    .put_writes(stored, std::mem::take(&mut group), &task, &path)
                     .await?;
             }
         }
@@ -215,18 +233,40 @@ async fn copy_one(
         group.push((w.channel, w.value));
     }
     if let Some((task, path)) = current {
-        target.put_writes(&stored, group, &task, &path).await?;
+        target.put_writes(stored, group, &task, &path).await?;
     }
-    Ok(Some(n))
+    Ok(())
+}
+
+/// Whether two SQLite locations are one file under two spellings (`f.db`, `./f.db`, an
+/// absolute path, a link).
+fn same_file(a: &Location, b: &Location) -> bool {
+    match (a, b) {
+        (Location::SqliteFile(a), Location::SqliteFile(b)) => {
+            match (std::fs::canonicalize(a), std::fs::canonicalize(b)) {
+                (Ok(a), Ok(b)) => a == b,
+                // A target that does not exist yet is another file.
+                _ => false,
+            }
+        }
+        _ => false,
+    }
 }
 
 /// Runs `cairn migrate`.
 pub async fn run(ctx: &Ctx, args: &MigrateArgs, out: &mut dyn Write) -> Result<()> {
     let from_loc = Location::parse(&args.from)?;
     let to_loc = Location::parse(&args.to)?;
-    if from_loc == to_loc && !matches!(from_loc, Location::Memory | Location::SqliteMemory) {
+    if from_loc == to_loc || same_file(&from_loc, &to_loc) {
         return Err(CliError::Usage(
             "--from and --to name the same database; migrate into another one".into(),
+        ));
+    }
+    if matches!(to_loc, Location::Memory | Location::SqliteMemory) {
+        return Err(CliError::Usage(
+            "--to is an in-memory database, gone when the command ends; give a file or a \
+             server URL"
+                .into(),
         ));
     }
     if matches!(from_loc, Location::Memory | Location::SqliteMemory) {
