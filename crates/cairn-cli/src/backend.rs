@@ -179,7 +179,12 @@ pub async fn open(value: &str, mode: Mode) -> Result<Store> {
             if path.is_dir() {
                 return Err(open_error("it is a directory, not a SQLite file".into()));
             }
-            Arc::new(SqliteSaver::open(&path).map_err(|e| open_error(e.to_string()))?)
+            let saver = match mode {
+                // Inspecting: a file that is not a Cairn database is refused untouched.
+                Mode::Existing => SqliteSaver::open_existing(&path),
+                Mode::Create => SqliteSaver::open(&path),
+            };
+            Arc::new(saver.map_err(|e| open_error(e.to_string()))?)
         }
         Location::SqliteMemory => {
             Arc::new(SqliteSaver::in_memory().map_err(|e| open_error(e.to_string()))?)

@@ -1161,3 +1161,39 @@ fn migrate_again_copies_writes_a_stopped_migration_left_out() {
         }
     });
 }
+
+/// Inspecting commands refuse a file that is not a Cairn database (empty, not SQLite, or
+/// another program's SQLite database) and leave it exactly as it was: no tables created, no
+/// switch to WAL.
+#[test]
+fn inspecting_leaves_files_that_are_not_cairn_databases_untouched() {
+    let dir = tempfile::tempdir().unwrap();
+    let empty = dir.path().join("empty.db");
+    std::fs::write(&empty, b"").unwrap();
+    let text = dir.path().join("notes.db");
+    std::fs::write(&text, b"just some notes\n").unwrap();
+    let other = dir.path().join("other.db");
+    {
+        let conn = rusqlite::Connection::open(&other).unwrap();
+        conn.execute_batch("CREATE TABLE checkpoints (thread_id TEXT, checkpoint BLOB);")
+            .unwrap();
+    }
+    for (file, says) in [
+        (&empty, "is empty"),
+        (&text, "not a SQLite database"),
+        (&other, "not a Cairn one"),
+    ] {
+        let before = std::fs::read(file).unwrap();
+        for args in [vec!["threads"], vec!["history", "t"], vec!["show", "t"]] {
+            let (code, err) = fails(file, &args);
+            assert_eq!(code, 1, "{args:?}");
+            assert!(err.contains(says), "{}: {err}", file.display());
+        }
+        assert_eq!(std::fs::read(file).unwrap(), before, "{}", file.display());
+    }
+    let names: Vec<String> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(names.len(), 3, "no -wal or -shm files: {names:?}");
+}

@@ -505,6 +505,61 @@ impl SqliteSaver {
         SqliteSaver::open_with(path, SqliteOptions::default())
     }
 
+    /// Opens the Cairn database file at `path` with default options, refusing to make one: a
+    /// missing file, an empty one, a file that is not SQLite, or a SQLite database without
+    /// Cairn's tables (LangGraph's, say) is an [`Error::InvalidArgument`] that says which,
+    /// and the file is left as it was (it is looked at read-only first). For tools that
+    /// inspect databases, where a mistyped path should not become a new empty database. An
+    /// older Cairn schema is brought up to date, as [`open`](Self::open) does.
+    ///
+    /// ```
+    /// let dir = tempfile::tempdir().unwrap();
+    /// let path = dir.path().join("typo.db");
+    /// assert!(cairn_sqlite::SqliteSaver::open_existing(&path).is_err());
+    /// assert!(!path.exists(), "nothing created");
+    /// ```
+    pub fn open_existing(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref();
+        let shown = path.display();
+        if !path.is_file() {
+            return Err(Error::InvalidArgument(format!(
+                "{shown} is not a file: no Cairn database there"
+            )));
+        }
+        if std::fs::metadata(path).is_ok_and(|m| m.len() == 0) {
+            return Err(Error::InvalidArgument(format!(
+                "{shown} is empty, not a Cairn database"
+            )));
+        }
+        let conn = Connection::open_with_flags(
+            path,
+            OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )
+        .map_err(sql_error(format!("opening {shown} read-only")))?;
+        let tables: Vec<String> = conn
+            .prepare("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")
+            .and_then(|mut stmt| {
+                stmt.query_map([], |row| row.get::<_, String>(0))?
+                    .collect::<rusqlite::Result<_>>()
+            })
+            .map_err(|e| {
+                Error::InvalidArgument(format!("{shown} is not a SQLite database ({e})"))
+            })?;
+        drop(conn);
+        if !tables.iter().any(|t| t == "cairn_migrations") {
+            let holds = if tables.is_empty() {
+                "no tables".to_owned()
+            } else {
+                format!("tables {}", tables.join(", "))
+            };
+            return Err(Error::InvalidArgument(format!(
+                "{shown} is a SQLite database but not a Cairn one (it holds {holds}; Cairn's \
+                 have a cairn_migrations table): left as it is"
+            )));
+        }
+        SqliteSaver::open(path)
+    }
+
     /// Opens the database file at `path` with `options`.
     pub fn open_with(path: impl AsRef<Path>, options: SqliteOptions) -> Result<Self> {
         let path = path.as_ref().to_path_buf();
