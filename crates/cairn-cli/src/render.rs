@@ -248,6 +248,21 @@ pub fn version(v: &ChannelVersion) -> String {
     format!("v{}", v.counter())
 }
 
+/// `n` and `word`, plural unless `n` is 1: `count(1, "thread")` is "1 thread".
+///
+/// ```
+/// assert_eq!(cairn_cli::render::count(1, "thread"), "1 thread");
+/// assert_eq!(cairn_cli::render::count(0, "checkpoint"), "0 checkpoints");
+/// ```
+pub fn count(n: impl Into<u64>, word: &str) -> String {
+    let n = n.into();
+    if n == 1 {
+        format!("1 {word}")
+    } else {
+        format!("{n} {word}s")
+    }
+}
+
 /// A byte count for people (`812 B`, `4.2 KiB`, `3.0 MiB`).
 pub fn size(bytes: usize) -> String {
     const KIB: f64 = 1024.0;

@@ -928,6 +928,10 @@ fn demo_crashes_resumes_and_starts_new_editions() {
     }
     let err = stderr(&o);
     assert!(err.contains("simulated crash after 3 super-steps"), "{err}");
+    assert!(
+        err.contains(&format!("run `cairn --db {} demo` to resume", db.display())),
+        "says how to resume this very run: {err}"
+    );
     assert!(err.contains("step  2  ✓ research_risks"), "{err}");
     // In durability async the run may have gone on past step 2 (its nodes take no time
     // here) before the process died: what it did after the last stored checkpoint is lost

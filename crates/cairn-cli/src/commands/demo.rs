@@ -275,15 +275,18 @@ fn describe(update: &ArticleUpdate) -> String {
 struct Narrator {
     inner: Arc<dyn CheckpointSaver>,
     crash_after: Option<u64>,
+    /// The command that resumes the run, for the crash message.
+    rerun: String,
     loops: AtomicU64,
     last_source: Mutex<Option<CheckpointSource>>,
 }
 
 impl Narrator {
-    fn new(inner: Arc<dyn CheckpointSaver>, crash_after: Option<u64>) -> Self {
+    fn new(inner: Arc<dyn CheckpointSaver>, crash_after: Option<u64>, rerun: String) -> Self {
         Narrator {
             inner,
             crash_after,
+            rerun,
             loops: AtomicU64::new(0),
             last_source: Mutex::new(None),
         }
@@ -336,7 +339,7 @@ impl CheckpointSaver for Narrator {
                 note!("step {step:>2}  ⤷ checkpoint {id} saved");
                 let n = self.loops.fetch_add(1, Ordering::SeqCst) + 1;
                 if self.crash_after == Some(n) {
-                    crash(n);
+                    crash(n, &self.rerun);
                 }
             }
             Some(other) => note!("step {step:>2}  ⤷ {} checkpoint {id} saved", other.as_str()),
@@ -421,9 +424,9 @@ fn graph_error(e: GraphError) -> CliError {
 }
 
 /// Kills this process as a crash would: no destructors, no flushing.
-fn crash(steps: u64) -> ! {
+fn crash(steps: u64, rerun: &str) -> ! {
     note!(
-        "💥 simulated crash after {steps} super-step{} (the process kills itself); run `cairn demo` again to resume",
+        "💥 simulated crash after {steps} super-step{} (the process kills itself); run `{rerun}` to resume",
         if steps == 1 { "" } else { "s" }
     );
     #[cfg(unix)]
@@ -455,6 +458,25 @@ async fn refuse_other_threads(saver: &dyn CheckpointSaver, thread: &str, db: &st
     )))
 }
 
+/// ` --db <db>` when the database is not the demo's default, for commands shown to people.
+fn db_option(ctx: &Ctx) -> String {
+    if ctx.db == "./cairn-demo.db" {
+        String::new()
+    } else {
+        format!(" --db {}", shell_word(&ctx.db))
+    }
+}
+
+/// The command that runs the demo again on the same database and thread.
+fn rerun_command(ctx: &Ctx, thread: &str) -> String {
+    let thread = if thread == "demo" {
+        String::new()
+    } else {
+        format!(" --thread {}", shell_word(thread))
+    };
+    format!("cairn{} demo{thread}", db_option(ctx))
+}
+
 /// Runs `cairn demo`.
 pub async fn run(ctx: &Ctx, args: &DemoArgs, out: &mut dyn Write) -> Result<()> {
     if args.crash_after == Some(0) {
@@ -463,7 +485,11 @@ pub async fn run(ctx: &Ctx, args: &DemoArgs, out: &mut dyn Write) -> Result<()> 
         ));
     }
     let store = open(&ctx.db, Mode::Create).await?;
-    let narrator = Arc::new(Narrator::new(store.saver.clone(), args.crash_after));
+    let narrator = Arc::new(Narrator::new(
+        store.saver.clone(),
+        args.crash_after,
+        rerun_command(ctx, &args.thread),
+    ));
     let app: CompiledGraph<Article> = build_graph(Duration::from_millis(args.delay_ms))
         .compile(narrator.clone())
         .map_err(graph_error)?;
@@ -582,11 +608,7 @@ fn print_human(r: &DemoReport, state: &Article, ctx: &Ctx, out: &mut dyn Write) 
     }
     writeln!(out)?;
     history::print_human(&r.history, out)?;
-    let db = if ctx.db == "./cairn-demo.db" {
-        String::new()
-    } else {
-        format!(" --db {}", shell_word(&ctx.db))
-    };
+    let db = db_option(ctx);
     let t = shell_word(&r.thread_id);
     writeln!(out)?;
     writeln!(out, "Inspect it:")?;

@@ -36,6 +36,7 @@ use crate::cli::MigrateArgs;
 use crate::error::{CliError, Result};
 use crate::paging::{require_thread, Pager};
 use crate::progress::Progress;
+use crate::render;
 
 /// What was copied of one thread.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -321,7 +322,10 @@ pub async fn run(ctx: &Ctx, args: &MigrateArgs, out: &mut dyn Write) -> Result<(
             }
             done += 1;
             progress.update(|| {
-                format!("migrated {done}/{total} checkpoints of {thread_count} threads")
+                format!(
+                    "migrated {done}/{total} checkpoints of {}",
+                    render::count(thread_count as u64, "thread")
+                )
             });
         }
         report.totals.copied += stats.copied;
@@ -330,7 +334,8 @@ pub async fn run(ctx: &Ctx, args: &MigrateArgs, out: &mut dyn Write) -> Result<(
         report.threads.push(stats);
     }
     progress.finish(&format!(
-        "migrated {done}/{total} checkpoints of {thread_count} threads"
+        "migrated {done}/{total} checkpoints of {}",
+        render::count(thread_count as u64, "thread")
     ));
     report.elapsed_ms = started.elapsed().as_millis();
     if ctx.json {

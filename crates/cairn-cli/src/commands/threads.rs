@@ -154,14 +154,16 @@ fn print_human(report: &ThreadsReport, db: &str, out: &mut dyn Write) -> Result<
     if shown < report.total_threads {
         writeln!(
             out,
-            "({shown} of {} threads shown; {} checkpoints in all)",
-            report.total_threads, report.total_checkpoints
+            "({shown} of {} shown; {} in all)",
+            render::count(report.total_threads as u64, "thread"),
+            render::count(report.total_checkpoints, "checkpoint")
         )?;
     } else {
         writeln!(
             out,
-            "({} threads, {} checkpoints)",
-            report.total_threads, report.total_checkpoints
+            "({}, {})",
+            render::count(report.total_threads as u64, "thread"),
+            render::count(report.total_checkpoints, "checkpoint")
         )?;
     }
     Ok(())
