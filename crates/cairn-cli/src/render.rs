@@ -251,8 +251,8 @@ pub fn version(v: &ChannelVersion) -> String {
 /// `n` and `word`, plural unless `n` is 1: `count(1, "thread")` is "1 thread".
 ///
 /// ```
-/// assert_eq!(cairn_cli::render::count(1, "thread"), "1 thread");
-/// assert_eq!(cairn_cli::render::count(0, "checkpoint"), "0 checkpoints");
+/// assert_eq!(cairn_cli::render::count(1u32, "thread"), "1 thread");
+/// assert_eq!(cairn_cli::render::count(0u32, "checkpoint"), "0 checkpoints");
 /// ```
 pub fn count(n: impl Into<u64>, word: &str) -> String {
     let n = n.into();
