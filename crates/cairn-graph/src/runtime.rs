@@ -782,6 +782,9 @@ impl<S: State> CompiledGraph<S> {
         // 2. Input.
         let command = match input {
             RunInput::Update(input) => {
+                // A caller's update stored on the head and not applied by a run yet (a
+                // command on a finished thread) applies first, as in LangGraph.
+                self.apply_null_writes(&mut channels, &pending, &versioner)?;
                 // Unfinished tasks of the previous run are discarded, as in LangGraph.
                 let current_id = current
                     .as_ref()
@@ -1216,6 +1219,36 @@ impl<S: State> CompiledGraph<S> {
         result
     }
 
+    /// Applies the writes of no task (a caller's update/goto, `NULL_TASK_ID`) among
+    /// `pending` to `channels`, oldest first.
+    fn apply_null_writes(
+        &self,
+        channels: &mut Channels<S>,
+        pending: &[PendingWrite],
+        versioner: &crate::channels::Versioner<'_>,
+    ) -> Result<()> {
+        let spec = &self.inner.spec;
+        let task = Task {
+            node: 0,
+            path: String::new(),
+            triggers: Vec::new(),
+            // Not read when applying writes; a shared state here would force a copy.
+            input: Arc::new(S::default()),
+            id: String::new(),
+        };
+        // One at a time, in the order they were given: two commands' updates of one field
+        // both go through its reducer (an append keeps both, a replace the later), where
+        // decoding them together would keep only the last.
+        for w in pending
+            .iter()
+            .filter(|w| w.task_id == NULL_TASK_ID && !is_special(&w.channel))
+        {
+            let writes = TaskWrites::decode(spec, [(w.channel.as_str(), &w.value)], &self.codec)?;
+            channels.apply_writes(spec, vec![(&task, writes)], None, false, versioner)?;
+        }
+        Ok(())
+    }
+
     /// Applies a caller's command before the run continues: saves resume values and the
     /// update/goto as writes of no task (`NULL_TASK_ID`), then applies every such write.
     async fn apply_command(
@@ -1273,19 +1306,26 @@ impl<S: State> CompiledGraph<S> {
                     "no checkpoint to apply the command to".into(),
                 ));
             };
-            saver
-                .put_writes(config, null_writes.clone(), NULL_TASK_ID, "")
-                .await?;
-            // The saver replaces a special write and ignores an already stored regular
-            // one; mirror that in the writes this run sees.
+            // Writes of no task accumulate, as in LangGraph: the savers key a regular write
+            // by its position in its call, so the ones already stored go first (kept as they
+            // are) and this command's follow them, at positions of their own; a second
+            // command's update is not taken for the first's and dropped.
+            let mut to_save: Vec<(String, TypedValue)> = pending
+                .iter()
+                .filter(|w| w.task_id == NULL_TASK_ID && !is_special(&w.channel))
+                .map(|w| (w.channel.clone(), w.value.clone()))
+                .collect();
+            to_save.extend(null_writes.iter().cloned());
+            saver.put_writes(config, to_save, NULL_TASK_ID, "").await?;
+            // The saver replaces a special write and appends the new regular ones; mirror
+            // that in the writes this run sees.
             for (channel, value) in null_writes {
                 let existing = pending
                     .iter_mut()
                     .find(|w| w.task_id == NULL_TASK_ID && w.channel == channel);
                 match existing {
                     Some(w) if is_special(&channel) => w.value = value,
-                    Some(_) => {}
-                    None => pending.push(PendingWrite {
+                    _ => pending.push(PendingWrite {
                         task_id: NULL_TASK_ID.to_owned(),
                         channel,
                         value,
@@ -1295,26 +1335,7 @@ impl<S: State> CompiledGraph<S> {
             }
         }
         // Writes of no task (a caller's update/goto) apply before the next step.
-        let null: Vec<&PendingWrite> = pending
-            .iter()
-            .filter(|w| w.task_id == NULL_TASK_ID && !is_special(&w.channel))
-            .collect();
-        if !null.is_empty() {
-            let writes = TaskWrites::decode(
-                spec,
-                null.iter().map(|w| (w.channel.as_str(), &w.value)),
-                codec,
-            )?;
-            let task = Task {
-                node: 0,
-                path: String::new(),
-                triggers: Vec::new(),
-                // Not read when applying writes; a shared state here would force a copy.
-                input: Arc::new(S::default()),
-                id: String::new(),
-            };
-            channels.apply_writes(spec, vec![(&task, writes)], None, false, versioner)?;
-        }
+        self.apply_null_writes(channels, pending, versioner)?;
         if let Some(w) = pending
             .iter()
             .find(|w| w.task_id == NULL_TASK_ID && w.channel == RESUME)

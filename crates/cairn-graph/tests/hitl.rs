@@ -798,3 +798,68 @@ async fn exit_durability_saves_a_run_stopped_by_the_recursion_limit() {
     let out = app.invoke(None, cfg(10)).await.unwrap();
     assert_eq!(out.n, 5);
 }
+
+/// Two commands with updates against the same checkpoint (a node that asks twice) both
+/// apply: writes of no task accumulate, as in LangGraph, instead of the second update being
+/// taken for the first's and dropped.
+#[tokio::test]
+async fn updates_of_two_commands_on_one_checkpoint_both_apply() {
+    let mut g = StateGraph::<Doc>::new();
+    g.add_sync_node("ask", |_| {
+        let first: String = interrupt_as("q1")?;
+        let second: String = interrupt_as("q2")?;
+        Ok(DocUpdate::default().log(vec![format!("{first}+{second}")]))
+    })
+    .add_edge(START, "ask")
+    .add_edge("ask", END);
+    let saver = Arc::new(InMemorySaver::new());
+    let app = g.compile(saver.clone()).unwrap();
+    let cfg = || RunConfig::thread("twice");
+    app.invoke_outcome(Some(DocUpdate::default()), cfg())
+        .await
+        .unwrap();
+    let out = app
+        .invoke_command(
+            Command::resume("1").with_update(DocUpdate::default().log(vec!["x".into()])),
+            cfg(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(out.interrupts()[0].value, "q2");
+    let out = app
+        .invoke_command(
+            Command::resume("2").with_update(DocUpdate::default().log(vec!["y".into()])),
+            cfg(),
+        )
+        .await
+        .unwrap();
+    assert!(!out.is_interrupted());
+    assert_eq!(out.state().log, ["x", "y", "1+2"]);
+    let snap = app.get_state(cfg()).await.unwrap().unwrap();
+    assert_eq!(snap.values.log, ["x", "y", "1+2"]);
+}
+
+/// A caller's update on a finished thread is stored on its head; the next new input builds
+/// on it instead of dropping it (LangGraph applies such writes before the input).
+#[tokio::test]
+async fn an_update_command_on_a_finished_thread_is_kept_by_the_next_input() {
+    let mut g = StateGraph::<Doc>::new();
+    g.add_sync_node("count", |_| Ok(DocUpdate::default().n(1)))
+        .add_edge(START, "count")
+        .add_edge("count", END);
+    let app = g.compile(Arc::new(InMemorySaver::new())).unwrap();
+    let cfg = || RunConfig::thread("kept");
+    app.invoke(Some(DocUpdate::default()), cfg()).await.unwrap();
+    app.invoke_command(
+        Command::update(DocUpdate::default().log(vec!["noted".into()])),
+        cfg(),
+    )
+    .await
+    .unwrap();
+    let out = app
+        .invoke(Some(DocUpdate::default().log(vec!["next".into()])), cfg())
+        .await
+        .unwrap();
+    assert_eq!(out.log, ["noted", "next"]);
+    assert_eq!(out.n, 2);
+}
