@@ -191,7 +191,7 @@ impl<S: State> CompiledGraph<S> {
         known: Option<(&S, &HashMap<String, usize>)>,
     ) -> Result<(StateSnapshot<S>, StoredValues)> {
         let spec = &self.inner.spec;
-        let channels = Channels::load_with(spec, &tuple, &self.codec, cached, known)?;
+        let mut channels = Channels::load_with(spec, &tuple, &self.codec, cached, known)?;
         let stored = std::mem::take(&mut tuple.checkpoint.channel_values);
         let step = tuple.metadata.step.unwrap_or(-1) + 1;
         let tasks = channels.prepare_tasks(
@@ -258,6 +258,13 @@ impl<S: State> CompiledGraph<S> {
             .iter()
             .flat_map(|t| t.interrupts.iter().cloned())
             .collect();
+        self.apply_pending_writes(
+            &mut channels,
+            &tuple.pending_writes,
+            &prepared,
+            &tasks,
+            latest,
+        )?;
         // The prepared tasks hold the state too: drop them so the state is moved, not cloned.
         drop(prepared);
         let values = Arc::try_unwrap(channels.state).unwrap_or_else(|s| (*s).clone());
@@ -272,6 +279,64 @@ impl<S: State> CompiledGraph<S> {
             interrupts,
         };
         Ok((snapshot, stored))
+    }
+
+    /// Puts into a snapshot's values what its checkpoint's pending writes hold, as LangGraph
+    /// does: a caller's updates (writes of no task) in every snapshot, and in the latest one
+    /// (`live`), the output of the tasks that already finished, so its values are what the
+    /// run will continue from (those tasks are left out of `next`).
+    fn apply_pending_writes(
+        &self,
+        channels: &mut Channels<S>,
+        pending: &[cairn_checkpoint::PendingWrite],
+        prepared: &[Task<S>],
+        tasks: &[SnapshotTask],
+        live: bool,
+    ) -> Result<()> {
+        let spec = &self.inner.spec;
+        let regular = |w: &&cairn_checkpoint::PendingWrite| {
+            cairn_checkpoint::special_write_index(&w.channel).is_none()
+        };
+        // Nothing here is stored: plain integer versions do.
+        let versioner = Versioner::for_run(None);
+        let null_task = Task {
+            node: 0,
+            path: String::new(),
+            triggers: Vec::new(),
+            input: Arc::new(S::default()),
+            id: String::new(),
+        };
+        for w in pending
+            .iter()
+            .filter(|w| w.task_id == crate::NULL_TASK_ID)
+            .filter(regular)
+        {
+            let writes = TaskWrites::decode(spec, [(w.channel.as_str(), &w.value)], &self.codec)?;
+            channels.apply_writes(spec, vec![(&null_task, writes)], None, false, &versioner)?;
+        }
+        if !live {
+            return Ok(());
+        }
+        let mut finished = Vec::new();
+        for (task, shown) in prepared.iter().zip(tasks) {
+            if !shown.completed {
+                continue;
+            }
+            let writes = TaskWrites::decode(
+                spec,
+                pending
+                    .iter()
+                    .filter(|w| w.task_id == task.id)
+                    .filter(regular)
+                    .map(|w| (w.channel.as_str(), &w.value)),
+                &self.codec,
+            )?;
+            finished.push((task, writes));
+        }
+        if !finished.is_empty() {
+            channels.apply_writes(spec, finished, None, false, &versioner)?;
+        }
+        Ok(())
     }
 
     /// Snapshots of the next `n` checkpoints of a history page (newest first). Each older
@@ -333,6 +398,11 @@ impl<S: State> CompiledGraph<S> {
 
     /// The state at the thread's latest checkpoint (or at `config.checkpoint_id`); `None`
     /// when there is no such checkpoint.
+    ///
+    /// As in LangGraph, the latest checkpoint (no id in the config) is shown live: its values
+    /// include what the step's finished tasks wrote and `next` lists only the tasks still to
+    /// run; a checkpoint named by id is a record of its step (values as the step started,
+    /// every task in `next`). Both include a caller's updates stored on the checkpoint.
     pub async fn get_state(
         &self,
         config: impl Into<RunConfig>,

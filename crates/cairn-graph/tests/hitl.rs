@@ -863,3 +863,43 @@ async fn an_update_command_on_a_finished_thread_is_kept_by_the_next_input() {
     assert_eq!(out.log, ["noted", "next"]);
     assert_eq!(out.n, 2);
 }
+
+/// The latest snapshot's values hold the output of the step's tasks that already finished
+/// (left out of `next`), and a caller's update waiting on the head, as LangGraph's live
+/// `get_state` does; an older snapshot shows its values as of the start of its step.
+#[tokio::test]
+async fn the_latest_snapshot_holds_what_finished_tasks_and_updates_wrote() {
+    let mut g = StateGraph::<Doc>::new();
+    g.add_sync_node("a", |_| Ok(DocUpdate::default().log(vec!["a".into()]).n(1)))
+        .add_sync_node("b", |_| {
+            let v: String = interrupt_as("b?")?;
+            Ok(DocUpdate::default().log(vec![format!("b:{v}")]))
+        })
+        .add_edge(START, "a")
+        .add_edge(START, "b")
+        .add_edge("a", END)
+        .add_edge("b", END);
+    let app = g.compile(Arc::new(InMemorySaver::new())).unwrap();
+    let cfg = || RunConfig::thread("live");
+    let out = app
+        .invoke_outcome(Some(DocUpdate::default()), cfg())
+        .await
+        .unwrap();
+    assert!(out.is_interrupted());
+    let snap = app.get_state(cfg()).await.unwrap().unwrap();
+    assert_eq!(snap.next, ["b"]);
+    assert_eq!(snap.values.log, ["a"], "a's output");
+    assert_eq!(snap.values.n, 1);
+    // Addressed by id, the same checkpoint is a record of its step: values as it started.
+    let record = app
+        .get_state(RunConfig::from(snap.config.clone()))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(record.values.log.is_empty());
+    let out = app
+        .invoke_command(Command::resume("ok"), cfg())
+        .await
+        .unwrap();
+    assert_eq!(out.state().log, ["a", "b:ok"]);
+}
