@@ -1592,18 +1592,27 @@ fn flags<S: State>(
 fn pending_interrupts<S: State>(
     _spec: &Spec<S>,
     pending: &[PendingWrite],
-    _codec: &ValueCodec,
+    codec: &ValueCodec,
 ) -> usize {
-    let mut interrupted: HashSet<&str> = HashSet::new();
+    // Interrupts per task: a subgraph's task holds every interrupt its child raised at once
+    // (two parallel nodes asking), each needing its own answer.
+    let mut interrupted: HashMap<&str, usize> = HashMap::new();
     let mut done: HashSet<&str> = HashSet::new();
     for w in pending {
         if w.channel == INTERRUPT {
-            interrupted.insert(&w.task_id);
+            let n = codec
+                .decode::<Vec<Interrupt>>(&w.value)
+                .map_or(1, |i| i.len().max(1));
+            interrupted.insert(&w.task_id, n);
         } else if !is_special(&w.channel) {
             done.insert(&w.task_id);
         }
     }
-    interrupted.difference(&done).count()
+    interrupted
+        .iter()
+        .filter(|(task, _)| !done.contains(*task))
+        .map(|(_, n)| n)
+        .sum()
 }
 
 /// A task's namespace: `<ns|>node:task_id`.

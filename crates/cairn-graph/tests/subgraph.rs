@@ -372,3 +372,54 @@ async fn resume_map_answers_an_interrupt_inside_a_subgraph() {
     assert_eq!(done.state().answer, "mapped");
     assert_eq!(done.state().log, ["inner_a", "inner_ask"]);
 }
+
+/// A subgraph whose two parallel nodes both ask holds two interrupts in one parent task: one
+/// resume value for both is ambiguous and refused, as for two interrupting tasks of the
+/// parent; answered by id, the run goes on.
+#[tokio::test]
+async fn one_value_for_two_interrupts_inside_a_subgraph_is_refused() {
+    let mut child = StateGraph::<Doc>::new();
+    for name in ["x", "y"] {
+        child
+            .add_sync_node(name, move |_| {
+                let v = interrupt(format!("{name}?"))?;
+                Ok(DocUpdate::default().log(vec![format!("{name}={}", v.as_str().unwrap_or(""))]))
+            })
+            .add_edge(START, name)
+            .add_edge(name, END);
+    }
+    let mut parent = StateGraph::<Doc>::new();
+    parent
+        .add_subgraph("sub", child.compile_without_saver().expect("child"))
+        .add_edge(START, "sub")
+        .add_edge("sub", END);
+    let app = parent
+        .compile(Arc::new(InMemorySaver::new()))
+        .expect("compile");
+    let first = app
+        .invoke_outcome(Some(DocUpdate::default()), RunConfig::thread("two"))
+        .await
+        .expect("run");
+    assert_eq!(first.interrupts().len(), 2);
+    let err = app
+        .invoke_command(Command::resume("v"), RunConfig::thread("two"))
+        .await
+        .expect_err("ambiguous");
+    assert!(
+        matches!(err, cairn_graph::GraphError::InvalidArgument(_)),
+        "{err}"
+    );
+    let answers: Vec<(String, String)> = first
+        .interrupts()
+        .iter()
+        .map(|i| (i.id.clone(), format!("{}!", i.value.as_str().unwrap_or(""))))
+        .collect();
+    let done = app
+        .invoke_command(Command::resume_map(answers), RunConfig::thread("two"))
+        .await
+        .expect("resume");
+    assert!(!done.is_interrupted(), "{:?}", done.interrupts());
+    let mut log = done.state().log.clone();
+    log.sort();
+    assert_eq!(log, ["x=x?!", "y=y?!"]);
+}
