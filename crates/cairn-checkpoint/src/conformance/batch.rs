@@ -40,6 +40,16 @@ fn request(
 /// whose base is stored earlier in the same batch included) and its tasks' writes on its
 /// parent, returns their configs in order, and changes nothing when sent again.
 pub async fn put_batch_stores_checkpoints_in_order(saver: &dyn CheckpointSaver) {
+    stores_checkpoints_in_order(saver, false).await;
+}
+
+/// [`put_batch_now`](CheckpointSaver::put_batch_now) (what a run ending calls; savers may
+/// store on the calling thread) has the effects of `put_batch`: the same case through it.
+pub async fn put_batch_now_stores_checkpoints_in_order(saver: &dyn CheckpointSaver) {
+    stores_checkpoints_in_order(saver, true).await;
+}
+
+async fn stores_checkpoints_in_order(saver: &dyn CheckpointSaver, now: bool) {
     let tid = thread_id();
     let codec = codec();
     let root = put_empty(saver, &cfg(&tid), md(Input, -1)).await;
@@ -96,7 +106,11 @@ pub async fn put_batch_stores_checkpoints_in_order(saver: &dyn CheckpointSaver) 
         },
     ];
     for attempt in 0..2 {
-        let stored = ok(saver.put_batch(batch.clone()).await, "put_batch");
+        let stored = if now {
+            ok(saver.put_batch_now(batch.clone()).await, "put_batch_now")
+        } else {
+            ok(saver.put_batch(batch.clone()).await, "put_batch")
+        };
         assert_eq!(
             config_ids(&stored),
             [first_id.clone(), second_id.clone(), third_id.clone()],

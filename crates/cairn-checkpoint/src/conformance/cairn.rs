@@ -716,6 +716,79 @@ pub async fn metadata_keys_named_like_fields_are_refused(saver: &dyn CheckpointS
     );
 }
 
+/// The namespaces of one thread keep their own values: the same channel at the same version
+/// in two namespaces holds each its own value, and a checkpoint naming a version its own
+/// namespace never stored reads no value for it (the other namespace's is not taken).
+pub async fn namespaces_keep_their_own_values(saver: &dyn CheckpointSaver) {
+    let tid = thread_id();
+    let root = cfg(&tid);
+    let child = cfg(&tid).with_ns("child:1");
+    let other = cfg(&tid).with_ns("other:2");
+    let in_root = put(
+        saver,
+        &root,
+        checkpoint(&[("x", value("root"))], &[("x", 1)]),
+        md(Loop, 0),
+        versions(&[("x", 1)]),
+    )
+    .await;
+    let in_child = put(
+        saver,
+        &child,
+        checkpoint(&[("x", value("child"))], &[("x", 1)]),
+        md(Loop, 0),
+        versions(&[("x", 1)]),
+    )
+    .await;
+    let named_only = put(
+        saver,
+        &other,
+        checkpoint(&[], &[("x", 1)]),
+        md(Loop, 0),
+        versions(&[]),
+    )
+    .await;
+    for (config, want) in [(&in_root, "root"), (&in_child, "child")] {
+        let t = get_some(saver, config).await;
+        assert_eq!(
+            t.checkpoint.channel_values.get("x"),
+            Some(&value(want)),
+            "namespace {:?} reads its own value",
+            config.checkpoint_ns
+        );
+    }
+    let t = get_some(saver, &named_only).await;
+    assert!(
+        !t.checkpoint.channel_values.contains_key("x"),
+        "no value stored in this namespace: {:?}",
+        t.checkpoint.channel_values
+    );
+}
+
+/// `get_next_version_in_run` (what the runtime asks for each new version) gives a version
+/// above the current one, and two runs (two suffixes) going on from the same version get
+/// different versions, so two branches of a thread never store values under one key.
+pub async fn next_versions_in_a_run_move_forward(saver: &dyn CheckpointSaver) {
+    let (run_a, run_b) = (
+        ChannelVersion::new_run_suffix(),
+        ChannelVersion::new_run_suffix(),
+    );
+    assert_ne!(run_a, run_b);
+    let first = saver.get_next_version_in_run(None, run_a);
+    let mut current = first.clone();
+    for _ in 0..3 {
+        let next = saver.get_next_version_in_run(Some(&current), run_a);
+        assert!(next > current, "{next:?} after {current:?}");
+        current = next;
+    }
+    let a = saver.get_next_version_in_run(Some(&first), run_a);
+    let b = saver.get_next_version_in_run(Some(&first), run_b);
+    assert!(a > first && b > first, "{a:?} {b:?} after {first:?}");
+    assert_ne!(a, b, "two runs from one version get different versions");
+    let int = saver.get_next_version_in_run(Some(&ChannelVersion::Int(7)), run_a);
+    assert!(int > ChannelVersion::Int(7), "{int:?} after Int(7)");
+}
+
 /// Values the codec did not make (raw bytes, a caller's own tag, zero-length data) are stored
 /// as given, in channels and in writes.
 pub async fn raw_values_roundtrip(saver: &dyn CheckpointSaver) {

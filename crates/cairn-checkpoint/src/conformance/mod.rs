@@ -72,12 +72,12 @@
 //! | copy_thread | [`copy_thread_basic`], [`copy_thread_all_checkpoints`], [`copy_thread_preserves_metadata`], [`copy_thread_preserves_namespaces`], [`copy_thread_preserves_writes`], [`copy_thread_preserves_ordering`], [`copy_thread_source_unchanged`], [`copy_thread_nonexistent_source`], [`copy_thread_over_writes_of_the_target`] |
 //! | prune | [`prune_keep_latest_single_thread`], [`prune_keep_latest_multiple_threads`], [`prune_keep_latest_across_namespaces`], [`prune_keep_latest_keeps_writes`], [`prune_delete_all`], [`prune_preserves_other_threads`], [`prune_empty_list_noop`], [`prune_nonexistent_noop`] |
 //! | Cairn: concurrency | [`concurrent_threads_interleaved`] (64 threads written by interleaved futures in one task), [`concurrent_tasks_write_64_threads`] (64 tokio tasks released together; takes a [`SaverHandle`]) |
-//! | Cairn: values and names | [`large_value_roundtrip`] (10 MB value and write), [`unicode_names_roundtrip`], [`versions_roundtrip_unchanged`], [`checkpoint_roundtrips_exactly`], [`metadata_roundtrips_exactly`], [`deeply_nested_metadata_is_refused_or_read_back`], [`metadata_keys_named_like_fields_are_refused`], [`raw_values_roundtrip`], [`put_channel_without_value_is_absent`] |
+//! | Cairn: values and names | [`large_value_roundtrip`] (10 MB value and write), [`unicode_names_roundtrip`], [`versions_roundtrip_unchanged`], [`checkpoint_roundtrips_exactly`], [`metadata_roundtrips_exactly`], [`deeply_nested_metadata_is_refused_or_read_back`], [`metadata_keys_named_like_fields_are_refused`], [`namespaces_keep_their_own_values`], [`next_versions_in_a_run_move_forward`], [`raw_values_roundtrip`], [`put_channel_without_value_is_absent`] |
 //! | Cairn: reads | [`get_tuple_unknown_checkpoint_id_returns_none`], [`get_tuple_known_leaves_out_only_known_values`], [`list_paging_covers_every_checkpoint_once`], [`list_all_threads_by_metadata`], [`list_without_namespace_covers_all_namespaces`], [`list_by_checkpoint_id`], [`list_limit_zero_returns_nothing`] |
 //! | Cairn: writes | [`put_writes_regular_first_wins_special_last_wins`], [`pending_writes_ordered_by_path_task_index`], [`put_writes_without_checkpoint_id_is_an_error`], [`put_writes_and_put_saves_both`] |
 //! | Cairn: deletion | [`delete_thread_removes_values`], [`delete_for_runs_keeps_values_of_survivors`], [`prune_keep_latest_keeps_values`], [`prune_after_every_run_is_deleted_keeps_no_values`], [`copy_thread_is_independent_of_source`] |
 //! | Cairn: append values | [`append_values_read_back_whole`], [`append_values_branch_independently`], [`append_values_survive_copy_thread`], [`prune_keep_latest_keeps_append_values_whole`], [`delete_for_runs_keeps_append_chains`], [`append_value_with_missing_base_is_corrupt`] (see [`crate::AppendValue`]) |
-//! | Cairn: batches | [`put_batch_stores_checkpoints_in_order`], [`put_batch_stops_at_a_failing_request`], [`put_batch_matches_one_call_per_request`] (see [`CheckpointSaver::put_batch`](crate::CheckpointSaver::put_batch)) |
+//! | Cairn: batches | [`put_batch_stores_checkpoints_in_order`], [`put_batch_now_stores_checkpoints_in_order`], [`put_batch_stops_at_a_failing_request`], [`put_batch_matches_one_call_per_request`] (see [`CheckpointSaver::put_batch`](crate::CheckpointSaver::put_batch)) |
 //! | Cairn: model | [`random_operations_match_the_model`] (random operations, every read compared with [`InMemorySaver`](crate::InMemorySaver)) |
 
 use std::future::Future;
@@ -262,6 +262,7 @@ macro_rules! __cairn_conformance_cases {
             list_without_namespace_covers_all_namespaces list_by_checkpoint_id
             deeply_nested_metadata_is_refused_or_read_back
             metadata_keys_named_like_fields_are_refused
+            namespaces_keep_their_own_values next_versions_in_a_run_move_forward
             list_limit_zero_returns_nothing put_writes_regular_first_wins_special_last_wins
             pending_writes_ordered_by_path_task_index put_writes_without_checkpoint_id_is_an_error
             put_writes_and_put_saves_both get_tuple_known_leaves_out_only_known_values
@@ -275,7 +276,8 @@ macro_rules! __cairn_conformance_cases {
             append_values_survive_copy_thread prune_keep_latest_keeps_append_values_whole
             delete_for_runs_keeps_append_chains append_value_with_missing_base_is_corrupt
             // Cairn: batches
-            put_batch_stores_checkpoints_in_order put_batch_stops_at_a_failing_request
+            put_batch_stores_checkpoints_in_order put_batch_now_stores_checkpoints_in_order
+            put_batch_stops_at_a_failing_request
             put_batch_matches_one_call_per_request
             ;
             concurrent_tasks_write_64_threads
