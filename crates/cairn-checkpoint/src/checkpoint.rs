@@ -307,13 +307,44 @@ impl CheckpointMetadata {
         Ok(std::borrow::Cow::Owned(moved))
     }
 
-    /// Whether every `(key, value)` of `filter` is present and equal in this metadata.
+    /// Whether every `(key, value)` of `filter` is present and equal in this metadata
+    /// (numbers by value: `1` equals `1.0`).
     pub fn matches(&self, filter: &MetadataFilter) -> bool {
         if filter.is_empty() {
             return true;
         }
         let json = self.to_json();
-        filter.iter().all(|(k, v)| json.get(k) == Some(v))
+        filter
+            .iter()
+            .all(|(k, v)| json.get(k).is_some_and(|have| json_equal(have, v)))
+    }
+}
+
+/// JSON equality with numbers compared by value (`1` equals `1.0`), as the SQL backends'
+/// filters compare them (PostgreSQL's `jsonb`, SQLite's `json_extract`).
+fn json_equal(a: &serde_json::Value, b: &serde_json::Value) -> bool {
+    use serde_json::Value;
+    match (a, b) {
+        (Value::Number(x), Value::Number(y)) => {
+            let int = |n: &serde_json::Number| {
+                n.as_i64()
+                    .map(i128::from)
+                    .or_else(|| n.as_u64().map(i128::from))
+            };
+            match (int(x), int(y)) {
+                (Some(x), Some(y)) => x == y,
+                _ => x.as_f64() == y.as_f64(),
+            }
+        }
+        (Value::Array(x), Value::Array(y)) => {
+            x.len() == y.len() && x.iter().zip(y).all(|(x, y)| json_equal(x, y))
+        }
+        (Value::Object(x), Value::Object(y)) => {
+            x.len() == y.len()
+                && x.iter()
+                    .all(|(k, v)| y.get(k).is_some_and(|w| json_equal(v, w)))
+        }
+        _ => a == b,
     }
 }
 
@@ -402,7 +433,8 @@ impl ListQuery {
         self
     }
 
-    /// Adds a metadata equality condition.
+    /// Adds a metadata equality condition. Numbers compare by value (`1` matches `1.0`), on
+    /// every saver.
     pub fn filter(mut self, key: impl Into<String>, value: impl Into<serde_json::Value>) -> Self {
         self.filter.insert(key.into(), value.into());
         self

@@ -259,15 +259,17 @@ fn metadata_condition(
     if key.contains('"') || key.contains('\\') {
         return None;
     }
-    // The JSON type SQLite must see, and the scalar to compare with (if any).
-    let (json_type, scalar) = match value {
-        serde_json::Value::Null => ("null", None),
-        serde_json::Value::Bool(true) => ("true", None),
-        serde_json::Value::Bool(false) => ("false", None),
-        serde_json::Value::String(s) => ("text", Some(Value::Text(s.clone()))),
+    // The JSON types SQLite must see, and the scalar to compare with (if any). Numbers
+    // compare by value whether stored as integers or reals (`1` matches `1.0`), as
+    // CheckpointMetadata::matches and the other backends compare them.
+    let (json_types, scalar) = match value {
+        serde_json::Value::Null => ("'null'", None),
+        serde_json::Value::Bool(true) => ("'true'", None),
+        serde_json::Value::Bool(false) => ("'false'", None),
+        serde_json::Value::String(s) => ("'text'", Some(Value::Text(s.clone()))),
         serde_json::Value::Number(n) => match (n.as_i64(), n.is_f64()) {
-            (Some(i), _) => ("integer", Some(Value::Integer(i))),
-            (None, true) => ("real", Some(Value::Real(n.as_f64()?))),
+            (Some(i), _) => ("'integer', 'real'", Some(Value::Integer(i))),
+            (None, true) => ("'integer', 'real'", Some(Value::Real(n.as_f64()?))),
             // A u64 past i64::MAX: SQLite would read it as a real.
             (None, false) => return None,
         },
@@ -277,7 +279,7 @@ fn metadata_condition(
     params.push(Value::Text(path.clone()));
     // Either stored form as JSON text (`stored_metadata.rs`).
     const JSON: &str = "cairn_metadata_json(metadata)";
-    let mut test = format!("json_type({JSON}, ?) = '{json_type}'");
+    let mut test = format!("json_type({JSON}, ?) IN ({json_types})");
     if let Some(scalar) = scalar {
         test.push_str(&format!(" AND json_extract({JSON}, ?) = ?"));
         params.push(Value::Text(path));

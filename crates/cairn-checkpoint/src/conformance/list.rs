@@ -83,6 +83,35 @@ pub async fn list_filter_multiple_keys(saver: &dyn CheckpointSaver) {
     assert_eq!(listed[0].metadata.step, Some(2));
 }
 
+/// Filter numbers compare by value, whether written as integers or floats (`1` matches
+/// `1.0`), in the caller's keys, in nested values and on `step`.
+pub async fn list_filter_numbers_compare_by_value(saver: &dyn CheckpointSaver) {
+    let tid = thread_id();
+    put_empty(
+        saver,
+        &cfg(&tid),
+        md(Loop, 1)
+            .with("ratio", 1.0)
+            .with("count", 2)
+            .with("nested", serde_json::json!({"k": [1, 2.5]})),
+    )
+    .await;
+    put_empty(saver, &cfg(&tid), md(Loop, 2).with("count", 3)).await;
+    for (key, value, matches) in [
+        ("ratio", serde_json::json!(1), 1),
+        ("ratio", serde_json::json!(1.0), 1),
+        ("count", serde_json::json!(2.0), 1),
+        ("count", serde_json::json!(2), 1),
+        ("step", serde_json::json!(1.0), 1),
+        ("nested", serde_json::json!({"k": [1.0, 2.5]}), 1),
+        ("count", serde_json::json!(2.5), 0),
+        ("count", serde_json::json!("2"), 0),
+    ] {
+        let listed = list(saver, &query(&tid).filter(key, value.clone())).await;
+        assert_eq!(listed.len(), matches, "filter {key} = {value}");
+    }
+}
+
 /// A filter nothing matches lists nothing.
 pub async fn list_filter_no_match(saver: &dyn CheckpointSaver) {
     let (tid, _) = setup(saver).await;

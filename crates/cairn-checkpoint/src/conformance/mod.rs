@@ -65,7 +65,7 @@
 //! | put | [`put_returns_config`], [`put_roundtrip`], [`put_preserves_channel_values`], [`put_preserves_channel_versions`], [`put_preserves_versions_seen`], [`put_preserves_metadata`], [`put_root_namespace`], [`put_child_namespace`], [`put_default_namespace`], [`put_multiple_checkpoints_same_thread`], [`put_multiple_threads_isolated`], [`put_parent_config`], [`put_incremental_channel_update`], [`put_new_channel_added`], [`put_channel_removed`], [`put_preserves_run_id`], [`put_preserves_versions_seen_values`] |
 //! | put_writes | [`put_writes_basic`], [`put_writes_multiple_writes_same_task`], [`put_writes_multiple_tasks`], [`put_writes_preserves_task_id`], [`put_writes_preserves_channel_and_value`], [`put_writes_task_path`], [`put_writes_idempotent`], [`put_writes_special_channels`], [`put_writes_across_namespaces`], [`put_writes_cleared_on_next_checkpoint`] |
 //! | get_tuple | [`get_tuple_nonexistent_returns_none`], [`get_tuple_latest_when_no_checkpoint_id`], [`get_tuple_specific_checkpoint_id`], [`get_tuple_config_structure`], [`get_tuple_checkpoint_fields`], [`get_tuple_metadata`], [`get_tuple_parent_config`], [`get_tuple_pending_writes`], [`get_tuple_respects_namespace`], [`get_tuple_nonexistent_checkpoint_id`] |
-//! | list | [`list_all`], [`list_by_thread`], [`list_by_namespace`], [`list_ordering`], [`list_filter_single_key`], [`list_filter_step`], [`list_filter_multiple_keys`], [`list_filter_no_match`], [`list_filter_custom_keys`], [`list_before`], [`list_limit`], [`list_limit_plus_before`], [`list_combined_thread_and_filter`], [`list_empty_result`], [`list_includes_pending_writes`], [`list_multiple_namespaces`] |
+//! | list | [`list_all`], [`list_by_thread`], [`list_by_namespace`], [`list_ordering`], [`list_filter_single_key`], [`list_filter_step`], [`list_filter_multiple_keys`], [`list_filter_no_match`], [`list_filter_custom_keys`], [`list_filter_numbers_compare_by_value`], [`list_before`], [`list_limit`], [`list_limit_plus_before`], [`list_combined_thread_and_filter`], [`list_empty_result`], [`list_includes_pending_writes`], [`list_multiple_namespaces`] |
 //! | list_threads | [`list_threads_counts_and_latest`], [`list_threads_pages_in_order`] |
 //! | delete_thread | [`delete_thread_removes_checkpoints`], [`delete_thread_removes_writes`], [`delete_thread_removes_all_namespaces`], [`delete_thread_preserves_other_threads`], [`delete_thread_nonexistent_noop`] |
 //! | delete_for_runs | [`delete_for_runs_single`], [`delete_for_runs_multiple`], [`delete_for_runs_preserves_other_runs`], [`delete_for_runs_removes_writes`], [`delete_for_runs_empty_list_noop`], [`delete_for_runs_nonexistent_noop`], [`delete_for_runs_across_namespaces`] |
@@ -233,7 +233,7 @@ macro_rules! __cairn_conformance_cases {
             // list
             list_all list_by_thread list_by_namespace list_ordering list_filter_single_key
             list_filter_step list_filter_multiple_keys list_filter_no_match
-            list_filter_custom_keys list_before list_limit list_limit_plus_before
+            list_filter_custom_keys list_filter_numbers_compare_by_value list_before list_limit list_limit_plus_before
             list_combined_thread_and_filter list_empty_result list_includes_pending_writes
             list_multiple_namespaces
             // list_threads
