@@ -12,7 +12,7 @@ use crate::checkpoint::{
 };
 use crate::error::{DataLocation, Error, Result};
 use crate::header::{decode_header, decode_header_versions, encode_header, HeaderError};
-use crate::saver::{CheckpointSaver, KnownValues, PruneStrategy};
+use crate::saver::{CheckpointSaver, KnownValues, PruneStrategy, ThreadSummary};
 use crate::value::TypedValue;
 use crate::version::ChannelVersions;
 
@@ -547,6 +547,62 @@ impl CheckpointSaver for InMemorySaver {
             }
         }
         Ok(())
+    }
+
+    /// From the index: no values are read and no append chain is resolved, so one thread's
+    /// damaged value does not fail the listing of the others.
+    async fn list_threads(&self, after: Option<&str>, limit: usize) -> Result<Vec<ThreadSummary>> {
+        let threads = self.read();
+        let from = match after {
+            Some(after) => std::ops::Bound::Excluded(after),
+            None => std::ops::Bound::Unbounded,
+        };
+        let mut out = Vec::new();
+        for (thread_id, namespaces) in threads.range::<str, _>((from, std::ops::Bound::Unbounded)) {
+            if out.len() >= limit {
+                break;
+            }
+            let held: Vec<(&String, &Namespace)> = namespaces
+                .iter()
+                .filter(|(_, ns)| !ns.checkpoints.is_empty())
+                .collect();
+            // The root namespace's latest, else the largest (id, namespace) of any.
+            let latest = held
+                .iter()
+                .find(|(name, _)| name.is_empty())
+                .into_iter()
+                .chain(held.iter().filter(|(name, _)| !name.is_empty()))
+                .filter_map(|(name, ns)| {
+                    let (id, stored) = ns.checkpoints.iter().next_back()?;
+                    Some((name.as_str(), id, stored))
+                })
+                .reduce(|best, next| {
+                    if best.0.is_empty() || (best.1, best.0) >= (next.1, next.0) {
+                        best
+                    } else {
+                        next
+                    }
+                });
+            let Some((ns_name, id, stored)) = latest else {
+                continue;
+            };
+            let checkpoint = stored.checkpoint(thread_id, ns_name, id)?;
+            out.push(ThreadSummary {
+                thread_id: thread_id.clone(),
+                checkpoints: held.iter().map(|(_, ns)| ns.checkpoints.len() as u64).sum(),
+                namespaces: held.iter().map(|(name, _)| (*name).clone()).collect(),
+                latest: crate::saver::LatestCheckpoint {
+                    config: CheckpointConfig {
+                        thread_id: thread_id.clone(),
+                        checkpoint_ns: ns_name.to_owned(),
+                        checkpoint_id: Some(id.clone()),
+                    },
+                    metadata: stored.metadata.clone(),
+                    ts: checkpoint.ts,
+                },
+            });
+        }
+        Ok(out)
     }
 
     async fn delete_for_runs(&self, run_ids: &[String]) -> Result<()> {
