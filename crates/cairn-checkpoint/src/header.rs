@@ -451,6 +451,12 @@ fn decode_with(
             Some(channels)
         }
     };
+    if !r.bytes.is_empty() {
+        return Err(format!(
+            "{} stray bytes after the checkpoint header",
+            r.bytes.len()
+        ));
+    }
     Ok(Checkpoint {
         v,
         id: checkpoint_id.to_owned(),
@@ -833,6 +839,10 @@ mod tests {
             let err = decode_header(&bytes[..cut], &cp.id).expect_err("a cut header");
             assert!(err.to_string().contains("checkpoint header"), "{err}");
         }
+        let mut longer = bytes.clone();
+        longer.extend_from_slice(b"\x01junk");
+        let err = decode_header(&longer, &cp.id).expect_err("bytes after the header");
+        assert!(err.to_string().contains("5 stray bytes"), "{err}");
         for at in 0..bytes.len() {
             for flip in [0x01, 0x80, 0xff] {
                 let mut damaged = bytes.clone();
