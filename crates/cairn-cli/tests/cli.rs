@@ -764,21 +764,35 @@ fn migrate_through_server(url: &str) {
     });
 }
 
+/// The server URL in `var`, or `None` to skip; with `CAIRN_REQUIRE_SERVERS=1` a missing URL
+/// fails the test instead, as the backends' own server tests do.
+#[cfg(any(feature = "postgres", feature = "redis"))]
+fn server_url(var: &str) -> Option<String> {
+    match std::env::var(var) {
+        Ok(url) => Some(url),
+        Err(_) if std::env::var("CAIRN_REQUIRE_SERVERS").as_deref() == Ok("1") => {
+            panic!("{var} is not set and CAIRN_REQUIRE_SERVERS=1: this test needs the server")
+        }
+        Err(_) => {
+            eprintln!("{var} not set; skipping");
+            None
+        }
+    }
+}
+
 #[cfg(feature = "postgres")]
 #[test]
 fn migrate_sqlite_to_postgres_and_back() {
-    match std::env::var("CAIRN_TEST_POSTGRES_URL") {
-        Ok(url) => migrate_through_server(&url),
-        Err(_) => eprintln!("CAIRN_TEST_POSTGRES_URL not set; skipping"),
+    if let Some(url) = server_url("CAIRN_TEST_POSTGRES_URL") {
+        migrate_through_server(&url);
     }
 }
 
 #[cfg(feature = "redis")]
 #[test]
 fn migrate_sqlite_to_redis_and_back() {
-    match std::env::var("CAIRN_TEST_REDIS_URL") {
-        Ok(url) => migrate_through_server(&url),
-        Err(_) => eprintln!("CAIRN_TEST_REDIS_URL not set; skipping"),
+    if let Some(url) = server_url("CAIRN_TEST_REDIS_URL") {
+        migrate_through_server(&url);
     }
 }
 
