@@ -19,6 +19,12 @@ pub(crate) const TASKS: &str = "__pregel_tasks";
 pub(crate) const NO_WRITES: &str = "__no_writes__";
 const PULL: &str = "__pregel_pull";
 const PUSH: &str = "__pregel_push";
+
+/// Whether `path` is that of a task a [`SendTo`] started.
+pub(crate) fn is_push_path(path: &str) -> bool {
+    path.strip_prefix('~')
+        .is_some_and(|rest| rest.starts_with(PUSH))
+}
 const BRANCH_PREFIX: &str = "branch:to:";
 /// `versions_seen` key LangGraph always writes for the input.
 const INPUT_SEEN: &str = "__input__";

@@ -1423,11 +1423,12 @@ impl<S: State> CompiledGraph<S> {
             scratches.push(scratch);
         }
         let input = channels.input.clone();
+        let graph_state = Arc::clone(&channels.state);
         let emitter = make_emitter(ctx.sink, ctx.modes);
         let make = |i: usize, scratch: Scratch| {
             run_task(
                 self.clone(),
-                prepare(&tasks[i], &input),
+                prepare(&tasks[i], &input, &graph_state),
                 TaskRun {
                     step,
                     current: ctx.current.cloned(),
@@ -1631,9 +1632,16 @@ pub(crate) struct PreparedTask<S: State> {
     path: String,
     input: Arc<S>,
     start_input: Option<S::Update>,
+    /// A task a [`SendTo`](crate::SendTo) started gets the packet's argument as its input;
+    /// its routers see the graph's state (this), as in LangGraph.
+    graph_state: Option<Arc<S>>,
 }
 
-fn prepare<S: State>(task: &Task<S>, start_input: &Option<S::Update>) -> PreparedTask<S> {
+fn prepare<S: State>(
+    task: &Task<S>,
+    start_input: &Option<S::Update>,
+    graph_state: &Arc<S>,
+) -> PreparedTask<S> {
     PreparedTask {
         node: task.node,
         id: task.id.clone(),
@@ -1644,6 +1652,7 @@ fn prepare<S: State>(task: &Task<S>, start_input: &Option<S::Update>) -> Prepare
         } else {
             None
         },
+        graph_state: crate::channels::is_push_path(&task.path).then(|| Arc::clone(graph_state)),
     }
 }
 
@@ -1836,14 +1845,16 @@ async fn run_task_inner<S: State>(
         resolve_goto(spec, task.node, goto, &mut writes)?;
     }
     if !node.branches.is_empty() {
-        // Routers see the state with this task's own writes applied.
+        // Routers see the state with this task's own writes applied: the graph's state,
+        // also for a task a SendTo started (its input is the packet's argument).
+        let seen = task.graph_state.as_ref().unwrap_or(&task.input);
         let local = match &writes.update {
             Some(u) => {
-                let mut local = (*task.input).clone();
+                let mut local = (**seen).clone();
                 S::apply(&mut local, S::Update::clone(u));
                 std::borrow::Cow::Owned(local)
             }
-            None => std::borrow::Cow::Borrowed(&*task.input),
+            None => std::borrow::Cow::Borrowed(&**seen),
         };
         for branch in &node.branches {
             let route = (branch.router)(&local);

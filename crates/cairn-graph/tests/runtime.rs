@@ -1108,3 +1108,51 @@ async fn a_version_counter_at_the_end_of_the_integers_is_reported_not_overflowed
     );
     assert!(err.to_string().contains("no version can follow"), "{err}");
 }
+
+/// A router after a node a `SendTo` started sees the graph's state with that task's writes
+/// applied (as in LangGraph), not the packet's argument the node was given.
+#[tokio::test]
+async fn routers_after_a_sent_task_see_the_graph_state() {
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let mut g = StateGraph::<Doc>::new();
+    let record = Arc::clone(&seen);
+    g.add_sync_node("work", |s: &Doc| {
+        Ok(DocUpdate::default().items(vec![format!("done {}", s.title)]))
+    })
+    .add_sync_node("after", |_: &Doc| Ok(DocUpdate::default().total(1)))
+    .add_conditional_edges(START, |_: &Doc| {
+        ["x", "y"].map(|t| {
+            cairn_graph::SendTo::new(
+                "work",
+                Doc {
+                    title: t.to_owned(),
+                    ..Doc::default()
+                },
+            )
+        })
+    })
+    .add_conditional_edges("work", move |s: &Doc| {
+        record
+            .lock()
+            .expect("lock")
+            .push((s.items.len(), s.title.clone()));
+        "after"
+    })
+    .add_edge("after", END);
+    let app = g.compile(memory()).expect("compile");
+    let out = app
+        .invoke(
+            Some(
+                DocUpdate::default()
+                    .items(vec!["input".into()])
+                    .title("graph"),
+            ),
+            RunConfig::thread("sent"),
+        )
+        .await
+        .expect("run");
+    assert_eq!(out.items.len(), 3);
+    let seen = seen.lock().expect("lock").clone();
+    // Each router: the input item plus its own task's item, and the graph's title.
+    assert_eq!(seen, [(2, "graph".to_owned()), (2, "graph".to_owned())]);
+}
