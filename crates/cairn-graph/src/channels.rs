@@ -768,7 +768,18 @@ impl<S: State> Channels<S> {
         let mut state = (any_field != 0).then(|| Arc::make_mut(&mut self.state));
         for (task, w) in writes {
             if let (Some(u), Some(state)) = (w.update, state.as_deref_mut()) {
-                state.apply(u);
+                // Reducers are user code (a custom `with =`, or `add` overflowing in a debug
+                // build): a panic is an error of the run, not an unwind through `invoke`.
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| state.apply(u))).map_err(
+                    |panic| GraphError::ReducerPanicked {
+                        node: spec.nodes[task.node].name.clone(),
+                        message: panic
+                            .downcast_ref::<&str>()
+                            .map(|s| (*s).to_owned())
+                            .or_else(|| panic.downcast_ref::<String>().cloned())
+                            .unwrap_or_else(|| "unknown panic".to_owned()),
+                    },
+                )?;
             }
             for b in w.branches {
                 if !written_branches.contains(&b) {

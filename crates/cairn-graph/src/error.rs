@@ -60,6 +60,20 @@ pub enum GraphError {
         message: String,
     },
 
+    /// A field's reducer panicked while applying node `node`'s update (a custom `with =`
+    /// reducer, or `add` overflowing in a debug build). The run stops; what the step's tasks
+    /// wrote stays stored as pending writes, so fix the reducer (or the value) and resume.
+    #[error(
+        "a reducer panicked applying the update of node {node:?}: {message}; fix the reducer \
+         or the value, then resume the thread"
+    )]
+    ReducerPanicked {
+        /// The node whose update was being applied.
+        node: String,
+        /// The panic message.
+        message: String,
+    },
+
     /// Several tasks of one super-step wrote a field whose reducer is `replace`.
     #[error("field {field:?} received {count} values in one step (from {nodes}); a replace field takes one value per step: give it a reducer such as #[reducer(append)] or make only one branch write it")]
     ConflictingWrites {

@@ -1156,3 +1156,43 @@ async fn routers_after_a_sent_task_see_the_graph_state() {
     // Each router: the input item plus its own task's item, and the graph's title.
     assert_eq!(seen, [(2, "graph".to_owned()), (2, "graph".to_owned())]);
 }
+
+fn picky_reducer(current: &mut i64, new: i64) {
+    assert!(new >= 0, "negative values are not allowed here");
+    *current += new;
+}
+
+#[derive(Clone, Default, Debug, PartialEq, Serialize, Deserialize, State)]
+struct Picky {
+    #[reducer(with = picky_reducer)]
+    score: i64,
+}
+
+/// A reducer that panics stops the run with an error naming the node, instead of unwinding
+/// through `invoke`; the thread stays readable.
+#[tokio::test]
+async fn a_panicking_reducer_is_an_error_of_the_run() {
+    let mut g = StateGraph::<Picky>::new();
+    g.add_sync_node("bad", |_| Ok(PickyUpdate::default().score(-1)))
+        .add_edge(START, "bad")
+        .add_edge("bad", END);
+    let app = g.compile(memory()).expect("compile");
+    let err = app
+        .invoke(
+            Some(PickyUpdate::default().score(2)),
+            RunConfig::thread("picky"),
+        )
+        .await
+        .expect_err("the reducer panics");
+    assert!(
+        matches!(&err, GraphError::ReducerPanicked { node, message }
+            if node == "bad" && message.contains("negative values")),
+        "{err}"
+    );
+    let snap = app
+        .get_state(RunConfig::thread("picky"))
+        .await
+        .expect("readable")
+        .expect("saved");
+    assert_eq!(snap.values.score, 2, "the input was applied and saved");
+}
