@@ -520,6 +520,17 @@ impl<S: State> Channels<S> {
                 ch.max_version = Some(version.clone());
             }
         }
+        // Steps count one at a time too: the next step must be computable.
+        if let Some(step) = tuple
+            .metadata
+            .step
+            .filter(|s| !(-MAX_COUNTER..MAX_COUNTER).contains(s))
+        {
+            return Err(GraphError::Checkpoint(CpError::corrupt(
+                tuple.location(None),
+                format!("metadata step {step} is out of range (at most {MAX_COUNTER} either way)"),
+            )));
+        }
         // Versions count steps, one at a time: a counter near the end of the integers is
         // damage, and the next version could not be made above it.
         if let Some(m) = ch

@@ -428,6 +428,18 @@ impl<S: State> StateGraph<S> {
                             .into(),
                     ));
                 }
+                if let Some(twice) = many
+                    .iter()
+                    .enumerate()
+                    .find(|(i, s)| many[..*i].contains(s))
+                    .map(|(_, s)| s)
+                {
+                    // The join would wait for a second finish of the same node, which a step
+                    // never gives: `to` would never run.
+                    self.errors.push(GraphError::InvalidGraph(format!(
+                        "the waiting edge to {to:?} lists {twice:?} twice; list each source once"
+                    )));
+                }
                 self.waiting_edges.push((many.to_vec(), to));
             }
         }
@@ -516,6 +528,19 @@ impl<S: State> StateGraph<S> {
                 GraphError::InvalidGraph(m) => GraphError::InvalidGraph(m.clone()),
                 other => GraphError::InvalidGraph(other.to_string()),
             });
+        }
+        // Names the runtime gives its own channels (`__start__`, `__pregel_tasks`,
+        // `__interrupt__` …) all take this form: a field of that name would share the
+        // runtime's channel in every checkpoint.
+        if let Some(field) = S::fields()
+            .iter()
+            .find(|f| f.name.starts_with("__") && f.name.ends_with("__"))
+        {
+            return Err(GraphError::InvalidGraph(format!(
+                "state field {:?}: names of the form __name__ are the runtime's own channels; \
+                 rename the field",
+                field.name
+            )));
         }
         let names: HashSet<&str> = self.nodes.iter().map(|(n, _)| n.as_str()).collect();
         let known = || {

@@ -37,6 +37,28 @@ pub struct FieldInfo {
 ///
 /// `apply` must apply exactly the fields `written` reports, through their reducers; the
 /// runtime relies on it to know which channels changed.
+///
+/// The update type's setters are named after the fields, so a field may not be named
+/// `default`, `clone` or `fmt` (its setter would hide the trait method of that name):
+///
+/// ```compile_fail
+/// use cairn_graph::State;
+/// #[derive(Clone, Default, Debug, serde::Serialize, serde::Deserialize, State)]
+/// struct Settings {
+///     default: String,
+/// }
+/// ```
+///
+/// and a custom update type name must be one:
+///
+/// ```compile_fail
+/// use cairn_graph::State;
+/// #[derive(Clone, Default, Debug, serde::Serialize, serde::Deserialize, State)]
+/// #[state(update = "Not A Name")]
+/// struct Settings {
+///     theme: String,
+/// }
+/// ```
 pub trait State: Clone + Default + Send + Sync + Serialize + DeserializeOwned + 'static {
     /// A partial update: the fields a node writes.
     type Update: Clone
@@ -178,6 +200,18 @@ pub mod reducers {
 pub mod __private {
     pub use cairn_checkpoint::{ChannelVersion, Error, Result, TypedValue, ValueCodec};
     pub use serde;
+
+    /// Reads an update field that is present as written (`Some`), even when its value is
+    /// `null`: the update of an `Option` field to `None` (`Some(None)`) is written as `null`,
+    /// which serde's own `Option` reading would take for "not written". An absent field is
+    /// `None` through `#[serde(default)]`.
+    pub fn present<'de, D, T>(deserializer: D) -> core::result::Result<Option<T>, D::Error>
+    where
+        D: serde::Deserializer<'de>,
+        T: serde::Deserialize<'de>,
+    {
+        T::deserialize(deserializer).map(Some)
+    }
 
     /// Wraps a field for the derive's choice of storage: `Vec` fields with the append
     /// reducer are stored item by item ([`ItemByItem`]), every other field whole

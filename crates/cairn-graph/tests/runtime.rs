@@ -145,6 +145,31 @@ fn compile_reports_unknown_nodes_missing_entry_and_dead_ends() {
         matches!(g.compile_without_saver(), Err(GraphError::InvalidGraph(m)) if m.contains("state field"))
     );
 
+    // A waiting edge listing a source twice would never fire.
+    let mut g = StateGraph::<Doc>::new();
+    g.add_sync_node("a", ok)
+        .add_sync_node("b", ok)
+        .add_edge(START, "a")
+        .add_edge(["a", "a"], "b")
+        .add_edge("b", END);
+    assert!(
+        matches!(g.compile_without_saver(), Err(GraphError::InvalidGraph(m)) if m.contains("\"a\" twice"))
+    );
+
+    // A field named like the runtime's own channels.
+    #[derive(Clone, Default, Debug, Serialize, Deserialize, State)]
+    #[allow(non_snake_case)]
+    struct Clash {
+        __start__: u32,
+    }
+    let mut g = StateGraph::<Clash>::new();
+    g.add_sync_node("a", |_: &Clash| Ok(ClashUpdate::default()))
+        .add_edge(START, "a")
+        .add_edge("a", END);
+    assert!(
+        matches!(g.compile_without_saver(), Err(GraphError::InvalidGraph(m)) if m.contains("__start__"))
+    );
+
     // A path map that names an unknown node is caught at compile time.
     let mut g = StateGraph::<Doc>::new();
     g.add_sync_node("a", ok)
@@ -1107,6 +1132,27 @@ async fn a_version_counter_at_the_end_of_the_integers_is_reported_not_overflowed
         "{err}"
     );
     assert!(err.to_string().contains("no version can follow"), "{err}");
+
+    // A step at the end of the integers likewise.
+    saver
+        .put(
+            &CheckpointConfig::thread("late"),
+            Checkpoint::new(),
+            cairn_checkpoint::CheckpointMetadata::new(CheckpointSource::Loop, i64::MAX),
+            Default::default(),
+        )
+        .await
+        .expect("put");
+    let err = app
+        .invoke(None, RunConfig::thread("late"))
+        .await
+        .expect_err("refused");
+    assert!(err.to_string().contains("out of range"), "{err}");
+    let err = app
+        .get_state(RunConfig::thread("late"))
+        .await
+        .expect_err("refused");
+    assert!(err.to_string().contains("out of range"), "{err}");
 }
 
 /// A router after a node a `SendTo` started sees the graph's state with that task's writes
@@ -1195,4 +1241,59 @@ async fn a_panicking_reducer_is_an_error_of_the_run() {
         .expect("readable")
         .expect("saved");
     assert_eq!(snap.values.score, 2, "the input was applied and saved");
+}
+
+#[derive(Clone, Default, Debug, PartialEq, Serialize, Deserialize, State)]
+struct Noted {
+    note: Option<String>,
+    n: i64,
+}
+
+/// An update that clears an `Option` field (`Some(None)`) stays one when stored and read
+/// back (the input checkpoint stores the run's input as an update): it is not taken for "not
+/// written", in either format.
+#[tokio::test]
+async fn an_update_clearing_an_option_field_survives_storage() {
+    let clear = NotedUpdate::default().note(None::<String>);
+    for codec in [
+        cairn_checkpoint::ValueCodec::default(),
+        cairn_checkpoint::ValueCodec::new(cairn_checkpoint::Format::Json),
+    ] {
+        let stored = codec.encode(&clear).expect("encode");
+        let back: NotedUpdate = codec.decode(&stored).expect("decode");
+        assert_eq!(back.note, Some(None), "{codec:?}");
+        assert_eq!(back.n, None, "{codec:?}: an absent field stays unwritten");
+    }
+    let mut g = StateGraph::<Noted>::new();
+    g.add_sync_node("count", |s: &Noted| Ok(NotedUpdate::default().n(s.n + 1)))
+        .add_edge(START, "count")
+        .add_edge("count", END);
+    let saver = memory();
+    let app = g.compile(saver.clone()).expect("compile");
+    let thread = || RunConfig::thread("noted");
+    app.invoke(
+        Some(NotedUpdate::default().note(Some("keep?".to_owned()))),
+        thread(),
+    )
+    .await
+    .expect("run");
+    let out = app
+        .invoke(Some(clear.clone()), thread())
+        .await
+        .expect("run");
+    assert_eq!(out.note, None);
+    // Replaying the input checkpoint of the second run applies the stored input again.
+    let history: Vec<_> = app
+        .get_state_history(thread(), HistoryQuery::default().filter("source", "input"))
+        .try_collect()
+        .await
+        .expect("history");
+    let replayed = app
+        .invoke(None, RunConfig::from(history[0].config.clone()))
+        .await
+        .expect("replay");
+    assert_eq!(
+        replayed.note, None,
+        "the stored input still clears the note"
+    );
 }

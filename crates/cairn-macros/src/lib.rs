@@ -82,7 +82,12 @@ fn update_name(input: &DeriveInput) -> syn::Result<Ident> {
                 let value = meta.value()?;
                 name = if value.peek(LitStr) {
                     let lit: LitStr = value.parse()?;
-                    Ident::new(&lit.value(), lit.span())
+                    lit.parse::<Ident>().map_err(|_| {
+                        syn::Error::new(
+                            lit.span(),
+                            format!("update = {:?} is not a type name", lit.value()),
+                        )
+                    })?
                 } else {
                     value.parse()?
                 };
@@ -147,12 +152,27 @@ fn expand(input: DeriveInput) -> syn::Result<TokenStream2> {
         let ty = &field.ty;
         let field_name = ident.to_string();
         let field_name = field_name.strip_prefix("r#").unwrap_or(&field_name);
+        if matches!(field_name, "default" | "clone" | "fmt") {
+            // The setter of this field would be an inherent method of the update type and
+            // hide the trait method users call on it (`XUpdate::default()`).
+            return Err(syn::Error::new_spanned(
+                ident,
+                format!(
+                    "a state field named `{field_name}` would hide `{update}::{field_name}` (the \
+                     update type's setters are named after the fields); rename the field"
+                ),
+            ));
+        }
         let reducer = parse_reducer(&field.attrs)?;
         let bit = 1u64 << index;
         let doc = format!("New value for `{field_name}` (`None`: not written).");
         update_fields.push(quote! {
             #[doc = #doc]
-            #[serde(default, skip_serializing_if = "Option::is_none")]
+            #[serde(
+                default,
+                skip_serializing_if = "Option::is_none",
+                deserialize_with = "::cairn_graph::__private::present"
+            )]
             pub #ident: ::core::option::Option<#ty>,
         });
         let setter_doc = format!("Sets `{field_name}` in this update.");
