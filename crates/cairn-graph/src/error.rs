@@ -30,7 +30,7 @@ pub enum GraphError {
     NoEntryPoint,
 
     /// A node has no path to END.
-    #[error("node {node:?} can never reach END: add an edge from it (e.g. add_edge({node:?}, END)) or a conditional edge")]
+    #[error("node {node:?} can never reach END: add an edge from it (e.g. add_edge({node:?}, END)) or a conditional edge; a node that moves on only by returning a Command with goto declares where it may go with NodeOptions::destinations")]
     CannotReachEnd {
         /// The dead-end node.
         node: String,
