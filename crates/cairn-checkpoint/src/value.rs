@@ -463,7 +463,11 @@ impl ValueCodec {
         }
     }
 
-    /// The same codec with another size limit for one encoded value.
+    /// The same codec with another size limit for one encoded value: [`encode`] (and an
+    /// append value's new items) refuse more; reading applies no limit (see [`decode`]).
+    ///
+    /// [`encode`]: ValueCodec::encode
+    /// [`decode`]: ValueCodec::decode
     pub fn with_max_value_bytes(self, max_value_bytes: usize) -> Self {
         ValueCodec {
             max_value_bytes,
@@ -498,8 +502,11 @@ impl ValueCodec {
     }
 
     /// Decodes `value` into `T`, following the value's type tag.
+    ///
+    /// The size limit applies to what is written, not to what is read: a value already
+    /// stored stays readable whatever its size (a list grown past the limit by appended
+    /// items, each written within it, or a value written with a higher limit).
     pub fn decode<T: DeserializeOwned>(&self, value: &TypedValue) -> Result<T> {
-        self.check_size(value.data.len())?;
         let decode_error = |message: String| Error::Decode {
             type_tag: value.type_tag.clone(),
             message,
@@ -700,6 +707,30 @@ mod tests {
             "{err}"
         );
         assert!(err.to_string().contains("with_max_value_bytes"));
+    }
+
+    /// A list grown by appended items, each written within the limit, reads back whole
+    /// though it is past the limit: what was stored stays readable.
+    #[test]
+    fn a_list_grown_past_the_limit_by_appends_reads_back() {
+        let codec = ValueCodec::default().with_max_value_bytes(100);
+        let mut chains = crate::append::AppendChains::default();
+        let item = "y".repeat(30);
+        chains.insert("m", "1", codec.encode(&vec![item.clone()]).expect("root"));
+        let mut head = None;
+        for v in 2..=10i64 {
+            let value = codec
+                .encode_append(&crate::ChannelVersion::Int(v - 1), [&item])
+                .expect("each append is within the limit");
+            chains.insert("m", &v.to_string(), value.clone());
+            head = Some(value);
+        }
+        let whole = chains
+            .resolve("m", "10", &head.expect("appended"))
+            .expect("resolve");
+        assert!(whole.data.len() > 100);
+        let list: Vec<String> = codec.decode(&whole).expect("read back past the limit");
+        assert_eq!(list, vec![item; 10]);
     }
 
     #[test]
