@@ -1221,7 +1221,7 @@ impl<S: State> CompiledGraph<S> {
 
     /// Applies the writes of no task (a caller's update/goto, `NULL_TASK_ID`) among
     /// `pending` to `channels`, oldest first.
-    fn apply_null_writes(
+    pub(crate) fn apply_null_writes(
         &self,
         channels: &mut Channels<S>,
         pending: &[PendingWrite],

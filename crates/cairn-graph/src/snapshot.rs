@@ -116,6 +116,10 @@ const HISTORY_PAGE_MAX: usize = 1024;
 /// more than it reads; at most this many decoded snapshots wait in the stream.
 const HISTORY_DECODE_RUN: usize = 32;
 
+/// How many steps a live snapshot follows past its checkpoint through writes the checkpoint
+/// holds (steps that wrote no checkpoint of their own); a bound against damaged data.
+const MAX_WALKED_STEPS: usize = 10_000;
+
 /// A checkpoint's stored channel values, by channel.
 type StoredValues = BTreeMap<String, TypedValue>;
 
@@ -193,8 +197,8 @@ impl<S: State> CompiledGraph<S> {
         let spec = &self.inner.spec;
         let mut channels = Channels::load_with(spec, &tuple, &self.codec, cached, known)?;
         let stored = std::mem::take(&mut tuple.checkpoint.channel_values);
-        let step = tuple.metadata.step.unwrap_or(-1) + 1;
-        let tasks = channels.prepare_tasks(
+        let mut step = tuple.metadata.step.unwrap_or(-1) + 1;
+        let mut prepared = channels.prepare_tasks(
             spec,
             &tuple.checkpoint.id,
             &tuple.config.checkpoint_ns,
@@ -222,33 +226,61 @@ impl<S: State> CompiledGraph<S> {
                 entry.0 = true;
             }
         }
-        let prepared = tasks;
-        let tasks: Vec<SnapshotTask> = prepared
-            .iter()
-            .map(|t| {
-                let (wrote, error, interrupts) =
-                    by_task.get(t.id.as_str()).cloned().unwrap_or_default();
-                SnapshotTask {
-                    id: t.id.clone(),
-                    name: spec.nodes[t.node].name.clone(),
-                    path: t.path.clone(),
-                    completed: wrote,
-                    error,
-                    interrupts: if wrote && latest {
-                        Vec::new()
-                    } else {
-                        interrupts
-                    },
-                    checkpoint_ns: spec.nodes[t.node].subgraph.as_ref().map(|_| {
-                        crate::runtime::task_ns(
-                            &tuple.config.checkpoint_ns,
-                            &spec.nodes[t.node].name,
-                            &t.id,
-                        )
-                    }),
+        let ns = tuple.config.checkpoint_ns.clone();
+        let shown = |prepared: &[Task<S>]| -> Vec<SnapshotTask> {
+            prepared
+                .iter()
+                .map(|t| {
+                    let (wrote, error, interrupts) =
+                        by_task.get(t.id.as_str()).cloned().unwrap_or_default();
+                    SnapshotTask {
+                        id: t.id.clone(),
+                        name: spec.nodes[t.node].name.clone(),
+                        path: t.path.clone(),
+                        completed: wrote,
+                        error,
+                        interrupts: if wrote && latest {
+                            Vec::new()
+                        } else {
+                            interrupts
+                        },
+                        checkpoint_ns: spec.nodes[t.node]
+                            .subgraph
+                            .as_ref()
+                            .map(|_| crate::runtime::task_ns(&ns, &spec.nodes[t.node].name, &t.id)),
+                    }
+                })
+                .collect()
+        };
+        let mut tasks = shown(&prepared);
+        // A caller's updates stored on the checkpoint, as LangGraph shows them in every
+        // snapshot (plain integer versions: nothing here is stored).
+        self.apply_null_writes(
+            &mut channels,
+            &tuple.pending_writes,
+            &Versioner::for_run(None),
+        )?;
+        if latest {
+            // Live: the finished tasks' output is in the values. When every task of the step
+            // finished and no checkpoint followed (their steps wrote none, with
+            // `NodeOptions::checkpoint(false)`, or the run stopped before its next
+            // checkpoint), the run goes on from their writes: so does the snapshot, through
+            // the steps whose tasks' writes this checkpoint holds, to the tasks still to run.
+            for _ in 0..=MAX_WALKED_STEPS {
+                self.apply_finished_writes(
+                    &mut channels,
+                    &tuple.pending_writes,
+                    &prepared,
+                    &tasks,
+                )?;
+                if tasks.is_empty() || !tasks.iter().all(|t| t.completed) {
+                    break;
                 }
-            })
-            .collect();
+                step += 1;
+                prepared = channels.prepare_tasks(spec, &tuple.checkpoint.id, &ns, step, true)?;
+                tasks = shown(&prepared);
+            }
+        }
         let next = tasks
             .iter()
             .filter(|t| !(latest && t.completed))
@@ -258,13 +290,6 @@ impl<S: State> CompiledGraph<S> {
             .iter()
             .flat_map(|t| t.interrupts.iter().cloned())
             .collect();
-        self.apply_pending_writes(
-            &mut channels,
-            &tuple.pending_writes,
-            &prepared,
-            &tasks,
-            latest,
-        )?;
         // The prepared tasks hold the state too: drop them so the state is moved, not cloned.
         drop(prepared);
         let values = Arc::try_unwrap(channels.state).unwrap_or_else(|s| (*s).clone());
@@ -281,42 +306,17 @@ impl<S: State> CompiledGraph<S> {
         Ok((snapshot, stored))
     }
 
-    /// Puts into a snapshot's values what its checkpoint's pending writes hold, as LangGraph
-    /// does: a caller's updates (writes of no task) in every snapshot, and in the latest one
-    /// (`live`), the output of the tasks that already finished, so its values are what the
-    /// run will continue from (those tasks are left out of `next`).
-    fn apply_pending_writes(
+    /// Puts the output of the finished ones of `prepared` (per `tasks`) into a live
+    /// snapshot's values, as LangGraph's live `get_state` does.
+    fn apply_finished_writes(
         &self,
         channels: &mut Channels<S>,
         pending: &[cairn_checkpoint::PendingWrite],
         prepared: &[Task<S>],
         tasks: &[SnapshotTask],
-        live: bool,
     ) -> Result<()> {
         let spec = &self.inner.spec;
-        let regular = |w: &&cairn_checkpoint::PendingWrite| {
-            cairn_checkpoint::special_write_index(&w.channel).is_none()
-        };
-        // Nothing here is stored: plain integer versions do.
         let versioner = Versioner::for_run(None);
-        let null_task = Task {
-            node: 0,
-            path: String::new(),
-            triggers: Vec::new(),
-            input: Arc::new(S::default()),
-            id: String::new(),
-        };
-        for w in pending
-            .iter()
-            .filter(|w| w.task_id == crate::NULL_TASK_ID)
-            .filter(regular)
-        {
-            let writes = TaskWrites::decode(spec, [(w.channel.as_str(), &w.value)], &self.codec)?;
-            channels.apply_writes(spec, vec![(&null_task, writes)], None, false, &versioner)?;
-        }
-        if !live {
-            return Ok(());
-        }
         let mut finished = Vec::new();
         for (task, shown) in prepared.iter().zip(tasks) {
             if !shown.completed {
@@ -327,7 +327,7 @@ impl<S: State> CompiledGraph<S> {
                 pending
                     .iter()
                     .filter(|w| w.task_id == task.id)
-                    .filter(regular)
+                    .filter(|w| cairn_checkpoint::special_write_index(&w.channel).is_none())
                     .map(|w| (w.channel.as_str(), &w.value)),
                 &self.codec,
             )?;

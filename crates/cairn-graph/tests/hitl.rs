@@ -533,6 +533,15 @@ async fn nodes_without_checkpoints_skip_their_steps_checkpoint_but_resume_correc
         .is_err());
     // input + START step; the cheap step wrote none.
     assert_eq!(checkpoint_count(&saver, "k").await, 2);
+    // The snapshot follows the cheap step's writes to the failed task still to run.
+    let snap = app
+        .get_state(RunConfig::thread("k"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(snap.next, ["last"]);
+    assert_eq!(snap.values.n, 1, "the cheap step's output");
+    assert_eq!(snap.tasks[0].error.as_deref(), Some("last failed"));
     fail.store(0, Ordering::SeqCst);
     let out = app.invoke(None, RunConfig::thread("k")).await.unwrap();
     assert_eq!(out.n, 11);
