@@ -130,9 +130,17 @@ pub async fn find_checkpoint(
         return Ok(t);
     }
     require_thread(saver, db, thread_id).await?;
-    // A prefix of an id, as people copy them from `cairn history`.
+    if id.len() < MIN_PREFIX {
+        return Err(CliError::Usage(format!(
+            "checkpoint {id:?} is not an id of thread {thread_id:?}, and too short to be taken \
+             as the start of one: give at least {MIN_PREFIX} characters (run `cairn history \
+             {thread_id}` to list its checkpoints)"
+        )));
+    }
+    // A prefix of an id, as people copy them from `cairn history`. An id as long as a whole
+    // one (a UUID) that was not found is no prefix of another: no need to read the thread.
     let mut matches = Vec::new();
-    if id.len() >= 4 {
+    if id.len() < FULL_ID_LEN {
         let mut pager = Pager::new(saver, ListQuery::thread(thread_id).ns(ns));
         while let Some(page) = pager.next_page().await? {
             matches.extend(page.into_iter().filter(|t| t.checkpoint.id.starts_with(id)));
@@ -152,6 +160,12 @@ pub async fn find_checkpoint(
         ))),
     }
 }
+
+/// The fewest characters of a checkpoint id taken as its prefix.
+const MIN_PREFIX: usize = 4;
+
+/// The length of a whole checkpoint id (a UUID as text).
+const FULL_ID_LEN: usize = 36;
 
 /// The error for a thread without checkpoints in `ns`: names the namespaces it has.
 async fn missing_namespace(

@@ -823,6 +823,9 @@ fn unknown_things_are_clear_errors() {
     assert!(err.contains("cairn history chat"), "{err}");
     let (_, err) = fails(&db, &["diff", "chat", &ids.cp0, "zzzz"]);
     assert!(err.contains("checkpoint \"zzzz\" not found"), "{err}");
+    let (code, err) = fails(&db, &["show", "chat", "--checkpoint", "1f"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("at least 4 characters"), "{err}");
     let (_, err) = fails(&db, &["history", "chat", "--ns", "nowhere"]);
     assert!(
         err.contains("no checkpoints in namespace \"nowhere\""),
