@@ -784,11 +784,7 @@ impl<S: State> Channels<S> {
                 std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| state.apply(u))).map_err(
                     |panic| GraphError::ReducerPanicked {
                         node: spec.nodes[task.node].name.clone(),
-                        message: panic
-                            .downcast_ref::<&str>()
-                            .map(|s| (*s).to_owned())
-                            .or_else(|| panic.downcast_ref::<String>().cloned())
-                            .unwrap_or_else(|| "unknown panic".to_owned()),
+                        message: crate::error::panic_message(&*panic),
                     },
                 )?;
             }

@@ -123,3 +123,12 @@ pub enum GraphError {
     #[error(transparent)]
     Checkpoint(#[from] cairn_checkpoint::Error),
 }
+
+/// The message of a caught panic (`panic!("...")` and `assert!` give a `&str` or a `String`).
+pub(crate) fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".to_owned())
+}

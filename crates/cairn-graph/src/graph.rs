@@ -529,15 +529,12 @@ impl<S: State> StateGraph<S> {
                 other => GraphError::InvalidGraph(other.to_string()),
             });
         }
-        // Names the runtime gives its own channels (`__start__`, `__pregel_tasks`,
-        // `__interrupt__` …) all take this form: a field of that name would share the
-        // runtime's channel in every checkpoint.
-        if let Some(field) = S::fields()
-            .iter()
-            .find(|f| f.name.starts_with("__") && f.name.ends_with("__"))
-        {
+        // The runtime's own channels (`__start__`, `__pregel_tasks`, `__interrupt__` …) all
+        // start with two underscores: a field of such a name could share a runtime channel in
+        // every checkpoint.
+        if let Some(field) = S::fields().iter().find(|f| f.name.starts_with("__")) {
             return Err(GraphError::InvalidGraph(format!(
-                "state field {:?}: names of the form __name__ are the runtime's own channels; \
+                "state field {:?}: names starting with __ are the runtime's own channels; \
                  rename the field",
                 field.name
             )));

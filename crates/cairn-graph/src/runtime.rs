@@ -396,6 +396,18 @@ struct ResumeCtx {
     map: Option<BTreeMap<String, serde_json::Value>>,
 }
 
+impl ResumeCtx {
+    /// The run moved past the checkpoint the resume was given for (a step's checkpoint was
+    /// written): what it did not answer answers nothing later, as in LangGraph, where a
+    /// resume is a pending write of that checkpoint. Left in place, a value nothing took
+    /// would answer an interrupt raised later in the run that nobody was asked. Steps that
+    /// write no checkpoint keep it, as their writes stay on the same checkpoint.
+    fn moved_on(&mut self) {
+        self.null = None;
+        self.map = None;
+    }
+}
+
 /// A checkpoint the run has computed but not saved yet (exit durability).
 struct Unsaved {
     id: String,
@@ -1080,6 +1092,7 @@ impl<S: State> CompiledGraph<S> {
                         source: CheckpointSource::Loop,
                     });
                     pending.clear();
+                    resume.moved_on();
                 }
                 Some(_) if skip_checkpoint => {
                     // Tasks of the next step derive their ids from the same checkpoint
@@ -1130,10 +1143,12 @@ impl<S: State> CompiledGraph<S> {
                     current = Some(saved);
                     changed_since_save = false;
                     pending.clear();
+                    resume.moved_on();
                 }
                 None => {
                     channels.mark_clean();
                     pending.clear();
+                    resume.moved_on();
                 }
             }
             if let Some(tx) = &sink {
@@ -1228,6 +1243,29 @@ impl<S: State> CompiledGraph<S> {
         versioner: &crate::channels::Versioner<'_>,
     ) -> Result<()> {
         let spec = &self.inner.spec;
+        let null: Vec<&PendingWrite> = pending
+            .iter()
+            .filter(|w| w.task_id == NULL_TASK_ID && !is_special(&w.channel))
+            .collect();
+        if null.is_empty() {
+            return Ok(());
+        }
+        // Several commands' writes apply together, each through its field's reducer in the
+        // order given, as parallel tasks' writes do (an append keeps both, packets to send
+        // all go), except that a replace field takes the last value instead of refusing two:
+        // a later command corrects an earlier one.
+        let replace = |channel: &str| match spec.channel_index.get(channel) {
+            Some(&c) => match spec.kind(c) {
+                crate::channels::Chan::Field(f) => {
+                    S::fields()[f].reducer == crate::state::ReducerKind::Replace
+                }
+                _ => false,
+            },
+            None => false,
+        };
+        let kept = null.iter().enumerate().filter(|(i, w)| {
+            !replace(&w.channel) || !null[i + 1..].iter().any(|later| later.channel == w.channel)
+        });
         let task = Task {
             node: 0,
             path: String::new(),
@@ -1236,16 +1274,14 @@ impl<S: State> CompiledGraph<S> {
             input: Arc::new(S::default()),
             id: String::new(),
         };
-        // One at a time, in the order they were given: two commands' updates of one field
-        // both go through its reducer (an append keeps both, a replace the later), where
-        // decoding them together would keep only the last.
-        for w in pending
-            .iter()
-            .filter(|w| w.task_id == NULL_TASK_ID && !is_special(&w.channel))
-        {
-            let writes = TaskWrites::decode(spec, [(w.channel.as_str(), &w.value)], &self.codec)?;
-            channels.apply_writes(spec, vec![(&task, writes)], None, false, versioner)?;
+        let mut writes = Vec::with_capacity(null.len());
+        for (_, w) in kept {
+            writes.push((
+                &task,
+                TaskWrites::decode(spec, [(w.channel.as_str(), &w.value)], &self.codec)?,
+            ));
         }
+        channels.apply_writes(spec, writes, None, false, versioner)?;
         Ok(())
     }
 
@@ -1315,6 +1351,10 @@ impl<S: State> CompiledGraph<S> {
                 .filter(|w| w.task_id == NULL_TASK_ID && !is_special(&w.channel))
                 .map(|w| (w.channel.clone(), w.value.clone()))
                 .collect();
+            // Special writes (the resume value) go last, as in LangGraph: they are not
+            // listed again next time, so a regular write after one would move to a new
+            // position when the list is saved again, and be stored twice.
+            null_writes.sort_by_key(|(channel, _)| is_special(channel));
             to_save.extend(null_writes.iter().cloned());
             saver.put_writes(config, to_save, NULL_TASK_ID, "").await?;
             // The saver replaces a special write and appends the new regular ones; mirror
@@ -1479,12 +1519,6 @@ impl<S: State> CompiledGraph<S> {
                 });
             }
         }
-        // A resume answers the step it was given to, once: a resume map, and a value nothing
-        // took (given while nothing was pending) too, as in LangGraph, where it is a pending
-        // write of the checkpoint that step starts from. Left in place, it would answer an
-        // interrupt raised later in the run that nobody was asked.
-        resume.map = None;
-        resume.null = None;
         outcomes
             .into_iter()
             .map(|o| {
@@ -1662,11 +1696,7 @@ fn panicked<S: State>(
     step: i64,
     panic: Box<dyn std::any::Any + Send>,
 ) -> GraphError {
-    let message = panic
-        .downcast_ref::<&str>()
-        .map(|s| (*s).to_owned())
-        .or_else(|| panic.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "unknown panic".to_owned());
+    let message = crate::error::panic_message(&*panic);
     GraphError::NodePanicked {
         node: spec.nodes[task.node].name.clone(),
         step,

@@ -334,6 +334,8 @@ impl<S: State> CompiledGraph<S> {
             finished.push((task, writes));
         }
         if !finished.is_empty() {
+            // In the order the run applies them: by task path.
+            finished.sort_by(|(a, _), (b, _)| a.path.cmp(&b.path));
             channels.apply_writes(spec, finished, None, false, &versioner)?;
         }
         Ok(())
@@ -635,12 +637,24 @@ impl<S: State> CompiledGraph<S> {
             sends: Vec::new(),
         };
         if !node_spec.branches.is_empty() {
-            let mut local = (*channels.state).clone();
-            if let Some(u) = &writes.update {
-                S::apply(&mut local, S::Update::clone(u));
-            }
-            for branch in &node_spec.branches {
-                let route = (branch.router)(&local);
+            // The update through the reducers and the routers are user code: a panic is an
+            // error of the call, not an unwind through it.
+            let routes = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                let mut local = (*channels.state).clone();
+                if let Some(u) = &writes.update {
+                    S::apply(&mut local, S::Update::clone(u));
+                }
+                node_spec
+                    .branches
+                    .iter()
+                    .map(|branch| (branch.router)(&local))
+                    .collect::<Vec<_>>()
+            }))
+            .map_err(|panic| GraphError::ReducerPanicked {
+                node: node_spec.name.clone(),
+                message: crate::error::panic_message(&*panic),
+            })?;
+            for (branch, route) in node_spec.branches.iter().zip(routes) {
                 resolve_route(spec, node, branch, route, &mut writes)?;
             }
         }
@@ -678,7 +692,6 @@ impl<S: State> CompiledGraph<S> {
     }
 }
 
-/// The smallest string greater than `id`, so `before` includes `id` itself.
 /// The node that last updated the state at `tuple`, as LangGraph picks `as_node`.
 fn last_updated_node<S: State>(graph: &CompiledGraph<S>, tuple: &CheckpointTuple) -> Result<usize> {
     let spec = &graph.inner.spec;

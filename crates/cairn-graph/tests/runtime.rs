@@ -162,6 +162,17 @@ fn compile_reports_unknown_nodes_missing_entry_and_dead_ends() {
     struct Clash {
         __start__: u32,
     }
+    #[derive(Clone, Default, Debug, Serialize, Deserialize, State)]
+    struct Tasks {
+        __pregel_tasks: u32,
+    }
+    let mut g = StateGraph::<Tasks>::new();
+    g.add_sync_node("a", |_: &Tasks| Ok(TasksUpdate::default()))
+        .add_edge(START, "a")
+        .add_edge("a", END);
+    assert!(
+        matches!(g.compile_without_saver(), Err(GraphError::InvalidGraph(m)) if m.contains("__pregel_tasks"))
+    );
     let mut g = StateGraph::<Clash>::new();
     g.add_sync_node("a", |_: &Clash| Ok(ClashUpdate::default()))
         .add_edge(START, "a")
@@ -1264,6 +1275,11 @@ async fn an_update_clearing_an_option_field_survives_storage() {
         assert_eq!(back.note, Some(None), "{codec:?}");
         assert_eq!(back.n, None, "{codec:?}: an absent field stays unwritten");
     }
+    // An update built from JSON: `null` for a field that is not an Option is "not written".
+    let from_json: NotedUpdate =
+        serde_json::from_str(r#"{"n": null, "note": "hi"}"#).expect("null is not written");
+    assert_eq!(from_json.n, None);
+    assert_eq!(from_json.note, Some(Some("hi".to_owned())));
     let mut g = StateGraph::<Noted>::new();
     g.add_sync_node("count", |s: &Noted| Ok(NotedUpdate::default().n(s.n + 1)))
         .add_edge(START, "count")

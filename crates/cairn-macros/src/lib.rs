@@ -71,6 +71,20 @@ fn parse_reducer(attrs: &[syn::Attribute]) -> syn::Result<Reducer> {
     Ok(reducer)
 }
 
+/// Whether `ty` is spelled as an `Option` (`Option<T>`, `std::option::Option<T>` …).
+fn is_option(ty: &syn::Type) -> bool {
+    match ty {
+        syn::Type::Path(path) if path.qself.is_none() => path
+            .path
+            .segments
+            .last()
+            .is_some_and(|segment| segment.ident == "Option"),
+        syn::Type::Group(group) => is_option(&group.elem),
+        syn::Type::Paren(paren) => is_option(&paren.elem),
+        _ => false,
+    }
+}
+
 fn update_name(input: &DeriveInput) -> syn::Result<Ident> {
     let mut name = format_ident!("{}Update", input.ident);
     for attr in &input.attrs {
@@ -166,13 +180,15 @@ fn expand(input: DeriveInput) -> syn::Result<TokenStream2> {
         let reducer = parse_reducer(&field.attrs)?;
         let bit = 1u64 << index;
         let doc = format!("New value for `{field_name}` (`None`: not written).");
+        // An `Option` field's update to `None` is written as `null`, which serde would read
+        // back as "not written": such fields read a present value as written. Other fields
+        // keep serde's reading, where `null` is "not written" (updates built from JSON).
+        let read_present = is_option(ty)
+            .then(|| quote!(#[serde(deserialize_with = "::cairn_graph::__private::present")]));
         update_fields.push(quote! {
             #[doc = #doc]
-            #[serde(
-                default,
-                skip_serializing_if = "Option::is_none",
-                deserialize_with = "::cairn_graph::__private::present"
-            )]
+            #[serde(default, skip_serializing_if = "Option::is_none")]
+            #read_present
             pub #ident: ::core::option::Option<#ty>,
         });
         let setter_doc = format!("Sets `{field_name}` in this update.");
