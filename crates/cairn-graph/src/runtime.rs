@@ -394,17 +394,29 @@ struct ResumeCtx {
     null: Option<Arc<Mutex<Option<serde_json::Value>>>>,
     /// Resume values by interrupt id.
     map: Option<BTreeMap<String, serde_json::Value>>,
+    /// Whether this run's command gave the resume (else it was read back with the
+    /// checkpoint's pending writes, and an earlier run may have used it).
+    given: bool,
 }
 
 impl ResumeCtx {
-    /// The run moved past the checkpoint the resume was given for (a step's checkpoint was
-    /// written): what it did not answer answers nothing later, as in LangGraph, where a
-    /// resume is a pending write of that checkpoint. Left in place, a value nothing took
-    /// would answer an interrupt raised later in the run that nobody was asked. Steps that
-    /// write no checkpoint keep it, as their writes stay on the same checkpoint.
+    /// The run moved past the resume's step: what it did not answer answers nothing later,
+    /// as in LangGraph, where a resume is a pending write of the checkpoint its step starts
+    /// from. Left in place, a value nothing took would answer an interrupt raised later in
+    /// the run that nobody was asked.
     fn moved_on(&mut self) {
         self.null = None;
         self.map = None;
+        self.given = false;
+    }
+
+    /// After a step's tasks ran: a resume lasts through steps replayed from saved writes
+    /// only (steps that wrote no checkpoint, on the way to the task that asked), and only
+    /// when this run's command gave it; a step where a task ran fresh uses it up.
+    fn after_step(&mut self, any_task_ran: bool) {
+        if any_task_ran || !self.given {
+            self.moved_on();
+        }
     }
 }
 
@@ -1307,8 +1319,12 @@ impl<S: State> CompiledGraph<S> {
         let mut null_writes: Vec<(String, TypedValue)> = Vec::new();
         match answer {
             None => {}
-            Some(Resume::Map(map)) => resume.map = Some(map),
+            Some(Resume::Map(map)) => {
+                resume.map = Some(map);
+                resume.given = true;
+            }
             Some(Resume::Value(value)) => {
+                resume.given = true;
                 let open = pending_interrupts(spec, pending, codec);
                 if open > 1 {
                     return Err(GraphError::InvalidArgument(format!(
@@ -1519,6 +1535,7 @@ impl<S: State> CompiledGraph<S> {
                 });
             }
         }
+        resume.after_step(!to_run.is_empty());
         outcomes
             .into_iter()
             .map(|o| {

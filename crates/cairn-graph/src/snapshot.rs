@@ -336,7 +336,9 @@ impl<S: State> CompiledGraph<S> {
         if !finished.is_empty() {
             // In the order the run applies them: by task path.
             finished.sort_by(|(a, _), (b, _)| a.path.cmp(&b.path));
-            channels.apply_writes(spec, finished, None, false, &versioner)?;
+            // As the run applies a step's writes: the step's packets and triggers are used
+            // up, so a walked next step does not prepare them again.
+            channels.apply_writes(spec, finished, None, true, &versioner)?;
         }
         Ok(())
     }

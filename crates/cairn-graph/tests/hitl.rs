@@ -1054,3 +1054,112 @@ async fn the_live_snapshot_applies_finished_writes_in_the_runs_order() {
     assert_eq!(out.state().log, ["c", "h", "w"]);
     assert_eq!(live.values.log, ["c", "w"]);
 }
+
+/// A resume given while nothing asks is used up by the first step where a node runs, even
+/// one that writes no checkpoint: a later node's question is still asked.
+#[tokio::test]
+async fn a_resume_is_used_up_by_a_fresh_step_without_a_checkpoint() {
+    let mut g = StateGraph::<Doc>::new();
+    g.add_sync_node_with("a", NodeOptions::default().checkpoint(false), |_| {
+        Ok(DocUpdate::default().log(vec!["a".into()]))
+    })
+    .add_sync_node("b", |_| {
+        let ok: String = interrupt_as("confirm?")?;
+        Ok(DocUpdate::default().log(vec![format!("b:{ok}")]))
+    })
+    .add_edge(START, "a")
+    .add_edge("a", "b")
+    .add_edge("b", END);
+    let app = g.compile(Arc::new(InMemorySaver::new())).unwrap();
+    let out = app
+        .invoke_outcome(
+            Some(DocUpdate::default()),
+            RunConfig::thread("fresh").with_interrupt_before(["a"]),
+        )
+        .await
+        .unwrap();
+    assert!(out.is_interrupted());
+    let out = app
+        .invoke_command(Command::resume("yes"), RunConfig::thread("fresh"))
+        .await
+        .unwrap();
+    assert!(out.is_interrupted(), "b must ask: {:?}", out.state().log);
+    assert_eq!(out.interrupts()[0].value, "confirm?");
+}
+
+/// An answer a checkpoint-less node took is not given again to the next node asking when
+/// the thread is continued later: that one asks.
+#[tokio::test]
+async fn a_stored_answer_is_not_given_to_a_later_question() {
+    let mut g = StateGraph::<Doc>::new();
+    g.add_sync_node_with("ask1", NodeOptions::default().checkpoint(false), |_| {
+        let v: String = interrupt_as("first?")?;
+        Ok(DocUpdate::default().log(vec![format!("1:{v}")]))
+    })
+    .add_sync_node("ask2", |_| {
+        let v: String = interrupt_as("second?")?;
+        Ok(DocUpdate::default().log(vec![format!("2:{v}")]))
+    })
+    .add_edge(START, "ask1")
+    .add_edge("ask1", "ask2")
+    .add_edge("ask2", END);
+    let app = g.compile(Arc::new(InMemorySaver::new())).unwrap();
+    let cfg = || RunConfig::thread("stored");
+    app.invoke_outcome(Some(DocUpdate::default()), cfg())
+        .await
+        .unwrap();
+    let out = app
+        .invoke_command(Command::resume("x"), cfg())
+        .await
+        .unwrap();
+    assert_eq!(out.interrupts()[0].value, "second?");
+    let out = app.invoke_outcome(None, cfg()).await.unwrap();
+    assert!(out.is_interrupted(), "{:?}", out.state().log);
+    assert_eq!(out.interrupts()[0].value, "second?");
+    let out = app
+        .invoke_command(Command::resume("y"), cfg())
+        .await
+        .unwrap();
+    assert_eq!(out.state().log, ["1:x", "2:y"]);
+}
+
+/// The live snapshot walking steps without checkpoints does not prepare a step's packets
+/// again: after sent workers that wrote no checkpoint, only the node still to run is next.
+#[tokio::test]
+async fn the_live_snapshot_walk_does_not_resend_packets() {
+    let mut g = StateGraph::<Doc>::new();
+    g.add_sync_node("plan", |_| Ok(DocUpdate::default()))
+        .add_sync_node_with("worker", NodeOptions::default().checkpoint(false), |s| {
+            Ok(DocUpdate::default().log(vec![format!("w:{}", s.text)]))
+        })
+        .add_sync_node("review", |_| {
+            let _: String = interrupt_as("ok?")?;
+            Ok(DocUpdate::default())
+        })
+        .add_edge(START, "plan")
+        .add_conditional_edges("plan", |_: &Doc| {
+            ["a", "b"].map(|t| {
+                cairn_graph::SendTo::new(
+                    "worker",
+                    Doc {
+                        text: t.into(),
+                        ..Doc::default()
+                    },
+                )
+            })
+        })
+        .add_edge("worker", "review")
+        .add_edge("review", END);
+    let app = g.compile(Arc::new(InMemorySaver::new())).unwrap();
+    let cfg = || RunConfig::thread("walk");
+    let out = app
+        .invoke_outcome(Some(DocUpdate::default()), cfg())
+        .await
+        .unwrap();
+    assert!(out.is_interrupted());
+    let snap = app.get_state(cfg()).await.unwrap().unwrap();
+    assert_eq!(snap.next, ["review"]);
+    let mut log = snap.values.log.clone();
+    log.sort();
+    assert_eq!(log, ["w:a", "w:b"]);
+}

@@ -1258,6 +1258,7 @@ async fn a_panicking_reducer_is_an_error_of_the_run() {
 struct Noted {
     note: Option<String>,
     n: i64,
+    extra: serde_json::Value,
 }
 
 /// An update that clears an `Option` field (`Some(None)`) stays one when stored and read
@@ -1274,6 +1275,11 @@ async fn an_update_clearing_an_option_field_survives_storage() {
         let back: NotedUpdate = codec.decode(&stored).expect("decode");
         assert_eq!(back.note, Some(None), "{codec:?}");
         assert_eq!(back.n, None, "{codec:?}: an absent field stays unwritten");
+        let null = NotedUpdate::default().extra(serde_json::Value::Null);
+        let back: NotedUpdate = codec
+            .decode(&codec.encode(&null).expect("encode"))
+            .expect("decode");
+        assert_eq!(back.extra, Some(serde_json::Value::Null), "{codec:?}");
     }
     // An update built from JSON: `null` for a field that is not an Option is "not written".
     let from_json: NotedUpdate =

@@ -71,14 +71,16 @@ fn parse_reducer(attrs: &[syn::Attribute]) -> syn::Result<Reducer> {
     Ok(reducer)
 }
 
-/// Whether `ty` is spelled as an `Option` (`Option<T>`, `std::option::Option<T>` …).
+/// Whether `ty` is spelled as a type whose values include `null`: an `Option`
+/// (`Option<T>`, `std::option::Option<T>` …) or a JSON value (`serde_json::Value`, `Value`),
+/// so that an update setting it to `null` must not read back as "not written".
 fn is_option(ty: &syn::Type) -> bool {
     match ty {
         syn::Type::Path(path) if path.qself.is_none() => path
             .path
             .segments
             .last()
-            .is_some_and(|segment| segment.ident == "Option"),
+            .is_some_and(|segment| segment.ident == "Option" || segment.ident == "Value"),
         syn::Type::Group(group) => is_option(&group.elem),
         syn::Type::Paren(paren) => is_option(&paren.elem),
         _ => false,
