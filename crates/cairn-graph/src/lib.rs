@@ -51,6 +51,14 @@
 //! MessagePack by default), and a checkpoint only carries the fields that changed in its step
 //! (`new_versions`), so storage grows with what changed, not with the state's size.
 //!
+//! Each field is stored with its own type's `serde` implementation, so field-level serde
+//! attributes on the state struct (`rename`, `skip`, `with`) do not change how a field is
+//! stored; a field added to a state later reads as its default from older checkpoints, and a
+//! removed one is ignored. [`SendTo`] packets and a run's input are stored whole (the packet's
+//! argument through the state struct's own serde): to keep a thread with a pending packet
+//! readable after adding a field, give the struct `#[serde(default)]`. Field names starting
+//! with `__` are the runtime's and are refused by `compile`.
+//!
 //! Besides the fields, a compiled graph has the same bookkeeping channels as LangGraph:
 //! `__start__` (the run's input, consumed by the hidden START task in step 0),
 //! `branch:to:<node>` (one per node: an edge or a router writing it triggers the node in the
