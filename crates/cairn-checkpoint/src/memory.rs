@@ -12,7 +12,7 @@ use crate::checkpoint::{
 };
 use crate::error::{DataLocation, Error, Result};
 use crate::header::{decode_header, decode_header_versions, encode_header, HeaderError};
-use crate::saver::{CheckpointSaver, KnownValues, PruneStrategy, ThreadSummary};
+use crate::saver::{is_later, CheckpointSaver, KnownValues, PruneStrategy, ThreadSummary};
 use crate::value::TypedValue;
 use crate::version::ChannelVersions;
 
@@ -566,21 +566,18 @@ impl CheckpointSaver for InMemorySaver {
                 .iter()
                 .filter(|(_, ns)| !ns.checkpoints.is_empty())
                 .collect();
-            // The root namespace's latest, else the largest (id, namespace) of any.
+            // Each namespace's newest; the thread's latest as the trait's default picks it.
             let latest = held
                 .iter()
-                .find(|(name, _)| name.is_empty())
-                .into_iter()
-                .chain(held.iter().filter(|(name, _)| !name.is_empty()))
                 .filter_map(|(name, ns)| {
                     let (id, stored) = ns.checkpoints.iter().next_back()?;
                     Some((name.as_str(), id, stored))
                 })
                 .reduce(|best, next| {
-                    if best.0.is_empty() || (best.1, best.0) >= (next.1, next.0) {
-                        best
-                    } else {
+                    if is_later((best.0, best.1), (next.0, next.1)) {
                         next
+                    } else {
+                        best
                     }
                 });
             let Some((ns_name, id, stored)) = latest else {

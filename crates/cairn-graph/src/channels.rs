@@ -781,12 +781,7 @@ impl<S: State> Channels<S> {
             if let (Some(u), Some(state)) = (w.update, state.as_deref_mut()) {
                 // Reducers are user code (a custom `with =`, or `add` overflowing in a debug
                 // build): a panic is an error of the run, not an unwind through `invoke`.
-                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| state.apply(u))).map_err(
-                    |panic| GraphError::ReducerPanicked {
-                        node: spec.nodes[task.node].name.clone(),
-                        message: crate::error::panic_message(&*panic),
-                    },
-                )?;
+                crate::error::catch_reducer(&spec.nodes[task.node].name, || state.apply(u))?;
             }
             for b in w.branches {
                 if !written_branches.contains(&b) {

@@ -132,3 +132,14 @@ pub(crate) fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
         .or_else(|| panic.downcast_ref::<String>().cloned())
         .unwrap_or_else(|| "unknown panic".to_owned())
 }
+
+/// Runs `f`, a reducer or router of node `node` (user code), turning a panic into
+/// [`GraphError::ReducerPanicked`] instead of an unwind through the caller.
+pub(crate) fn catch_reducer<T>(node: &str, f: impl FnOnce() -> T) -> Result<T> {
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).map_err(|panic| {
+        GraphError::ReducerPanicked {
+            node: node.to_owned(),
+            message: panic_message(&*panic),
+        }
+    })
+}

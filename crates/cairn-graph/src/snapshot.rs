@@ -326,8 +326,7 @@ impl<S: State> CompiledGraph<S> {
                 spec,
                 pending
                     .iter()
-                    .filter(|w| w.task_id == task.id)
-                    .filter(|w| cairn_checkpoint::special_write_index(&w.channel).is_none())
+                    .filter(|w| w.task_id == task.id && !crate::channels::is_special(&w.channel))
                     .map(|w| (w.channel.as_str(), &w.value)),
                 &self.codec,
             )?;
@@ -641,7 +640,7 @@ impl<S: State> CompiledGraph<S> {
         if !node_spec.branches.is_empty() {
             // The update through the reducers and the routers are user code: a panic is an
             // error of the call, not an unwind through it.
-            let routes = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let routes = crate::error::catch_reducer(&node_spec.name, || {
                 let mut local = (*channels.state).clone();
                 if let Some(u) = &writes.update {
                     S::apply(&mut local, S::Update::clone(u));
@@ -651,10 +650,6 @@ impl<S: State> CompiledGraph<S> {
                     .iter()
                     .map(|branch| (branch.router)(&local))
                     .collect::<Vec<_>>()
-            }))
-            .map_err(|panic| GraphError::ReducerPanicked {
-                node: node_spec.name.clone(),
-                message: crate::error::panic_message(&*panic),
             })?;
             for (branch, route) in node_spec.branches.iter().zip(routes) {
                 resolve_route(spec, node, branch, route, &mut writes)?;
