@@ -298,13 +298,20 @@ impl CheckpointMetadata {
     /// `delete_for_runs` finds it.
     pub fn normalized(&self) -> Result<std::borrow::Cow<'_, CheckpointMetadata>> {
         self.check()?;
-        let Some(serde_json::Value::String(run_id)) = self.extra.get("run_id") else {
+        if !matches!(self.extra.get("run_id"), Some(serde_json::Value::String(_))) {
             return Ok(std::borrow::Cow::Borrowed(self));
-        };
-        let mut moved = self.clone();
-        moved.run_id = Some(run_id.clone());
-        moved.extra.remove("run_id");
-        Ok(std::borrow::Cow::Owned(moved))
+        }
+        self.clone().into_normalized().map(std::borrow::Cow::Owned)
+    }
+
+    /// [`normalized`](Self::normalized), taking the metadata (no copy when it is already
+    /// in its stored form).
+    pub fn into_normalized(mut self) -> Result<CheckpointMetadata> {
+        self.check()?;
+        if let Some(serde_json::Value::String(run_id)) = self.extra.remove("run_id") {
+            self.run_id = Some(run_id);
+        }
+        Ok(self)
     }
 
     /// Whether every `(key, value)` of `filter` is present and equal in this metadata

@@ -445,7 +445,7 @@ impl CheckpointSaver for InMemorySaver {
         let mut values = std::mem::take(&mut checkpoint.channel_values);
         let id = checkpoint.id.clone();
         // Encoded before taking the lock: other threads' puts and reads go on meanwhile.
-        let metadata = metadata.normalized()?.into_owned();
+        let metadata = metadata.into_normalized()?;
         let stored = StoredCheckpoint::new(&checkpoint, metadata, config.checkpoint_id.clone())?;
         let mut threads = self.write();
         let ns = namespace_mut(&mut threads, &config.thread_id, &config.checkpoint_ns);

@@ -1373,7 +1373,7 @@ impl CheckpointSaver for RedisSaver {
         let id = checkpoint.id.clone();
         let header = encode_header(&checkpoint)?;
         // A caller key `run_id` (LangGraph's form) is the run id: indexed as one below.
-        let metadata = metadata.normalized()?.into_owned();
+        let metadata = metadata.into_normalized()?;
         let meta = encode_metadata(&metadata)?;
 
         let cp_key = self.keys.checkpoint_key(thread, ns, &id);
